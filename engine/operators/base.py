@@ -1,0 +1,38 @@
+"""The interface every degradation implements: A, Aᵀ and AᵀA on videos.
+
+Videos are frames-first tensors `[N, C, H, W]`, values in the data range [0, 1].
+An operator is linear, so `⟨A x, y⟩ = ⟨x, Aᵀ y⟩` for all x, y (checked by the
+relative dot test in tests/test_operators.py for every registered operator).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class LinearOperator:
+    """A linear map `A: R^{in_shape} → R^{out_shape}` with its exact adjoint.
+
+    Subclasses implement `A` and `A_adjoint`; they override `A_adjoint_A`
+    when the normal operator has a cheaper closed form than AᵀA.
+    """
+
+    #: shape of the clean video x, [N, C, H, W]
+    in_shape: tuple[int, ...]
+    #: shape of the measurement y = A x
+    out_shape: tuple[int, ...]
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        """y = A x.  [*in_shape] → [*out_shape]"""
+        raise NotImplementedError
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """x = Aᵀ y.  [*out_shape] → [*in_shape]"""
+        raise NotImplementedError
+
+    def A_adjoint_A(self, x: torch.Tensor) -> torch.Tensor:
+        """AᵀA x, the normal operator of the CG system.  [*in_shape] → [*in_shape]"""
+        return self.A_adjoint(self.A(x))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.A(x)

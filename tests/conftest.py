@@ -1,0 +1,27 @@
+"""Test tiers: fast CPU tests by default; `gpu` skips without CUDA; `slow` runs only with `-m slow`."""
+import os
+
+import pytest
+import torch
+
+# Without CUDA, Triton kernels run in the interpreter on CPU tensors. Triton reads
+# this when a kernel is decorated, so it must be set before `kernels` is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    markexpr = config.getoption("-m") or ""
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_slow = pytest.mark.skip(reason="slow test: run with -m slow")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+        if "slow" in item.keywords and "slow" not in markexpr:
+            item.add_marker(skip_slow)
+
+
+@pytest.fixture
+def f64():
+    """Float64 options for reference checks."""
+    return dict(dtype=torch.float64, device="cpu")
