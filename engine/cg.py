@@ -1,0 +1,67 @@
+"""Fixed-iteration conjugate gradients in video space (the CG step of DDS).
+
+Solves `M x = b` for a symmetric positive semi-definite `M`, given as a
+callable, with inner products over the whole clip: one step size per clip,
+not per frame. The loop never synchronises with the host: a zero denominator
+(an exact solution reached early) gives a zero step, computed on the device,
+so the iteration can be captured in a CUDA graph.
+
+The two systems of the paper (DESIGN.md §2), in the [0, 1] data range:
+
+- noiseless:  AᵀA x = Aᵀ y
+- noisy:      (I + γ AᵀA) x = x̂ + γ Aᵀ y
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """⟨a, b⟩ over every element, as a 0-d tensor on the device (float64 accumulation for ≤ fp32)."""
+    acc = torch.float64 if a.dtype in (torch.float32, torch.float64) else torch.float32
+    return torch.sum(a.to(acc) * b.to(acc))
+
+
+def _safe_div(num: Tensor, den: Tensor) -> Tensor:
+    """num / den, or 0 where den == 0 (no host sync)."""
+    return torch.where(den != 0, num / torch.where(den != 0, den, torch.ones_like(den)), torch.zeros_like(num))
+
+
+def conjugate_gradient(M: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor, iters: int) -> Tensor:
+    """`iters` CG iterations on M x = b from x0.  x0, b: [N, C, H, W] → x: [N, C, H, W]
+
+        r = b − M x,  p = r
+        α = ⟨r, r⟩ / ⟨p, M p⟩;  x += α p;  r −= α M p
+        β = ⟨r', r'⟩ / ⟨r, r⟩;  p = r' + β p
+    """
+    x = x0.clone()
+    r = b - M(x)
+    p = r.clone()
+    rs = _dot(r, r)
+    for _ in range(iters):
+        Mp = M(p)
+        alpha = _safe_div(rs, _dot(p, Mp)).to(x.dtype)
+        x.add_(alpha * p)
+        r.sub_(alpha * Mp)
+        rs_new = _dot(r, r)
+        beta = _safe_div(rs_new, rs).to(x.dtype)
+        p = r + beta * p
+        rs = rs_new
+    return x
+
+
+def data_consistency(op, y: Tensor, x_hat: Tensor, iters: int, gamma: float | None = None) -> Tensor:
+    """CG_l(x̂): `iters` CG steps from x̂ towards the measurement y, all in [0, 1].
+
+    gamma=None solves AᵀA x = Aᵀ y; a float γ solves (I + γ AᵀA) x = x̂ + γ Aᵀ y.
+    x_hat: [N, C, H, W], y: op.out_shape.
+    """
+    Aty = op.A_adjoint(y)
+    if gamma is None:
+        return conjugate_gradient(op.A_adjoint_A, Aty, x_hat, iters)
+    return conjugate_gradient(lambda v: v + gamma * op.A_adjoint_A(v), x_hat + gamma * Aty, x_hat, iters)

@@ -1,0 +1,104 @@
+"""The paper's Algorithm 1: batch-consistent DDIM sampling with CG data consistency.
+
+Notation (DESIGN.md §2, the paper's symbols):
+
+    X      x      the noisy clip at step t, model range [−1, 1]      [N, 3, H, W]
+    ε      eps    the network's noise estimate (first 3 channels)     [N, 3, H, W]
+    X̂      x0     Tweedie's denoised estimate, frame by frame         [N, 3, H, W]
+    X̄      xbar   X̂ after l CG steps in video space                  [N, 3, H, W]
+    E_b    E[k]   the noise of step k: one image shared by all frames [1, 3, H, W]
+                  ("shared", the paper) or one per frame ("independent", its ablation)
+    y      y      the measurement, data range [0, 1]                  op.out_shape
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from engine.cg import data_consistency
+from engine.errors import InputError
+from engine.schedule import DDIMStep, ddim_steps
+
+Tensor = torch.Tensor
+EpsModel = Callable[[Tensor, Tensor], Tensor]
+NOISE_MODES = ("shared", "independent")
+
+
+def draw_noise(seed: int, nfe: int, shape: tuple[int, ...], mode: str = "shared") -> Tensor:
+    """All the sampler's Gaussian noise, drawn up front on the CPU from `seed`.
+
+    Returns [nfe + 1, B, C, H, W] float32 with B = 1 ("shared") or N ("independent"):
+    E[0] initialises X, E[k + 1] re-noises after step k. Drawing on the CPU makes a
+    seed give the same clip on every device, and a static buffer is what a captured
+    CUDA graph replays.
+    """
+    if mode not in NOISE_MODES:
+        raise InputError(f"noise must be one of {NOISE_MODES}, got {mode!r}")
+    n, c, h, w = shape
+    b = 1 if mode == "shared" else n
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn((nfe + 1, b, c, h, w), generator=gen, dtype=torch.float32)
+
+
+def tweedie(x: Tensor, eps: Tensor, s: DDIMStep) -> Tensor:
+    """X̂ = (X − √(1−ᾱ_t)·ε) / √ᾱ_t."""
+    return (x - s.sqrt_1m_ab * eps) / s.sqrt_ab
+
+
+def ddim_update(xbar: Tensor, noise: Tensor, eps: Tensor, s: DDIMStep) -> Tensor:
+    """X_next = √ᾱ_next·X̄ + c1·E_b + c2·ε  (E_b broadcast over frames when shared)."""
+    return s.sqrt_ab_next * xbar + s.c1 * noise + s.c2 * eps
+
+
+def to_data(x: Tensor) -> Tensor:
+    """[−1, 1] → [0, 1]."""
+    return (x + 1) / 2
+
+
+def to_model(x: Tensor) -> Tensor:
+    """[0, 1] → [−1, 1]."""
+    return 2 * x - 1
+
+
+def check_measurement(y: Tensor, op) -> None:
+    """One clear error for a measurement that does not fit the operator or is not finite."""
+    if tuple(y.shape) != tuple(op.out_shape):
+        raise InputError(f"measurement has shape {tuple(y.shape)}, the operator expects {tuple(op.out_shape)}")
+    if not torch.isfinite(y).all():
+        raise InputError("measurement contains NaN or Inf values")
+
+
+def sample(
+    eps_model: EpsModel,
+    y: Tensor,
+    op,
+    *,
+    nfe: int = 20,
+    eta: float = 0.15,
+    cg_iters: int = 5,
+    gamma: Optional[float] = None,
+    noise: str = "shared",
+    seed: int = 0,
+    callback: Optional[Callable[[int, int, Tensor], None]] = None,
+) -> Tensor:
+    """Restore the clip behind `y = op.A(x)`; returns [N, 3, H, W] in [0, 1].
+
+    eps_model(x_t [N, 3, H, W], t [N] int64) → [N, 3 or 6, H, W]. gamma=None runs the
+    noiseless CG on AᵀA x = Aᵀy; a float γ runs (I + γAᵀA) x = x̂ + γAᵀy.
+    callback(k, t, x̂ in [0, 1]) sees every step's Tweedie estimate.
+    """
+    check_measurement(y, op)
+    n = op.in_shape[0]
+    E = draw_noise(seed, nfe, tuple(op.in_shape), noise).to(device=y.device, dtype=y.dtype)
+    x = E[0].expand(op.in_shape).clone()                                   # batch-consistent init
+    for k, s in enumerate(ddim_steps(nfe, eta)):
+        t = torch.full((n,), s.t, dtype=torch.long, device=y.device)
+        eps = eps_model(x, t)[:, :3].to(y.dtype)                           # ε_θ(X, t)
+        x0 = tweedie(x, eps, s)                                            # X̂
+        if callback is not None:
+            callback(k, s.t, to_data(x0))
+        xbar = to_model(data_consistency(op, y, to_data(x0), cg_iters, gamma))  # X̄ = CG_l(X̂)
+        x = ddim_update(xbar, E[k + 1], eps, s)                            # re-noise with E_b
+    return to_data(xbar.clamp(-1, 1))
