@@ -4,8 +4,9 @@ Notation (DESIGN.md §2, the paper's symbols):
 
     X      x      the noisy clip at step t, model range [−1, 1]      [N, 3, H, W]
     ε      eps    the network's noise estimate (first 3 channels)     [N, 3, H, W]
-    X̂      x0     Tweedie's denoised estimate, frame by frame         [N, 3, H, W]
-    X̄      xbar   X̂ after l CG steps in video space                  [N, 3, H, W]
+    X̂      x0     Tweedie's denoised estimate, frame by frame,        [N, 3, H, W]
+                  kept in the data range [0, 1] where CG runs
+    X̄      xbar   X̂ after l CG steps in video space, in [0, 1]       [N, 3, H, W]
     E_b    E[k]   the noise of step k: one image shared by all frames [1, 3, H, W]
                   ("shared", the paper) or one per frame ("independent", its ablation)
     y      y      the measurement, data range [0, 1]                  op.out_shape
@@ -13,6 +14,7 @@ Notation (DESIGN.md §2, the paper's symbols):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -43,13 +45,13 @@ def draw_noise(seed: int, nfe: int, shape: tuple[int, ...], mode: str = "shared"
 
 
 def tweedie(x: Tensor, eps: Tensor, s: DDIMStep) -> Tensor:
-    """X̂ = (X − √(1−ᾱ_t)·ε) / √ᾱ_t."""
-    return (x - s.sqrt_1m_ab * eps) / s.sqrt_ab
+    """X̂ = (X − √(1−ᾱ_t)·ε) / √ᾱ_t, returned in the data range [0, 1] where CG runs."""
+    return to_data((x - s.sqrt_1m_ab * eps) / s.sqrt_ab)
 
 
 def ddim_update(xbar: Tensor, noise: Tensor, eps: Tensor, s: DDIMStep) -> Tensor:
-    """X_next = √ᾱ_next·X̄ + c1·E_b + c2·ε  (E_b broadcast over frames when shared)."""
-    return s.sqrt_ab_next * xbar + s.c1 * noise + s.c2 * eps
+    """X_next = √ᾱ_next·X̄ + c1·E_b + c2·ε, with X̄ given in [0, 1] (E_b broadcast over frames when shared)."""
+    return s.sqrt_ab_next * to_model(xbar) + s.c1 * noise + s.c2 * eps
 
 
 def to_data(x: Tensor) -> Tensor:
@@ -60,6 +62,24 @@ def to_data(x: Tensor) -> Tensor:
 def to_model(x: Tensor) -> Tensor:
     """[0, 1] → [−1, 1]."""
     return 2 * x - 1
+
+
+@dataclass(frozen=True)
+class StepKernels:
+    """The non-network arithmetic of one step; the Triton backend swaps in fused kernels."""
+
+    tweedie: Callable = tweedie
+    ddim_update: Callable = ddim_update
+    data_consistency: Callable = data_consistency
+
+
+def step_kernels(backend: str) -> StepKernels:
+    """The step arithmetic for an operator backend ("torch" or "triton")."""
+    if backend == "triton":
+        from kernels.steps import TRITON_STEP_KERNELS
+
+        return TRITON_STEP_KERNELS
+    return StepKernels()
 
 
 def check_measurement(y: Tensor, op) -> None:
@@ -90,15 +110,35 @@ def sample(
     callback(k, t, x̂ in [0, 1]) sees every step's Tweedie estimate.
     """
     check_measurement(y, op)
-    n = op.in_shape[0]
     E = draw_noise(seed, nfe, tuple(op.in_shape), noise).to(device=y.device, dtype=y.dtype)
-    x = E[0].expand(op.in_shape).clone()                                   # batch-consistent init
-    for k, s in enumerate(ddim_steps(nfe, eta)):
+    return reverse_process(eps_model, y, op, E, ddim_steps(nfe, eta), cg_iters=cg_iters, gamma=gamma,
+                           callback=callback)
+
+
+def reverse_process(
+    eps_model: EpsModel,
+    y: Tensor,
+    op,
+    E: Tensor,
+    steps: list[DDIMStep],
+    *,
+    cg_iters: int,
+    gamma: Optional[float],
+    callback: Optional[Callable[[int, int, Tensor], None]] = None,
+) -> Tensor:
+    """The loop of Algorithm 1 on static inputs (no host sync: a CUDA graph can capture it).
+
+    E: [K + 1, B, 3, H, W] noise from `draw_noise`; returns clamp(X̄) in [0, 1], [N, 3, H, W].
+    """
+    kern = step_kernels(getattr(op, "backend", "torch"))
+    n = op.in_shape[0]
+    x = E[0].expand(op.in_shape).clone()                                    # batch-consistent init
+    for k, s in enumerate(steps):
         t = torch.full((n,), s.t, dtype=torch.long, device=y.device)
-        eps = eps_model(x, t)[:, :3].to(y.dtype)                           # ε_θ(X, t)
-        x0 = tweedie(x, eps, s)                                            # X̂
+        eps = eps_model(x, t)[:, :3].to(y.dtype)                            # ε_θ(X, t)
+        x0 = kern.tweedie(x, eps, s)                                        # X̂ (in [0, 1])
         if callback is not None:
-            callback(k, s.t, to_data(x0))
-        xbar = to_model(data_consistency(op, y, to_data(x0), cg_iters, gamma))  # X̄ = CG_l(X̂)
-        x = ddim_update(xbar, E[k + 1], eps, s)                            # re-noise with E_b
-    return to_data(xbar.clamp(-1, 1))
+            callback(k, s.t, x0)
+        xbar = kern.data_consistency(op, y, x0, cg_iters, gamma)            # X̄ = CG_l(X̂)
+        x = kern.ddim_update(xbar, E[k + 1], eps, s)                        # re-noise with E_b
+    return xbar.clamp(0, 1)
