@@ -1,0 +1,33 @@
+"""The PyTorch ε model: eager or torch.compile, fp32/fp16/bf16, optional channels_last."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+Tensor = torch.Tensor
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def torch_eps(model, *, precision: str = "fp32", channels_last: bool = False,
+              compile: bool = False) -> Callable[[Tensor, Tensor], Tensor]:
+    """ε(x_t [N, 3, H, W], t [N]) → [N, C_out, H, W] in the model's precision.
+
+    `model` is an `nn.Module` (the ADM UNet; converted in place to `precision`) or any
+    callable ε model, such as the weight-free prior, which runs in its input's dtype.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    if not isinstance(model, torch.nn.Module):
+        return model
+    dtype = PRECISIONS[precision]
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.eval().to(dtype=dtype, memory_format=fmt)
+    net = torch.compile(model, dynamic=False) if compile else model
+
+    @torch.no_grad()
+    def eps(x: Tensor, t: Tensor) -> Tensor:
+        return net(x.to(dtype).contiguous(memory_format=fmt), t)
+
+    return eps

@@ -1,0 +1,57 @@
+"""What every operator shares: its arithmetic chosen by backend, and constants cast on use.
+
+Each operator file keeps a table `BACKENDS = {"torch": Arithmetic(forward, adjoint, normal)}`
+of pure functions; the operator picks its row once, in its constructor, with
+`pick_backend`. A new backend (Triton) adds a row with the same signatures.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, NamedTuple
+
+import torch
+
+from engine.errors import InputError
+
+
+class Arithmetic(NamedTuple):
+    """The pure functions behind one operator: A, Aᵀ and AᵀA (signatures are the operator's own)."""
+
+    forward: Callable[..., torch.Tensor]
+    adjoint: Callable[..., torch.Tensor]
+    normal: Callable[..., torch.Tensor]
+
+
+def pick_backend(table: Mapping[str, Arithmetic], backend: str, operator: str) -> Arithmetic:
+    """The row of `table` for `backend`; InputError naming the accepted backends otherwise."""
+    if backend not in table:
+        raise InputError(f"{operator}: unknown backend {backend!r}; accepted: {', '.join(sorted(table))}")
+    return table[backend]
+
+
+class Constants:
+    """An operator's constant tensors (kernels, masks), cast to the input's dtype and device on use.
+
+    The originals stay as given (float64 or bool, on the CPU); one cast copy is
+    kept per (dtype, device). Naming `dtype`/`device` at construction makes that
+    copy at once, so calls on such inputs allocate nothing (safe for CUDA graph capture).
+    """
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], *, device=None, dtype=None):
+        self._originals = dict(tensors)
+        self._cast: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
+        if device is not None or dtype is not None:
+            like = torch.empty(0, dtype=dtype or torch.get_default_dtype(), device=device)
+            for name in self._originals:
+                self.like(name, like)
+
+    def original(self, name: str) -> torch.Tensor:
+        """The tensor as given, on the CPU."""
+        return self._originals[name]
+
+    def like(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """The tensor `name` in x's dtype and on x's device."""
+        key = (name, x.dtype, x.device)
+        if key not in self._cast:
+            self._cast[key] = self._originals[name].to(device=x.device, dtype=x.dtype)
+        return self._cast[key]

@@ -1,0 +1,153 @@
+"""Temporal PSF: a centred 1-D convolution along the frame axis (DESIGN.md §3).
+
+For a kernel k of width w with centre c = (w − 1) // 2, on frames n = 0 … N−1:
+
+    A:   y[n] = Σ_j k[j] · x[n + c − j]        (convolution)
+    Aᵀ:  x[m] = Σ_j k[j] · y[m − c + j]        (correlation: the flipped kernel)
+
+A frame index outside [0, N) wraps modulo N (boundary "circular", the public
+code's) or reads 0 (boundary "zero": the output still has N frames). With the
+circular boundary AᵀA is one circular convolution with the autocorrelation
+a_d = Σ_j k[j]·k[j + d], d = −(w−1) … w−1 (2w − 1 taps, wrapped modulo N).
+With the zero boundary AᵀA is not shift-invariant near the ends and is computed
+exactly as Aᵀ(A x).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from engine.errors import InputError
+from engine.operators.base import LinearOperator
+from engine.operators.common import Arithmetic, Constants, pick_backend
+
+Tensor = torch.Tensor
+
+BOUNDARIES = ("circular", "zero")
+
+
+# ── kernels (float64, on the CPU) ────────────────────────────────────────────
+
+def uniform_kernel(width: int) -> Tensor:
+    """k[j] = 1/w, j = 0 … w−1.  [w]"""
+    if not (isinstance(width, int) and width >= 1):
+        raise InputError(f"a uniform kernel needs an integer width ≥ 1, got {width!r}")
+    return torch.full((width,), 1.0 / width, dtype=torch.float64)
+
+
+def gaussian_kernel(sigma: float, width: int | None = None) -> Tensor:
+    """k[j] ∝ exp(−(j − (w−1)/2)² / 2σ²), normalised to Σ k = 1; w = 2⌈3σ⌉ + 1 unless given.  [w]"""
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise InputError(f"a Gaussian kernel needs a finite σ > 0, got {sigma!r}")
+    width = 2 * math.ceil(3 * sigma) + 1 if width is None else width
+    if not (isinstance(width, int) and width >= 1):
+        raise InputError(f"a Gaussian kernel needs an integer width ≥ 1, got {width!r}")
+    t = torch.arange(width, dtype=torch.float64) - (width - 1) / 2
+    g = torch.exp(-t**2 / (2 * sigma**2))
+    return g / g.sum()
+
+
+def autocorrelation(kernel: Tensor) -> Tensor:
+    """a[d + w − 1] = Σ_j k[j]·k[j + d], d = −(w−1) … w−1: the kernel of AᵀA (centre w − 1).  [w] → [2w − 1]"""
+    k = kernel.reshape(1, 1, -1)
+    return F.conv1d(k, k, padding=kernel.numel() - 1).reshape(-1)
+
+
+# ── arithmetic (the reference for other backends) ───────────────────────────
+
+def _shifted(x: Tensor, s: int, boundary: str) -> Tensor:
+    """z[n] = x[n − s] along frames, wrapped modulo N ("circular") or 0 outside [0, N) ("zero").  [N, ...]"""
+    if boundary == "circular":
+        return torch.roll(x, s, dims=0)
+    n = x.shape[0]
+    if abs(s) >= n:
+        return torch.zeros_like(x)
+    zeros = x.new_zeros((abs(s),) + tuple(x.shape[1:]))
+    return torch.cat([zeros, x[: n - s]]) if s >= 0 else torch.cat([x[-s:], zeros])
+
+
+def temporal_conv(x: Tensor, kernel: Tensor, boundary: str) -> Tensor:
+    """A x: y[n] = Σ_j k[j] · x[n + c − j], c = (w−1)//2.  x: [N, ...], kernel: [w] (x's dtype/device) → [N, ...]"""
+    c = (kernel.numel() - 1) // 2
+    y = torch.zeros_like(x)
+    for j in range(kernel.numel()):
+        y = y + kernel[j] * _shifted(x, j - c, boundary)
+    return y
+
+
+def temporal_conv_adjoint(y: Tensor, kernel: Tensor, boundary: str) -> Tensor:
+    """Aᵀ y: x[m] = Σ_j k[j] · y[m − c + j], c = (w−1)//2.  y: [N, ...], kernel: [w] → [N, ...]"""
+    c = (kernel.numel() - 1) // 2
+    x = torch.zeros_like(y)
+    for j in range(kernel.numel()):
+        x = x + kernel[j] * _shifted(y, c - j, boundary)
+    return x
+
+
+def temporal_conv_normal(x: Tensor, kernel: Tensor, autocorr: Tensor, boundary: str) -> Tensor:
+    """AᵀA x.  x: [N, ...], kernel: [w], autocorr = autocorrelation(kernel): [2w − 1] → [N, ...]
+
+    circular: one circular convolution with the autocorrelation (centre w − 1, wrapped modulo N);
+    zero: Aᵀ(A x), exact at the ends.
+    """
+    if boundary == "circular":
+        return temporal_conv(x, autocorr, "circular")
+    return temporal_conv_adjoint(temporal_conv(x, kernel, boundary), kernel, boundary)
+
+
+#: TemporalPSF's arithmetic by backend: forward(x, kernel, boundary),
+#: adjoint(y, kernel, boundary), normal(x, kernel, autocorr, boundary).
+BACKENDS = {"torch": Arithmetic(temporal_conv, temporal_conv_adjoint, temporal_conv_normal)}
+
+
+# ── the operator ─────────────────────────────────────────────────────────────
+
+class TemporalPSF(LinearOperator):
+    """A = centred convolution of every pixel's time series with k.  [N, C, H, W] → [N, C, H, W]"""
+
+    def __init__(self, shape, kernel, boundary: str = "circular", *, device=None, dtype=None, backend: str = "torch"):
+        self.in_shape = self.out_shape = tuple(int(s) for s in shape)
+        k = torch.as_tensor(kernel, dtype=torch.float64).cpu()
+        if k.ndim != 1 or k.numel() == 0 or not torch.isfinite(k).all():
+            raise InputError(f"a temporal kernel must be a non-empty 1-D array of finite numbers, got shape {tuple(k.shape)}")
+        if boundary not in BOUNDARIES:
+            raise InputError(f"unknown temporal boundary {boundary!r}; accepted: {', '.join(BOUNDARIES)}")
+        n, w = self.in_shape[0], k.numel()
+        if boundary == "circular" and w > n:
+            raise InputError(
+                f"the temporal kernel has width {w} but the clip has {n} frames: with the circular boundary "
+                f"the kernel would wrap onto itself and count a frame twice; use at least {w} frames, "
+                f"a narrower kernel, or the zero boundary")
+        self.boundary = boundary
+        self._fn = pick_backend(BACKENDS, backend, "TemporalPSF")
+        self._k = Constants({"kernel": k, "autocorr": autocorrelation(k)}, device=device, dtype=dtype)
+
+    @classmethod
+    def uniform(cls, shape, width: int, boundary: str = "circular", **options) -> "TemporalPSF":
+        """Uniform kernel of width k (the paper's k = 7, 13)."""
+        return cls(shape, uniform_kernel(width), boundary, **options)
+
+    @classmethod
+    def gaussian(cls, shape, sigma: float, boundary: str = "circular", **options) -> "TemporalPSF":
+        """Gaussian kernel σ of width 2⌈3σ⌉ + 1 (the paper's σ = 1.0)."""
+        return cls(shape, gaussian_kernel(sigma), boundary, **options)
+
+    @property
+    def kernel(self) -> Tensor:
+        """k, float64 on the CPU.  [w]"""
+        return self._k.original("kernel")
+
+    def A(self, x: Tensor) -> Tensor:
+        """y = k ∗ x along frames.  [N, C, H, W] → [N, C, H, W]"""
+        return self._fn.forward(x, self._k.like("kernel", x), self.boundary)
+
+    def A_adjoint(self, y: Tensor) -> Tensor:
+        """x = k ⋆ y (correlation) along frames.  [N, C, H, W] → [N, C, H, W]"""
+        return self._fn.adjoint(y, self._k.like("kernel", y), self.boundary)
+
+    def A_adjoint_A(self, x: Tensor) -> Tensor:
+        """AᵀA x (autocorrelation convolution for circular, Aᵀ(A x) for zero).  [N, C, H, W] → [N, C, H, W]"""
+        return self._fn.normal(x, self._k.like("kernel", x), self._k.like("autocorr", x), self.boundary)

@@ -1,0 +1,357 @@
+"""Reading, checking and writing clips: tensors `[N, 3, H, W]` in `[0, 1]`, frames first.
+
+Inputs are prepared as the paper prepares DAVIS: each frame is centre-cropped to a
+square and resized (bilinear, antialiased) to `size × size`. Supported inputs:
+
+- video files `.mp4 .avi .mov .mkv .webm` (imageio's FFMPEG plugin) and `.gif` (pillow);
+- a folder of frames `.png .jpg .jpeg .bmp`, in natural order (`f2` before `f10`);
+- the public code's `.npy` clips `[3, N, H, W]` (also `[N, 3, H, W]` when only one
+  reading is possible), float in `[0, 1]` or uint8;
+- `.pt` tensors, with the same layout rules as `.npy`.
+
+Every failure a user can cause raises `InputError` with one line naming the path.
+Writers are atomic: they write a temporary file or folder beside the target and
+`os.replace` it into place, so a failed run leaves no half-written output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import shutil
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.errors import InputError
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+GIF_EXTS = (".gif",)
+FRAME_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
+ARRAY_EXTS = (".npy", ".pt")
+RANGE_TOL = 1e-3  # values within [-tol, 1 + tol] count as in range (resampling round-off)
+_MP4_QUALITY = 8  # imageio-ffmpeg scale 0..10; 8 gives libx264 crf 10 (visually lossless)
+_FRAME_NAME = re.compile(r"frame_\d{4,}\.png")
+
+__all__ = ["read_video", "write_video", "write_frames", "validate_video"]
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def validate_video(
+    x: torch.Tensor, *, min_frames: int = 1, size: int | tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Check a clip `[N, 3, H, W]` in `[0, 1]`; raise `InputError` with one line, else return `x`.
+
+    `size` is `S` (square) or `(H, W)`; values may leave `[0, 1]` by at most `RANGE_TOL`.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"expected a torch.Tensor clip, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise InputError(f"expected a clip [N, 3, H, W] (rank 4), got shape {tuple(x.shape)}")
+    if x.shape[1] != 3:
+        raise InputError(f"expected 3 colour channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+    if x.shape[0] < min_frames:
+        raise InputError(f"expected at least {min_frames} frames, got {x.shape[0]}")
+    if size is not None:
+        want = (size, size) if isinstance(size, int) else tuple(size)
+        if tuple(x.shape[-2:]) != want:
+            raise InputError(f"expected frames of {want[0]}x{want[1]}, got {x.shape[-2]}x{x.shape[-1]}")
+    if not x.is_floating_point():
+        raise InputError(f"expected a floating-point clip in [0, 1], got dtype {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise InputError("clip contains NaN or Inf values")
+    lo, hi = x.min().item(), x.max().item()
+    if lo < -RANGE_TOL or hi > 1 + RANGE_TOL:
+        raise InputError(f"clip values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]")
+    return x
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_video(
+    path: str | os.PathLike, *, size: int | None = 256, frames: int | None = None, start: int = 0
+) -> torch.Tensor:
+    """Read a clip as float32 `[N, 3, size, size]` in `[0, 1]` (centre crop, then antialiased resize).
+
+    `frames` keeps frames `start … start + frames − 1` (all after `start` when None; fewer
+    available is an error). `size=None` keeps the frames' own size and aspect.
+    """
+    path = Path(path)
+    if start < 0 or (frames is not None and frames < 1):
+        raise InputError(f"{path}: need start >= 0 and frames >= 1, got start={start}, frames={frames}")
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    stop = None if frames is None else start + frames
+    with closing(_read_frames(path)) as decoded:
+        prepared = [_prepare(frame, size, path) for frame in _select(decoded, start, stop, path)]
+    clip = torch.stack(prepared)  # [N, 3, S, S]
+    _check(clip, path)
+    return clip.clamp_(0.0, 1.0)
+
+
+def _read_frames(path: Path) -> Iterator[np.ndarray | torch.Tensor]:
+    """Frames of `path` one at a time, each `[H, W]`, `[H, W, C]` (images) or `[3, H, W]` (arrays)."""
+    ext = path.suffix.lower()
+    if path.is_dir():
+        yield from _read_folder(path)
+    elif ext in ARRAY_EXTS:
+        yield from _read_array(path)
+    elif ext in VIDEO_EXTS + GIF_EXTS:
+        plugin = "pillow" if ext in GIF_EXTS else "FFMPEG"
+        yield from _guarded(_imageio().imiter(path, plugin=plugin), path)
+    else:
+        accepted = " ".join(VIDEO_EXTS + GIF_EXTS + ARRAY_EXTS)
+        raise InputError(f"{path}: unsupported file type {ext or '(none)'}; "
+                         f"accepted: {accepted}, or a folder of frames")
+
+
+def _select(frames: Iterator, start: int, stop: int | None, path: Path) -> Iterator:
+    """Yield frames `start … stop − 1`, decoding no further; too few frames is an `InputError`."""
+    count = 0
+    for count, frame in enumerate(frames, 1):
+        if count > start:
+            yield frame
+        if count == stop:
+            return
+    if count <= start or stop is not None:
+        want = "at least one frame" if stop is None else f"{stop - start} frames"
+        raise InputError(f"{path}: has {count} frames; asked for {want} from frame {start}")
+
+
+def _guarded(frames: Iterable, path: Path) -> Iterator:
+    """Re-raise any decoder failure while iterating as a one-line `InputError`."""
+    try:
+        yield from frames
+    except Exception as err:  # decoders raise OSError, ValueError, RuntimeError, ...
+        raise InputError(f"{path}: cannot decode ({_first_line(err)})") from err
+
+
+def _read_folder(folder: Path) -> Iterator[np.ndarray]:
+    """Image files of `folder` in natural order, decoded one by one."""
+    files = sorted(
+        (f for f in folder.iterdir() if f.suffix.lower() in FRAME_EXTS and not f.name.startswith(".")),
+        key=_natural_key,
+    )
+    if not files:
+        raise InputError(f"{folder}: folder has no frames ({' '.join(FRAME_EXTS)})")
+    iio = _imageio()
+    first_shape = None
+    for f in files:
+        try:
+            frame = iio.imread(f)
+        except Exception as err:  # pillow raises several types for broken files
+            raise InputError(f"{f}: cannot decode ({_first_line(err)})") from err
+        first_shape = first_shape or frame.shape[:2]
+        if frame.shape[:2] != first_shape:
+            raise InputError(f"{f}: frame is {frame.shape[1]}x{frame.shape[0]}, earlier frames are "
+                             f"{first_shape[1]}x{first_shape[0]}")
+        yield frame
+
+
+def _natural_key(f: Path) -> list:
+    """Sort key that orders digit runs by value: `f2.png` < `f10.png`."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", f.name)]
+
+
+def _read_array(path: Path) -> torch.Tensor:
+    """A `.npy` / `.pt` clip as `[N, 3, H, W]` (from `[3, N, H, W]` or `[N, 3, H, W]`)."""
+    try:
+        if path.suffix.lower() == ".npy":
+            data = torch.from_numpy(np.load(path, allow_pickle=False))
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # numpy / torch raise ValueError, UnpicklingError, RuntimeError, ...
+        raise InputError(f"{path}: cannot load ({_first_line(err)})") from err
+    if not isinstance(data, torch.Tensor):
+        raise InputError(f"{path}: expected one tensor, found {type(data).__name__}")
+    if not (data.is_floating_point() or data.dtype in (torch.uint8, torch.bool)):
+        raise InputError(f"{path}: expected float values in [0, 1] or uint8, got dtype {data.dtype}")
+    if data.dim() != 4:
+        raise InputError(f"{path}: expected [3, N, H, W] or [N, 3, H, W], got shape {tuple(data.shape)}")
+    first, second = data.shape[0] == 3, data.shape[1] == 3
+    if first and second:
+        raise InputError(f"{path}: shape {tuple(data.shape)} is ambiguous between [3, N, H, W] and [N, 3, H, W]")
+    if not (first or second):
+        raise InputError(f"{path}: expected 3 colour channels in [3, N, H, W] or [N, 3, H, W], "
+                         f"got shape {tuple(data.shape)}")
+    return data.transpose(0, 1) if first else data
+
+
+def _prepare(frame: np.ndarray | torch.Tensor, size: int | None, path: Path) -> torch.Tensor:
+    """One frame → float32 `[3, size, size]`: to channels-first RGB in [0, 1], centre crop, resize."""
+    if isinstance(frame, np.ndarray):
+        frame = _hwc_to_chw(frame, path)
+    x = _to_unit_float(frame)  # [3, H, W]
+    if size is None:
+        return x
+    h, w = x.shape[-2:]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    x = x[:, top:top + side, left:left + side]
+    if side == size:
+        return x.contiguous()
+    return F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def _hwc_to_chw(frame: np.ndarray, path: Path) -> torch.Tensor:
+    """Decoded image `[H, W]` or `[H, W, C]` (C = 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA) → `[3, H, W]`."""
+    if frame.ndim == 2:
+        frame = frame[..., None]
+    if frame.ndim != 3 or frame.shape[-1] not in (1, 2, 3, 4):
+        raise InputError(f"{path}: unsupported frame layout {frame.shape}")
+    colour = frame[..., :3] if frame.shape[-1] >= 3 else frame[..., :1]  # drop alpha
+    x = torch.from_numpy(np.ascontiguousarray(colour)).permute(2, 0, 1)
+    return x.expand(3, -1, -1) if x.shape[0] == 1 else x
+
+
+def _to_unit_float(x: torch.Tensor) -> torch.Tensor:
+    """Integer images scaled to [0, 1] by their type's maximum; floats cast to float32 as they are."""
+    if x.dtype == torch.bool:
+        return x.float()
+    if x.is_floating_point():
+        return x.float()
+    return x.float() / torch.iinfo(x.dtype).max
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_video(path: str | os.PathLike, video: torch.Tensor, fps: int = 8) -> Path:
+    """Write `[N, 3, H, W]` in [0, 1] as an H.264 mp4 (yuv420p) atomically; returns the path.
+
+    yuv420p needs even sizes: an odd height or width gets its last row or column repeated.
+    """
+    path = Path(path)
+    _check(video, path)
+    frames = _to_uint8_hwc(_pad_to_even(video))  # [N, H', W', 3]
+    iio = _imageio()
+    with _atomic_file(path) as tmp:
+        _encode_mp4(iio, tmp, frames, fps)
+    log.info("wrote %s (%d frames, %dx%d, %d fps)", path, frames.shape[0], frames.shape[2], frames.shape[1], fps)
+    return path
+
+
+def write_frames(folder: str | os.PathLike, video: torch.Tensor) -> Path:
+    """Write `[N, 3, H, W]` in [0, 1] as `frame_0000.png …` (8-bit, lossless) into `folder`, atomically.
+
+    An existing `folder` is replaced only if it holds nothing but `frame_*.png` files.
+    """
+    folder = Path(folder)
+    _check(video, folder)
+    if folder.exists() and not _is_frames_folder(folder):
+        raise InputError(f"{folder}: exists and holds other files; refusing to replace it")
+    frames = _to_uint8_hwc(video)
+    iio = _imageio()
+    digits = max(4, len(str(len(frames) - 1)))
+    with _atomic_folder(folder) as tmp:
+        for i, frame in enumerate(frames):
+            _write_png(iio, tmp / f"frame_{i:0{digits}d}.png", frame)
+    log.info("wrote %d frames to %s", len(frames), folder)
+    return folder
+
+
+def _encode_mp4(iio, path: Path, frames: np.ndarray, fps: int) -> None:
+    """Encode uint8 `[N, H, W, 3]` with libx264 / yuv420p at `fps`."""
+    iio.imwrite(path, frames, plugin="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p",
+                macro_block_size=1, quality=_MP4_QUALITY)
+
+
+def _write_png(iio, path: Path, frame: np.ndarray) -> None:
+    """Write one uint8 `[H, W, 3]` frame as PNG."""
+    iio.imwrite(path, frame, plugin="pillow", extension=".png")
+
+
+def _to_uint8_hwc(video: torch.Tensor) -> np.ndarray:
+    """`[N, 3, H, W]` in [0, 1] → uint8 `[N, H, W, 3]`, rounded to the nearest level."""
+    x = video.detach().to("cpu", torch.float32).clamp(0.0, 1.0)
+    return (x * 255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _pad_to_even(video: torch.Tensor) -> torch.Tensor:
+    """Repeat the last row / column where H / W is odd: `[N, C, H, W]` → `[N, C, H + H%2, W + W%2]`."""
+    h, w = video.shape[-2:]
+    if h % 2 == 0 and w % 2 == 0:
+        return video
+    return F.pad(video, (0, w % 2, 0, h % 2), mode="replicate")
+
+
+def _is_frames_folder(folder: Path) -> bool:
+    """True for a folder holding only `frame_NNNN.png` files (an earlier `write_frames` output)."""
+    return folder.is_dir() and all(_FRAME_NAME.fullmatch(f.name) for f in folder.iterdir())
+
+
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; `os.replace` it onto `path` on success, delete it on failure."""
+    tmp = _temp_sibling(path)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _atomic_folder(folder: Path) -> Iterator[Path]:
+    """Yield a new temporary folder beside `folder`; swap it in for `folder` on success, delete it on failure."""
+    tmp = _temp_sibling(folder)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if folder.exists():  # a folder cannot be os.replace'd over a non-empty one: move the old one aside
+        old = _temp_sibling(folder)
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, folder)
+
+
+def _temp_sibling(path: Path) -> Path:
+    """An unused hidden name in `path`'s folder (created if missing), keeping `path`'s extension."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.stem}.tmp-{secrets.token_hex(6)}{path.suffix}")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _check(x: torch.Tensor, path: Path) -> None:
+    """`validate_video`, with the path at the front of any message."""
+    try:
+        validate_video(x)
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from None
+
+
+def _imageio():
+    """`imageio.v3`, imported on first use (part of the `video` extra)."""
+    try:
+        import imageio.v3 as iio
+    except ImportError as err:
+        raise ImportError(
+            "reading and writing videos needs imageio and imageio-ffmpeg: "
+            "pip install 'video-inverse-engine[video]'"
+        ) from err
+    return iio
+
+
+def _first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message, prefixed by its type."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
