@@ -36,6 +36,7 @@ from engine.tasks import TASKS, get_task
 
 log = logging.getLogger("engine.solve")
 DEMO_TASK = "temporal-k7"
+DEFAULT_FRAMES = 16
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,7 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="network precision")
     p.add_argument("--backend", choices=BACKENDS, default="torch")
-    p.add_argument("--frames", type=int, default=16, help="frames to read from INPUT (default 16)")
+    p.add_argument("--frames", type=int,
+                   help=f"frames to restore from the start of INPUT (default: up to {DEFAULT_FRAMES}; an explicit "
+                        "count must be there)")
     p.add_argument("--size", type=int, default=256, help="frame size for the weight-free prior (a checkpoint sets its own)")
     p.add_argument("--fps", type=int, default=8, help="frame rate of the written videos")
     p.add_argument("--out", type=Path, required=True, help="output folder (must not exist unless --overwrite)")
@@ -110,12 +113,15 @@ def read_input(args, size: int):
     if args.demo:
         from engine.testclips import demo_clip
 
-        return demo_clip(frames=args.frames, size=size), None
+        return demo_clip(frames=args.frames or DEFAULT_FRAMES, size=size), None
     from engine.video_io import read_video, validate_video
 
+    clip = read_video(args.input, size=None if args.measured else size, frames=args.frames)
+    if args.frames is None:
+        clip = clip[:DEFAULT_FRAMES]
     if args.measured:
-        return None, validate_video(read_video(args.input, size=None, frames=args.frames))
-    return validate_video(read_video(args.input, size=size, frames=args.frames), size=size), None
+        return None, validate_video(clip)
+    return validate_video(clip, size=size), None
 
 
 def _finite(v):

@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+import torch
+
+from engine.errors import InputError
+from engine.priors import GaussianPrior
+from engine.runtime import Solver, SolverConfig
+from engine.sampler import sample
+from engine.testclips import camera_clip
+
+CFG = SolverConfig.from_task("temporal-k7", frames=8, size=24, nfe=4)
+
+
+@pytest.fixture(scope="module")
+def solver():
+    return Solver(GaussianPrior(), CFG)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return camera_clip(frames=8, size=24)
+
+
+def test_solve_equals_the_plain_sampler(solver, clip):
+    y = solver.measure(clip)
+    ref = sample(GaussianPrior(), y, solver.op, nfe=4, eta=CFG.eta, cg_iters=CFG.cg_iters, seed=7)
+    assert torch.equal(solver.solve(y, seed=7), ref)
+
+
+def test_repeated_calls_same_seed_identical(solver, clip):
+    y = solver.measure(clip)
+    a, b = solver.solve(y, seed=1), solver.solve(y, seed=1)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, solver.solve(y, seed=2))
+
+
+def test_numpy_and_dlpack_inputs(solver, clip):
+    y = solver.measure(clip)
+    out = solver.solve(y, seed=3)
+    assert torch.equal(solver.solve(y.numpy(), seed=3), out)
+    assert torch.equal(solver.solve(np.asarray(y, dtype=np.float64), seed=3), out)
+
+
+def test_noisy_measurement_is_seeded(solver, clip):
+    a = solver.measure(clip, sigma_y=0.05, seed=1)
+    assert torch.equal(a, solver.measure(clip, sigma_y=0.05, seed=1))
+    assert (a - solver.measure(clip)).std() == pytest.approx(0.05, rel=0.1)
+
+
+def test_regularised_config_runs(clip):
+    s = Solver(GaussianPrior(), SolverConfig.from_task("temporal-k7", frames=8, size=24, nfe=3, gamma=1.0))
+    out = s.solve(s.measure(clip, sigma_y=0.01), seed=0)
+    assert out.shape == clip.shape and torch.isfinite(out).all()
+
+
+def test_bad_inputs(solver, clip):
+    with pytest.raises(InputError, match="shape"):
+        solver.solve(torch.zeros(4, 3, 24, 24))
+    y = solver.measure(clip)
+    y[0, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        solver.solve(y)
+    with pytest.raises(InputError, match="built for"):
+        solver.measure(torch.zeros(8, 3, 32, 32))
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(backend="warp"), "backend"),
+    (dict(precision="fp8"), "precision"),
+    (dict(noise="pink"), "noise"),
+    (dict(kernels="cuda"), "kernels"),
+    (dict(nfe=0), "nfe"),
+    (dict(backend="torch+graph", device="cpu"), "CUDA"),
+])
+def test_bad_configs(change, match):
+    with pytest.raises(InputError, match=match):
+        SolverConfig.from_task("temporal-k7", **change)
+
+
+def test_unknown_task():
+    with pytest.raises(InputError, match="temporal-k7"):
+        SolverConfig.from_task("deblur-everything")
+
+
+@pytest.mark.gpu
+def test_graph_replay_equals_eager_on_gpu(clip):
+    cfg = SolverConfig.from_task("temporal-k7-sr4", frames=8, size=32, nfe=5, device="cuda")
+    clip = camera_clip(frames=8, size=32)
+    eager = Solver(GaussianPrior(), cfg)
+    graph = Solver(GaussianPrior(), SolverConfig(**{**cfg.to_dict(), "backend": "torch+graph"}))
+    y = eager.measure(clip)
+    a, b = eager.solve(y, seed=5), graph.solve(y, seed=5)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert torch.equal(graph.solve(y, seed=5), b)
