@@ -24,7 +24,7 @@ import torch
 from engine.backends import BACKENDS, GRAPH_BACKENDS, PRECISIONS, torch_eps
 from engine.errors import InputError
 from engine.operators import from_spec
-from engine.sampler import NOISE_MODES, check_measurement, draw_noise, reverse_process
+from engine.sampler import NOISE_MODES, check_measurement, draw_noise, reverse_process, step_kernels
 from engine.schedule import ddim_steps
 from engine.tasks import get_task
 
@@ -112,6 +112,7 @@ class Solver:
                             dtype=torch.float32, backend=config.operator_backend())
         self.steps = ddim_steps(config.nfe, config.eta)
         self.eps_model = eps_model or self._make_eps(model)
+        self.kernels = step_kernels(config.operator_backend())
         self._lock = threading.Lock()
         b = 1 if config.noise == "shared" else config.frames
         self._E = torch.zeros((config.nfe + 1, b, *config.shape[1:]), device=self.device)  # E_b, all steps
@@ -135,7 +136,7 @@ class Solver:
     def _loop(self, callback=None) -> Tensor:
         cfg = self.config
         return reverse_process(self.eps_model, self._y, self.op, self._E, self.steps,
-                               cg_iters=cfg.cg_iters, gamma=cfg.gamma, callback=callback)
+                               cg_iters=cfg.cg_iters, gamma=cfg.gamma, callback=callback, kernels=self.kernels)
 
     def _capture(self) -> None:
         """Warm up on a side stream, then capture the whole reverse loop as one CUDA graph."""

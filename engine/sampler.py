@@ -125,12 +125,14 @@ def reverse_process(
     cg_iters: int,
     gamma: Optional[float],
     callback: Optional[Callable[[int, int, Tensor], None]] = None,
+    kernels: Optional[StepKernels] = None,
 ) -> Tensor:
     """The loop of Algorithm 1 on static inputs (no host sync: a CUDA graph can capture it).
 
     E: [K + 1, B, 3, H, W] noise from `draw_noise`; returns clamp(X̄) in [0, 1], [N, 3, H, W].
+    `kernels` defaults to the step arithmetic of the operator's backend.
     """
-    kern = step_kernels(getattr(op, "backend", "torch"))
+    kern = kernels or step_kernels(getattr(op, "backend", "torch"))
     n = op.in_shape[0]
     x = E[0].expand(op.in_shape).clone()                                    # batch-consistent init
     for k, s in enumerate(steps):

@@ -1,0 +1,115 @@
+"""What every benchmark shares: timing with device events, the machine's description, result files."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import subprocess
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, *, repeats: int = 5, warmup: int = 1) -> list[float]:
+    """Seconds per call of `fn`, each call timed alone (CUDA events on a GPU, perf_counter on the CPU)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine(device: torch.device) -> dict:
+    """The card (or CPU), versions and commit that every result line carries."""
+    info = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(),
+            "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(device_name=props.name, compute_capability=f"{props.major}.{props.minor}",
+                    memory_bytes=props.total_memory, cuda=torch.version.cuda)
+    else:
+        info.update(device_name=platform.processor() or platform.machine(), threads=torch.get_num_threads())
+    return info
+
+
+def append_jsonl(name: str, rows: list[dict]) -> Path:
+    """Append result rows to bench/results/<name>.jsonl (never typed in by hand)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.jsonl"
+    with path.open("a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+@contextmanager
+def nvtx_range(name: str, enabled: bool):
+    """An NVTX range for Nsight (the `nvtx` package if installed, else torch.cuda.nvtx)."""
+    if not enabled:
+        yield
+        return
+    try:
+        import nvtx
+    except ImportError:
+        nvtx = None
+    if nvtx is not None:
+        with nvtx.annotate(name):
+            yield
+        return
+    torch.cuda.nvtx.range_push(name)
+    try:
+        yield
+    finally:
+        torch.cuda.nvtx.range_pop()
+
+
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
+    """Dense matmul throughput measured now: the peak the UNet's TFLOP/s is compared with."""
+    n = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    t = median(time_fn(lambda: a @ b, device, repeats=10 if device.type == "cuda" else 3))
+    return 2 * n**3 / t / 1e12

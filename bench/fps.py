@@ -1,0 +1,247 @@
+"""End-to-end speed of the reverse loop, every available backend side by side in one run.
+
+    python bench/fps.py                      # CPU: a tiny model, about a minute
+    python bench/fps.py --task temporal-k7   # GPU: ADM-256 (random weights), 16 frames, 20 NFE, 5 CG
+    python bench/fps.py --json --nvtx        # one JSON object per backend; NVTX ranges for Nsight
+
+The reference is the loop written the way the public code runs it (eager UNet in fp16
+on a GPU, fp32 on the CPU; plain torch operators and CG). Speed does not depend on the
+weights' values, so the model is built from its config with random weights. Every run
+appends its rows to bench/results/fps.jsonl with the card, versions and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import append_jsonl, machine, matmul_peak_tflops, median, nvtx_range, synchronize, time_fn  # noqa: E402
+from engine.backends import GRAPH_BACKENDS  # noqa: E402
+from engine.runtime import Solver, SolverConfig  # noqa: E402
+from engine.sampler import StepKernels  # noqa: E402
+from engine.tasks import TASKS  # noqa: E402
+from engine.unet import ADMConfig, ADMUNet  # noqa: E402
+
+log = logging.getLogger("bench.fps")
+REFERENCE = "reference"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="adm256_uncond" if cuda else "tiny", help="ADM config (adm256_uncond, ffhq_dps, tiny)")
+    p.add_argument("--frames", type=int, default=16 if cuda else 8)
+    p.add_argument("--task", default="temporal-k7", choices=sorted(TASKS), help="degradation (sets the operator)")
+    p.add_argument("--nfe", type=int, default=20 if cuda else 4, help="network evaluations K")
+    p.add_argument("--cg-iters", type=int, default=5)
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16" if cuda else "fp32",
+                   help="network precision of the fast backends")
+    p.add_argument("--backends", default=None,
+                   help="comma list from torch,torch+graph,compile,tensorrt (default: all that run here but compile)")
+    p.add_argument("--engine", type=Path, help="TensorRT engine file for the tensorrt backend")
+    p.add_argument("--repeats", type=int, default=5 if cuda else 2, help="timed clips per backend (median reported)")
+    p.add_argument("--device", default="cuda" if cuda else "cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object per backend instead of a table")
+    p.add_argument("--nvtx", action="store_true", help="NVTX ranges per stage (for nsys)")
+    p.add_argument("--profile", type=Path, help="write a torch profiler trace of one clip per backend here")
+    p.add_argument("--cold-start", action="store_true", help="also time process start → first restored clip")
+    p.add_argument("--no-save", action="store_true", help="do not append to bench/results/fps.jsonl")
+    p.add_argument("--cold-child", action="store_true", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def default_backends(device: torch.device, engine: Path | None) -> list[str]:
+    names = ["torch"]
+    if device.type == "cuda":
+        names.append("torch+graph")
+        if engine is not None:
+            names.append("tensorrt")
+    return names
+
+
+def build_solver(args, backend: str) -> tuple[Solver, float]:
+    """A Solver for one backend with a freshly built random-weight model; returns (solver, build seconds)."""
+    device = torch.device(args.device)
+    reference = backend == REFERENCE
+    torch.manual_seed(0)
+    cfg_model = ADMConfig.preset(args.preset)
+    model = args.engine if backend == "tensorrt" else ADMUNet(cfg_model).to(device)
+    config = SolverConfig.from_task(
+        args.task, frames=args.frames, size=cfg_model.image_size, nfe=args.nfe, cg_iters=args.cg_iters,
+        device=args.device,
+        backend="torch" if reference else backend,
+        precision=("fp16" if device.type == "cuda" else "fp32") if reference else args.precision,
+        kernels="torch" if reference else "auto",
+        channels_last=not reference and device.type == "cuda",
+    )
+    synchronize(device)
+    t0 = time.perf_counter()
+    solver = Solver(model, config)
+    synchronize(device)
+    return solver, time.perf_counter() - t0
+
+
+def with_nvtx(solver: Solver) -> None:
+    """Wrap the network and each step's arithmetic in NVTX ranges (eager backends only)."""
+    eps, k = solver.eps_model, solver.kernels
+
+    def ranged(name, fn):
+        def call(*a, **kw):
+            with nvtx_range(name, True):
+                return fn(*a, **kw)
+        return call
+
+    solver.eps_model = ranged("unet", eps)
+    solver.kernels = StepKernels(tweedie=ranged("tweedie", k.tweedie), ddim_update=ranged("ddim_update", k.ddim_update),
+                                 data_consistency=ranged("cg", k.data_consistency))
+
+
+def stage_times(solver: Solver, y: torch.Tensor, repeats: int) -> dict:
+    """Each stage timed alone, K times over: the network, CG with its operators, and the updates."""
+    device, cfg, s = solver.device, solver.config, solver.steps[len(solver.steps) // 2]
+    x = torch.randn(solver.op.in_shape, device=device)
+    eps = torch.randn_like(x)
+    t = torch.full((cfg.frames,), s.t, dtype=torch.long, device=device)
+    noise = torch.randn((1, *x.shape[1:]), device=device)
+    k = solver.kernels
+    with torch.no_grad():
+        unet = median(time_fn(lambda: solver.eps_model(x, t), device, repeats=repeats))
+        x0 = k.tweedie(x, eps, s)
+        cg = median(time_fn(lambda: k.data_consistency(solver.op, y, x0, cfg.cg_iters, cfg.gamma), device, repeats=repeats))
+        upd = median(time_fn(lambda: (k.tweedie(x, eps, s), k.ddim_update(x0, noise, eps, s)), device, repeats=repeats))
+    return {"unet_s": unet * cfg.nfe, "cg_and_operators_s": cg * cfg.nfe, "updates_s": upd * cfg.nfe}
+
+
+def unet_flops(args) -> float:
+    """FLOPs of one batch-N forward (torch.utils.flop_counter, meta device: nothing runs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = ADMConfig.preset(args.preset)
+    with torch.device("meta"):
+        model = ADMUNet(cfg)
+        x = torch.empty(args.frames, 3, cfg.image_size, cfg.image_size)
+        t = torch.zeros(args.frames, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter:
+        model(x, t)
+    return float(counter.get_total_flops())
+
+
+def bench_backend(args, backend: str, clip_y: dict, flops: float, peak: float) -> dict:
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    solver, build_s = build_solver(args, backend)
+    if args.nvtx and solver.config.backend not in GRAPH_BACKENDS:
+        with_nvtx(solver)
+    if "y" not in clip_y:
+        clip_y["y"] = solver.measure(torch.rand(solver.op.in_shape, generator=torch.Generator().manual_seed(0)))
+    y = clip_y["y"]
+    with nvtx_range(f"solve[{backend}]", args.nvtx):
+        seconds = time_fn(lambda: solver.solve(y, seed=0), device, repeats=args.repeats)
+    if args.profile:
+        profile_one(args, solver, y, backend)
+    stages = stage_times(solver, y, repeats=max(3, args.repeats))
+    per_clip = median(seconds)
+    cfg = solver.config
+    row = {
+        "backend": backend, "device": args.device, "preset": args.preset, "task": args.task,
+        "frames": cfg.frames, "size": cfg.size, "nfe": cfg.nfe, "cg_iters": cfg.cg_iters,
+        "precision": cfg.precision, "kernels": cfg.operator_backend(),
+        "seconds_per_clip": per_clip, "seconds_all": seconds, "fps": cfg.frames / per_clip,
+        "ms_per_nfe": per_clip / cfg.nfe * 1e3, "build_s": build_s,
+        "stages": stages,
+        "unet_tflops": flops * cfg.nfe / stages["unet_s"] / 1e12,
+        "matmul_peak_tflops": peak,
+        "peak_mem_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+    }
+    row["unet_fraction_of_peak"] = row["unet_tflops"] / peak
+    del solver
+    return row
+
+
+def profile_one(args, solver: Solver, y: torch.Tensor, backend: str) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
+    args.profile.mkdir(parents=True, exist_ok=True)
+    with profile(activities=acts) as prof:
+        solver.solve(y, seed=0)
+        synchronize(solver.device)
+    path = args.profile / f"trace_{backend.replace('+', '_')}.json"
+    prof.export_chrome_trace(str(path))
+    log.info("wrote %s", path)
+
+
+def cold_start(args, backend: str) -> float:
+    """Seconds from process start to the first restored clip (kernels and engines already cached)."""
+    cmd = [sys.executable, __file__, "--cold-child", "--backends", backend, "--preset", args.preset,
+           "--frames", str(args.frames), "--task", args.task, "--nfe", str(args.nfe), "--cg-iters", str(args.cg_iters),
+           "--precision", args.precision, "--device", args.device]
+    if args.engine:
+        cmd += ["--engine", str(args.engine)]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return time.perf_counter() - t0
+
+
+def print_table(rows: list[dict]) -> None:
+    head = f"{'backend':<12} {'s/clip':>8} {'FPS':>7} {'ms/NFE':>8} {'UNet s':>7} {'CG s':>7} {'upd s':>7} " \
+           f"{'TFLOP/s':>8} {'%peak':>6} {'mem GB':>7} {'speed-up':>8}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        st = r["stages"]
+        mem = f"{r['peak_mem_bytes'] / 1e9:7.2f}" if r["peak_mem_bytes"] else f"{'-':>7}"
+        print(f"{r['backend']:<12} {r['seconds_per_clip']:8.3f} {r['fps']:7.2f} {r['ms_per_nfe']:8.2f} "
+              f"{st['unet_s']:7.3f} {st['cg_and_operators_s']:7.3f} {st['updates_s']:7.3f} {r['unet_tflops']:8.2f} "
+              f"{100 * r['unet_fraction_of_peak']:6.1f} {mem} {r['speedup_vs_reference']:8.2f}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    device = torch.device(args.device)
+    backends = args.backends.split(",") if args.backends else default_backends(device, args.engine)
+    if args.cold_child:
+        solver, _ = build_solver(args, backends[0])
+        solver.solve(solver.measure(torch.rand(solver.op.in_shape)), seed=0)
+        synchronize(device)
+        return 0
+    info = machine(device)
+    flops = unet_flops(args)
+    peak = matmul_peak_tflops(device, torch.float16 if device.type == "cuda" and args.precision == "fp16"
+                              else torch.bfloat16 if device.type == "cuda" else torch.float32)
+    shared: dict = {}
+    rows = [bench_backend(args, b, shared, flops, peak) for b in [REFERENCE, *backends]]
+    for r in rows:
+        r["speedup_vs_reference"] = rows[0]["seconds_per_clip"] / r["seconds_per_clip"]
+        r["unet_flops_per_forward"] = flops
+        r.update(info)
+    if args.cold_start:
+        for r in rows[1:]:
+            r["cold_start_s"] = cold_start(args, r["backend"])
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+    else:
+        print(f"{info['device_name']}  {args.preset}  {args.frames} frames  {args.task}  {args.nfe} NFE  "
+              f"{args.cg_iters} CG  matmul peak {peak:.3g} TFLOP/s")
+        print_table(rows)
+    if not args.no_save:
+        log.info("appended to %s", append_jsonl("fps", rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
