@@ -38,14 +38,18 @@ def conjugate_gradient(M: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor, ite
         r = b − M x,  p = r
         α = ⟨r, r⟩ / ⟨p, M p⟩;  x += α p;  r −= α M p
         β = ⟨r', r'⟩ / ⟨r, r⟩;  p = r' + β p
+
+    Once ⟨r, r⟩ ≤ (ε_dtype)²·⟨b, b⟩ the system is solved to rounding and α is 0: on a
+    singular M, rounding noise would otherwise make ⟨p, M p⟩ tiny and α huge.
     """
     x = x0.clone()
     r = b - M(x)
     p = r.clone()
     rs = _dot(r, r)
+    floor = torch.finfo(x.dtype).eps ** 2 * _dot(b, b)
     for _ in range(iters):
         Mp = M(p)
-        alpha = _safe_div(rs, _dot(p, Mp)).to(x.dtype)
+        alpha = torch.where(rs > floor, _safe_div(rs, _dot(p, Mp)), torch.zeros_like(rs)).to(x.dtype)
         x.add_(alpha * p)
         r.sub_(alpha * Mp)
         rs_new = _dot(r, r)
