@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One prepared run for a lent GPU (about six minutes): the GPU tests, the kernel benchmark
+# and the end-to-end benchmarks. Everything lands under $OUT (at most 8 files come back):
+#   env.txt        the card, driver and package versions
+#   pytest_gpu.txt the `gpu` test tier
+#   kernels.txt    bench/kernels.py table;   fps.txt  bench/fps.py tables
+#   kernels.jsonl, fps.jsonl   the raw rows, to commit under bench/results/ with the card's name
+# Each step has its own time limit and a failing step does not stop the others.
+set -uo pipefail
+: "${OUT:?set OUT to the folder where results go}"
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+
+step() {  # step SECONDS LOGFILE CMD...: run one step, append its output and its exit status to LOGFILE
+  local limit=$1 log=$2; shift 2
+  echo "### $* (limit ${limit}s)" >>"$log"
+  timeout "$limit" "$@" >>"$log" 2>&1
+  echo "### exit $?" >>"$log"
+}
+
+{ nvidia-smi; $PY -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__); print(torch.cuda.get_device_name())'; } >"$OUT/env.txt" 2>&1
+
+step 150 "$OUT/pytest_gpu.txt" $PY -m pytest -m gpu -q -p no:cacheprovider tests
+step 90 "$OUT/kernels.txt" $PY bench/kernels.py
+step 90 "$OUT/fps.txt" $PY bench/fps.py --task temporal-k7 --nfe 20 --frames 16 --repeats 3 --cold-start
+step 120 "$OUT/fps.txt" $PY bench/fps.py --task temporal-k7-sr4 --nfe 100 --frames 16 --repeats 2
+step 90 "$OUT/fps.txt" $PY bench/fps.py --task temporal-k7 --nfe 20 --frames 32 --repeats 3
+
+cp bench/results/kernels.jsonl "$OUT/kernels.jsonl" 2>/dev/null
+cp bench/results/fps.jsonl "$OUT/fps.jsonl" 2>/dev/null
+exit 0
