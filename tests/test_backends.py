@@ -1,0 +1,111 @@
+"""Every backend that runs here gives the reference's result within its precision's tolerance.
+
+A UNet with random weights predicts junk ε, and Tweedie's 1/√ᾱ_t turns any rounding
+difference into a different clip. So the loop tests use a calibrated ε model: the
+oracle ε of a known clip (computed in fp32) plus a small UNet term that runs in the
+backend's precision and memory format.
+"""
+
+import pytest
+import torch
+
+from engine.backends import torch_eps
+from engine.runtime import Solver, SolverConfig
+from engine.sampler import sample
+from engine.schedule import alphas_cumprod
+from engine.testclips import camera_clip
+from engine.unet import ADMConfig, ADMUNet
+
+FRAMES, NFE = 8, 3
+CLIP = camera_clip(frames=FRAMES, size=32)
+# Relative L2 error against fp32, per network precision: ε alone, and the restored clip.
+EPS_TOLERANCE = {"fp32": 1e-5, "bf16": 3e-2, "fp16": 5e-3}
+CLIP_TOLERANCE = {"fp32": 1e-5, "bf16": 2e-3, "fp16": 5e-4}  # measured: 6e-7, 9e-4, 1.1e-4
+
+
+def tiny_unet(seed=0):
+    torch.manual_seed(seed)
+    model = ADMUNet(ADMConfig.preset("tiny")).eval()
+    with torch.no_grad():   # the zero-initialised output convs would make ε ≡ 0: give them weights
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return model
+
+
+class Calibrated(torch.nn.Module):
+    """ε = oracle ε of CLIP (fp32) + 0.5·UNet(x, t) (in the UNet's dtype)."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        self.unet = tiny_unet(seed)
+        self.ab = alphas_cumprod().float()     # plain attributes: .to(dtype) leaves them fp32
+        self.x0 = 2 * CLIP - 1
+
+    def forward(self, x, t):
+        a = self.ab[t].view(-1, 1, 1, 1)
+        oracle = (x.float() - a.sqrt() * self.x0) / (1 - a).sqrt()
+        return oracle + 0.5 * self.unet(x, t)[:, :3].float()
+
+
+@pytest.fixture(scope="module")
+def problem():
+    # 4× SR leaves a null space that only the network fills, so the network shows in the clip.
+    cfg = SolverConfig(spec="temporal:uniform:3+sr:4", frames=FRAMES, size=32, nfe=NFE, eta=0.5, cg_iters=5)
+    model = Calibrated()
+    solver = Solver(model, cfg)
+    y = solver.measure(CLIP)
+    with torch.no_grad():
+        ref = sample(model, y, solver.op, nfe=NFE, eta=cfg.eta, cg_iters=cfg.cg_iters, seed=11)
+    return cfg, y, ref
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_eps_backend_matches_the_fp32_network(precision, channels_last):
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10, 500, 990])
+    with torch.no_grad():
+        ref = tiny_unet()(x, t)
+        out = torch_eps(tiny_unet(), precision=precision, channels_last=channels_last)(x, t).float()
+    assert _rel(out, ref) < EPS_TOLERANCE[precision]
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_torch_backend_matches_reference(problem, precision, channels_last):
+    cfg, y, ref = problem
+    solver = Solver(Calibrated(), SolverConfig(**{**cfg.to_dict(), "precision": precision,
+                                                  "channels_last": channels_last}))
+    out = solver.solve(y, seed=11)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert _rel(out, ref) < CLIP_TOLERANCE[precision]
+
+
+def test_network_matters(problem):
+    """The comparison above can fail: another UNet's weights give another clip."""
+    cfg, y, ref = problem
+    assert _rel(Solver(Calibrated(seed=1), cfg).solve(y, seed=11), ref) > 2 * CLIP_TOLERANCE["fp16"]
+
+
+@pytest.mark.slow
+def test_compile_backend_matches_reference(problem):
+    cfg, y, ref = problem
+    solver = Solver(Calibrated(), SolverConfig(**{**cfg.to_dict(), "backend": "compile"}))
+    assert _rel(solver.solve(y, seed=11), ref) < CLIP_TOLERANCE["fp32"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_graph_backend_matches_eager_on_gpu(precision):
+    cfg = SolverConfig.from_task("temporal-k7-sr4", frames=8, size=32, nfe=4, device="cuda", precision=precision)
+    clip = camera_clip(frames=8, size=32)
+    eager = Solver(tiny_unet().cuda(), cfg)
+    graph = Solver(tiny_unet().cuda(), SolverConfig(**{**cfg.to_dict(), "backend": "torch+graph"}))
+    y = eager.measure(clip)
+    a, b = eager.solve(y, seed=3), graph.solve(y, seed=3)
+    assert _rel(b, a) < 1e-3
+    assert torch.equal(graph.solve(y, seed=3), b)
