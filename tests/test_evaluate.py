@@ -1,0 +1,164 @@
+"""engine.evaluate end to end on two small clips with the weight-free prior and every method;
+resuming after an interruption; LPIPS / FVD columns; every refusal (one line, exit 2)."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import engine.evaluate as evaluate
+from engine.evaluate import METHODS, cg_converged, main
+from engine.metrics import psnr
+from engine.operators import from_spec
+from engine.testclips import camera_clip
+from test_metrics_extra import write_i3d, write_lpips_files
+
+SIGMAS = (0.0, 0.01)
+FAST = ["--task", "temporal-k7", "--prior", "gaussian", "--nfe", "3", "--cg-iters", "2", "--frames", "8",
+        "--size", "32", "--admm-iters", "3,5", "--converged-iters", "200"]
+EVERYTHING = [*FAST, "--sigma-y", ",".join(map(str, SIGMAS))]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Two 8-frame 32x32 clips of real textures with known camera motion, as the public code's .npy clips."""
+    folder = tmp_path_factory.mktemp("clips")
+    clips = {"astronaut": camera_clip("astronaut", frames=8, size=32, pan=(1.5, 0.5)),
+             "coffee": camera_clip("coffee", frames=8, size=32, pan=(-1.0, 1.0), zoom=1.02)}
+    for name, clip in clips.items():
+        np.save(folder / f"{name}.npy", clip.permute(1, 0, 2, 3).numpy())  # [3, N, H, W]
+    return folder
+
+
+@pytest.fixture(scope="module")
+def full_run(data, tmp_path_factory):
+    """An uninterrupted run of every method at σ_y = 0 and 0.01."""
+    out = tmp_path_factory.mktemp("full") / "out"
+    assert main(["--data", str(data), *EVERYTHING, "--out", str(out)]) == 0
+    return out
+
+
+def records(out):
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def rows_without_time(out):
+    return [{k: v for k, v in row.items() if k != "time_s"} for row in json.loads((out / "summary.json").read_text())["rows"]]
+
+
+def test_every_method_end_to_end(full_run):
+    recs = records(full_run)
+    assert [r["clip"] for r in recs] == ["astronaut_000", "coffee_000"]
+    for rec in recs:
+        assert [(r["sigma_y"], r["method"]) for r in rec["runs"]] == [(s, m) for s in SIGMAS for m in METHODS]
+        for run in rec["runs"]:
+            assert len(run["psnr"]) == len(run["ssim"]) == 8 and run["seconds"] > 0
+            assert run["psnr_mean"] == pytest.approx(np.mean(run["psnr"])) and 0 < run["ssim_mean"] <= 1
+        runs = {(r["sigma_y"], r["method"]): r for r in rec["runs"]}
+        assert runs[0.0, "cg"]["psnr_mean"] > 40                  # noiseless 7-frame blur of 8 frames is invertible
+        assert runs[0.0, "cg-converged"]["residual"] < 1e-5
+        assert runs[0.0, "cg"]["iterations"] == 3 * 2             # K·l
+        for sigma in SIGMAS:                                      # Fig. 7: one shared noise image makes the
+            shared, independent = runs[sigma, "svi"]["interframe"], runs[sigma, "svi-independent-noise"]["interframe"]
+            assert len(shared) == len(independent) == 3           # first Tweedie estimates identical across frames
+            assert shared[0] == 0 and independent[0] > 0.01
+    summary = (full_run / "summary.md").read_text()
+    for method in METHODS:
+        assert summary.count(f"| {method} |") == len(SIGMAS)
+    assert "| Method | Time [s] | PSNR ↑ | SSIM ↑ | LPIPS ↓ | FVD×1e-3 ↓ |" in summary
+    assert "## σ_y = 0 (noiseless" in summary and "## σ_y = 0.01 (regularised CG" in summary
+    table = list(csv.DictReader((full_run / "summary.csv").open()))
+    assert len(table) == len(SIGMAS) * len(METHODS)
+    assert all(r["clips"] == "2" and r["lpips"] == r["fvd"] == "n/a" and float(r["psnr"]) > 10 for r in table)
+    rows = json.loads((full_run / "summary.json").read_text())["rows"]
+    assert all(r["lpips"] is None and r["fvd"] is None and r["time_s"] > 0 for r in rows)
+    pictures = {p.name for p in (full_run / "pictures").iterdir()}
+    for sigma in ("0", "0.01"):
+        assert {f"astronaut_000_sigma{sigma}_grid.png", f"astronaut_000_sigma{sigma}_psnr.png",
+                f"psnr_per_frame_sigma{sigma}.png", f"interframe_sigma{sigma}.png"} <= pictures
+    assert not any(name.startswith("coffee") for name in pictures)  # --pictures 1
+
+
+def test_resume_after_interruption(data, full_run, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    real = evaluate.evaluate_clip
+    seen = []
+
+    def killed_at_second_clip(name, *args):
+        if name == "coffee_000":
+            raise KeyboardInterrupt
+        return real(name, *args)
+
+    monkeypatch.setattr(evaluate, "evaluate_clip", killed_at_second_clip)
+    with pytest.raises(KeyboardInterrupt):
+        main(["--data", str(data), *EVERYTHING, "--out", str(out)])
+    assert [r["clip"] for r in records(out)] == ["astronaut_000"]
+    with open(out / "results.jsonl", "a") as f:
+        f.write('{"clip": "coffee_000", "runs": [{"meth')  # a line torn by a kill while writing
+
+    monkeypatch.setattr(evaluate, "evaluate_clip", lambda name, *args: seen.append(name) or real(name, *args))
+    assert main(["--data", str(data), *EVERYTHING, "--out", str(out)]) == 0
+    assert seen == ["coffee_000"]
+    assert rows_without_time(out) == rows_without_time(full_run)
+    for resumed, whole in zip(records(out), records(full_run)):
+        assert [r["psnr"] for r in resumed["runs"]] == [r["psnr"] for r in whole["runs"]]
+
+
+def test_limit_settings_and_overwrite(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    quick = ["--data", str(data), *FAST, "--out", str(out)]
+    assert main([*quick, "--methods", "cg", "--limit", "1"]) == 0
+    assert len(records(out)) == 1 and "), 1 clips" in (out / "summary.md").read_text()
+    capsys.readouterr()
+    assert main([*quick, "--methods", "cg,cg-converged"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "other settings" in err and "methods" in err and "\n" not in err
+    assert main([*quick, "--methods", "cg,cg-converged", "--overwrite"]) == 0
+    assert len(records(out)) == 2 and len(rows_without_time(out)) == 2
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit writes the stand-in I3D
+def test_lpips_and_fvd_columns(data, tmp_path):
+    heads, backbone = write_lpips_files(tmp_path)
+    i3d = write_i3d(tmp_path / "i3d_torchscript.pt")
+    out = tmp_path / "out"
+    assert main(["--data", str(data), *FAST, "--methods", "cg", "--lpips-weights", str(heads),
+                 "--lpips-backbone", str(backbone), "--fvd-weights", str(i3d), "--out", str(out)]) == 0
+    (row,) = json.loads((out / "summary.json").read_text())["rows"]
+    assert row["lpips"] > 0 and np.isfinite(row["fvd"])
+    assert all(len(r["lpips"]) == 8 for rec in records(out) for r in rec["runs"])
+    features = np.load(out / "features" / "coffee_000.npz")
+    assert set(features.files) == {"clean", "cg@0"} and features["clean"].shape == (400,)
+    assert "n/a" not in (out / "summary.md").read_text().split("| cg |")[1]
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--lpips-weights", "alex.pth", "--lpips-backbone", "missing-alexnet.pth"], "missing-alexnet.pth not found"),
+    (["--fvd-weights", "missing-i3d.pt"], "missing-i3d.pt not found"),
+])
+def test_missing_weight_files(data, tmp_path, capsys, extra, words):
+    (tmp_path / "alex.pth").write_bytes(b"")
+    extra = [str(tmp_path / e) if e.endswith((".pth", ".pt")) else e for e in extra]
+    out = tmp_path / "out"
+    assert main(["--data", str(data), *FAST, *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and words in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_refusals(tmp_path, capsys):
+    assert main(["--data", str(tmp_path), *FAST, "--out", str(tmp_path / "out")]) == 2
+    assert "no sequences" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--data", str(tmp_path), *FAST, "--lpips-weights", "alex.pth", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit):
+        main(["--data", str(tmp_path), *FAST, "--methods", "svi,dps", "--out", str(tmp_path / "out")])
+
+
+def test_cg_converged_inverts_noiseless_temporal_blur():
+    clean = camera_clip("grass", frames=8, size=16, dtype=torch.float64)
+    op = from_spec("temporal:uniform:7", clean.shape, dtype=torch.float64)
+    x, iterations, residual = cg_converged(op, op.A(clean), max_iters=1000)
+    assert residual <= evaluate.CG_RTOL and iterations < 1000
+    assert psnr(x, clean).min() > 60

@@ -1,0 +1,65 @@
+"""engine.figures: the comparison grid with its enlarged crop, and the PIL line plots."""
+import math
+
+import numpy as np
+import pytest
+import torch.nn.functional as F
+
+from engine.figures import (BOX_COLOUR, GAP, LABEL_HEIGHT, PALETTE, _ticks, comparison_grid, line_plot,
+                            save_png)
+from engine.testclips import camera_clip
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return camera_clip("chelsea", frames=6, size=32)
+
+
+def test_grid_layout_and_enlarged_crop(clip):
+    tile, frame_ids = 32, [0, 2, 4]
+    box = (0.25, 0.5, 0.25, 0.25)
+    grid = comparison_grid([("clean", clip), ("half", clip * 0.5)], frame_ids, box=box, tile=tile)
+    assert grid.shape == (2 * (LABEL_HEIGHT + tile), len(frame_ids) * tile + GAP + tile, 3) and grid.dtype == np.uint8
+    # the last tile of a row is the region (rows 8–15, columns 16–23) of the middle frame, enlarged 4x (nearest)
+    region = clip[2, :, 8:16, 16:24]
+    want = F.interpolate(region[None], size=(tile, tile), mode="nearest")[0].permute(1, 2, 0).numpy()
+    zoom = grid[LABEL_HEIGHT:LABEL_HEIGHT + tile, -tile:] / 255.0
+    np.testing.assert_allclose(zoom, want, atol=0.5 / 255)
+    # the region is outlined in red on the middle frame only
+    red = np.all(grid[LABEL_HEIGHT:LABEL_HEIGHT + tile, : len(frame_ids) * tile] == BOX_COLOUR, axis=-1)
+    rows, columns = np.nonzero(red)
+    assert (columns.min(), columns.max()) == (tile + 16, tile + 23)   # middle tile starts at column `tile`
+    assert (rows.min(), rows.max()) == (8, 15)
+
+
+def test_grid_rows_of_other_sizes(clip):
+    measured = clip[:, :, ::4, ::4]  # e.g. a 4x super-resolution measurement
+    grid = comparison_grid([("clean", clip), ("measured", measured)], [0, 5], tile=24)
+    assert grid.shape == (2 * (LABEL_HEIGHT + 24), 2 * 24 + GAP + 24, 3)
+
+
+def test_line_plot_draws_every_series(tmp_path):
+    xs = list(range(8))
+    image = line_plot([("a", xs, [30.0, 31, 32, math.inf, 33, 31, 30, 29]), ("b", xs, [25.0] * 8)],
+                      title="PSNR per frame", xlabel="frame", ylabel="PSNR [dB]", references=[("clean", 27.5)],
+                      size=(500, 300))
+    assert image.shape == (300, 500, 3) and image.dtype == np.uint8
+    for colour in PALETTE[:2]:
+        assert np.all(image == colour, axis=-1).sum() > 50
+    assert save_png(tmp_path / "plot.png", image).stat().st_size > 0
+
+
+@pytest.mark.parametrize("ys", [[math.nan, math.inf], [2.0, 2.0, 2.0], [0.0, 0.0]])
+def test_line_plot_edge_cases(ys):
+    image = line_plot([("s", range(len(ys)), ys)], size=(320, 200))
+    assert image.shape == (200, 320, 3)
+
+
+def test_ticks_are_round_and_cover_the_range():
+    for lo, hi in [(0.0, 1.0), (23.7, 31.2), (-0.003, 0.017), (5.0, 5.0), (950.0, 0.0 + 1000)]:
+        ticks = _ticks(lo, hi)
+        assert ticks[0] <= lo and ticks[-1] >= hi and 3 <= len(ticks) <= 12
+        step = ticks[1] - ticks[0]
+        mantissa = step / 10 ** math.floor(math.log10(step))
+        assert min(abs(mantissa - m) for m in (1, 2, 5, 10)) < 1e-9
+        assert np.allclose(np.diff(ticks), step)
