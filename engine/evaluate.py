@@ -57,7 +57,7 @@ from engine.cg import conjugate_gradient
 from engine.data import Dataset, Prep
 from engine.errors import CheckpointError, InputError
 from engine.figures import comparison_grid, line_plot, save_png
-from engine.metrics import clip_summary
+from engine.metrics import clip_summary, json_safe
 from engine.metrics_extra import FVD_SCALE, LPIPS, I3DFeatures, frechet_distance
 from engine.runtime import Solver, SolverConfig
 from engine.schedule import ddim_steps
@@ -336,21 +336,10 @@ class Results:
             np.savez(tmp, **features)
             os.replace(tmp, self.features / f"{record['clip']}.npz")
         with open(self.path, "a") as f:
-            f.write(json.dumps(_finite(record)) + "\n")
+            f.write(json.dumps(json_safe(record)) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.records.append(record)
-
-
-def _finite(v):
-    """JSON has no Infinity: a perfect frame's PSNR is written as null (read back as +inf)."""
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_finite(x) for x in v]
-    return v
 
 
 def _psnr(v) -> float:
@@ -455,7 +444,7 @@ def summary_csv(rows: list[dict]) -> str:
 def write_summary(out: Path, rows: list[dict], settings: dict) -> None:
     """summary.md, summary.csv and summary.json, each written atomically."""
     texts = {"summary.md": summary_markdown(rows, settings), "summary.csv": summary_csv(rows),
-             "summary.json": json.dumps(_finite({"settings": settings, "rows": rows}), indent=1) + "\n"}
+             "summary.json": json.dumps(json_safe({"settings": settings, "rows": rows}), indent=1) + "\n"}
     for name, text in texts.items():
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)

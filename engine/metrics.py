@@ -26,7 +26,7 @@ SSIM_TRUNCATE = 3.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 SSIM_RADIUS = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)  # 5, as scipy.ndimage rounds it: an 11-tap window
 
-__all__ = ["psnr", "ssim", "clip_summary"]
+__all__ = ["psnr", "ssim", "clip_summary", "json_safe"]
 
 
 def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -82,3 +82,14 @@ def _gaussian_filter_valid(x: torch.Tensor) -> torch.Tensor:
     k = x.shape[1]
     rows = F.conv2d(x, g.view(1, 1, 1, -1).expand(k, 1, 1, -1), groups=k)  # along W
     return F.conv2d(rows, g.view(1, 1, -1, 1).expand(k, 1, -1, 1), groups=k)  # along H
+
+
+def json_safe(v):
+    """JSON has no Infinity: non-finite floats (a perfect frame's PSNR) become null, recursively."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [json_safe(x) for x in v]
+    return v

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -30,7 +29,7 @@ from engine.baselines import cg_baseline
 from engine.backends import BACKENDS
 from engine.errors import CheckpointError, InputError
 from engine.figures import contact_sheet, save_png
-from engine.metrics import clip_summary
+from engine.metrics import clip_summary, json_safe
 from engine.runtime import Solver, SolverConfig
 from engine.tasks import TASKS, get_task
 
@@ -124,17 +123,6 @@ def read_input(args, size: int):
     return validate_video(clip, size=size), None
 
 
-def _finite(v):
-    """JSON has no Infinity: a perfect frame's PSNR is written as null."""
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_finite(x) for x in v]
-    return v
-
-
 def run(args) -> Path:
     """The whole job; returns the output folder."""
     out = args.out.resolve()
@@ -179,7 +167,7 @@ def write_outputs(out: Path, args, clean, y, restored, report) -> None:
         write_video(tmp / "restored.mp4", restored, fps=args.fps)
         write_video(tmp / "measurement.mp4", y_view, fps=args.fps)
         write_frames(tmp / "frames", restored)
-        (tmp / "metrics.json").write_text(json.dumps(_finite(report), indent=2) + "\n")
+        (tmp / "metrics.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
         rows = ([("clean", clean)] if clean is not None else []) + [("measured", y_view), ("restored", restored)]
         n = restored.shape[0]
         save_png(tmp / "comparison.png", contact_sheet(rows, sorted({0, n // 3, 2 * n // 3, n - 1})))
