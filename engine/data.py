@@ -28,7 +28,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from engine.errors import InputError
-from engine.video_io import ARRAY_EXTS, FRAME_EXTS, GIF_EXTS, VIDEO_EXTS, read_video
+from engine.video_io import ARRAY_EXTS, FRAME_EXTS, GIF_EXTS, VIDEO_EXTS, frame_files, iter_frames
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -83,8 +82,8 @@ def find_sequences(root: str | os.PathLike) -> list[tuple[str, Path]]:
     if (root / DAVIS_FRAMES).is_dir():
         root = root / DAVIS_FRAMES
     entries = [p for p in root.iterdir() if not p.name.startswith(".")]
-    found = [p for p in entries if (p.is_dir() and _frame_files(p)) or p.suffix.lower() in FILE_EXTS]
-    if not found and _frame_files(root):
+    found = [p for p in entries if (p.is_dir() and frame_files(p)) or p.suffix.lower() in FILE_EXTS]
+    if not found and frame_files(root):
         found = [root]
     if not found:
         raise InputError(f"{root}: no sequences (folders of {' '.join(FRAME_EXTS)} frames, or "
@@ -94,60 +93,6 @@ def find_sequences(root: str | os.PathLike) -> list[tuple[str, Path]]:
     if duplicates:
         raise InputError(f"{root}: several sequences named {', '.join(duplicates)} (e.g. a.mp4 and a.npy)")
     return sorted(zip(names, found))
-
-
-def _frame_files(folder: Path) -> list[Path]:
-    """Image files of `folder` in natural order (`f2` before `f10`)."""
-    files = [f for f in folder.iterdir() if f.suffix.lower() in FRAME_EXTS and not f.name.startswith(".")]
-    return sorted(files, key=lambda f: [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", f.name)])
-
-
-def iter_frames(path: Path) -> Iterator[Tensor]:
-    """Frames of one sequence, one at a time, as `[3, H, W]` in [0, 1] (uint8 or float)."""
-    if path.is_dir():
-        iio = _imageio()
-        for f in _frame_files(path):
-            yield _decoded(iio, f)
-    elif path.suffix.lower() in ARRAY_EXTS:
-        yield from read_video(path, size=None)
-    else:
-        plugin = "pillow" if path.suffix.lower() in GIF_EXTS else "FFMPEG"
-        try:
-            for frame in _imageio().imiter(path, plugin=plugin):
-                yield _hwc(frame, path)
-        except InputError:
-            raise
-        except Exception as err:  # decoders raise OSError, ValueError, RuntimeError, ...
-            raise InputError(f"{path}: cannot decode ({type(err).__name__}: {err})") from err
-
-
-def _decoded(iio, f: Path) -> Tensor:
-    """One image file → `[3, H, W]` uint8."""
-    try:
-        return _hwc(iio.imread(f), f)
-    except InputError:
-        raise
-    except Exception as err:  # pillow raises several types for broken files
-        raise InputError(f"{f}: cannot decode ({type(err).__name__}: {err})") from err
-
-
-def _hwc(frame: np.ndarray, path: Path) -> Tensor:
-    """Decoded `[H, W]` or `[H, W, C]` (grey, grey+alpha, RGB, RGBA) → `[3, H, W]`."""
-    if frame.ndim == 2:
-        frame = frame[..., None]
-    if frame.ndim != 3 or frame.shape[-1] not in (1, 2, 3, 4):
-        raise InputError(f"{path}: unsupported frame layout {frame.shape}")
-    colour = frame[..., :3] if frame.shape[-1] >= 3 else frame[..., :1]
-    return torch.from_numpy(np.ascontiguousarray(colour)).permute(2, 0, 1).expand(3, -1, -1)
-
-
-def _imageio():
-    """`imageio.v3`, imported on first use (part of the `video` extra)."""
-    try:
-        import imageio.v3 as iio
-    except ImportError as err:
-        raise ImportError("reading frames and videos needs imageio: pip install 'video-inverse-engine[video]'") from err
-    return iio
 
 
 # ----------------------------------------------------------------------------- preparation
@@ -182,7 +127,7 @@ def cut_clips(path: Path, prep: Prep) -> Iterator[Tensor]:
 def _count_frames(path: Path) -> int | None:
     """Frames of a sequence without decoding it (folders and .npy), None where that needs decoding."""
     if path.is_dir():
-        return len(_frame_files(path))
+        return len(frame_files(path))
     if path.suffix.lower() == ".npy":
         shape = np.load(path, mmap_mode="r").shape
         return shape[1] if shape[0] == 3 else shape[0]

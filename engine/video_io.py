@@ -41,7 +41,7 @@ RANGE_TOL = 1e-3  # values within [-tol, 1 + tol] count as in range (resampling 
 _MP4_QUALITY = 8  # imageio-ffmpeg scale 0..10; 8 gives libx264 crf 10 (visually lossless)
 _FRAME_NAME = re.compile(r"frame_\d{4,}\.png")
 
-__all__ = ["read_video", "write_video", "write_frames", "validate_video"]
+__all__ = ["read_video", "iter_frames", "frame_files", "write_video", "write_frames", "validate_video"]
 
 
 # ----------------------------------------------------------------------------- checks
@@ -93,11 +93,20 @@ def read_video(
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     stop = None if frames is None else start + frames
-    with closing(_read_frames(path)) as decoded:
-        prepared = [_prepare(frame, size, path) for frame in _select(decoded, start, stop, path)]
+    with closing(iter_frames(path)) as decoded:
+        prepared = [_prepare(frame, size) for frame in _select(decoded, start, stop, path)]
     clip = torch.stack(prepared)  # [N, 3, S, S]
     _check(clip, path)
     return clip.clamp_(0.0, 1.0)
+
+
+def iter_frames(path: str | os.PathLike) -> Iterator[torch.Tensor]:
+    """The frames of a clip one at a time, as stored: `[3, H, W]`, uint8 from images and videos."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    for frame in _read_frames(path):
+        yield _hwc_to_chw(frame, path) if isinstance(frame, np.ndarray) else frame
 
 
 def _read_frames(path: Path) -> Iterator[np.ndarray | torch.Tensor]:
@@ -137,12 +146,15 @@ def _guarded(frames: Iterable, path: Path) -> Iterator:
         raise InputError(f"{path}: cannot decode ({_first_line(err)})") from err
 
 
+def frame_files(folder: Path) -> list[Path]:
+    """The image files of `folder` in natural order (`f2` before `f10`), hidden files skipped."""
+    files = (f for f in folder.iterdir() if f.suffix.lower() in FRAME_EXTS and not f.name.startswith("."))
+    return sorted(files, key=_natural_key)
+
+
 def _read_folder(folder: Path) -> Iterator[np.ndarray]:
     """Image files of `folder` in natural order, decoded one by one."""
-    files = sorted(
-        (f for f in folder.iterdir() if f.suffix.lower() in FRAME_EXTS and not f.name.startswith(".")),
-        key=_natural_key,
-    )
+    files = frame_files(folder)
     if not files:
         raise InputError(f"{folder}: folder has no frames ({' '.join(FRAME_EXTS)})")
     iio = _imageio()
@@ -188,10 +200,8 @@ def _read_array(path: Path) -> torch.Tensor:
     return data.transpose(0, 1) if first else data
 
 
-def _prepare(frame: np.ndarray | torch.Tensor, size: int | None, path: Path) -> torch.Tensor:
-    """One frame → float32 `[3, size, size]`: to channels-first RGB in [0, 1], centre crop, resize."""
-    if isinstance(frame, np.ndarray):
-        frame = _hwc_to_chw(frame, path)
+def _prepare(frame: torch.Tensor, size: int | None) -> torch.Tensor:
+    """One frame `[3, H, W]` → float32 `[3, size, size]` in [0, 1]: centre crop, resize."""
     x = _to_unit_float(frame)  # [3, H, W]
     if size is None:
         return x
