@@ -334,7 +334,7 @@ def test_bad_masks_shapes_and_backends(tmp_path):
     for shape in ((5, 13, 17), (5, 2, 0, 17), (5, 2, 13.0, 17)):
         with pytest.raises(InputError, match=r"\[N, C, H, W\]"):
             from_spec("sr:1", shape)
-    with pytest.raises(InputError, match="accepted: torch"):
-        from_spec("temporal:uniform:3", SHAPE, backend="triton")
-    with pytest.raises(InputError, match="accepted: torch"):
-        TemporalPSF.uniform(SHAPE, 3, backend="triton")
+    with pytest.raises(InputError, match="accepted: torch, triton"):
+        from_spec("temporal:uniform:3", SHAPE, backend="cuda")
+    with pytest.raises(InputError, match="accepted: torch, triton"):
+        TemporalPSF.uniform(SHAPE, 3, backend="cuda")

@@ -21,7 +21,7 @@ import torch
 
 from engine.errors import InputError
 from engine.operators.base import LinearOperator
-from engine.operators.common import Arithmetic, Constants, pick_backend
+from engine.operators.common import Arithmetic, Constants, lazy, pick_backend
 from engine.operators.temporal import gaussian_kernel
 
 Tensor = torch.Tensor
@@ -111,7 +111,11 @@ def spatial_blur_normal(x: Tensor, kernel: Tensor, boundary: str) -> Tensor:
 
 #: SpatialBlur's arithmetic by backend: forward(x, kernel, boundary), adjoint(y, kernel, boundary),
 #: normal(x, kernel, boundary); kernel is the 1-D separable factor.
-BACKENDS = {"torch": Arithmetic(spatial_blur, spatial_blur_adjoint, spatial_blur_normal)}
+BACKENDS = {
+    "torch": Arithmetic(spatial_blur, spatial_blur_adjoint, spatial_blur_normal),
+    "triton": Arithmetic(lazy("kernels.blur", "spatial_blur"), lazy("kernels.blur", "spatial_blur_adjoint"),
+                         lazy("kernels.blur", "spatial_blur_normal")),
+}
 
 
 # ── the operator ─────────────────────────────────────────────────────────────
@@ -129,6 +133,7 @@ class SpatialBlur(LinearOperator):
         for length in self.in_shape[-2:]:
             check_padding(length, k.numel() // 2, boundary)
         self.boundary = boundary
+        self.backend = backend
         self._fn = pick_backend(BACKENDS, backend, "SpatialBlur")
         self._k = Constants({"kernel": k}, device=device, dtype=dtype)
 

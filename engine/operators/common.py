@@ -1,12 +1,14 @@
 """What every operator shares: its arithmetic chosen by backend, and constants cast on use.
 
-Each operator file keeps a table `BACKENDS = {"torch": Arithmetic(forward, adjoint, normal)}`
-of pure functions; the operator picks its row once, in its constructor, with
-`pick_backend`. A new backend (Triton) adds a row with the same signatures.
+Each operator file keeps a table `BACKENDS = {"torch": Arithmetic(forward, adjoint, normal), "triton": ...}`
+of pure functions with the same signatures; the operator picks its row once, in its
+constructor, with `pick_backend`. The Triton rows are `lazy`: `kernels` (and Triton) is
+imported on their first call, so `import engine.operators` stays cheap.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Mapping, NamedTuple
 
 import torch
@@ -20,6 +22,15 @@ class Arithmetic(NamedTuple):
     forward: Callable[..., torch.Tensor]
     adjoint: Callable[..., torch.Tensor]
     normal: Callable[..., torch.Tensor]
+
+
+def lazy(module: str, name: str) -> Callable[..., torch.Tensor]:
+    """`module.name`, imported on the first call."""
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
 
 
 def pick_backend(table: Mapping[str, Arithmetic], backend: str, operator: str) -> Arithmetic:

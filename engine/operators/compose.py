@@ -5,16 +5,25 @@ For ops = [A₁, …, A_m] (A₁ applied first):
     A   = A_m ∘ … ∘ A₁
     Aᵀ  = A₁ᵀ ∘ … ∘ A_mᵀ
     AᵀA = Pᵀ (A_mᵀA_m) P,   P = A_{m−1} ∘ … ∘ A₁   (the last op's closed-form normal operator)
+
+On the Triton backend a temporal PSF T composed with one per-frame operator S (the
+paper's compositions, either order) acts on other axes than S, so A = T ⊗ S and
+AᵀA = (TᵀT) ⊗ (SᵀS): one fused pass for pooling or a mask (kernels.compose), and
+TᵀT followed by SᵀS, without T and Tᵀ, for a blur.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from engine.errors import InputError
 from engine.operators.base import LinearOperator
+from engine.operators.blur import SpatialBlur
+from engine.operators.inpaint import Inpainting
+from engine.operators.sr import SuperResolution
+from engine.operators.temporal import TemporalPSF
 
 Tensor = torch.Tensor
 
@@ -33,6 +42,9 @@ class Composition(LinearOperator):
                     f"but {type(then).__name__} expects {tuple(then.in_shape)}")
         self.in_shape = tuple(self.ops[0].in_shape)
         self.out_shape = tuple(self.ops[-1].out_shape)
+        backends = {getattr(op, "backend", "torch") for op in self.ops}
+        self.backend = backends.pop() if len(backends) == 1 else "mixed"
+        self._normal = _triton_normal(self.ops) if self.backend == "triton" else None
 
     def A(self, x: Tensor) -> Tensor:
         """y = A_m(…A₁(x)).  [*in_shape] → [*out_shape]"""
@@ -47,7 +59,9 @@ class Composition(LinearOperator):
         return y
 
     def A_adjoint_A(self, x: Tensor) -> Tensor:
-        """AᵀA x = Pᵀ(A_mᵀA_m(P x)).  [*in_shape] → [*in_shape]"""
+        """AᵀA x = Pᵀ(A_mᵀA_m(P x)), or the fused form above.  [*in_shape] → [*in_shape]"""
+        if self._normal is not None:
+            return self._normal(x)
         *prefix, last = self.ops
         for op in prefix:
             x = op.A(x)
@@ -55,3 +69,25 @@ class Composition(LinearOperator):
         for op in reversed(prefix):
             x = op.A_adjoint(x)
         return x
+
+
+def _triton_normal(ops) -> Callable[[Tensor], Tensor] | None:
+    """AᵀA = (TᵀT) ⊗ (SᵀS) of a temporal PSF and one per-frame operator on Triton, or None."""
+    if len(ops) != 2 or sum(isinstance(op, TemporalPSF) for op in ops) != 1:
+        return None
+    t, s = ops if isinstance(ops[0], TemporalPSF) else ops[::-1]
+    if isinstance(s, SuperResolution):
+        def normal(x):
+            from kernels.compose import temporal_pool_normal
+            return temporal_pool_normal(x, t._k.like("kernel", x), t._k.like("autocorr", x), t.boundary, s.s)
+    elif isinstance(s, Inpainting):
+        def normal(x):
+            from kernels.compose import temporal_mask_normal
+            return temporal_mask_normal(x, t._k.like("kernel", x), t._k.like("autocorr", x), t.boundary,
+                                        s._m.like("mask", x))
+    elif isinstance(s, SpatialBlur):
+        def normal(x):
+            return s.A_adjoint_A(t.A_adjoint_A(x))
+    else:
+        return None
+    return normal

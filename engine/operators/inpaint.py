@@ -17,7 +17,7 @@ import torch
 
 from engine.errors import InputError
 from engine.operators.base import LinearOperator
-from engine.operators.common import Arithmetic, Constants, pick_backend
+from engine.operators.common import Arithmetic, Constants, lazy, pick_backend
 
 Tensor = torch.Tensor
 
@@ -80,7 +80,11 @@ def apply_mask(x: Tensor, mask: Tensor) -> Tensor:
 
 
 #: Inpainting's arithmetic by backend: forward, adjoint and normal are all apply_mask(x, mask).
-BACKENDS = {"torch": Arithmetic(apply_mask, apply_mask, apply_mask)}
+_triton_mask = lazy("kernels.mask", "apply_mask")
+BACKENDS = {
+    "torch": Arithmetic(apply_mask, apply_mask, apply_mask),
+    "triton": Arithmetic(_triton_mask, _triton_mask, _triton_mask),
+}
 
 
 # ── the operator ─────────────────────────────────────────────────────────────
@@ -91,6 +95,7 @@ class Inpainting(LinearOperator):
     def __init__(self, shape, mask, *, device=None, dtype=None, backend: str = "torch"):
         self.in_shape = self.out_shape = tuple(int(s) for s in shape)
         h, w = self.in_shape[-2:]
+        self.backend = backend
         self._fn = pick_backend(BACKENDS, backend, "Inpainting")
         self._m = Constants({"mask": as_keep_mask(mask, h, w)}, device=device, dtype=dtype)
 

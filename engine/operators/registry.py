@@ -143,7 +143,7 @@ def from_spec(spec: str, shape, *, seed: int = 0, device=None, dtype: torch.dtyp
 
     `seed` draws random inpainting masks (unless a term names its own); `device` and
     `dtype` are where the constants are placed first (any input is still accepted);
-    `backend` picks every operator's arithmetic (accepted: BACKENDS, now "torch").
+    `backend` picks every operator's arithmetic (accepted: BACKENDS, "torch" and "triton").
     """
     if backend not in BACKENDS:
         raise InputError(f"unknown operator backend {backend!r}; accepted: {', '.join(BACKENDS)}")

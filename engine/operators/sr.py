@@ -11,7 +11,7 @@ import torch
 
 from engine.errors import InputError
 from engine.operators.base import LinearOperator
-from engine.operators.common import Arithmetic, pick_backend
+from engine.operators.common import Arithmetic, lazy, pick_backend
 
 Tensor = torch.Tensor
 
@@ -43,7 +43,11 @@ def avg_pool_normal(x: Tensor, s: int) -> Tensor:
 
 
 #: SuperResolution's arithmetic by backend: forward(x, s), adjoint(y, s), normal(x, s).
-BACKENDS = {"torch": Arithmetic(avg_pool, avg_pool_adjoint, avg_pool_normal)}
+BACKENDS = {
+    "torch": Arithmetic(avg_pool, avg_pool_adjoint, avg_pool_normal),
+    "triton": Arithmetic(lazy("kernels.pool", "avg_pool"), lazy("kernels.pool", "avg_pool_adjoint"),
+                         lazy("kernels.pool", "avg_pool_normal")),
+}
 
 
 # ── the operator ─────────────────────────────────────────────────────────────
@@ -60,6 +64,7 @@ class SuperResolution(LinearOperator):
             raise InputError(f"super-resolution by {s} needs H and W divisible by {s}, got H={h}, W={w}")
         self.s = s
         self.out_shape = (*lead, h // s, w // s)
+        self.backend = backend
         self._fn = pick_backend(BACKENDS, backend, "SuperResolution")
 
     def A(self, x: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from engine.errors import InputError
 from engine.operators.base import LinearOperator
-from engine.operators.common import Arithmetic, Constants, pick_backend
+from engine.operators.common import Arithmetic, Constants, lazy, pick_backend
 
 Tensor = torch.Tensor
 
@@ -100,7 +100,11 @@ def temporal_conv_normal(x: Tensor, kernel: Tensor, autocorr: Tensor, boundary: 
 
 #: TemporalPSF's arithmetic by backend: forward(x, kernel, boundary),
 #: adjoint(y, kernel, boundary), normal(x, kernel, autocorr, boundary).
-BACKENDS = {"torch": Arithmetic(temporal_conv, temporal_conv_adjoint, temporal_conv_normal)}
+BACKENDS = {
+    "torch": Arithmetic(temporal_conv, temporal_conv_adjoint, temporal_conv_normal),
+    "triton": Arithmetic(lazy("kernels.temporal", "temporal_conv"), lazy("kernels.temporal", "temporal_conv_adjoint"),
+                         lazy("kernels.temporal", "temporal_conv_normal")),
+}
 
 
 # ── the operator ─────────────────────────────────────────────────────────────
@@ -122,6 +126,7 @@ class TemporalPSF(LinearOperator):
                 f"the kernel would wrap onto itself and count a frame twice; use at least {w} frames, "
                 f"a narrower kernel, or the zero boundary")
         self.boundary = boundary
+        self.backend = backend
         self._fn = pick_backend(BACKENDS, backend, "TemporalPSF")
         self._k = Constants({"kernel": k, "autocorr": autocorrelation(k)}, device=device, dtype=dtype)
 

@@ -1,0 +1,281 @@
+"""Bandwidth of the Triton kernels next to a device-to-device copy and torch eager, at the paper's size.
+
+    python bench/kernels.py                          # 16×3×256×256 float32, every kernel, the paper's tasks
+    python bench/kernels.py --dtype fp16 --frames 32 --no-unet
+
+Per kernel: the median time (triton.testing.do_bench, L2 flushed before each call), the
+bytes it must move (each input read once, each output written once), the achieved GB/s
+and its fraction of the copy bandwidth measured in the same run, and the median time of
+the torch-eager equivalent (the engine's torch backend). Per paper task: CG_5 and one CG
+iteration (CG_5 − CG_4), and one whole non-UNet step (Tweedie + 5 CG + update) in Triton
+(eager launches, and replayed as a CUDA graph) against torch eager, with the step's
+share of one batch-N UNet forward (ADM-256, random weights, fp16) unless --no-unet.
+Targets (H100, fp32): every elementwise or stencil kernel ≥ 75% of the copy bandwidth;
+the whole step of the hardest task (temporal-k7-sr4) ≥ 5× faster than torch eager and
+≤ 2% of the UNet forward. Rows are appended to bench/results/kernels.jsonl with the
+card, versions and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import append_jsonl, machine  # noqa: E402
+from engine.errors import InputError  # noqa: E402
+from engine.operators import from_spec  # noqa: E402
+from engine.operators import blur as torch_blur  # noqa: E402
+from engine.operators import inpaint as torch_inpaint  # noqa: E402
+from engine.operators import sr as torch_sr  # noqa: E402
+from engine.operators import temporal as torch_temporal  # noqa: E402
+from engine.sampler import StepKernels  # noqa: E402
+from engine.schedule import ddim_steps  # noqa: E402
+from engine.tasks import TASKS  # noqa: E402
+
+log = logging.getLogger("bench.kernels")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--frames", type=int, default=16, help="N (default 16)")
+    p.add_argument("--size", type=int, default=256, help="H = W (default 256)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="storage dtype of the clip")
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma list of paper tasks for the CG and step rows")
+    p.add_argument("--no-unet", action="store_true", help="skip timing the batch-N UNet forward")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON lines instead of a table")
+    p.add_argument("--no-save", action="store_true", help="do not append to bench/results/kernels.jsonl")
+    return p.parse_args(argv)
+
+
+def bench(fn: Callable[[], object], rep_ms: int = 50) -> float:
+    """Median milliseconds of fn over about `rep_ms` of calls (triton.testing.do_bench: CUDA events,
+    L2 flushed before each call, warm-up and compilation before the timed calls)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=10, rep=rep_ms, return_mode="median"))
+
+
+def graphed(fn: Callable[[], object]) -> Callable[[], None]:
+    """fn captured as a CUDA graph (warmed up on a side stream first); returns its replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def kernel_rows(shape, dtype) -> list[dict]:
+    """Every kernel on one clip: (name, Triton call, torch call, bytes moved)."""
+    from kernels import blur, cg, compose, mask, pool, steps, temporal
+
+    n, c, h, w = shape
+    dev = "cuda"
+    gen = torch.Generator(device=dev).manual_seed(0)
+    clip = lambda: torch.rand(shape, generator=gen, device=dev).to(dtype)  # noqa: E731
+    x, r, q, p, s = clip(), clip(), clip(), clip(), clip()
+    out = torch.empty_like(x)
+    e = x.element_size()
+    S = x.numel() * e                                                   # bytes of one clip
+    k7 = torch_temporal.uniform_kernel(7).to(dev, dtype)
+    a7 = torch_temporal.autocorrelation(torch_temporal.uniform_kernel(7)).to(dev, dtype)
+    kb = torch_temporal.gaussian_kernel(2.0, 13).to(dev, dtype)
+    keep = torch_inpaint.random_mask(h, w, 0.5, 0).to(dev, dtype)
+    y4 = torch.empty((n, c, h // 4, w // 4), device=dev, dtype=dtype)
+    tab_h = blur.band_table(kb, h, blur.NORMAL, "reflect")
+    tab_w = blur.band_table(kb, w, blur.NORMAL, "reflect")
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    part_dot = torch.empty((2, cg.GMAX), device=dev, dtype=acc)
+    part = torch.zeros((2, cg.GMAX), device=dev, dtype=acc)            # γ = 0: the timed updates keep x, r, p, s
+    state = torch.ones((2, 2), device=dev, dtype=acc)
+    noise = clip()[:1].contiguous()
+    step = ddim_steps(20, 0.15)[3]
+    x64 = lambda v: v.float() if dtype in (torch.float16, torch.bfloat16) else v.double()  # noqa: E731  (engine.cg)
+
+    rs = torch.sum(x64(r) * x64(r))
+
+    def torch_cg_update():                                              # engine.cg's iteration but M p
+        alpha = (rs / torch.sum(x64(p) * x64(q))).to(dtype)
+        x.add_(alpha * p)
+        r.sub_(alpha * q)
+        beta = (torch.sum(x64(r) * x64(r)) / rs).to(dtype)
+        return r + beta * p
+
+    return [
+        ("temporal A (k=7, circular)", lambda: temporal.frame_mix(x, k7, temporal.FORWARD, "circular", out=out),
+         lambda: torch_temporal.temporal_conv(x, k7, "circular"), 2 * S),
+        ("temporal Aᵀ (k=7, circular)", lambda: temporal.frame_mix(x, k7, temporal.ADJOINT, "circular", out=out),
+         lambda: torch_temporal.temporal_conv_adjoint(x, k7, "circular"), 2 * S),
+        ("temporal AᵀA (k=7, circular)",
+         lambda: temporal.frame_mix(x, k7, temporal.NORMAL, "circular", autocorr=a7, out=out),
+         lambda: torch_temporal.temporal_conv_normal(x, k7, a7, "circular"), 2 * S),
+        ("temporal AᵀA (k=7, zero)", lambda: temporal.frame_mix(x, k7, temporal.NORMAL, "zero", out=out),
+         lambda: torch_temporal.temporal_conv_normal(x, k7, a7, "zero"), 2 * S),
+        ("pool A (s=4)", lambda: pool.pool(x, 4, pool.FORWARD, out=y4), lambda: torch_sr.avg_pool(x, 4), S + S // 16),
+        ("pool Aᵀ (s=4)", lambda: pool.pool(y4, 4, pool.ADJOINT, out=out), lambda: torch_sr.avg_pool_adjoint(y4, 4),
+         S + S // 16),
+        ("pool AᵀA (s=4)", lambda: pool.pool(x, 4, pool.NORMAL, out=out), lambda: torch_sr.avg_pool_normal(x, 4),
+         2 * S),
+        ("mask", lambda: mask.masked(x, keep, out=out), lambda: torch_inpaint.apply_mask(x, keep), 2 * S + h * w * e),
+        ("blur BᵀB pass along H (25 taps)", lambda: blur.band_pass(x, tab_h, 0, "reflect", out=out), None, 2 * S),
+        ("blur BᵀB pass along W (25 taps)", lambda: blur.band_pass(x, tab_w, 1, "reflect", out=out), None, 2 * S),
+        ("blur A (σ=2, 13 taps, reflect)", lambda: blur.spatial_blur(x, kb, "reflect"),
+         lambda: torch_blur.spatial_blur(x, kb, "reflect"), 4 * S),
+        ("blur AᵀA (σ=2, 13 taps, reflect)", lambda: blur.spatial_blur_normal(x, kb, "reflect"),
+         lambda: torch_blur.spatial_blur_normal(x, kb, "reflect"), 4 * S),
+        ("temporal+pool AᵀA fused (k=7, s=4)", lambda: compose.temporal_pool_normal(x, k7, a7, "circular", 4),
+         lambda: torch_temporal.temporal_conv_adjoint(
+             torch_sr.avg_pool_normal(torch_temporal.temporal_conv(x, k7, "circular"), 4), k7, "circular"), 2 * S),
+        ("temporal+mask AᵀA fused (k=7)", lambda: compose.temporal_mask_normal(x, k7, a7, "circular", keep),
+         lambda: torch_temporal.temporal_conv_adjoint(
+             keep * torch_temporal.temporal_conv(x, k7, "circular"), k7, "circular"), 2 * S),
+        ("CG residual r₀ = c(Aᵀy − AᵀA x̂)", lambda: cg.cg_residual(x, q, 1.0, out=out), lambda: x - q, 3 * S),
+        ("CG dot ⟨r,r⟩, ⟨r,q⟩", lambda: cg.cg_dot(r, q, part_dot),
+         lambda: (torch.sum(x64(r) * x64(r)), torch.sum(x64(r) * x64(q))), 2 * S),
+        ("CG update x, r, p, s", lambda: cg.cg_update(x, x, r, p, s, q, part, cg.GMAX, state[1], state[0], None, False),
+         torch_cg_update, 9 * S),
+        ("Tweedie", lambda: steps.tweedie_step(x, q, step.sqrt_ab, step.sqrt_1m_ab, out=out),
+         lambda: StepKernels().tweedie(x, q, step), 3 * S),
+        ("DDIM update (shared noise)",
+         lambda: steps.ddim_step(x, noise, q, step.sqrt_ab_next, step.c1, step.c2, out=out),
+         lambda: StepKernels().ddim_update(x, noise, q, step), 3 * S + noise.numel() * e),
+    ]
+
+
+def task_rows(name: str, shape, dtype) -> list[tuple[str, float, float | None]]:
+    """CG_5, one CG iteration and one whole non-UNet step of a paper task: (what, Triton ms, torch ms)."""
+    from kernels.steps import TRITON_STEP_KERNELS
+
+    spec = TASKS[name].spec
+    fast = from_spec(spec, shape, device="cuda", dtype=dtype, backend="triton")
+    slow = from_spec(spec, shape, device="cuda", dtype=dtype, backend="torch")
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    x = torch.rand(shape, generator=gen, device="cuda").to(dtype) * 2 - 1
+    eps = torch.randn(shape, generator=gen, device="cuda").to(dtype)
+    noise = torch.randn((1, *shape[1:]), generator=gen, device="cuda").to(dtype)
+    y = slow.A(torch.rand(shape, generator=gen, device="cuda").to(dtype))
+    s = ddim_steps(TASKS[name].nfe, TASKS[name].eta)[TASKS[name].nfe // 2]
+    l = TASKS[name].cg_iters
+
+    def whole_step(kern: StepKernels, op) -> Callable[[], torch.Tensor]:
+        def run():
+            xbar = kern.data_consistency(op, y, kern.tweedie(x, eps, s), l, None)
+            return kern.ddim_update(xbar, noise, eps, s)
+        return run
+
+    fast_kern, slow_kern = TRITON_STEP_KERNELS, StepKernels()
+    cg_fast = [bench(lambda i=i: fast_kern.data_consistency(fast, y, x, i, None)) for i in (l, l - 1)]
+    cg_slow = [bench(lambda i=i: slow_kern.data_consistency(slow, y, x, i, None)) for i in (l, l - 1)]
+    step_fast = whole_step(fast_kern, fast)
+    return [
+        (f"CG_{l}", cg_fast[0], cg_slow[0]),
+        ("one CG iteration (CG_l − CG_l−1)", cg_fast[0] - cg_fast[1], cg_slow[0] - cg_slow[1]),
+        ("whole step (Tweedie + CG + update)", bench(step_fast), bench(whole_step(slow_kern, slow))),
+        ("whole step, CUDA graph", bench(graphed(step_fast)), None),
+    ]
+
+
+def unet_ms(frames: int, size: int) -> float:
+    """Median ms of one batch-`frames` forward of ADM-256 (random weights) in fp16."""
+    from engine.unet import ADMConfig, ADMUNet
+
+    with torch.device("cuda"):
+        model = ADMUNet(ADMConfig.preset("adm256_uncond")).eval().half()
+    x = torch.randn((frames, 3, size, size), device="cuda", dtype=torch.float16)
+    t = torch.full((frames,), 500, device="cuda", dtype=torch.long)
+    with torch.no_grad():
+        return bench(lambda: model(x, t), rep_ms=1000)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench/kernels.py: needs a CUDA GPU (none found); nothing measured", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    dtype = DTYPES[args.dtype]
+    shape = (args.frames, 3, args.size, args.size)
+    info = machine(torch.device("cuda"))
+    common = dict(bench="kernels", shape=list(shape), dtype=args.dtype, **info)
+    rows = []
+
+    src = torch.rand(shape, device="cuda").to(dtype)
+    dst = torch.empty_like(src)
+    copy_ms = bench(lambda: dst.copy_(src))
+    copy_gbps = 2 * src.numel() * src.element_size() / copy_ms / 1e6
+    rows.append(dict(common, kind="copy", name="device-to-device copy", ms=copy_ms,
+                     bytes=2 * src.numel() * src.element_size(), gbps=copy_gbps, copy_fraction=1.0))
+    for name, fast, slow, nbytes in kernel_rows(shape, dtype):
+        ms = bench(fast)
+        torch_ms = bench(slow) if slow is not None else None
+        gbps = nbytes / ms / 1e6
+        rows.append(dict(common, kind="kernel", name=name, ms=ms, bytes=nbytes, gbps=gbps,
+                         copy_fraction=gbps / copy_gbps, torch_ms=torch_ms,
+                         speedup=torch_ms / ms if torch_ms else None))
+
+    unet = None
+    if not args.no_unet:
+        try:
+            unet = unet_ms(args.frames, args.size)
+            rows.append(dict(common, kind="unet", name=f"UNet forward ADM-256 fp16, batch {args.frames}", ms=unet))
+        except Exception as err:                                       # the kernel rows stand on their own
+            log.warning("UNet forward not timed: %s: %s", type(err).__name__, err)
+    for task in [t for t in args.tasks.split(",") if t]:
+        if task not in TASKS:
+            print(f"bench/kernels.py: unknown task {task!r}; known: {', '.join(TASKS)}", file=sys.stderr)
+            return 2
+        try:
+            measured = task_rows(task, shape, dtype)
+        except InputError as err:                                       # e.g. k = 13 on fewer than 13 frames
+            log.warning("task %s skipped: %s", task, err)
+            continue
+        for what, ms, torch_ms in measured:
+            rows.append(dict(common, kind="task", task=task, spec=TASKS[task].spec, name=what, ms=ms,
+                             torch_ms=torch_ms, speedup=torch_ms / ms if torch_ms else None,
+                             unet_fraction=ms / unet if unet and what.startswith("whole") else None))
+
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        print_table(rows, info, copy_gbps)
+    if not args.no_save:
+        log.info("appended %d rows to %s", len(rows), append_jsonl("kernels", rows))
+    return 0
+
+
+def print_table(rows: list[dict], info: dict, copy_gbps: float) -> None:
+    def num(v, fmt):
+        return format(v, fmt) if v is not None else "—"
+
+    print(f"{info.get('device_name')}  torch {info['torch']}  triton {info['triton']}  commit {info['commit']}  "
+          f"shape {rows[0]['shape']} {rows[0]['dtype']}  copy {copy_gbps:.0f} GB/s")
+    print(f"{'kernel':44} {'ms':>8} {'GB/s':>7} {'%copy':>6} {'torch ms':>9} {'×':>6}")
+    for r in rows:
+        if r["kind"] in ("copy", "kernel"):
+            print(f"{r['name']:44} {r['ms']:8.4f} {r['gbps']:7.0f} {100 * r['copy_fraction']:5.0f}% "
+                  f"{num(r.get('torch_ms'), '9.4f'):>9} {num(r.get('speedup'), '6.1f'):>6}")
+        elif r["kind"] == "unet":
+            print(f"{r['name']:44} {r['ms']:8.3f}")
+    print(f"\n{'task':24} {'':36} {'ms':>8} {'torch ms':>9} {'×':>6} {'% UNet':>7}")
+    for r in rows:
+        if r["kind"] == "task":
+            frac = num(100 * r["unet_fraction"] if r.get("unet_fraction") else None, "6.2f")
+            print(f"{r['task']:24} {r['name']:36} {r['ms']:8.4f} {num(r.get('torch_ms'), '9.4f'):>9} "
+                  f"{num(r.get('speedup'), '6.1f'):>6} {frac:>7}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

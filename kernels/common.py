@@ -1,0 +1,112 @@
+"""What every launcher shares: input checks, the compute dtype, exact scalars, and small device helpers.
+
+Kernels build load and store masks from vectors only: Triton's interpreter (3.9) types
+`vector & scalar` as int32 and rejects it as a mask, so a scalar index is broadcast first.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from engine.errors import InputError
+
+Tensor = torch.Tensor
+
+#: Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when this package is imported.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+#: Storage dtype → compute dtype: float32 for float32 and the half types, float64 for float64.
+ACC = {torch.float32: tl.float32, torch.float16: tl.float32, torch.bfloat16: tl.float32, torch.float64: tl.float64}
+
+#: Number of warps of every launch (4 × 32 threads).
+NUM_WARPS = 4
+
+#: Elements per program of the elementwise kernels.
+BLOCK = 1024
+
+
+def check(where: str, *tensors: Tensor, ndim: int | None = None) -> None:
+    """InputError unless every tensor is contiguous, of one supported dtype, on one device that can run Triton."""
+    first = tensors[0]
+    for t in tensors:
+        if t.dtype not in ACC:
+            raise InputError(f"{where}: Triton kernels take float32, float64, float16 or bfloat16, got {t.dtype}")
+        if t.dtype != first.dtype or t.device != first.device:
+            raise InputError(f"{where}: all tensors must share one dtype and device, got "
+                             f"{t.dtype} on {t.device} and {first.dtype} on {first.device}")
+        if not t.is_contiguous():
+            raise InputError(f"{where}: Triton kernels take contiguous tensors")
+        if t.numel() >= 2**31:
+            raise InputError(f"{where}: tensors of 2³¹ elements or more are not supported (int32 offsets)")
+    if ndim is not None and first.ndim != ndim:
+        raise InputError(f"{where}: expected a {ndim}-d tensor, got shape {tuple(first.shape)}")
+    if first.device.type != "cuda" and not INTERPRET:
+        raise InputError(f"{where}: Triton kernels run on CUDA tensors, or on CPU tensors with TRITON_INTERPRET=1 "
+                         f"set before `kernels` is imported; got a tensor on {first.device}")
+
+
+def frame_stride(where: str, t: Tensor, like: Tensor) -> int:
+    """Stride between frames of t [N, ...], shaped like `like`, whose frames t[n] must each be contiguous
+    (a channel slice of a larger output is); InputError otherwise."""
+    if t.shape != like.shape:
+        raise InputError(f"{where}: shapes {tuple(t.shape)} and {tuple(like.shape)} differ")
+    check(where, like, t[0])
+    return t.stride(0)
+
+
+def frames_contiguous(t: Tensor) -> Tensor:
+    """t itself when each frame t[n] is contiguous, else a contiguous copy."""
+    return t if t[0].is_contiguous() else t.contiguous()
+
+
+def output(where: str, out: Tensor | None, shape, like: Tensor) -> Tensor:
+    """`out` after checking it fits (shape, dtype, device, contiguity), or a new empty tensor.
+
+    `out` must not overlap the inputs: the stencil kernels read pixels that other programs write.
+    """
+    if out is None:
+        return torch.empty(tuple(shape), dtype=like.dtype, device=like.device)
+    if tuple(out.shape) != tuple(shape):
+        raise InputError(f"{where}: out has shape {tuple(out.shape)}, expected {tuple(shape)}")
+    check(where, like, out)
+    return out
+
+
+def split(value: float) -> tuple[float, float]:
+    """(hi, lo) with hi = fp32(value), lo = fp32(value − hi): Triton passes Python floats as fp32,
+    and `scalar(hi, lo, ACC)` rebuilds the value to about 2⁻⁴⁸ relative for float64 arithmetic."""
+    hi = float(np.float32(value))
+    return hi, float(np.float32(value - hi))
+
+
+def next_pow2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+@triton.jit
+def scalar(hi, lo, ACC: tl.constexpr):
+    """hi + lo in the compute dtype (see `split`)."""
+    return tl.cast(hi, ACC) + tl.cast(lo, ACC)
+
+
+@triton.jit
+def wrap(i, n):
+    """i mod n in [0, n) for any sign of i (Triton's % truncates like C)."""
+    return ((i % n) + n) % n
+
+
+@triton.jit
+def wrap_once(i, n):
+    """i mod n for −n ≤ i < 2n, without integer division."""
+    return tl.where(i < 0, i + n, tl.where(i >= n, i - n, i))
+
+
+@triton.jit
+def safe_div(num, den):
+    """num / den, or 0 where den == 0 (on the device, no host sync)."""
+    return tl.where(den != 0, num / tl.where(den != 0, den, 1), 0)

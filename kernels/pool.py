@@ -1,0 +1,111 @@
+"""s×s average pooling (super-resolution) on Triton: A, Aᵀ and AᵀA, one pass each.
+
+    A:    y[q] = (1/s²) Σ_{a,b < s} x[block q, a, b]          [N, C, H, W] → [N, C, H/s, W/s]
+    Aᵀ:   x[block q, a, b] = y[q] / s²                         [N, C, H/s, W/s] → [N, C, H, W]
+    AᵀA:  x[block q, a, b] ↦ ((1/s²) Σ_{a,b} x[block q]) / s²  [N, C, H, W] → [N, C, H, W]
+
+A program owns BQ blocks q (flattened over planes n·C + c and block rows and columns)
+as a [BQ, SP²] tile, SP = next power of two ≥ s, lanes a ≥ s or b ≥ s masked.
+References: engine.operators.sr.avg_pool, avg_pool_adjoint, avg_pool_normal.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from engine.errors import InputError
+from kernels.common import ACC, NUM_WARPS, check, next_pow2, output
+
+Tensor = torch.Tensor
+
+#: What the kernel computes (constexpr: Triton kernels may read them).
+FORWARD, ADJOINT, NORMAL = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+
+#: Elements of x per program.
+TILE = 2048
+
+
+@triton.jit
+def block_offsets(q, hb, wb, W, S: tl.constexpr, SP: tl.constexpr):
+    """Offsets of the s×s pixels of blocks q inside a stack of [H, W] planes, and their mask.
+
+    q: [BQ] block indices, plane-major (plane, block row, block column) with hb × wb blocks
+    per plane; returns offsets [BQ, SP²] and the mask of the SP² lanes that exist (a, b < s).
+    """
+    plane = q // (hb * wb)
+    rest = q % (hb * wb)
+    base = plane * (hb * S) * W + (rest // wb) * S * W + (rest % wb) * S    # first pixel of each block
+    ab = tl.arange(0, SP * SP)
+    a, b = ab // SP, ab % SP
+    return base[:, None] + (a * W + b)[None, :], ((a < S) & (b < S))[None, :]
+
+
+@triton.jit
+def _pool_kernel(
+    src_ptr,            # *T  x [N, C, H, W] (FORWARD, NORMAL) or y [N, C, H/s, W/s] (ADJOINT)
+    dst_ptr,            # *T  y (FORWARD) or x-shaped output (ADJOINT, NORMAL)
+    Q,                  # number of blocks, N·C·(H/s)·(W/s)
+    hb,                 # blocks per plane column, H/s
+    wb,                 # blocks per plane row, W/s
+    W,                  # image width
+    MODE: tl.constexpr,     # FORWARD, ADJOINT or NORMAL
+    S: tl.constexpr,        # s, the pooling factor
+    SP: tl.constexpr,       # next power of two ≥ s
+    BQ: tl.constexpr,       # blocks per program
+    ACC: tl.constexpr,      # compute dtype
+):
+    q = tl.program_id(0) * BQ + tl.arange(0, BQ)                        # [BQ]
+    q_ok = q < Q
+    offs, lane_ok = block_offsets(q, hb, wb, W, S, SP)                  # [BQ, SP²]
+    ok = q_ok[:, None] & lane_ok
+    if MODE == ADJOINT:
+        mean = tl.load(src_ptr + q, mask=q_ok, other=0).to(ACC) / (S * S)
+    else:
+        mean = tl.sum(tl.load(src_ptr + offs, mask=ok, other=0).to(ACC), axis=1) / (S * S)
+    if MODE == FORWARD:
+        tl.store(dst_ptr + q, mean.to(dst_ptr.dtype.element_ty), mask=q_ok)
+    else:
+        if MODE == NORMAL:
+            mean = mean / (S * S)
+        value = tl.broadcast_to(mean[:, None], (BQ, SP * SP))
+        tl.store(dst_ptr + offs, value.to(dst_ptr.dtype.element_ty), mask=ok)
+
+
+def pool(x: Tensor, s: int, mode: int, *, out: Tensor | None = None) -> Tensor:
+    """Launch `_pool_kernel`: `mode` FORWARD (x [N, C, H, W] → [N, C, H/s, W/s]),
+    ADJOINT (y [N, C, h, w] → [N, C, h·s, w·s]) or NORMAL ([N, C, H, W] → [N, C, H, W])."""
+    check("pool", x, ndim=4)
+    if not (isinstance(s, int) and 1 <= s <= 512):
+        raise InputError(f"pool: the factor must be an integer in [1, 512], got {s!r}")
+    n, c, h, w = x.shape
+    if mode == ADJOINT:
+        hb, wb, shape = h, w, (n, c, h * s, w * s)
+    else:
+        if h % s or w % s:
+            raise InputError(f"pool: H and W must be divisible by {s}, got H={h}, W={w}")
+        hb, wb = h // s, w // s
+        shape = (n, c, hb, wb) if mode == FORWARD else (n, c, h, w)
+    out = output("pool", out, shape, x)
+    sp = next_pow2(s)
+    bq = max(1, TILE // (sp * sp))
+    q = n * c * hb * wb
+    _pool_kernel[(triton.cdiv(q, bq),)](x, out, q, hb, wb, wb * s, MODE=int(mode), S=s, SP=sp, BQ=bq, ACC=ACC[x.dtype],
+                                        num_warps=NUM_WARPS)
+    return out
+
+
+def avg_pool(x: Tensor, s: int) -> Tensor:
+    """A x: the mean of every s×s block.  [N, C, H, W] → [N, C, H/s, W/s]"""
+    return pool(x.contiguous(), s, FORWARD)
+
+
+def avg_pool_adjoint(y: Tensor, s: int) -> Tensor:
+    """Aᵀ y: nearest upsampling by s, divided by s².  [N, C, h, w] → [N, C, s·h, s·w]"""
+    return pool(y.contiguous(), s, ADJOINT)
+
+
+def avg_pool_normal(x: Tensor, s: int) -> Tensor:
+    """AᵀA x: every s×s block replaced by its mean / s².  [N, C, H, W] → [N, C, H, W]"""
+    return pool(x.contiguous(), s, NORMAL)
