@@ -1,0 +1,159 @@
+"""The TensorRT ε model: a serialized engine behind the sampler's eps(x, t) interface.
+
+Engines come from `python -m engine.build` (export/tensorrt.py), through TensorRT's ONNX
+parser (`--via onnx`) or torch-tensorrt's converter (`--via torch-tensorrt`); both give
+an engine with the export contract's interface, run here the same way.
+
+Static buffers first, capture after (TensorRT demo `Engine.infer`): the input and output
+buffers are allocated once at the engine's batch and bound with set_tensor_address;
+the constructor warms up. A call copies x and t in, enqueues with execute_async_v3 on
+torch's current stream and returns a copy of ε. Outside a CUDA-graph capture each batch
+size runs as its own CUDA graph, captured on first use and replayed after; inside a
+capture (the Solver capturing its whole reverse loop) the engine is enqueued directly
+and becomes part of the caller's graph. Neither path synchronises with the host.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from export.contract import EPS, T, X
+from export.tensorrt import EngineError, gpu_environment, import_tensorrt, read_engine
+
+log = logging.getLogger(__name__)
+Tensor = torch.Tensor
+
+
+class TensorRTEps:
+    """ε(x [n, 3, H, W] float32, t [n] int64) → [n, C, H, W] float32 from a TensorRT engine, 1 ≤ n ≤ batch.
+
+    `engine` is a file written by engine.build (its record is checked against this
+    TensorRT and GPU, its bytes against the recorded hash) or the bytes of a fresh build.
+    """
+
+    def __init__(self, engine: str | os.PathLike | bytes, *, batch: int, device: str | torch.device = "cuda",
+                 graphs: bool = True):
+        trt = import_tensorrt()
+        self.device = torch.device(device)
+        if self.device.type != "cuda":
+            raise ValueError(f"TensorRT engines run on a CUDA device, got {device!r}")
+        self.graphs = graphs
+        blob = engine if isinstance(engine, (bytes, bytearray)) else self._read(Path(engine))
+        with torch.cuda.device(self.device):
+            self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            self._engine = self._runtime.deserialize_cuda_engine(blob)
+            if self._engine is None:
+                raise EngineError("TensorRT could not deserialize the engine (corrupt, or built by another "
+                                  "TensorRT version or for another GPU); rebuild it with python -m engine.build")
+            self._names = _io_names(trt, self._engine)
+            self.batch = _check_batch(self._engine, self._names[X], batch)
+            self._context = self._engine.create_execution_context()
+            self._buffers = self._bind(trt, batch)
+            self._shape: int | None = None            # batch the context's input shapes are set to
+            self._graph_by_batch: dict[int, torch.cuda.CUDAGraph] = {}
+            self._warm_up()
+
+    def _read(self, path: Path) -> bytes:
+        blob, record = read_engine(path, gpu_environment(self.device))
+        log.info("engine %s: %s, built %s", path, record["fields"]["precision"], record.get("created"))
+        return blob
+
+    def _bind(self, trt, batch: int) -> dict[str, Tensor]:
+        """Allocate one buffer per I/O tensor at `batch` and give TensorRT its address."""
+        buffers = {}
+        for role, name in self._names.items():
+            shape = (batch, *tuple(self._engine.get_tensor_shape(name))[1:])
+            dtype = _torch_dtype(trt, self._engine.get_tensor_dtype(name))
+            buffers[role] = torch.zeros(shape, dtype=dtype, device=self.device)
+            if not self._context.set_tensor_address(name, buffers[role].data_ptr()):
+                raise EngineError(f"TensorRT refused the buffer of {name!r}")
+        return buffers
+
+    def _warm_up(self) -> None:
+        """One run at the full batch (captures its graph), then wait for it."""
+        x = torch.zeros_like(self._buffers[X], dtype=torch.float32)
+        t = torch.zeros(self.batch, dtype=torch.int64, device=self.device)
+        self(x, t)
+        torch.cuda.current_stream(self.device).synchronize()
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        n = x.shape[0]
+        if not 1 <= n <= self.batch or x.shape[1:] != self._buffers[X].shape[1:] or tuple(t.shape) != (n,):
+            raise ValueError(f"expected x [n, {', '.join(map(str, self._buffers[X].shape[1:]))}] and t [n] "
+                             f"with 1 ≤ n ≤ {self.batch}, got x {tuple(x.shape)} and t {tuple(t.shape)}")
+        self._buffers[X][:n].copy_(x)
+        self._buffers[T][:n].copy_(t)
+        if torch.cuda.is_current_stream_capturing():
+            if n != self._shape:
+                raise RuntimeError(f"batch {n} was not run before this CUDA-graph capture (last run: "
+                                   f"{self._shape}); call the model once with this batch first")
+            self._enqueue()
+        elif self.graphs:
+            self._graph(n).replay()
+        else:
+            self._set_batch(n)
+            self._enqueue()
+        return self._buffers[EPS][:n].clone()
+
+    def _set_batch(self, n: int) -> None:
+        """Set the context's input shapes to batch n (host-side; not allowed during capture)."""
+        if n == self._shape:
+            return
+        for role in (X, T):
+            name = self._names[role]
+            if not self._context.set_input_shape(name, (n, *self._buffers[role].shape[1:])):
+                raise EngineError(f"TensorRT refused batch {n} for {name!r}")
+        self._shape = n
+
+    def _enqueue(self) -> None:
+        """Run the engine on torch's current stream."""
+        if not self._context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+            raise EngineError("TensorRT failed to enqueue the engine")
+
+    def _graph(self, n: int) -> torch.cuda.CUDAGraph:
+        """The CUDA graph of one run at batch n, captured on first use."""
+        graph = self._graph_by_batch.get(n)
+        if graph is None:
+            self._set_batch(n)
+            self._enqueue()   # the first run after a shape change does host work a capture cannot hold
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.device(self.device), torch.cuda.graph(graph):
+                self._enqueue()
+            self._graph_by_batch[n] = graph
+        return graph
+
+
+def _io_names(trt, engine) -> dict[str, str]:
+    """{x, t, eps} (the contract's names) → the engine's tensor names: the same, else told apart by rank."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    if len(inputs) != 2 or len(outputs) != 1:
+        raise EngineError(f"expected an engine with inputs x, t and one output, got inputs {inputs}, outputs {outputs}")
+    by_rank = {len(engine.get_tensor_shape(n)): n for n in inputs}
+    io = {X: X if X in inputs else by_rank.get(4), T: T if T in inputs else by_rank.get(1), EPS: outputs[0]}
+    if io[X] is None or io[T] is None:
+        raise EngineError(f"cannot tell x [n, 3, H, W] from t [n] among the engine's inputs {inputs}")
+    return io
+
+
+def _check_batch(engine, x_name: str, batch: int) -> int:
+    """`batch` if the engine's profile serves it, else EngineError."""
+    lo, _, hi = engine.get_tensor_profile_shape(x_name, 0)
+    if not lo[0] <= batch <= hi[0]:
+        raise EngineError(f"the engine serves batches {lo[0]}…{hi[0]}, not {batch}; rebuild it with "
+                          f"python -m engine.build --batch {batch}")
+    return batch
+
+
+def _torch_dtype(trt, dtype) -> torch.dtype:
+    """The torch dtype of a TensorRT I/O tensor type."""
+    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16,
+             trt.int32: torch.int32, trt.int64: torch.int64}
+    if dtype not in table:
+        raise EngineError(f"unsupported engine I/O type {dtype}")
+    return table[dtype]

@@ -1,0 +1,499 @@
+"""ONNX → TensorRT engine: precision, the contract's profile, a timing cache, fp32 islands,
+an engine cache keyed by everything that changes an engine, and a check against torch.
+
+Build (TensorRT 10). fp16 by default; bf16, and fp8 for an ONNX model that carries FP8
+Q/DQ nodes (TensorRT quantises only explicitly). One optimisation profile, min 1 /
+opt N / max N (`UNetContract.profile`). With `fp32_islands` the layers where fp16
+overflows or loses the signal are pinned to fp32 under OBEY_PRECISION_CONSTRAINTS:
+normalisation (GroupNorm / InstanceNorm), reductions, and the sinusoidal timestep
+features (t·f reaches 10³ radians, past fp16's resolution).
+
+Cache (in `cache_dir`):
+
+    unet-fp16-b16-<key>.engine        the serialized engine
+    unet-fp16-b16-<key>.engine.json   its record: the key's fields, the key, the engine's SHA-256,
+                                      the build time and the errors measured against torch
+    timing-<key of the environment>.cache   TensorRT's timing cache, shared by builds on this GPU
+
+The key hashes the ONNX file (weights included), the precision, the profile, the I/O
+contract, the conversion path, the build recipe, the TensorRT version and the GPU's name
+and compute capability. Files are written to a temporary name and renamed into place,
+the record last. An entry whose record is missing, unreadable or of another key, or whose
+engine's hash differs from its record, is rebuilt (or refused with `rebuild=False`). A new
+engine is run against the fp32 torch model on random input and refused when its output
+has non-finite values or a relative error above ENGINE_TOLERANCE.
+
+TensorRT itself is reached only through a builder object (`TensorRTBuilder`,
+`TorchTensorRTBuilder`), so the cache logic runs, and is tested, without it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Protocol
+
+import torch
+
+from export.contract import EXPORT_BATCH, T, ErrorStats, UNetContract, error_stats
+from export.onnx import onnx_sha256
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp16", "bf16", "fp8")
+VIAS = ("onnx", "torch-tensorrt")
+#: relative L2 error of the engine's ε against the fp32 torch model, per precision
+ENGINE_TOLERANCE = {"fp16": 1e-2, "bf16": 5e-2, "fp8": 1.5e-1}
+#: lowest compute capability with fast kernels for each precision
+MIN_CAPABILITY = {"fp16": (7, 0), "bf16": (8, 0), "fp8": (8, 9)}
+#: version of the build recipe (flags, fp32 islands); part of the key, bump when it changes
+RECIPE = 1
+RECORD_FORMAT = 1
+TRT_HINT = "pip install 'video-inverse-engine[tensorrt]'"
+_ENVIRONMENT_FIELDS = ("tensorrt", "gpu", "compute_capability")
+
+EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class EngineError(RuntimeError):
+    """An engine that cannot be built, loaded or trusted."""
+
+
+def import_tensorrt():
+    """The tensorrt module, or ImportError naming the extra that provides it."""
+    try:
+        import tensorrt
+    except ImportError as err:
+        raise ImportError(f"TensorRT is not installed: {TRT_HINT}") from err
+    return tensorrt
+
+
+def import_torch_tensorrt():
+    """The torch_tensorrt module, or ImportError naming the extra that provides it."""
+    try:
+        import torch_tensorrt
+    except ImportError as err:
+        raise ImportError(f"torch-tensorrt is not installed: {TRT_HINT}") from err
+    return torch_tensorrt
+
+
+# ---------------------------------------------------------------- environment and key
+
+def gpu_environment(device: str | torch.device = "cuda") -> dict:
+    """The installed TensorRT version and the GPU's name and compute capability."""
+    trt = import_tensorrt()
+    props = torch.cuda.get_device_properties(torch.device(device))
+    return {"tensorrt": trt.__version__, "gpu": props.name,
+            "compute_capability": f"{props.major}.{props.minor}"}
+
+
+def key_fields(onnx_sha: str, contract: UNetContract, precision: str, via: str,
+               environment: Mapping) -> dict:
+    """Everything that changes an engine, as a JSON-ready dict."""
+    missing = [f for f in _ENVIRONMENT_FIELDS if f not in environment]
+    if missing:
+        raise ValueError(f"environment lacks {missing}")
+    io = contract.as_dict()
+    return {"onnx_sha256": onnx_sha, "precision": precision, "via": via, "recipe": RECIPE,
+            "profile": io["profile"], "inputs": io["inputs"], "outputs": io["outputs"],
+            **{k: environment[k] for k in sorted(environment)}}
+
+
+def engine_key(fields: Mapping) -> str:
+    """SHA-256 of the canonical JSON of `fields`."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def engine_path(cache_dir: str | os.PathLike, contract: UNetContract, precision: str, key: str) -> Path:
+    return Path(cache_dir) / f"unet-{precision}-b{contract.batch}-{key[:16]}.engine"
+
+
+def record_path(engine: Path) -> Path:
+    return engine.with_name(engine.name + ".json")
+
+
+def timing_cache_path(cache_dir: str | os.PathLike, environment: Mapping) -> Path:
+    """One timing cache per TensorRT version and GPU (its entries are only valid there)."""
+    env_key = engine_key({k: environment[k] for k in sorted(environment)})
+    return Path(cache_dir) / f"timing-{env_key[:16]}.cache"
+
+
+# ---------------------------------------------------------------- atomic writes
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path`: renamed onto it if the block succeeds, deleted if it raises."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` all at once or not at all (temp file, fsync, rename)."""
+    with atomic_path(path) as tmp:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Mapping) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+# ---------------------------------------------------------------- reading a cached engine
+
+def read_record(engine: Path) -> dict:
+    """The record beside `engine`, or EngineError saying why there is none to trust."""
+    path = record_path(engine)
+    if not path.exists():
+        raise EngineError(f"{engine} has no record {path.name} beside it (an interrupted write, or an "
+                          f"engine not built by python -m engine.build)")
+    try:
+        record = json.loads(path.read_text())
+        fields, key = record["fields"], record["key"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise EngineError(f"the record {path} is unreadable ({err}); it is corrupt") from err
+    if engine_key(fields) != key:
+        raise EngineError(f"the record {path} is corrupt: its key does not match its fields")
+    return record
+
+
+def describe_mismatch(recorded: Mapping, expected: Mapping) -> str:
+    """'tensorrt: engine 10.3 vs wanted 10.7; gpu: …' for each expected field that differs."""
+    diffs = [f"{k}: engine {_short(recorded.get(k))} vs wanted {_short(v)}"
+             for k, v in expected.items() if recorded.get(k) != v]
+    return "; ".join(diffs)
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 24 else text[:12] + "…"
+
+
+def read_engine(engine: str | os.PathLike, expected: Mapping) -> tuple[bytes, dict]:
+    """The engine's bytes and record, after checking the record against `expected` fields
+    (a subset of the key's) and the bytes against the record's hash. EngineError otherwise."""
+    engine = Path(engine)
+    if not engine.is_file():
+        raise EngineError(f"engine file not found: {engine}")
+    record = read_record(engine)
+    mismatch = describe_mismatch(record["fields"], expected)
+    if mismatch:
+        raise EngineError(f"{engine} was built for something else ({mismatch}); rebuild it with "
+                          f"python -m engine.build")
+    blob = engine.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != record.get("engine_sha256"):
+        raise EngineError(f"{engine} is corrupt: its SHA-256 differs from the one recorded when it was built")
+    return blob, record
+
+
+# ---------------------------------------------------------------- builders
+
+class EngineBuilder(Protocol):
+    """What the cache needs from TensorRT (faked where TensorRT is absent)."""
+
+    via: str   # the conversion path, one of VIAS
+
+    def environment(self) -> dict:
+        """At least tensorrt, gpu, compute_capability."""
+
+    def build(self, onnx_path: Path, contract: UNetContract, precision: str, timing_cache: Path) -> bytes:
+        """A serialized engine."""
+
+    def load(self, blob: bytes, batch: int) -> EpsModel:
+        """An ε model running the serialized engine."""
+
+
+class TensorRTBuilder:
+    """Builds engines from the ONNX file with TensorRT's ONNX parser."""
+
+    via = "onnx"
+
+    def __init__(self, device: str | torch.device = "cuda", *, workspace_gib: float = 8.0,
+                 fp32_islands: bool = True):
+        self.trt = import_tensorrt()
+        self.device = torch.device(device)
+        if self.device.type != "cuda" or not torch.cuda.is_available():
+            raise EngineError(f"building a TensorRT engine needs a CUDA GPU, got device {device!r} "
+                              f"(CUDA available: {torch.cuda.is_available()})")
+        self.workspace_bytes = int(workspace_gib * 2**30)
+        self.fp32_islands = fp32_islands
+        self.logger = self.trt.Logger(self.trt.Logger.WARNING)
+
+    def environment(self) -> dict:
+        return gpu_environment(self.device)
+
+    def build(self, onnx_path: Path, contract: UNetContract, precision: str, timing_cache: Path) -> bytes:
+        trt = self.trt
+        _check_capability(self.device, precision)
+        builder = trt.Builder(self.logger)
+        network = builder.create_network(0)   # TensorRT 10: explicit batch is the only mode
+        parser = trt.OnnxParser(network, self.logger)
+        if not parser.parse_from_file(str(onnx_path)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise EngineError(f"TensorRT could not parse {onnx_path}: {errors} (a TensorRT older than the "
+                              f"ONNX opset? export with --opset 17)")
+        _check_network_io(network, contract)
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_bytes)
+        self._set_precision(config, network, precision)
+        config.add_optimization_profile(_profile(builder, contract))
+        _use_timing_cache(config, timing_cache)
+        blob = builder.build_serialized_network(network, config)
+        if blob is None:
+            raise EngineError("TensorRT failed to build the engine (its log above says why)")
+        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+        return bytes(blob)
+
+    def _set_precision(self, config, network, precision: str) -> None:
+        """Builder flags for `precision`; fp32 islands pinned under OBEY_PRECISION_CONSTRAINTS."""
+        trt = self.trt
+        flags = {"fp16": ["FP16"], "bf16": ["BF16"], "fp8": ["FP8", "FP16"]}[precision]
+        for flag in flags:
+            config.set_flag(getattr(trt.BuilderFlag, flag))
+        if precision == "fp8" and not _has_quantize_layers(trt, network):
+            raise EngineError("fp8 needs an ONNX model with FP8 Q/DQ nodes (TensorRT quantises explicitly "
+                              "only; quantise it with NVIDIA ModelOpt first); this one has none")
+        if self.fp32_islands:
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+            pinned = pin_fp32_islands(trt, network)
+            log.info("pinned %d layers to fp32 (normalisation, reductions, timestep features)", pinned)
+
+    def load(self, blob: bytes, batch: int) -> EpsModel:
+        from engine.backends.tensorrt import TensorRTEps
+
+        return TensorRTEps(blob, batch=batch, device=self.device)
+
+
+class TorchTensorRTBuilder(TensorRTBuilder):
+    """Builds engines from the torch model with torch-tensorrt's dynamo converter (`--via torch-tensorrt`).
+
+    The model is cast to the precision and compiled strongly typed, so ADM's own casts are
+    the fp32 islands; the engine keeps the contract's fp32 x / int64 t / fp32 ε and runs on
+    the same runner. The ONNX file only enters through the cache key (it hashes the weights).
+    """
+
+    via = "torch-tensorrt"
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cuda", *, workspace_gib: float = 8.0):
+        super().__init__(device, workspace_gib=workspace_gib)
+        self.torch_trt = import_torch_tensorrt()
+        self.model = model
+
+    def environment(self) -> dict:
+        return {**super().environment(), "torch_tensorrt": self.torch_trt.__version__, "torch": torch.__version__}
+
+    def build(self, onnx_path: Path, contract: UNetContract, precision: str, timing_cache: Path) -> bytes:
+        if precision == "fp8":
+            raise EngineError("fp8 through torch-tensorrt needs a model quantised with NVIDIA ModelOpt; "
+                              "use --precision fp16 or bf16")
+        _check_capability(self.device, precision)
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        net = copy.deepcopy(self.model).to(self.device, dtype).eval()
+        program = torch.export.export(net, contract.sample(EXPORT_BATCH, device=self.device),
+                                      dynamic_shapes=contract.dynamic_shapes())
+        inputs = [self.torch_trt.Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=spec.dtype)
+                  for spec, (lo, opt, hi) in zip(contract.inputs, contract.profile().values())]
+        blob = self.torch_trt.dynamo.convert_exported_program_to_serialized_trt_engine(
+            program, inputs=inputs, enabled_precisions={torch.float32}, use_explicit_typing=True,
+            workspace_size=self.workspace_bytes, timing_cache_path=str(timing_cache))
+        return bytes(blob)
+
+
+def _check_capability(device: torch.device, precision: str) -> None:
+    props = torch.cuda.get_device_properties(device)
+    need = MIN_CAPABILITY[precision]
+    if (props.major, props.minor) < need:
+        raise EngineError(f"{precision} needs compute capability ≥ {need[0]}.{need[1]}; "
+                          f"{props.name} has {props.major}.{props.minor}")
+
+
+def _check_network_io(network, contract: UNetContract) -> None:
+    """The parsed network has exactly the contract's inputs and outputs."""
+    inputs = [network.get_input(i).name for i in range(network.num_inputs)]
+    outputs = [network.get_output(i).name for i in range(network.num_outputs)]
+    if inputs != contract.input_names or outputs != contract.output_names:
+        raise EngineError(f"the ONNX model's inputs {inputs} / outputs {outputs} differ from the contract's "
+                          f"{contract.input_names} / {contract.output_names}")
+
+
+def _profile(builder, contract: UNetContract):
+    """The contract's min/opt/max shapes as a TensorRT optimisation profile."""
+    profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in contract.profile().items():
+        profile.set_shape(name, lo, opt, hi)
+    return profile
+
+
+def _use_timing_cache(config, path: Path) -> None:
+    """Start from the timing cache at `path` (an unreadable one is replaced by an empty one)."""
+    data = path.read_bytes() if path.exists() else b""
+    try:
+        cache = config.create_timing_cache(data)
+        usable = cache is not None and config.set_timing_cache(cache, ignore_mismatch=False)
+    except (RuntimeError, TypeError):   # bytes TensorRT cannot parse
+        usable = False
+    if not usable:
+        log.warning("timing cache %s is unusable; starting an empty one", path)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+
+
+def _has_quantize_layers(trt, network) -> bool:
+    kinds = {trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE}
+    return any(network.get_layer(i).type in kinds for i in range(network.num_layers))
+
+
+def pin_fp32_islands(trt, network, t_name: str = T) -> int:
+    """Pin the normalisation and reduce layers and the timestep features to fp32.
+
+    Softmax is left to TensorRT: its fused attention kernels keep the softmax in fp32
+    inside, and pinning it would split them. Returns the number of layers pinned
+    (precision and output types set to fp32).
+    """
+    kinds = {trt.LayerType.NORMALIZATION, trt.LayerType.REDUCE}
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    chosen = {layer.name: layer for layer in layers if layer.type in kinds}
+    chosen.update((layer.name, layer) for layer in _timestep_layers(trt, layers, t_name))
+    for layer in chosen.values():
+        layer.precision = trt.float32
+        for k in range(layer.num_outputs):
+            layer.set_output_type(k, trt.float32)
+    return len(chosen)
+
+
+def _timestep_layers(trt, layers, t_name: str) -> list:
+    """The float layers between input t and the first matrix multiply (the sinusoidal features).
+
+    Walks forward from t along float tensors only (shape arithmetic is not followed) and
+    stops at matrix multiplies and convolutions, which run in the engine's precision.
+    """
+    floats = {trt.float32, trt.float16, trt.bfloat16}
+    stop = {trt.LayerType.MATRIX_MULTIPLY, trt.LayerType.CONVOLUTION, trt.LayerType.SHAPE}
+    consumers = defaultdict(list)
+    for layer in layers:
+        for j in range(layer.num_inputs):
+            tensor = layer.get_input(j)
+            if tensor is not None:
+                consumers[tensor.name].append(layer)
+    found, frontier = {}, [t_name]
+    while frontier:
+        for layer in consumers[frontier.pop()]:
+            if layer.type in stop or layer.name in found:
+                continue
+            outputs = [layer.get_output(k) for k in range(layer.num_outputs)]
+            if not all(out.dtype in floats for out in outputs):
+                continue
+            found[layer.name] = layer
+            frontier.extend(out.name for out in outputs)
+    return [layer for layer in found.values() if layer.type != trt.LayerType.CAST]
+
+
+# ---------------------------------------------------------------- the cache
+
+@dataclass(frozen=True)
+class EngineResult:
+    """An engine in the cache, its record, and whether this call built it."""
+
+    path: Path
+    record: dict
+    built: bool
+
+    def as_dict(self) -> dict:
+        r = self.record
+        return {"path": str(self.path), "key": r["key"], "built_now": self.built, "fields": r["fields"],
+                "build_seconds": r["build_seconds"], "errors": r["errors"], "tolerance": r["tolerance"],
+                "engine_bytes": r["engine_bytes"], "created": r["created"]}
+
+
+def get_engine(onnx_path: str | os.PathLike, contract: UNetContract, precision: str,
+               cache_dir: str | os.PathLike, *, builder: EngineBuilder, model: torch.nn.Module | None,
+               rebuild: bool = True) -> EngineResult:
+    """The cached engine for these inputs, built (and checked against `model`) when missing.
+
+    A cached entry that fails its checks is rebuilt, or refused with EngineError when
+    `rebuild` is False. `model` is the fp32 torch model on the builder's GPU; None skips the
+    comparison (logged).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    onnx_path = Path(onnx_path)
+    environment = builder.environment()
+    fields = key_fields(onnx_sha256(onnx_path), contract, precision, builder.via, environment)
+    key = engine_key(fields)
+    path = engine_path(cache_dir, contract, precision, key)
+    if path.exists() or record_path(path).exists():
+        try:
+            _, record = read_engine(path, fields)
+            log.info("using cached engine %s", path)
+            return EngineResult(path, record, built=False)
+        except EngineError as err:
+            if not rebuild:
+                raise
+            log.warning("%s; rebuilding", err)
+    timing = timing_cache_path(cache_dir, environment)
+    record = _build(onnx_path, contract, precision, path, fields, key, builder, model, timing)
+    return EngineResult(path, record, built=True)
+
+
+def _build(onnx_path, contract, precision, path, fields, key, builder, model, timing) -> dict:
+    """Build, compare with `model`, then write the engine and (last) its record."""
+    log.info("building a %s engine from %s (batch 1…%d); this takes minutes", precision, onnx_path, contract.batch)
+    start = time.perf_counter()
+    blob = builder.build(onnx_path, contract, precision, timing)
+    seconds = time.perf_counter() - start
+    if model is None:
+        log.warning("no torch model given: the engine is not compared with it")
+        errors = []
+    else:
+        errors = verify_engine(builder.load(blob, contract.batch), model, contract, precision)
+    record = {"format": RECORD_FORMAT, "key": key, "fields": fields, "engine_sha256": hashlib.sha256(blob).hexdigest(),
+              "engine_bytes": len(blob), "build_seconds": round(seconds, 3),
+              "errors": [e.as_dict() for e in errors], "tolerance": ENGINE_TOLERANCE[precision],
+              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_bytes(path, blob)
+    atomic_write_json(record_path(path), record)
+    log.info("engine written: %s (%.1f MB, built in %.0f s)", path, len(blob) / 1e6, seconds)
+    return record
+
+
+def verify_engine(eps: EpsModel, model: torch.nn.Module, contract: UNetContract, precision: str,
+                  *, seed: int = 0) -> list[ErrorStats]:
+    """ε of the engine against the fp32 torch model at batch N and batch 1 (random x, t).
+
+    Raises EngineError for non-finite outputs or a relative error above ENGINE_TOLERANCE.
+    """
+    tol = ENGINE_TOLERANCE[precision]
+    device = next(model.parameters()).device
+    results = []
+    for i, n in enumerate(sorted({contract.batch, contract.min_batch}, reverse=True)):
+        x, t = contract.sample(n, seed=seed + i, device=device)
+        with torch.no_grad():
+            stats = error_stats(eps(x, t), model.eval()(x, t))
+        log.info("engine vs torch at batch %d: max abs %.2e, relative %.2e (tolerance %.0e)",
+                 n, stats.max_abs, stats.rel_l2, tol)
+        if not stats.finite:
+            raise EngineError(f"the {precision} engine gives non-finite outputs at batch {n} (an overflow in "
+                              f"reduced precision); refused")
+        if stats.rel_l2 > tol:
+            raise EngineError(f"the {precision} engine is off by a relative error of {stats.rel_l2:.2e} at batch "
+                              f"{n} (max abs {stats.max_abs:.2e}), past the tolerance {tol:.0e}; refused")
+        results.append(stats)
+    return results

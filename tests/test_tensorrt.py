@@ -1,0 +1,339 @@
+"""The TensorRT engine cache and runner.
+
+Where TensorRT and a GPU are present the cache tests build real engines of the tiny UNet;
+where they are absent (CI) a fake builder stands in for TensorRT, passed in through
+`get_engine(builder=...)`: its "engine" is a byte string and running it runs the torch
+model. The tests of real engines and the runner skip cleanly without TensorRT.
+"""
+
+import hashlib
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from engine.unet import ADMConfig, ADMUNet
+from export.contract import UNetContract
+from export.onnx import export_onnx
+from export.tensorrt import (ENGINE_TOLERANCE, TRT_HINT, EngineError, atomic_path, atomic_write_bytes,
+                             engine_key, engine_path, get_engine, key_fields, read_engine, record_path,
+                             timing_cache_path)
+
+HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+REAL = HAVE_TENSORRT and torch.cuda.is_available()
+BATCH = 4
+ENV = {"tensorrt": "10.8.0", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class FakeBuilder:
+    """TensorRT's part of the build, faked where TensorRT is absent: an engine is bytes, running it runs `model`."""
+
+    via = "onnx"
+
+    def __init__(self, model, environment=ENV):
+        self.model, self.env, self.builds = model, dict(environment), 0
+
+    def environment(self) -> dict:
+        return dict(self.env)
+
+    def build(self, onnx_path, contract, precision, timing_cache) -> bytes:
+        self.builds += 1
+        atomic_write_bytes(timing_cache, b"timing entries")
+        return b"FAKE ENGINE " + precision.encode() + hashlib.sha256(onnx_path.read_bytes()).digest()
+
+    def load(self, blob, batch):
+        if not blob.startswith(b"FAKE ENGINE "):
+            raise EngineError("not a fake engine")
+        return lambda x, t: self.model(x, t)
+
+
+class Faulty:
+    """A builder whose engines give wrong outputs: `fault` maps the true ε to the engine's."""
+
+    def __init__(self, inner, fault):
+        self.inner, self.fault, self.via = inner, fault, inner.via
+
+    def environment(self):
+        return self.inner.environment()
+
+    def build(self, *args):
+        return self.inner.build(*args)
+
+    def load(self, blob, batch):
+        eps = self.inner.load(blob, batch)
+        return lambda x, t: self.fault(eps(x, t))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(ONNX path, contract, fp32 model, builder factory): real TensorRT where present, else the fake."""
+    torch.manual_seed(0)
+    model = ADMUNet(ADMConfig.preset("tiny")).eval()
+    contract = UNetContract.for_config(model.config, BATCH)
+    onnx_path = tmp_path_factory.mktemp("onnx") / "unet.onnx"
+    if REAL:
+        from export.tensorrt import TensorRTBuilder
+
+        export_onnx(model, contract, onnx_path)
+        model = model.cuda()
+        return onnx_path, contract, model, lambda: TensorRTBuilder("cuda")
+    onnx_path.write_bytes(b"stand-in ONNX bytes: only their hash enters the key")
+    return onnx_path, contract, model, lambda: FakeBuilder(model)
+
+
+def built(setup, cache, **kw):
+    onnx_path, contract, model, make = setup
+    builder = kw.pop("builder", None) or make()
+    return get_engine(onnx_path, contract, kw.pop("precision", "fp16"), cache, builder=builder, model=model, **kw)
+
+
+def edit_record(path, **fields):
+    """Change fields of an engine's record, keeping its key consistent with them."""
+    rec_path = record_path(path)
+    record = json.loads(rec_path.read_text())
+    record["fields"].update(fields)
+    record["key"] = engine_key(record["fields"])
+    rec_path.write_text(json.dumps(record))
+
+
+# ---------------------------------------------------------------- the key
+
+def test_key_is_stable_and_changes_with_everything_that_changes_an_engine():
+    contract = UNetContract(image_size=256, out_channels=6, batch=16)
+    base = dict(onnx_sha="a" * 64, contract=contract, precision="fp16", via="onnx", environment=ENV)
+    key = engine_key(key_fields(**base))
+    assert key == engine_key(key_fields(**base)) and len(key) == 64
+    variants = [dict(onnx_sha="b" * 64), dict(precision="bf16"), dict(via="torch-tensorrt"),
+                dict(contract=UNetContract(image_size=256, out_channels=6, batch=32)),
+                dict(contract=UNetContract(image_size=256, out_channels=6, batch=16, min_batch=16)),
+                dict(environment={**ENV, "tensorrt": "10.9.0"}),
+                dict(environment={**ENV, "gpu": "NVIDIA H200"}),
+                dict(environment={**ENV, "compute_capability": "8.9"})]
+    keys = {engine_key(key_fields(**{**base, **v})) for v in variants}
+    assert len(keys) == len(variants) and key not in keys
+
+
+def test_key_needs_the_whole_environment():
+    contract = UNetContract(image_size=32, out_channels=6, batch=2)
+    with pytest.raises(ValueError, match="compute_capability"):
+        key_fields("a" * 64, contract, "fp16", "onnx", {"tensorrt": "10", "gpu": "x"})
+
+
+def test_engine_and_timing_cache_names(tmp_path):
+    contract = UNetContract(image_size=256, out_channels=6, batch=16)
+    path = engine_path(tmp_path, contract, "fp16", "0123456789abcdef" * 4)
+    assert path.name == "unet-fp16-b16-0123456789abcdef.engine"
+    assert record_path(path).name == "unet-fp16-b16-0123456789abcdef.engine.json"
+    assert timing_cache_path(tmp_path, ENV) != timing_cache_path(tmp_path, {**ENV, "gpu": "other"})
+
+
+# ---------------------------------------------------------------- atomic writes
+
+def test_atomic_write_replaces_whole_files(tmp_path):
+    path = tmp_path / "sub" / "file.bin"
+    atomic_write_bytes(path, b"first")
+    atomic_write_bytes(path, b"second")
+    assert path.read_bytes() == b"second"
+    assert [p.name for p in path.parent.iterdir()] == ["file.bin"]
+
+
+def test_atomic_write_failure_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "engine.bin"
+    path.write_bytes(b"old engine")
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"half of a new eng")
+            raise OSError("disk full")
+    assert path.read_bytes() == b"old engine"
+    assert [p.name for p in tmp_path.iterdir()] == ["engine.bin"]
+
+
+# ---------------------------------------------------------------- the cache
+
+def test_build_then_reuse(setup, tmp_path):
+    first = built(setup, tmp_path)
+    assert first.built and first.path.exists() and record_path(first.path).exists()
+    record = first.record
+    assert record["engine_sha256"] == hashlib.sha256(first.path.read_bytes()).hexdigest()
+    assert record["fields"]["precision"] == "fp16" and record["fields"]["profile"]["t"] == [[1], [BATCH], [BATCH]]
+    assert [e["batch"] for e in record["errors"]] == [BATCH, 1]
+    assert all(e["finite"] and e["rel_l2"] <= ENGINE_TOLERANCE["fp16"] for e in record["errors"])
+    assert timing_cache_path(tmp_path, {k: record["fields"][k] for k in ENV}).exists()
+    second = built(setup, tmp_path)
+    assert not second.built and second.path == first.path and second.record == record
+    assert sorted(p.suffix for p in tmp_path.iterdir() if p.name.startswith("unet-")) == [".engine", ".json"]
+
+
+def test_corrupt_engine_is_refused_or_rebuilt(setup, tmp_path):
+    path = built(setup, tmp_path).path
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(EngineError, match="corrupt: its SHA-256 differs"):
+        built(setup, tmp_path, rebuild=False)
+    again = built(setup, tmp_path)
+    assert again.built
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == again.record["engine_sha256"]
+
+
+def test_truncated_engine_is_refused(setup, tmp_path):
+    path = built(setup, tmp_path).path
+    path.write_bytes(path.read_bytes()[:10])
+    with pytest.raises(EngineError, match="corrupt"):
+        built(setup, tmp_path, rebuild=False)
+
+
+def test_record_of_another_key_is_refused_naming_the_difference(setup, tmp_path):
+    path = built(setup, tmp_path).path
+    edit_record(path, tensorrt="9.3.0")
+    with pytest.raises(EngineError, match=r"built for something else \(tensorrt: engine 9\.3\.0 vs wanted"):
+        built(setup, tmp_path, rebuild=False)
+    assert built(setup, tmp_path).built
+
+
+@pytest.mark.parametrize("damage", ["delete", "garbage", "tampered key"])
+def test_missing_unreadable_or_tampered_record(setup, tmp_path, damage):
+    path = built(setup, tmp_path).path
+    rec = record_path(path)
+    if damage == "delete":
+        rec.unlink()
+        message = "has no record"
+    elif damage == "garbage":
+        rec.write_text('{"key": ')
+        message = "unreadable"
+    else:
+        record = json.loads(rec.read_text())
+        record["fields"]["precision"] = "bf16"
+        rec.write_text(json.dumps(record))
+        message = "key does not match its fields"
+    with pytest.raises(EngineError, match=message):
+        built(setup, tmp_path, rebuild=False)
+    assert built(setup, tmp_path).built
+
+
+def test_engine_missing_beside_its_record_is_rebuilt(setup, tmp_path):
+    path = built(setup, tmp_path).path
+    path.unlink()
+    with pytest.raises(EngineError, match="not found"):
+        built(setup, tmp_path, rebuild=False)
+    assert built(setup, tmp_path).built and path.exists()
+
+
+def test_read_engine_checks_the_runtime_environment(setup, tmp_path):
+    result = built(setup, tmp_path)
+    env = {k: result.record["fields"][k] for k in ENV}
+    blob, record = read_engine(result.path, env)
+    assert blob == result.path.read_bytes() and record == result.record
+    with pytest.raises(EngineError, match="gpu: engine .* vs wanted Some Other GPU"):
+        read_engine(result.path, {**env, "gpu": "Some Other GPU"})
+
+
+def nan_fault(eps):
+    out = eps.clone()
+    out[0, 0, 0, 0] = float("nan")
+    return out
+
+
+def noise_fault(eps):
+    return eps + 0.1 * eps.std() * torch.randn_like(eps)
+
+
+@pytest.mark.parametrize("fault, message", [(nan_fault, "non-finite"), (noise_fault, "past the tolerance")])
+def test_bad_engine_is_refused_and_not_cached(setup, tmp_path, fault, message):
+    builder = Faulty(setup[3](), fault)
+    with pytest.raises(EngineError, match=message):
+        built(setup, tmp_path, builder=builder)
+    assert not list(tmp_path.glob("unet-*"))
+
+
+def test_unknown_precision(setup, tmp_path):
+    with pytest.raises(ValueError, match="precision"):
+        built(setup, tmp_path, precision="int8")
+
+
+# ---------------------------------------------------------------- without TensorRT
+
+@pytest.mark.skipif(HAVE_TENSORRT, reason="TensorRT is installed")
+def test_missing_tensorrt_names_the_extra(tmp_path):
+    from engine.backends.tensorrt import TensorRTEps
+    from export.tensorrt import TensorRTBuilder, TorchTensorRTBuilder
+
+    for make in (lambda: TensorRTBuilder("cuda"), lambda: TorchTensorRTBuilder(torch.nn.Linear(1, 1)),
+                 lambda: TensorRTEps(tmp_path / "unet.engine", batch=1)):
+        with pytest.raises(ImportError) as exc:
+            make()
+        assert TRT_HINT in str(exc.value)
+
+
+# ---------------------------------------------------------------- real engines (TensorRT + GPU)
+
+@pytest.fixture(scope="module")
+def real_engine(setup, tmp_path_factory):
+    pytest.importorskip("tensorrt")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    return built(setup, tmp_path_factory.mktemp("real"))
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_runner_matches_torch_at_every_batch(setup, real_engine):
+    from engine.backends.tensorrt import TensorRTEps
+
+    _, contract, model, _ = setup
+    eps = TensorRTEps(real_engine.path, batch=BATCH, device="cuda")
+    for n in range(1, BATCH + 1):
+        x, t = contract.sample(n, seed=n, device="cuda")
+        with torch.no_grad():
+            ref = model(x, t)
+        out = eps(x, t)
+        assert out.shape == ref.shape and out.dtype == torch.float32
+        assert ((out - ref).norm() / ref.norm()).item() < ENGINE_TOLERANCE["fp16"]
+        assert torch.equal(eps(x, t), out)                      # graph replay: same result
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_runner_inside_a_cuda_graph_capture(setup, real_engine):
+    from engine.backends.tensorrt import TensorRTEps
+
+    _, contract, _, _ = setup
+    eps = TensorRTEps(real_engine.path, batch=BATCH, device="cuda")
+    x, t = contract.sample(BATCH, seed=1, device="cuda")
+    expected = eps(x, t)
+    static_x = torch.zeros_like(x)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = eps(static_x, t) * 2
+    static_x.copy_(x)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, expected * 2)
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_fp32_islands_cover_norms_and_timestep_features(setup):
+    trt = pytest.importorskip("tensorrt")
+    from export.tensorrt import pin_fp32_islands
+
+    onnx_path = setup[0]
+    logger = trt.Logger(trt.Logger.ERROR)
+    network = trt.Builder(logger).create_network(0)
+    assert trt.OnnxParser(network, logger).parse_from_file(str(onnx_path))
+    pinned = pin_fp32_islands(trt, network)
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    norms = [layer for layer in layers if layer.type == trt.LayerType.NORMALIZATION]
+    assert norms and pinned > len(norms)
+    assert all(layer.precision == trt.float32 for layer in norms)
+    unary = [layer for layer in layers if layer.type == trt.LayerType.UNARY and layer.precision_is_set]
+    assert unary                                             # sin and cos of the timestep features
