@@ -6,11 +6,12 @@ For a kernel k of width w with centre c = (w − 1) // 2, on frames n = 0 … N�
     Aᵀ:  x[m] = Σ_j k[j] · y[m − c + j]        (correlation: the flipped kernel)
 
 A frame index outside [0, N) wraps modulo N (boundary "circular", the public
-code's) or reads 0 (boundary "zero": the output still has N frames). With the
-circular boundary AᵀA is one circular convolution with the autocorrelation
-a_d = Σ_j k[j]·k[j + d], d = −(w−1) … w−1 (2w − 1 taps, wrapped modulo N).
-With the zero boundary AᵀA is not shift-invariant near the ends and is computed
-exactly as Aᵀ(A x).
+code's) or reads 0 (boundary "zero": the output still has N frames). Either way A
+acts on the frame axis as an N×N matrix T (`temporal_matrix`), so the torch
+arithmetic is one small matmul per call: A = T, Aᵀ = Tᵀ, AᵀA = TᵀT. With the
+circular boundary TᵀT is the circulant of the autocorrelation
+a_d = Σ_j k[j]·k[j + d], d = −(w−1) … w−1 (2w − 1 taps, wrapped modulo N), which
+the fused Triton kernels apply in one pass.
 """
 
 from __future__ import annotations
@@ -58,44 +59,47 @@ def autocorrelation(kernel: Tensor) -> Tensor:
 
 # ── arithmetic (the reference for other backends) ───────────────────────────
 
-def _shifted(x: Tensor, s: int, boundary: str) -> Tensor:
-    """z[n] = x[n − s] along frames, wrapped modulo N ("circular") or 0 outside [0, N) ("zero").  [N, ...]"""
-    if boundary == "circular":
-        return torch.roll(x, s, dims=0)
-    n = x.shape[0]
-    if abs(s) >= n:
-        return torch.zeros_like(x)
-    zeros = x.new_zeros((abs(s),) + tuple(x.shape[1:]))
-    return torch.cat([zeros, x[: n - s]]) if s >= 0 else torch.cat([x[-s:], zeros])
+def temporal_matrix(kernel: Tensor, n: int, boundary: str) -> Tensor:
+    """The N×N matrix T of A on the frame axis: T[n, m] = Σ_j k[j]·[m = n + c − j].
+
+    m wraps modulo N ("circular") or terms with m outside [0, N) are dropped ("zero").
+    kernel: [w] → [N, N] in the kernel's dtype and device.
+    """
+    w, c = kernel.numel(), (kernel.numel() - 1) // 2
+    rows = torch.arange(n, device=kernel.device)
+    T = torch.zeros(n, n, dtype=kernel.dtype, device=kernel.device)
+    for j in range(w):
+        cols = rows + c - j
+        if boundary == "circular":
+            cols = cols % n
+        keep = (cols >= 0) & (cols < n)
+        T.index_put_((rows[keep], cols[keep]), kernel[j].expand(int(keep.sum())), accumulate=True)
+    return T
+
+
+def _frames_matmul(M: Tensor, x: Tensor) -> Tensor:
+    """M applied along the frame axis: (M x)[n] = Σ_m M[n, m]·x[m].  M: [N, N], x: [N, ...] → [N, ...]"""
+    return (M @ x.reshape(x.shape[0], -1)).reshape(x.shape)
 
 
 def temporal_conv(x: Tensor, kernel: Tensor, boundary: str) -> Tensor:
     """A x: y[n] = Σ_j k[j] · x[n + c − j], c = (w−1)//2.  x: [N, ...], kernel: [w] (x's dtype/device) → [N, ...]"""
-    c = (kernel.numel() - 1) // 2
-    y = torch.zeros_like(x)
-    for j in range(kernel.numel()):
-        y = y + kernel[j] * _shifted(x, j - c, boundary)
-    return y
+    return _frames_matmul(temporal_matrix(kernel, x.shape[0], boundary), x)
 
 
 def temporal_conv_adjoint(y: Tensor, kernel: Tensor, boundary: str) -> Tensor:
-    """Aᵀ y: x[m] = Σ_j k[j] · y[m − c + j], c = (w−1)//2.  y: [N, ...], kernel: [w] → [N, ...]"""
-    c = (kernel.numel() - 1) // 2
-    x = torch.zeros_like(y)
-    for j in range(kernel.numel()):
-        x = x + kernel[j] * _shifted(y, c - j, boundary)
-    return x
+    """Aᵀ y: x[m] = Σ_j k[j] · y[m − c + j], c = (w−1)//2, i.e. Tᵀ y.  y: [N, ...], kernel: [w] → [N, ...]"""
+    return _frames_matmul(temporal_matrix(kernel, y.shape[0], boundary).T, y)
 
 
 def temporal_conv_normal(x: Tensor, kernel: Tensor, autocorr: Tensor, boundary: str) -> Tensor:
-    """AᵀA x.  x: [N, ...], kernel: [w], autocorr = autocorrelation(kernel): [2w − 1] → [N, ...]
+    """AᵀA x = (TᵀT) x, exact for both boundaries.  x: [N, ...], kernel: [w] → [N, ...]
 
-    circular: one circular convolution with the autocorrelation (centre w − 1, wrapped modulo N);
-    zero: Aᵀ(A x), exact at the ends.
+    For the circular boundary TᵀT is the circulant of the autocorrelation `autocorr`
+    (centre w − 1, wrapped modulo N), which the fused kernels use; here it is formed directly.
     """
-    if boundary == "circular":
-        return temporal_conv(x, autocorr, "circular")
-    return temporal_conv_adjoint(temporal_conv(x, kernel, boundary), kernel, boundary)
+    T = temporal_matrix(kernel, x.shape[0], boundary)
+    return _frames_matmul(T.T @ T, x)
 
 
 #: TemporalPSF's arithmetic by backend: forward(x, kernel, boundary),
