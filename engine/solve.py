@@ -61,7 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="network precision")
-    p.add_argument("--backend", choices=BACKENDS, default="torch")
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="torch (eager), torch+graph (whole loop as one CUDA graph), compile, tensorrt (needs --engine)")
+    p.add_argument("--engine", type=Path, help="TensorRT engine from python -m engine.build (for --backend tensorrt)")
     p.add_argument("--frames", type=int,
                    help=f"frames to restore from the start of INPUT (default: up to {DEFAULT_FRAMES}; an explicit "
                         "count must be there)")
@@ -81,7 +83,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_model(args):
-    """(ε model, image size): the ADM checkpoint or the weight-free prior."""
+    """(ε model, image size): a TensorRT engine file, the ADM checkpoint or the weight-free prior."""
+    if args.backend == "tensorrt":
+        if args.engine is None:
+            raise InputError("--backend tensorrt needs --engine FILE (build one with python -m engine.build)")
+        return args.engine, args.size
+    if args.engine is not None:
+        raise InputError("--engine is for --backend tensorrt")
     if args.checkpoint is None:
         from engine.priors import GaussianPrior
 

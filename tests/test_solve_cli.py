@@ -105,3 +105,7 @@ def test_help_lists_every_flag(capsys):
     for flag in ("--task", "--degrade", "--measured", "--checkpoint", "--prior", "--nfe", "--eta", "--cg-iters",
                  "--sigma-y", "--seed", "--device", "--dtype", "--frames", "--out", "--demo"):
         assert flag in text
+
+
+def test_tensorrt_backend_needs_an_engine(tmp_path, capsys, clip_npy):
+    _bad(tmp_path, capsys, [str(clip_npy), "--task", "temporal-k7", "--backend", "tensorrt"], "--engine")
