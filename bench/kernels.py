@@ -100,6 +100,7 @@ def kernel_rows(shape, dtype) -> list[dict]:
     part_dot = torch.empty((2, cg.GMAX), device=dev, dtype=acc)
     part = torch.zeros((2, cg.GMAX), device=dev, dtype=acc)            # γ = 0: the timed updates keep x, r, p, s
     state = torch.ones((2, 2), device=dev, dtype=acc)
+    floor = torch.zeros(1, device=dev, dtype=acc)
     noise = clip()[:1].contiguous()
     step = ddim_steps(20, 0.15)[3]
     x64 = lambda v: v.float() if dtype in (torch.float16, torch.bfloat16) else v.double()  # noqa: E731  (engine.cg)
@@ -144,7 +145,8 @@ def kernel_rows(shape, dtype) -> list[dict]:
         ("CG residual r₀ = c(Aᵀy − AᵀA x̂)", lambda: cg.cg_residual(x, q, 1.0, out=out), lambda: x - q, 3 * S),
         ("CG dot ⟨r,r⟩, ⟨r,q⟩", lambda: cg.cg_dot(r, q, part_dot),
          lambda: (torch.sum(x64(r) * x64(r)), torch.sum(x64(r) * x64(q))), 2 * S),
-        ("CG update x, r, p, s", lambda: cg.cg_update(x, x, r, p, s, q, part, cg.GMAX, state[1], state[0], None, False),
+        ("CG update x, r, p, s", lambda: cg.cg_update(x, x, r, p, s, q, part, cg.GMAX, state[1], state[0], floor, None,
+                                                             False),
          torch_cg_update, 9 * S),
         ("Tweedie", lambda: steps.tweedie_step(x, q, step.sqrt_ab, step.sqrt_1m_ab, out=out),
          lambda: StepKernels().tweedie(x, q, step), 3 * S),

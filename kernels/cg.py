@@ -91,6 +91,7 @@ def _cg_update_kernel(
     part_ptr,               # *ACC  this iteration's partial sums [2, GMAX]
     state_ptr,              # *ACC  output (αᵢ, γᵢ) of this iteration [2]
     prev_ptr,               # *ACC  (αᵢ₋₁, γᵢ₋₁) of the previous iteration [2] (unless FIRST)
+    floor_ptr,              # *ACC  ε²·⟨b, b⟩ [1]: once ⟨r, r⟩ ≤ this the system is solved to rounding, α = 0
     numel,                  # elements of the clip
     G,                      # programs of the dot pass (valid partials per row)
     c1_hi, c1_lo,           # c₁ = 1 (noiseless) or γ, as fp32 hi + lo
@@ -115,7 +116,7 @@ def _cg_update_kernel(
         alpha_prev = tl.load(prev_ptr)
         beta = safe_div(gamma, tl.load(prev_ptr + 1))
         den = delta - safe_div(beta * gamma, alpha_prev)
-    alpha = safe_div(gamma, den)
+    alpha = tl.where(gamma > tl.load(floor_ptr), safe_div(gamma, den), 0)
     if tl.program_id(0) == 0:
         tl.store(state_ptr, alpha)
         tl.store(state_ptr + 1, gamma)
@@ -166,17 +167,19 @@ def cg_dot(r: Tensor, q: Tensor, part: Tensor) -> int:
 
 
 def cg_update(x_in: Tensor, x_out: Tensor, r: Tensor, p: Tensor, s: Tensor, q: Tensor, part: Tensor,
-              programs: int, state: Tensor, prev: Tensor | None, gamma: float | None, last: bool) -> None:
+              programs: int, state: Tensor, prev: Tensor | None, floor: Tensor, gamma: float | None,
+              last: bool) -> None:
     """Launch `_cg_update_kernel`: one Chronopoulos–Gear update of x, r, p, s in place.
 
     x_in, x_out, r, p, s, q: one shape, contiguous; part [2, GMAX] from `cg_dot` with `programs`
-    valid columns; state [2] receives (αᵢ, γᵢ); prev is the previous iteration's state (None at the first).
+    valid columns; state [2] receives (αᵢ, γᵢ); prev is the previous iteration's state (None at the first);
+    floor [1]: the ⟨r, r⟩ at or below which α is 0 (engine.cg's rounding floor).
     """
     check("cg", x_in, x_out, r, p, s, q)
     if not (x_in.shape == x_out.shape == r.shape == p.shape == s.shape == q.shape):
         raise InputError("cg: x, r, p, s and AᵀA r must share one shape")
     _cg_update_kernel[(triton.cdiv(r.numel(), BLOCK),)](
-        x_in, x_out, r, p, s, q, part, state, state if prev is None else prev, r.numel(), programs,
+        x_in, x_out, r, p, s, q, part, state, state if prev is None else prev, floor, r.numel(), programs,
         *split(1.0 if gamma is None else gamma), REG=gamma is not None, FIRST=prev is None, LAST=last,
         GMAX=GMAX, BLOCK=BLOCK, ACC=ACC[r.dtype], num_warps=NUM_WARPS)
 
@@ -190,15 +193,17 @@ def data_consistency(op, y: Tensor, x_hat: Tensor, iters: int, gamma: float | No
     x_hat = x_hat.contiguous()
     if iters == 0:
         return x_hat.clone()
-    r = cg_residual(op.A_adjoint(y).contiguous(), op.A_adjoint_A(x_hat).contiguous(),
-                    1.0 if gamma is None else float(gamma))
+    aty = op.A_adjoint(y).contiguous()
+    r = cg_residual(aty, op.A_adjoint_A(x_hat).contiguous(), 1.0 if gamma is None else float(gamma))
     x, p, s = torch.empty_like(x_hat), torch.empty_like(x_hat), torch.empty_like(x_hat)
     acc = torch.float64 if x_hat.dtype == torch.float64 else torch.float32
+    b = aty if gamma is None else x_hat + gamma * aty
+    floor = (torch.finfo(x_hat.dtype).eps ** 2 * b.to(acc).square().sum()).reshape(1)
     part = torch.empty((iters, 2, GMAX), dtype=acc, device=x_hat.device)
     state = torch.empty((iters, 2), dtype=acc, device=x_hat.device)
     for i in range(iters):
         q = op.A_adjoint_A(r).contiguous()
         programs = cg_dot(r, q, part[i])
         cg_update(x_hat if i == 0 else x, x, r, p, s, q, part[i], programs, state[i],
-                  None if i == 0 else state[i - 1], gamma, last=i == iters - 1)
+                  None if i == 0 else state[i - 1], floor, gamma, last=i == iters - 1)
     return x
