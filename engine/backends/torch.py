@@ -28,6 +28,7 @@ def torch_eps(model, *, precision: str = "fp32", channels_last: bool = False,
 
     @torch.no_grad()
     def eps(x: Tensor, t: Tensor) -> Tensor:
-        return net(x.to(dtype).contiguous(memory_format=fmt), t)
+        out = net(x.to(dtype).contiguous(memory_format=fmt), t)
+        return out.contiguous() if channels_last else out   # frames contiguous again for the step kernels
 
     return eps
