@@ -71,8 +71,19 @@ def machine(device: torch.device) -> dict:
         info.update(device_name=props.name, compute_capability=f"{props.major}.{props.minor}",
                     memory_bytes=props.total_memory, cuda=torch.version.cuda)
     else:
-        info.update(device_name=platform.processor() or platform.machine(), threads=torch.get_num_threads())
+        info.update(device_name=cpu_name(), threads=torch.get_num_threads())
     return info
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux), else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def append_jsonl(name: str, rows: list[dict]) -> Path:
@@ -111,5 +122,23 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
     n = 8192 if device.type == "cuda" else 1024
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    t = median(time_fn(lambda: a @ b, device, repeats=10 if device.type == "cuda" else 3))
+    t = median(time_fn(lambda: a @ b, device, repeats=10))
     return 2 * n**3 / t / 1e12
+
+
+def unet_flops(config, batch: int) -> int:
+    """FLOPs of one batch-`batch` ADM forward (torch.utils.flop_counter on the meta device: nothing runs).
+
+    Counted on meta tensors because on CPU tensors attention runs as a fused kernel the counter skips.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from engine.unet import ADMUNet
+
+    with torch.device("meta"):
+        model = ADMUNet(config)
+        x = torch.empty(batch, 3, config.image_size, config.image_size)
+        t = torch.zeros(batch, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter:
+        model(x, t)
+    return counter.get_total_flops()

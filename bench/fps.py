@@ -25,7 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import append_jsonl, machine, matmul_peak_tflops, median, nvtx_range, synchronize, time_fn  # noqa: E402
+from bench.common import (append_jsonl, machine, matmul_peak_tflops, median, nvtx_range, synchronize,  # noqa: E402
+                          time_fn, unet_flops)
 from engine.backends import GRAPH_BACKENDS  # noqa: E402
 from engine.runtime import Solver, SolverConfig  # noqa: E402
 from engine.sampler import StepKernels  # noqa: E402
@@ -122,20 +123,6 @@ def stage_times(solver: Solver, y: torch.Tensor, repeats: int) -> dict:
     return {"unet_s": unet * cfg.nfe, "cg_and_operators_s": cg * cfg.nfe, "updates_s": upd * cfg.nfe}
 
 
-def unet_flops(args) -> float:
-    """FLOPs of one batch-N forward (torch.utils.flop_counter, meta device: nothing runs)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    cfg = ADMConfig.preset(args.preset)
-    with torch.device("meta"):
-        model = ADMUNet(cfg)
-        x = torch.empty(args.frames, 3, cfg.image_size, cfg.image_size)
-        t = torch.zeros(args.frames, dtype=torch.long)
-    with FlopCounterMode(display=False) as counter:
-        model(x, t)
-    return float(counter.get_total_flops())
-
-
 def bench_backend(args, backend: str, clip_y: dict, flops: float, peak: float) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -219,7 +206,7 @@ def main(argv=None) -> int:
         synchronize(device)
         return 0
     info = machine(device)
-    flops = unet_flops(args)
+    flops = float(unet_flops(ADMConfig.preset(args.preset), args.frames))
     peak = matmul_peak_tflops(device, torch.float16 if device.type == "cuda" and args.precision == "fp16"
                               else torch.bfloat16 if device.type == "cuda" else torch.float32)
     shared: dict = {}
@@ -238,6 +225,9 @@ def main(argv=None) -> int:
         print(f"{info['device_name']}  {args.preset}  {args.frames} frames  {args.task}  {args.nfe} NFE  "
               f"{args.cg_iters} CG  matmul peak {peak:.3g} TFLOP/s")
         print_table(rows)
+        for r in rows:
+            if "cold_start_s" in r:
+                print(f"cold start (process start → first restored clip), {r['backend']}: {r['cold_start_s']:.2f} s")
     if not args.no_save:
         log.info("appended to %s", append_jsonl("fps", rows))
     return 0

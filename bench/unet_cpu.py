@@ -16,38 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import append_jsonl, machine, median, time_fn
+from bench.common import append_jsonl, machine, median, time_fn, unet_flops
 from engine.unet import PRESETS, ADMConfig, ADMUNet
 
 CPU = torch.device("cpu")
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (platform.processor() is often empty on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def count_flops(config: ADMConfig, batch: int) -> int:
-    """FLOPs of one forward, counted on the meta device (no data, no time)."""
-    with torch.device("meta"):
-        model = ADMUNet(config)
-        x = torch.empty(batch, 3, config.image_size, config.image_size)
-        t = torch.zeros(batch, dtype=torch.long)
-    with FlopCounterMode(display=False) as counter:
-        model(x, t)
-    return counter.get_total_flops()
 
 
 def measure(preset: str, batch: int, repeats: int, timestep: int) -> dict:
@@ -60,11 +35,10 @@ def measure(preset: str, batch: int, repeats: int, timestep: int) -> dict:
     with torch.no_grad():
         (warmup_s,) = time_fn(lambda: model(x, t), CPU, repeats=1, warmup=0)
         seconds = time_fn(lambda: model(x, t), CPU, repeats=repeats, warmup=0)
-    flops = count_flops(config, batch)
+    flops = unet_flops(config, batch)
     return {
         "bench": "unet_cpu",
         **machine(CPU),
-        "cpu": cpu_name(),
         "loadavg_1m": os.getloadavg()[0],
         "preset": preset,
         "batch": batch,
@@ -97,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def summary(r: dict) -> str:
     runs = [round(s, 2) for s in r["seconds"]]
-    return (f"{r['preset']} batch {r['batch']} fp32 on {r['cpu']} ({r['threads']} threads, "
+    return (f"{r['preset']} batch {r['batch']} fp32 on {r['device_name']} ({r['threads']} threads, "
             f"load {r['loadavg_1m']:.1f}): median {r['seconds_median']:.2f} s of {runs}, "
             f"{r['flops'] / 1e12:.3f} TFLOP, {r['gflop_per_s']:.1f} GFLOP/s; warm-up {r['warmup_s']:.2f} s")
 
