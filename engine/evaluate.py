@@ -105,6 +105,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="network precision")
     p.add_argument("--backend", choices=BACKENDS, default="torch", help="graph backends cannot record Fig. 7")
+    p.add_argument("--engine", type=Path, help="TensorRT engine from python -m engine.build (for --backend tensorrt)")
     p.add_argument("--lpips-weights", type=Path, help="LPIPS v0.1 linear heads (alex.pth of the lpips package)")
     p.add_argument("--lpips-backbone", type=Path, help="ImageNet AlexNet (torchvision's alexnet-owt-7be5be79.pth)")
     p.add_argument("--fvd-weights", type=Path, help="I3D detector (StyleGAN-V's i3d_torchscript.pt)")

@@ -83,12 +83,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_model(args):
-    """(ε model, image size): a TensorRT engine file, the ADM checkpoint or the weight-free prior."""
+    """(ε model, image size): a TensorRT engine file, the ADM checkpoint or the weight-free prior.
+
+    Reads args.backend, args.engine (optional), args.checkpoint, args.size and args.device.
+    """
+    engine_file = getattr(args, "engine", None)
     if args.backend == "tensorrt":
-        if args.engine is None:
+        if engine_file is None:
             raise InputError("--backend tensorrt needs --engine FILE (build one with python -m engine.build)")
-        return args.engine, args.size
-    if args.engine is not None:
+        return engine_file, args.size
+    if engine_file is not None:
         raise InputError("--engine is for --backend tensorrt")
     if args.checkpoint is None:
         from engine.priors import GaussianPrior
