@@ -25,3 +25,15 @@ def pytest_collection_modifyitems(config, items):
 def f64():
     """Float64 options for reference checks."""
     return dict(dtype=torch.float64, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: OpenMP barriers cost more than a second thread saves (10-100x on a shared CPU).
+
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")`.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

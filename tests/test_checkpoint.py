@@ -17,13 +17,7 @@ MANIFESTS = {"adm256_uncond": "adm256_uncond_state_dict_shapes.json",
              "ffhq_dps": "ffhq_dps_state_dict_shapes.json"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: OpenMP barriers cost more than a second thread saves (10-100x on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -28,13 +28,7 @@ HALF_RTOL = {torch.float16: 1e-2, torch.bfloat16: 6e-2}
 F64_RTOL = 1e-10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: OpenMP barriers cost more than a second thread saves (10-100x on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def manifest(name: str) -> dict:
