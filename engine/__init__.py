@@ -2,12 +2,17 @@
 
 Modules, in the order data flows through them:
 
+- `engine.video_io`, `engine.data`, `engine.testclips`: clips in and out, DAVIS preparation, test clips.
 - `engine.unet`, `engine.checkpoint`: the ADM UNet and its checkpoint loader.
 - `engine.schedule`: the linear-β diffusion schedule and the DDIM step pairs.
-- `engine.operators`: the degradations A, their adjoints Aᵀ and normal operators AᵀA.
+- `engine.operators`, `engine.tasks`: the degradations A, Aᵀ, AᵀA and the paper's six tasks.
 - `engine.cg`: fixed-iteration conjugate gradients in video space.
 - `engine.sampler`: the paper's Algorithm 1 (batch-consistent DDIM + CG).
 - `engine.priors`: a weight-free ε model for machines without a checkpoint.
+- `engine.backends`, `engine.runtime`: how the network runs; the embeddable `Solver`.
+- `engine.baselines`, `engine.metrics`, `engine.metrics_extra`, `engine.figures`: comparisons and scores.
+- Command lines: `engine.solve` (restore a clip), `engine.evaluate` (the paper's tables),
+  `engine.build` (ONNX and TensorRT), `engine.data` (prepare DAVIS).
 """
 
 __version__ = "0.1.0"
