@@ -118,7 +118,9 @@ def stage_times(solver: Solver, y: torch.Tensor, repeats: int) -> dict:
     with torch.no_grad():
         unet = median(time_fn(lambda: solver.eps_model(x, t), device, repeats=repeats))
         x0 = k.tweedie(x, eps, s)
-        cg = median(time_fn(lambda: k.data_consistency(solver.op, y, x0, cfg.cg_iters, cfg.gamma), device, repeats=repeats))
+        aty = solver.op.A_adjoint(y)   # once per clip in the sampler
+        cg = median(time_fn(lambda: k.data_consistency(solver.op, y, x0, cfg.cg_iters, cfg.gamma, aty=aty), device,
+                            repeats=repeats))
         upd = median(time_fn(lambda: (k.tweedie(x, eps, s), k.ddim_update(x0, noise, eps, s)), device, repeats=repeats))
     return {"unet_s": unet * cfg.nfe, "cg_and_operators_s": cg * cfg.nfe, "updates_s": upd * cfg.nfe}
 

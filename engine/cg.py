@@ -59,13 +59,15 @@ def conjugate_gradient(M: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor, ite
     return x
 
 
-def data_consistency(op, y: Tensor, x_hat: Tensor, iters: int, gamma: float | None = None) -> Tensor:
+def data_consistency(op, y: Tensor, x_hat: Tensor, iters: int, gamma: float | None = None, *,
+                     aty: Tensor | None = None) -> Tensor:
     """CG_l(x̂): `iters` CG steps from x̂ towards the measurement y, all in [0, 1].
 
     gamma=None solves AᵀA x = Aᵀ y; a float γ solves (I + γ AᵀA) x = x̂ + γ Aᵀ y.
-    x_hat: [N, C, H, W], y: op.out_shape.
+    x_hat: [N, C, H, W], y: op.out_shape; `aty` = Aᵀy when the caller has it already
+    (the sampler computes it once per clip, not once per step).
     """
-    Aty = op.A_adjoint(y)
+    Aty = op.A_adjoint(y) if aty is None else aty
     if gamma is None:
         return conjugate_gradient(op.A_adjoint_A, Aty, x_hat, iters)
     return conjugate_gradient(lambda v: v + gamma * op.A_adjoint_A(v), x_hat + gamma * Aty, x_hat, iters)

@@ -134,6 +134,7 @@ def reverse_process(
     """
     kern = kernels or step_kernels(getattr(op, "backend", "torch"))
     n = op.in_shape[0]
+    aty = op.A_adjoint(y)                                                   # Aᵀy, once per clip
     x = E[0].expand(op.in_shape).clone()                                    # batch-consistent init
     for k, s in enumerate(steps):
         t = torch.full((n,), s.t, dtype=torch.long, device=y.device)
@@ -141,6 +142,6 @@ def reverse_process(
         x0 = kern.tweedie(x, eps, s)                                        # X̂ (in [0, 1])
         if callback is not None:
             callback(k, s.t, x0)
-        xbar = kern.data_consistency(op, y, x0, cg_iters, gamma)            # X̄ = CG_l(X̂)
+        xbar = kern.data_consistency(op, y, x0, cg_iters, gamma, aty=aty)   # X̄ = CG_l(X̂)
         x = kern.ddim_update(xbar, E[k + 1], eps, s)                        # re-noise with E_b
     return xbar.clamp(0, 1)

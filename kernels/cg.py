@@ -184,16 +184,18 @@ def cg_update(x_in: Tensor, x_out: Tensor, r: Tensor, p: Tensor, s: Tensor, q: T
         GMAX=GMAX, BLOCK=BLOCK, ACC=ACC[r.dtype], num_warps=NUM_WARPS)
 
 
-def data_consistency(op, y: Tensor, x_hat: Tensor, iters: int, gamma: float | None = None) -> Tensor:
+def data_consistency(op, y: Tensor, x_hat: Tensor, iters: int, gamma: float | None = None, *,
+                     aty: Tensor | None = None) -> Tensor:
     """CG_l(x̂): `iters` CG steps from x̂ towards the measurement y, all in [0, 1] (engine.cg.data_consistency).
 
     gamma=None solves AᵀA x = Aᵀ y; a float γ solves (I + γ AᵀA) x = x̂ + γ Aᵀ y.
-    x_hat: [N, C, H, W], y: op.out_shape. Three passes per iteration plus AᵀA's own beyond one.
+    x_hat: [N, C, H, W], y: op.out_shape; `aty` = Aᵀy when the caller has it already.
+    Three passes per iteration plus AᵀA's own beyond one.
     """
     x_hat = x_hat.contiguous()
     if iters == 0:
         return x_hat.clone()
-    aty = op.A_adjoint(y).contiguous()
+    aty = (op.A_adjoint(y) if aty is None else aty).contiguous()
     r = cg_residual(aty, op.A_adjoint_A(x_hat).contiguous(), 1.0 if gamma is None else float(gamma))
     x, p, s = torch.empty_like(x_hat), torch.empty_like(x_hat), torch.empty_like(x_hat)
     acc = torch.float64 if x_hat.dtype == torch.float64 else torch.float32
