@@ -165,6 +165,7 @@ def run(args) -> Path:
                  report["restored"]["psnr_mean"], report["baselines"][next(iter(report["baselines"]))]["psnr_mean"],
                  report["restored"]["ssim_mean"], seconds)
     write_outputs(out, args, clean, y, restored.cpu(), report)
+    log.info("wrote restored.mp4, measurement.mp4, frames/, metrics.json and comparison.png to %s", out)
     return out
 
 

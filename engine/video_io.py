@@ -248,7 +248,7 @@ def write_video(path: str | os.PathLike, video: torch.Tensor, fps: int = 8) -> P
     iio = _imageio()
     with _atomic_file(path) as tmp:
         _encode_mp4(iio, tmp, frames, fps)
-    log.info("wrote %s (%d frames, %dx%d, %d fps)", path, frames.shape[0], frames.shape[2], frames.shape[1], fps)
+    log.debug("wrote %s (%d frames, %dx%d, %d fps)", path, frames.shape[0], frames.shape[2], frames.shape[1], fps)
     return path
 
 
@@ -267,7 +267,7 @@ def write_frames(folder: str | os.PathLike, video: torch.Tensor) -> Path:
     with _atomic_folder(folder) as tmp:
         for i, frame in enumerate(frames):
             _write_png(iio, tmp / f"frame_{i:0{digits}d}.png", frame)
-    log.info("wrote %d frames to %s", len(frames), folder)
+    log.debug("wrote %d frames to %s", len(frames), folder)
     return folder
 
 
