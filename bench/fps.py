@@ -155,7 +155,6 @@ def bench_backend(args, backend: str, clip_y: dict, flops: float, peak: float) -
         "peak_mem_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
     }
     row["unet_fraction_of_peak"] = row["unet_tflops"] / peak
-    del solver
     return row
 
 
