@@ -72,8 +72,8 @@ def temporal_matrix(kernel: Tensor, n: int, boundary: str) -> Tensor:
         cols = rows + c - j
         if boundary == "circular":
             cols = cols % n
-        keep = (cols >= 0) & (cols < n)
-        T.index_put_((rows[keep], cols[keep]), kernel[j].expand(int(keep.sum())), accumulate=True)
+        inside = ((cols >= 0) & (cols < n)).to(kernel.dtype)        # masked, not indexed: no host sync
+        T.index_put_((rows, cols.clamp(0, n - 1)), kernel[j] * inside, accumulate=True)
     return T
 
 
