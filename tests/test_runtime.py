@@ -83,8 +83,10 @@ def test_unknown_task():
 
 
 @pytest.mark.gpu
-def test_graph_replay_equals_eager_on_gpu(clip):
-    cfg = SolverConfig.from_task("temporal-k7-sr4", frames=8, size=32, nfe=5, device="cuda")
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_graph_replay_equals_eager_on_gpu(clip, kernels):
+    """Capture fails on any host synchronisation in the loop, so this also proves the loop sync-free."""
+    cfg = SolverConfig.from_task("temporal-k7-sr4", frames=8, size=32, nfe=5, device="cuda", kernels=kernels)
     clip = camera_clip(frames=8, size=32)
     eager = Solver(GaussianPrior(), cfg)
     graph = Solver(GaussianPrior(), SolverConfig(**{**cfg.to_dict(), "backend": "torch+graph"}))
