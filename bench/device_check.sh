@@ -24,7 +24,7 @@ step() {  # step SECONDS LOGFILE CMD...: run one step, append its output and its
 step 150 "$OUT/pytest_gpu.txt" $PY -m pytest -m gpu -q -p no:cacheprovider tests
 step 90 "$OUT/kernels.txt" $PY bench/kernels.py
 step 90 "$OUT/fps.txt" $PY bench/fps.py --task temporal-k7 --nfe 20 --frames 16 --repeats 3 --cold-start
-step 120 "$OUT/fps.txt" $PY bench/fps.py --task temporal-k7-sr4 --nfe 100 --frames 16 --repeats 2
+step 150 "$OUT/fps.txt" $PY bench/fps.py --task temporal-k7-sr4 --nfe 100 --frames 16 --repeats 1
 step 90 "$OUT/fps.txt" $PY bench/fps.py --task temporal-k7 --nfe 20 --frames 32 --repeats 3
 
 cp bench/results/kernels.jsonl "$OUT/kernels.jsonl" 2>/dev/null

@@ -76,7 +76,11 @@ def build_solver(args, backend: str) -> tuple[Solver, float]:
     reference = backend == REFERENCE
     torch.manual_seed(0)
     cfg_model = ADMConfig.preset(args.preset)
-    model = args.engine if backend == "tensorrt" else ADMUNet(cfg_model).to(device)
+    if backend == "tensorrt":
+        model = args.engine
+    else:
+        with device:                       # initialised where it runs: seconds, not minutes, for ADM-256
+            model = ADMUNet(cfg_model)
     config = SolverConfig.from_task(
         args.task, frames=args.frames, size=cfg_model.image_size, nfe=args.nfe, cg_iters=args.cg_iters,
         device=args.device,
