@@ -10,7 +10,7 @@ Modules, in the order data flows through them:
 - `engine.sampler`: the paper's Algorithm 1 (batch-consistent DDIM + CG).
 - `engine.priors`: a weight-free ε model for machines without a checkpoint.
 - `engine.backends`, `engine.runtime`: how the network runs; the embeddable `Solver`.
-- `engine.baselines`, `engine.metrics`, `engine.metrics_extra`, `engine.figures`: comparisons and scores.
+- `engine.baselines`, `engine.metrics`, `engine.metrics_extra`, `engine.figures`, `engine.report`: comparisons, scores, tables.
 - Command lines: `engine.solve` (restore a clip), `engine.evaluate` (the paper's tables),
   `engine.build` (ONNX and TensorRT), `engine.data` (prepare DAVIS).
 """

@@ -18,6 +18,8 @@ split as z = D x with scaled dual u and penalty ρ:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from engine.cg import conjugate_gradient
@@ -99,3 +101,28 @@ def admm_tv(
         z = soft_threshold(Dx + u, lam / rho)
         u = u + Dx - z
     return x.clamp(0, 1)
+
+
+#: cg_converged checks its residual every CG_CHUNK iterations (CG restarts there), stops when a
+#: chunk shrinks it by less than 1 % (CG_STALL) or when ‖Aᵀy − AᵀA x‖ / ‖Aᵀy‖ reaches CG_RTOL.
+CG_CHUNK, CG_STALL, CG_RTOL = 50, 0.99, 1e-6
+
+
+def cg_converged(op, y: Tensor, max_iters: int) -> tuple[Tensor, int, float]:
+    """Stand-alone CG on AᵀA x = Aᵀy from Aᵀy until the relative residual reaches CG_RTOL or stalls.
+
+    Runs restarted CG in chunks of CG_CHUNK iterations (this is the baseline, so the
+    residual check may sync with the host). Returns (x clamped to [0, 1], iterations, relative residual).
+    """
+    Aty = op.A_adjoint(y)
+    scale = torch.linalg.vector_norm(Aty).item() or 1.0
+    x, done, best, residual = Aty, 0, math.inf, math.inf
+    while done < max_iters:
+        steps = min(CG_CHUNK, max_iters - done)
+        x = conjugate_gradient(op.A_adjoint_A, Aty, x, steps)
+        done += steps
+        residual = torch.linalg.vector_norm(Aty - op.A_adjoint_A(x)).item() / scale
+        if residual <= CG_RTOL or residual > CG_STALL * best:
+            break
+        best = residual
+    return x.clamp(0, 1), done, residual

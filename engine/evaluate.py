@@ -32,13 +32,8 @@ A killed run loses at most the clip it was working on.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import logging
 import math
-import os
-import shutil
 import statistics
 import sys
 import time
@@ -52,13 +47,13 @@ import torch
 from tqdm import tqdm
 
 from engine.backends import BACKENDS, GRAPH_BACKENDS
-from engine.baselines import admm_tv, cg_baseline
-from engine.cg import conjugate_gradient
+from engine.baselines import admm_tv, cg_baseline, cg_converged
 from engine.data import Dataset, Prep
 from engine.errors import CheckpointError, InputError
 from engine.figures import comparison_grid, line_plot, save_png
-from engine.metrics import clip_summary, json_safe
-from engine.metrics_extra import FVD_SCALE, LPIPS, I3DFeatures, frechet_distance
+from engine.metrics import clip_summary
+from engine.metrics_extra import LPIPS, I3DFeatures
+from engine.report import Results, open_run, psnr_value, summarize, write_summary
 from engine.runtime import Solver, SolverConfig
 from engine.schedule import ddim_steps
 from engine.solve import load_model
@@ -69,10 +64,6 @@ Tensor = torch.Tensor
 
 METHODS = ("svi", "svi-independent-noise", "cg", "cg-converged", "admm-tv")
 SVI_NOISE = {"svi": "shared", "svi-independent-noise": "independent"}
-CG_CHUNK = 50          # cg-converged checks its residual every CG_CHUNK iterations (CG restarts there)
-CG_STALL = 0.99        # ... and stops when a chunk shrinks the residual by less than 1 %
-CG_RTOL = 1e-6         # ... or when ‖Aᵀy − AᵀA x‖ / ‖Aᵀy‖ reaches CG_RTOL
-OWN_OUTPUTS = ("run.json", "results.jsonl", "summary.md", "summary.csv", "summary.json", "features", "pictures")
 
 
 # ----------------------------------------------------------------------------- command line
@@ -168,26 +159,6 @@ def run_settings(args, cfg: SolverConfig, prep: Prep) -> dict:
 def interframe_difference(x: Tensor) -> Tensor:
     """mean |x[i+1] − x[i]| over consecutive frames and pixels: [N, 3, H, W] → 0-d tensor (no host sync)."""
     return (x[1:] - x[:-1]).abs().mean()
-
-
-def cg_converged(op, y: Tensor, max_iters: int) -> tuple[Tensor, int, float]:
-    """Stand-alone CG on AᵀA x = Aᵀy from Aᵀy until the relative residual reaches CG_RTOL or stalls.
-
-    Runs restarted CG in chunks of CG_CHUNK iterations (this is the baseline, so the
-    residual check may sync with the host). Returns (x clamped to [0, 1], iterations, relative residual).
-    """
-    Aty = op.A_adjoint(y)
-    scale = torch.linalg.vector_norm(Aty).item() or 1.0
-    x, done, best, residual = Aty, 0, math.inf, math.inf
-    while done < max_iters:
-        steps = min(CG_CHUNK, max_iters - done)
-        x = conjugate_gradient(op.A_adjoint_A, Aty, x, steps)
-        done += steps
-        residual = torch.linalg.vector_norm(Aty - op.A_adjoint_A(x)).item() / scale
-        if residual <= CG_RTOL or residual > CG_STALL * best:
-            break
-        best = residual
-    return x.clamp(0, 1), done, residual
 
 
 class Methods:
@@ -296,162 +267,6 @@ def evaluate_clip(name: str, clean: Tensor, methods: Methods, scorer: Scorer, ar
     return record, outputs, features
 
 
-# ----------------------------------------------------------------------------- results on disk
-
-
-class Results:
-    """results.jsonl (one JSON line per finished clip) and features/<clip>.npz in the output folder."""
-
-    def __init__(self, out: Path):
-        self.path = out / "results.jsonl"
-        self.features = out / "features"
-        self.records = self._read()
-
-    def _read(self) -> list[dict]:
-        """The finished clips; a torn last line (a run killed while writing it) is dropped from the file."""
-        if not self.path.exists():
-            return []
-        lines = self.path.read_text().splitlines(keepends=True)
-        records = []
-        for i, line in enumerate(lines):
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                if i < len(lines) - 1:
-                    raise InputError(f"{self.path}: line {i + 1} is not JSON; fix or delete the file") from None
-                log.warning("%s: dropping an incomplete last line", self.path)
-                self.path.write_text("".join(lines[:-1]))
-                return records
-        if lines and not lines[-1].endswith("\n"):  # whole record, newline not yet written
-            self.path.write_text("".join(lines) + "\n")
-        return records
-
-    def done(self) -> set[str]:
-        return {r["clip"] for r in self.records}
-
-    def add(self, record: dict, features: dict) -> None:
-        """Save the clip's features, then append its line (flushed to disk): the line marks it done."""
-        if features:
-            self.features.mkdir(parents=True, exist_ok=True)
-            tmp = self.features / f".{record['clip']}.tmp.npz"
-            np.savez(tmp, **features)
-            os.replace(tmp, self.features / f"{record['clip']}.npz")
-        with open(self.path, "a") as f:
-            f.write(json.dumps(json_safe(record)) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.records.append(record)
-
-
-def _psnr(v) -> float:
-    return math.inf if v is None else v
-
-
-def open_run(out: Path, settings: dict, overwrite: bool) -> Results:
-    """Create or resume the run in `out`: InputError if it holds a run with other settings."""
-    path = out / "run.json"
-    if overwrite:
-        for name in OWN_OUTPUTS:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
-    if path.exists():
-        old = json.loads(path.read_text())
-        changed = [f"{k}: {old.get(k)!r} → {v!r}" for k, v in settings.items() if old.get(k) != v]
-        if changed:
-            raise InputError(f"{out} holds a run with other settings ({'; '.join(changed)}); "
-                             "use another --out or pass --overwrite")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / ".run.json.tmp"
-        tmp.write_text(json.dumps(settings, indent=1) + "\n")
-        os.replace(tmp, path)
-    return Results(out)
-
-
-# ----------------------------------------------------------------------------- summary
-
-
-def summarize(results: Results, settings: dict) -> list[dict]:
-    """One row per (σ_y, method): clips, median seconds, mean PSNR / SSIM / LPIPS over clips, FVD × 1e-3."""
-    rows = []
-    for sigma in settings["sigma_y"]:
-        for method in settings["methods"]:
-            runs = [r for rec in results.records for r in rec["runs"] if r["method"] == method and r["sigma_y"] == sigma]
-            if not runs:
-                continue
-            lpips = [r["lpips_mean"] for r in runs] if settings["lpips"] else None
-            rows.append({
-                "sigma_y": sigma, "method": method, "clips": len(runs),
-                "time_s": statistics.median(r["seconds"] for r in runs),
-                "psnr": statistics.fmean(_psnr(r["psnr_mean"]) for r in runs),
-                "ssim": statistics.fmean(r["ssim_mean"] for r in runs),
-                "lpips": statistics.fmean(lpips) if lpips else None,
-                "fvd": _fvd(results, f"{method}@{sigma:g}") if settings["fvd"] else None,
-            })
-    return rows
-
-
-def _fvd(results: Results, key: str) -> float | None:
-    """FVD × 1e-3 between the clean and restored clips' I3D features over all clips (None under 2 clips)."""
-    feats = [np.load(results.features / f"{r['clip']}.npz") for r in results.records]
-    if len(feats) < 2:
-        log.warning("FVD needs at least 2 clips; reported as n/a")
-        return None
-    clean = np.stack([f["clean"] for f in feats])
-    restored = np.stack([f[key] for f in feats])
-    return frechet_distance(clean, restored) * FVD_SCALE
-
-
-COLUMNS = (("time_s", "Time [s]", "{:.2f}"), ("psnr", "PSNR ↑", "{:.2f}"), ("ssim", "SSIM ↑", "{:.4f}"),
-           ("lpips", "LPIPS ↓", "{:.4f}"), ("fvd", "FVD×1e-3 ↓", "{:.3f}"))
-
-
-def _cell(value, fmt: str) -> str:
-    return "n/a" if value is None else fmt.format(value)
-
-
-def summary_markdown(rows: list[dict], settings: dict) -> str:
-    """The paper's layout: per σ_y, one row per method with Time, PSNR, SSIM, LPIPS, FVD."""
-    clips = max((r["clips"] for r in rows), default=0)
-    lines = [f"# {settings['task']} (`{settings['spec']}`), {clips} clips", "",
-             f"Prior: {settings['prior']}. K = {settings['nfe']}, η = {settings['eta']}, l = {settings['cg_iters']}, "
-             f"seed {settings['seed']}, {settings['device']}. Time: median seconds per clip; PSNR, SSIM, LPIPS: "
-             "means over clips of the per-frame means; FVD over all clips, × 1e-3 as in the paper.", ""]
-    for sigma in settings["sigma_y"]:
-        block = [r for r in rows if r["sigma_y"] == sigma]
-        if not block:
-            continue
-        note = "noiseless, the paper's protocol" if sigma == 0 else f"regularised CG, γ = {settings['gamma']}"
-        lines += [f"## σ_y = {sigma:g} ({note})", "",
-                  "| Method | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
-                  "| --- |" + " ---: |" * len(COLUMNS)]
-        lines += [f"| {r['method']} | " + " | ".join(_cell(r[k], f) for k, _, f in COLUMNS) + " |" for r in block]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def summary_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["sigma_y", "method", "clips", *(k for k, _, _ in COLUMNS)])
-    for r in rows:
-        writer.writerow([r["sigma_y"], r["method"], r["clips"], *(_cell(r[k], "{!r}") for k, _, _ in COLUMNS)])
-    return buf.getvalue()
-
-
-def write_summary(out: Path, rows: list[dict], settings: dict) -> None:
-    """summary.md, summary.csv and summary.json, each written atomically."""
-    texts = {"summary.md": summary_markdown(rows, settings), "summary.csv": summary_csv(rows),
-             "summary.json": json.dumps(json_safe({"settings": settings, "rows": rows}), indent=1) + "\n"}
-    for name, text in texts.items():
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
-
-
 # ----------------------------------------------------------------------------- pictures
 
 
@@ -462,9 +277,9 @@ def clip_pictures(folder: Path, name: str, clean: Tensor, outputs: dict, record:
     for sigma in settings["sigma_y"]:
         runs = [r for r in record["runs"] if r["sigma_y"] == sigma]
         rows = [("clean", clean), (f"measured (sigma_y = {sigma:g})", outputs[(sigma, "measured")].clamp(0, 1))]
-        rows += [(f"{r['method']}  {_psnr(r['psnr_mean']):.2f} dB", outputs[(sigma, r["method"])]) for r in runs]
+        rows += [(f"{r['method']}  {psnr_value(r['psnr_mean']):.2f} dB", outputs[(sigma, r["method"])]) for r in runs]
         save_png(folder / f"{name}_sigma{sigma:g}_grid.png", comparison_grid(rows, sorted({0, n // 3, 2 * n // 3, n - 1})))
-        series = [(r["method"], range(n), [_psnr(v) for v in r["psnr"]]) for r in runs]
+        series = [(r["method"], range(n), [psnr_value(v) for v in r["psnr"]]) for r in runs]
         save_png(folder / f"{name}_sigma{sigma:g}_psnr.png",
                  line_plot(series, title=f"PSNR per frame: {name}, sigma_y = {sigma:g}", xlabel="frame",
                            ylabel="PSNR [dB]"))
@@ -477,7 +292,7 @@ def summary_pictures(folder: Path, results: Results, settings: dict) -> None:
     for sigma in settings["sigma_y"]:
         per_method = {m: [r for rec in results.records for r in rec["runs"] if r["method"] == m and r["sigma_y"] == sigma]
                       for m in settings["methods"]}
-        series = [(m, range(len(runs[0]["psnr"])), np.mean([[_psnr(v) for v in r["psnr"]] for r in runs], axis=0))
+        series = [(m, range(len(runs[0]["psnr"])), np.mean([[psnr_value(v) for v in r["psnr"]] for r in runs], axis=0))
                   for m, runs in per_method.items() if runs]
         save_png(folder / f"psnr_per_frame_sigma{sigma:g}.png",
                  line_plot(series, title=f"PSNR per frame, mean over {clips} clips, sigma_y = {sigma:g}",
@@ -530,7 +345,7 @@ def run(args) -> Path:
                 clip_pictures(pictures, clip.name, clip.video, outputs, record, settings)
             results.add(record, features)
             bar.update()
-            bar.set_postfix_str(f"{clip.name}: {record['runs'][0]['method']} {_psnr(record['runs'][0]['psnr_mean']):.2f} dB")
+            bar.set_postfix_str(f"{clip.name}: {record['runs'][0]['method']} {psnr_value(record['runs'][0]['psnr_mean']):.2f} dB")
     if not results.records:
         raise InputError(f"{args.data}: no clip of {dataset.prep.frames} frames")
     write_summary(args.out, summarize(results, settings), settings)
