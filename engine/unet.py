@@ -269,7 +269,7 @@ class ResBlock(nn.Module):
         if self.resample is not None:
             h, x = _resample(h, self.resample), _resample(x, self.resample)
         h = conv(h)
-        e = self.emb_layers(emb)[:, :, None, None]  # [N, 2·C_out or C_out, 1, 1]
+        e = self.emb_layers(emb).to(h.dtype)[:, :, None, None]  # [N, 2·C_out or C_out, 1, 1]
         out_norm = self.out_layers[0]
         if self.use_scale_shift_norm:
             scale, shift = e.chunk(2, dim=1)
@@ -431,8 +431,19 @@ class ADMUNet(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype the network computes in (that of its weights)."""
-        return self.time_embed[0].weight.dtype
+        """The dtype the blocks compute in (that of their convolutions)."""
+        return self.input_blocks[0][0].weight.dtype
+
+    def convert_to(self, dtype: torch.dtype) -> "ADMUNet":
+        """Upstream's `convert_to_fp16` for any dtype: only the convolutions (and attention's
+        1×1 convs) of input_blocks, middle_block and output_blocks take `dtype`; the time MLP,
+        the emb Linears, every GroupNorm and the `out` head stay float32. In place; returns self.
+        """
+        for blocks in (self.input_blocks, self.middle_block, self.output_blocks):
+            for module in blocks.modules():
+                if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+                    module.to(dtype)
+        return self
 
     def num_parameters(self) -> int:
         """Total number of parameter elements."""
@@ -441,13 +452,15 @@ class ADMUNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """ADM's raw output. x [N, 3, H, W], t [N] integer or float timesteps → [N, out_channels, H, W]
 
-        x is cast to the weights' dtype and the output back to x's dtype. The sinusoidal
-        features of t run in float64 for a float64 model, else in float32.
+        x is cast to the blocks' dtype and the output back to x's dtype. The sinusoidal
+        features of t run in float64 for a float64 model, else in float32; the time MLP,
+        the emb Linears and the `out` head run in their own weights' dtype (float32 after
+        `convert_to`, as upstream's fp16 mode).
         """
-        dtype = self.dtype
+        dtype, emb_dtype = self.dtype, self.time_embed[0].weight.dtype
         features = timestep_embedding(t, self.config.num_channels,
-                                      torch.float64 if dtype == torch.float64 else torch.float32)
-        emb = self.time_embed(features.to(dtype))  # [N, E]
+                                      torch.float64 if emb_dtype == torch.float64 else torch.float32)
+        emb = self.time_embed(features.to(emb_dtype))  # [N, E]
         h = x.to(dtype)
         hs = []
         for block in self.input_blocks:
@@ -456,4 +469,4 @@ class ADMUNet(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, hs.pop()], dim=1), emb)
-        return self.out(h).to(x.dtype)
+        return self.out(h.to(self.out[2].weight.dtype)).to(x.dtype)

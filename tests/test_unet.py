@@ -385,6 +385,22 @@ def test_half_precision_within_tolerance_of_fp32(dtype):
     assert rel_err(y_cast, ref) < HALF_RTOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", list(HALF_RTOL), ids=str)
+def test_convert_to_keeps_upstreams_fp32_modules(dtype):
+    """convert_to mirrors upstream's convert_to_fp16: block convolutions in `dtype`, the rest float32."""
+    model = tiny_model(torch.float32).convert_to(dtype)
+    for name, p in model.named_parameters():   # float32: time MLP, emb Linears, GroupNorms, the out head
+        keep32 = name.startswith(("time_embed.", "out.")) or any(
+            part in name for part in ("emb_layers.", "in_layers.0.", "out_layers.0.", ".norm."))
+        assert p.dtype == (torch.float32 if keep32 else dtype), name
+    torch.manual_seed(5)
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([700, 20])
+    with torch.no_grad():
+        ref, y = tiny_model(torch.float32)(x, t), model(x, t)
+    assert y.dtype == torch.float32 and model.dtype == dtype
+    assert rel_err(y, ref) < HALF_RTOL[dtype]
+
+
 def test_channels_last_matches_contiguous():
     model = tiny_model(torch.float64)
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)

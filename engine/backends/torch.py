@@ -23,7 +23,9 @@ def torch_eps(model, *, precision: str = "fp32", channels_last: bool = False,
         return model
     dtype = PRECISIONS[precision]
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.eval().to(dtype=dtype, memory_format=fmt)
+    # The ADM UNet converts as upstream's fp16 mode (convolutions only); other modules wholesale.
+    model = model.convert_to(dtype) if hasattr(model, "convert_to") else model.to(dtype=dtype)
+    model = model.eval().to(memory_format=fmt)
     net = torch.compile(model, dynamic=False) if compile else model
 
     @torch.no_grad()
