@@ -10,8 +10,9 @@ the checker and loads in onnxruntime. Otherwise it falls back to opset 17 throug
 TorchScript exporter (ADM.md §5), cleaned up with the onnxscript optimizer and shape
 inference, and records why.
 
-fp32 islands. The fp16 export casts the weights, not the interface (x and eps stay fp32),
-and keeps ADM's own casts: GroupNorm and the sinusoidal timestep features run in fp32.
+fp32 islands. The fp16 export converts the weights as upstream's fp16 mode does
+(`ADMUNet.convert_to`: block convolutions in fp16; the time MLP, GroupNorm and the out head
+fp32), not the interface (x and eps stay fp32).
 
 Files are written into a staging folder beside the target and moved into place at the
 end, so a failed export never leaves a half-written model. Models over 2 GB (ADM-256 in
@@ -101,8 +102,10 @@ def _export_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"expected an nn.Module (the ADM UNet), got {type(model).__name__}")
     model = model.eval()
-    first = next(model.parameters())
-    return model if first.dtype == dtype else copy.deepcopy(model).to(dtype)
+    if getattr(model, "dtype", next(model.parameters()).dtype) == dtype:
+        return model
+    net = copy.deepcopy(model)   # the ADM UNet converts as upstream's fp16 mode (convolutions only)
+    return net.convert_to(dtype) if hasattr(net, "convert_to") else net.to(dtype)
 
 
 def _export_with_opset(net, contract, staged: Path, opset) -> tuple[int, str | None]:
