@@ -307,7 +307,8 @@ class TorchTensorRTBuilder(TensorRTBuilder):
                               "use --precision fp16 or bf16")
         _check_capability(self.device, precision)
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-        net = copy.deepcopy(self.model).to(self.device, dtype).eval()
+        net = copy.deepcopy(self.model).to(self.device).eval()
+        net = net.convert_to(dtype) if hasattr(net, "convert_to") else net.to(dtype)   # upstream's fp16 mode
         program = torch.export.export(net, contract.sample(EXPORT_BATCH, device=self.device),
                                       dynamic_shapes=contract.dynamic_shapes())
         inputs = [self.torch_trt.Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=spec.dtype)
