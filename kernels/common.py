@@ -20,6 +20,9 @@ Tensor = torch.Tensor
 #: Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when this package is imported.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
+#: Launchers accept CPU tensors: in the interpreter, or while `kernels.aot` compiles without launching.
+HOST_TENSORS = INTERPRET
+
 #: Storage dtype → compute dtype: float32 for float32 and the half types, float64 for float64.
 ACC = {torch.float32: tl.float32, torch.float16: tl.float32, torch.bfloat16: tl.float32, torch.float64: tl.float64}
 
@@ -45,7 +48,7 @@ def check(where: str, *tensors: Tensor, ndim: int | None = None) -> None:
             raise InputError(f"{where}: tensors of 2³¹ elements or more are not supported (int32 offsets)")
     if ndim is not None and first.ndim != ndim:
         raise InputError(f"{where}: expected a {ndim}-d tensor, got shape {tuple(first.shape)}")
-    if first.device.type != "cuda" and not INTERPRET:
+    if first.device.type != "cuda" and not HOST_TENSORS:
         raise InputError(f"{where}: Triton kernels run on CUDA tensors, or on CPU tensors with TRITON_INTERPRET=1 "
                          f"set before `kernels` is imported; got a tensor on {first.device}")
 

@@ -1,0 +1,144 @@
+"""Compile every Triton kernel the engine launches for a GPU target, on a machine without a GPU.
+
+    python bench/compile_check.py                    # sm_90 (H100/H200), 16×3×256×256, fp32/fp16/bf16
+    python bench/compile_check.py --arch 89 --frames 32 --dtypes fp32 --json
+
+Runs the reverse loop of every paper task (Tweedie, CG with γ = None and a float γ, the
+DDIM update), each operator's A, Aᵀ and AᵀA, and the spatial blur's three boundaries under
+`kernels.aot.compile_only`: each launch compiles for sm_<arch> (PTX and a cubin, with the
+ptxas inside the triton wheel) and runs nothing. Per kernel variant it prints registers per
+thread, spills (local and stack bytes), shared memory, the theoretical occupancy those allow,
+and the compile time. It fails (exit 1) when a kernel does not compile or spills.
+
+It needs no GPU and no TRITON_INTERPRET; the numbers describe code, not speed. Rows are
+appended to bench/results/compile.jsonl with the versions and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)                          # the real compiler, before triton loads
+os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix="triton-aot-"))   # true compile times
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import append_jsonl, machine  # noqa: E402
+from engine.errors import InputError  # noqa: E402
+from engine.operators import from_spec  # noqa: E402
+from engine.sampler import reverse_process  # noqa: E402
+from engine.schedule import ddim_steps  # noqa: E402
+from engine.tasks import TASKS  # noqa: E402
+from kernels.aot import Compiled, compile_only  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+#: Per-SM limits by compute capability: (registers, warps, blocks, shared bytes) — CUDA's occupancy table.
+SM_LIMITS = {80: (65536, 64, 32, 167936), 86: (65536, 48, 16, 102400), 89: (65536, 48, 24, 102400),
+             90: (65536, 64, 32, 233472)}
+
+#: Extra operators beyond the paper's tasks: the other boundaries the kernels take.
+EXTRA_SPECS = ("blur:gaussian:2.0:13:reflect", "blur:gaussian:2.0:13:circular", "blur:gaussian:2.0:13:zero",
+               "temporal:uniform:7:zero", "temporal:gaussian:1.0:zero+sr:4")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", type=int, default=90, help="compute capability ×10 (default 90: H100, H200)")
+    p.add_argument("--frames", type=int, default=16, help="N (default 16)")
+    p.add_argument("--size", type=int, default=256, help="H = W (default 256)")
+    p.add_argument("--dtypes", default="fp32,fp16,bf16", help="storage dtypes, comma list of fp32, fp16, bf16")
+    p.add_argument("--json", action="store_true", help="print one JSON object per kernel variant")
+    p.add_argument("--no-save", action="store_true", help="do not append to bench/results/compile.jsonl")
+    return p.parse_args(argv)
+
+
+def zero_eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A stand-in ε-model: the kernels' launches do not depend on its values."""
+    return torch.zeros_like(x)
+
+
+def launch_everything(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """Every launch of the reverse loop of each paper task, and each operator's A, Aᵀ, AᵀA."""
+    specs = [task.spec for task in TASKS.values()] + list(EXTRA_SPECS)
+    for spec in specs:
+        op = from_spec(spec, shape, dtype=dtype, backend="triton")
+        x = torch.rand(shape, dtype=dtype)
+        y = op.A(x)
+        op.A_adjoint(y)
+        op.A_adjoint_A(x)
+        noise = torch.rand((3, 1, *shape[1:]), dtype=dtype)
+        for gamma in (None, 1.0):
+            reverse_process(zero_eps, y, op, noise, ddim_steps(2, 0.5), cg_iters=2, gamma=gamma)
+
+
+def occupancy(kernel: Compiled) -> float | None:
+    """Resident warps per SM over the SM's maximum, as registers and shared memory allow."""
+    if kernel.arch not in SM_LIMITS:
+        return None
+    regs, max_warps, max_blocks, shared = SM_LIMITS[kernel.arch]
+    per_warp = -(-kernel.registers * 32 // 256) * 256                 # allocated in units of 256
+    blocks = min(max_blocks, regs // (per_warp * kernel.num_warps),
+                 shared // kernel.shared if kernel.shared else max_blocks)
+    return min(blocks * kernel.num_warps, max_warps) / max_warps
+
+
+def variant(constants: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in constants.items() if k != "ACC")
+
+
+def table(rows: list[dict]) -> str:
+    head = f"{'kernel':<24} {'dtype':<5} {'regs':>4} {'spill B':>7} {'smem B':>7} {'occ':>5} {'compile s':>9}  variant"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        occ = "-" if r["occupancy"] is None else f"{r['occupancy']:.0%}"
+        lines.append(f"{r['kernel']:<24} {r['dtype']:<5} {r['registers']:>4} {r['local'] + r['stack']:>7} "
+                     f"{r['shared']:>7} {occ:>5} {r['seconds']:>9.2f}  {r['variant']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    shape = (args.frames, 3, args.size, args.size)
+    dtypes = [d for d in args.dtypes.split(",") if d]
+    unknown = [d for d in dtypes if d not in DTYPES]
+    if unknown or not dtypes:
+        print(f"bench/compile_check.py: unknown dtypes {unknown}; accepted: {', '.join(DTYPES)}", file=sys.stderr)
+        return 2
+    common = dict(bench="compile", arch=args.arch, shape=list(shape), **machine(torch.device("cpu")))
+    rows = []
+    try:
+        for name in dtypes:
+            with compile_only(args.arch) as compiled:
+                launch_everything(shape, DTYPES[name])
+            rows += [dict(common, kernel=k.name, dtype=name, variant=variant(k.constants), constants=k.constants,
+                          num_warps=k.num_warps, registers=k.registers, local=k.local, stack=k.stack,
+                          shared=k.shared, occupancy=occupancy(k), seconds=k.seconds, ptx_lines=k.ptx_lines)
+                     for k in compiled]
+    except InputError as err:
+        print(f"bench/compile_check.py: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        print(f"sm_{args.arch}, clip {'×'.join(map(str, shape))}, triton {common['triton']}: "
+              f"{len(rows)} kernel variants\n{table(rows)}")
+    if not args.no_save:
+        append_jsonl("compile", rows)
+    spilling = sorted({r["kernel"] for r in rows if r["local"] or r["stack"]})
+    if spilling:
+        print(f"bench/compile_check.py: register spills in {', '.join(spilling)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
