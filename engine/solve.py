@@ -127,9 +127,7 @@ def read_input(args, size: int):
         return demo_clip(frames=args.frames or DEFAULT_FRAMES, size=size), None
     from engine.video_io import read_video, validate_video
 
-    clip = read_video(args.input, size=None if args.measured else size, frames=args.frames)
-    if args.frames is None:
-        clip = clip[:DEFAULT_FRAMES]
+    clip = read_video(args.input, size=None if args.measured else size, frames=args.frames, at_most=DEFAULT_FRAMES)
     if args.measured:
         return None, validate_video(clip)
     return validate_video(clip, size=size), None

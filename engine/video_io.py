@@ -80,21 +80,26 @@ def validate_video(
 
 
 def read_video(
-    path: str | os.PathLike, *, size: int | None = 256, frames: int | None = None, start: int = 0
+    path: str | os.PathLike, *, size: int | None = 256, frames: int | None = None, start: int = 0,
+    at_most: int | None = None,
 ) -> torch.Tensor:
     """Read a clip as float32 `[N, 3, size, size]` in `[0, 1]` (centre crop, then antialiased resize).
 
-    `frames` keeps frames `start … start + frames − 1` (all after `start` when None; fewer
-    available is an error). `size=None` keeps the frames' own size and aspect.
+    `frames` keeps frames `start … start + frames − 1` (fewer available is an error); without
+    it, every frame after `start`, or the first `at_most` of them (fewer is fine), decoding no
+    further. `size=None` keeps the frames' own size and aspect.
     """
     path = Path(path)
-    if start < 0 or (frames is not None and frames < 1):
-        raise InputError(f"{path}: need start >= 0 and frames >= 1, got start={start}, frames={frames}")
+    if start < 0 or (frames is not None and frames < 1) or (at_most is not None and at_most < 1):
+        raise InputError(f"{path}: need start >= 0 and frames, at_most >= 1, got start={start}, frames={frames}, "
+                         f"at_most={at_most}")
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
-    stop = None if frames is None else start + frames
+    count = frames if frames is not None else at_most
+    stop = None if count is None else start + count
     with closing(iter_frames(path)) as decoded:
-        prepared = [_prepare(frame, size) for frame in _select(decoded, start, stop, path)]
+        selected = _select(decoded, start, stop, path, exact=frames is not None)
+        prepared = [_prepare(frame, size) for frame in selected]
     clip = torch.stack(prepared)  # [N, 3, S, S]
     _check(clip, path)
     return clip.clamp_(0.0, 1.0)
@@ -125,16 +130,17 @@ def _read_frames(path: Path) -> Iterator[np.ndarray | torch.Tensor]:
                          f"accepted: {accepted}, or a folder of frames")
 
 
-def _select(frames: Iterator, start: int, stop: int | None, path: Path) -> Iterator:
-    """Yield frames `start … stop − 1`, decoding no further; too few frames is an `InputError`."""
+def _select(frames: Iterator, start: int, stop: int | None, path: Path, *, exact: bool) -> Iterator:
+    """Yield frames `start … stop − 1`, decoding no further; none after `start`, or fewer than
+    `stop − start` when `exact`, is an `InputError`."""
     count = 0
     for count, frame in enumerate(frames, 1):
         if count > start:
             yield frame
         if count == stop:
             return
-    if count <= start or stop is not None:
-        want = "at least one frame" if stop is None else f"{stop - start} frames"
+    if count <= start or (exact and stop is not None):
+        want = f"{stop - start} frames" if exact and stop is not None else "at least one frame"
         raise InputError(f"{path}: has {count} frames; asked for {want} from frame {start}")
 
 

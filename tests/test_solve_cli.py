@@ -31,6 +31,16 @@ def test_clean_input_end_to_end(tmp_path, clip_npy):
     assert len(baseline["ssim"]) == 8
 
 
+def test_long_input_restores_the_first_default_frames(tmp_path):
+    from engine.solve import DEFAULT_FRAMES
+
+    path = tmp_path / "long.npy"
+    np.save(path, camera_clip(frames=DEFAULT_FRAMES + 4, size=32).numpy())          # [N, 3, H, W]
+    out = tmp_path / "out"
+    assert main([str(path), "--task", "temporal-k7", *FAST, "--out", str(out)]) == 0
+    assert len(list((out / "frames").glob("frame_*.png"))) == DEFAULT_FRAMES
+
+
 def test_measured_input_with_sr(tmp_path):
     from engine.operators import from_spec
 

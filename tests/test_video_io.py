@@ -190,9 +190,23 @@ def test_integer_arrays_other_than_uint8_rejected(tmp_path):
     assert_one_line(err, "clip.npy", "int64")
 
 
+def test_at_most_caps_without_decoding_further(tmp_path, monkeypatch):
+    x = quantised_clip(n=6)
+    write_frames(tmp_path / "frames", x)
+    decoded = []
+    read = video_io._read_folder
+    monkeypatch.setattr(video_io, "_read_folder", lambda folder: (decoded.append(f) or f for f in read(folder)))
+    assert torch.equal(read_video(tmp_path / "frames", size=24, at_most=3), x[:3])
+    assert len(decoded) == 3                                            # frames 4 … 6 never decoded
+    assert torch.equal(read_video(tmp_path / "frames", size=24, at_most=10), x)       # fewer is fine
+    assert torch.equal(read_video(tmp_path / "frames", size=24, start=4, at_most=10), x[4:])
+    assert torch.equal(read_video(tmp_path / "frames", size=24, frames=2, at_most=10), x[:2])   # frames wins
+
+
 def test_frame_window_out_of_range(tmp_path):
     torch.save(quantised_clip(n=4), tmp_path / "clip.pt")
-    for kwargs in (dict(frames=5), dict(start=4), dict(start=2, frames=3), dict(start=-1), dict(frames=0)):
+    for kwargs in (dict(frames=5), dict(start=4), dict(start=2, frames=3), dict(start=-1), dict(frames=0),
+                   dict(at_most=0), dict(start=4, at_most=2)):
         with pytest.raises(InputError) as err:
             read_video(tmp_path / "clip.pt", size=24, **kwargs)
         assert_one_line(err, "clip.pt")
