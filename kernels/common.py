@@ -7,6 +7,7 @@ Kernels build load and store masks from vectors only: Triton's interpreter (3.9)
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import torch
@@ -22,6 +23,25 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 #: Launchers accept CPU tensors: in the interpreter, or while `kernels.aot` compiles without launching.
 HOST_TENSORS = INTERPRET
+
+
+def interpreter_clash(triton_version: str, numpy_version: str) -> str | None:
+    """Why Triton's interpreter cannot run the kernels with these versions, or None.
+
+    Before Triton 3.7 the interpreter takes a loop bound as int() of a one-element array,
+    which numpy 2.4 refuses: every kernel with a loop would fail with a bare TypeError.
+    """
+    def major_minor(version: str) -> tuple[int, int]:
+        return tuple(int(part) for part in re.match(r"(\d+)\.(\d+)", version).groups())
+
+    if major_minor(triton_version) < (3, 7) and major_minor(numpy_version) >= (2, 4):
+        return (f"Triton {triton_version}'s interpreter cannot run these kernels with numpy {numpy_version}: "
+                f"pip install 'triton>=3.7' or 'numpy<2.4'")
+    return None
+
+
+#: Set when this process's interpreter cannot run the kernels: launches on CPU tensors say why.
+INTERPRETER_CLASH = interpreter_clash(triton.__version__, np.__version__) if INTERPRET else None
 
 #: Storage dtype → compute dtype: float32 for float32 and the half types, float64 for float64.
 ACC = {torch.float32: tl.float32, torch.float16: tl.float32, torch.bfloat16: tl.float32, torch.float64: tl.float64}
@@ -48,6 +68,8 @@ def check(where: str, *tensors: Tensor, ndim: int | None = None) -> None:
             raise InputError(f"{where}: tensors of 2³¹ elements or more are not supported (int32 offsets)")
     if ndim is not None and first.ndim != ndim:
         raise InputError(f"{where}: expected a {ndim}-d tensor, got shape {tuple(first.shape)}")
+    if first.device.type != "cuda" and INTERPRETER_CLASH:
+        raise InputError(f"{where}: {INTERPRETER_CLASH}")
     if first.device.type != "cuda" and not HOST_TENSORS:
         raise InputError(f"{where}: Triton kernels run on CUDA tensors, or on CPU tensors with TRITON_INTERPRET=1 "
                          f"set before `kernels` is imported; got a tensor on {first.device}")

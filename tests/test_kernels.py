@@ -370,3 +370,12 @@ def test_fused_cg_is_stable_past_convergence_on_a_singular_operator():
     few, many = fused(op, y, start, 5), fused(op, y, start, 40)
     # Without the floor the null-space part grows (measured: ‖x − x_true‖ 4.0 after 5 steps, 45 after 40).
     assert (many - x_true).norm() <= (few - x_true).norm() * (1 + 1e-6)
+
+
+def test_interpreter_version_clash_is_named():
+    from kernels.common import interpreter_clash
+
+    assert "numpy<2.4" in interpreter_clash("3.6.0", "2.4.6") and "3.6.0" in interpreter_clash("3.6.0", "2.5.2")
+    for triton_version, numpy_version in (("3.6.0", "2.3.5"), ("3.7.0", "2.4.6"), ("3.9.0", "2.5.2"),
+                                          ("4.0.0", "3.0.0")):
+        assert interpreter_clash(triton_version, numpy_version) is None
