@@ -34,7 +34,7 @@ from engine.unet import PRESETS, ADMConfig, ADMUNet
 from export.contract import UNetContract
 from export.onnx import DTYPES, OPSETS, PARITY_TOLERANCE, ExportError, check_parity, export_onnx, onnx_parity
 from export.tensorrt import (PRECISIONS, VIAS, EngineError, TensorRTBuilder, TorchTensorRTBuilder,
-                             atomic_write_json, get_engine, import_tensorrt)
+                             atomic_write_json, get_engine, import_tensorrt, import_torch_tensorrt)
 
 log = logging.getLogger("engine.build")
 DEFAULT_PRESET = "adm256_uncond"
@@ -135,13 +135,14 @@ def export_step(args, model: ADMUNet, contract: UNetContract) -> tuple[dict, lis
     return section, parity
 
 
-def engine_blockers(device: torch.device) -> list[str]:
-    """Why this machine cannot build a TensorRT engine (empty if it can)."""
+def engine_blockers(device: torch.device, via: str = "onnx") -> list[str]:
+    """Why this machine cannot build a TensorRT engine `via` a conversion path (empty if it can)."""
     reasons = []
-    try:
-        import_tensorrt()
-    except ImportError as err:
-        reasons.append(str(err))
+    for needed in [import_tensorrt] + ([import_torch_tensorrt] if via == "torch-tensorrt" else []):
+        try:
+            needed()
+        except ImportError as err:
+            reasons.append(str(err))
     if device.type != "cuda" or not torch.cuda.is_available():
         reasons.append(f"no CUDA GPU to build on (device {device}, CUDA available: {torch.cuda.is_available()})")
     return reasons
@@ -171,7 +172,7 @@ def run(args) -> Path:
                 "contract": contract.as_dict(), "versions": versions(device), "onnx": None, "engine": None,
                 "stopped": None}
     manifest["onnx"], parity = export_step(args, model, contract)
-    blockers = [] if args.onnx_only else engine_blockers(device)
+    blockers = [] if args.onnx_only else engine_blockers(device, args.via)
     if blockers:
         manifest["stopped"] = "; ".join(blockers)
     atomic_write_json(manifest_path, manifest)

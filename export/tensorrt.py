@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -98,15 +99,15 @@ def gpu_environment(device: str | torch.device = "cuda") -> dict:
 
 
 def key_fields(onnx_sha: str, contract: UNetContract, precision: str, via: str,
-               environment: Mapping) -> dict:
-    """Everything that changes an engine, as a JSON-ready dict."""
+               environment: Mapping, settings: Mapping | None = None) -> dict:
+    """Everything that changes an engine, as a JSON-ready dict (`settings`: the builder's own knobs)."""
     missing = [f for f in _ENVIRONMENT_FIELDS if f not in environment]
     if missing:
         raise ValueError(f"environment lacks {missing}")
     io = contract.as_dict()
     return {"onnx_sha256": onnx_sha, "precision": precision, "via": via, "recipe": RECIPE,
             "profile": io["profile"], "inputs": io["inputs"], "outputs": io["outputs"],
-            **{k: environment[k] for k in sorted(environment)}}
+            "settings": dict(sorted((settings or {}).items())), **{k: environment[k] for k in sorted(environment)}}
 
 
 def engine_key(fields: Mapping) -> str:
@@ -215,6 +216,9 @@ class EngineBuilder(Protocol):
     def environment(self) -> dict:
         """At least tensorrt, gpu, compute_capability."""
 
+    def settings(self) -> dict:
+        """The builder's knobs that change the engine (workspace, fp32 islands, …)."""
+
     def build(self, onnx_path: Path, contract: UNetContract, precision: str, timing_cache: Path) -> bytes:
         """A serialized engine."""
 
@@ -230,6 +234,9 @@ class TensorRTBuilder:
     def __init__(self, device: str | torch.device = "cuda", *, workspace_gib: float = 8.0,
                  fp32_islands: bool = True):
         self.trt = import_tensorrt()
+        if int(self.trt.__version__.split(".")[0]) >= 11:
+            raise EngineError(f"TensorRT {self.trt.__version__}: this builder sets the weakly typed precision "
+                              f"flags that TensorRT 11 removed; install tensorrt<11 ({TRT_HINT})")
         self.device = torch.device(device)
         if self.device.type != "cuda" or not torch.cuda.is_available():
             raise EngineError(f"building a TensorRT engine needs a CUDA GPU, got device {device!r} "
@@ -240,6 +247,9 @@ class TensorRTBuilder:
 
     def environment(self) -> dict:
         return gpu_environment(self.device)
+
+    def settings(self) -> dict:
+        return {"workspace_bytes": self.workspace_bytes, "fp32_islands": self.fp32_islands}
 
     def build(self, onnx_path: Path, contract: UNetContract, precision: str, timing_cache: Path) -> bytes:
         trt = self.trt
@@ -294,7 +304,7 @@ class TorchTensorRTBuilder(TensorRTBuilder):
     via = "torch-tensorrt"
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device = "cuda", *, workspace_gib: float = 8.0):
-        super().__init__(device, workspace_gib=workspace_gib)
+        super().__init__(device, workspace_gib=workspace_gib, fp32_islands=False)   # strongly typed instead
         self.torch_trt = import_torch_tensorrt()
         self.model = model
 
@@ -313,10 +323,27 @@ class TorchTensorRTBuilder(TensorRTBuilder):
                                       dynamic_shapes=contract.dynamic_shapes())
         inputs = [self.torch_trt.Input(min_shape=lo, opt_shape=opt, max_shape=hi, dtype=spec.dtype)
                   for spec, (lo, opt, hi) in zip(contract.inputs, contract.profile().values())]
-        blob = self.torch_trt.dynamo.convert_exported_program_to_serialized_trt_engine(
-            program, inputs=inputs, enabled_precisions={torch.float32}, use_explicit_typing=True,
-            workspace_size=self.workspace_bytes, timing_cache_path=str(timing_cache))
+        convert = _serialized_engine_converter(self.torch_trt)
+        blob = convert(program, inputs=inputs, use_explicit_typing=True, workspace_size=self.workspace_bytes,
+                       timing_cache_path=str(timing_cache))
         return bytes(blob)
+
+
+def _serialized_engine_converter(torch_trt):
+    """torch-tensorrt's exported-program → serialized-engine converter, if this version has it with the
+    keywords used here (strong typing, workspace, timing cache); EngineError naming what is missing otherwise."""
+    convert = getattr(torch_trt.dynamo, "convert_exported_program_to_serialized_trt_engine", None)
+    needed = {"use_explicit_typing", "workspace_size", "timing_cache_path"}
+    if convert is not None:
+        params = inspect.signature(convert).parameters
+        if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            return convert
+        needed -= set(params)
+    if convert is None or needed:
+        missing = "convert_exported_program_to_serialized_trt_engine" if convert is None else ", ".join(sorted(needed))
+        raise EngineError(f"torch-tensorrt {torch_trt.__version__} lacks {missing}; upgrade torch-tensorrt "
+                          f"or build with --via onnx")
+    return convert
 
 
 def _check_capability(device: torch.device, precision: str) -> None:
@@ -366,13 +393,17 @@ def pin_fp32_islands(trt, network, t_name: str = T) -> int:
     """Pin the normalisation and reduce layers and the timestep features to fp32.
 
     Softmax is left to TensorRT: its fused attention kernels keep the softmax in fp32
-    inside, and pinning it would split them. Returns the number of layers pinned
-    (precision and output types set to fp32).
+    inside, and pinning it would split them. Layers with an integer or shape-tensor output
+    (shape arithmetic) are left alone. Returns the number of layers pinned (precision and
+    output types set to fp32).
     """
     kinds = {trt.LayerType.NORMALIZATION, trt.LayerType.REDUCE}
     layers = [network.get_layer(i) for i in range(network.num_layers)]
     chosen = {layer.name: layer for layer in layers if layer.type in kinds}
     chosen.update((layer.name, layer) for layer in _timestep_layers(trt, layers, t_name))
+    floats = {trt.float32, trt.float16, trt.bfloat16}
+    chosen = {name: layer for name, layer in chosen.items() if all(
+        out.dtype in floats and not out.is_shape_tensor for out in map(layer.get_output, range(layer.num_outputs)))}
     for layer in chosen.values():
         layer.precision = trt.float32
         for k in range(layer.num_outputs):
@@ -437,7 +468,7 @@ def get_engine(onnx_path: str | os.PathLike, contract: UNetContract, precision: 
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     onnx_path = Path(onnx_path)
     environment = builder.environment()
-    fields = key_fields(onnx_sha256(onnx_path), contract, precision, builder.via, environment)
+    fields = key_fields(onnx_sha256(onnx_path), contract, precision, builder.via, environment, builder.settings())
     key = engine_key(fields)
     path = engine_path(cache_dir, contract, precision, key)
     if path.exists() or record_path(path).exists():

@@ -4,6 +4,7 @@ One tiny-preset export through the command line (the default opset) serves most 
 the ADM-256 export is in the `slow` tier.
 """
 
+import importlib.util
 import json
 
 import numpy as np
@@ -254,6 +255,14 @@ def test_without_tensorrt_the_onnx_is_checked_then_the_command_stops(tmp_path, c
     assert manifest["onnx"]["parity_ok"] and manifest["engine"] is None
     assert "video-inverse-engine[tensorrt]" in manifest["stopped"] or "GPU" in manifest["stopped"]
     assert manifest["model"]["random_weights"] and (out / "unet.onnx").exists()
+
+
+def test_blockers_name_torch_tensorrt_for_that_path():
+    if importlib.util.find_spec("torch_tensorrt") is not None:
+        pytest.skip("torch-tensorrt is installed here")
+    reasons = engine_blockers(torch.device("cpu"), "torch-tensorrt")
+    assert any("torch-tensorrt is not installed" in r for r in reasons)
+    assert not any("torch-tensorrt" in r for r in engine_blockers(torch.device("cpu"), "onnx"))
 
 
 # ---------------------------------------------------------------- ADM-256 (slow)

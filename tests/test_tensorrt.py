@@ -40,6 +40,9 @@ class FakeBuilder:
     def environment(self) -> dict:
         return dict(self.env)
 
+    def settings(self) -> dict:
+        return {"workspace_bytes": 1 << 30}
+
     def build(self, onnx_path, contract, precision, timing_cache) -> bytes:
         self.builds += 1
         atomic_write_bytes(timing_cache, b"timing entries")
@@ -59,6 +62,9 @@ class Faulty:
 
     def environment(self):
         return self.inner.environment()
+
+    def settings(self):
+        return self.inner.settings()
 
     def build(self, *args):
         return self.inner.build(*args)
@@ -112,9 +118,35 @@ def test_key_is_stable_and_changes_with_everything_that_changes_an_engine():
                 dict(contract=UNetContract(image_size=256, out_channels=6, batch=16, min_batch=16)),
                 dict(environment={**ENV, "tensorrt": "10.9.0"}),
                 dict(environment={**ENV, "gpu": "NVIDIA H200"}),
-                dict(environment={**ENV, "compute_capability": "8.9"})]
+                dict(environment={**ENV, "compute_capability": "8.9"}),
+                dict(settings={"fp32_islands": False})]
     keys = {engine_key(key_fields(**{**base, **v})) for v in variants}
     assert len(keys) == len(variants) and key not in keys
+
+
+def test_torch_tensorrt_converter_is_checked_before_use():
+    from types import SimpleNamespace
+
+    from export.tensorrt import _serialized_engine_converter
+
+    def current(program, inputs=None, *, use_explicit_typing=False, workspace_size=0, timing_cache_path=None):
+        return b"engine"
+
+    def open_ended(program, **kwargs):
+        return b"engine"
+
+    def old(program, inputs=None, *, workspace_size=0):
+        return b"engine"
+
+    for fn in (current, open_ended):
+        module = SimpleNamespace(__version__="2.9.0", dynamo=SimpleNamespace(
+            convert_exported_program_to_serialized_trt_engine=fn))
+        assert _serialized_engine_converter(module) is fn
+    for dynamo, missing in ((SimpleNamespace(convert_exported_program_to_serialized_trt_engine=old),
+                             "timing_cache_path, use_explicit_typing"),
+                            (SimpleNamespace(), "convert_exported_program_to_serialized_trt_engine")):
+        with pytest.raises(EngineError, match=f"torch-tensorrt 2.4.0 lacks {missing}; upgrade"):
+            _serialized_engine_converter(SimpleNamespace(__version__="2.4.0", dynamo=dynamo))
 
 
 def test_key_needs_the_whole_environment():
@@ -286,14 +318,15 @@ def test_runner_matches_torch_at_every_batch(setup, real_engine):
 
     _, contract, model, _ = setup
     eps = TensorRTEps(real_engine.path, batch=BATCH, device="cuda")
-    for n in range(1, BATCH + 1):
+    outputs = {}
+    for n in [*range(1, BATCH + 1), BATCH, 1]:          # each batch's graph again after the others ran
         x, t = contract.sample(n, seed=n, device="cuda")
         with torch.no_grad():
             ref = model(x, t)
         out = eps(x, t)
         assert out.shape == ref.shape and out.dtype == torch.float32
         assert ((out - ref).norm() / ref.norm()).item() < ENGINE_TOLERANCE["fp16"]
-        assert torch.equal(eps(x, t), out)                      # graph replay: same result
+        assert torch.equal(eps(x, t), outputs.setdefault(n, out))    # graph replay: same result
 
 
 @pytest.mark.tensorrt

@@ -5,12 +5,16 @@ parser (`--via onnx`) or torch-tensorrt's converter (`--via torch-tensorrt`); bo
 an engine with the export contract's interface, run here the same way.
 
 Static buffers first, capture after (TensorRT demo `Engine.infer`): the input and output
-buffers are allocated once at the engine's batch and bound with set_tensor_address;
-the constructor warms up. A call copies x and t in, enqueues with execute_async_v3 on
-torch's current stream and returns a copy of ε. Outside a CUDA-graph capture each batch
-size runs as its own CUDA graph, captured on first use and replayed after; inside a
-capture (the Solver capturing its whole reverse loop) the engine is enqueued directly
-and becomes part of the caller's graph. Neither path synchronises with the host.
+buffers are allocated once at the engine's batch. Each batch size n that is run gets its
+own execution context, with its input shapes set to n once, and all contexts share one
+scratch buffer (they run one after another on one stream): a CUDA graph holds the state
+of the context it was captured from, so graphs of different batches must not share one.
+A call copies x and t in, runs the engine and returns a copy of ε. Outside a CUDA-graph
+capture each batch runs as its own CUDA graph, captured on first use and replayed after
+(or is enqueued with execute_async_v3 when `graphs=False`), on the runner's own stream
+ordered after the caller's; inside a capture (the Solver capturing its whole reverse loop)
+the engine is enqueued on the capturing stream and becomes part of the caller's graph.
+Neither path synchronises with the host.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ class TensorRTEps:
 
     def __init__(self, engine: str | os.PathLike | bytes, *, batch: int, device: str | torch.device = "cuda",
                  graphs: bool = True):
-        trt = import_tensorrt()
+        self._trt = trt = import_tensorrt()
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise ValueError(f"TensorRT engines run on a CUDA device, got {device!r}")
@@ -51,9 +55,10 @@ class TensorRTEps:
                                   "TensorRT version or for another GPU); rebuild it with python -m engine.build")
             self._names = _io_names(trt, self._engine)
             self.batch = _check_batch(self._engine, self._names[X], batch)
-            self._context = self._engine.create_execution_context()
-            self._buffers = self._bind(trt, batch)
-            self._shape: int | None = None            # batch the context's input shapes are set to
+            self._buffers = self._allocate(trt, batch)
+            self._scratch = torch.empty(max(_scratch_bytes(self._engine), 1), dtype=torch.uint8, device=self.device)
+            self._stream = torch.cuda.Stream(self.device)
+            self._contexts: dict[int, object] = {}              # batch → its execution context
             self._graph_by_batch: dict[int, torch.cuda.CUDAGraph] = {}
             self._warm_up()
 
@@ -62,19 +67,14 @@ class TensorRTEps:
         log.info("engine %s: %s, built %s", path, record["fields"]["precision"], record.get("created"))
         return blob
 
-    def _bind(self, trt, batch: int) -> dict[str, Tensor]:
-        """Allocate one buffer per I/O tensor at `batch` and give TensorRT its address."""
-        buffers = {}
-        for role, name in self._names.items():
-            shape = (batch, *tuple(self._engine.get_tensor_shape(name))[1:])
-            dtype = _torch_dtype(trt, self._engine.get_tensor_dtype(name))
-            buffers[role] = torch.zeros(shape, dtype=dtype, device=self.device)
-            if not self._context.set_tensor_address(name, buffers[role].data_ptr()):
-                raise EngineError(f"TensorRT refused the buffer of {name!r}")
-        return buffers
+    def _allocate(self, trt, batch: int) -> dict[str, Tensor]:
+        """One buffer per I/O tensor at `batch`: the static buffers every context is bound to."""
+        return {role: torch.zeros((batch, *tuple(self._engine.get_tensor_shape(name))[1:]),
+                                  dtype=_torch_dtype(trt, self._engine.get_tensor_dtype(name)), device=self.device)
+                for role, name in self._names.items()}
 
     def _warm_up(self) -> None:
-        """One run at the full batch (captures its graph), then wait for it."""
+        """One run at the full batch (creates its context, captures its graph), then wait for it."""
         x = torch.zeros_like(self._buffers[X], dtype=torch.float32)
         t = torch.zeros(self.batch, dtype=torch.int64, device=self.device)
         self(x, t)
@@ -85,46 +85,67 @@ class TensorRTEps:
         if not 1 <= n <= self.batch or x.shape[1:] != self._buffers[X].shape[1:] or tuple(t.shape) != (n,):
             raise ValueError(f"expected x [n, {', '.join(map(str, self._buffers[X].shape[1:]))}] and t [n] "
                              f"with 1 ≤ n ≤ {self.batch}, got x {tuple(x.shape)} and t {tuple(t.shape)}")
-        self._buffers[X][:n].copy_(x)
-        self._buffers[T][:n].copy_(t)
-        if torch.cuda.is_current_stream_capturing():
-            if n != self._shape:
-                raise RuntimeError(f"batch {n} was not run before this CUDA-graph capture (last run: "
-                                   f"{self._shape}); call the model once with this batch first")
-            self._enqueue()
-        elif self.graphs:
-            self._graph(n).replay()
-        else:
-            self._set_batch(n)
-            self._enqueue()
-        return self._buffers[EPS][:n].clone()
+        with torch.cuda.device(self.device):
+            self._buffers[X][:n].copy_(x)
+            self._buffers[T][:n].copy_(t)
+            caller = torch.cuda.current_stream(self.device)
+            if torch.cuda.is_current_stream_capturing():
+                if n not in self._contexts:
+                    raise RuntimeError(f"batch {n} was not run before this CUDA-graph capture; "
+                                       f"call the model once with this batch first")
+                self._enqueue(self._contexts[n], caller)
+            else:
+                self._stream.wait_stream(caller)
+                with torch.cuda.stream(self._stream):
+                    if self.graphs:
+                        self._graph(n).replay()
+                    else:
+                        self._enqueue(self._context(n), self._stream)
+                caller.wait_stream(self._stream)
+            return self._buffers[EPS][:n].clone()
 
-    def _set_batch(self, n: int) -> None:
-        """Set the context's input shapes to batch n (host-side; not allowed during capture)."""
-        if n == self._shape:
-            return
-        for role in (X, T):
-            name = self._names[role]
-            if not self._context.set_input_shape(name, (n, *self._buffers[role].shape[1:])):
-                raise EngineError(f"TensorRT refused batch {n} for {name!r}")
-        self._shape = n
+    def _context(self, n: int):
+        """The execution context for batch n: bound to the static buffers and the shared scratch,
+        input shapes set to n, run once (its first run does host work that a capture cannot hold)."""
+        context = self._contexts.get(n)
+        if context is None:
+            strategy = self._trt.ExecutionContextAllocationStrategy.USER_MANAGED      # memory: the shared scratch
+            context = self._engine.create_execution_context(strategy)
+            if context is None:
+                raise EngineError("TensorRT could not create an execution context")
+            if hasattr(context, "set_device_memory"):                  # TensorRT ≥ 10.1
+                context.set_device_memory(self._scratch.data_ptr(), self._scratch.numel())
+            else:
+                context.device_memory = self._scratch.data_ptr()
+            for role, name in self._names.items():
+                if not context.set_tensor_address(name, self._buffers[role].data_ptr()):
+                    raise EngineError(f"TensorRT refused the buffer of {name!r}")
+                if role != EPS and not context.set_input_shape(name, (n, *self._buffers[role].shape[1:])):
+                    raise EngineError(f"TensorRT refused batch {n} for {name!r}")
+            self._enqueue(context, torch.cuda.current_stream(self.device))
+            self._contexts[n] = context
+        return context
 
-    def _enqueue(self) -> None:
-        """Run the engine on torch's current stream."""
-        if not self._context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+    def _enqueue(self, context, stream: torch.cuda.Stream) -> None:
+        if not context.execute_async_v3(stream.cuda_stream):
             raise EngineError("TensorRT failed to enqueue the engine")
 
     def _graph(self, n: int) -> torch.cuda.CUDAGraph:
-        """The CUDA graph of one run at batch n, captured on first use."""
+        """The CUDA graph of one run at batch n (on its own context), captured on first use."""
         graph = self._graph_by_batch.get(n)
         if graph is None:
-            self._set_batch(n)
-            self._enqueue()   # the first run after a shape change does host work a capture cannot hold
+            context = self._context(n)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.device(self.device), torch.cuda.graph(graph):
-                self._enqueue()
+            with torch.cuda.graph(graph):
+                self._enqueue(context, torch.cuda.current_stream(self.device))
             self._graph_by_batch[n] = graph
         return graph
+
+
+def _scratch_bytes(engine) -> int:
+    """Device memory one execution context needs (the largest over the profile)."""
+    size = getattr(engine, "device_memory_size_v2", None)               # TensorRT ≥ 10.1
+    return int(engine.device_memory_size if size is None else size)
 
 
 def _io_names(trt, engine) -> dict[str, str]:
