@@ -6,10 +6,16 @@
 Per kernel: the median time (triton.testing.do_bench, L2 flushed before each call), the
 bytes it must move (each input read once, each output written once), the achieved GB/s
 and its fraction of the copy bandwidth measured in the same run, and the median time of
-the torch-eager equivalent (the engine's torch backend). Per paper task: CG_5 and one CG
-iteration (CG_5 − CG_4), and one whole non-UNet step (Tweedie + 5 CG + update) in Triton
-(eager launches, and replayed as a CUDA graph) against torch eager, with the step's
-share of one batch-N UNet forward (ADM-256, random weights, fp16) unless --no-unet.
+the torch-eager equivalent (the engine's torch backend). Per paper task: CG_5 with eager
+launches, one CG iteration (CG_5 − CG_4, each replayed as a CUDA graph so that launch
+overhead does not blur the difference), and one whole non-UNet step (Tweedie + 5 CG +
+update) in Triton (eager launches, and replayed as a CUDA graph) against torch (eager, and
+as a CUDA graph), with the step's share of one batch-N UNet forward as the engine runs it
+(ADM-256, random weights, fp16 convolutions, channels_last) unless --no-unet. Each row is
+appended to the results file as soon as it is measured; a failing row is logged and
+recorded as an error, and the others go on. At 16 frames one fp32 clip is 12.6 MB, so a
+kernel takes microseconds and a launch's fixed cost shows: `--frames 64` tells bandwidth
+from overhead.
 Targets (H100, fp32): every elementwise or stencil kernel ≥ 75% of the copy bandwidth;
 the whole step of the hardest task (temporal-k7-sr4) ≥ 5× faster than torch eager and
 ≤ 2% of the UNet forward. Rows are appended to bench/results/kernels.jsonl with the
@@ -77,12 +83,11 @@ def graphed(fn: Callable[[], object]) -> Callable[[], None]:
     return graph.replay
 
 
-def kernel_rows(shape, dtype) -> list[dict]:
-    """Every kernel on one clip: (name, Triton call, torch call, bytes moved)."""
+def kernel_rows(shape, dtype, dev: str = "cuda") -> list[tuple]:
+    """Every kernel on one clip: (name, Triton call, torch call or None, bytes moved)."""
     from kernels import blur, cg, compose, mask, pool, steps, temporal
 
     n, c, h, w = shape
-    dev = "cuda"
     gen = torch.Generator(device=dev).manual_seed(0)
     clip = lambda: torch.rand(shape, generator=gen, device=dev).to(dtype)  # noqa: E731
     x, r, q, p, s = clip(), clip(), clip(), clip(), clip()
@@ -105,14 +110,19 @@ def kernel_rows(shape, dtype) -> list[dict]:
     step = ddim_steps(20, 0.15)[3]
     x64 = lambda v: v.float() if dtype in (torch.float16, torch.bfloat16) else v.double()  # noqa: E731  (engine.cg)
 
-    rs = torch.sum(x64(r) * x64(r))
+    xt, rt = x.clone(), r.clone()                                      # the torch row's own: it updates them
+    rs = torch.sum(x64(rt) * x64(rt))
 
-    def torch_cg_update():                                              # engine.cg's iteration but M p
+    def torch_cg_vectors():                                             # engine.cg's iteration but M p (= q)
         alpha = (rs / torch.sum(x64(p) * x64(q))).to(dtype)
-        x.add_(alpha * p)
-        r.sub_(alpha * q)
-        beta = (torch.sum(x64(r) * x64(r)) / rs).to(dtype)
-        return r + beta * p
+        xt.add_(alpha * p)
+        rt.sub_(alpha * q)
+        beta = (torch.sum(x64(rt) * x64(rt)) / rs).to(dtype)
+        return rt + beta * p
+
+    def triton_cg_vectors():                                            # the dot pass, then the update pass
+        cg.cg_dot(r, q, part_dot)
+        cg.cg_update(x, x, r, p, s, q, part, cg.GMAX, state[1], state[0], floor, None, False)
 
     return [
         ("temporal A (k=7, circular)", lambda: temporal.frame_mix(x, k7, temporal.FORWARD, "circular", out=out),
@@ -146,8 +156,8 @@ def kernel_rows(shape, dtype) -> list[dict]:
         ("CG dot ⟨r,r⟩, ⟨r,q⟩", lambda: cg.cg_dot(r, q, part_dot),
          lambda: (torch.sum(x64(r) * x64(r)), torch.sum(x64(r) * x64(q))), 2 * S),
         ("CG update x, r, p, s", lambda: cg.cg_update(x, x, r, p, s, q, part, cg.GMAX, state[1], state[0], floor, None,
-                                                             False),
-         torch_cg_update, 9 * S),
+                                                             False), None, 9 * S),
+        ("CG vector work of one iteration (dot + update)", triton_cg_vectors, torch_cg_vectors, 11 * S),
         ("Tweedie", lambda: steps.tweedie_step(x, q, step.sqrt_ab, step.sqrt_1m_ab, out=out),
          lambda: StepKernels().tweedie(x, q, step), 3 * S),
         ("DDIM update (shared noise)",
@@ -156,18 +166,18 @@ def kernel_rows(shape, dtype) -> list[dict]:
     ]
 
 
-def task_rows(name: str, shape, dtype) -> list[tuple[str, float, float | None]]:
+def task_rows(name: str, shape, dtype, dev: str = "cuda") -> list[tuple[str, float, float | None]]:
     """CG_5, one CG iteration and one whole non-UNet step of a paper task: (what, Triton ms, torch ms)."""
     from kernels.steps import TRITON_STEP_KERNELS
 
     spec = TASKS[name].spec
-    fast = from_spec(spec, shape, device="cuda", dtype=dtype, backend="triton")
-    slow = from_spec(spec, shape, device="cuda", dtype=dtype, backend="torch")
-    gen = torch.Generator(device="cuda").manual_seed(1)
-    x = torch.rand(shape, generator=gen, device="cuda").to(dtype) * 2 - 1
-    eps = torch.randn(shape, generator=gen, device="cuda").to(dtype)
-    noise = torch.randn((1, *shape[1:]), generator=gen, device="cuda").to(dtype)
-    y = slow.A(torch.rand(shape, generator=gen, device="cuda").to(dtype))
+    fast = from_spec(spec, shape, device=dev, dtype=dtype, backend="triton")
+    slow = from_spec(spec, shape, device=dev, dtype=dtype, backend="torch")
+    gen = torch.Generator(device=dev).manual_seed(1)
+    x = torch.rand(shape, generator=gen, device=dev).to(dtype) * 2 - 1
+    eps = torch.randn(shape, generator=gen, device=dev).to(dtype)
+    noise = torch.randn((1, *shape[1:]), generator=gen, device=dev).to(dtype)
+    y = slow.A(torch.rand(shape, generator=gen, device=dev).to(dtype))
     s = ddim_steps(TASKS[name].nfe, TASKS[name].eta)[TASKS[name].nfe // 2]
     l = TASKS[name].cg_iters
 
@@ -179,28 +189,39 @@ def task_rows(name: str, shape, dtype) -> list[tuple[str, float, float | None]]:
             return kern.ddim_update(xbar, noise, eps, s)
         return run
 
+    def cg(kern: StepKernels, op, iters: int) -> Callable[[], torch.Tensor]:
+        return lambda: kern.data_consistency(op, y, x, iters, None, aty=aty)
+
     fast_kern, slow_kern = TRITON_STEP_KERNELS, StepKernels()
-    cg_fast = [bench(lambda i=i: fast_kern.data_consistency(fast, y, x, i, None, aty=aty)) for i in (l, l - 1)]
-    cg_slow = [bench(lambda i=i: slow_kern.data_consistency(slow, y, x, i, None, aty=aty)) for i in (l, l - 1)]
-    step_fast = whole_step(fast_kern, fast)
+    cg_graph_fast = [bench(graphed(cg(fast_kern, fast, i))) for i in (l, l - 1)]
+    cg_graph_slow = [bench(graphed(cg(slow_kern, slow, i))) for i in (l, l - 1)]
+    step_fast, step_slow = whole_step(fast_kern, fast), whole_step(slow_kern, slow)
+    step_slow_ms = bench(step_slow)
     return [
-        (f"CG_{l}", cg_fast[0], cg_slow[0]),
-        ("one CG iteration (CG_l − CG_l−1)", cg_fast[0] - cg_fast[1], cg_slow[0] - cg_slow[1]),
-        ("whole step (Tweedie + CG + update)", bench(step_fast), bench(whole_step(slow_kern, slow))),
-        ("whole step, CUDA graph", bench(graphed(step_fast)), None),
+        (f"CG_{l}, eager launches", bench(cg(fast_kern, fast, l)), bench(cg(slow_kern, slow, l))),
+        ("one CG iteration, graphs (CG_l − CG_l−1)", cg_graph_fast[0] - cg_graph_fast[1],
+         cg_graph_slow[0] - cg_graph_slow[1]),
+        ("whole step (Tweedie + CG + update), eager", bench(step_fast), step_slow_ms),
+        ("whole step, Triton graph vs torch eager", bench(graphed(step_fast)), step_slow_ms),
+        ("whole step, both as CUDA graphs", bench(graphed(step_fast)), bench(graphed(step_slow))),
     ]
 
 
 def unet_ms(frames: int, size: int) -> float:
-    """Median ms of one batch-`frames` forward of ADM-256 (random weights) in fp16."""
+    """Median ms of one batch-`frames` forward of ADM-256 (random weights) as the engine's torch backend
+    runs it: fp16 convolutions (upstream's fp16 mode), channels_last."""
+    from engine.backends import torch_eps
     from engine.unet import ADMConfig, ADMUNet
 
     with torch.device("cuda"):
-        model = ADMUNet(ADMConfig.preset("adm256_uncond")).eval().half()
-    x = torch.randn((frames, 3, size, size), device="cuda", dtype=torch.float16)
+        eps = torch_eps(ADMUNet(ADMConfig.preset("adm256_uncond")), precision="fp16", channels_last=True)
+    x = torch.randn((frames, 3, size, size), device="cuda")
     t = torch.full((frames,), 500, device="cuda", dtype=torch.long)
-    with torch.no_grad():
-        return bench(lambda: model(x, t), rep_ms=1000)
+    return bench(lambda: eps(x, t), rep_ms=1000)
+
+
+def speedup(torch_ms: float | None, ms: float) -> float | None:
+    return torch_ms / ms if torch_ms is not None and torch_ms > 0 and ms > 0 else None
 
 
 def main(argv=None) -> int:
@@ -211,52 +232,75 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     dtype = DTYPES[args.dtype]
     shape = (args.frames, 3, args.size, args.size)
+    tasks = [t for t in args.tasks.split(",") if t]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        print(f"bench/kernels.py: unknown tasks {unknown}; known: {', '.join(TASKS)}", file=sys.stderr)
+        return 2
     info = machine(torch.device("cuda"))
     common = dict(bench="kernels", shape=list(shape), dtype=args.dtype, **info)
     rows = []
+
+    def record(**row) -> None:
+        """Keep a row and append it to the results file at once (a later crash or time-out keeps it)."""
+        rows.append(dict(common, **row))
+        if not args.no_save:
+            append_jsonl("kernels", rows[-1:])
+        log.info("%s: %s", row.get("task", row["kind"]), row["name"])
+
+    def attempt(name: str, measure: Callable[[], None]) -> None:
+        try:
+            measure()
+        except Exception as err:                                       # the other rows stand on their own
+            log.warning("%s not measured: %s: %s", name, type(err).__name__, err)
+            record(kind="error", name=name, error=f"{type(err).__name__}: {err}")
 
     src = torch.rand(shape, device="cuda").to(dtype)
     dst = torch.empty_like(src)
     copy_ms = bench(lambda: dst.copy_(src))
     copy_gbps = 2 * src.numel() * src.element_size() / copy_ms / 1e6
-    rows.append(dict(common, kind="copy", name="device-to-device copy", ms=copy_ms,
-                     bytes=2 * src.numel() * src.element_size(), gbps=copy_gbps, copy_fraction=1.0))
-    for name, fast, slow, nbytes in kernel_rows(shape, dtype):
+    record(kind="copy", name="device-to-device copy", ms=copy_ms, bytes=2 * src.numel() * src.element_size(),
+           gbps=copy_gbps, copy_fraction=1.0)
+
+    def kernel_row(name, fast, slow, nbytes) -> None:
         ms = bench(fast)
         torch_ms = bench(slow) if slow is not None else None
         gbps = nbytes / ms / 1e6
-        rows.append(dict(common, kind="kernel", name=name, ms=ms, bytes=nbytes, gbps=gbps,
-                         copy_fraction=gbps / copy_gbps, torch_ms=torch_ms,
-                         speedup=torch_ms / ms if torch_ms else None))
+        record(kind="kernel", name=name, ms=ms, bytes=nbytes, gbps=gbps, copy_fraction=gbps / copy_gbps,
+               torch_ms=torch_ms, speedup=speedup(torch_ms, ms))
 
-    unet = None
+    for row in kernel_rows(shape, dtype):
+        attempt(row[0], lambda row=row: kernel_row(*row))
+
+    unet: list[float] = []                                              # ms of one forward, once measured
+    unet_name = f"UNet forward ADM-256 fp16 convolutions, channels_last, batch {args.frames}"
+
+    def unet_row() -> None:
+        unet.append(unet_ms(args.frames, args.size))
+        record(kind="unet", name=unet_name, ms=unet[0])
+
     if not args.no_unet:
-        try:
-            unet = unet_ms(args.frames, args.size)
-            rows.append(dict(common, kind="unet", name=f"UNet forward ADM-256 fp16, batch {args.frames}", ms=unet))
-        except Exception as err:                                       # the kernel rows stand on their own
-            log.warning("UNet forward not timed: %s: %s", type(err).__name__, err)
-    for task in [t for t in args.tasks.split(",") if t]:
-        if task not in TASKS:
-            print(f"bench/kernels.py: unknown task {task!r}; known: {', '.join(TASKS)}", file=sys.stderr)
-            return 2
+        attempt(unet_name, unet_row)
+
+    def task_row(task: str) -> None:
         try:
             measured = task_rows(task, shape, dtype)
         except InputError as err:                                       # e.g. k = 13 on fewer than 13 frames
             log.warning("task %s skipped: %s", task, err)
-            continue
+            return
         for what, ms, torch_ms in measured:
-            rows.append(dict(common, kind="task", task=task, spec=TASKS[task].spec, name=what, ms=ms,
-                             torch_ms=torch_ms, speedup=torch_ms / ms if torch_ms else None,
-                             unet_fraction=ms / unet if unet and what.startswith("whole") else None))
+            record(kind="task", task=task, spec=TASKS[task].spec, name=what, ms=ms, torch_ms=torch_ms,
+                   speedup=speedup(torch_ms, ms),
+                   unet_fraction=ms / unet[0] if unet and what.startswith("whole") else None)
+
+    for task in tasks:
+        attempt(f"task {task}", lambda task=task: task_row(task))
 
     if args.json:
         for row in rows:
             print(json.dumps(row))
     else:
         print_table(rows, info, copy_gbps)
-    if not args.no_save:
-        log.info("appended %d rows to %s", len(rows), append_jsonl("kernels", rows))
     return 0
 
 
@@ -266,19 +310,22 @@ def print_table(rows: list[dict], info: dict, copy_gbps: float) -> None:
 
     print(f"{info.get('device_name')}  torch {info['torch']}  triton {info['triton']}  commit {info['commit']}  "
           f"shape {rows[0]['shape']} {rows[0]['dtype']}  copy {copy_gbps:.0f} GB/s")
-    print(f"{'kernel':44} {'ms':>8} {'GB/s':>7} {'%copy':>6} {'torch ms':>9} {'×':>6}")
+    print(f"{'kernel':48} {'ms':>8} {'GB/s':>7} {'%copy':>6} {'torch ms':>9} {'×':>6}")
     for r in rows:
         if r["kind"] in ("copy", "kernel"):
-            print(f"{r['name']:44} {r['ms']:8.4f} {r['gbps']:7.0f} {100 * r['copy_fraction']:5.0f}% "
+            print(f"{r['name']:48} {r['ms']:8.4f} {r['gbps']:7.0f} {100 * r['copy_fraction']:5.0f}% "
                   f"{num(r.get('torch_ms'), '9.4f'):>9} {num(r.get('speedup'), '6.1f'):>6}")
         elif r["kind"] == "unet":
-            print(f"{r['name']:44} {r['ms']:8.3f}")
-    print(f"\n{'task':24} {'':36} {'ms':>8} {'torch ms':>9} {'×':>6} {'% UNet':>7}")
+            print(f"{r['name']:48} {r['ms']:8.3f}")
+    print(f"\n{'task':24} {'':44} {'ms':>8} {'torch ms':>9} {'×':>6} {'% UNet':>7}")
     for r in rows:
         if r["kind"] == "task":
             frac = num(100 * r["unet_fraction"] if r.get("unet_fraction") else None, "6.2f")
-            print(f"{r['task']:24} {r['name']:36} {r['ms']:8.4f} {num(r.get('torch_ms'), '9.4f'):>9} "
+            print(f"{r['task']:24} {r['name']:44} {r['ms']:8.4f} {num(r.get('torch_ms'), '9.4f'):>9} "
                   f"{num(r.get('speedup'), '6.1f'):>6} {frac:>7}")
+    for r in rows:
+        if r["kind"] == "error":
+            print(f"not measured: {r['name']}: {r['error']}")
 
 
 if __name__ == "__main__":

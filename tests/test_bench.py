@@ -1,0 +1,62 @@
+"""The benchmarks' own code on the CPU: what bench/kernels.py times pairs equal work, and
+bench/fps.py runs end to end on a CPU-only machine (their numbers need a GPU; these do not)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bench import fps
+from bench import kernels as kbench
+from kernels.common import INTERPRET
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+needs_interpreter = pytest.mark.skipif(not INTERPRET, reason="Triton kernels on CPU tensors need TRITON_INTERPRET=1")
+
+SHAPE = (13, 3, 8, 8)          # 13 frames for k = 13; 8 pixels for 4× pooling and 13-tap blur
+NOT_THE_SAME_RESULT = ("CG dot", "CG update", "CG vector work")   # different state (see kernel_rows)
+
+
+@needs_interpreter
+def test_every_kernel_row_runs_and_pairs_with_the_same_torch_result():
+    rows = kbench.kernel_rows(SHAPE, torch.float32, dev="cpu")
+    assert len({name for name, *_ in rows}) == len(rows)
+    for name, fast, slow, nbytes in rows:
+        got = fast()
+        assert nbytes > 0, name
+        if slow is None or name.startswith(NOT_THE_SAME_RESULT):
+            continue
+        want = slow()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("task", ["temporal-k7-sr4", "temporal-k7-deblur"])
+def test_task_rows_run(monkeypatch, task):
+    timed = []
+    monkeypatch.setattr(kbench, "bench", lambda fn, rep_ms=50: (timed.append(fn()), 2.0)[1])
+    monkeypatch.setattr(kbench, "graphed", lambda fn: fn)          # CUDA graphs need CUDA
+    rows = kbench.task_rows(task, SHAPE, torch.float32, dev="cpu")
+    assert [what for what, *_ in rows][0].startswith("CG_5") and len(rows) == 5
+    assert all(isinstance(t, torch.Tensor) and torch.isfinite(t).all() for t in timed)
+    for what, ms, torch_ms in rows:
+        assert ms == (0.0 if "iteration" in what else 2.0) and torch_ms in (0.0, 2.0), what
+
+
+def test_speedup_guards_non_positive_times():
+    assert kbench.speedup(4.0, 2.0) == 2.0
+    assert kbench.speedup(None, 2.0) is None and kbench.speedup(4.0, 0.0) is None and kbench.speedup(-1.0, 2.0) is None
+
+
+def test_fps_runs_on_the_cpu(capsys):
+    code = fps.main(["--preset", "tiny", "--frames", "7", "--nfe", "2", "--cg-iters", "1", "--repeats", "1",
+                     "--backends", "torch", "--json", "--no-save"])
+    assert code == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["backend"] for r in rows] == ["reference", "torch"]
+    for r in rows:
+        assert {"backend", "device", "frames", "size", "nfe", "cg_iters", "seconds_per_clip", "fps",
+                "speedup_vs_reference", "peak_mem_bytes", "stages"} <= set(r)
+        assert r["seconds_per_clip"] > 0 and r["frames"] == 7 and r["nfe"] == 2
