@@ -35,6 +35,9 @@ from engine.unet import ADMConfig, ADMUNet  # noqa: E402
 
 log = logging.getLogger("bench.fps")
 REFERENCE = "reference"
+COLD_START_LIMIT_S = 120
+#: The matmul whose measured throughput is the UNet's peak, by network precision.
+PEAK_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -175,15 +178,20 @@ def profile_one(args, solver: Solver, y: torch.Tensor, backend: str) -> None:
     log.info("wrote %s", path)
 
 
-def cold_start(args, backend: str) -> float:
-    """Seconds from process start to the first restored clip (kernels and engines already cached)."""
+def cold_start(args, backend: str) -> float | None:
+    """Seconds from process start to the first restored clip (kernels and engines already cached);
+    None (logged) when that process fails or outlasts COLD_START_LIMIT_S."""
     cmd = [sys.executable, __file__, "--cold-child", "--backends", backend, "--preset", args.preset,
            "--frames", str(args.frames), "--task", args.task, "--nfe", str(args.nfe), "--cg-iters", str(args.cg_iters),
            "--precision", args.precision, "--device", args.device]
     if args.engine:
         cmd += ["--engine", str(args.engine)]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=COLD_START_LIMIT_S)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
+        log.warning("cold start of %s not measured: %s", backend, err)
+        return None
     return time.perf_counter() - t0
 
 
@@ -212,29 +220,34 @@ def main(argv=None) -> int:
         return 0
     info = machine(device)
     flops = float(unet_flops(ADMConfig.preset(args.preset), args.frames))
-    peak = matmul_peak_tflops(device, torch.float16 if device.type == "cuda" and args.precision == "fp16"
-                              else torch.bfloat16 if device.type == "cuda" else torch.float32)
+    peak = matmul_peak_tflops(device, PEAK_DTYPE[args.precision])
     shared: dict = {}
     rows = [bench_backend(args, b, shared, flops, peak) for b in [REFERENCE, *backends]]
     for r in rows:
         r["speedup_vs_reference"] = rows[0]["seconds_per_clip"] / r["seconds_per_clip"]
         r["unet_flops_per_forward"] = flops
         r.update(info)
-    if args.cold_start:
-        for r in rows[1:]:
-            r["cold_start_s"] = cold_start(args, r["backend"])
     if args.json:
         for r in rows:
             print(json.dumps(r))
     else:
         print(f"{info['device_name']}  {args.preset}  {args.frames} frames  {args.task}  {args.nfe} NFE  "
-              f"{args.cg_iters} CG  matmul peak {peak:.3g} TFLOP/s")
+              f"{args.cg_iters} CG  matmul peak {peak:.3g} TFLOP/s ({args.precision})")
         print_table(rows)
-        for r in rows:
-            if "cold_start_s" in r:
-                print(f"cold start (process start → first restored clip), {r['backend']}: {r['cold_start_s']:.2f} s")
     if not args.no_save:
         log.info("appended to %s", append_jsonl("fps", rows))
+    if args.cold_start:                    # after the rows are safe: a process of its own per backend
+        for r in rows[1:]:
+            seconds = cold_start(args, r["backend"])
+            row = dict(kind="cold_start", backend=r["backend"], cold_start_s=seconds, **{
+                k: r[k] for k in ("device", "preset", "task", "frames", "size", "nfe", "cg_iters", "precision")},
+                **info)
+            if args.json:
+                print(json.dumps(row))
+            elif seconds is not None:
+                print(f"cold start (process start → first restored clip), {r['backend']}: {seconds:.2f} s")
+            if not args.no_save:
+                append_jsonl("fps", [row])
     return 0
 
 

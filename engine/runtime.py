@@ -8,14 +8,18 @@ network up and, for the graph backends, captures the whole reverse loop (all K
 steps: network, Tweedie, CG, update) as one CUDA graph. `solve` then copies y and
 the seed's noise into the static buffers and replays.
 
-Thread-safety: a Solver owns its buffers, so calls are serialised by a lock; run one
-Solver per thread (or per CUDA stream) for concurrency.
+Thread-safety: a Solver owns its buffers, so calls are serialised by a lock, and on a GPU
+each call runs on the Solver's own stream, ordered after the caller's current stream (the
+caller's stream then waits for it): callers on different streams or threads cannot overwrite
+the buffers of a replay still in flight. Run one Solver per thread for concurrency; graphs
+are captured in thread-local mode, so other threads may keep using the GPU meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
@@ -119,6 +123,7 @@ class Solver:
         self._y = torch.zeros(self.op.out_shape, device=self.device)   # y
         self._out: Tensor | None = None
         self._graph = None
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         if config.backend in GRAPH_BACKENDS:
             self._capture()
 
@@ -139,16 +144,28 @@ class Solver:
                                cg_iters=cfg.cg_iters, gamma=cfg.gamma, callback=callback, kernels=self.kernels)
 
     def _capture(self) -> None:
-        """Warm up on a side stream, then capture the whole reverse loop as one CUDA graph."""
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream), torch.no_grad():
+        """Warm up on the Solver's stream, then capture the whole reverse loop as one CUDA graph."""
+        with self._on_own_stream(), torch.no_grad():
             self._loop()
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph), torch.no_grad():
-            self._out = self._loop()
+        with torch.cuda.device(self.device):
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph, capture_error_mode="thread_local"), torch.no_grad():
+                self._out = self._loop()
         log.info("captured the reverse loop (%d steps) as one CUDA graph", len(self.steps))
+
+    @contextmanager
+    def _on_own_stream(self):
+        """On a GPU: run the block on the Solver's stream, after the caller's stream's work and before
+        its later work. On the CPU: nothing."""
+        if self._stream is None:
+            yield None
+            return
+        with torch.cuda.device(self.device):
+            caller = torch.cuda.current_stream(self.device)
+            self._stream.wait_stream(caller)
+            with torch.cuda.stream(self._stream):
+                yield caller
+            caller.wait_stream(self._stream)
 
     def measure(self, x, *, sigma_y: float = 0.0, seed: int = 0) -> Tensor:
         """y = A x + σ_y·w, w ~ N(0, I) drawn on the CPU from `seed`.  x: [N, 3, H, W] in [0, 1]"""
@@ -169,9 +186,14 @@ class Solver:
             raise InputError("a captured solver cannot call back per step; use backend 'torch' for callbacks")
         noise = draw_noise(seed, self.config.nfe, self.config.shape, self.config.noise)
         with self._lock, torch.no_grad():
-            self._y.copy_(y)
-            self._E.copy_(noise, non_blocking=True)
-            if self._graph is not None:
-                self._graph.replay()
-                return self._out.clone()
-            return self._loop(callback)
+            with self._on_own_stream() as caller:
+                self._y.copy_(y)
+                self._E.copy_(noise)
+                if self._graph is not None:
+                    self._graph.replay()
+                    out = self._out.clone()
+                else:
+                    out = self._loop(callback)
+            if caller is not None:
+                out.record_stream(caller)       # made on the Solver's stream, used on the caller's
+            return out

@@ -52,9 +52,11 @@ def test_speedup_guards_non_positive_times():
 
 def test_fps_runs_on_the_cpu(capsys):
     code = fps.main(["--preset", "tiny", "--frames", "7", "--nfe", "2", "--cg-iters", "1", "--repeats", "1",
-                     "--backends", "torch", "--json", "--no-save"])
+                     "--backends", "torch", "--json", "--no-save", "--cold-start"])
     assert code == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    *rows, cold = rows
+    assert cold["kind"] == "cold_start" and cold["backend"] == "torch" and cold["cold_start_s"] > 0
     assert [r["backend"] for r in rows] == ["reference", "torch"]
     for r in rows:
         assert {"backend", "device", "frames", "size", "nfe", "cg_iters", "seconds_per_clip", "fps",
