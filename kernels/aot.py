@@ -7,20 +7,22 @@ launchers on CPU tensors compiles exactly the kernel variants a GPU run would co
 (the same constexprs, and integer arguments specialised the same way for the same shapes).
 Launchers return uninitialised outputs while it is active: use it to compile, never to compute.
 
-`resource_usage(cubin)` reads registers, stack, local memory (spills) and static shared
-memory per thread/block from the cubin with the cuobjdump that ships beside ptxas.
+Each variant's registers per thread, stack frame and spilled bytes come from the verbose
+log of the very ptxas run that Triton makes for it (TRITON_DUMP_PTXAS_LOG), with a fresh
+Triton cache for the block so that every variant is really compiled.
 
 Needs the real compiler: TRITON_INTERPRET must be unset when `kernels` is imported.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import re
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +45,9 @@ class Compiled:
     arch: int                   # compute capability, e.g. 90
     num_warps: int
     registers: int              # per thread
-    stack: int                  # bytes of stack per thread
-    local: int                  # bytes of local memory per thread (register spills)
+    stack: int                  # bytes of stack frame per thread
+    spill_stores: int           # bytes of registers spilled per thread (and loaded back: spill_loads)
+    spill_loads: int
     shared: int                 # bytes of shared memory per block (Triton's, dynamic)
     seconds: float              # compile time of this variant
     ptx_lines: int
@@ -87,46 +90,57 @@ def compile_only(arch: int = 90) -> Iterator[list[Compiled]]:
     launch = JITFunction.run
 
     def compile_instead(self, *args, grid, warmup, **kwargs):
-        start = time.perf_counter()
-        kernel = launch(self, *args, grid=grid, warmup=True, **kwargs)
+        start, log = time.perf_counter(), io.StringIO()
+        with redirect_stdout(log):                                      # Triton prints ptxas's log
+            kernel = launch(self, *args, grid=grid, warmup=True, **kwargs)
         if kernel.hash not in seen:
             seen.add(kernel.hash)
-            compiled.append(_describe(self, kernel, kwargs, arch, time.perf_counter() - start))
+            compiled.append(_describe(self, kernel, kwargs, arch, time.perf_counter() - start, log.getvalue()))
         return kernel
 
     host_tensors, previous = common.HOST_TENSORS, driver._active      # None until a GPU driver was asked for
-    driver.set_active(_CompileOnlyDriver(arch))
-    JITFunction.run, common.HOST_TENSORS = compile_instead, True
+    with tempfile.TemporaryDirectory(prefix="triton-aot-") as cache, \
+            _environment(TRITON_CACHE_DIR=cache, TRITON_DUMP_PTXAS_LOG="1"):
+        driver.set_active(_CompileOnlyDriver(arch))
+        JITFunction.run, common.HOST_TENSORS = compile_instead, True
+        try:
+            yield compiled
+        finally:
+            JITFunction.run, common.HOST_TENSORS = launch, host_tensors
+            driver._active = previous
+
+
+@contextmanager
+def _environment(**values: str):
+    """os.environ with `values` set for the block (Triton reads its knobs from it when used)."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
     try:
-        yield compiled
+        yield
     finally:
-        JITFunction.run, common.HOST_TENSORS = launch, host_tensors
-        driver._active = previous
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
-def _describe(fn: JITFunction, kernel, kwargs: dict, arch: int, seconds: float) -> Compiled:
+def _describe(fn: JITFunction, kernel, kwargs: dict, arch: int, seconds: float, ptxas_log: str) -> Compiled:
     names = {p.name for p in fn.params if p.is_constexpr}
     constants = {k: (str(v) if not isinstance(v, (int, float, bool)) else v) for k, v in kwargs.items() if k in names}
-    usage = resource_usage(kernel.asm["cubin"])
     return Compiled(name=fn.fn.__name__, constants=constants, arch=arch, num_warps=kernel.metadata.num_warps,
-                    registers=usage["REG"], stack=usage["STACK"], local=usage["LOCAL"],
-                    shared=kernel.metadata.shared, seconds=seconds, ptx_lines=kernel.asm["ptx"].count("\n"))
+                    shared=kernel.metadata.shared, seconds=seconds, ptx_lines=kernel.asm["ptx"].count("\n"),
+                    **ptxas_usage(ptxas_log))
 
 
-_USAGE = re.compile(r"(REG|STACK|SHARED|LOCAL):(\d+)")
+_REGISTERS = re.compile(r"Used (\d+) registers")
+_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
-def resource_usage(cubin: bytes) -> dict[str, int]:
-    """{'REG', 'STACK', 'SHARED', 'LOCAL'} of the one function in `cubin` (cuobjdump -res-usage)."""
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    if not tool.exists():
-        raise InputError(f"kernels.aot: cuobjdump not found at {tool} (it ships with triton's NVIDIA backend)")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "kernel.cubin"
-        path.write_bytes(cubin)
-        text = subprocess.run([str(tool), "-res-usage", str(path)], capture_output=True, text=True, check=True).stdout
-    function = text.split("Function", 1)[-1]
-    usage = {key: int(value) for key, value in _USAGE.findall(function)}
-    if set(usage) != {"REG", "STACK", "SHARED", "LOCAL"}:
-        raise InputError(f"kernels.aot: cannot read cuobjdump's resource usage:\n{text}")
-    return usage
+def ptxas_usage(log: str) -> dict[str, int]:
+    """{registers, stack, spill_stores, spill_loads} from the log of `ptxas -v` for one kernel."""
+    registers, frame = _REGISTERS.search(log), _FRAME.search(log)
+    if registers is None or frame is None:
+        raise InputError(f"kernels.aot: no ptxas resource usage in Triton's compile log:\n{log[-2000:]}")
+    stack, stores, loads = map(int, frame.groups())
+    return {"registers": int(registers.group(1)), "stack": stack, "spill_stores": stores, "spill_loads": loads}

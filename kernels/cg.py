@@ -127,17 +127,17 @@ def _cg_update_kernel(
     p = r
     if not FIRST:
         p += beta * tl.load(p_ptr + offs, mask=ok, other=0).to(ACC)
-    x = tl.load(x_in_ptr + offs, mask=ok, other=0).to(ACC)
-    tl.store(x_out_ptr + offs, (x + alpha * p).to(x_out_ptr.dtype.element_ty), mask=ok)
     if not LAST:
         s = c1 * tl.load(q_ptr + offs, mask=ok, other=0).to(ACC)                        # w = M r
         if REG:
             s += r
         if not FIRST:
             s += beta * tl.load(s_ptr + offs, mask=ok, other=0).to(ACC)
-        tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=ok)
         tl.store(s_ptr + offs, s.to(s_ptr.dtype.element_ty), mask=ok)
         tl.store(r_ptr + offs, (r - alpha * s).to(r_ptr.dtype.element_ty), mask=ok)
+        tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=ok)
+    x = tl.load(x_in_ptr + offs, mask=ok, other=0).to(ACC)
+    tl.store(x_out_ptr + offs, (x + alpha * p).to(x_out_ptr.dtype.element_ty), mask=ok)
 
 
 def cg_residual(aty: Tensor, q: Tensor, c: float, *, out: Tensor | None = None) -> Tensor:
