@@ -11,7 +11,8 @@ Each variant's registers per thread, stack frame and spilled bytes come from the
 log of the very ptxas run that Triton makes for it (TRITON_DUMP_PTXAS_LOG), with a fresh
 Triton cache for the block so that every variant is really compiled.
 
-Needs the real compiler: TRITON_INTERPRET must be unset when `kernels` is imported.
+Needs the real compiler: TRITON_INTERPRET must be unset when `kernels` is imported. While
+the block runs, Triton's launch is replaced for the whole process: use it from one thread.
 """
 
 from __future__ import annotations
