@@ -82,9 +82,14 @@ class SolverConfig:
         return (self.frames, 3, self.size, self.size)
 
     def operator_backend(self) -> str:
+        """`kernels`, or for "auto": Triton on CUDA within its temporal kernels' frame limit, else torch."""
         if self.kernels != "auto":
             return self.kernels
-        return "triton" if torch.device(self.device).type == "cuda" else "torch"
+        if torch.device(self.device).type != "cuda":
+            return "torch"
+        from kernels.temporal import MAX_FRAMES
+
+        return "triton" if self.frames <= MAX_FRAMES else "torch"
 
     def to_dict(self) -> dict:
         return asdict(self)

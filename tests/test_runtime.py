@@ -77,6 +77,17 @@ def test_bad_configs(change, match):
         SolverConfig.from_task("temporal-k7", **change)
 
 
+def test_operator_backend_auto_picks_what_runs():
+    from kernels.temporal import MAX_FRAMES
+
+    def pick(**kw):
+        return SolverConfig.from_task("temporal-k7", **kw).operator_backend()
+
+    assert pick(device="cpu") == "torch" and pick(device="cpu", kernels="triton") == "triton"
+    assert pick(device="cuda") == "triton"                     # no CUDA needed to choose
+    assert pick(device="cuda", frames=MAX_FRAMES + 1) == "torch"   # past the Triton temporal kernels' limit
+
+
 def test_unknown_task():
     with pytest.raises(InputError, match="temporal-k7"):
         SolverConfig.from_task("deblur-everything")
