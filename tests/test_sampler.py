@@ -118,3 +118,34 @@ def test_bad_measurements():
     y[0, 0, 0, 0] = float("nan")
     with pytest.raises(InputError, match="NaN"):
         sample(zero_eps, y, op)
+
+
+@pytest.mark.parametrize("prior", ["adm-fp16", "gaussian"])
+def test_reverse_loop_has_no_host_sync(prior):
+    """The whole loop of every paper task runs on meta tensors, which have no data: any host
+    synchronisation in it (.item(), bool(tensor), .cpu(), .tolist(), nonzero) would raise here.
+    The torch backend's loop is what the `torch+graph` backend captures as one CUDA graph."""
+    from engine.backends import torch_eps
+    from engine.operators import from_spec
+    from engine.priors import GaussianPrior
+    from engine.sampler import reverse_process
+    from engine.schedule import ddim_steps
+    from engine.tasks import TASKS
+    from engine.unet import ADMConfig, ADMUNet
+
+    size = ADMConfig.preset("tiny").image_size
+    if prior == "adm-fp16":
+        with torch.device("meta"):
+            eps = torch_eps(ADMUNet(ADMConfig.preset("tiny")), precision="fp16")
+    else:
+        eps = torch_eps(GaussianPrior())                                 # its buffers follow the input's device
+    with pytest.raises(RuntimeError, match="meta"):
+        torch.empty(1, device="meta").item()                             # the premise
+    shape = (13, 3, size, size)
+    for task in TASKS.values():
+        op = from_spec(task.spec, shape, device="meta", dtype=torch.float32)
+        y = torch.empty(op.out_shape, device="meta")
+        noise = draw_noise(0, 3, shape).to("meta")
+        for gamma in (None, 0.5):
+            out = reverse_process(eps, y, op, noise, ddim_steps(3, task.eta), cg_iters=3, gamma=gamma)
+            assert out.device.type == "meta" and tuple(out.shape) == shape
