@@ -3,7 +3,7 @@
 Triton's NVIDIA backend builds PTX and a cubin (ptxas ships inside the triton wheel) for
 whatever target its driver reports. `compile_only(arch)` reports a CUDA target of compute
 capability `arch` and turns every launch into a compilation, so running the engine's
-launchers on CPU tensors compiles exactly the kernel variants a GPU run would compile
+launchers on CPU or meta tensors compiles exactly the kernel variants a GPU run would compile
 (the same constexprs, and integer arguments specialised the same way for the same shapes).
 Launchers return uninitialised outputs while it is active: use it to compile, never to compute.
 

@@ -1,7 +1,8 @@
 """Every Triton kernel compiles for sm_90 (H100/H200) without spilling, on this machine without a GPU.
 
 The interpreter (the other kernel tests) checks what the kernels compute; this checks that
-Triton's real compiler accepts them for Hopper and what they cost in registers. It runs
+Triton's real compiler accepts them for Hopper and what they cost in registers, and, since
+the reverse loops run on meta tensors there, that the Triton path has no host sync. It runs
 bench/compile_check.py in a child process, since the interpreter is on in this one.
 """
 
