@@ -312,6 +312,27 @@ def test_group_norm_float64_and_half_in_fp32():
         assert rel_err(y, ref_h) < 2 * torch.finfo(dtype).eps
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_group_norm_in_sample_chunks_is_exact(monkeypatch, dtype):
+    from engine import unet
+
+    torch.manual_seed(2)
+    norm = GroupNorm32(64).to(dtype)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = (3 * torch.randn(5, 64, 6, 6) + 1).to(dtype).contiguous(memory_format=torch.channels_last)
+    whole = norm(x)
+    monkeypatch.setattr(unet, "FP32_CHUNK_BYTES", 2 * 4 * x[0].numel())          # two samples at a time
+    chunked = norm(x)
+    assert torch.equal(chunked, whole) and chunked.is_contiguous(memory_format=torch.channels_last)
+    # graphs keep one batch-wide op: an export with a dynamic batch does not unroll the chunks
+    program = torch.export.export(norm, (x,), dynamic_shapes=({0: torch.export.Dim("n", min=2)},))
+    nodes = [n.target for n in program.graph.nodes if n.op == "call_function"]
+    assert sum("group_norm" in str(t) for t in nodes) == 1
+    torch.testing.assert_close(program.module()(x[:3]), whole[:3], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "new_order"])
 def test_attention_block_matches_plain_softmax_attention(legacy):
     torch.manual_seed(2)

@@ -1,0 +1,129 @@
+"""Peak memory of one reverse step, counted on meta tensors: no GPU, no data, any frame count.
+
+    python bench/memory.py                             # ADM-256, fp16 (upstream's mode), channels_last, 16 and 32 frames
+    python bench/memory.py --frames 8,16,24 --precision bf16 --task temporal-k7-sr4 --json
+
+Runs one step of Algorithm 1 (UNet, Tweedie, CG, update) with the torch backend on meta
+tensors and counts the bytes of every tensor from its creation to its release: the peak
+of live tensors, plus the weights and the Solver's static buffers (measurement, noise for
+all K steps, output). This is what the tensors need; the CUDA caching allocator, cuDNN
+workspaces and the CUDA context add to it, so bench/fps.py's measured peak is the number
+that counts on a GPU. Rows are appended to bench/results/memory.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import weakref
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import append_jsonl, machine  # noqa: E402
+from engine.backends import torch_eps  # noqa: E402
+from engine.operators import from_spec  # noqa: E402
+from engine.sampler import reverse_process  # noqa: E402
+from engine.schedule import ddim_steps  # noqa: E402
+from engine.tasks import TASKS  # noqa: E402
+from engine.unet import ADMConfig, ADMUNet  # noqa: E402
+
+GB = 1e9
+
+
+class LiveBytes(TorchDispatchMode):
+    """Bytes of the tensors that ops create, from creation until their storage is freed; `peak` is the maximum."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._storages: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._count(t.untyped_storage())
+        return out
+
+    def _count(self, storage) -> None:
+        key = storage._cdata
+        if key in self._storages:                                     # a view of a counted tensor
+            return
+        self._storages.add(key)
+        self.live += storage.nbytes()
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._release, key, storage.nbytes())
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self._storages.discard(key)
+        self.live -= nbytes
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="adm256_uncond", help="ADM config (adm256_uncond, ffhq_dps, tiny)")
+    p.add_argument("--frames", default="16,32", help="comma list of frame counts")
+    p.add_argument("--task", default="temporal-k7", choices=sorted(TASKS))
+    p.add_argument("--nfe", type=int, default=20, help="K: the noise buffer holds K + 1 images")
+    p.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default="fp16")
+    p.add_argument("--contiguous", action="store_true", help="NCHW instead of channels_last")
+    p.add_argument("--json", action="store_true", help="print one JSON object per frame count")
+    p.add_argument("--no-save", action="store_true", help="do not append to bench/results/memory.jsonl")
+    return p.parse_args(argv)
+
+
+def step_memory(preset: str, frames: int, task: str, nfe: int, precision: str, channels_last: bool) -> dict:
+    """Bytes of weights, static buffers and the peak of live tensors in one reverse step (meta tensors)."""
+    config = ADMConfig.preset(preset)
+    with torch.device("meta"):
+        model = ADMUNet(config)
+    eps = torch_eps(model, precision=precision, channels_last=channels_last)
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    shape = (frames, 3, config.image_size, config.image_size)
+    op = from_spec(TASKS[task].spec, shape, device="meta", dtype=torch.float32)
+    static = [torch.empty(op.out_shape, device="meta"), torch.empty((nfe + 1, 1, *shape[1:]), device="meta"),
+              torch.empty(shape, device="meta")]                      # y, E (shared noise), output
+    static_bytes = sum(t.numel() * t.element_size() for t in static)
+    y, noise = static[0], static[1][:2]
+    counter = LiveBytes()
+    with counter:
+        reverse_process(eps, y, op, noise, ddim_steps(1, TASKS[task].eta), cg_iters=TASKS[task].cg_iters,
+                        gamma=None)
+    return {"weights_bytes": weights, "static_bytes": static_bytes, "step_peak_bytes": counter.peak,
+            "total_bytes": weights + static_bytes + counter.peak}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        frame_counts = [int(f) for f in args.frames.split(",") if f]
+    except ValueError:
+        print(f"bench/memory.py: --frames takes a comma list of integers, got {args.frames!r}", file=sys.stderr)
+        return 2
+    info = machine(torch.device("cpu"))
+    rows = []
+    for frames in frame_counts:
+        row = dict(bench="memory", preset=args.preset, frames=frames, task=args.task, nfe=args.nfe,
+                   precision=args.precision, channels_last=not args.contiguous,
+                   **step_memory(args.preset, frames, args.task, args.nfe, args.precision, not args.contiguous),
+                   commit=info["commit"], torch=info["torch"], date=info["date"])
+        rows.append(row)
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(f"{args.preset} {args.precision} {frames:3d} frames: weights {row['weights_bytes'] / GB:.2f} GB + "
+                  f"static buffers {row['static_bytes'] / GB:.2f} GB + step peak {row['step_peak_bytes'] / GB:.2f} GB "
+                  f"= {row['total_bytes'] / GB:.2f} GB of tensors")
+    if not args.no_save:
+        append_jsonl("memory", rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
