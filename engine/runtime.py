@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
@@ -30,6 +30,7 @@ from engine.errors import InputError
 from engine.operators import from_spec
 from engine.sampler import NOISE_MODES, check_measurement, draw_noise, reverse_process, step_kernels
 from engine.schedule import ddim_steps
+from engine.streams import on_stream
 from engine.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -158,19 +159,9 @@ class Solver:
                 self._out = self._loop()
         log.info("captured the reverse loop (%d steps) as one CUDA graph", len(self.steps))
 
-    @contextmanager
     def _on_own_stream(self):
-        """On a GPU: run the block on the Solver's stream, after the caller's stream's work and before
-        its later work. On the CPU: nothing."""
-        if self._stream is None:
-            yield None
-            return
-        with torch.cuda.device(self.device):
-            caller = torch.cuda.current_stream(self.device)
-            self._stream.wait_stream(caller)
-            with torch.cuda.stream(self._stream):
-                yield caller
-            caller.wait_stream(self._stream)
+        """On a GPU: the block runs on the Solver's stream (engine.streams.on_stream). On the CPU: nothing."""
+        return nullcontext() if self._stream is None else on_stream(self._stream, self.device)
 
     def measure(self, x, *, sigma_y: float = 0.0, seed: int = 0) -> Tensor:
         """y = A x + σ_y·w, w ~ N(0, I) drawn on the CPU from `seed`.  x: [N, 3, H, W] in [0, 1]"""

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from engine.streams import on_stream
 from export.contract import EPS, T, X
 from export.tensorrt import EngineError, gpu_environment, import_tensorrt, read_engine
 
@@ -88,20 +89,17 @@ class TensorRTEps:
         with torch.cuda.device(self.device):
             self._buffers[X][:n].copy_(x)
             self._buffers[T][:n].copy_(t)
-            caller = torch.cuda.current_stream(self.device)
             if torch.cuda.is_current_stream_capturing():
                 if n not in self._contexts:
                     raise RuntimeError(f"batch {n} was not run before this CUDA-graph capture; "
                                        f"call the model once with this batch first")
-                self._enqueue(self._contexts[n], caller)
+                self._enqueue(self._contexts[n], torch.cuda.current_stream(self.device))
             else:
-                self._stream.wait_stream(caller)
-                with torch.cuda.stream(self._stream):
+                with on_stream(self._stream, self.device):
                     if self.graphs:
                         self._graph(n).replay()
                     else:
                         self._enqueue(self._context(n), self._stream)
-                caller.wait_stream(self._stream)
             return self._buffers[EPS][:n].clone()
 
     def _context(self, n: int):
