@@ -4,7 +4,8 @@
     python bench/compile_check.py --arch 89 --frames 32 --dtypes fp32 --json
 
 Runs the reverse loop of every paper task (Tweedie, three CG iterations with γ = None and a float γ, the
-DDIM update), each operator's A, Aᵀ and AᵀA, and the spatial blur's three boundaries under
+DDIM update), each operator's A, Aᵀ and AᵀA, the spatial blur's three boundaries, and one ADM-256
+forward with its fused GroupNorm kernels (channels_last, as the fast torch backends run it) under
 `kernels.aot.compile_only`: each launch compiles for sm_<arch> (PTX and a cubin, with the
 ptxas inside the triton wheel) and runs nothing. Per kernel variant it prints registers per
 thread, bytes spilled (ptxas's spill stores), shared memory, the theoretical occupancy those
@@ -33,14 +34,17 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import append_jsonl, machine  # noqa: E402
+from engine.backends import torch_eps  # noqa: E402
 from engine.errors import InputError  # noqa: E402
 from engine.operators import from_spec  # noqa: E402
 from engine.sampler import reverse_process  # noqa: E402
 from engine.schedule import ddim_steps  # noqa: E402
 from engine.tasks import TASKS  # noqa: E402
+from engine.unet import ADMConfig, ADMUNet  # noqa: E402
 from kernels.aot import Compiled, compile_only  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISION = {dtype: name for name, dtype in DTYPES.items()}
 
 #: Per-SM limits by compute capability: (registers, warps, blocks, shared bytes) — CUDA's occupancy table.
 SM_LIMITS = {80: (65536, 64, 32, 167936), 86: (65536, 48, 16, 102400), 89: (65536, 48, 24, 102400),
@@ -68,7 +72,8 @@ def zero_eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def launch_everything(shape: tuple[int, ...], dtype: torch.dtype) -> None:
-    """Every launch of the reverse loop of each paper task, and each operator's A, Aᵀ, AᵀA, on meta tensors."""
+    """Every launch of the reverse loop of each paper task, each operator's A, Aᵀ, AᵀA, and one
+    ADM-256 forward with fused norms, on meta tensors."""
     specs = [task.spec for task in TASKS.values()] + list(EXTRA_SPECS)
     for spec in specs:
         op = from_spec(spec, shape, device="meta", dtype=dtype, backend="triton")
@@ -79,6 +84,10 @@ def launch_everything(shape: tuple[int, ...], dtype: torch.dtype) -> None:
         noise = torch.empty((3, 1, *shape[1:]), dtype=dtype, device="meta")
         for gamma in (None, 1.0):
             reverse_process(zero_eps, y, op, noise, ddim_steps(2, 0.5), cg_iters=3, gamma=gamma)   # first, middle, last
+    with torch.device("meta"):
+        model = ADMUNet(ADMConfig.preset("adm256_uncond"))
+    eps = torch_eps(model, precision=PRECISION[dtype], channels_last=True, kernels="triton")
+    eps(torch.empty(shape, device="meta"), torch.zeros(shape[0], device="meta"))
 
 
 def occupancy(kernel: Compiled) -> float | None:

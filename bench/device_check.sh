@@ -24,12 +24,12 @@ step() {  # step SECONDS LOGFILE CMD...: run one step, append its output and its
 
 { nvidia-smi; $PY -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__); print(torch.cuda.get_device_name())'; } >"$OUT/env.txt" 2>&1
 
-step 160 "$OUT/pytest_gpu.txt" $PY -m pytest -m gpu -v --durations=10 -p no:cacheprovider tests
-step 80 "$OUT/kernels.txt" $PY bench/kernels.py
+step 150 "$OUT/pytest_gpu.txt" $PY -m pytest -m gpu -v --durations=10 -p no:cacheprovider tests
+step 95 "$OUT/kernels.txt" $PY bench/kernels.py
 step 30 "$OUT/kernels.txt" $PY bench/kernels.py --frames 64 --tasks "" --no-unet
 step 90 "$OUT/fps.txt" $PY bench/fps.py --task temporal-k7 --nfe 20 --frames 16 --repeats 3 --cold-start
 step 140 "$OUT/fps.txt" $PY bench/fps.py --task temporal-k7-sr4 --nfe 100 --frames 16 --repeats 1
-step 70 "$OUT/fps.txt" $PY bench/fps.py --task temporal-k7 --nfe 20 --frames 32 --repeats 3
+step 65 "$OUT/fps.txt" $PY bench/fps.py --task temporal-k7 --nfe 20 --frames 32 --repeats 3
 
 cp bench/results/kernels.jsonl "$OUT/kernels.jsonl" 2>/dev/null
 cp bench/results/fps.jsonl "$OUT/fps.jsonl" 2>/dev/null

@@ -201,11 +201,15 @@ def print_table(rows: list[dict]) -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
+        if r.get("kind") == "error":
+            print(f"{r['backend']:<12} not measured: {r['error']}")
+            continue
         st = r["stages"]
         mem = f"{r['peak_mem_bytes'] / 1e9:7.2f}" if r["peak_mem_bytes"] else f"{'-':>7}"
+        speedup = f"{r['speedup_vs_reference']:8.2f}" if r["speedup_vs_reference"] else f"{'-':>8}"
         print(f"{r['backend']:<12} {r['seconds_per_clip']:8.3f} {r['fps']:7.2f} {r['ms_per_nfe']:8.2f} "
               f"{st['unet_s']:7.3f} {st['cg_and_operators_s']:7.3f} {st['updates_s']:7.3f} {r['unet_tflops']:8.2f} "
-              f"{100 * r['unet_fraction_of_peak']:6.1f} {mem} {r['speedup_vs_reference']:8.2f}")
+              f"{100 * r['unet_fraction_of_peak']:6.1f} {mem} {speedup}")
 
 
 def main(argv=None) -> int:
@@ -222,11 +226,12 @@ def main(argv=None) -> int:
     flops = float(unet_flops(ADMConfig.preset(args.preset), args.frames))
     peak = matmul_peak_tflops(device, PEAK_DTYPE[args.precision])
     shared: dict = {}
-    rows = [bench_backend(args, b, shared, flops, peak) for b in [REFERENCE, *backends]]
-    for r in rows:
-        r["speedup_vs_reference"] = rows[0]["seconds_per_clip"] / r["seconds_per_clip"]
-        r["unet_flops_per_forward"] = flops
-        r.update(info)
+    rows = []
+    for backend in [REFERENCE, *backends]:
+        row = measure_backend(args, backend, shared, flops, peak, reference=rows[0] if rows else None)
+        rows.append(dict(row, **info))
+        if not args.no_save:               # at once: a later backend's crash or time-out keeps this row
+            log.info("appended to %s", append_jsonl("fps", rows[-1:]))
     if args.json:
         for r in rows:
             print(json.dumps(r))
@@ -234,10 +239,11 @@ def main(argv=None) -> int:
         print(f"{info['device_name']}  {args.preset}  {args.frames} frames  {args.task}  {args.nfe} NFE  "
               f"{args.cg_iters} CG  matmul peak {peak:.3g} TFLOP/s ({args.precision})")
         print_table(rows)
-    if not args.no_save:
-        log.info("appended to %s", append_jsonl("fps", rows))
+    failed = [r["backend"] for r in rows if r.get("kind") == "error"]
     if args.cold_start:                    # after the rows are safe: a process of its own per backend
         for r in rows[1:]:
+            if r["backend"] in failed:
+                continue
             seconds = cold_start(args, r["backend"])
             row = dict(kind="cold_start", backend=r["backend"], cold_start_s=seconds, **{
                 k: r[k] for k in ("device", "preset", "task", "frames", "size", "nfe", "cg_iters", "precision")},
@@ -248,7 +254,22 @@ def main(argv=None) -> int:
                 print(f"cold start (process start → first restored clip), {r['backend']}: {seconds:.2f} s")
             if not args.no_save:
                 append_jsonl("fps", [row])
-    return 0
+    return 1 if failed else 0
+
+
+def measure_backend(args, backend: str, clip_y: dict, flops: float, peak: float, reference: dict | None) -> dict:
+    """bench_backend's row with its speed-up over `reference` (the first row), or an error row: one
+    backend's failure (out of memory, a missing engine, a kernel error) leaves the others to run."""
+    try:
+        row = bench_backend(args, backend, clip_y, flops, peak)
+    except Exception as err:                                           # recorded, not raised
+        log.warning("backend %s not measured: %s: %s", backend, type(err).__name__, err)
+        return {"kind": "error", "backend": backend, "device": args.device, "task": args.task,
+                "frames": args.frames, "nfe": args.nfe, "error": f"{type(err).__name__}: {err}"}
+    ref_s = reference.get("seconds_per_clip") if reference else None
+    row["speedup_vs_reference"] = ref_s / row["seconds_per_clip"] if ref_s else None
+    row["unet_flops_per_forward"] = flops
+    return row
 
 
 if __name__ == "__main__":

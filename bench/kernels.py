@@ -11,7 +11,10 @@ launches, one CG iteration (CG_5 − CG_4, each replayed as a CUDA graph so that
 overhead does not blur the difference), and one whole non-UNet step (Tweedie + 5 CG +
 update) in Triton (eager launches, and replayed as a CUDA graph) against torch (eager, and
 as a CUDA graph), with the step's share of one batch-N UNet forward as the engine runs it
-(ADM-256, random weights, fp16 convolutions, channels_last) unless --no-unet. Each row is
+(ADM-256, random weights, fp16 convolutions, channels_last, fused GroupNorms) unless --no-unet.
+With the UNet come its two largest GroupNorms (fused Triton against upstream's half path, the
+bytes counted for one read and one write; the kernel reads twice) and the forward with either.
+Each row is
 appended to the results file as soon as it is measured; a failing row is logged and
 recorded as an error, and the others go on. At 16 frames one fp32 clip is 12.6 MB, so a
 kernel takes microseconds and a launch's fixed cost shows: `--frames 64` tells bandwidth
@@ -205,14 +208,38 @@ def task_rows(name: str, shape, dtype, dev: str = "cuda") -> list[tuple[str, flo
     ]
 
 
-def unet_ms(frames: int, size: int) -> float:
+def norm_rows(frames: int, size: int, dev: str = "cuda") -> list[tuple]:
+    """ADM-256's largest GroupNorms, fp16 channels_last, fused Triton against the upstream path
+    (GroupNorm32 with kernels="torch"): (name, Triton call, torch call, bytes a single pass moves)."""
+    from engine.unet import GroupNorm32
+
+    rows = []
+    for channels, scale_shift in ((256, True), (512, False)):          # out_layers at 256²; decoder input [h, skip]
+        norm = GroupNorm32(channels).to(dev)
+        x = torch.randn((frames, channels, size, size), device=dev, dtype=torch.float16)
+        x = x.contiguous(memory_format=torch.channels_last)
+        e = torch.randn((frames, 2 * channels, 1, 1), device=dev, dtype=torch.float16)
+        scale, shift = e.chunk(2, dim=1) if scale_shift else (None, None)
+
+        def run(kernels, norm=norm, x=x, scale=scale, shift=shift):
+            norm.kernels = kernels
+            return norm.norm(x, scale, shift, silu=True)
+
+        what = "GroupNorm + scale-shift + SiLU" if scale_shift else "GroupNorm + SiLU"
+        rows.append((f"{what} fp16 [{frames}, {channels}, {size}, {size}] channels_last",
+                     lambda run=run: run("triton"), lambda run=run: run("torch"), 2 * x.numel() * x.element_size()))
+    return rows
+
+
+def unet_ms(frames: int, size: int, kernels: str) -> float:
     """Median ms of one batch-`frames` forward of ADM-256 (random weights) as the engine's torch backend
-    runs it: fp16 convolutions (upstream's fp16 mode), channels_last."""
+    runs it: fp16 convolutions (upstream's fp16 mode), channels_last, GroupNorms by `kernels`."""
     from engine.backends import torch_eps
     from engine.unet import ADMConfig, ADMUNet
 
     with torch.device("cuda"):
-        eps = torch_eps(ADMUNet(ADMConfig.preset("adm256_uncond")), precision="fp16", channels_last=True)
+        eps = torch_eps(ADMUNet(ADMConfig.preset("adm256_uncond")), precision="fp16", channels_last=True,
+                        kernels=kernels)
     x = torch.randn((frames, 3, size, size), device="cuda")
     t = torch.full((frames,), 500, device="cuda", dtype=torch.long)
     return bench(lambda: eps(x, t), rep_ms=1000)
@@ -270,15 +297,21 @@ def main(argv=None) -> int:
     for row in kernel_rows(shape, dtype):
         attempt(row[0], lambda row=row: kernel_row(*row))
 
-    unet: list[float] = []                                              # ms of one forward, once measured
-    unet_name = f"UNet forward ADM-256 fp16 convolutions, channels_last, batch {args.frames}"
+    unet: dict[str, float] = {}                                         # ms of one forward by norm kernels
 
-    def unet_row() -> None:
-        unet.append(unet_ms(args.frames, args.size))
-        record(kind="unet", name=unet_name, ms=unet[0])
+    def unet_row(kernels: str, name: str) -> None:
+        unet[kernels] = unet_ms(args.frames, args.size, kernels)
+        plain = unet.get("torch")
+        record(kind="unet", name=name, ms=unet[kernels], torch_ms=plain,
+               speedup=speedup(plain, unet[kernels]) if kernels != "torch" else None)
 
     if not args.no_unet:
-        attempt(unet_name, unet_row)
+        for row in norm_rows(args.frames, args.size):
+            attempt(row[0], lambda row=row: kernel_row(*row))
+        for kernels, norms in (("torch", "torch GroupNorm"), ("triton", "fused Triton GroupNorm")):
+            name = f"UNet forward ADM-256 fp16 convolutions, channels_last, {norms}, batch {args.frames}"
+            attempt(name, lambda kernels=kernels, name=name: unet_row(kernels, name))
+    engine_unet = unet.get("triton", unet.get("torch"))                 # the forward the engine runs on CUDA
 
     def task_row(task: str) -> None:
         try:
@@ -289,7 +322,7 @@ def main(argv=None) -> int:
         for what, ms, torch_ms in measured:
             record(kind="task", task=task, spec=TASKS[task].spec, name=what, ms=ms, torch_ms=torch_ms,
                    speedup=speedup(torch_ms, ms),
-                   unet_fraction=ms / unet[0] if unet and what.startswith("whole") else None)
+                   unet_fraction=ms / engine_unet if engine_unet and what.startswith("whole") else None)
 
     for task in tasks:
         attempt(f"task {task}", lambda task=task: task_row(task))
@@ -314,7 +347,8 @@ def print_table(rows: list[dict], info: dict, copy_gbps: float) -> None:
             print(f"{r['name']:48} {r['ms']:8.4f} {r['gbps']:7.0f} {100 * r['copy_fraction']:5.0f}% "
                   f"{num(r.get('torch_ms'), '9.4f'):>9} {num(r.get('speedup'), '6.1f'):>6}")
         elif r["kind"] == "unet":
-            print(f"{r['name']:48} {r['ms']:8.3f}")
+            print(f"{r['name']:48} {r['ms']:8.3f} {'':7} {'':6} {num(r.get('torch_ms'), '9.3f'):>9} "
+                  f"{num(r.get('speedup'), '6.2f'):>6}")
     print(f"\n{'task':24} {'':44} {'ms':>8} {'torch ms':>9} {'×':>6} {'% UNet':>7}")
     for r in rows:
         if r["kind"] == "task":

@@ -6,7 +6,9 @@
 Runs one step of Algorithm 1 (UNet, Tweedie, CG, update) with the torch backend on meta
 tensors and counts the bytes of every tensor from its creation to its release: the peak
 of live tensors, plus the weights and the Solver's static buffers (measurement, noise for
-all K steps, output). This is what the tensors need; the CUDA caching allocator, cuDNN
+all K steps, output). The UNet's GroupNorms run as plain torch ops here; the fused Triton
+kernel the engine uses on CUDA allocates only its output and a few partial sums, so it
+needs no more. This is what the tensors need; the CUDA caching allocator, cuDNN
 workspaces and the CUDA context add to it, so bench/fps.py's measured peak is the number
 that counts on a GPU. Rows are appended to bench/results/memory.jsonl.
 """

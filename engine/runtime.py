@@ -51,7 +51,7 @@ class SolverConfig:
     noise: str = "shared"            # "shared" (the paper) or "independent" (its ablation)
     backend: str = "torch"           # see engine.backends
     precision: str = "fp32"          # network precision: fp32 | fp16 | bf16
-    kernels: str = "auto"            # operator/step arithmetic: torch | triton | auto (triton on CUDA)
+    kernels: str = "auto"            # operators, steps, UNet norms: torch | triton | auto (triton on CUDA)
     channels_last: bool = False
     device: str = "cpu"
     mask_seed: int = 0               # random inpainting masks
@@ -142,7 +142,7 @@ class Solver:
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device)
         return torch_eps(model, precision=cfg.precision, channels_last=cfg.channels_last,
-                         compile=cfg.backend == "compile")
+                         compile=cfg.backend == "compile", kernels=cfg.operator_backend())
 
     def _loop(self, callback=None) -> Tensor:
         cfg = self.config

@@ -217,12 +217,34 @@ class GroupNorm32(nn.GroupNorm):
     in eager mode a large half input is normalised a few samples at a time: the same
     numbers, with fp32 copies of at most FP32_CHUNK_BYTES instead of two of the whole
     batch (at batch 16 the top decoder level would otherwise hold 4.3 GB of them).
+
+    `kernels` = "triton" (see ADMUNet.use_kernels) runs `norm` as one fused Triton
+    GroupNorm + scale-shift + SiLU (kernels.groupnorm) in eager mode; traces, exports
+    and torch.compile always see the plain ops.
     """
+
+    kernels = "torch"
 
     def __init__(self, channels: int):
         super().__init__(GROUPS, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+    def norm(self, x: torch.Tensor, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
+             silu: bool = False) -> torch.Tensor:
+        """SiLU?(GN(x)·(1 + scale) + shift): x [N, C, H, W]; scale, shift [N, C, 1, 1] in x's dtype."""
+        if self.kernels == "triton" and not _tracing():
+            from kernels.groupnorm import group_norm
+
+            return group_norm(x, self.weight, self.bias, self.num_groups, self.eps,
+                              scale=scale, shift=shift, silu=silu)
+        h = self._group_norm(x)
+        if scale is not None:
+            h = h.mul_(1 + scale).add_(shift)                           # in place on the norm's fresh output
+        return F.silu(h, inplace=True) if silu else h
+
+    def _group_norm(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype not in _HALF_DTYPES:
             return super().forward(x)
         weight, bias = self.weight.float(), self.bias.float()
@@ -281,21 +303,24 @@ class ResBlock(nn.Module):
                                 else nn.Conv2d(channels, out_channels, 1))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """x [N, C_in, H, W], emb [N, E] → [N, C_out, H', W']"""
-        norm, act, conv = self.in_layers
-        h = act(norm(x))
+        """x [N, C_in, H, W], emb [N, E] → [N, C_out, H', W']
+
+        The SiLU modules of in_layers and out_layers keep upstream's layer indices (and so
+        its state_dict keys); the activation itself runs inside GroupNorm32.norm.
+        """
+        in_norm, _, in_conv = self.in_layers
+        h = in_norm.norm(x, silu=True)
         if self.resample is not None:
             h, x = _resample(h, self.resample), _resample(x, self.resample)
-        h = conv(h)
+        h = in_conv(h)
         e = self.emb_layers(emb).to(h.dtype)[:, :, None, None]  # [N, 2·C_out or C_out, 1, 1]
-        out_norm = self.out_layers[0]
+        out_norm, _, dropout, out_conv = self.out_layers
         if self.use_scale_shift_norm:
             scale, shift = e.chunk(2, dim=1)
-            h = out_norm(h).mul_(1 + scale).add_(shift)             # in place on the norm's fresh output
+            h = out_norm.norm(h, scale, shift, silu=True)
         else:
-            h = out_norm(h + e)
-        for layer in self.out_layers[1:]:
-            h = layer(h)
+            h = out_norm.norm(h + e, silu=True)
+        h = out_conv(dropout(h))                                    # frees the norm's output before the skip
         return self.skip_connection(x) + h
 
 
@@ -463,6 +488,16 @@ class ADMUNet(nn.Module):
                     module.to(dtype)
         return self
 
+    def use_kernels(self, kernels: Literal["torch", "triton"]) -> "ADMUNet":
+        """Run every GroupNorm (with the scale-shift and SiLU after it) as plain torch ops or as
+        the fused Triton kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1). Returns self."""
+        if kernels not in ("torch", "triton"):
+            raise ValueError(f"kernels must be 'torch' or 'triton', got {kernels!r}")
+        for module in self.modules():
+            if isinstance(module, GroupNorm32):
+                module.kernels = kernels
+        return self
+
     def num_parameters(self) -> int:
         """Total number of parameter elements."""
         return sum(p.numel() for p in self.parameters())
@@ -488,4 +523,5 @@ class ADMUNet(nn.Module):
         for block in self.output_blocks:
             h = torch.cat([h, hs.pop()], dim=1)                     # the old h is freed before the block runs
             h = block(h, emb)
-        return self.out(h.to(self.out[2].weight.dtype)).to(x.dtype)
+        norm, _, conv = self.out
+        return conv(norm.norm(h.to(conv.weight.dtype), silu=True)).to(x.dtype)

@@ -12,9 +12,11 @@ function with the signature of its torch reference):
 - `mask`: the inpainting mask;
 - `compose`: one-pass AᵀA of a temporal PSF composed with pooling or a mask;
 - `cg`: conjugate gradients with on-device dot products and step sizes;
-- `steps`: Tweedie and the DDIM update, and `TRITON_STEP_KERNELS` for the sampler.
+- `steps`: Tweedie and the DDIM update, and `TRITON_STEP_KERNELS` for the sampler;
+- `groupnorm`: the UNet's GroupNorm with ADM's scale-shift and SiLU fused (two passes;
+  x and y contiguous or channels_last).
 
-Tensors are contiguous [N, C, H, W] in float32, float64, float16 or bfloat16; the
+Tensors are contiguous [N, C, H, W] (channels_last too for `groupnorm`) in float32, float64, float16 or bfloat16; the
 arithmetic runs in float32 (float64 for float64 data). CPU tensors run in Triton's
 interpreter when TRITON_INTERPRET=1 is set before this package is imported.
 """

@@ -18,6 +18,7 @@ the block runs, Triton's launch is replaced for the whole process: use it from o
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import re
 import tempfile
@@ -54,14 +55,19 @@ class Compiled:
 class _CompileOnlyDriver:
     """What Triton asks its driver before compiling: the target, a device key and a stream."""
 
+    sessions = itertools.count()
+
     def __init__(self, arch: int):
         self.target = GPUTarget("cuda", arch, 32)
+        self.session = next(self.sessions)
 
     def get_current_target(self) -> GPUTarget:
         return self.target
 
     def get_current_device(self) -> str:
-        return f"compile-only-sm{self.target.arch}"     # its own cache slot in every JITFunction
+        # A cache slot of its own in every JITFunction, new for each compile_only block: a variant
+        # compiled in an earlier block (the UNet's fp32 head in every dtype's run) compiles again.
+        return f"compile-only-sm{self.target.arch}-{self.session}"
 
     def get_current_stream(self, device=None) -> int:
         return 0

@@ -68,11 +68,16 @@ def check(where: str, *tensors: Tensor, ndim: int | None = None) -> None:
             raise InputError(f"{where}: tensors of 2³¹ elements or more are not supported (int32 offsets)")
     if ndim is not None and first.ndim != ndim:
         raise InputError(f"{where}: expected a {ndim}-d tensor, got shape {tuple(first.shape)}")
-    if first.device.type != "cuda" and INTERPRETER_CLASH:
+    check_runnable(where, first)
+
+
+def check_runnable(where: str, t: Tensor) -> None:
+    """InputError unless Triton can run on t's device: CUDA, or the CPU in a working interpreter."""
+    if t.device.type != "cuda" and INTERPRETER_CLASH:
         raise InputError(f"{where}: {INTERPRETER_CLASH}")
-    if first.device.type != "cuda" and not HOST_TENSORS:
+    if t.device.type != "cuda" and not HOST_TENSORS:
         raise InputError(f"{where}: Triton kernels run on CUDA tensors, or on CPU tensors with TRITON_INTERPRET=1 "
-                         f"set before `kernels` is imported; got a tensor on {first.device}")
+                         f"set before `kernels` is imported; got a tensor on {t.device}")
 
 
 def frame_stride(where: str, t: Tensor, like: Tensor) -> int:

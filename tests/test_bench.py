@@ -33,6 +33,16 @@ def test_every_kernel_row_runs_and_pairs_with_the_same_torch_result():
 
 
 @needs_interpreter
+def test_norm_rows_pair_the_fused_and_upstream_group_norms():
+    rows = kbench.norm_rows(2, 4, dev="cpu")
+    assert len(rows) == 2
+    for name, fast, slow, nbytes in rows:
+        got, want = fast(), slow()
+        assert nbytes == 2 * got.numel() * 2 and got.is_contiguous(memory_format=torch.channels_last), name
+        torch.testing.assert_close(got.float(), want.float(), rtol=2e-3, atol=2e-3, msg=name)
+
+
+@needs_interpreter
 @pytest.mark.parametrize("task", ["temporal-k7-sr4", "temporal-k7-deblur"])
 def test_task_rows_run(monkeypatch, task):
     timed = []
@@ -62,6 +72,25 @@ def test_fps_runs_on_the_cpu(capsys):
         assert {"backend", "device", "frames", "size", "nfe", "cg_iters", "seconds_per_clip", "fps",
                 "speedup_vs_reference", "peak_mem_bytes", "stages"} <= set(r)
         assert r["seconds_per_clip"] > 0 and r["frames"] == 7 and r["nfe"] == 2
+
+
+def test_fps_records_a_failing_backend_and_measures_the_others(monkeypatch, capsys):
+    measure = fps.bench_backend
+
+    def flaky(args, backend, *rest):
+        if backend == "reference":
+            raise RuntimeError("CUDA out of memory (planted)")
+        return measure(args, backend, *rest)
+
+    monkeypatch.setattr(fps, "bench_backend", flaky)
+    code = fps.main(["--preset", "tiny", "--frames", "7", "--nfe", "2", "--cg-iters", "1", "--repeats", "1",
+                     "--backends", "torch", "--json", "--no-save"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert code == 1 and [r["backend"] for r in rows] == ["reference", "torch"]
+    assert rows[0]["kind"] == "error" and "planted" in rows[0]["error"]
+    assert rows[1]["seconds_per_clip"] > 0 and rows[1]["speedup_vs_reference"] is None
+    fps.print_table(rows)                                               # the table names the failure
+    assert "not measured: RuntimeError: CUDA out of memory (planted)" in capsys.readouterr().out
 
 
 def test_live_bytes_counts_creation_to_release():

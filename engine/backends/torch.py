@@ -11,11 +11,13 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 
 
 def torch_eps(model, *, precision: str = "fp32", channels_last: bool = False,
-              compile: bool = False) -> Callable[[Tensor, Tensor], Tensor]:
+              compile: bool = False, kernels: str = "torch") -> Callable[[Tensor, Tensor], Tensor]:
     """ε(x_t [N, 3, H, W], t [N]) → [N, C_out, H, W] in the model's precision.
 
     `model` is an `nn.Module` (the ADM UNet; converted in place to `precision`) or any
     callable ε model, such as the weight-free prior, which runs in its input's dtype.
+    kernels="triton" runs the ADM UNet's GroupNorm + scale-shift + SiLU as one fused
+    Triton kernel (ADMUNet.use_kernels); torch.compile fuses them itself and keeps "torch".
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
@@ -26,6 +28,8 @@ def torch_eps(model, *, precision: str = "fp32", channels_last: bool = False,
     # The ADM UNet converts as upstream's fp16 mode (convolutions only); other modules wholesale.
     model = model.convert_to(dtype) if hasattr(model, "convert_to") else model.to(dtype=dtype)
     model = model.eval().to(memory_format=fmt)
+    if hasattr(model, "use_kernels"):
+        model.use_kernels("torch" if compile else kernels)
     net = torch.compile(model, dynamic=False) if compile else model
 
     @torch.no_grad()

@@ -1,0 +1,198 @@
+"""The fused GroupNorm + scale-shift + SiLU kernel (kernels.groupnorm) and the UNet that uses it.
+
+The reference is written plainly here in float64. On the CPU the kernel runs in Triton's
+interpreter; the `gpu` tests run it at the ADM-256 sizes, outputs poisoned first.
+"""
+
+import math
+
+import pytest
+import torch
+
+from engine.backends import torch_eps
+from engine.errors import InputError
+from engine.unet import ADMConfig, ADMUNet, GroupNorm32
+from kernels.common import INTERPRET
+from kernels.groupnorm import group_norm
+
+DEVICE = "cpu" if INTERPRET else "cuda"
+TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def reference(x, weight, bias, groups, eps=1e-5, scale=None, shift=None, silu=False):
+    """Float64: biased variance over each group's channels and pixels, affine, scale-shift, SiLU."""
+    x = x.double()
+    n, c = x.shape[:2]
+    g = x.reshape(n, groups, -1)
+    mean = g.mean(-1, keepdim=True)
+    var = ((g - mean) ** 2).mean(-1, keepdim=True)
+    y = ((g - mean) / torch.sqrt(var + eps)).reshape(x.shape)
+    y = y * weight.double()[:, None, None] + bias.double()[:, None, None]
+    if scale is not None:
+        y = y * (1 + scale.double().reshape(n, c, 1, 1)) + shift.double().reshape(n, c, 1, 1)
+    return y * torch.sigmoid(y) if silu else y
+
+
+def rel_err(got, ref) -> float:
+    return ((got.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+def inputs(shape, dtype, *, offset=0.0, channels_last=False, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    n, c = shape[:2]
+    x = (3 * torch.randn(shape, generator=gen, dtype=torch.float64) + offset).to(dtype)
+    x = x.to(DEVICE, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    weight, bias = (torch.randn(c, generator=gen).to(DEVICE) for _ in range(2))
+    scale, shift = (0.5 * torch.randn(n, 2 * c, 1, 1, generator=gen, dtype=torch.float64)).to(dtype).to(DEVICE).chunk(2, 1)
+    return x, weight, bias, scale, shift
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape,groups", [((2, 8, 5, 7), 4), ((2, 12, 9, 11), 4), ((1, 6, 1, 1), 3)])
+def test_matches_reference(shape, groups, channels_last, dtype):
+    x, weight, bias, scale, shift = inputs(shape, dtype, channels_last=channels_last)
+    for ss, silu in ((False, False), (True, True), (False, True)):
+        s, t = (scale, shift) if ss else (None, None)
+        y = group_norm(x, weight, bias, groups, 1e-5, scale=s, shift=t, silu=silu)
+        assert y.dtype == x.dtype and y.stride() == x.stride()
+        assert rel_err(y.cpu(), reference(x.cpu(), weight.cpu(), bias.cpu(), groups, 1e-5,
+                                          None if s is None else s.cpu(), None if t is None else t.cpu(),
+                                          silu)) < TOL[dtype]
+
+
+def test_a_large_mean_does_not_cancel():
+    """|μ| = 1000σ: E[x²] − E[x]² in float32 would lose the variance; the shifted sums keep it."""
+    x, weight, bias, _, _ = inputs((2, 64, 16, 16), torch.float32, offset=3000.0)
+    y = group_norm(x, weight, bias, 32, 1e-5)
+    # μ itself rounds to ½ ulp(3000) in float32: about 4e-5 of σ; without the shift σ² loses ~1e-2
+    assert rel_err(y.cpu(), reference(x.cpu(), weight.cpu(), bias.cpu(), 32)) < 1e-4
+
+
+def test_many_programs_per_group_add_up():
+    """More pixels than one tile: several programs per group, their partial sums combined."""
+    x, weight, bias, scale, shift = inputs((1, 32, 64, 97), torch.float32, offset=2.0)
+    y = group_norm(x, weight, bias, 32, 1e-6, scale=scale, shift=shift, silu=True)
+    assert rel_err(y.cpu(), reference(x.cpu(), weight.cpu(), bias.cpu(), 32, 1e-6, scale.cpu(), shift.cpu(),
+                                      True)) < TOL[torch.float32]
+
+
+def test_bad_inputs_get_clear_errors():
+    x, weight, bias, scale, shift = inputs((2, 8, 4, 4), torch.float32)
+    cases = [
+        (dict(x=x[0]), "expected x"),
+        (dict(groups=3), "do not split"),
+        (dict(x=x[:, :, :, ::2]), "contiguous or channels_last"),
+        (dict(x=x.int()), "float32, float64"),
+        (dict(weight=weight[:4]), "weight must be"),
+        (dict(scale=scale), "both scale and shift"),
+        (dict(scale=scale[:1], shift=shift[:1]), "scale must have shape"),
+        (dict(out=torch.empty_like(x).to(memory_format=torch.channels_last)), "out must match"),
+        (dict(out=x), "must not be x"),
+    ]
+    for change, message in cases:
+        args = dict(x=x, weight=weight, bias=bias, groups=4, eps=1e-5) | change
+        with pytest.raises(InputError, match=message):
+            group_norm(**args)
+
+
+def test_groupnorm32_fused_equals_plain():
+    """GroupNorm32.norm with kernels="triton" against its plain torch path, half storage included."""
+    torch.manual_seed(0)
+    norm = GroupNorm32(64).to(DEVICE)
+    with torch.no_grad():
+        norm.weight.add_(torch.randn(64, device=DEVICE))
+        norm.bias.add_(torch.randn(64, device=DEVICE))
+    for dtype in (torch.float32, torch.float16):
+        x, _, _, scale, shift = inputs((2, 64, 6, 6), dtype, channels_last=True, seed=1)
+        plain = norm.norm(x, scale, shift, silu=True)
+        norm.kernels = "triton"
+        fused = norm.norm(x, scale, shift, silu=True)
+        norm.kernels = "torch"
+        assert fused.stride() == plain.stride()
+        assert rel_err(fused.cpu(), plain.double().cpu()) < (2e-6 if dtype == torch.float32 else 4e-3)
+
+
+def micro_model() -> ADMUNet:
+    """Every block type (down/up ResBlocks, skip convs, attention, scale-shift) at 8×8, 25 GroupNorms."""
+    torch.manual_seed(0)
+    cfg = ADMConfig(image_size=8, num_channels=32, num_res_blocks=1, channel_mult=(1, 2),
+                    attention_resolutions=(4,), num_head_channels=16, learn_sigma=True, resblock_updown=True)
+    model = ADMUNet(cfg).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.2 * torch.randn_like(p))
+    return model
+
+
+def test_unet_with_fused_norms_equals_plain_in_float64():
+    model = micro_model()
+    x, t = torch.randn(1, 3, 8, 8, dtype=torch.float64), torch.tensor([500])
+    with torch.no_grad():
+        plain = model(x, t)
+        fused = model.use_kernels("triton")(x, t)
+    assert rel_err(fused, plain.double()) < 1e-12
+    with pytest.raises(ValueError, match="'torch' or 'triton'"):
+        model.use_kernels("cuda")
+
+
+def test_traces_and_exports_see_the_plain_ops(monkeypatch):
+    """The fused kernel is an eager-mode path: while tracing (ONNX, torch.compile) the norm is plain."""
+    import engine.unet as unet
+
+    model = micro_model().use_kernels("triton")
+    monkeypatch.setattr(unet, "_tracing", lambda: True)
+    monkeypatch.setattr("kernels.groupnorm.group_norm", lambda *a, **k: pytest.fail("fused kernel while tracing"))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 8, 8, dtype=torch.float64), torch.tensor([3]))
+
+
+def test_torch_eps_picks_the_norm_kernels():
+    def kernels_of(model):
+        return {m.kernels for m in model.modules() if isinstance(m, GroupNorm32)}
+
+    model = micro_model()
+    torch_eps(model, kernels="triton")
+    assert kernels_of(model) == {"triton"}
+    torch_eps(model)
+    assert kernels_of(model) == {"torch"}
+
+
+# ---------------------------------------------------------------- GPU, at the ADM-256 sizes
+
+def poison_allocator(shape, dtype, memory_format):
+    """Fill and free a block of y's size, so that a fresh y starts as NaN, not as an earlier result."""
+    torch.full(shape, math.nan, dtype=dtype, device="cuda").contiguous(memory_format=memory_format)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(16, 256, 256, 256), (16, 512, 128, 128), (16, 2048, 8, 8)])
+def test_gpu_adm_sizes_every_element_written_and_deterministic(shape, dtype):
+    x, weight, bias, scale, shift = inputs(shape, dtype, channels_last=True, offset=1.0)
+    out = torch.full_like(x, math.nan)
+    y = group_norm(x, weight, bias, 32, 1e-5, scale=scale, shift=shift, silu=True, out=out)
+    assert torch.isfinite(y).all()
+    ref = reference(x, weight, bias, 32, 1e-5, scale, shift, True)
+    assert rel_err(y, ref) < TOL[dtype]
+    assert torch.equal(group_norm(x, weight, bias, 32, 1e-5, scale=scale, shift=shift, silu=True), y)
+
+
+@pytest.mark.gpu
+def test_gpu_adm256_fused_is_as_accurate_as_upstreams_half_path():
+    """ADM-256 in fp16, batch 2: the fused norms' error against fp32 is no worse than upstream's path."""
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = ADMUNet(ADMConfig.preset("adm256_uncond")).eval()
+        x, t = torch.randn(2, 3, 256, 256), torch.tensor([999, 20])
+    with torch.no_grad():
+        ref = model(x, t).double()
+        half = model.convert_to(torch.float16).to(memory_format=torch.channels_last)
+        xh = x.contiguous(memory_format=torch.channels_last)
+        plain = half(xh, t)
+        fused = half.use_kernels("triton")(xh, t)
+    assert torch.isfinite(fused).all()
+    assert rel_err(fused, ref) <= 1.5 * rel_err(plain, ref) + 1e-3
