@@ -10,6 +10,7 @@ import torch
 
 from bench import fps
 from bench import kernels as kbench
+from bench import profile_unet
 from kernels.common import INTERPRET
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -91,6 +92,35 @@ def test_fps_records_a_failing_backend_and_measures_the_others(monkeypatch, caps
     assert rows[1]["seconds_per_clip"] > 0 and rows[1]["speedup_vs_reference"] is None
     fps.print_table(rows)                                               # the table names the failure
     assert "not measured: RuntimeError: CUDA out of memory (planted)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name,kind", [
+    ("sm90_xmma_fprop_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc_tilesize128x256x64", "convolution + matmul"),
+    ("void cudnn::engines_precompiled::nchwToNhwcKernel<__half>", "convolution + matmul"),
+    ("ampere_fp16_s16816gemm_fp16_128x128_ldg8_f2f_stages_32x5_tn", "convolution + matmul"),
+    ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>>", "attention"),
+    ("_gn_apply_kernel", "groupnorm"),
+    ("void at::native::(anonymous namespace)::RowwiseMomentsCUDAKernel<float>(long, float, float const*)", "groupnorm"),
+    ("void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<at::native::"
+     "(anonymous namespace)::GroupNormKernelImplInternal<float, float>", "groupnorm"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::silu_kernel(at::TensorIteratorBase&)", "elementwise"),
+    ("void at::native::(anonymous namespace)::CatArrayBatchedCopy_contig<at::native::(anonymous namespace)::OpaqueType<2u>",
+     "concatenation"),
+    ("void at::native::(anonymous namespace)::upsample_nearest2d_nhwc_out_frame<c10::Half>", "resampling"),
+    ("aten::native_group_norm", "groupnorm"), ("aten::mkldnn_convolution", "convolution + matmul"),
+    ("aten::cat", "concatenation"), ("aten::silu_", "elementwise"), ("aten::randperm", "other"),
+])
+def test_profile_kinds(name, kind):
+    assert profile_unet.kind_of(name) == kind
+
+
+def test_profile_unet_runs_on_the_cpu(capsys):
+    assert profile_unet.main(["--preset", "tiny", "--frames", "1", "--repeats", "1", "--json", "--no-save"]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert row["norms"] == "torch" and row["forward_ms"] > 0
+    assert row["kinds"]["convolution + matmul"] > 0 and row["kinds"]["groupnorm"] > 0
+    assert row["kernel_ms"] == pytest.approx(sum(row["kinds"].values()))
+    assert profile_unet.main(["--norms", "cudnn", "--no-save"]) == 2
 
 
 def test_live_bytes_counts_creation_to_release():
