@@ -16,7 +16,7 @@ Partials rather than atomics: every run gives the same bits.
 x and y are contiguous or channels_last: a tile is [BP pixels, BC channels] at x's strides,
 so either layout reads whole vectors. Two reads of x and one write of y, where upstream's
 half-precision path (x.float(), GroupNorm, .half(), then scale-shift and SiLU each on its
-own) moves about six times the bytes. Reference: engine.unet.GroupNorm32 (kernels="torch").
+own) moves about five times the bytes. Reference: engine.unet.GroupNorm32 (kernels="torch").
 """
 
 from __future__ import annotations
