@@ -40,12 +40,14 @@ def rel_err(got, ref) -> float:
 
 
 def inputs(shape, dtype, *, offset=0.0, channels_last=False, seed=0):
-    gen = torch.Generator().manual_seed(seed)
+    """x [N, C, H, W] ~ 3·N(0, 1) + offset in `dtype`; γ, β [C] in float32; scale, shift [N, C, 1, 1] views."""
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
     n, c = shape[:2]
-    x = (3 * torch.randn(shape, generator=gen, dtype=torch.float64) + offset).to(dtype)
-    x = x.to(DEVICE, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    weight, bias = (torch.randn(c, generator=gen).to(DEVICE) for _ in range(2))
-    scale, shift = (0.5 * torch.randn(n, 2 * c, 1, 1, generator=gen, dtype=torch.float64)).to(dtype).to(DEVICE).chunk(2, 1)
+    x = (3 * torch.randn(shape, generator=gen, device=DEVICE, dtype=torch.float64) + offset).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    weight, bias = (torch.randn(c, generator=gen, device=DEVICE) for _ in range(2))
+    e = 0.5 * torch.randn(n, 2 * c, 1, 1, generator=gen, device=DEVICE, dtype=torch.float64)
+    scale, shift = e.to(dtype).chunk(2, 1)
     return x, weight, bias, scale, shift
 
 
@@ -162,11 +164,6 @@ def test_torch_eps_picks_the_norm_kernels():
 
 
 # ---------------------------------------------------------------- GPU, at the ADM-256 sizes
-
-def poison_allocator(shape, dtype, memory_format):
-    """Fill and free a block of y's size, so that a fresh y starts as NaN, not as an earlier result."""
-    torch.full(shape, math.nan, dtype=dtype, device="cuda").contiguous(memory_format=memory_format)
-
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
