@@ -110,6 +110,17 @@ def as_tensor(y, device: torch.device, dtype: torch.dtype) -> Tensor:
     return t.to(device=device, dtype=dtype)
 
 
+def measure(op, x: Tensor, *, sigma_y: float = 0.0, seed: int = 0) -> Tensor:
+    """y = A x + σ_y·w, w ~ N(0, I) drawn on the CPU from `seed`.  x: op.in_shape, in [0, 1]"""
+    if tuple(x.shape) != tuple(op.in_shape):
+        raise InputError(f"clip has shape {tuple(x.shape)}, the operator takes {tuple(op.in_shape)}")
+    y = op.A(x)
+    if sigma_y > 0:
+        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))
+        y = y + sigma_y * w.to(y.device)
+    return y
+
+
 class Solver:
     """Algorithm 1 for one fixed (model, operator, sizes, settings); see the module docstring."""
 
@@ -164,15 +175,8 @@ class Solver:
         return nullcontext() if self._stream is None else on_stream(self._stream, self.device)
 
     def measure(self, x, *, sigma_y: float = 0.0, seed: int = 0) -> Tensor:
-        """y = A x + σ_y·w, w ~ N(0, I) drawn on the CPU from `seed`.  x: [N, 3, H, W] in [0, 1]"""
-        x = as_tensor(x, self.device, torch.float32)
-        if tuple(x.shape) != tuple(self.op.in_shape):
-            raise InputError(f"clip has shape {tuple(x.shape)}, this solver was built for {tuple(self.op.in_shape)}")
-        y = self.op.A(x)
-        if sigma_y > 0:
-            w = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))
-            y = y + sigma_y * w.to(self.device)
-        return y
+        """y = A x + σ_y·w with this solver's operator (see `measure`).  x: [N, 3, H, W] in [0, 1]"""
+        return measure(self.op, as_tensor(x, self.device, torch.float32), sigma_y=sigma_y, seed=seed)
 
     def solve(self, y, *, seed: int = 0, callback=None) -> Tensor:
         """The restored clip [N, 3, H, W] in [0, 1] on the solver's device, from measurement y."""

@@ -3,11 +3,15 @@
     python -m engine.solve --demo --out demo_out
     python -m engine.solve clip.mp4 --task temporal-k7 --checkpoint 256x256_diffusion_uncond.pt --out out/
     python -m engine.solve blurred.mp4 --degrade temporal:uniform:7 --measured --out out/
+    python -m engine.solve blurred.mp4 --measured --blind --init first.mp4 --out out/
 
 Without --measured, INPUT is the clean clip: it is degraded with the chosen operator,
-restored, and scored. With --measured, INPUT is the measurement itself. Everything is
-written into a temporary folder beside --out and moved into place at the end, so a
-failed run leaves no half-written output.
+restored, and scored. With --measured, INPUT is the measurement itself. With --blind the
+temporal PSF is unknown (the paper's Algorithm 2, engine.blind): it is fitted to a first
+reconstruction (--init, e.g. a deblurring network's output), the clip restored, the PSF
+fitted again to the restoration and the clip restored again. Everything is written into
+a temporary folder beside --out and moved into place at the end, so a failed run leaves
+no half-written output.
 """
 
 from __future__ import annotations
@@ -48,6 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     what.add_argument("--task", choices=sorted(TASKS), help="one of the paper's tasks (sets spec, nfe, eta, cg-iters)")
     what.add_argument("--degrade", metavar="SPEC", help="a degradation spec, e.g. temporal:uniform:7+sr:4")
     p.add_argument("--measured", action="store_true", help="INPUT is the measurement, not the clean clip")
+    p.add_argument("--blind", action="store_true",
+                   help="unknown temporal PSF (Algorithm 2): fit it to --init, restore, refit, restore again; "
+                        "without --measured, --task/--degrade is the temporal blur applied to the clean INPUT")
+    p.add_argument("--init", type=Path, metavar="CLIP",
+                   help="first reconstruction for --blind (e.g. a deblurring network's output): INPUT's frames and size")
     prior = p.add_mutually_exclusive_group()
     prior.add_argument("--checkpoint", type=Path, help="ADM checkpoint (.pt or .safetensors), e.g. 256x256_diffusion_uncond.pt")
     prior.add_argument("--prior", choices=["gaussian"], help="weight-free Gaussian prior (the default without --checkpoint)")
@@ -77,7 +86,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("give either INPUT or --demo")
     if args.demo and args.measured:
         p.error("--demo makes its own clean clip; --measured does not apply")
-    if not args.demo and not (args.task or args.degrade):
+    if args.blind:
+        if args.init is None:
+            p.error("--blind needs --init CLIP: a first reconstruction made without the PSF (the paper uses a "
+                    "deblurring network); one made with an assumed PSF would only return that PSF")
+        if args.demo:
+            p.error("--blind needs a first reconstruction (--init) of a clip you have; --demo makes its own clip")
+        if args.measured and (args.task or args.degrade):
+            p.error("with --blind --measured the PSF is unknown: leave out --task and --degrade")
+    elif args.init is not None:
+        p.error("--init is for --blind")
+    if not args.demo and not (args.task or args.degrade) and not (args.blind and args.measured):
         p.error("give --task or --degrade")
     return args
 
@@ -139,6 +158,8 @@ def run(args) -> Path:
     if out.exists() and not args.overwrite:
         raise InputError(f"{out} exists; pass --overwrite to replace it")
     model, size = load_model(args)
+    if args.blind:
+        return run_blind(args, out, model, size)
     clean, y = read_input(args, size)
     frames = (clean if clean is not None else y).shape[0]
     cfg = solver_config(args, frames, size)
@@ -167,7 +188,54 @@ def run(args) -> Path:
     return out
 
 
-def write_outputs(out: Path, args, clean, y, restored, report) -> None:
+def run_blind(args, out: Path, model, size: int) -> Path:
+    """Algorithm 2 (engine.blind) on INPUT with the first reconstruction --init; returns the output folder."""
+    from engine.blind import blind_deblur
+    from engine.operators import from_spec
+    from engine.runtime import measure
+    from engine.video_io import read_video, validate_video
+
+    clean, y = read_input(args, size)
+    true_psf = None
+    if clean is not None:                                               # a known blur, hidden from the fit
+        true_psf = solver_config(args, clean.shape[0], size).spec
+        if "+" in true_psf or not true_psf.startswith("temporal:"):
+            raise InputError(f"--blind estimates a temporal PSF alone; {true_psf!r} is not one")
+        y = measure(from_spec(true_psf, tuple(clean.shape)), clean, sigma_y=args.sigma_y, seed=args.seed + 1)
+    frames = y.shape[0]
+    if tuple(y.shape[-2:]) != (size, size):
+        raise InputError(f"the measurement has {y.shape[-2]}x{y.shape[-1]} frames; the model restores {size}x{size}")
+    init = validate_video(read_video(args.init, size=None, frames=frames), size=size)
+    options = dict(size=size, nfe=args.nfe or 20, eta=0.15 if args.eta is None else args.eta,
+                   cg_iters=5 if args.cg_iters is None else args.cg_iters,
+                   gamma=args.gamma if args.gamma is not None else (1.0 if args.sigma_y > 0 else None),
+                   noise=args.noise, backend=args.backend, precision=args.dtype, device=args.device)
+    t0 = time.perf_counter()
+    with tqdm(total=2 * options["nfe"], desc="restoring (2 stages)", unit="step", disable=None) as bar:
+        callback = (lambda *_: bar.update()) if args.backend not in ("torch+graph", "tensorrt") else None
+        result = blind_deblur(model, y.to(args.device), init.to(args.device), seed=args.seed, callback=callback,
+                              **options)
+    restored = result.clip.cpu()
+    seconds = time.perf_counter() - t0
+    report = {"settings": {**options, "frames": frames, "size": size}, "input": str(args.input),
+              "first_reconstruction": str(args.init),
+              "prior": str(args.checkpoint) if args.checkpoint else "gaussian (weight-free)",
+              "seconds": seconds, "fps": frames / seconds,
+              "blind": {"psf": result.psf, "true_psf": true_psf, "stages": result.stages}}
+    if clean is not None:
+        report["restored"] = clip_summary(restored, clean)
+        report["baselines"] = {"first reconstruction (--init)": clip_summary(init, clean)}
+        log.info("PSF %s (true %s); PSNR %.2f dB (first reconstruction %.2f dB), %.1f s", result.psf, true_psf,
+                 report["restored"]["psnr_mean"], report["baselines"]["first reconstruction (--init)"]["psnr_mean"],
+                 seconds)
+    else:
+        log.info("PSF %s, %.1f s", result.psf, seconds)
+    write_outputs(out, args, clean, y, restored, report, init=init)
+    log.info("wrote restored.mp4, measurement.mp4, frames/, metrics.json and comparison.png to %s", out)
+    return out
+
+
+def write_outputs(out: Path, args, clean, y, restored, report, *, init=None) -> None:
     """restored.mp4, measurement.mp4, frames/, metrics.json, comparison.png, moved into `out` at once."""
     from engine.video_io import write_frames, write_video
 
@@ -179,7 +247,8 @@ def write_outputs(out: Path, args, clean, y, restored, report) -> None:
         write_video(tmp / "measurement.mp4", y_view, fps=args.fps)
         write_frames(tmp / "frames", restored)
         (tmp / "metrics.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
-        rows = ([("clean", clean)] if clean is not None else []) + [("measured", y_view), ("restored", restored)]
+        rows = ([("clean", clean)] if clean is not None else []) + [("measured", y_view)]
+        rows += ([("first estimate", init)] if init is not None else []) + [("restored", restored)]
         n = restored.shape[0]
         save_png(tmp / "comparison.png", contact_sheet(rows, sorted({0, n // 3, 2 * n // 3, n - 1})))
         if out.exists():

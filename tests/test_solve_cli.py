@@ -113,7 +113,7 @@ def test_help_lists_every_flag(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--task", "--degrade", "--measured", "--checkpoint", "--prior", "--nfe", "--eta", "--cg-iters",
-                 "--sigma-y", "--seed", "--device", "--dtype", "--frames", "--out", "--demo"):
+                 "--sigma-y", "--seed", "--device", "--dtype", "--frames", "--out", "--demo", "--blind", "--init"):
         assert flag in text
 
 
