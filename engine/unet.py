@@ -237,6 +237,8 @@ class GroupNorm32(nn.GroupNorm):
         if self.kernels == "triton" and not _tracing():
             from kernels.groupnorm import group_norm
 
+            if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+                x = x.contiguous()                                      # the kernel's two layouts
             return group_norm(x, self.weight, self.bias, self.num_groups, self.eps,
                               scale=scale, shift=shift, silu=silu)
         h = self._group_norm(x)

@@ -117,6 +117,15 @@ def test_groupnorm32_fused_equals_plain():
         assert rel_err(fused.cpu(), plain.double().cpu()) < (2e-6 if dtype == torch.float32 else 4e-3)
 
 
+def test_groupnorm32_fused_takes_any_layout():
+    """A strided view (neither contiguous nor channels_last) is made contiguous for the kernel."""
+    norm = GroupNorm32(32).to(DEVICE)
+    x = inputs((2, 32, 6, 12), torch.float32)[0][..., ::2]
+    plain = norm.norm(x, silu=True)
+    norm.kernels = "triton"
+    assert rel_err(norm.norm(x, silu=True).cpu(), plain.double().cpu()) < 2e-6
+
+
 def micro_model() -> ADMUNet:
     """Every block type (down/up ResBlocks, skip convs, attention, scale-shift) at 8×8, 25 GroupNorms."""
     torch.manual_seed(0)
