@@ -6,9 +6,10 @@
 Runs one step of Algorithm 1 (UNet, Tweedie, CG, update) with the torch backend on meta
 tensors and counts the bytes of every tensor from its creation to its release: the peak
 of live tensors, plus the weights and the Solver's static buffers (measurement, noise for
-all K steps, output). The UNet's GroupNorms run as plain torch ops here; the fused Triton
-kernel the engine uses on CUDA allocates only its output and a few partial sums, so it
-needs no more. This is what the tensors need; the CUDA caching allocator, cuDNN
+all K steps, output). The UNet's GroupNorms run as on CUDA (`--norms triton`, the fused
+kernel: its launcher allocates its output and partial sums as always, and its two kernel
+launches are skipped, since meta tensors hold nothing to compute) or as upstream's torch
+ops (`--norms torch`). This is what the tensors need; the CUDA caching allocator, cuDNN
 workspaces and the CUDA context add to it, so bench/fps.py's measured peak is the number
 that counts on a GPU. Rows are appended to bench/results/memory.jsonl.
 """
@@ -19,6 +20,7 @@ import argparse
 import json
 import sys
 import weakref
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -67,6 +69,28 @@ class LiveBytes(TorchDispatchMode):
         self.live -= nbytes
 
 
+class _NoLaunch:
+    """Stands in for a @triton.jit kernel: `kernel[grid](*args)` does nothing."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+@contextmanager
+def fused_norms_without_launches():
+    """The fused GroupNorm's launcher runs on meta tensors (its checks and allocations as always),
+    its kernels are not launched."""
+    from kernels import common, groupnorm
+
+    saved = groupnorm._gn_stats_kernel, groupnorm._gn_apply_kernel, common.HOST_TENSORS
+    groupnorm._gn_stats_kernel = groupnorm._gn_apply_kernel = _NoLaunch()
+    common.HOST_TENSORS = True                                          # meta tensors pass the device check
+    try:
+        yield
+    finally:
+        groupnorm._gn_stats_kernel, groupnorm._gn_apply_kernel, common.HOST_TENSORS = saved
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="adm256_uncond", help="ADM config (adm256_uncond, ffhq_dps, tiny)")
@@ -75,17 +99,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--nfe", type=int, default=20, help="K: the noise buffer holds K + 1 images")
     p.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default="fp16")
     p.add_argument("--contiguous", action="store_true", help="NCHW instead of channels_last")
+    p.add_argument("--norms", choices=["triton", "torch"], default="triton",
+                   help="the UNet's GroupNorms: fused Triton kernel (as on CUDA) or upstream's torch ops")
     p.add_argument("--json", action="store_true", help="print one JSON object per frame count")
     p.add_argument("--no-save", action="store_true", help="do not append to bench/results/memory.jsonl")
     return p.parse_args(argv)
 
 
-def step_memory(preset: str, frames: int, task: str, nfe: int, precision: str, channels_last: bool) -> dict:
+def step_memory(preset: str, frames: int, task: str, nfe: int, precision: str, channels_last: bool,
+                norms: str = "triton") -> dict:
     """Bytes of weights, static buffers and the peak of live tensors in one reverse step (meta tensors)."""
     config = ADMConfig.preset(preset)
     with torch.device("meta"):
         model = ADMUNet(config)
-    eps = torch_eps(model, precision=precision, channels_last=channels_last)
+    eps = torch_eps(model, precision=precision, channels_last=channels_last, kernels=norms)
     weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     shape = (frames, 3, config.image_size, config.image_size)
     op = from_spec(TASKS[task].spec, shape, device="meta", dtype=torch.float32)
@@ -94,7 +121,7 @@ def step_memory(preset: str, frames: int, task: str, nfe: int, precision: str, c
     static_bytes = sum(t.numel() * t.element_size() for t in static)
     y, noise = static[0], static[1][:2]
     counter = LiveBytes()
-    with counter:
+    with counter, (fused_norms_without_launches() if norms == "triton" else nullcontext()):
         reverse_process(eps, y, op, noise, ddim_steps(1, TASKS[task].eta), cg_iters=TASKS[task].cg_iters,
                         gamma=None)
     return {"weights_bytes": weights, "static_bytes": static_bytes, "step_peak_bytes": counter.peak,
@@ -112,14 +139,15 @@ def main(argv=None) -> int:
     rows = []
     for frames in frame_counts:
         row = dict(bench="memory", preset=args.preset, frames=frames, task=args.task, nfe=args.nfe,
-                   precision=args.precision, channels_last=not args.contiguous,
-                   **step_memory(args.preset, frames, args.task, args.nfe, args.precision, not args.contiguous),
+                   precision=args.precision, channels_last=not args.contiguous, norms=args.norms,
+                   **step_memory(args.preset, frames, args.task, args.nfe, args.precision, not args.contiguous,
+                                 args.norms),
                    commit=info["commit"], torch=info["torch"], date=info["date"])
         rows.append(row)
         if args.json:
             print(json.dumps(row))
         else:
-            print(f"{args.preset} {args.precision} {frames:3d} frames: weights {row['weights_bytes'] / GB:.2f} GB + "
+            print(f"{args.preset} {args.precision} {args.norms} norms {frames:3d} frames: weights {row['weights_bytes'] / GB:.2f} GB + "
                   f"static buffers {row['static_bytes'] / GB:.2f} GB + step peak {row['step_peak_bytes'] / GB:.2f} GB "
                   f"= {row['total_bytes'] / GB:.2f} GB of tensors")
     if not args.no_save:
