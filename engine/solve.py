@@ -191,48 +191,53 @@ def run(args) -> Path:
 def run_blind(args, out: Path, model, size: int) -> Path:
     """Algorithm 2 (engine.blind) on INPUT with the first reconstruction --init; returns the output folder."""
     from engine.blind import blind_deblur
+
+    clean, y, init, true_psf = blind_inputs(args, size)
+    cfg = solver_config(args, y.shape[0], size)              # the settings; the spec is what the fit finds
+    options = {k: v for k, v in cfg.to_dict().items() if k not in ("spec", "frames")}
+    t0 = time.perf_counter()
+    with tqdm(total=2 * cfg.nfe, desc="restoring (2 stages)", unit="step", disable=None) as bar:
+        callback = (lambda *_: bar.update()) if cfg.backend not in ("torch+graph", "tensorrt") else None
+        result = blind_deblur(model, y.to(cfg.device), init.to(cfg.device), seed=args.seed, callback=callback,
+                              **options)
+    restored, seconds = result.clip.cpu(), time.perf_counter() - t0
+    report = {"settings": {**options, "frames": y.shape[0]}, "input": str(args.input),
+              "first_reconstruction": str(args.init),
+              "prior": str(args.checkpoint) if args.checkpoint else "gaussian (weight-free)",
+              "seconds": seconds, "fps": y.shape[0] / seconds,
+              "blind": {"psf": result.psf, "true_psf": true_psf, "stages": result.stages}}
+    log.info("PSF %s%s, %.1f s", result.psf, f" (true {true_psf})" if true_psf else "", seconds)
+    if clean is not None:
+        report["restored"] = clip_summary(restored, clean)
+        report["baselines"] = {"first reconstruction (--init)": clip_summary(init, clean)}
+        log.info("PSNR %.2f dB (first reconstruction %.2f dB)", report["restored"]["psnr_mean"],
+                 report["baselines"]["first reconstruction (--init)"]["psnr_mean"])
+    write_outputs(out, args, clean, y, restored, report, init=init)
+    log.info("wrote restored.mp4, measurement.mp4, frames/, metrics.json and comparison.png to %s", out)
+    return out
+
+
+def blind_inputs(args, size: int):
+    """(clean clip or None, measurement y, first reconstruction, true PSF spec or None) for --blind.
+
+    A clean INPUT is blurred with --task/--degrade (a temporal PSF, hidden from the fit);
+    a measured one is taken as it is. --init must match y's frames and the model's size.
+    """
     from engine.operators import from_spec
     from engine.runtime import measure
     from engine.video_io import read_video, validate_video
 
     clean, y = read_input(args, size)
     true_psf = None
-    if clean is not None:                                               # a known blur, hidden from the fit
+    if clean is not None:
         true_psf = solver_config(args, clean.shape[0], size).spec
         if "+" in true_psf or not true_psf.startswith("temporal:"):
             raise InputError(f"--blind estimates a temporal PSF alone; {true_psf!r} is not one")
         y = measure(from_spec(true_psf, tuple(clean.shape)), clean, sigma_y=args.sigma_y, seed=args.seed + 1)
-    frames = y.shape[0]
     if tuple(y.shape[-2:]) != (size, size):
         raise InputError(f"the measurement has {y.shape[-2]}x{y.shape[-1]} frames; the model restores {size}x{size}")
-    init = validate_video(read_video(args.init, size=None, frames=frames), size=size)
-    options = dict(size=size, nfe=args.nfe or 20, eta=0.15 if args.eta is None else args.eta,
-                   cg_iters=5 if args.cg_iters is None else args.cg_iters,
-                   gamma=args.gamma if args.gamma is not None else (1.0 if args.sigma_y > 0 else None),
-                   noise=args.noise, backend=args.backend, precision=args.dtype, device=args.device)
-    t0 = time.perf_counter()
-    with tqdm(total=2 * options["nfe"], desc="restoring (2 stages)", unit="step", disable=None) as bar:
-        callback = (lambda *_: bar.update()) if args.backend not in ("torch+graph", "tensorrt") else None
-        result = blind_deblur(model, y.to(args.device), init.to(args.device), seed=args.seed, callback=callback,
-                              **options)
-    restored = result.clip.cpu()
-    seconds = time.perf_counter() - t0
-    report = {"settings": {**options, "frames": frames, "size": size}, "input": str(args.input),
-              "first_reconstruction": str(args.init),
-              "prior": str(args.checkpoint) if args.checkpoint else "gaussian (weight-free)",
-              "seconds": seconds, "fps": frames / seconds,
-              "blind": {"psf": result.psf, "true_psf": true_psf, "stages": result.stages}}
-    if clean is not None:
-        report["restored"] = clip_summary(restored, clean)
-        report["baselines"] = {"first reconstruction (--init)": clip_summary(init, clean)}
-        log.info("PSF %s (true %s); PSNR %.2f dB (first reconstruction %.2f dB), %.1f s", result.psf, true_psf,
-                 report["restored"]["psnr_mean"], report["baselines"]["first reconstruction (--init)"]["psnr_mean"],
-                 seconds)
-    else:
-        log.info("PSF %s, %.1f s", result.psf, seconds)
-    write_outputs(out, args, clean, y, restored, report, init=init)
-    log.info("wrote restored.mp4, measurement.mp4, frames/, metrics.json and comparison.png to %s", out)
-    return out
+    init = validate_video(read_video(args.init, size=None, frames=y.shape[0]), size=size)
+    return clean, y, init, true_psf
 
 
 def write_outputs(out: Path, args, clean, y, restored, report, *, init=None) -> None:

@@ -223,7 +223,7 @@ class GroupNorm32(nn.GroupNorm):
     and torch.compile always see the plain ops.
     """
 
-    kernels = "torch"
+    kernels = "torch"                       # or "triton": set by ADMUNet.use_kernels
 
     def __init__(self, channels: int):
         super().__init__(GROUPS, channels)
