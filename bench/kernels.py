@@ -231,15 +231,16 @@ def norm_rows(frames: int, size: int, dev: str = "cuda") -> list[tuple]:
     return rows
 
 
-def unet_ms(frames: int, size: int, kernels: str) -> float:
+def unet_ms(frames: int, size: int, kernels: str, cudnn_benchmark: bool = False) -> float:
     """Median ms of one batch-`frames` forward of ADM-256 (random weights) as the engine's torch backend
-    runs it: fp16 convolutions (upstream's fp16 mode), channels_last, GroupNorms by `kernels`."""
+    runs it: fp16 convolutions (upstream's fp16 mode), channels_last, GroupNorms by `kernels`, cuDNN's
+    algorithms from its heuristics or timed (`cudnn_benchmark`; the warm-up calls pay the timing)."""
     from engine.backends import torch_eps
     from engine.unet import ADMConfig, ADMUNet
 
     with torch.device("cuda"):
         eps = torch_eps(ADMUNet(ADMConfig.preset("adm256_uncond")), precision="fp16", channels_last=True,
-                        kernels=kernels)
+                        kernels=kernels, cudnn_benchmark=cudnn_benchmark)
     x = torch.randn((frames, 3, size, size), device="cuda")
     t = torch.full((frames,), 500, device="cuda", dtype=torch.long)
     return bench(lambda: eps(x, t), rep_ms=1000)
@@ -297,21 +298,22 @@ def main(argv=None) -> int:
     for row in kernel_rows(shape, dtype):
         attempt(row[0], lambda row=row: kernel_row(*row))
 
-    unet: dict[str, float] = {}                                         # ms of one forward by norm kernels
+    unet: dict[tuple[str, bool], float] = {}                            # ms of one forward by (norms, cuDNN timed)
 
-    def unet_row(kernels: str, name: str) -> None:
-        unet[kernels] = unet_ms(args.frames, args.size, kernels)
-        plain = unet.get("torch")
-        record(kind="unet", name=name, ms=unet[kernels], torch_ms=plain,
-               speedup=speedup(plain, unet[kernels]) if kernels != "torch" else None)
+    def unet_row(kernels: str, tuned: bool, name: str) -> None:
+        unet[kernels, tuned] = unet_ms(args.frames, args.size, kernels, tuned)
+        plain = unet.get(("torch", False))
+        record(kind="unet", name=name, ms=unet[kernels, tuned], torch_ms=plain,
+               speedup=speedup(plain, unet[kernels, tuned]) if (kernels, tuned) != ("torch", False) else None)
 
     if not args.no_unet:
         for row in norm_rows(args.frames, args.size):
             attempt(row[0], lambda row=row: kernel_row(*row))
-        for kernels, norms in (("torch", "torch GroupNorm"), ("triton", "fused Triton GroupNorm")):
-            name = f"UNet forward ADM-256 fp16 convolutions, channels_last, {norms}, batch {args.frames}"
-            attempt(name, lambda kernels=kernels, name=name: unet_row(kernels, name))
-    engine_unet = unet.get("triton", unet.get("torch"))                 # the forward the engine runs on CUDA
+        for kernels, tuned, how in (("torch", False, "torch GroupNorm"), ("triton", False, "fused Triton GroupNorm"),
+                                    ("triton", True, "fused Triton GroupNorm, cudnn.benchmark")):
+            name = f"UNet forward ADM-256 fp16 convolutions, channels_last, {how}, batch {args.frames}"
+            attempt(name, lambda kernels=kernels, tuned=tuned, name=name: unet_row(kernels, tuned, name))
+    engine_unet = unet.get(("triton", False), unet.get(("torch", False)))   # the forward the engine runs on CUDA
 
     def task_row(task: str) -> None:
         try:

@@ -53,6 +53,7 @@ class SolverConfig:
     precision: str = "fp32"          # network precision: fp32 | fp16 | bf16
     kernels: str = "auto"            # operators, steps, UNet norms: torch | triton | auto (triton on CUDA)
     channels_last: bool = False
+    cudnn_benchmark: bool = False    # cuDNN times its convolution algorithms once per shape (engine.backends.torch)
     device: str = "cpu"
     mask_seed: int = 0               # random inpainting masks
 
@@ -153,7 +154,8 @@ class Solver:
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device)
         return torch_eps(model, precision=cfg.precision, channels_last=cfg.channels_last,
-                         compile=cfg.backend == "compile", kernels=cfg.operator_backend())
+                         compile=cfg.backend == "compile", kernels=cfg.operator_backend(),
+                         cudnn_benchmark=cfg.cudnn_benchmark)
 
     def _loop(self, callback=None) -> Tensor:
         cfg = self.config

@@ -74,6 +74,22 @@ def _rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+def test_cudnn_benchmark_is_on_inside_each_call_only():
+    from engine.backends.torch import cudnn_benchmark_mode
+
+    seen = []
+    model = tiny_unet()
+    model.register_forward_pre_hook(lambda *_: seen.append(torch.backends.cudnn.benchmark))
+    before = torch.backends.cudnn.benchmark
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([3, 700])
+    tuned = torch_eps(model, cudnn_benchmark=True)(x, t)
+    assert seen == [True] and torch.backends.cudnn.benchmark == before
+    assert torch.equal(tuned, torch_eps(model)(x, t)) and seen == [True, before]
+    with pytest.raises(RuntimeError), cudnn_benchmark_mode():
+        raise RuntimeError("the flag comes back after an error too")
+    assert torch.backends.cudnn.benchmark == before
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_torch_backend_matches_reference(problem, precision, channels_last):
@@ -96,6 +112,19 @@ def test_compile_backend_matches_reference(problem):
     cfg, y, ref = problem
     solver = Solver(Calibrated(), SolverConfig(**{**cfg.to_dict(), "backend": "compile"}))
     assert _rel(solver.solve(y, seed=11), ref) < CLIP_TOLERANCE["fp32"]
+
+
+@pytest.mark.gpu
+def test_graph_backend_with_timed_cudnn_algorithms_on_gpu():
+    """cudnn_benchmark: the warm-up times the algorithms, the captured graph keeps them; same clip within fp16."""
+    cfg = SolverConfig.from_task("temporal-k7", frames=8, size=32, nfe=3, device="cuda", precision="fp16")
+    clip = camera_clip(frames=8, size=32)
+    eager = Solver(tiny_unet().cuda(), cfg)
+    tuned = Solver(tiny_unet().cuda(), SolverConfig(**{**cfg.to_dict(), "backend": "torch+graph",
+                                                       "cudnn_benchmark": True}))
+    y = eager.measure(clip)
+    a, b = eager.solve(y, seed=4), tuned.solve(y, seed=4)
+    assert _rel(b, a) < 1e-3 and torch.equal(tuned.solve(y, seed=4), b)
 
 
 @pytest.mark.gpu
