@@ -50,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cg-iters", type=int, default=5)
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16" if cuda else "fp32",
                    help="network precision of the fast backends")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="the fast backends let cuDNN time its convolution algorithms (the reference does not)")
     p.add_argument("--backends", default=None,
                    help="comma list from torch,torch+graph,compile,tensorrt (default: all that run here but compile)")
     p.add_argument("--engine", type=Path, help="TensorRT engine file for the tensorrt backend")
@@ -91,6 +93,7 @@ def build_solver(args, backend: str) -> tuple[Solver, float]:
         precision=("fp16" if device.type == "cuda" else "fp32") if reference else args.precision,
         kernels="torch" if reference else "auto",
         channels_last=not reference and device.type == "cuda",
+        cudnn_benchmark=not reference and args.cudnn_benchmark,
     )
     synchronize(device)
     t0 = time.perf_counter()
@@ -153,7 +156,7 @@ def bench_backend(args, backend: str, clip_y: dict, flops: float, peak: float) -
     row = {
         "backend": backend, "device": args.device, "preset": args.preset, "task": args.task,
         "frames": cfg.frames, "size": cfg.size, "nfe": cfg.nfe, "cg_iters": cfg.cg_iters,
-        "precision": cfg.precision, "kernels": cfg.operator_backend(),
+        "precision": cfg.precision, "kernels": cfg.operator_backend(), "cudnn_benchmark": cfg.cudnn_benchmark,
         "seconds_per_clip": per_clip, "seconds_all": seconds, "fps": cfg.frames / per_clip,
         "ms_per_nfe": per_clip / cfg.nfe * 1e3, "build_s": build_s,
         "stages": stages,
@@ -186,6 +189,8 @@ def cold_start(args, backend: str) -> float | None:
            "--precision", args.precision, "--device", args.device]
     if args.engine:
         cmd += ["--engine", str(args.engine)]
+    if args.cudnn_benchmark:
+        cmd.append("--cudnn-benchmark")
     t0 = time.perf_counter()
     try:
         subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=COLD_START_LIMIT_S)

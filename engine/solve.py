@@ -73,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="torch (eager), torch+graph (whole loop as one CUDA graph), compile, tensorrt (needs --engine)")
     p.add_argument("--engine", type=Path, help="TensorRT engine from python -m engine.build (for --backend tensorrt)")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="let cuDNN time its convolution algorithms once per shape (a slower first step)")
     p.add_argument("--frames", type=int,
                    help=f"frames to restore from the start of INPUT (default: up to {DEFAULT_FRAMES}; an explicit "
                         "count must be there)")
@@ -134,6 +136,7 @@ def solver_config(args, frames: int, size: int) -> SolverConfig:
         eta=args.eta if args.eta is not None else (task.eta if task else 0.15),
         cg_iters=args.cg_iters if args.cg_iters is not None else (task.cg_iters if task else 5),
         gamma=gamma, noise=args.noise, backend=args.backend, precision=args.dtype, device=args.device,
+        channels_last=torch.device(args.device).type == "cuda", cudnn_benchmark=args.cudnn_benchmark,
         mask_seed=args.seed,
     )
 

@@ -31,6 +31,13 @@ def test_clean_input_end_to_end(tmp_path, clip_npy):
     assert len(baseline["ssim"]) == 8
 
 
+def test_settings_record_the_cudnn_and_layout_choices(tmp_path, clip_npy):
+    out = tmp_path / "out"
+    assert main([str(clip_npy), "--task", "temporal-k7", *FAST, "--cudnn-benchmark", "--out", str(out)]) == 0
+    settings = json.loads((out / "metrics.json").read_text())["settings"]
+    assert settings["cudnn_benchmark"] is True and settings["channels_last"] is False      # NCHW on the CPU
+
+
 def test_long_input_restores_the_first_default_frames(tmp_path):
     from engine.solve import DEFAULT_FRAMES
 
@@ -113,7 +120,8 @@ def test_help_lists_every_flag(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--task", "--degrade", "--measured", "--checkpoint", "--prior", "--nfe", "--eta", "--cg-iters",
-                 "--sigma-y", "--seed", "--device", "--dtype", "--frames", "--out", "--demo", "--blind", "--init"):
+                 "--sigma-y", "--seed", "--device", "--dtype", "--frames", "--out", "--demo", "--blind", "--init",
+                 "--cudnn-benchmark"):
         assert flag in text
 
 
