@@ -9,7 +9,8 @@ forward with its fused GroupNorm kernels (channels_last, as the fast torch backe
 `kernels.aot.compile_only`: each launch compiles for sm_<arch> (PTX and a cubin, with the
 ptxas inside the triton wheel) and runs nothing. Per kernel variant it prints registers per
 thread, bytes spilled (ptxas's spill stores), shared memory, the theoretical occupancy those
-allow, and the compile time. It fails (exit 1) when a kernel does not compile or spills.
+allow, global loads and stores that move 2–4 elements per instruction against one (in the PTX),
+and the compile time. It fails (exit 1) when a kernel does not compile or spills.
 
 The clips are meta tensors (shapes without data), so any host synchronisation between the
 launches (.item(), bool(tensor), .cpu()) would raise: a run that passes also shows the
@@ -106,12 +107,14 @@ def variant(constants: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'kernel':<24} {'dtype':<5} {'regs':>4} {'spill B':>7} {'smem B':>7} {'occ':>5} {'compile s':>9}  variant"
+    head = (f"{'kernel':<24} {'dtype':<5} {'regs':>4} {'spill B':>7} {'smem B':>7} {'occ':>5} {'ld v/s':>7} "
+            f"{'st v/s':>7} {'compile s':>9}  variant")
     lines = [head, "-" * len(head)]
     for r in rows:
         occ = "-" if r["occupancy"] is None else f"{r['occupancy']:.0%}"
+        loads, stores = f"{r['vector_loads']}/{r['scalar_loads']}", f"{r['vector_stores']}/{r['scalar_stores']}"
         lines.append(f"{r['kernel']:<24} {r['dtype']:<5} {r['registers']:>4} {r['spill_stores']:>7} "
-                     f"{r['shared']:>7} {occ:>5} {r['seconds']:>9.2f}  {r['variant']}")
+                     f"{r['shared']:>7} {occ:>5} {loads:>7} {stores:>7} {r['seconds']:>9.2f}  {r['variant']}")
     return "\n".join(lines)
 
 
@@ -132,7 +135,9 @@ def main(argv=None) -> int:
             rows += [dict(common, kernel=k.name, dtype=name, variant=variant(k.constants), constants=k.constants,
                           num_warps=k.num_warps, registers=k.registers, stack=k.stack,
                           spill_stores=k.spill_stores, spill_loads=k.spill_loads,
-                          shared=k.shared, occupancy=occupancy(k), seconds=k.seconds, ptx_lines=k.ptx_lines)
+                          shared=k.shared, occupancy=occupancy(k), seconds=k.seconds, ptx_lines=k.ptx_lines,
+                          vector_loads=k.vector_loads, scalar_loads=k.scalar_loads,
+                          vector_stores=k.vector_stores, scalar_stores=k.scalar_stores)
                      for k in compiled]
     except InputError as err:
         print(f"bench/compile_check.py: {err}", file=sys.stderr)

@@ -50,6 +50,10 @@ class Compiled:
     shared: int                 # bytes of shared memory per block (Triton's, dynamic)
     seconds: float              # compile time of this variant
     ptx_lines: int
+    vector_loads: int           # global loads of 2 or 4 elements per instruction (ld.global.v2/.v4) in the PTX
+    scalar_loads: int           # global loads of one element
+    vector_stores: int          # the same for stores
+    scalar_stores: int
 
 
 class _CompileOnlyDriver:
@@ -129,9 +133,23 @@ def _environment(**values: str):
 def _describe(fn: JITFunction, kernel, kwargs: dict, arch: int, seconds: float, ptxas_log: str) -> Compiled:
     names = {p.name for p in fn.params if p.is_constexpr}
     constants = {k: (str(v) if not isinstance(v, (int, float, bool)) else v) for k, v in kwargs.items() if k in names}
+    ptx = kernel.asm["ptx"]
     return Compiled(name=fn.fn.__name__, constants=constants, arch=arch, num_warps=kernel.metadata.num_warps,
-                    shared=kernel.metadata.shared, seconds=seconds, ptx_lines=kernel.asm["ptx"].count("\n"),
-                    **ptxas_usage(ptxas_log))
+                    shared=kernel.metadata.shared, seconds=seconds, ptx_lines=ptx.count("\n"),
+                    **ptxas_usage(ptxas_log), **global_accesses(ptx))
+
+
+_GLOBAL = re.compile(r"\b(ld|st)\.global((?:\.[\w:]+)*)")
+
+
+def global_accesses(ptx: str) -> dict[str, int]:
+    """{vector,scalar}_{loads,stores}: global memory instructions in PTX, by whether they move
+    2 or 4 elements at once (`.v2`, `.v4`: up to 16 bytes per thread) or one."""
+    counts = {"vector_loads": 0, "scalar_loads": 0, "vector_stores": 0, "scalar_stores": 0}
+    for op, suffixes in _GLOBAL.findall(ptx):
+        vector = ".v2" in suffixes or ".v4" in suffixes
+        counts[f"{'vector' if vector else 'scalar'}_{'loads' if op == 'ld' else 'stores'}"] += 1
+    return counts
 
 
 _REGISTERS = re.compile(r"Used (\d+) registers")

@@ -45,12 +45,12 @@ def _gn_stats_kernel(
     x_ptr,                  # *T  x [N, C, H, W], contiguous or channels_last
     part_ptr,               # *ACC  partial sums [N·G, S, 2]: Σ d, Σ d², d = x − K
     P,                      # pixels per image, H·W
-    CG,                     # channels per group, C/G
     G,                      # groups per sample
     chunk,                  # pixels per program (a multiple of BP)
     stride_n,               # element strides of x: samples,
     stride_c,               #   channels,
     stride_p,               #   pixels (H and W flattened: stride_h = W·stride_w)
+    CG: tl.constexpr,       # channels per group, C/G (known to the compiler: aligned channels_last vectors)
     S: tl.constexpr,        # programs per group
     BP: tl.constexpr,       # pixels per tile
     BC: tl.constexpr,       # channels per tile, next power of two ≥ C/G
@@ -86,7 +86,6 @@ def _gn_apply_kernel(
     scale_ptr,              # *T  s [N, C] at sample stride ss_stride (read when SCALE_SHIFT)
     shift_ptr,              # *T  t [N, C] at sample stride ss_stride (read when SCALE_SHIFT)
     P,                      # pixels per image, H·W
-    CG,                     # channels per group, C/G
     G,                      # groups per sample
     chunk,                  # pixels per program (a multiple of BP)
     stride_n,               # element strides of x and y: samples,
@@ -94,6 +93,7 @@ def _gn_apply_kernel(
     stride_p,               #   pixels
     ss_stride,              # sample stride of s and t (their channel stride is 1)
     eps,                    # ε
+    CG: tl.constexpr,       # channels per group, C/G
     S: tl.constexpr,        # programs per group
     SP: tl.constexpr,       # next power of two ≥ S
     SCALE_SHIFT: tl.constexpr,  # apply y·(1 + s) + t
@@ -207,10 +207,10 @@ def group_norm(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float,
     acc = ACC[x.dtype]
     partials = torch.empty((n * groups, s, 2), dtype=_PARTIAL_DTYPE[acc], device=x.device)
     grid = (n * groups, s)
-    _gn_stats_kernel[grid](x, partials, pixels, cg, groups, chunk, stride_n, stride_c, stride_p,
-                           S=s, BP=bp, BC=bc, ACC=acc, num_warps=NUM_WARPS)
-    _gn_apply_kernel[grid](x, y, partials, weight, bias, scale, shift, pixels, cg, groups, chunk,
+    _gn_stats_kernel[grid](x, partials, pixels, groups, chunk, stride_n, stride_c, stride_p,
+                           CG=cg, S=s, BP=bp, BC=bc, ACC=acc, num_warps=NUM_WARPS)
+    _gn_apply_kernel[grid](x, y, partials, weight, bias, scale, shift, pixels, groups, chunk,
                            stride_n, stride_c, stride_p, scale.stride(0), float(eps),
-                           S=s, SP=next_pow2(s), SCALE_SHIFT=scale_shift, SILU=bool(silu),
+                           CG=cg, S=s, SP=max(2, next_pow2(s)), SCALE_SHIFT=scale_shift, SILU=bool(silu),
                            BP=bp, BC=bc, ACC=acc, num_warps=NUM_WARPS)
     return y

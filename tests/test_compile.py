@@ -22,6 +22,11 @@ from engine.errors import InputError
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: Kernels that stream whole clips: every variant must use vector loads.
+STREAMING = {"_tweedie_kernel", "_ddim_update_kernel", "_cg_residual_kernel", "_cg_dot_kernel", "_cg_update_kernel",
+             "_mask_kernel", "_frame_mix_kernel"}
+
+
 def jit_kernels() -> set[str]:
     """Names of every `@triton.jit` kernel (`_name_kernel`) defined in kernels/."""
     names = set()
@@ -42,6 +47,10 @@ def test_every_kernel_compiles_for_hopper_without_spills():
     for r in rows:
         assert r["arch"] == 90 and 0 < r["registers"] <= 255 and r["spill_stores"] == r["spill_loads"] == 0, r
         assert 0 < r["occupancy"] <= 1 and r["ptx_lines"] > 0, r
+        if r["kernel"] in STREAMING:                                    # 8- or 16-byte loads per thread
+            assert r["vector_loads"] > 0, r
+    for kernel in ("_gn_stats_kernel", "_gn_apply_kernel"):             # vectors at the large levels (the
+        assert any(r["vector_loads"] for r in rows if r["kernel"] == kernel), kernel   # smallest ones need none)
 
 
 def test_jit_kernels_are_found():
