@@ -271,7 +271,7 @@ def measure_backend(args, backend: str, clip_y: dict, flops: float, peak: float,
         log.warning("backend %s not measured: %s: %s", backend, type(err).__name__, err)
         return {"kind": "error", "backend": backend, "device": args.device, "task": args.task,
                 "frames": args.frames, "nfe": args.nfe, "error": f"{type(err).__name__}: {err}"}
-    ref_s = reference.get("seconds_per_clip") if reference else None
+    ref_s = row["seconds_per_clip"] if backend == REFERENCE else (reference or {}).get("seconds_per_clip")
     row["speedup_vs_reference"] = ref_s / row["seconds_per_clip"] if ref_s else None
     row["unet_flops_per_forward"] = flops
     return row

@@ -68,7 +68,7 @@ def test_fps_runs_on_the_cpu(capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     *rows, cold = rows
     assert cold["kind"] == "cold_start" and cold["backend"] == "torch" and cold["cold_start_s"] > 0
-    assert [r["backend"] for r in rows] == ["reference", "torch"]
+    assert [r["backend"] for r in rows] == ["reference", "torch"] and rows[0]["speedup_vs_reference"] == 1.0
     for r in rows:
         assert {"backend", "device", "frames", "size", "nfe", "cg_iters", "seconds_per_clip", "fps",
                 "speedup_vs_reference", "peak_mem_bytes", "stages"} <= set(r)
