@@ -95,7 +95,7 @@ def _gn_apply_kernel(
     eps,                    # ε
     CG: tl.constexpr,       # channels per group, C/G
     S: tl.constexpr,        # programs per group
-    SP: tl.constexpr,       # next power of two ≥ S
+    SP: tl.constexpr,       # next power of two ≥ max(S, 2) (a one-element reduction spills)
     SCALE_SHIFT: tl.constexpr,  # apply y·(1 + s) + t
     SILU: tl.constexpr,     # apply y·sigmoid(y)
     BP: tl.constexpr,       # pixels per tile
@@ -161,34 +161,12 @@ def group_norm(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float,
     dtype, shape and memory format: `out` if given (same shape, dtype and strides as x,
     not overlapping it), else a new tensor.
     """
-    if x.ndim != 4:
-        raise InputError(f"group_norm: expected x [N, C, H, W], got shape {tuple(x.shape)}")
-    n, c, h, w = x.shape
-    if x.dtype not in ACC:
-        raise InputError(f"group_norm: x must be float32, float64, float16 or bfloat16, got {x.dtype}")
-    if not (isinstance(groups, int) and groups >= 1 and c % groups == 0):
-        raise InputError(f"group_norm: {c} channels do not split into {groups!r} groups")
-    for name, p in (("weight", weight), ("bias", bias)):
-        if p.shape != (c,) or p.dtype not in ACC or p.device != x.device:
-            raise InputError(f"group_norm: {name} must be a float [{c}] tensor on {x.device}, "
-                             f"got {tuple(p.shape)} {p.dtype} on {p.device}")
-    if (scale is None) != (shift is None):
-        raise InputError("group_norm: give both scale and shift, or neither")
-    if x.numel() >= 2**31:
-        raise InputError("group_norm: tensors of 2³¹ elements or more are not supported (int32 offsets)")
-    check_runnable("group_norm", x)
-    stride_n, stride_c, stride_p = _strides(x)
-    if out is None:
-        y = torch.empty_like(x)
-    elif out.shape != x.shape or out.dtype != x.dtype or out.device != x.device or out.stride() != x.stride():
-        raise InputError(f"group_norm: out must match x's shape, dtype, device and strides, got "
-                         f"{tuple(out.shape)} {out.dtype} on {out.device} with strides {out.stride()}")
-    elif out.data_ptr() == x.data_ptr():
-        raise InputError("group_norm: out must not be x (every program of a group reads its first element)")
-    else:
-        y = out
+    _check(x, weight, bias, groups, scale, shift)
+    y = _output(out, x)
     if x.numel() == 0:
         return y
+    n, c, h, w = x.shape
+    stride_n, stride_c, stride_p = _strides(x)
     weight, bias = weight.contiguous(), bias.contiguous()
     scale_shift = scale is not None
     if scale_shift:
@@ -214,3 +192,36 @@ def group_norm(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float,
                            CG=cg, S=s, SP=max(2, next_pow2(s)), SCALE_SHIFT=scale_shift, SILU=bool(silu),
                            BP=bp, BC=bc, ACC=acc, num_warps=NUM_WARPS)
     return y
+
+
+def _check(x: Tensor, weight: Tensor, bias: Tensor, groups: int, scale, shift) -> None:
+    """InputError unless group_norm can take these (scale and shift are checked by _scale_shift)."""
+    if x.ndim != 4:
+        raise InputError(f"group_norm: expected x [N, C, H, W], got shape {tuple(x.shape)}")
+    c = x.shape[1]
+    if x.dtype not in ACC:
+        raise InputError(f"group_norm: x must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    if not (isinstance(groups, int) and groups >= 1 and c % groups == 0):
+        raise InputError(f"group_norm: {c} channels do not split into {groups!r} groups")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p.shape != (c,) or p.dtype not in ACC or p.device != x.device:
+            raise InputError(f"group_norm: {name} must be a float [{c}] tensor on {x.device}, "
+                             f"got {tuple(p.shape)} {p.dtype} on {p.device}")
+    if (scale is None) != (shift is None):
+        raise InputError("group_norm: give both scale and shift, or neither")
+    if x.numel() >= 2**31:
+        raise InputError("group_norm: tensors of 2³¹ elements or more are not supported (int32 offsets)")
+    check_runnable("group_norm", x)
+    _strides(x)
+
+
+def _output(out: Tensor | None, x: Tensor) -> Tensor:
+    """`out` after checking it matches x and is not x, or a new tensor like x."""
+    if out is None:
+        return torch.empty_like(x)
+    if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device or out.stride() != x.stride():
+        raise InputError(f"group_norm: out must match x's shape, dtype, device and strides, got "
+                         f"{tuple(out.shape)} {out.dtype} on {out.device} with strides {out.stride()}")
+    if out.data_ptr() == x.data_ptr():
+        raise InputError("group_norm: out must not be x (every program of a group reads its first element)")
+    return out
