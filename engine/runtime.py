@@ -93,6 +93,13 @@ class SolverConfig:
 
         return "triton" if self.frames <= MAX_FRAMES else "torch"
 
+    def norm_kernels(self) -> str:
+        """How the ADM UNet's GroupNorms run: `kernels`, or for "auto" the fused Triton kernel on CUDA
+        (it has no frame limit) and torch ops elsewhere."""
+        if self.kernels != "auto":
+            return self.kernels
+        return "triton" if torch.device(self.device).type == "cuda" else "torch"
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -154,7 +161,7 @@ class Solver:
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device)
         return torch_eps(model, precision=cfg.precision, channels_last=cfg.channels_last,
-                         compile=cfg.backend == "compile", kernels=cfg.operator_backend(),
+                         compile=cfg.backend == "compile", kernels=cfg.norm_kernels(),
                          cudnn_benchmark=cfg.cudnn_benchmark)
 
     def _loop(self, callback=None) -> Tensor:

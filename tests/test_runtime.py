@@ -86,6 +86,20 @@ def test_operator_backend_auto_picks_what_runs():
     assert pick(device="cpu") == "torch" and pick(device="cpu", kernels="triton") == "triton"
     assert pick(device="cuda") == "triton"                     # no CUDA needed to choose
     assert pick(device="cuda", frames=MAX_FRAMES + 1) == "torch"   # past the Triton temporal kernels' limit
+    norms = SolverConfig.from_task("temporal-k7", device="cuda", frames=MAX_FRAMES + 1).norm_kernels()
+    assert norms == "triton"                                       # the fused GroupNorm has no frame limit
+
+
+def test_the_solver_sets_the_unet_norms_with_its_kernels():
+    from engine.unet import ADMConfig, ADMUNet, GroupNorm32
+
+    def norms(**kw):
+        model = ADMUNet(ADMConfig.preset("tiny"))
+        Solver(model, SolverConfig.from_task("temporal-k7", frames=8, size=32, nfe=2, **kw))
+        return {m.kernels for m in model.modules() if isinstance(m, GroupNorm32)}
+
+    assert norms() == {"torch"} and norms(kernels="triton") == {"triton"}
+    assert norms(kernels="triton", backend="compile") == {"torch"}          # inductor fuses them itself
 
 
 def test_unknown_task():
