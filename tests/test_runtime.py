@@ -90,6 +90,7 @@ def test_operator_backend_auto_picks_what_runs():
     assert norms == "triton"                                       # the fused GroupNorm has no frame limit
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")   # torch.compile's imports
 def test_the_solver_sets_the_unet_norms_with_its_kernels():
     from engine.unet import ADMConfig, ADMUNet, GroupNorm32
 
