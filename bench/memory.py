@@ -147,9 +147,9 @@ def main(argv=None) -> int:
         if args.json:
             print(json.dumps(row))
         else:
-            print(f"{args.preset} {args.precision} {args.norms} norms {frames:3d} frames: weights {row['weights_bytes'] / GB:.2f} GB + "
-                  f"static buffers {row['static_bytes'] / GB:.2f} GB + step peak {row['step_peak_bytes'] / GB:.2f} GB "
-                  f"= {row['total_bytes'] / GB:.2f} GB of tensors")
+            print(f"{args.preset} {args.precision} {args.norms} norms {frames:3d} frames: "
+                  f"weights {row['weights_bytes'] / GB:.2f} GB + static buffers {row['static_bytes'] / GB:.2f} GB "
+                  f"+ step peak {row['step_peak_bytes'] / GB:.2f} GB = {row['total_bytes'] / GB:.2f} GB of tensors")
     if not args.no_save:
         append_jsonl("memory", rows)
     return 0
