@@ -6,12 +6,12 @@
 Runs one step of Algorithm 1 (UNet, Tweedie, CG, update) with the torch backend on meta
 tensors and counts the bytes of every tensor from its creation to its release: the peak
 of live tensors, plus the weights and the Solver's static buffers (measurement, noise for
-all K steps, output). The UNet's GroupNorms run as on CUDA (`--norms triton`, the fused
-kernel: its launcher allocates its output and partial sums as always, and its two kernel
-launches are skipped, since meta tensors hold nothing to compute) or as upstream's torch
-ops (`--norms torch`). This is what the tensors need; the CUDA caching allocator, cuDNN
-workspaces and the CUDA context add to it, so bench/fps.py's measured peak is the number
-that counts on a GPU. Rows are appended to bench/results/memory.jsonl.
+all K steps, output). The UNet's GroupNorms run as on CUDA (`--norms triton`: the fused
+kernel's launcher allocates its output and partial sums as always, and
+`kernels.aot.launch_nothing` skips its launches, since meta tensors hold nothing to
+compute) or as upstream's torch ops (`--norms torch`). This is what the tensors need; the
+CUDA caching allocator, cuDNN workspaces and the CUDA context add to it, so bench/fps.py's
+measured peak is the number that counts on a GPU. Rows are appended to bench/results/memory.jsonl.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import argparse
 import json
 import sys
 import weakref
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -36,6 +36,7 @@ from engine.sampler import reverse_process  # noqa: E402
 from engine.schedule import ddim_steps  # noqa: E402
 from engine.tasks import TASKS  # noqa: E402
 from engine.unet import ADMConfig, ADMUNet  # noqa: E402
+from kernels.aot import launch_nothing  # noqa: E402
 
 GB = 1e9
 
@@ -69,28 +70,6 @@ class LiveBytes(TorchDispatchMode):
         self.live -= nbytes
 
 
-class _NoLaunch:
-    """Stands in for a @triton.jit kernel: `kernel[grid](*args)` does nothing."""
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
-
-
-@contextmanager
-def fused_norms_without_launches():
-    """The fused GroupNorm's launcher runs on meta tensors (its checks and allocations as always),
-    its kernels are not launched."""
-    from kernels import common, groupnorm
-
-    saved = groupnorm._gn_stats_kernel, groupnorm._gn_apply_kernel, common.HOST_TENSORS
-    groupnorm._gn_stats_kernel = groupnorm._gn_apply_kernel = _NoLaunch()
-    common.HOST_TENSORS = True                                          # meta tensors pass the device check
-    try:
-        yield
-    finally:
-        groupnorm._gn_stats_kernel, groupnorm._gn_apply_kernel, common.HOST_TENSORS = saved
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="adm256_uncond", help="ADM config (adm256_uncond, ffhq_dps, tiny)")
@@ -121,7 +100,7 @@ def step_memory(preset: str, frames: int, task: str, nfe: int, precision: str, c
     static_bytes = sum(t.numel() * t.element_size() for t in static)
     y, noise = static[0], static[1][:2]
     counter = LiveBytes()
-    with counter, (fused_norms_without_launches() if norms == "triton" else nullcontext()):
+    with counter, (launch_nothing() if norms == "triton" else nullcontext()):
         reverse_process(eps, y, op, noise, ddim_steps(1, TASKS[task].eta), cg_iters=TASKS[task].cg_iters,
                         gamma=None)
     return {"weights_bytes": weights, "static_bytes": static_bytes, "step_peak_bytes": counter.peak,

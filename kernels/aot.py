@@ -13,6 +13,8 @@ Triton cache for the block so that every variant is really compiled.
 
 Needs the real compiler: TRITON_INTERPRET must be unset when `kernels` is imported. While
 the block runs, Triton's launch is replaced for the whole process: use it from one thread.
+`launch_nothing()` replaces it the same way with nothing at all (compiled or interpreted
+kernels), for counting what launchers allocate.
 """
 
 from __future__ import annotations
@@ -103,16 +105,37 @@ def compile_only(arch: int = 90) -> Iterator[list[Compiled]]:
             compiled.append(_describe(self, kernel, kwargs, arch, time.perf_counter() - start, log.getvalue()))
         return kernel
 
-    host_tensors, previous = common.HOST_TENSORS, driver._active      # None until a GPU driver was asked for
+    previous = driver._active                                           # None until a GPU driver was asked for
     with tempfile.TemporaryDirectory(prefix="triton-aot-") as cache, \
             _environment(TRITON_CACHE_DIR=cache, TRITON_DUMP_PTXAS_LOG="1"):
         driver.set_active(_CompileOnlyDriver(arch))
-        JITFunction.run, common.HOST_TENSORS = compile_instead, True
         try:
-            yield compiled
+            with _launches_replaced(JITFunction, compile_instead):
+                yield compiled
         finally:
-            JITFunction.run, common.HOST_TENSORS = launch, host_tensors
             driver._active = previous
+
+
+@contextmanager
+def launch_nothing() -> Iterator[None]:
+    """Within the block every kernel launch is skipped, compiled or interpreted, and launchers
+    take CPU and meta tensors: their checks and allocations run, their kernels do not
+    (bench/memory.py counts the bytes a step allocates this way). Not for computing."""
+    from kernels import temporal
+
+    with _launches_replaced(type(temporal._frame_mix_kernel), lambda self, *args, **kwargs: None):
+        yield
+
+
+@contextmanager
+def _launches_replaced(kind: type, run) -> Iterator[None]:
+    """`kind.run` (what `kernel[grid](...)` calls) replaced by `run`, and host tensors accepted, in the block."""
+    launch, host_tensors = kind.run, common.HOST_TENSORS
+    kind.run, common.HOST_TENSORS = run, True
+    try:
+        yield
+    finally:
+        kind.run, common.HOST_TENSORS = launch, host_tensors
 
 
 @contextmanager

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine.errors import InputError
 
@@ -66,3 +67,19 @@ def test_compile_only_refuses_the_interpreter():
     with pytest.raises(InputError, match="TRITON_INTERPRET"):
         with compile_only(90):
             pass
+
+
+def test_launch_nothing_runs_the_launchers_but_no_kernel():
+    from kernels import common, groupnorm
+    from kernels.aot import launch_nothing
+
+    kind, before = type(groupnorm._gn_stats_kernel), common.HOST_TENSORS
+    launch = kind.run
+    x = torch.full((1, 32, 2, 2), 7.0)
+    with launch_nothing():
+        y = groupnorm.group_norm(x, torch.ones(32), torch.zeros(32), 32, 1e-5, out=torch.full_like(x, -1.0))
+    assert torch.equal(y, torch.full_like(x, -1.0))                     # allocated and checked, never written
+    assert kind.run is launch and common.HOST_TENSORS == before
+    with pytest.raises(InputError, match="do not split"), launch_nothing():
+        groupnorm.group_norm(x, torch.ones(32), torch.zeros(32), 5, 1e-5)
+    assert kind.run is launch and common.HOST_TENSORS == before
