@@ -2,8 +2,11 @@
 the Fréchet distance against scipy's matrix square root, and the error for every missing file.
 
 The LPIPS and I3D numbers themselves are only as right as the user's weight files; these tests
-check the architecture's wiring, the key layout of the published files, and the formulas.
+check the architecture's wiring, the key layout of the published files, and the formulas. Where the
+lpips package is installed, LPIPS is also checked against it with the same weights.
 """
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -52,6 +55,29 @@ def test_lpips_from_files(tmp_path):
     torch.testing.assert_close(lpips(y, x), d)
     torch.testing.assert_close(lpips(x, x), torch.zeros(2, dtype=torch.float64))
     assert (lpips(x, (x + 0.05).clamp(0, 1)) < d).all()
+
+
+def test_lpips_matches_the_lpips_package(tmp_path):
+    """Against the reference implementation, where it is installed (it needs torchvision, whose
+    PyPI build does not load against the CPU torch of CI): the package's own v0.1 heads, and its
+    randomly initialised AlexNet written out as a torchvision checkpoint."""
+    lpips = pytest.importorskip("lpips")
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    ref = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
+    alexnet = torchvision.models.alexnet(weights=None)
+    for part in (ref.net.slice1, ref.net.slice2, ref.net.slice3, ref.net.slice4, ref.net.slice5):
+        for index, layer in part.named_children():
+            alexnet.features[int(index)].load_state_dict(layer.state_dict())
+    torch.save(alexnet.state_dict(), tmp_path / "alexnet.pth")
+    heads = Path(lpips.__file__).parent / "weights" / "v0.1" / "alex.pth"
+
+    ours = LPIPS.from_files(heads, tmp_path / "alexnet.pth")
+    x = camera_clip("astronaut", frames=3, size=64)
+    y = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
+    with torch.no_grad():
+        expected = ref(x, y, normalize=True).flatten().double()
+    torch.testing.assert_close(ours(x, y), expected, rtol=1e-5, atol=1e-7)
 
 
 def test_lpips_missing_and_wrong_files(tmp_path):
