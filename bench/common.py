@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
+T = TypeVar("T")
+
 RESULTS = Path(__file__).resolve().parent / "results"
+#: Environment variable naming another folder for the result files (bench/device_check.sh: $OUT).
+RESULTS_ENV = "BENCH_RESULTS"
 
 
 def synchronize(device: torch.device) -> None:
@@ -41,6 +47,30 @@ def time_fn(fn: Callable[[], object], device: torch.device, *, repeats: int = 5,
             fn()
             times.append(time.perf_counter() - t0)
     return times
+
+
+def in_new_thread(fn: Callable[[], T]) -> T:
+    """fn() run in a thread of its own; its result, or its exception raised again here.
+
+    cuDNN keeps the plan it chose for each convolution per thread, keyed by shapes, layout and
+    dtype but not by torch.backends.cudnn.benchmark, and looks there before it would time the
+    candidates: a thread that already ran a shape untimed keeps that plan. A new thread starts
+    with none, so a configuration measured in one chooses its plans afresh.
+    """
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as err:  # handed to the caller's thread
+            out["error"] = err
+
+    thread = threading.Thread(target=run, name="bench-fresh-cudnn-plans")
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 def median(xs: list[float]) -> float:
@@ -87,9 +117,10 @@ def cpu_name() -> str:
 
 
 def append_jsonl(name: str, rows: list[dict]) -> Path:
-    """Append result rows to bench/results/<name>.jsonl (never typed in by hand)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.jsonl"
+    """Append result rows to <name>.jsonl in bench/results, or in $BENCH_RESULTS when set (never typed in by hand)."""
+    folder = Path(os.environ.get(RESULTS_ENV) or RESULTS)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.jsonl"
     with path.open("a") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")

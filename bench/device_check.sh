@@ -3,18 +3,20 @@
 # and the end-to-end benchmarks. Everything lands under $OUT (at most 8 files come back):
 #   env.txt        the card, driver and package versions
 #   pytest_gpu.txt the `gpu` test tier (verbose, with the slowest tests)
-#   kernels.txt    bench/kernels.py tables (16 frames, then 64 frames: bandwidth without launch overhead)
+#   kernels.txt    bench/kernels.py (16 frames, then 64 frames: bandwidth without launch overhead)
 #   profile.txt    bench/profile_unet.py: one ADM-256 forward's kernel time by kind, both norm paths
-#   fps.txt        bench/fps.py tables
+#   fps.txt        bench/fps.py: 16 frames 20 NFE, 100 NFE with 4× SR, 32 frames, then the cold start
 #   kernels.jsonl, fps.jsonl, profile.jsonl   the raw rows, to commit under bench/results/ with the card's name
-# Each step has its own time limit and a failing step does not stop the others; the most
-# telling steps come first. The limits add up to 570 s, so the whole script fits one 600 s
-# device call (the lent machine starts with an empty Triton cache: the test step compiles
-# the kernels first).
+# The benchmarks write each row to $OUT the moment it is measured (BENCH_RESULTS) and log its
+# numbers, so a step cut by its time limit, or the whole call cut by the device's, keeps what
+# it measured. Each step has its own limit, a failing step does not stop the others, and the
+# most telling steps come first; the fps steps measure the CUDA-graph backend right after the
+# reference. The limits add up to 555 s, inside one 600 s device call (the lent machine starts
+# with an empty Triton cache: the test step compiles the kernels first).
 set -uo pipefail
 : "${OUT:?set OUT to the folder where results go}"
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 BENCH_RESULTS="$OUT"
 PY=${PYTHON:-python3}
 
 step() {  # step SECONDS LOGFILE CMD...: run one step, append its output and its exit status to LOGFILE
@@ -26,15 +28,14 @@ step() {  # step SECONDS LOGFILE CMD...: run one step, append its output and its
 
 { nvidia-smi; $PY -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__); print(torch.cuda.get_device_name())'; } >"$OUT/env.txt" 2>&1
 
-step 140 "$OUT/pytest_gpu.txt" $PY -m pytest -m gpu -v --durations=10 -p no:cacheprovider tests
-step 90 "$OUT/kernels.txt" $PY bench/kernels.py
-step 25 "$OUT/kernels.txt" $PY bench/kernels.py --frames 64 --tasks "" --no-unet
+FPS=(bench/fps.py --backends torch+graph,torch)
+step 120 "$OUT/pytest_gpu.txt" $PY -m pytest -m gpu -v --durations=10 -p no:cacheprovider tests
+step 80 "$OUT/kernels.txt" $PY bench/kernels.py
+step 75 "$OUT/fps.txt" $PY "${FPS[@]}" --task temporal-k7 --nfe 20 --frames 16 --repeats 3
 step 30 "$OUT/profile.txt" $PY bench/profile_unet.py
-step 85 "$OUT/fps.txt" $PY bench/fps.py --task temporal-k7 --nfe 20 --frames 16 --repeats 3 --cold-start
-step 135 "$OUT/fps.txt" $PY bench/fps.py --task temporal-k7-sr4 --nfe 100 --frames 16 --repeats 1
-step 65 "$OUT/fps.txt" $PY bench/fps.py --task temporal-k7 --nfe 20 --frames 32 --repeats 3
-
-cp bench/results/kernels.jsonl "$OUT/kernels.jsonl" 2>/dev/null
-cp bench/results/fps.jsonl "$OUT/fps.jsonl" 2>/dev/null
-cp bench/results/profile.jsonl "$OUT/profile.jsonl" 2>/dev/null
+step 25 "$OUT/kernels.txt" $PY bench/kernels.py --frames 64 --tasks "" --no-unet
+step 120 "$OUT/fps.txt" $PY "${FPS[@]}" --task temporal-k7-sr4 --nfe 100 --frames 16 --repeats 1
+step 60 "$OUT/fps.txt" $PY "${FPS[@]}" --task temporal-k7 --nfe 20 --frames 32 --repeats 3
+step 45 "$OUT/fps.txt" $PY bench/fps.py --backends torch+graph --task temporal-k7 --nfe 20 --frames 16 --repeats 1 \
+    --cold-start
 exit 0

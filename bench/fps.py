@@ -275,6 +275,10 @@ def measure_backend(args, backend: str, clip_y: dict, flops: float, peak: float,
     ref_s = row["seconds_per_clip"] if backend == REFERENCE else (reference or {}).get("seconds_per_clip")
     row["speedup_vs_reference"] = ref_s / row["seconds_per_clip"] if ref_s else None
     row["unet_flops_per_forward"] = flops
+    log.info("%s: %.3f s per clip, %.2f FPS, UNet %.1f%% of the matmul peak, peak memory %s, speed-up %s", backend,
+             row["seconds_per_clip"], row["fps"], 100 * row["unet_fraction_of_peak"],
+             f"{row['peak_mem_bytes'] / 1e9:.2f} GB" if row["peak_mem_bytes"] else "n/a",
+             f"{row['speedup_vs_reference']:.2f}×" if row["speedup_vs_reference"] else "n/a")
     return row
 
 

@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import append_jsonl, machine  # noqa: E402
+from bench.common import append_jsonl, in_new_thread, machine  # noqa: E402
 from engine.errors import InputError  # noqa: E402
 from engine.operators import from_spec  # noqa: E402
 from engine.operators import blur as torch_blur  # noqa: E402
@@ -234,7 +234,9 @@ def norm_rows(frames: int, size: int, dev: str = "cuda") -> list[tuple]:
 def unet_ms(frames: int, size: int, kernels: str, cudnn_benchmark: bool = False) -> float:
     """Median ms of one batch-`frames` forward of ADM-256 (random weights) as the engine's torch backend
     runs it: fp16 convolutions (upstream's fp16 mode), channels_last, GroupNorms by `kernels`, cuDNN's
-    algorithms from its heuristics or timed (`cudnn_benchmark`; the warm-up calls pay the timing)."""
+    algorithms from its heuristics or timed (`cudnn_benchmark`; the warm-up calls pay the timing).
+    main() runs each configuration in a new thread (bench.common.in_new_thread): cuDNN's plan
+    cache is per thread and blind to the flag, so the timed one would otherwise reuse untimed plans."""
     from engine.backends import torch_eps
     from engine.unet import ADMConfig, ADMUNet
 
@@ -244,6 +246,22 @@ def unet_ms(frames: int, size: int, kernels: str, cudnn_benchmark: bool = False)
     x = torch.randn((frames, 3, size, size), device="cuda")
     t = torch.full((frames,), 500, device="cuda", dtype=torch.long)
     return bench(lambda: eps(x, t), rep_ms=600)
+
+
+def summary(row: dict) -> str:
+    """The measured numbers of a row in one line (the log keeps them if the run is cut short)."""
+    if row["kind"] == "error":
+        return row["error"]
+    parts = [f"{row['ms']:.4g} ms"]
+    if row.get("gbps") is not None:
+        parts.append(f"{row['gbps']:.0f} GB/s ({100 * row['copy_fraction']:.0f}% of copy)")
+    if row.get("torch_ms") is not None:
+        parts.append(f"torch {row['torch_ms']:.4g} ms")
+    if row.get("speedup") is not None:
+        parts.append(f"{row['speedup']:.2f}×")
+    if row.get("unet_fraction") is not None:
+        parts.append(f"{100 * row['unet_fraction']:.2f}% of the UNet forward")
+    return ", ".join(parts)
 
 
 def speedup(torch_ms: float | None, ms: float) -> float | None:
@@ -272,7 +290,7 @@ def main(argv=None) -> int:
         rows.append(dict(common, **row))
         if not args.no_save:
             append_jsonl("kernels", rows[-1:])
-        log.info("%s: %s", row.get("task", row["kind"]), row["name"])
+        log.info("%s: %s: %s", row.get("task", row["kind"]), row["name"], summary(row))
 
     def attempt(name: str, measure: Callable[[], None]) -> None:
         try:
@@ -301,7 +319,7 @@ def main(argv=None) -> int:
     unet: dict[tuple[str, bool], float] = {}                            # ms of one forward by (norms, cuDNN timed)
 
     def unet_row(kernels: str, tuned: bool, name: str) -> None:
-        unet[kernels, tuned] = unet_ms(args.frames, args.size, kernels, tuned)
+        unet[kernels, tuned] = in_new_thread(lambda: unet_ms(args.frames, args.size, kernels, tuned))
         plain = unet.get(("torch", False))
         record(kind="unet", name=name, ms=unet[kernels, tuned], torch_ms=plain,
                speedup=speedup(plain, unet[kernels, tuned]) if (kernels, tuned) != ("torch", False) else None)

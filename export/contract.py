@@ -14,7 +14,9 @@ drop-in ε model for the sampler.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -130,6 +132,28 @@ class ErrorStats:
     def as_dict(self) -> dict:
         return {"batch": self.batch, "max_abs": self.max_abs, "rel_l2": self.rel_l2,
                 "ref_max": self.ref_max, "finite": self.finite}
+
+
+@contextmanager
+def full_fp32() -> Iterator[None]:
+    """TF32 off for cuDNN's convolutions and CUDA's matmuls inside the block, as they were after.
+
+    PyTorch lets cuDNN run fp32 convolutions in TF32 by default (a 10-bit mantissa: about 1e-3
+    relative error on a UNet forward), which would swamp the 1e-4 of the fp32 parity check.
+    """
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = before
+
+
+def reference_eps(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The reference every check compares with: the fp32 model's ε in eval mode, in full fp32."""
+    with torch.no_grad(), full_fp32():
+        return model.eval()(x, t)
 
 
 def error_stats(out: torch.Tensor, ref: torch.Tensor) -> ErrorStats:

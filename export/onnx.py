@@ -36,7 +36,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from export.contract import EXPORT_BATCH, ErrorStats, UNetContract, error_stats
+from export.contract import EXPORT_BATCH, ErrorStats, UNetContract, error_stats, reference_eps
 
 log = logging.getLogger(__name__)
 
@@ -259,22 +259,22 @@ def onnx_parity(path: str | os.PathLike, model: torch.nn.Module, contract: UNetC
                 batches: list[int], *, seed: int = 0) -> list[ErrorStats]:
     """ε from onnxruntime against `model` (fp32) on seeded samples of each batch size.
 
-    Runs on onnxruntime's CUDA provider when it has one and the model is on a GPU, else on the CPU.
+    Runs on onnxruntime's CUDA provider when it has one and the model is on a GPU, else on the CPU;
+    both sides compute in full fp32 (no TF32).
     """
     try:
         import onnxruntime
     except ImportError as err:
         raise ImportError(f"checking the ONNX file needs onnxruntime: {ONNX_HINT}") from err
     device = _device(model)
-    providers = ["CPUExecutionProvider"]
+    providers: list = ["CPUExecutionProvider"]
     if device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
+        providers.insert(0, ("CUDAExecutionProvider", {"use_tf32": "0"}))     # full fp32, as the reference
     session = onnxruntime.InferenceSession(str(path), providers=providers)
     results = []
     for i, n in enumerate(batches):
         x, t = contract.sample(n, seed=seed + i, device=device)
-        with torch.no_grad():
-            ref = model.eval()(x, t)
+        ref = reference_eps(model, x, t)
         feed = dict(zip(contract.input_names, (x.cpu().numpy(), t.cpu().numpy())))
         (out,) = session.run(contract.output_names, feed)
         results.append(error_stats(torch.from_numpy(out), ref))

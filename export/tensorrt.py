@@ -46,7 +46,7 @@ from typing import Callable, Iterator, Mapping, Protocol
 
 import torch
 
-from export.contract import EXPORT_BATCH, T, ErrorStats, UNetContract, error_stats
+from export.contract import EXPORT_BATCH, T, ErrorStats, UNetContract, error_stats, reference_eps
 from export.onnx import onnx_sha256
 
 log = logging.getLogger(__name__)
@@ -518,7 +518,7 @@ def verify_engine(eps: EpsModel, model: torch.nn.Module, contract: UNetContract,
     for i, n in enumerate(sorted({contract.batch, contract.min_batch}, reverse=True)):
         x, t = contract.sample(n, seed=seed + i, device=device)
         with torch.no_grad():
-            stats = error_stats(eps(x, t), model.eval()(x, t))
+            stats = error_stats(eps(x, t), reference_eps(model, x, t))
         log.info("engine vs torch at batch %d: max abs %.2e, relative %.2e (tolerance %.0e)",
                  n, stats.max_abs, stats.rel_l2, tol)
         if not stats.finite:

@@ -11,6 +11,7 @@ import torch
 from bench import fps
 from bench import kernels as kbench
 from bench import profile_unet
+from bench.common import append_jsonl, in_new_thread
 from kernels.common import INTERPRET
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,6 +74,31 @@ def test_fps_runs_on_the_cpu(capsys):
         assert {"backend", "device", "frames", "size", "nfe", "cg_iters", "seconds_per_clip", "fps",
                 "speedup_vs_reference", "peak_mem_bytes", "stages"} <= set(r)
         assert r["seconds_per_clip"] > 0 and r["frames"] == 7 and r["nfe"] == 2
+
+
+def test_in_new_thread_returns_or_raises_from_another_thread():
+    import threading
+
+    assert in_new_thread(lambda: threading.current_thread() is not threading.main_thread())
+    with pytest.raises(ValueError, match="planted"):
+        in_new_thread(lambda: int("planted"))
+
+
+def test_kernel_rows_log_their_numbers():
+    row = dict(kind="kernel", ms=0.0125, gbps=2012.4, copy_fraction=0.81, torch_ms=0.05, speedup=4.0)
+    assert kbench.summary(row) == "0.0125 ms, 2012 GB/s (81% of copy), torch 0.05 ms, 4.00×"
+    step = dict(kind="task", ms=0.5, torch_ms=3.0, speedup=6.0, unet_fraction=0.004)
+    assert kbench.summary(step) == "0.5 ms, torch 3 ms, 6.00×, 0.40% of the UNet forward"
+    assert kbench.summary(dict(kind="error", error="RuntimeError: boom")) == "RuntimeError: boom"
+
+
+def test_results_go_where_bench_results_points(monkeypatch, tmp_path):
+    """bench/device_check.sh points BENCH_RESULTS at $OUT: each row lands there as it is measured."""
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "out"))
+    path = append_jsonl("fps", [{"backend": "torch"}])
+    append_jsonl("fps", [{"backend": "torch+graph"}])
+    assert path == tmp_path / "out" / "fps.jsonl"
+    assert [json.loads(line)["backend"] for line in path.read_text().splitlines()] == ["torch", "torch+graph"]
 
 
 def test_fps_records_a_failing_backend_and_measures_the_others(monkeypatch, capsys):

@@ -14,7 +14,7 @@ import torch
 
 from engine.build import EXIT_ERROR, EXIT_STOPPED, engine_blockers, main, parse_args, parse_batches
 from engine.unet import ADMConfig, ADMUNet
-from export.contract import BATCH_AXIS, UNetContract, error_stats
+from export.contract import BATCH_AXIS, UNetContract, error_stats, full_fp32, reference_eps
 from export.onnx import (FALLBACK_OPSET, NATIVE_GROUPNORM_OPSET, PARITY_TOLERANCE, ExportError, check_parity,
                          export_onnx, native_check, onnx_parity, onnx_sha256, op_counts)
 
@@ -164,6 +164,26 @@ def test_fp16_export_keeps_fp32_interface_and_groupnorm(tiny, contract, tmp_path
     results = onnx_parity(exported.path, tiny, contract, [1, 3])
     check_parity(results, "fp16")
     assert 1e-5 < max(r.rel_l2 for r in results) < PARITY_TOLERANCE["fp16"]
+
+
+def test_the_reference_runs_in_full_fp32_and_restores_the_flags():
+    """TF32 (PyTorch's default for cuDNN convolutions) would swamp the fp32 parity tolerance on a GPU."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = cudnn.allow_tf32, matmul.allow_tf32
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x, t):
+            seen.append((cudnn.allow_tf32, matmul.allow_tf32, torch.is_grad_enabled(), self.training))
+            return 2 * x
+
+    probe = Probe().train()
+    x = torch.ones(2, 3, 4, 4)
+    assert torch.equal(reference_eps(probe, x, torch.zeros(2)), 2 * x)
+    assert seen == [(False, False, False, False)] and (cudnn.allow_tf32, matmul.allow_tf32) == before
+    with pytest.raises(RuntimeError), full_fp32():
+        raise RuntimeError("the flags come back after an error too")
+    assert (cudnn.allow_tf32, matmul.allow_tf32) == before
 
 
 def test_check_parity_refuses_large_or_non_finite_error():

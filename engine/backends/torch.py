@@ -20,7 +20,8 @@ def torch_eps(model, *, precision: str = "fp32", channels_last: bool = False, co
     kernels="triton" runs the ADM UNet's GroupNorm + scale-shift + SiLU as one fused
     Triton kernel (ADMUNet.use_kernels); torch.compile fuses them itself and keeps "torch".
     cudnn_benchmark: each call runs with cuDNN choosing every convolution's algorithm by
-    timing the candidates, once per shape (the first call is slower; see `cudnn_benchmark`).
+    timing the candidates, once per shape (the first call is slower; see `cudnn_benchmark_mode`).
+    fp32 convolutions on CUDA follow torch.backends.cudnn.allow_tf32 (PyTorch's default: TF32).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
@@ -54,6 +55,9 @@ def cudnn_benchmark_mode() -> Iterator[None]:
     fastest: worth it for the fixed shapes of a Solver (its warm-up pays the timing; a
     captured graph keeps the chosen kernels). The flag is process-wide: a thread running
     convolutions meanwhile may see it too, which changes its speed, not its results' meaning.
+    cuDNN keeps its chosen plans per thread, keyed by shape, layout and dtype but not by this
+    flag: a shape the calling thread already ran untimed keeps its untimed plan. Build a tuned
+    Solver before other work of the same shapes, or in a thread of its own.
     """
     before = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = True
