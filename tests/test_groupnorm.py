@@ -12,6 +12,7 @@ import torch
 from engine.backends import torch_eps
 from engine.errors import InputError
 from engine.unet import ADMConfig, ADMUNet, GroupNorm32
+from export.contract import full_fp32
 from kernels.common import INTERPRET
 from kernels.groupnorm import group_norm
 
@@ -194,8 +195,9 @@ def test_gpu_adm256_fused_is_as_accurate_as_upstreams_half_path():
     with torch.device("cuda"):
         model = ADMUNet(ADMConfig.preset("adm256_uncond")).eval()
         x, t = torch.randn(2, 3, 256, 256), torch.tensor([999, 20])
-    with torch.no_grad():
+    with torch.no_grad(), full_fp32():                                 # no TF32 in the reference
         ref = model(x, t).double()
+    with torch.no_grad():
         half = model.convert_to(torch.float16).to(memory_format=torch.channels_last)
         xh = x.contiguous(memory_format=torch.channels_last)
         plain = half(xh, t)

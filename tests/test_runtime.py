@@ -120,3 +120,15 @@ def test_graph_replay_equals_eager_on_gpu(clip, kernels):
     a, b = eager.solve(y, seed=5), graph.solve(y, seed=5)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     assert torch.equal(graph.solve(y, seed=5), b)
+
+
+@pytest.mark.gpu
+def test_cupy_input_reaches_the_solver_without_a_copy(clip):
+    cupy = pytest.importorskip("cupy")
+    from engine.runtime import as_tensor
+
+    solver = Solver(GaussianPrior(), SolverConfig.from_task("temporal-k7", frames=8, size=24, nfe=4, device="cuda"))
+    y = solver.measure(clip).to("cuda", torch.float32).contiguous()
+    y_cupy = cupy.from_dlpack(y)
+    assert as_tensor(y_cupy, solver.device, torch.float32).data_ptr() == y_cupy.data.ptr
+    assert torch.equal(solver.solve(y_cupy, seed=3), solver.solve(y, seed=3))
