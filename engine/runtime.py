@@ -28,6 +28,7 @@ import torch
 from engine.backends import BACKENDS, GRAPH_BACKENDS, PRECISIONS, torch_eps
 from engine.errors import InputError
 from engine.operators import from_spec
+from engine.operators.common import resolve_backend
 from engine.sampler import NOISE_MODES, check_measurement, draw_noise, reverse_process, step_kernels
 from engine.schedule import ddim_steps
 from engine.streams import on_stream
@@ -84,21 +85,14 @@ class SolverConfig:
         return (self.frames, 3, self.size, self.size)
 
     def operator_backend(self) -> str:
-        """`kernels`, or for "auto": Triton on CUDA within its temporal kernels' frame limit, else torch."""
-        if self.kernels != "auto":
-            return self.kernels
-        if torch.device(self.device).type != "cuda":
-            return "torch"
-        from kernels.temporal import MAX_FRAMES
-
-        return "triton" if self.frames <= MAX_FRAMES else "torch"
+        """`kernels`, or for "auto": Triton on CUDA (installed, within its temporal kernels' frame limit),
+        else torch (engine.operators.common.resolve_backend)."""
+        return resolve_backend(self.kernels, self.device, self.frames)
 
     def norm_kernels(self) -> str:
         """How the ADM UNet's GroupNorms run: `kernels`, or for "auto" the fused Triton kernel on CUDA
-        (it has no frame limit) and torch ops elsewhere."""
-        if self.kernels != "auto":
-            return self.kernels
-        return "triton" if torch.device(self.device).type == "cuda" else "torch"
+        when Triton is installed (it has no frame limit) and torch ops elsewhere."""
+        return resolve_backend(self.kernels, self.device, frames=1)   # the norm has no frame limit
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -73,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="torch (eager), torch+graph (whole loop as one CUDA graph), compile, tensorrt (needs --engine)")
     p.add_argument("--engine", type=Path, help="TensorRT engine from python -m engine.build (for --backend tensorrt)")
+    p.add_argument("--kernels", choices=["auto", "torch", "triton"], default="auto",
+                   help="operators, step updates and UNet norms: Triton kernels or torch ops (auto: Triton on CUDA)")
     p.add_argument("--cudnn-benchmark", action="store_true",
                    help="let cuDNN time its convolution algorithms once per shape (a slower first step)")
     p.add_argument("--frames", type=int,
@@ -135,7 +137,8 @@ def solver_config(args, frames: int, size: int) -> SolverConfig:
         nfe=args.nfe or (task.nfe if task else 20),
         eta=args.eta if args.eta is not None else (task.eta if task else 0.15),
         cg_iters=args.cg_iters if args.cg_iters is not None else (task.cg_iters if task else 5),
-        gamma=gamma, noise=args.noise, backend=args.backend, precision=args.dtype, device=args.device,
+        gamma=gamma, noise=args.noise, backend=args.backend, precision=args.dtype, kernels=args.kernels,
+        device=args.device,
         channels_last=torch.device(args.device).type == "cuda", cudnn_benchmark=args.cudnn_benchmark,
         mask_seed=args.seed,
     )

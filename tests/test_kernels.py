@@ -338,7 +338,7 @@ def test_gpu_steps_every_element_written(dtype):
                                   "temporal:uniform:7+inpaint:0.5"])
 def test_gpu_cg_matches_torch_and_captures_in_a_cuda_graph(spec):
     op = from_spec(spec, PAPER, device="cuda", dtype=torch.float32, backend="triton")
-    ref = from_spec(spec, PAPER, device="cuda", dtype=torch.float64)
+    ref = from_spec(spec, PAPER, device="cuda", dtype=torch.float64, backend="torch")
     y = ref.A(rand(PAPER, 24, torch.float64, "cuda")).float()
     x_hat = rand(PAPER, 25, torch.float32, "cuda")
     out = cg.data_consistency(op, y, x_hat, 5)

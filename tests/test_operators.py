@@ -338,3 +338,20 @@ def test_bad_masks_shapes_and_backends(tmp_path):
         from_spec("temporal:uniform:3", SHAPE, backend="cuda")
     with pytest.raises(InputError, match="accepted: torch, triton"):
         TemporalPSF.uniform(SHAPE, 3, backend="cuda")
+
+
+def test_auto_backend_is_triton_on_cuda_and_torch_elsewhere(monkeypatch):
+    """from_spec's default: what runs where the operator lives (choosing needs no GPU)."""
+    from engine.operators import common
+    from kernels.temporal import MAX_FRAMES
+
+    assert from_spec("temporal:uniform:3", SHAPE).backend == "torch"
+    assert from_spec("temporal:uniform:3", SHAPE, device="meta").backend == "torch"
+    assert common.resolve_backend("auto", "cuda", SHAPE[0]) == "triton"
+    assert common.resolve_backend("auto", torch.device("cuda:1"), MAX_FRAMES + 1) == "torch"   # past its limit
+    assert common.resolve_backend("torch", "cuda", SHAPE[0]) == "torch"
+
+    monkeypatch.setattr(common, "triton_installed", lambda: False)
+    assert common.resolve_backend("auto", "cuda", SHAPE[0]) == "torch"
+    with pytest.raises(InputError, match="needs the triton package"):
+        from_spec("temporal:uniform:3", SHAPE, backend="triton")

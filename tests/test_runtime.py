@@ -90,6 +90,16 @@ def test_operator_backend_auto_picks_what_runs():
     assert norms == "triton"                                       # the fused GroupNorm has no frame limit
 
 
+def test_auto_kernels_without_triton_run_torch_and_triton_is_refused(monkeypatch):
+    from engine.operators import common
+
+    monkeypatch.setattr(common, "triton_installed", lambda: False)
+    cfg = SolverConfig.from_task("temporal-k7", device="cuda")
+    assert cfg.operator_backend() == cfg.norm_kernels() == "torch"
+    with pytest.raises(InputError, match="needs the triton package"):
+        SolverConfig.from_task("temporal-k7", kernels="triton").operator_backend()
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")   # torch.compile's imports
 def test_the_solver_sets_the_unet_norms_with_its_kernels():
     from engine.unet import ADMConfig, ADMUNet, GroupNorm32

@@ -36,6 +36,20 @@ def test_settings_record_the_cudnn_and_layout_choices(tmp_path, clip_npy):
     assert main([str(clip_npy), "--task", "temporal-k7", *FAST, "--cudnn-benchmark", "--out", str(out)]) == 0
     settings = json.loads((out / "metrics.json").read_text())["settings"]
     assert settings["cudnn_benchmark"] is True and settings["channels_last"] is False      # NCHW on the CPU
+    assert settings["kernels"] == "auto"
+
+
+def test_triton_kernels_restore_what_torch_ops_do(tmp_path, clip_npy):
+    """--kernels triton (in the interpreter on the CPU) against torch ops, on a task with a null space."""
+    psnr = {}
+    for kernels in ("torch", "triton"):
+        out = tmp_path / kernels
+        assert main([str(clip_npy), "--degrade", "temporal:uniform:3+sr:4", *FAST, "--kernels", kernels,
+                     "--out", str(out)]) == 0
+        report = json.loads((out / "metrics.json").read_text())
+        assert report["settings"]["kernels"] == kernels
+        psnr[kernels] = report["restored"]["psnr_mean"]
+    assert psnr["triton"] == pytest.approx(psnr["torch"], abs=1e-3) and psnr["torch"] < 60
 
 
 def test_long_input_restores_the_first_default_frames(tmp_path):

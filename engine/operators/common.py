@@ -3,17 +3,26 @@
 Each operator file keeps a table `BACKENDS = {"torch": Arithmetic(forward, adjoint, normal), "triton": ...}`
 of pure functions with the same signatures; the operator picks its row once, in its
 constructor, with `pick_backend`. The Triton rows are `lazy`: `kernels` (and Triton) is
-imported on their first call, so `import engine.operators` stays cheap.
+imported on their first call, so `import engine.operators` stays cheap. `resolve_backend`
+turns "auto" into the row that runs where the operator lives.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.util
+import logging
 from typing import Callable, Mapping, NamedTuple
 
 import torch
 
 from engine.errors import InputError
+
+log = logging.getLogger(__name__)
+
+#: The backend that picks itself (`resolve_backend`).
+AUTO = "auto"
 
 
 class Arithmetic(NamedTuple):
@@ -38,6 +47,33 @@ def pick_backend(table: Mapping[str, Arithmetic], backend: str, operator: str) -
     if backend not in table:
         raise InputError(f"{operator}: unknown backend {backend!r}; accepted: {', '.join(sorted(table))}")
     return table[backend]
+
+
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def resolve_backend(backend: str, device, frames: int) -> str:
+    """The arithmetic for clips of `frames` frames on `device`: "auto" is Triton on CUDA when Triton
+    is installed and the frames fit its temporal kernels (kernels.temporal.MAX_FRAMES), else torch.
+    Asking for "triton" without the package is an InputError that says how to get it."""
+    if backend == "triton" and not triton_installed():
+        raise InputError("the triton backend needs the triton package (pip install triton; Linux only)")
+    if backend != AUTO:
+        return backend
+    if device is None or torch.device(device).type != "cuda":
+        return "torch"
+    if not triton_installed():
+        _warn_no_triton()
+        return "torch"
+    from kernels.temporal import MAX_FRAMES
+
+    return "triton" if frames <= MAX_FRAMES else "torch"
+
+
+@functools.cache
+def _warn_no_triton() -> None:
+    log.warning("Triton is not installed: the operators and step updates run as torch ops (slower on a GPU)")
 
 
 class Constants:

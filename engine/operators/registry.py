@@ -19,6 +19,7 @@ from engine.errors import InputError
 from engine.operators import blur, inpaint, sr, temporal
 from engine.operators.base import LinearOperator
 from engine.operators.blur import SpatialBlur
+from engine.operators.common import AUTO, resolve_backend
 from engine.operators.compose import Composition
 from engine.operators.inpaint import Inpainting
 from engine.operators.sr import SuperResolution
@@ -138,18 +139,20 @@ def _video_shape(shape) -> tuple[int, int, int, int]:
 
 
 def from_spec(spec: str, shape, *, seed: int = 0, device=None, dtype: torch.dtype | None = None,
-              backend: str = "torch") -> LinearOperator:
+              backend: str = AUTO) -> LinearOperator:
     """The operator of `spec` for clean videos of `shape` [N, C, H, W].
 
     `seed` draws random inpainting masks (unless a term names its own); `device` and
     `dtype` are where the constants are placed first (any input is still accepted);
-    `backend` picks every operator's arithmetic (accepted: BACKENDS, "torch" and "triton").
+    `backend` picks every operator's arithmetic: BACKENDS ("torch", "triton") or "auto",
+    Triton on CUDA and torch elsewhere (engine.operators.common.resolve_backend).
     """
-    if backend not in BACKENDS:
-        raise InputError(f"unknown operator backend {backend!r}; accepted: {', '.join(BACKENDS)}")
+    if backend not in (*BACKENDS, AUTO):
+        raise InputError(f"unknown operator backend {backend!r}; accepted: {', '.join((*BACKENDS, AUTO))}")
     if not isinstance(spec, str) or not spec.strip():
         raise InputError(f"empty degradation spec; {accepted_specs()}")
     shape = _video_shape(shape)
+    backend = resolve_backend(backend, device, shape[0])
     ops = []
     for term in spec.split("+"):
         name, _, args = term.strip().partition(":")
