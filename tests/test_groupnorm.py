@@ -18,6 +18,9 @@ from kernels.groupnorm import group_norm
 
 DEVICE = "cpu" if INTERPRET else "cuda"
 TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+# At the ADM sizes the interpreter's exact arithmetic already reaches 9.5e-7 in fp32 (16, 2048, 8, 8);
+# a GPU adds its approximate exp and division and another summation order.
+GPU_TOL = {**TOL, torch.float32: 4e-6}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -184,7 +187,7 @@ def test_gpu_adm_sizes_every_element_written_and_deterministic(shape, dtype):
     y = group_norm(x, weight, bias, 32, 1e-5, scale=scale, shift=shift, silu=True, out=out)
     assert torch.isfinite(y).all()
     ref = reference(x, weight, bias, 32, 1e-5, scale, shift, True)
-    assert rel_err(y, ref) < TOL[dtype]
+    assert rel_err(y, ref) < GPU_TOL[dtype]
     assert torch.equal(group_norm(x, weight, bias, 32, 1e-5, scale=scale, shift=shift, silu=True), y)
 
 
