@@ -11,8 +11,9 @@
 # numbers, so a step cut by its time limit, or the whole call cut by the device's, keeps what
 # it measured. Each step has its own limit, a failing step does not stop the others, and the
 # most telling steps come first; the fps steps measure the CUDA-graph backend right after the
-# reference (only it, past the headline 16-frame run). The limits add up to 555 s, inside one 600 s device call (the lent machine starts
-# with an empty Triton cache: the test step compiles the kernels first).
+# reference (only it, past the headline 16-frame run). The limits add up to 555 s, inside one
+# 600 s device call (the lent machine starts with an empty Triton cache: the test step
+# compiles the kernels first).
 set -uo pipefail
 : "${OUT:?set OUT to the folder where results go}"
 cd "$(dirname "$0")/.."
