@@ -27,8 +27,9 @@ import torch
 
 from engine.backends import BACKENDS, GRAPH_BACKENDS, PRECISIONS, torch_eps
 from engine.errors import InputError
+from engine.operators import BACKENDS as OPERATOR_BACKENDS
 from engine.operators import from_spec
-from engine.operators.common import resolve_backend
+from engine.operators.common import AUTO, resolve_backend
 from engine.sampler import NOISE_MODES, check_measurement, draw_noise, reverse_process, step_kernels
 from engine.schedule import ddim_steps
 from engine.streams import on_stream
@@ -65,7 +66,7 @@ class SolverConfig:
             raise InputError(f"unknown precision {self.precision!r}; accepted: {', '.join(PRECISIONS)}")
         if self.noise not in NOISE_MODES:
             raise InputError(f"noise must be one of {NOISE_MODES}, got {self.noise!r}")
-        if self.kernels not in ("torch", "triton", "auto"):
+        if self.kernels not in (*OPERATOR_BACKENDS, AUTO):
             raise InputError(f"kernels must be torch, triton or auto, got {self.kernels!r}")
         if self.frames < 1 or self.size < 1 or self.cg_iters < 0 or not 1 <= self.nfe <= 1000:
             raise InputError(f"bad sizes: frames={self.frames}, size={self.size}, nfe={self.nfe}, "
@@ -135,7 +136,7 @@ class Solver:
                             dtype=torch.float32, backend=config.operator_backend())
         self.steps = ddim_steps(config.nfe, config.eta)
         self.eps_model = eps_model or self._make_eps(model)
-        self.kernels = step_kernels(config.operator_backend())
+        self.kernels = step_kernels(self.op.backend)
         self._lock = threading.Lock()
         b = 1 if config.noise == "shared" else config.frames
         self._E = torch.zeros((config.nfe + 1, b, *config.shape[1:]), device=self.device)  # E_b, all steps

@@ -138,7 +138,7 @@ def test_cupy_input_reaches_the_solver_without_a_copy(clip):
     from engine.runtime import as_tensor
 
     solver = Solver(GaussianPrior(), SolverConfig.from_task("temporal-k7", frames=8, size=24, nfe=4, device="cuda"))
-    y = solver.measure(clip).to("cuda", torch.float32).contiguous()
+    y = solver.measure(clip)                                             # on the GPU, float32
     y_cupy = cupy.from_dlpack(y)
     assert as_tensor(y_cupy, solver.device, torch.float32).data_ptr() == y_cupy.data.ptr
     assert torch.equal(solver.solve(y_cupy, seed=3), solver.solve(y, seed=3))
