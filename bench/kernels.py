@@ -106,7 +106,8 @@ def kernel_rows(shape, dtype, dev: str = "cuda") -> list[tuple]:
     part_dot = torch.empty((2, cg.GMAX), device=dev, dtype=acc)
     part = torch.zeros((2, cg.GMAX), device=dev, dtype=acc)            # γ = 0: the timed updates keep x, r, p, s
     state = torch.ones((2, 2), device=dev, dtype=acc)
-    floor = torch.zeros(1, device=dev, dtype=acc)
+    bb = torch.zeros(cg.GMAX, device=dev, dtype=acc)                   # ⟨b, b⟩ = 0: no rounding floor
+    bb_res = torch.empty(cg.GMAX, device=dev, dtype=acc)
     noise = clip()[:1].contiguous()
     step = ddim_steps(20, 0.15)[3]
     x64 = lambda v: v.float() if dtype in (torch.float16, torch.bfloat16) else v.double()  # noqa: E731  (engine.cg)
@@ -121,9 +122,13 @@ def kernel_rows(shape, dtype, dev: str = "cuda") -> list[tuple]:
         beta = (torch.sum(x64(rt) * x64(rt)) / rs).to(dtype)
         return rt + beta * p
 
+    def torch_residual():                                               # engine.cg's setup, b = Aᵀy (= x here)
+        torch.sum(x64(x) * x64(x))                                      # ⟨b, b⟩ for the rounding floor
+        return x - q
+
     def triton_cg_vectors():                                            # the dot pass, then the update pass
         cg.cg_dot(r, q, part_dot)
-        cg.cg_update(x, x, r, p, s, q, part, cg.GMAX, state[1], state[0], floor, None, False)
+        cg.cg_update(x, x, r, p, s, q, part, cg.GMAX, state[1], state[0], bb, None, False)
 
     return [
         ("temporal A (k=7, circular)", lambda: temporal.frame_mix(x, k7, temporal.FORWARD, "circular", out=out),
@@ -153,10 +158,11 @@ def kernel_rows(shape, dtype, dev: str = "cuda") -> list[tuple]:
         ("temporal+mask AᵀA fused (k=7)", lambda: compose.temporal_mask_normal(x, k7, a7, "circular", keep),
          lambda: torch_temporal.temporal_conv_adjoint(
              keep * torch_temporal.temporal_conv(x, k7, "circular"), k7, "circular"), 2 * S),
-        ("CG residual r₀ = c(Aᵀy − AᵀA x̂)", lambda: cg.cg_residual(x, q, 1.0, out=out), lambda: x - q, 3 * S),
+        ("CG residual r₀ = c(Aᵀy − AᵀA x̂), ⟨b, b⟩", lambda: cg.cg_residual(x, q, 1.0, bb_res, out=out)[0],
+         torch_residual, 3 * S),
         ("CG dot ⟨r,r⟩, ⟨r,q⟩", lambda: cg.cg_dot(r, q, part_dot),
          lambda: (torch.sum(x64(r) * x64(r)), torch.sum(x64(r) * x64(q))), 2 * S),
-        ("CG update x, r, p, s", lambda: cg.cg_update(x, x, r, p, s, q, part, cg.GMAX, state[1], state[0], floor, None,
+        ("CG update x, r, p, s", lambda: cg.cg_update(x, x, r, p, s, q, part, cg.GMAX, state[1], state[0], bb, None,
                                                              False), None, 9 * S),
         ("CG vector work of one iteration (dot + update)", triton_cg_vectors, torch_cg_vectors, 11 * S),
         ("Tweedie", lambda: steps.tweedie_step(x, q, step.sqrt_ab, step.sqrt_1m_ab, out=out),

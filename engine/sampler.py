@@ -54,6 +54,11 @@ def ddim_update(xbar: Tensor, noise: Tensor, eps: Tensor, s: DDIMStep) -> Tensor
     return s.sqrt_ab_next * to_model(xbar) + s.c1 * noise + s.c2 * eps
 
 
+def take_eps(out: Tensor, dtype: torch.dtype) -> Tensor:
+    """ε from the network's output [N, 3 or 6, H, W]: its first 3 channels, in the step's dtype."""
+    return out[:, :3].to(dtype)
+
+
 def to_data(x: Tensor) -> Tensor:
     """[−1, 1] → [0, 1]."""
     return (x + 1) / 2
@@ -68,6 +73,7 @@ def to_model(x: Tensor) -> Tensor:
 class StepKernels:
     """The non-network arithmetic of one step; the Triton backend swaps in fused kernels."""
 
+    take_eps: Callable = take_eps
     tweedie: Callable = tweedie
     ddim_update: Callable = ddim_update
     data_consistency: Callable = data_consistency
@@ -138,7 +144,7 @@ def reverse_process(
     x = E[0].expand(op.in_shape).clone()                                    # batch-consistent init
     for k, s in enumerate(steps):
         t = torch.full((n,), s.t, dtype=torch.long, device=y.device)
-        eps = eps_model(x, t)[:, :3].to(y.dtype)                            # ε_θ(X, t)
+        eps = kern.take_eps(eps_model(x, t), y.dtype)                       # ε_θ(X, t)
         x0 = kern.tweedie(x, eps, s)                                        # X̂ (in [0, 1])
         if callback is not None:
             callback(k, s.t, x0)

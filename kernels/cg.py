@@ -9,6 +9,7 @@ on M x = b from x₀ = x̂ in the [0, 1] range, with
 — in the Chronopoulos–Gear form of CG (the same iterates in exact arithmetic), whose one
 reduction phase per iteration lets an iteration run in three passes over the clip:
 
+    r₀ = c₁ (Aᵀy − AᵀA x̂),  ⟨b, b⟩                  setup: AᵀA x̂, then pass `_cg_residual_kernel`
     q = AᵀA r,  w = M r = c₀ r + c₁ q               the operator (one pass for the fused ones)
     γᵢ = ⟨r, r⟩,  δᵢ = ⟨w, r⟩                       pass `_cg_dot_kernel`: partial sums per program
     βᵢ = γᵢ / γᵢ₋₁,  αᵢ = γᵢ / (δᵢ − βᵢ γᵢ / αᵢ₋₁)   (β₀ = 0, α₀ = γ₀ / δ₀)
@@ -41,19 +42,31 @@ DOT_BLOCK, DOT_WARPS = 2048, 8
 
 @triton.jit
 def _cg_residual_kernel(
-    b_ptr,                  # *T  Aᵀy  [numel]
-    q_ptr,                  # *T  AᵀA x̂  [numel]
-    r_ptr,                  # *T  output r₀ = c·(Aᵀy − AᵀA x̂)  [numel]
+    aty_ptr,                # *T    Aᵀy  [numel]
+    q_ptr,                  # *T    AᵀA x̂  [numel]
+    x_ptr,                  # *T    x̂  [numel] (read when REG)
+    r_ptr,                  # *T    output r₀ = c·(Aᵀy − AᵀA x̂)  [numel]
+    bb_ptr,                 # *ACC  output partial sums [GMAX]: ⟨b, b⟩ of each program
     numel,                  # elements of the clip
     c_hi, c_lo,             # c = 1 (noiseless) or γ, as fp32 hi + lo
-    BLOCK: tl.constexpr,    # elements per program
+    REG: tl.constexpr,      # regularised system: b = x̂ + γ Aᵀy (else b = Aᵀy)
+    BLOCK: tl.constexpr,    # elements per program and step
     ACC: tl.constexpr,      # compute dtype
 ):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < numel
-    b = tl.load(b_ptr + offs, mask=ok, other=0).to(ACC)
-    q = tl.load(q_ptr + offs, mask=ok, other=0).to(ACC)
-    tl.store(r_ptr + offs, (scalar(c_hi, c_lo, ACC) * (b - q)).to(r_ptr.dtype.element_ty), mask=ok)
+    pid = tl.program_id(0)
+    c = scalar(c_hi, c_lo, ACC)
+    bb = tl.zeros([BLOCK], dtype=ACC)
+    for start in range(pid * BLOCK, numel, tl.num_programs(0) * BLOCK):     # grid-stride loop
+        offs = start + tl.arange(0, BLOCK)
+        ok = offs < numel
+        aty = tl.load(aty_ptr + offs, mask=ok, other=0).to(ACC)
+        q = tl.load(q_ptr + offs, mask=ok, other=0).to(ACC)
+        tl.store(r_ptr + offs, (c * (aty - q)).to(r_ptr.dtype.element_ty), mask=ok)
+        b = aty
+        if REG:
+            b = tl.load(x_ptr + offs, mask=ok, other=0).to(ACC) + c * aty
+        bb += b * b
+    tl.store(bb_ptr + pid, tl.sum(bb, axis=0))
 
 
 @triton.jit
@@ -91,9 +104,10 @@ def _cg_update_kernel(
     part_ptr,               # *ACC  this iteration's partial sums [2, GMAX]
     state_ptr,              # *ACC  output (αᵢ, γᵢ) of this iteration [2]
     prev_ptr,               # *ACC  (αᵢ₋₁, γᵢ₋₁) of the previous iteration [2] (unless FIRST)
-    floor_ptr,              # *ACC  ε²·⟨b, b⟩ [1]: once ⟨r, r⟩ ≤ this the system is solved to rounding, α = 0
+    bb_ptr,                 # *ACC  partial sums [GMAX] of ⟨b, b⟩ from the residual pass
     numel,                  # elements of the clip
-    G,                      # programs of the dot pass (valid partials per row)
+    G,                      # programs of the residual and dot passes (valid partials per row)
+    eps2,                   # ε² of the data dtype: once ⟨r, r⟩ ≤ ε²·⟨b, b⟩ the system is solved to rounding, α = 0
     c1_hi, c1_lo,           # c₁ = 1 (noiseless) or γ, as fp32 hi + lo
     REG: tl.constexpr,      # regularised system (c₀ = 1) or not (c₀ = 0)
     FIRST: tl.constexpr,    # first iteration: β = 0, p and s not read
@@ -116,7 +130,8 @@ def _cg_update_kernel(
         alpha_prev = tl.load(prev_ptr)
         beta = safe_div(gamma, tl.load(prev_ptr + 1))
         den = delta - safe_div(beta * gamma, alpha_prev)
-    alpha = tl.where(gamma > tl.load(floor_ptr), safe_div(gamma, den), 0)
+    floor = tl.cast(eps2, ACC) * tl.sum(tl.load(bb_ptr + lanes, mask=lanes < G, other=0), axis=0)
+    alpha = tl.where(gamma > floor, safe_div(gamma, den), 0)
     if tl.program_id(0) == 0:
         tl.store(state_ptr, alpha)
         tl.store(state_ptr + 1, gamma)
@@ -140,15 +155,29 @@ def _cg_update_kernel(
     tl.store(x_out_ptr + offs, (x + alpha * p).to(x_out_ptr.dtype.element_ty), mask=ok)
 
 
-def cg_residual(aty: Tensor, q: Tensor, c: float, *, out: Tensor | None = None) -> Tensor:
-    """Launch `_cg_residual_kernel`: r₀ = c·(Aᵀy − AᵀA x̂).  aty, q: [*] contiguous, one dtype → [*]"""
-    check("cg", aty, q)
-    if aty.shape != q.shape:
+def cg_residual(aty: Tensor, q: Tensor, c: float, bb: Tensor, *, x_hat: Tensor | None = None,
+                out: Tensor | None = None) -> tuple[Tensor, int]:
+    """Launch `_cg_residual_kernel`: r₀ = c·(Aᵀy − AᵀA x̂), and partial sums of ⟨b, b⟩ into bb [GMAX].
+
+    aty, q: [*] contiguous, one dtype; x_hat given: the regularised system, b = x̂ + c·Aᵀy (else b = Aᵀy).
+    Returns r₀ [*] and the number of programs (valid entries of bb, the same as `cg_dot`'s).
+    """
+    check("cg", aty, q, *([] if x_hat is None else [x_hat]))
+    if aty.shape != q.shape or (x_hat is not None and x_hat.shape != aty.shape):
         raise InputError(f"cg: Aᵀy has shape {tuple(aty.shape)}, AᵀA x̂ {tuple(q.shape)}")
+    if bb.shape != (GMAX,) or not bb.is_contiguous():
+        raise InputError(f"cg: partials [{GMAX}] expected, got {tuple(bb.shape)}")
     out = output("cg", out, aty.shape, aty)
-    _cg_residual_kernel[(triton.cdiv(aty.numel(), BLOCK),)](aty, q, out, aty.numel(), *split(c), BLOCK=BLOCK,
-                                                           ACC=ACC[aty.dtype], num_warps=NUM_WARPS)
-    return out
+    programs = _programs(aty)
+    _cg_residual_kernel[(programs,)](aty, q, aty if x_hat is None else x_hat, out, bb, aty.numel(), *split(c),
+                                     REG=x_hat is not None, BLOCK=DOT_BLOCK, ACC=ACC[aty.dtype],
+                                     num_warps=DOT_WARPS)
+    return out, programs
+
+
+def _programs(t: Tensor) -> int:
+    """Programs of the reducing passes over t: one per DOT_BLOCK elements, at most GMAX."""
+    return min(GMAX, triton.cdiv(t.numel(), DOT_BLOCK))
 
 
 def cg_dot(r: Tensor, q: Tensor, part: Tensor) -> int:
@@ -160,27 +189,28 @@ def cg_dot(r: Tensor, q: Tensor, part: Tensor) -> int:
     if r.shape != q.shape or part.shape != (2, GMAX) or not part.is_contiguous():
         raise InputError(f"cg: r {tuple(r.shape)}, q {tuple(q.shape)} and partials [2, {GMAX}] expected, "
                          f"got {tuple(part.shape)}")
-    programs = min(GMAX, triton.cdiv(r.numel(), DOT_BLOCK))
+    programs = _programs(r)
     _cg_dot_kernel[(programs,)](r, q, part, r.numel(), GMAX=GMAX, BLOCK=DOT_BLOCK, ACC=ACC[r.dtype],
                                 num_warps=DOT_WARPS)
     return programs
 
 
 def cg_update(x_in: Tensor, x_out: Tensor, r: Tensor, p: Tensor, s: Tensor, q: Tensor, part: Tensor,
-              programs: int, state: Tensor, prev: Tensor | None, floor: Tensor, gamma: float | None,
+              programs: int, state: Tensor, prev: Tensor | None, bb: Tensor, gamma: float | None,
               last: bool) -> None:
     """Launch `_cg_update_kernel`: one Chronopoulos–Gear update of x, r, p, s in place.
 
     x_in, x_out, r, p, s, q: one shape, contiguous; part [2, GMAX] from `cg_dot` with `programs`
     valid columns; state [2] receives (αᵢ, γᵢ); prev is the previous iteration's state (None at the first);
-    floor [1]: the ⟨r, r⟩ at or below which α is 0 (engine.cg's rounding floor).
+    bb [GMAX]: ⟨b, b⟩'s partial sums from `cg_residual`, ε²·⟨b, b⟩ being the ⟨r, r⟩ at or below which
+    α is 0 (engine.cg's rounding floor, ε of r's dtype).
     """
     check("cg", x_in, x_out, r, p, s, q)
     if not (x_in.shape == x_out.shape == r.shape == p.shape == s.shape == q.shape):
         raise InputError("cg: x, r, p, s and AᵀA r must share one shape")
     _cg_update_kernel[(triton.cdiv(r.numel(), BLOCK),)](
-        x_in, x_out, r, p, s, q, part, state, state if prev is None else prev, floor, r.numel(), programs,
-        *split(1.0 if gamma is None else gamma), REG=gamma is not None, FIRST=prev is None, LAST=last,
+        x_in, x_out, r, p, s, q, part, state, state if prev is None else prev, bb, r.numel(), programs,
+        torch.finfo(r.dtype).eps ** 2, *split(1.0 if gamma is None else gamma), REG=gamma is not None, FIRST=prev is None, LAST=last,
         GMAX=GMAX, BLOCK=BLOCK, ACC=ACC[r.dtype], num_warps=NUM_WARPS)
 
 
@@ -190,22 +220,23 @@ def data_consistency(op, y: Tensor, x_hat: Tensor, iters: int, gamma: float | No
 
     gamma=None solves AᵀA x = Aᵀ y; a float γ solves (I + γ AᵀA) x = x̂ + γ Aᵀ y.
     x_hat: [N, C, H, W], y: op.out_shape; `aty` = Aᵀy when the caller has it already.
-    Three passes per iteration plus AᵀA's own beyond one.
+    The setup is AᵀA x̂ and one residual pass (which also sums ⟨b, b⟩ for the rounding floor); each
+    iteration is three passes plus AᵀA's own beyond one. Nothing else runs over the clip.
     """
     x_hat = x_hat.contiguous()
     if iters == 0:
         return x_hat.clone()
     aty = (op.A_adjoint(y) if aty is None else aty).contiguous()
-    r = cg_residual(aty, op.A_adjoint_A(x_hat).contiguous(), 1.0 if gamma is None else float(gamma))
-    x, p, s = torch.empty_like(x_hat), torch.empty_like(x_hat), torch.empty_like(x_hat)
     acc = torch.float64 if x_hat.dtype == torch.float64 else torch.float32
-    b = aty if gamma is None else x_hat + gamma * aty
-    floor = (torch.finfo(x_hat.dtype).eps ** 2 * b.to(acc).square().sum()).reshape(1)
+    bb = torch.empty((GMAX,), dtype=acc, device=x_hat.device)
     part = torch.empty((iters, 2, GMAX), dtype=acc, device=x_hat.device)
     state = torch.empty((iters, 2), dtype=acc, device=x_hat.device)
+    r, programs = cg_residual(aty, op.A_adjoint_A(x_hat).contiguous(), 1.0 if gamma is None else float(gamma), bb,
+                              x_hat=None if gamma is None else x_hat)
+    x, p, s = torch.empty_like(x_hat), torch.empty_like(x_hat), torch.empty_like(x_hat)
     for i in range(iters):
         q = op.A_adjoint_A(r).contiguous()
-        programs = cg_dot(r, q, part[i])
+        cg_dot(r, q, part[i])
         cg_update(x_hat if i == 0 else x, x, r, p, s, q, part[i], programs, state[i],
-                  None if i == 0 else state[i - 1], floor, gamma, last=i == iters - 1)
+                  None if i == 0 else state[i - 1], bb, gamma, last=i == iters - 1)
     return x

@@ -81,11 +81,14 @@ def check_runnable(where: str, t: Tensor) -> None:
 
 
 def frame_stride(where: str, t: Tensor, like: Tensor) -> int:
-    """Stride between frames of t [N, ...], shaped like `like`, whose frames t[n] must each be contiguous
-    (a channel slice of a larger output is); InputError otherwise."""
+    """Stride between frames of t [N, ...], shaped like `like` and on its device, in any dtype the kernels
+    take (they convert as they load), whose frames t[n] must each be contiguous (a channel slice of a
+    larger output is); InputError otherwise."""
     if t.shape != like.shape:
         raise InputError(f"{where}: shapes {tuple(t.shape)} and {tuple(like.shape)} differ")
-    check(where, like, t[0])
+    if t.device != like.device:
+        raise InputError(f"{where}: tensors on {t.device} and {like.device}")
+    check(where, t[0])
     return t.stride(0)
 
 

@@ -4,8 +4,8 @@
     update:   X_next = √ᾱ_next·(2·X̄₀₁ − 1) + c1·E_b + c2·ε          (E_b [1 or N, 3, H, W], broadcast over frames)
 
 References: engine.sampler.tweedie and engine.sampler.ddim_update (same signatures). ε may
-be the first 3 channels of a 6-channel (learned-σ) output without a copy: only each frame
-must be contiguous. The step's coefficients are Python floats, passed as fp32 hi + lo so
+be the first 3 channels of a 6-channel (learned-σ) output, in the network's dtype, without a
+copy: only each frame must be contiguous, and the kernels convert it as they load. The step's coefficients are Python floats, passed as fp32 hi + lo so
 that float64 data gets them to float64 accuracy.
 """
 
@@ -28,7 +28,7 @@ Tensor = torch.Tensor
 @triton.jit
 def _tweedie_kernel(
     x_ptr,                  # *T  X, model range  [N, P]
-    eps_ptr,                # *T  ε  [N, P] with frame stride eps_stride
+    eps_ptr,                # *E  ε  [N, P] with frame stride eps_stride, E the network's dtype
     out_ptr,                # *T  X̂ in [0, 1]  [N, P]
     P,                      # elements per frame, 3·H·W
     eps_stride,             # frame stride of ε (≥ P: a channel slice of the network's output)
@@ -50,7 +50,7 @@ def _tweedie_kernel(
 def _ddim_update_kernel(
     xbar_ptr,               # *T  X̄ in [0, 1]  [N, P]
     noise_ptr,              # *T  E_b  [1 or N, P]
-    eps_ptr,                # *T  ε  [N, P] with frame stride eps_stride
+    eps_ptr,                # *E  ε  [N, P] with frame stride eps_stride, E the network's dtype
     out_ptr,                # *T  X_next, model range  [N, P]
     P,                      # elements per frame, 3·H·W
     noise_stride,           # 0 (one noise image shared by all frames) or P (one per frame)
@@ -81,7 +81,7 @@ def _grid(x: Tensor, where: str) -> tuple[int, int]:
 
 def tweedie_step(x: Tensor, eps: Tensor, sqrt_ab: float, sqrt_1m_ab: float, *, out: Tensor | None = None) -> Tensor:
     """Launch `_tweedie_kernel`.  x: [N, 3, H, W] contiguous; eps: the same shape, each frame contiguous
-    (the first 3 channels of a 6-channel output are) → X̂ in [0, 1], [N, 3, H, W]"""
+    (the first 3 channels of a 6-channel output are), in its own float dtype → X̂ in [0, 1], [N, 3, H, W]"""
     check("tweedie", x)
     eps_stride = frame_stride("tweedie", eps, x)
     out = output("tweedie", out, x.shape, x)
@@ -92,8 +92,8 @@ def tweedie_step(x: Tensor, eps: Tensor, sqrt_ab: float, sqrt_1m_ab: float, *, o
 
 def ddim_step(xbar: Tensor, noise: Tensor, eps: Tensor, sqrt_ab_next: float, c1: float, c2: float, *,
               out: Tensor | None = None) -> Tensor:
-    """Launch `_ddim_update_kernel`.  xbar: [N, 3, H, W] and noise: [1 or N, 3, H, W] contiguous; eps: like
-    xbar, each frame contiguous → X_next [N, 3, H, W]"""
+    """Launch `_ddim_update_kernel`.  xbar: [N, 3, H, W] and noise: [1 or N, 3, H, W] contiguous; eps: shaped like
+    xbar, each frame contiguous, in its own float dtype → X_next [N, 3, H, W]"""
     check("ddim_update", xbar, noise)
     if noise.shape[1:] != xbar.shape[1:] or noise.shape[0] not in (1, xbar.shape[0]):
         raise InputError(f"ddim_update: noise [1 or N, ...] for X̄ {tuple(xbar.shape)} expected, "
@@ -107,6 +107,12 @@ def ddim_step(xbar: Tensor, noise: Tensor, eps: Tensor, sqrt_ab_next: float, c1:
     return out
 
 
+def take_eps(out: Tensor, dtype: torch.dtype) -> Tensor:
+    """ε as the network leaves it: its first 3 channels, a view in the network's dtype (the kernels
+    convert as they load, so no pass over the clip casts it).  out: [N, 3 or 6, H, W]; dtype: unused"""
+    return out[:, :3]
+
+
 def tweedie(x: Tensor, eps: Tensor, s: DDIMStep) -> Tensor:
     """X̂ = (X − √(1−ᾱ_t)·ε) / √ᾱ_t, returned in the data range [0, 1] where CG runs."""
     return tweedie_step(x.contiguous(), frames_contiguous(eps), s.sqrt_ab, s.sqrt_1m_ab)
@@ -118,4 +124,5 @@ def ddim_update(xbar: Tensor, noise: Tensor, eps: Tensor, s: DDIMStep) -> Tensor
 
 
 #: The sampler's step arithmetic on the Triton backend (engine.sampler.step_kernels).
-TRITON_STEP_KERNELS = StepKernels(tweedie=tweedie, ddim_update=ddim_update, data_consistency=data_consistency)
+TRITON_STEP_KERNELS = StepKernels(take_eps=take_eps, tweedie=tweedie, ddim_update=ddim_update,
+                                  data_consistency=data_consistency)

@@ -207,6 +207,23 @@ def test_cg_matches_torch(spec, shape, dtype):
         assert (out - expected).abs().max() <= tol * expected.abs().max(), (gamma, (out - expected).abs().max())
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("gamma", [None, 0.5], ids=["noiseless", "regularised"])
+def test_cg_residual_and_its_rounding_floor_sums(gamma, dtype):
+    """r₀ = c(Aᵀy − AᵀA x̂) and the partial sums of ⟨b, b⟩, b = Aᵀy or x̂ + γAᵀy, in one pass."""
+    aty, q, x_hat = rand(SHAPE, 30, dtype), rand(SHAPE, 31, dtype), rand(SHAPE, 32, dtype)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    bb = torch.full((cg.GMAX,), float("nan"), dtype=acc, device=DEVICE)
+    c = 1.0 if gamma is None else gamma
+    out = torch.full(SHAPE, float("nan"), dtype=dtype, device=DEVICE)
+    r, programs = cg.cg_residual(aty, q, c, bb, x_hat=None if gamma is None else x_hat, out=out)
+    aty, q, x_hat = aty.double(), q.double(), x_hat.double()
+    assert_close(r, c * (aty - q), dtype)
+    b = aty if gamma is None else x_hat + gamma * aty
+    assert torch.isnan(bb[programs:]).all()
+    assert_close(bb[:programs].sum().reshape(1), b.square().sum().reshape(1), dtype)
+
+
 def test_cg_edge_cases():
     op = from_spec("sr:1", (2, 1, 3, 3), backend="triton")
     x0 = rand(op.in_shape, 11)
@@ -329,8 +346,10 @@ def test_gpu_steps_every_element_written(dtype):
                  sampler.tweedie(x.double(), eps.double(), s), dtype)
     assert_close(steps.ddim_step(x, noise, eps, s.sqrt_ab_next, s.c1, s.c2, out=poisoned(PAPER, dtype)),
                  sampler.ddim_update(x.double(), noise.double(), eps.double(), s), dtype)
-    eps = eps.contiguous()
-    assert_close(cg.cg_residual(x, eps, 0.5, out=poisoned(PAPER, dtype)), 0.5 * (x.double() - eps.double()), dtype)
+    eps, bb = eps.contiguous(), torch.full((cg.GMAX,), float("nan"), device="cuda")
+    r, programs = cg.cg_residual(x, eps, 0.5, bb, out=poisoned(PAPER, dtype))
+    assert_close(r, 0.5 * (x.double() - eps.double()), dtype)
+    assert_close(bb[:programs].sum().reshape(1), x.double().square().sum().reshape(1), torch.float32)
 
 
 @pytest.mark.gpu
