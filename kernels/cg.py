@@ -210,8 +210,8 @@ def cg_update(x_in: Tensor, x_out: Tensor, r: Tensor, p: Tensor, s: Tensor, q: T
         raise InputError("cg: x, r, p, s and AᵀA r must share one shape")
     _cg_update_kernel[(triton.cdiv(r.numel(), BLOCK),)](
         x_in, x_out, r, p, s, q, part, state, state if prev is None else prev, bb, r.numel(), programs,
-        torch.finfo(r.dtype).eps ** 2, *split(1.0 if gamma is None else gamma), REG=gamma is not None, FIRST=prev is None, LAST=last,
-        GMAX=GMAX, BLOCK=BLOCK, ACC=ACC[r.dtype], num_warps=NUM_WARPS)
+        torch.finfo(r.dtype).eps ** 2, *split(1.0 if gamma is None else gamma), REG=gamma is not None,
+        FIRST=prev is None, LAST=last, GMAX=GMAX, BLOCK=BLOCK, ACC=ACC[r.dtype], num_warps=NUM_WARPS)
 
 
 def data_consistency(op, y: Tensor, x_hat: Tensor, iters: int, gamma: float | None = None, *,

@@ -277,6 +277,12 @@ def test_launchers_check_inputs():
         temporal.temporal_conv(x, on(uniform_kernel(7), torch.float32), "circular")
     with pytest.raises(InputError, match="unknown boundary"):
         blur.spatial_blur(x, k, "mirror")
+    with pytest.raises(InputError, match=r"partials \[256\]"):
+        cg.cg_residual(x, x, 1.0, torch.empty(1, device=DEVICE))
+    with pytest.raises(InputError, match="shapes"):
+        steps.tweedie_step(x, x[:, :2], 1.0, 0.0)
+    with pytest.raises(InputError, match="tensors on meta and"):
+        steps.tweedie_step(x, x.to("meta"), 1.0, 0.0)
     # the torch-facing functions accept any layout: the launcher gets a contiguous copy
     assert_close(temporal.temporal_conv(x.transpose(2, 3), k, "zero"),
                  torch_temporal.temporal_conv(x.transpose(2, 3), k, "zero"))
