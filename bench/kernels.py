@@ -174,7 +174,10 @@ def kernel_rows(shape, dtype, dev: str = "cuda") -> list[tuple]:
 
 
 def task_rows(name: str, shape, dtype, dev: str = "cuda") -> list[tuple[str, float, float | None]]:
-    """CG_5, one CG iteration and one whole non-UNet step of a paper task: (what, Triton ms, torch ms)."""
+    """CG_5, one CG iteration and one whole non-UNet step of a paper task: (what, Triton ms, torch ms).
+
+    The whole step starts from the network's output as the Solver's default gives it (learned-σ,
+    fp16, [N, 6, H, W]): taking ε from it is part of the step (a cast pass in torch, none in Triton)."""
     from kernels.steps import TRITON_STEP_KERNELS
 
     spec = TASKS[name].spec
@@ -182,7 +185,7 @@ def task_rows(name: str, shape, dtype, dev: str = "cuda") -> list[tuple[str, flo
     slow = from_spec(spec, shape, device=dev, dtype=dtype, backend="torch")
     gen = torch.Generator(device=dev).manual_seed(1)
     x = torch.rand(shape, generator=gen, device=dev).to(dtype) * 2 - 1
-    eps = torch.randn(shape, generator=gen, device=dev).to(dtype)
+    net_out = torch.randn((shape[0], 6, *shape[2:]), generator=gen, device=dev).half()
     noise = torch.randn((1, *shape[1:]), generator=gen, device=dev).to(dtype)
     y = slow.A(torch.rand(shape, generator=gen, device=dev).to(dtype))
     s = ddim_steps(TASKS[name].nfe, TASKS[name].eta)[TASKS[name].nfe // 2]
@@ -192,6 +195,7 @@ def task_rows(name: str, shape, dtype, dev: str = "cuda") -> list[tuple[str, flo
 
     def whole_step(kern: StepKernels, op) -> Callable[[], torch.Tensor]:
         def run():
+            eps = kern.take_eps(net_out, dtype)
             xbar = kern.data_consistency(op, y, kern.tweedie(x, eps, s), l, None, aty=aty)
             return kern.ddim_update(xbar, noise, eps, s)
         return run
