@@ -179,7 +179,8 @@ def run(args) -> Path:
     if restored.is_cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    report = {"settings": cfg.to_dict(), "input": "demo" if args.demo else str(args.input),
+    report = {"settings": cfg.to_dict(), "kernels_used": solver.op.backend,     # what --kernels auto resolved to
+              "input": "demo" if args.demo else str(args.input),
               "prior": str(args.checkpoint) if args.checkpoint else "gaussian (weight-free)",
               "seconds": seconds, "fps": frames / seconds}
     if clean is not None:

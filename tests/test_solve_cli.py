@@ -34,9 +34,10 @@ def test_clean_input_end_to_end(tmp_path, clip_npy):
 def test_settings_record_the_cudnn_and_layout_choices(tmp_path, clip_npy):
     out = tmp_path / "out"
     assert main([str(clip_npy), "--task", "temporal-k7", *FAST, "--cudnn-benchmark", "--out", str(out)]) == 0
-    settings = json.loads((out / "metrics.json").read_text())["settings"]
+    report = json.loads((out / "metrics.json").read_text())
+    settings = report["settings"]
     assert settings["cudnn_benchmark"] is True and settings["channels_last"] is False      # NCHW on the CPU
-    assert settings["kernels"] == "auto"
+    assert settings["kernels"] == "auto" and report["kernels_used"] == "torch"              # auto on the CPU
 
 
 def test_triton_kernels_restore_what_torch_ops_do(tmp_path, clip_npy):
@@ -47,7 +48,7 @@ def test_triton_kernels_restore_what_torch_ops_do(tmp_path, clip_npy):
         assert main([str(clip_npy), "--degrade", "temporal:uniform:3+sr:4", *FAST, "--kernels", kernels,
                      "--out", str(out)]) == 0
         report = json.loads((out / "metrics.json").read_text())
-        assert report["settings"]["kernels"] == kernels
+        assert report["settings"]["kernels"] == report["kernels_used"] == kernels
         psnr[kernels] = report["restored"]["psnr_mean"]
     assert psnr["triton"] == pytest.approx(psnr["torch"], abs=1e-3) and psnr["torch"] < 60
 
