@@ -19,6 +19,7 @@ from engine.unet import ADMConfig, ADMUNet
 
 FRAMES, NFE = 8, 3
 CLIP = camera_clip(frames=FRAMES, size=32)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Relative L2 error against fp32, per network precision: ε alone, and the restored clip.
 EPS_TOLERANCE = {"fp32": 1e-5, "bf16": 3e-2, "fp16": 5e-3}
 CLIP_TOLERANCE = {"fp32": 1e-5, "bf16": 2e-3, "fp16": 5e-4}  # measured: 6e-7, 9e-4, 1.1e-4
@@ -31,6 +32,12 @@ def tiny_unet(seed=0):
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
     return model
+
+
+def record_calls(module, seen: list):
+    """Append (dtype, channels_last, cudnn.benchmark) of the input x of each of module's calls to seen."""
+    module.register_forward_pre_hook(lambda _, args: seen.append(
+        (args[0].dtype, args[0].is_contiguous(memory_format=torch.channels_last), torch.backends.cudnn.benchmark)))
 
 
 class Calibrated(torch.nn.Module):
@@ -69,10 +76,14 @@ def problem():
 def test_eps_backend_matches_the_fp32_network(precision, channels_last):
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([10, 500, 990])
+    net, seen = tiny_unet(), []
+    record_calls(net, seen)
     with torch.no_grad():
         ref = tiny_unet()(x, t)
-        out = torch_eps(tiny_unet(), precision=precision, channels_last=channels_last)(x, t).float()
-    assert _rel(out, ref) < EPS_TOLERANCE[precision]
+        out = torch_eps(net, precision=precision, channels_last=channels_last)(x, t)
+    assert seen == [(DTYPES[precision], channels_last, False)] and out.dtype == DTYPES[precision]
+    err = _rel(out.float(), ref)
+    assert err < EPS_TOLERANCE[precision] and (precision == "fp32" or err > 0)   # half precision did run
 
 
 def _rel(a, b):
@@ -103,7 +114,19 @@ def test_torch_backend_matches_reference(problem, precision, channels_last):
                                                   "channels_last": channels_last}))
     out = solver.solve(y, seed=11)
     assert out.dtype == torch.float32 and out.shape == ref.shape
-    assert _rel(out, ref) < CLIP_TOLERANCE[precision]
+    err = _rel(out, ref)
+    assert err < CLIP_TOLERANCE[precision] and (precision == "fp32" or err > 0)
+
+
+def test_solver_runs_its_network_as_configured(problem):
+    """precision, channels_last and cudnn_benchmark reach every network call of the Solver's loop."""
+    cfg, y, _ = problem
+    model, seen = Calibrated(), []
+    record_calls(model.unet, seen)
+    solver = Solver(model, SolverConfig(**{**cfg.to_dict(), "precision": "bf16", "channels_last": True,
+                                           "cudnn_benchmark": True}))
+    solver.solve(y, seed=11)
+    assert seen == [(torch.bfloat16, True, True)] * NFE
 
 
 def test_network_matters(problem):
@@ -129,8 +152,11 @@ def test_graph_backend_with_timed_cudnn_algorithms_on_gpu(problem):
     cfg, y, ref = problem
     fp16 = {**cfg.to_dict(), "device": "cuda", "precision": "fp16"}
     eager = Solver(Calibrated().cuda(), SolverConfig(**fp16))
-    tuned = in_new_thread(lambda: Solver(Calibrated().cuda(), SolverConfig(**{**fp16, "backend": "torch+graph",
-                                                                             "cudnn_benchmark": True})))
+    model, seen = Calibrated().cuda(), []
+    record_calls(model.unet, seen)
+    tuned = in_new_thread(lambda: Solver(model, SolverConfig(**{**fp16, "backend": "torch+graph",
+                                                               "cudnn_benchmark": True})))
+    assert tuned._graph is not None and seen and all(benchmark for *_, benchmark in seen)   # warm-up, capture
     a, b = eager.solve(y, seed=11).cpu(), tuned.solve(y, seed=11).cpu()
     assert _rel(a, ref) < CLIP_TOLERANCE["fp16"] and _rel(b, ref) < CLIP_TOLERANCE["fp16"]
     assert torch.equal(tuned.solve(y, seed=11).cpu(), b)
@@ -145,5 +171,6 @@ def test_graph_backend_matches_eager_on_gpu(precision):
     graph = Solver(tiny_unet().cuda(), SolverConfig(**{**cfg.to_dict(), "backend": "torch+graph"}))
     y = eager.measure(clip)
     a, b = eager.solve(y, seed=3), graph.solve(y, seed=3)
+    assert graph._graph is not None and eager._graph is None
     assert _rel(b, a) < 1e-3
     assert torch.equal(graph.solve(y, seed=3), b)

@@ -68,13 +68,19 @@ def test_fit_rejects_bad_inputs(clip):
         fit_psf(clip, y, [])
 
 
-def test_two_stages_and_the_skip(clip):
+def test_two_stages_and_the_skip(clip, monkeypatch):
     x, true = clip.float(), "temporal:uniform:7:circular"
     y = blurred(x, true)
     noisy = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
-    steps = []
+    steps, fitted = [], []
+    real_fit = blind.fit_psf
+    monkeypatch.setattr(blind, "fit_psf", lambda xk, yk, family: fitted.append((xk, yk)) or real_fit(xk, yk, family))
     result = blind_deblur(GaussianPrior(), y, noisy, nfe=3, cg_iters=2, callback=lambda stage, *_: steps.append(stage))
     assert result.psf == true and result.clip.shape == x.shape
+    # Algorithm 2: stage 1 fits to the first reconstruction, stage 2 to stage 1's restoration (here the result)
+    assert len(fitted) == 2 and fitted[0][0] is noisy, "stage 1 must fit the PSF to the first reconstruction"
+    assert fitted[1][0] is result.clip, "stage 2 must fit the PSF to stage 1's restoration"
+    assert all(measured is y for _, measured in fitted)
     assert [(s["stage"], s["psf"], s["skipped"]) for s in result.stages] == [(1, true, False), (2, true, True)]
     assert steps == [1, 1, 1]                                           # stage 2 repeated stage 1: not run
     assert result.stages[0]["fits"][0]["residual"] <= result.stages[0]["fits"][1]["residual"]
@@ -84,11 +90,25 @@ def test_stage_two_restores_again_when_the_fit_moves(clip, monkeypatch):
     x = clip.float()
     y = blurred(x, "temporal:uniform:5")
     answers = iter(["temporal:uniform:3:circular", "temporal:uniform:5:circular"])
-    monkeypatch.setattr(blind, "fit_psf", lambda *_: [blind.Fit(next(answers), 0.0)])
+    fitted, restored = [], []
+    monkeypatch.setattr(blind, "fit_psf", lambda xk, yk, _: fitted.append((xk, yk)) or [blind.Fit(next(answers), 0.0)])
+
+    class RecordingSolver(blind.Solver):
+        def solve(self, *args, **kwargs):
+            restored.append(super().solve(*args, **kwargs))
+            return restored[-1]
+
+    monkeypatch.setattr(blind, "Solver", RecordingSolver)
     steps = []
     result = blind_deblur(GaussianPrior(), y, x, nfe=2, cg_iters=1, callback=lambda stage, *_: steps.append(stage))
     assert result.psf == "temporal:uniform:5:circular" and steps == [1, 1, 2, 2]
     assert [s["skipped"] for s in result.stages] == [False, False]
+    # Algorithm 2: stage 1 fits to init, stage 2 to stage 1's restoration, and the result is stage 2's
+    assert len(fitted) == len(restored) == 2
+    assert fitted[0][0] is x, "stage 1 must fit the PSF to the first reconstruction"
+    assert fitted[1][0] is restored[0], "stage 2 must fit the PSF to stage 1's restoration"
+    assert result.clip is restored[1]
+    assert not torch.equal(restored[0], x) and all(measured is y for _, measured in fitted)
 
 
 # ---------------------------------------------------------------- the command line

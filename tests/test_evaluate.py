@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import engine.evaluate as evaluate
+import engine.runtime
 from engine.baselines import CG_RTOL, cg_converged
 from engine.evaluate import METHODS, main
 from engine.metrics import psnr
@@ -33,10 +34,24 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def full_run(data, tmp_path_factory):
-    """An uninterrupted run of every method at σ_y = 0 and 0.01."""
+def sampler_calls():
+    """(noise images per step, γ) of every sampler run of `full_run`, in order."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def full_run(data, tmp_path_factory, sampler_calls):
+    """An uninterrupted run of every method at σ_y = 0 and 0.01, recording what the sampler is given."""
+    real = engine.runtime.reverse_process
+
+    def recording(eps_model, y, op, E, *args, gamma, **kwargs):
+        sampler_calls.append((E.shape[1], gamma))
+        return real(eps_model, y, op, E, *args, gamma=gamma, **kwargs)
+
     out = tmp_path_factory.mktemp("full") / "out"
-    assert main(["--data", str(data), *EVERYTHING, "--out", str(out)]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine.runtime, "reverse_process", recording)
+        assert main(["--data", str(data), *EVERYTHING, "--out", str(out)]) == 0
     return out
 
 
@@ -48,9 +63,11 @@ def rows_without_time(out):
     return [{k: v for k, v in row.items() if k != "time_s"} for row in json.loads((out / "summary.json").read_text())["rows"]]
 
 
-def test_every_method_end_to_end(full_run):
+def test_every_method_end_to_end(full_run, sampler_calls):
     recs = records(full_run)
     assert [r["clip"] for r in recs] == ["astronaut_000", "coffee_000"]
+    # per clip svi, svi-independent-noise at σ_y = 0 (plain CG), then both at 0.01 with the regularised CG (--gamma 1)
+    assert sampler_calls == [(1, None), (8, None), (1, 1.0), (8, 1.0)] * 2
     for rec in recs:
         assert [(r["sigma_y"], r["method"]) for r in rec["runs"]] == [(s, m) for s in SIGMAS for m in METHODS]
         for run in rec["runs"]:
@@ -60,6 +77,8 @@ def test_every_method_end_to_end(full_run):
         assert runs[0.0, "cg"]["psnr_mean"] > 40                  # noiseless 7-frame blur of 8 frames is invertible
         assert runs[0.0, "cg-converged"]["residual"] < 1e-5
         assert runs[0.0, "cg"]["iterations"] == 3 * 2             # K·l
+        for method in METHODS:                                    # σ_y = 0.01 measured noise: other scores
+            assert runs[0.01, method]["psnr"] != runs[0.0, method]["psnr"]
         for sigma in SIGMAS:                                      # Fig. 7: one shared noise image makes the
             shared, independent = runs[sigma, "svi"]["interframe"], runs[sigma, "svi-independent-noise"]["interframe"]
             assert len(shared) == len(independent) == 3           # first Tweedie estimates identical across frames

@@ -104,7 +104,17 @@ def test_bad_inputs_get_clear_errors():
             group_norm(**args)
 
 
-def test_groupnorm32_fused_equals_plain():
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """The inputs' shapes of each call of the fused kernel's launcher, kernels.groupnorm.group_norm (which runs)."""
+    import kernels.groupnorm
+
+    calls, launch = [], kernels.groupnorm.group_norm
+    monkeypatch.setattr(kernels.groupnorm, "group_norm", lambda x, *a, **k: calls.append(x.shape) or launch(x, *a, **k))
+    return calls
+
+
+def test_groupnorm32_fused_equals_plain(fused_calls):
     """GroupNorm32.norm with kernels="triton" against its plain torch path, half storage included."""
     torch.manual_seed(0)
     norm = GroupNorm32(64).to(DEVICE)
@@ -114,20 +124,23 @@ def test_groupnorm32_fused_equals_plain():
     for dtype in (torch.float32, torch.float16):
         x, _, _, scale, shift = inputs((2, 64, 6, 6), dtype, channels_last=True, seed=1)
         plain = norm.norm(x, scale, shift, silu=True)
+        assert fused_calls == []
         norm.kernels = "triton"
         fused = norm.norm(x, scale, shift, silu=True)
         norm.kernels = "torch"
+        assert fused_calls.pop() == x.shape
         assert fused.stride() == plain.stride()
         assert rel_err(fused.cpu(), plain.double().cpu()) < (2e-6 if dtype == torch.float32 else 4e-3)
 
 
-def test_groupnorm32_fused_takes_any_layout():
+def test_groupnorm32_fused_takes_any_layout(fused_calls):
     """A strided view (neither contiguous nor channels_last) is made contiguous for the kernel."""
     norm = GroupNorm32(32).to(DEVICE)
     x = inputs((2, 32, 6, 12), torch.float32)[0][..., ::2]
     plain = norm.norm(x, silu=True)
     norm.kernels = "triton"
     assert rel_err(norm.norm(x, silu=True).cpu(), plain.double().cpu()) < 2e-6
+    assert fused_calls == [x.shape]
 
 
 def micro_model() -> ADMUNet:
@@ -143,12 +156,14 @@ def micro_model() -> ADMUNet:
     return model
 
 
-def test_unet_with_fused_norms_equals_plain_in_float64():
+def test_unet_with_fused_norms_equals_plain_in_float64(fused_calls):
     model = micro_model()
     x, t = torch.randn(1, 3, 8, 8, dtype=torch.float64), torch.tensor([500])
     with torch.no_grad():
         plain = model(x, t)
+        assert fused_calls == []
         fused = model.use_kernels("triton")(x, t)
+    assert len(fused_calls) == sum(isinstance(m, GroupNorm32) for m in model.modules()) == 25
     assert rel_err(fused, plain.double()) < 1e-12
     with pytest.raises(ValueError, match="'torch' or 'triton'"):
         model.use_kernels("cuda")
@@ -192,7 +207,7 @@ def test_gpu_adm_sizes_every_element_written_and_deterministic(shape, dtype):
 
 
 @pytest.mark.gpu
-def test_gpu_adm256_fused_is_as_accurate_as_upstreams_half_path():
+def test_gpu_adm256_fused_is_as_accurate_as_upstreams_half_path(fused_calls):
     """ADM-256 in fp16, batch 2: the fused norms' error against fp32 is no worse than upstream's path."""
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -205,5 +220,6 @@ def test_gpu_adm256_fused_is_as_accurate_as_upstreams_half_path():
         xh = x.contiguous(memory_format=torch.channels_last)
         plain = half(xh, t)
         fused = half.use_kernels("triton")(xh, t)
+    assert len(fused_calls) == sum(isinstance(m, GroupNorm32) for m in model.modules())
     assert torch.isfinite(fused).all()
     assert rel_err(fused, ref) <= 1.5 * rel_err(plain, ref) + 1e-3

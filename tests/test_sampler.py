@@ -4,7 +4,7 @@ import torch
 from engine.errors import InputError
 from engine.operators.base import LinearOperator
 from engine.sampler import draw_noise, sample
-from engine.schedule import alphas_cumprod
+from engine.schedule import alphas_cumprod, ddim_steps
 
 SHAPE = (4, 3, 8, 8)
 
@@ -95,12 +95,56 @@ def test_independent_noise_differs_per_frame():
 
 
 def test_callback_sees_every_step():
+    """callback(k, t, X̂): the step's index, its timestep and its Tweedie estimate (the clip, for the oracle ε)."""
+    clean = torch.rand(SHAPE, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     op = FrameAverage()
-    y = op.A(torch.rand(SHAPE, dtype=torch.float64))
     calls = []
-    sample(zero_eps, y, op, nfe=6, callback=lambda k, t, x0: calls.append((k, t, x0.shape)))
-    assert [c[1] for c in calls] == [830, 664, 498, 332, 166, 0]
-    assert all(c[2] == SHAPE for c in calls)
+    sample(oracle(clean), op.A(clean), op, nfe=6, callback=lambda k, t, x0: calls.append((k, t, x0.clone())))
+    assert [(k, t) for k, t, _ in calls] == [(0, 830), (1, 664), (2, 498), (3, 332), (4, 166), (5, 0)]
+    assert all(torch.allclose(x0, clean, atol=1e-10) for *_, x0 in calls)
+
+
+def test_three_steps_by_hand():
+    """Algorithm 1 written out from ᾱ for three steps, with an ε that is not the oracle's, a null space for
+    CG to respect and η ∈ (0, 1): Tweedie, the CG projection, the re-noising with E_b and ε, the clamp.
+
+    FrameAverage's AᵀA has three distinct non-zero eigenvalues on each pixel's 4 frames, so 3 CG
+    iterations from X̂ reach its projection onto {A x = y}: X̂ + Aᵀ(AAᵀ)⁻¹(y − A X̂). The projection
+    keeps only the null-space part (+1, −1, +1, −1) of what varies, so the noise is drawn per frame and
+    ε varies over frames: frame-constant terms would vanish in it, whatever their coefficients."""
+    eta, seed, nfe = 0.5, 5, 3
+    op = FrameAverage()
+    clean = torch.rand(SHAPE, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    y = op.A(clean)
+    M = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]], dtype=torch.float64) / 2   # A on each pixel's frames
+    ramp = torch.arange(SHAPE[0], dtype=torch.float64).view(-1, 1, 1, 1) / 10
+
+    def project(x):
+        rhs = y.reshape(3, -1) - M @ x.reshape(4, -1)
+        return x + (M.T @ torch.linalg.solve(M @ M.T, rhs)).reshape(SHAPE)
+
+    def eps_of(x, t):
+        return 0.3 * x + ramp + t / 1000
+
+    def eps_model(x, t):                                 # learned-σ layout: the last 3 channels are ignored
+        e = eps_of(x, t.to(x.dtype).view(-1, 1, 1, 1))
+        return torch.cat([e, 100 + e], 1)
+
+    ab = alphas_cumprod()
+    E = draw_noise(seed, nfe, SHAPE, "independent").double()
+    x, estimates = E[0], []
+    for k, step in enumerate(ddim_steps(nfe, eta)):     # only the timesteps are the schedule's
+        a, a_next = float(ab[step.t]), float(ab[step.t_next]) if step.t_next >= 0 else 1.0
+        eps = eps_of(x, step.t)
+        estimates.append(((x - (1 - a) ** 0.5 * eps) / a ** 0.5 + 1) / 2)
+        xbar = project(estimates[-1])
+        x = a_next ** 0.5 * (2 * xbar - 1) + (1 - a_next) ** 0.5 * (eta * E[k + 1] + (1 - eta ** 2) ** 0.5 * eps)
+    seen = []
+    out = sample(eps_model, y, op, nfe=nfe, eta=eta, cg_iters=3, noise="independent", seed=seed,
+                 callback=lambda k, t, x0: seen.append(x0.clone()))
+    for got, want in zip(seen, estimates, strict=True):            # unclamped: every step's arithmetic shows
+        assert torch.allclose(got, want, atol=1e-10, rtol=0)
+    assert torch.allclose(out, xbar.clamp(0, 1), atol=1e-10, rtol=0)
 
 
 def test_draw_noise_shapes():
