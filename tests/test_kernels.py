@@ -41,8 +41,8 @@ DEVICE = "cpu" if INTERPRET else "cuda"
 
 
 def on(t, dtype=torch.float64):
-    """A constant (taps, mask) on the test device."""
-    return torch.as_tensor(t).to(DEVICE, dtype)
+    """A constant (taps, mask) on the test device, from its float64 value (a list is not rounded to fp32 first)."""
+    return torch.as_tensor(t, dtype=torch.float64).to(DEVICE, dtype)
 
 
 def rand(shape, seed, dtype=torch.float64, device=DEVICE):
@@ -75,12 +75,16 @@ def test_temporal(kernel, boundary, dtype):
                  torch_temporal.temporal_conv_normal(x, k, a, boundary))
 
 
-@pytest.mark.parametrize("boundary,sigma,width,dtype", [
-    ("reflect", 1.0, 5, torch.float32), ("reflect", 1.0, 5, torch.float64), ("circular", 1.0, 5, torch.float64),
-    ("zero", 2.0, 13, torch.float64),
-], ids=["reflect5-f32", "reflect5-f64", "circular5-f64", "zero13-f64"])
-def test_blur(boundary, sigma, width, dtype):
-    k = on(gaussian_kernel(sigma, width), dtype)
+SKEW5 = [0.1, 0.4, 0.25, 0.15, 0.1]       # not symmetric: a missing flip in Bᵀ shows
+
+@pytest.mark.parametrize("boundary,taps,dtype", [
+    ("reflect", gaussian_kernel(1.0, 5), torch.float32), ("reflect", gaussian_kernel(1.0, 5), torch.float64),
+    ("circular", gaussian_kernel(1.0, 5), torch.float64), ("zero", gaussian_kernel(2.0, 13), torch.float64),
+    ("reflect", SKEW5, torch.float64), ("circular", SKEW5, torch.float64), ("zero", SKEW3, torch.float64),
+], ids=["reflect5-f32", "reflect5-f64", "circular5-f64", "zero13-f64", "reflect-skew5", "circular-skew5",
+        "zero-skew3"])
+def test_blur(boundary, taps, dtype):
+    k = on(taps, dtype)
     x = rand(SHAPE, 1, dtype)
     assert_close(blur.spatial_blur(x, k, boundary), torch_blur.spatial_blur(x, k, boundary))
     assert_close(blur.spatial_blur_adjoint(x, k, boundary), torch_blur.spatial_blur_adjoint(x, k, boundary))
@@ -116,14 +120,15 @@ def test_mask(dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("boundary", ["circular", "zero"])
 def test_fused_compositions(boundary, dtype):
-    """One-pass AᵀA of temporal ∘ pooling and temporal ∘ mask = Tᵀ(SᵀS(T x)) computed plainly."""
-    k = on(uniform_kernel(3), dtype)
-    a = on(autocorrelation(uniform_kernel(3)), dtype)
+    """One-pass AᵀA of temporal ∘ pooling and temporal ∘ mask = Tᵀ(SᵀS(T x)) computed plainly (skewed taps;
+    s = 3 leaves lanes of the power-of-two block tile unused)."""
+    k = on(SKEW3, dtype)
+    a = on(autocorrelation(on(SKEW3)), dtype)
     x = rand(SHAPE_SR, 5, dtype)
-    for s in (4, 2):
+    for s, xs in ((4, x), (2, x), (3, rand((5, 3, 9, 15), 7, dtype))):
         ref = torch_temporal.temporal_conv_adjoint(
-            torch_sr.avg_pool_normal(torch_temporal.temporal_conv(x, k, boundary), s), k, boundary)
-        assert_close(compose.temporal_pool_normal(x, k, a, boundary, s), ref)
+            torch_sr.avg_pool_normal(torch_temporal.temporal_conv(xs, k, boundary), s), k, boundary)
+        assert_close(compose.temporal_pool_normal(xs, k, a, boundary, s), ref)
     keep = on(torch_inpaint.random_mask(SHAPE_SR[2], SHAPE_SR[3], 0.5, 1), dtype)
     ref = torch_temporal.temporal_conv_adjoint(keep * torch_temporal.temporal_conv(x, k, boundary), k, boundary)
     assert_close(compose.temporal_mask_normal(x, k, a, boundary, keep), ref)
@@ -222,6 +227,21 @@ def test_cg_residual_and_its_rounding_floor_sums(gamma, dtype):
     b = aty if gamma is None else x_hat + gamma * aty
     assert torch.isnan(bb[programs:]).all()
     assert_close(bb[:programs].sum().reshape(1), b.square().sum().reshape(1), dtype)
+
+
+def test_reducing_passes_stride_over_large_clips():
+    """More than GMAX · DOT_BLOCK elements: each program of the residual and dot passes loops over
+    several blocks (its grid stride), and the partial sums still add up to the whole clip's."""
+    shape = (5, 3, 200, 200)
+    assert torch.Size(shape).numel() > cg.GMAX * cg.DOT_BLOCK
+    aty, q, x_hat = rand(shape, 33, torch.float32), rand(shape, 34, torch.float32), rand(shape, 35, torch.float32)
+    bb, part = torch.empty(cg.GMAX, device=DEVICE), torch.empty((2, cg.GMAX), device=DEVICE)
+    r, programs = cg.cg_residual(aty, q, 0.5, bb, x_hat=x_hat)
+    assert programs == cg.GMAX and cg.cg_dot(r, q, part) == cg.GMAX
+    aty, q, x_hat, r64 = aty.double(), q.double(), x_hat.double(), r.double()
+    b = x_hat + 0.5 * aty
+    assert_close(bb.sum().reshape(1), b.square().sum().reshape(1), torch.float32)
+    assert_close(part.sum(1), torch.stack([r64.square().sum(), (r64 * q).sum()]), torch.float32)
 
 
 def test_cg_edge_cases():

@@ -34,6 +34,8 @@ def test_ddim_coefficients():
     steps = ddim_steps(20, 0.15)
     s = steps[0]
     assert s.sqrt_ab == pytest.approx(math.sqrt(ab[950].item()))
+    assert s.sqrt_1m_ab == pytest.approx(math.sqrt(1 - ab[950].item()))
+    assert s.sqrt_ab_next == pytest.approx(math.sqrt(ab[900].item()))
     assert s.c1 == pytest.approx(0.15 * math.sqrt(1 - ab[900].item()))
     assert s.c2 == pytest.approx(math.sqrt(1 - 0.15**2) * math.sqrt(1 - ab[900].item()))
     last = steps[-1]
