@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch.nn.functional as F
 
-from engine.figures import (BOX_COLOUR, GAP, LABEL_HEIGHT, PALETTE, _ticks, comparison_grid, line_plot,
+from engine.figures import (BOX_COLOUR, GAP, LABEL_HEIGHT, MARGIN, PALETTE, _ticks, comparison_grid, line_plot,
                             save_png)
 from engine.testclips import camera_clip
 
@@ -44,8 +44,23 @@ def test_line_plot_draws_every_series(tmp_path):
                       title="PSNR per frame", xlabel="frame", ylabel="PSNR [dB]", references=[("clean", 27.5)],
                       size=(500, 300))
     assert image.shape == (300, 500, 3) and image.dtype == np.uint8
-    for colour in PALETTE[:2]:
-        assert np.all(image == colour, axis=-1).sum() > 50
+    # the plot frame: MARGIN on three sides, the legend (44 + 7 px per character of "clean") on the right
+    left, top, bottom = MARGIN["left"], MARGIN["top"], 300 - MARGIN["bottom"]
+    right = 500 - MARGIN["right"] - (44 + 7 * len("clean"))
+    inside = image[top + 1:bottom, left + 1:right]                      # away from the legend's swatches
+    yt = _ticks(25.0, 33.0)                                             # the y axis spans yt[0] … yt[-1]
+
+    def row_of(y):                                                      # larger values higher up
+        return bottom - (y - yt[0]) / (yt[-1] - yt[0]) * (bottom - top)
+
+    a, b = (np.all(inside == colour, axis=-1) for colour in PALETTE[:2])
+    assert a.sum() > 50 and b.sum() > 50                                # both lines are drawn in the frame
+    # "b" is flat at 25: every pixel of it lies at that height (an inverted y axis puts it near the top)
+    assert np.all(np.abs(np.nonzero(b)[0] + top + 1 - row_of(25.0)) <= 3)
+    # "a" passes through (5, 31): its pixels in that column lie at the height of 31
+    column = round(left + 5 / 7 * (right - left)) - (left + 1)
+    rows = np.nonzero(a[:, column])[0] + top + 1
+    assert rows.size and np.all(np.abs(rows - row_of(31.0)) <= 4), rows
     assert save_png(tmp_path / "plot.png", image).stat().st_size > 0
 
 

@@ -57,6 +57,10 @@ def test_png_folder_round_trip_is_exact(tmp_path):
     assert sorted(os.listdir(out))[:2] == ["frame_0000.png", "frame_0001.png"]
     assert torch.equal(read_video(out, size=24), x)
     assert os.listdir(tmp_path) == ["frames"]  # no temporary left beside it
+    # off the 8-bit grid values round to the nearest level: (k + 0.6) / 255 → k + 1, (k + 0.4) / 255 → k
+    k = torch.arange(255.0).reshape(1, 3, 5, 17)                        # levels 0 … 254
+    off_grid = torch.cat([(k + 0.6) / 255, (k + 0.4) / 255])
+    assert torch.equal(read_video(write_frames(out, off_grid), size=None), torch.cat([(k + 1) / 255, k / 255]))
 
 
 def test_folder_natural_order_grey_and_rgba(tmp_path):
@@ -80,13 +84,25 @@ def test_mp4_round_trip_within_psnr_bound(tmp_path):
     assert os.listdir(tmp_path) == ["clip.mp4"]
 
 
-def test_mp4_overwrite_and_odd_size_padded(tmp_path):
+def test_mp4_overwrite_and_odd_size_padded(tmp_path, monkeypatch):
     x = camera_clip("chelsea", frames=4, size=64)[:, :, :33, :35]
+    encoded, encode = [], video_io._encode_mp4
+
+    def recording_encoder(iio, path, frames, fps):
+        encoded.append(frames)
+        encode(iio, path, frames, fps)
+
+    monkeypatch.setattr(video_io, "_encode_mp4", recording_encoder)
     write_video(tmp_path / "clip.mp4", x)
     write_video(tmp_path / "clip.mp4", x)
     assert iio.imread(tmp_path / "clip.mp4", plugin="FFMPEG", index=0).shape == (34, 36, 3)
-    y = read_video(tmp_path / "clip.mp4", size=None)[:, :, :33, :35]
-    assert psnr(y, x).min() > 30
+    # the encoder gets the last real row and column repeated (replicate padding, not black)
+    frames = encoded[-1]                                                # uint8 [N, 34, 36, 3]
+    assert np.array_equal(frames[:, 33], frames[:, 32]) and np.array_equal(frames[:, :, 35], frames[:, :, 34])
+    y = read_video(tmp_path / "clip.mp4", size=None)
+    assert psnr(y[:, :, :33, :35], x).min() > 30
+    # lossy, yet the decoded padding stays close to the last real row / column (black padding is far off)
+    assert (y[:, :, 33] - y[:, :, 32]).abs().mean() < 0.03 and (y[..., 35] - y[..., 34]).abs().mean() < 0.03
 
 
 def test_gif_round_trip(tmp_path):
