@@ -61,9 +61,11 @@ def test_regularised_config_solves_the_regularised_system(clip):
 def test_triton_kernels_through_the_solver(clip):
     """kernels="triton" runs the loop on the Triton operator and step kernels (here in the interpreter),
     and restores what torch ops restore."""
+    from kernels.common import INTERPRET
     from kernels.steps import TRITON_STEP_KERNELS
 
-    cfg = SolverConfig.from_task("temporal-k7", frames=8, size=24, nfe=2, cg_iters=3)
+    cfg = SolverConfig.from_task("temporal-k7", frames=8, size=24, nfe=2, cg_iters=3,
+                                 device="cpu" if INTERPRET else "cuda", kernels="torch")
     fused = Solver(GaussianPrior(), SolverConfig(**{**cfg.to_dict(), "kernels": "triton"}))
     plain = Solver(GaussianPrior(), cfg)
     assert fused.op.backend == "triton" and fused.kernels is TRITON_STEP_KERNELS

@@ -7,8 +7,10 @@ import pytest
 
 from engine.solve import main
 from engine.testclips import camera_clip
+from kernels.common import INTERPRET
 
-FAST = ["--nfe", "3", "--cg-iters", "2", "--size", "32"]
+FAST = ["--nfe", "3", "--cg-iters", "2", "--size", "32", "--device", "cpu"]   # on the CPU on any machine
+TRITON_DEVICE = "cpu" if INTERPRET else "cuda"       # Triton on CPU tensors needs the interpreter
 
 
 @pytest.fixture
@@ -45,8 +47,8 @@ def test_triton_kernels_restore_what_torch_ops_do(tmp_path, clip_npy):
     psnr = {}
     for kernels in ("torch", "triton"):
         out = tmp_path / kernels
-        assert main([str(clip_npy), "--degrade", "temporal:uniform:3+sr:4", *FAST, "--kernels", kernels,
-                     "--out", str(out)]) == 0
+        assert main([str(clip_npy), "--degrade", "temporal:uniform:3+sr:4", *FAST, "--device", TRITON_DEVICE,
+                     "--kernels", kernels, "--out", str(out)]) == 0
         report = json.loads((out / "metrics.json").read_text())
         assert report["settings"]["kernels"] == report["kernels_used"] == kernels
         psnr[kernels] = report["restored"]["psnr_mean"]
