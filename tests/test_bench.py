@@ -156,9 +156,7 @@ def test_profile_unet_runs_on_the_cpu(capsys):
     assert row["norms"] == "torch" and row["forward_ms"] > 0
     assert row["kinds"]["convolution + matmul"] > 0 and row["kinds"]["groupnorm"] > 0
     assert row["kernel_ms"] == pytest.approx(sum(row["kinds"].values()))
-    # per forward, the ops' self time is about the timed forward (profiler overhead and a busy CPU allow
-    # a few times that); totals not divided by --repeats, or scaled by it, land far above
-    assert 0 < row["kernel_ms"] < 5 * row["forward_ms"]
+    assert row["kernel_ms"] > 0                      # per forward: test_profile_kernel_ms_is_per_forward
     assert profile_unet.main(["--norms", "cudnn", "--no-save"]) == 2
 
 
