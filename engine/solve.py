@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from engine.baselines import cg_baseline
-from engine.backends import BACKENDS
+from engine.backends import BACKENDS, GRAPH_BACKENDS
 from engine.errors import CheckpointError, InputError
 from engine.figures import contact_sheet, save_png
 from engine.metrics import clip_summary, json_safe
@@ -174,14 +174,13 @@ def run(args) -> Path:
         y = solver.measure(clean, sigma_y=args.sigma_y, seed=args.seed + 1)
     t0 = time.perf_counter()
     with tqdm(total=cfg.nfe, desc="restoring", unit="step", disable=None) as bar:
-        callback = (lambda *_: bar.update()) if cfg.backend not in ("torch+graph", "tensorrt") else None
-        restored = solver.solve(y, seed=args.seed, callback=callback)
+        restored = solver.solve(y, seed=args.seed, callback=step_counter(bar, cfg))
     if restored.is_cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     report = {"settings": cfg.to_dict(), "kernels_used": solver.op.backend,     # what --kernels auto resolved to
               "input": "demo" if args.demo else str(args.input),
-              "prior": str(args.checkpoint) if args.checkpoint else "gaussian (weight-free)",
+              "prior": prior_name(args),
               "seconds": seconds, "fps": frames / seconds}
     if clean is not None:
         cg = cg_baseline(solver.op, y, iters=cfg.nfe * cfg.cg_iters)
@@ -204,13 +203,12 @@ def run_blind(args, out: Path, model, size: int) -> Path:
     options = {k: v for k, v in cfg.to_dict().items() if k not in ("spec", "frames")}
     t0 = time.perf_counter()
     with tqdm(total=2 * cfg.nfe, desc="restoring (2 stages)", unit="step", disable=None) as bar:
-        callback = (lambda *_: bar.update()) if cfg.backend not in ("torch+graph", "tensorrt") else None
-        result = blind_deblur(model, y.to(cfg.device), init.to(cfg.device), seed=args.seed, callback=callback,
-                              **options)
+        result = blind_deblur(model, y.to(cfg.device), init.to(cfg.device), seed=args.seed,
+                              callback=step_counter(bar, cfg), **options)
     restored, seconds = result.clip.cpu(), time.perf_counter() - t0
     report = {"settings": {**options, "frames": y.shape[0]}, "input": str(args.input),
               "first_reconstruction": str(args.init),
-              "prior": str(args.checkpoint) if args.checkpoint else "gaussian (weight-free)",
+              "prior": prior_name(args),
               "seconds": seconds, "fps": y.shape[0] / seconds,
               "blind": {"psf": result.psf, "true_psf": true_psf, "stages": result.stages}}
     log.info("PSF %s%s, %.1f s", result.psf, f" (true {true_psf})" if true_psf else "", seconds)
@@ -245,6 +243,16 @@ def blind_inputs(args, size: int):
         raise InputError(f"the measurement has {y.shape[-2]}x{y.shape[-1]} frames; the model restores {size}x{size}")
     init = validate_video(read_video(args.init, size=None, frames=y.shape[0]), size=size)
     return clean, y, init, true_psf
+
+
+def step_counter(bar, cfg: SolverConfig):
+    """A sampler callback that advances the progress bar, or None for a captured loop (it cannot call back)."""
+    return None if cfg.backend in GRAPH_BACKENDS else (lambda *_: bar.update())
+
+
+def prior_name(args) -> str:
+    """The ε model named in metrics.json."""
+    return str(args.checkpoint) if args.checkpoint else "gaussian (weight-free)"
 
 
 def write_outputs(out: Path, args, clean, y, restored, report, *, init=None) -> None:
