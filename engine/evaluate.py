@@ -54,9 +54,8 @@ from engine.figures import comparison_grid, line_plot, save_png
 from engine.metrics import clip_summary
 from engine.metrics_extra import LPIPS, I3DFeatures
 from engine.report import Results, open_run, psnr_value, summarize, write_summary
-from engine.runtime import Solver, SolverConfig
+from engine.runtime import Solver, SolverConfig, load_model
 from engine.schedule import ddim_steps
-from engine.solve import load_model
 from engine.tasks import TASKS, get_task
 
 log = logging.getLogger("engine.evaluate")
@@ -317,7 +316,8 @@ def build(args):
         LPIPS.from_files(args.lpips_weights, args.lpips_backbone, args.device) if args.lpips_weights else None,
         I3DFeatures(args.fvd_weights, args.device) if args.fvd_weights else None,
     )
-    model, size = load_model(args)
+    model, size = load_model(args.checkpoint, backend=args.backend, engine=args.engine,
+                             size=args.size, device=args.device)
     prep = Prep(size=size, crop=args.crop, frames=args.frames)
     dataset = Dataset(args.data, args.cache or args.out / "prepared", prep)
     overrides = {k: v for k, v in (("nfe", args.nfe), ("eta", args.eta), ("cg_iters", args.cg_iters)) if v is not None}

@@ -99,6 +99,30 @@ class SolverConfig:
         return asdict(self)
 
 
+def load_model(checkpoint=None, *, backend: str = "torch", engine=None, size: int = 256, device="cpu"):
+    """(ε model, image size) for a Solver: a TensorRT engine file, an ADM checkpoint or the weight-free prior.
+
+    backend "tensorrt" takes the engine file in the model's place; otherwise `checkpoint` is
+    loaded (engine.checkpoint.load_adm, never random weights), and without one the
+    weight-free Gaussian prior restores frames of `size`.
+    """
+    if backend == "tensorrt":
+        if engine is None:
+            raise InputError("--backend tensorrt needs --engine FILE (build one with python -m engine.build)")
+        return engine, size
+    if engine is not None:
+        raise InputError("--engine is for --backend tensorrt")
+    if checkpoint is None:
+        from engine.priors import GaussianPrior
+
+        log.warning("no --checkpoint: using the weight-free Gaussian prior; the ADM checkpoint gives the paper's quality")
+        return GaussianPrior(), size
+    from engine.checkpoint import load_adm
+
+    model = load_adm(checkpoint, device=device)
+    return model, model.config.image_size
+
+
 def as_tensor(y, device: torch.device, dtype: torch.dtype) -> Tensor:
     """A torch view of y (torch, numpy, or anything with __dlpack__ such as cupy), moved if needed."""
     if isinstance(y, Tensor):

@@ -34,7 +34,7 @@ from engine.backends import BACKENDS, GRAPH_BACKENDS
 from engine.errors import CheckpointError, InputError
 from engine.figures import contact_sheet, save_png
 from engine.metrics import clip_summary, json_safe
-from engine.runtime import Solver, SolverConfig
+from engine.runtime import Solver, SolverConfig, load_model
 from engine.tasks import TASKS, get_task
 
 log = logging.getLogger("engine.solve")
@@ -105,29 +105,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def load_model(args):
-    """(ε model, image size): a TensorRT engine file, the ADM checkpoint or the weight-free prior.
-
-    Reads args.backend, args.engine (optional), args.checkpoint, args.size and args.device.
-    """
-    engine_file = getattr(args, "engine", None)
-    if args.backend == "tensorrt":
-        if engine_file is None:
-            raise InputError("--backend tensorrt needs --engine FILE (build one with python -m engine.build)")
-        return engine_file, args.size
-    if engine_file is not None:
-        raise InputError("--engine is for --backend tensorrt")
-    if args.checkpoint is None:
-        from engine.priors import GaussianPrior
-
-        log.warning("no --checkpoint: using the weight-free Gaussian prior; the ADM checkpoint gives the paper's quality")
-        return GaussianPrior(), args.size
-    from engine.checkpoint import load_adm
-
-    model = load_adm(args.checkpoint, device=args.device)
-    return model, model.config.image_size
-
-
 def solver_config(args, frames: int, size: int) -> SolverConfig:
     task = get_task(args.task or DEMO_TASK) if (args.task or not args.degrade) else None
     spec = task.spec if task else args.degrade
@@ -163,7 +140,8 @@ def run(args) -> Path:
     out = args.out.resolve()
     if out.exists() and not args.overwrite:
         raise InputError(f"{out} exists; pass --overwrite to replace it")
-    model, size = load_model(args)
+    model, size = load_model(args.checkpoint, backend=args.backend, engine=args.engine, size=args.size,
+                             device=args.device)
     if args.blind:
         return run_blind(args, out, model, size)
     clean, y = read_input(args, size)
