@@ -64,10 +64,18 @@ def tv_objective(op, y: Tensor, x: Tensor, lam: float) -> Tensor:
     return 0.5 * residual.square().sum() + lam * finite_difference(x).double().abs().sum()
 
 
-def cg_baseline(op, y: Tensor, iters: int, x0: Tensor | None = None) -> Tensor:
-    """Stand-alone CG: `iters` iterations on AᵀA x = Aᵀy from x0 (default Aᵀy), clamped to [0, 1].  → [N, C, H, W]"""
+def cg_baseline(op, y: Tensor, iters: int, x0: Tensor | None = None, gamma: float | None = None) -> Tensor:
+    """Stand-alone CG from x0 (default Aᵀy), clamped to [0, 1].  → [N, C, H, W]
+
+    gamma=None: `iters` iterations on AᵀA x = Aᵀy. A float γ: the sampler's regularised system
+    with Aᵀy in the place of the Tweedie estimate, (I + γAᵀA) x = Aᵀy + γAᵀy, for noisy y.
+    """
     Aty = op.A_adjoint(y)
-    x = conjugate_gradient(op.A_adjoint_A, Aty, Aty if x0 is None else x0, iters)
+    start = Aty if x0 is None else x0
+    if gamma is None:
+        x = conjugate_gradient(op.A_adjoint_A, Aty, start, iters)
+    else:
+        x = conjugate_gradient(lambda v: v + gamma * op.A_adjoint_A(v), (1 + gamma) * Aty, start, iters)
     return x.clamp(0, 1)
 
 

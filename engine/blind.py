@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
@@ -85,20 +85,22 @@ class BlindResult:
     stages: list[dict] = field(default_factory=list)   # per stage: the PSF fitted, the best fits, skipped or not
 
 
-def blind_deblur(model, y: Tensor, init: Tensor, *, family: Sequence[str] | None = None, seed: int = 0,
-                 top: int = 5, callback: Callable | None = None, **solver_options) -> BlindResult:
+def blind_deblur(model, y: Tensor, init: Tensor, config: SolverConfig, *, family: Sequence[str] | None = None,
+                 seed: int = 0, top: int = 5, callback: Callable | None = None) -> BlindResult:
     """Algorithm 2: fit the PSF to `init`, restore, fit again to the restoration, restore again.
 
     model: as for Solver (an ADMUNet, a weight-free prior or a TensorRT engine path);
     y: the measurement, init: the first reconstruction, both [N, 3, H, W] in [0, 1];
-    family: PSF specs (default `psf_family(N)`); solver_options: SolverConfig fields other
-    than spec and frames (size defaults to H). `callback(stage, ...)` follows each sampler step.
+    config: the Solver's settings, whose spec each stage replaces with the PSF it fits
+    (frames and size are y's); family: PSF specs (default `psf_family(N)`).
+    `callback(stage, ...)` follows each sampler step.
     """
     n, _, h, w = y.shape
     if h != w:
         raise InputError(f"frames must be square (the model's size), got {h}×{w}")
+    if h != config.size:
+        raise InputError(f"the measurement has {h}x{w} frames; the model restores {config.size}x{config.size}")
     family = list(family) if family is not None else psf_family(n)
-    solver_options = {"size": h, **solver_options}
     clip, used, stages = init, None, []
     for stage in (1, 2):
         fits = fit_psf(clip, y, family)
@@ -108,7 +110,7 @@ def blind_deblur(model, y: Tensor, init: Tensor, *, family: Sequence[str] | None
         if spec == used:
             log.info("stage %d skipped: the fit returns the PSF of stage %d", stage, stage - 1)
             break
-        solver = Solver(model, SolverConfig(spec=spec, frames=n, **solver_options))
+        solver = Solver(model, replace(config, spec=spec, frames=n))
         step = (lambda *a, stage=stage: callback(stage, *a)) if callback is not None else None
         clip, used = solver.solve(y, seed=seed, callback=step), spec
     return BlindResult(clip=clip, psf=used, stages=stages)

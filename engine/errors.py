@@ -7,3 +7,7 @@ class InputError(ValueError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded into the requested model. Never falls back to random weights."""
+
+
+class ModelError(RuntimeError):
+    """An ε model that misbehaves at run time: a wrong output shape, or NaN/Inf in what it returns."""

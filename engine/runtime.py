@@ -18,6 +18,7 @@ are captured in thread-local mode, so other threads may keep using the GPU meanw
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -26,12 +27,13 @@ from typing import Callable, Optional
 import torch
 
 from engine.backends import BACKENDS, GRAPH_BACKENDS, PRECISIONS, torch_eps
-from engine.errors import InputError
+from engine.backends.torch import cudnn_benchmark_mode
+from engine.errors import InputError, ModelError
 from engine.operators import BACKENDS as OPERATOR_BACKENDS
 from engine.operators import from_spec
 from engine.operators.common import AUTO, resolve_backend
 from engine.sampler import NOISE_MODES, check_measurement, draw_noise, reverse_process, step_kernels
-from engine.schedule import ddim_steps
+from engine.schedule import NUM_TRAIN_STEPS, ddim_steps
 from engine.streams import on_stream
 from engine.tasks import get_task
 
@@ -65,12 +67,19 @@ class SolverConfig:
         if self.precision not in PRECISIONS:
             raise InputError(f"unknown precision {self.precision!r}; accepted: {', '.join(PRECISIONS)}")
         if self.noise not in NOISE_MODES:
-            raise InputError(f"noise must be one of {NOISE_MODES}, got {self.noise!r}")
+            raise InputError(f"noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}")
         if self.kernels not in (*OPERATOR_BACKENDS, AUTO):
             raise InputError(f"kernels must be torch, triton or auto, got {self.kernels!r}")
-        if self.frames < 1 or self.size < 1 or self.cg_iters < 0 or not 1 <= self.nfe <= 1000:
-            raise InputError(f"bad sizes: frames={self.frames}, size={self.size}, nfe={self.nfe}, "
-                             f"cg_iters={self.cg_iters}")
+        _check_int("frames", self.frames, 1)
+        _check_int("size", self.size, 1)
+        _check_int("nfe", self.nfe, 1, NUM_TRAIN_STEPS)
+        _check_int("cg_iters", self.cg_iters, 0)
+        _check_int("mask_seed", self.mask_seed, 0)
+        if not 0 <= self.eta <= 1:              # also refuses NaN
+            raise InputError(f"eta (DDIM stochasticity η) must lie in [0, 1], got {self.eta}")
+        if self.gamma is not None and not (math.isfinite(self.gamma) and self.gamma > 0):
+            raise InputError(f"gamma (γ of the regularised CG) must be a finite number > 0, got {self.gamma}")
+        check_device(self.device)
         if self.backend in GRAPH_BACKENDS and not torch.device(self.device).type == "cuda":
             raise InputError(f"backend {self.backend!r} captures CUDA graphs and needs a CUDA device, "
                              f"got {self.device!r}")
@@ -99,6 +108,32 @@ class SolverConfig:
         return asdict(self)
 
 
+def _check_int(name: str, value, low: int, high: int | None = None) -> None:
+    """One line naming the setting and its limits for an integer outside [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        limits = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise InputError(f"{name} must be {limits}, got {value}")
+
+
+def check_device(device) -> torch.device:
+    """The torch device named by `device`, refused in one line when it is unknown or absent."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r}: this machine (or this build of torch) has no CUDA device; "
+                             f"use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return dev
+
+
 def load_model(checkpoint=None, *, backend: str = "torch", engine=None, size: int = 256, device="cpu"):
     """(ε model, image size) for a Solver: a TensorRT engine file, an ADM checkpoint or the weight-free prior.
 
@@ -123,8 +158,9 @@ def load_model(checkpoint=None, *, backend: str = "torch", engine=None, size: in
     return model, model.config.image_size
 
 
-def as_tensor(y, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """A torch view of y (torch, numpy, or anything with __dlpack__ such as cupy), moved if needed."""
+def as_tensor(y, device: torch.device, dtype: torch.dtype | None) -> Tensor:
+    """A torch view of y (torch, numpy, or anything with __dlpack__ such as cupy), moved (and cast,
+    unless `dtype` is None) if needed."""
     if isinstance(y, Tensor):
         t = y
     elif hasattr(y, "__dlpack__"):
@@ -135,6 +171,31 @@ def as_tensor(y, device: torch.device, dtype: torch.dtype) -> Tensor:
     else:
         t = torch.as_tensor(y)
     return t.to(device=device, dtype=dtype)
+
+
+#: how far a measurement may stray outside [0, 1] (measurement noise) before it is refused as out of range
+MEASUREMENT_SLACK = 0.5
+
+
+def as_measurement(y, device: torch.device) -> Tensor:
+    """y as float32 in the data range: 8-bit frames (uint8, 0–255) are scaled by 1/255.
+
+    Refuses, in one line, values far outside [0, 1] (|excess| > MEASUREMENT_SLACK: frames
+    given in 0–255 as floats, or in [−1, 1] model range by mistake), NaN and Inf.
+    """
+    t = as_tensor(y, device, None)
+    if t.dtype == torch.uint8:
+        t = t.to(torch.float32) / 255
+    elif not t.is_floating_point():
+        raise InputError(f"measurement must be float values in [0, 1] or uint8 frames, got dtype {t.dtype}")
+    t = t.to(torch.float32)
+    if not torch.isfinite(t).all():
+        raise InputError("measurement contains NaN or Inf values")
+    lo, hi = t.aminmax()
+    if lo < -MEASUREMENT_SLACK or hi > 1 + MEASUREMENT_SLACK:
+        raise InputError(f"measurement values span [{float(lo):.4g}, {float(hi):.4g}]; expected the data range "
+                         f"[0, 1] (uint8 frames are scaled by 1/255; scale float frames yourself)")
+    return t
 
 
 def measure(op, x: Tensor, *, sigma_y: float = 0.0, seed: int = 0) -> Tensor:
@@ -153,13 +214,14 @@ class Solver:
 
     def __init__(self, model, config: SolverConfig, *, eps_model: Callable | None = None):
         """`model`: an ADMUNet (or any nn.Module ε model), a weight-free prior, or a TensorRT
-        engine path for backend "tensorrt". `eps_model` overrides how it is evaluated."""
+        engine path for backend "tensorrt". `eps_model` overrides how it is evaluated. The
+        caller's module is left as it is: the Solver runs it, or its own converted copy."""
         self.config = config
         self.device = torch.device(config.device)
         self.op = from_spec(config.spec, config.shape, seed=config.mask_seed, device=self.device,
                             dtype=torch.float32, backend=config.operator_backend())
         self.steps = ddim_steps(config.nfe, config.eta)
-        self.eps_model = eps_model or self._make_eps(model)
+        self.eps_model = checked_eps(eps_model or self._make_eps(model), config.shape)
         self.kernels = step_kernels(self.op.backend)
         self._lock = threading.Lock()
         b = 1 if config.noise == "shared" else config.frames
@@ -168,8 +230,11 @@ class Solver:
         self._out: Tensor | None = None
         self._graph = None
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        if config.backend in GRAPH_BACKENDS:
-            self._capture()
+        with cudnn_benchmark_mode() if config.cudnn_benchmark else nullcontext():
+            if config.backend in GRAPH_BACKENDS:
+                self._capture()
+            elif config.cudnn_benchmark:
+                self._warm_up()
 
     def _make_eps(self, model) -> Callable:
         cfg = self.config
@@ -177,16 +242,20 @@ class Solver:
             from engine.backends.tensorrt import TensorRTEps
 
             return TensorRTEps(model, batch=cfg.frames, device=self.device)
-        if isinstance(model, torch.nn.Module):
-            model = model.to(self.device)
         return torch_eps(model, precision=cfg.precision, channels_last=cfg.channels_last,
-                         compile=cfg.backend == "compile", kernels=cfg.norm_kernels(),
-                         cudnn_benchmark=cfg.cudnn_benchmark)
+                         compile=cfg.backend == "compile", kernels=cfg.norm_kernels(), device=self.device)
 
     def _loop(self, callback=None) -> Tensor:
         cfg = self.config
         return reverse_process(self.eps_model, self._y, self.op, self._E, self.steps,
                                cg_iters=cfg.cg_iters, gamma=cfg.gamma, callback=callback, kernels=self.kernels)
+
+    def _warm_up(self) -> None:
+        """One network call at the loop's shapes on the Solver's stream: with cudnn_benchmark, cuDNN
+        times its algorithms here, once, and this thread keeps the plans it chose."""
+        t = torch.full((self.config.frames,), self.steps[0].t, dtype=torch.long, device=self.device)
+        with self._on_own_stream(), torch.no_grad():
+            self.eps_model(torch.zeros(self.config.shape, device=self.device), t)
 
     def _capture(self) -> None:
         """Warm up on the Solver's stream, then capture the whole reverse loop as one CUDA graph."""
@@ -207,8 +276,13 @@ class Solver:
         return measure(self.op, as_tensor(x, self.device, torch.float32), sigma_y=sigma_y, seed=seed)
 
     def solve(self, y, *, seed: int = 0, callback=None) -> Tensor:
-        """The restored clip [N, 3, H, W] in [0, 1] on the solver's device, from measurement y."""
-        y = as_tensor(y, self.device, torch.float32)
+        """The restored clip [N, 3, H, W] in [0, 1] on the solver's device, from measurement y.
+
+        y: op.out_shape, float in [0, 1] or uint8 frames (scaled by 1/255); refused when it is
+        far outside [0, 1] or not finite (`as_measurement`). A result that is not finite (an ε
+        model returning NaN) is refused too: both checks are reductions outside the loop.
+        """
+        y = as_measurement(y, self.device)
         check_measurement(y, self.op)
         if callback is not None and self._graph is not None:
             raise InputError("a captured solver cannot call back per step; use backend 'torch' for callbacks")
@@ -224,4 +298,25 @@ class Solver:
                     out = self._loop(callback)
             if caller is not None:
                 out.record_stream(caller)       # made on the Solver's stream, used on the caller's
-            return out
+        if not torch.isfinite(out).all():
+            raise ModelError("the restoration holds NaN or Inf values: the ε model returned non-finite values "
+                             "(try --dtype fp32, or check the checkpoint)")
+        return out
+
+
+def checked_eps(eps_model: Callable, shape: tuple[int, int, int, int]) -> Callable:
+    """`eps_model` with its output's shape checked on every call: [N, 3 or 6, H, W] for input [N, 3, H, W].
+
+    Shapes are host metadata, so the check costs no synchronisation and survives graph capture;
+    a wrong channel count would otherwise be broadcast silently into the step arithmetic.
+    """
+    def eps(x: Tensor, t: Tensor) -> Tensor:
+        out = eps_model(x, t)
+        n, _, h, w = x.shape
+        if out.dim() != 4 or out.shape[0] != n or out.shape[1] not in (3, 6) or tuple(out.shape[2:]) != (h, w):
+            raise ModelError(f"the ε model returned shape {tuple(out.shape)} for input {tuple(x.shape)}; "
+                             f"expected [{n}, 3 or 6, {h}, {w}] (6: learned σ)")
+        return out
+
+    eps.module = getattr(eps_model, "module", None)
+    return eps

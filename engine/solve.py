@@ -9,40 +9,94 @@ Without --measured, INPUT is the clean clip: it is degraded with the chosen oper
 restored, and scored. With --measured, INPUT is the measurement itself. With --blind the
 temporal PSF is unknown (the paper's Algorithm 2, engine.blind): it is fitted to a first
 reconstruction (--init, e.g. a deblurring network's output), the clip restored, the PSF
-fitted again to the restoration and the clip restored again. Everything is written into
-a temporary folder beside --out and moved into place at the end, so a failed run leaves
-no half-written output.
+fitted again to the restoration and the clip restored again.
+
+Every setting and the output location are checked before the model is loaded or the
+video read. Everything is written into a temporary folder beside --out and moved into
+place at the end, so a failed run leaves no half-written output. --overwrite replaces
+only a folder this command wrote (its metrics.json says so, and it holds nothing else),
+never one that holds the input, the current directory or a parent of either.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from tqdm import tqdm
 
-from engine.baselines import cg_baseline
 from engine.backends import BACKENDS, GRAPH_BACKENDS
-from engine.errors import CheckpointError, InputError
+from engine.baselines import admm_tv, cg_baseline
+from engine.errors import CheckpointError, InputError, ModelError
 from engine.figures import contact_sheet, save_png
-from engine.metrics import clip_summary, json_safe
-from engine.runtime import Solver, SolverConfig, load_model
+from engine.metrics import SSIM_RADIUS, clip_summary, json_safe
+from engine.runtime import Solver, SolverConfig, load_model, measure
 from engine.tasks import TASKS, get_task
 
 log = logging.getLogger("engine.solve")
 DEMO_TASK = "temporal-k7"
 DEFAULT_FRAMES = 16
+DEFAULT_FPS = 8.0                     # for inputs that declare no frame rate (frame folders, arrays, the demo)
+BASELINES = ("cg", "admm-tv")
+DEMO_BASELINES = BASELINES
+#: what the command writes into --out; a folder holding anything else is never replaced
+OUTPUT_NAMES = frozenset({"restored.mp4", "measurement.mp4", "frames", "metrics.json", "comparison.png"})
+WRITTEN_BY = "engine.solve"           # metrics.json's "written_by": the mark --overwrite checks
+MIN_SCORED_SIZE = 2 * SSIM_RADIUS + 1  # SSIM's window
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+@dataclass(frozen=True)
+class Job:
+    """The I/O half of one run (the Solver's settings are the other half, a SolverConfig)."""
+
+    input: Optional[Path]                # None: --demo
+    out: Path
+    overwrite: bool = False
+    measured: bool = False
+    blind: bool = False
+    init: Optional[Path] = None          # first reconstruction for --blind
+    checkpoint: Optional[Path] = None
+    engine: Optional[Path] = None        # TensorRT engine file
+    frames: Optional[int] = None         # None: up to DEFAULT_FRAMES
+    size: int = 256                      # frame size for the weight-free prior
+    fps: Optional[float] = None          # None: the input's own rate, else DEFAULT_FPS
+    sigma_y: float = 0.0                 # noise added to a clean INPUT, or the stated noise of a measured one
+    seed: int = 0
+    baselines: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not (math.isfinite(self.sigma_y) and self.sigma_y >= 0):
+            raise InputError(f"--sigma-y must be a finite number >= 0, got {self.sigma_y}")
+        if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
+            raise InputError(f"--fps must be a positive frame rate, got {self.fps}")
+        if self.frames is not None and self.frames < 1:
+            raise InputError(f"--frames must be at least 1, got {self.frames}")
+        if self.size < 1:
+            raise InputError(f"--size must be at least 1, got {self.size}")
+        if self.seed < 0:
+            raise InputError(f"--seed must be >= 0, got {self.seed}")
+        unknown = set(self.baselines) - set(BASELINES)
+        if unknown:
+            raise InputError(f"unknown baseline {sorted(unknown)[0]!r}; accepted: {', '.join(BASELINES)} or none")
+        scored = not self.measured and self.checkpoint is None and self.engine is None
+        if scored and self.size < MIN_SCORED_SIZE:
+            raise InputError(f"--size {self.size} is too small to score (SSIM needs frames of at least "
+                             f"{MIN_SCORED_SIZE}x{MIN_SCORED_SIZE})")
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine.solve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", nargs="?", help="clip: .mp4/.avi/.gif, a folder of frames, or a .npy [3, N, H, W] in [0, 1]")
@@ -60,15 +114,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     prior = p.add_mutually_exclusive_group()
     prior.add_argument("--checkpoint", type=Path, help="ADM checkpoint (.pt or .safetensors), e.g. 256x256_diffusion_uncond.pt")
     prior.add_argument("--prior", choices=["gaussian"], help="weight-free Gaussian prior (the default without --checkpoint)")
-    p.add_argument("--nfe", type=int, help="network evaluations K (task default: 20 temporal, 100 spatio-temporal)")
-    p.add_argument("--eta", type=float, help="DDIM stochasticity η (task default)")
-    p.add_argument("--cg-iters", type=int, help="CG iterations per step l (default 5)")
-    p.add_argument("--sigma-y", type=float, default=0.0, help="measurement noise added to the degraded clip (default 0)")
-    p.add_argument("--gamma", type=float, help="γ of the regularised CG (default: 1 when --sigma-y > 0, else noiseless CG)")
+    p.add_argument("--nfe", type=int, help="network evaluations K, 1 to 1000 (task default: 20 temporal, "
+                                           "100 spatio-temporal)")
+    p.add_argument("--eta", type=float, help="DDIM stochasticity η in [0, 1] (task default)")
+    p.add_argument("--cg-iters", type=int, help="CG iterations per step l, >= 0 (default 5)")
+    p.add_argument("--sigma-y", type=float, default=0.0,
+                   help="measurement noise σ_y in [0, 1] units: added to a clean INPUT; with --measured, the noise "
+                        "level the measurement already has (nothing is added; σ_y > 0 switches on the regularised "
+                        "CG). Default 0")
+    p.add_argument("--gamma", type=float, help="γ > 0 of the regularised CG (default: 1 when --sigma-y > 0, else "
+                                               "noiseless CG)")
     p.add_argument("--noise", choices=["shared", "independent"], default="shared",
                    help="one noise image for all frames (the paper) or one per frame (its ablation)")
-    p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0); the measurement noise of a clean "
+                                                        "INPUT uses seed + 1. Inpainting masks have their own seed "
+                                                        "(inpaint:RATE:SEED, default 0)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="network precision")
     p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="torch (eager), torch+graph (whole loop as one CUDA graph), compile, tensorrt (needs --engine)")
@@ -81,11 +142,50 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"frames to restore from the start of INPUT (default: up to {DEFAULT_FRAMES}; an explicit "
                         "count must be there)")
     p.add_argument("--size", type=int, default=256, help="frame size for the weight-free prior (a checkpoint sets its own)")
-    p.add_argument("--fps", type=int, default=8, help="frame rate of the written videos")
+    p.add_argument("--fps", type=float, help=f"frame rate of the written videos (default: the input's own, else "
+                                             f"{DEFAULT_FPS:g})")
+    p.add_argument("--baselines", default=None, metavar="LIST",
+                   help=f"comparison methods scored beside the restoration: cg, admm-tv, both (cg,admm-tv) or none "
+                        f"(default: none; both for --demo). With --sigma-y the CG baseline is regularised by γ")
     p.add_argument("--out", type=Path, required=True, help="output folder (must not exist unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an output folder this command wrote before (never any other folder)")
     p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def parse(argv=None) -> tuple[Job, SolverConfig, bool]:
+    """(Job, SolverConfig, verbose) from the command line; every setting is validated here, before any work.
+
+    The config's frames and size are provisional until the input and the model are read (`run`).
+    """
+    p = build_parser()
     args = p.parse_args(argv)
+    _check_combinations(p, args)
+    task = get_task(args.task or DEMO_TASK) if (args.task or not args.degrade) else None
+    baselines = _baselines(args.baselines, args.demo)
+    if (args.backend == "tensorrt") != (args.engine is not None):
+        raise InputError("--backend tensorrt needs --engine FILE (build one with python -m engine.build)"
+                         if args.engine is None else "--engine is for --backend tensorrt")
+    job = Job(input=None if args.demo else Path(args.input), out=args.out, overwrite=args.overwrite,
+              measured=args.measured, blind=args.blind, init=args.init, checkpoint=args.checkpoint,
+              engine=args.engine, frames=args.frames, size=args.size, fps=args.fps, sigma_y=args.sigma_y,
+              seed=args.seed, baselines=baselines)
+    gamma = args.gamma if args.gamma is not None else (1.0 if args.sigma_y > 0 else None)
+    defaults = task or get_task(DEMO_TASK)
+    cfg = SolverConfig(
+        spec=task.spec if task else args.degrade, frames=args.frames or DEFAULT_FRAMES, size=args.size,
+        nfe=args.nfe if args.nfe is not None else defaults.nfe,
+        eta=args.eta if args.eta is not None else defaults.eta,
+        cg_iters=args.cg_iters if args.cg_iters is not None else defaults.cg_iters,
+        gamma=gamma, noise=args.noise, backend=args.backend, precision=args.dtype, kernels=args.kernels,
+        device=args.device, channels_last=str(args.device).startswith("cuda"),
+        cudnn_benchmark=args.cudnn_benchmark)
+    return job, cfg, args.verbose
+
+
+def _check_combinations(p: argparse.ArgumentParser, args) -> None:
+    """argparse errors for flags that do not go together."""
     if args.demo == (args.input is not None):
         p.error("give either INPUT or --demo")
     if args.demo and args.measured:
@@ -102,91 +202,95 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--init is for --blind")
     if not args.demo and not (args.task or args.degrade) and not (args.blind and args.measured):
         p.error("give --task or --degrade")
-    return args
 
 
-def solver_config(args, frames: int, size: int) -> SolverConfig:
-    task = get_task(args.task or DEMO_TASK) if (args.task or not args.degrade) else None
-    spec = task.spec if task else args.degrade
-    gamma = args.gamma if args.gamma is not None else (1.0 if args.sigma_y > 0 else None)
-    return SolverConfig(
-        spec=spec, frames=frames, size=size,
-        nfe=args.nfe or (task.nfe if task else 20),
-        eta=args.eta if args.eta is not None else (task.eta if task else 0.15),
-        cg_iters=args.cg_iters if args.cg_iters is not None else (task.cg_iters if task else 5),
-        gamma=gamma, noise=args.noise, backend=args.backend, precision=args.dtype, kernels=args.kernels,
-        device=args.device,
-        channels_last=torch.device(args.device).type == "cuda", cudnn_benchmark=args.cudnn_benchmark,
-        mask_seed=args.seed,
-    )
+def _baselines(text: Optional[str], demo: bool) -> tuple[str, ...]:
+    """The --baselines list: "none", or names joined by commas; default none, both for the demo."""
+    if text is None:
+        return DEMO_BASELINES if demo else ()
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    return () if names == ("none",) else names
 
 
-def read_input(args, size: int):
-    """(clean clip or None, measurement or None): what INPUT holds."""
-    if args.demo:
-        from engine.testclips import demo_clip
-
-        return demo_clip(frames=args.frames or DEFAULT_FRAMES, size=size), None
-    from engine.video_io import read_video, validate_video
-
-    clip = read_video(args.input, size=None if args.measured else size, frames=args.frames, at_most=DEFAULT_FRAMES)
-    if args.measured:
-        return None, validate_video(clip)
-    return validate_video(clip, size=size), None
+# ----------------------------------------------------------------------------- the run
 
 
-def run(args) -> Path:
-    """The whole job; returns the output folder."""
-    out = args.out.resolve()
-    if out.exists() and not args.overwrite:
-        raise InputError(f"{out} exists; pass --overwrite to replace it")
-    model, size = load_model(args.checkpoint, backend=args.backend, engine=args.engine, size=args.size,
-                             device=args.device)
-    if args.blind:
-        return run_blind(args, out, model, size)
-    clean, y = read_input(args, size)
-    frames = (clean if clean is not None else y).shape[0]
-    cfg = solver_config(args, frames, size)
+def run(job: Job, cfg: SolverConfig) -> Path:
+    """The whole job; returns the output folder. The output location is claimed first."""
+    with claimed_output(job) as tmp:
+        model, size = load_model(job.checkpoint, backend=cfg.backend, engine=job.engine, size=job.size,
+                                 device=cfg.device)
+        clean, y, notes = read_input(job, size)
+        cfg = dataclasses.replace(cfg, frames=(clean if clean is not None else y).shape[0], size=size)
+        _say_assumed_mask(job, cfg)
+        if job.blind:
+            clip, report, y, init = restore_blind(job, cfg, model, clean, y)
+        else:
+            (clip, report, y), init = restore(job, cfg, model, clean, y), None
+        report = {"written_by": WRITTEN_BY, **report, "input_changes": notes}
+        write_outputs(tmp, job, clean, y, clip.cpu(), report, fps=_output_fps(job), init=init)
+    log.info("wrote restored.mp4, measurement.mp4, frames/, metrics.json and comparison.png to %s", job.out)
+    return job.out.resolve()
+
+
+def restore(job: Job, cfg: SolverConfig, model, clean, y):
+    """(restored clip, report, measurement): Algorithm 1 on y, or on A(clean) + σ_y·w."""
     solver = Solver(model, cfg)
     if clean is not None:
-        y = solver.measure(clean, sigma_y=args.sigma_y, seed=args.seed + 1)
+        y = solver.measure(clean, sigma_y=job.sigma_y, seed=job.seed + 1)
     t0 = time.perf_counter()
     with tqdm(total=cfg.nfe, desc="restoring", unit="step", disable=None) as bar:
-        restored = solver.solve(y, seed=args.seed, callback=step_counter(bar, cfg))
+        restored = solver.solve(y, seed=job.seed, callback=step_counter(bar, cfg))
     if restored.is_cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    report = {"settings": cfg.to_dict(), "kernels_used": solver.op.backend,     # what --kernels auto resolved to
-              "input": "demo" if args.demo else str(args.input),
-              "prior": prior_name(args),
-              "seconds": seconds, "fps": frames / seconds}
+    report = {"settings": settings(job, cfg), "kernels_used": solver.op.backend,   # what --kernels auto resolved to
+              "input": "demo" if job.input is None else str(job.input), "prior": prior_name(job),
+              "seconds": seconds, "fps": cfg.frames / seconds}
     if clean is not None:
-        cg = cg_baseline(solver.op, y, iters=cfg.nfe * cfg.cg_iters)
         report["restored"] = clip_summary(restored.cpu(), clean)
-        report["baselines"] = {f"cg ({cfg.nfe * cfg.cg_iters} iterations)": clip_summary(cg.cpu(), clean)}
-        log.info("PSNR %.2f dB (CG baseline %.2f dB), SSIM %.4f, %.1f s",
-                 report["restored"]["psnr_mean"], report["baselines"][next(iter(report["baselines"]))]["psnr_mean"],
-                 report["restored"]["ssim_mean"], seconds)
-    write_outputs(out, args, clean, y, restored.cpu(), report)
-    log.info("wrote restored.mp4, measurement.mp4, frames/, metrics.json and comparison.png to %s", out)
+        report["baselines"] = {name: clip_summary(clip.cpu(), clean)
+                               for name, clip in run_baselines(job, cfg, solver.op, y).items()}
+        scores = ", ".join(f"{k} {v['psnr_mean']:.2f} dB" for k, v in report["baselines"].items())
+        log.info("PSNR %.2f dB%s, SSIM %.4f, %.1f s", report["restored"]["psnr_mean"],
+                 f" (baselines: {scores})" if scores else "", report["restored"]["ssim_mean"], seconds)
+    return restored, report, y
+
+
+def run_baselines(job: Job, cfg: SolverConfig, op, y) -> dict:
+    """{name: clip} of the --baselines, each named with what it ran (CG at the sampler's budget K·l,
+    regularised by γ towards Aᵀy when the sampler's CG is)."""
+    out = {}
+    if "cg" in job.baselines:
+        iters = cfg.nfe * cfg.cg_iters
+        name = (f"cg ({iters} iterations)" if cfg.gamma is None
+                else f"cg regularised, gamma {cfg.gamma:g} towards A^T y ({iters} iterations)")
+        out[name] = cg_baseline(op, y, iters=iters, gamma=cfg.gamma)
+    if "admm-tv" in job.baselines:
+        out["admm-tv"] = admm_tv(op, y)
     return out
 
 
-def run_blind(args, out: Path, model, size: int) -> Path:
-    """Algorithm 2 (engine.blind) on INPUT with the first reconstruction --init; returns the output folder."""
+def restore_blind(job: Job, cfg: SolverConfig, model, clean, y):
+    """(restored clip, report, measurement, first reconstruction): Algorithm 2 (engine.blind) with --init."""
     from engine.blind import blind_deblur
+    from engine.operators import from_spec
+    from engine.video_io import read_video, validate_video
 
-    clean, y, init, true_psf = blind_inputs(args, size)
-    cfg = solver_config(args, y.shape[0], size)              # the settings; the spec is what the fit finds
-    options = {k: v for k, v in cfg.to_dict().items() if k not in ("spec", "frames")}
+    true_psf = None
+    if clean is not None:
+        true_psf = cfg.spec
+        if "+" in true_psf or not true_psf.startswith("temporal:"):
+            raise InputError(f"--blind estimates a temporal PSF alone; {true_psf!r} is not one")
+        y = measure(from_spec(true_psf, tuple(clean.shape)), clean, sigma_y=job.sigma_y, seed=job.seed + 1)
+    init = validate_video(read_video(job.init, size=None, frames=y.shape[0]), size=cfg.size)
     t0 = time.perf_counter()
     with tqdm(total=2 * cfg.nfe, desc="restoring (2 stages)", unit="step", disable=None) as bar:
-        result = blind_deblur(model, y.to(cfg.device), init.to(cfg.device), seed=args.seed,
-                              callback=step_counter(bar, cfg), **options)
+        result = blind_deblur(model, y.to(cfg.device), init.to(cfg.device), cfg, seed=job.seed,
+                              callback=step_counter(bar, cfg))
     restored, seconds = result.clip.cpu(), time.perf_counter() - t0
-    report = {"settings": {**options, "frames": y.shape[0]}, "input": str(args.input),
-              "first_reconstruction": str(args.init),
-              "prior": prior_name(args),
+    report = {"settings": {k: v for k, v in settings(job, cfg).items() if k != "spec"},
+              "input": str(job.input), "first_reconstruction": str(job.init), "prior": prior_name(job),
               "seconds": seconds, "fps": y.shape[0] / seconds,
               "blind": {"psf": result.psf, "true_psf": true_psf, "stages": result.stages}}
     log.info("PSF %s%s, %.1f s", result.psf, f" (true {true_psf})" if true_psf else "", seconds)
@@ -195,74 +299,215 @@ def run_blind(args, out: Path, model, size: int) -> Path:
         report["baselines"] = {"first reconstruction (--init)": clip_summary(init, clean)}
         log.info("PSNR %.2f dB (first reconstruction %.2f dB)", report["restored"]["psnr_mean"],
                  report["baselines"]["first reconstruction (--init)"]["psnr_mean"])
-    write_outputs(out, args, clean, y, restored, report, init=init)
-    log.info("wrote restored.mp4, measurement.mp4, frames/, metrics.json and comparison.png to %s", out)
-    return out
+    return restored, report, y, init
 
 
-def blind_inputs(args, size: int):
-    """(clean clip or None, measurement y, first reconstruction, true PSF spec or None) for --blind.
+def settings(job: Job, cfg: SolverConfig) -> dict:
+    """Every setting of the run, for metrics.json."""
+    return {**cfg.to_dict(), "sigma_y": job.sigma_y, "seed": job.seed, "baselines": list(job.baselines),
+            "fps": _output_fps(job)}
 
-    A clean INPUT is blurred with --task/--degrade (a temporal PSF, hidden from the fit);
-    a measured one is taken as it is. --init must match y's frames and the model's size.
+
+# ----------------------------------------------------------------------------- input
+
+
+def read_input(job: Job, size: int):
+    """(clean clip or None, measurement or None, notes): what INPUT holds, and every change made to it.
+
+    A clean clip is centre-cropped and resized to the model's square size (the paper's protocol);
+    without --frames at most DEFAULT_FRAMES frames are kept. Each change is logged and noted.
     """
-    from engine.operators import from_spec
-    from engine.runtime import measure
-    from engine.video_io import read_video, validate_video
+    from engine.video_io import read_video, square_clip, validate_video
 
-    clean, y = read_input(args, size)
-    true_psf = None
-    if clean is not None:
-        true_psf = solver_config(args, clean.shape[0], size).spec
-        if "+" in true_psf or not true_psf.startswith("temporal:"):
-            raise InputError(f"--blind estimates a temporal PSF alone; {true_psf!r} is not one")
-        y = measure(from_spec(true_psf, tuple(clean.shape)), clean, sigma_y=args.sigma_y, seed=args.seed + 1)
-    if tuple(y.shape[-2:]) != (size, size):
-        raise InputError(f"the measurement has {y.shape[-2]}x{y.shape[-1]} frames; the model restores {size}x{size}")
-    init = validate_video(read_video(args.init, size=None, frames=y.shape[0]), size=size)
-    return clean, y, init, true_psf
+    if job.input is None:
+        from engine.testclips import demo_clip
+
+        return demo_clip(frames=job.frames or DEFAULT_FRAMES, size=size), None, []
+    at_most = None if job.frames is not None else DEFAULT_FRAMES + 1     # one more: to tell a cut clip
+    clip = read_video(job.input, size=None, frames=job.frames, at_most=at_most)
+    notes = []
+    if job.frames is None and clip.shape[0] > DEFAULT_FRAMES:
+        clip = clip[:DEFAULT_FRAMES]
+        notes.append(f"kept the first {DEFAULT_FRAMES} frames (the input has more; --frames N takes N)")
+    if job.measured:
+        return None, validate_video(clip), _logged(notes)
+    h, w = clip.shape[-2:]
+    if (h, w) != (size, size):
+        side = min(h, w)
+        crop = f"centre-cropped {w}x{h} frames to {side}x{side} and " if h != w else f"{w}x{h} frames "
+        notes.append(f"{crop}resized to {size}x{size} (the model's size)")
+        clip = square_clip(clip, size)
+    return validate_video(clip, size=size), None, _logged(notes)
+
+
+def _logged(notes: list[str]) -> list[str]:
+    for note in notes:
+        log.warning("input changed: %s", note)
+    return notes
+
+
+def _output_fps(job: Job) -> float:
+    """--fps, else the input's declared frame rate, else DEFAULT_FPS."""
+    if job.fps is not None:
+        return job.fps
+    from engine.video_io import frame_rate
+
+    return (frame_rate(job.input) if job.input is not None else None) or DEFAULT_FPS
+
+
+def _say_assumed_mask(job: Job, cfg: SolverConfig) -> None:
+    """A measured random-inpainting run names the mask it assumes (the spec's seed, else seed 0)."""
+    if not job.measured:
+        return
+    for term in cfg.spec.split("+"):
+        fields = term.split(":")
+        if fields[0] == "inpaint" and not fields[1].startswith("file=") and len(fields) == 2:
+            log.warning("measured inpainting without a mask file or seed: assuming the random mask of seed %d "
+                        "(%s:%d); name yours with inpaint:RATE:SEED or inpaint:file=MASK.png",
+                        cfg.mask_seed, term, cfg.mask_seed)
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def claimed_output(job: Job):
+    """Check --out and claim it: a temporary sibling folder to write into (see `OutputClaim`)."""
+    return OutputClaim(job.out, overwrite=job.overwrite,
+                       protected=[p for p in (job.input, job.init, job.checkpoint, job.engine) if p is not None])
+
+
+class OutputClaim:
+    """`with OutputClaim(out, ...) as tmp:` — refuses a bad --out before any work, yields a fresh
+    temporary folder beside it, and on success moves it into place (replacing an old output of this
+    command); on failure it removes the temporary folder and any parent folders it created."""
+
+    def __init__(self, out: Path, *, overwrite: bool, protected: list[Path]):
+        self.out = Path(os.path.abspath(out))
+        check_output(self.out, overwrite=overwrite, protected=[Path.cwd(), *protected])
+        self._created = _first_missing(self.out.parent)
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+        except OSError as err:
+            self._remove_created()
+            raise InputError(f"cannot create the output folder {self.out}: {err.strerror or err}") from None
+        os.chmod(self.tmp, 0o777 & ~_umask())        # mkdtemp makes 0700; outputs follow the user's umask
+
+    def __enter__(self) -> Path:
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self._move_into_place()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        if exc_type is not None:
+            self._remove_created()
+
+    def _move_into_place(self) -> None:
+        old = None
+        if self.out.exists():                          # an earlier output of this command (check_output)
+            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
+            os.replace(self.out, old)
+        os.replace(self.tmp, self.out)
+        if old is not None:
+            shutil.rmtree(old)
+
+    def _remove_created(self) -> None:
+        if self._created is not None:
+            shutil.rmtree(self._created, ignore_errors=True)
+
+
+def check_output(out: Path, *, overwrite: bool, protected: list[Path]) -> None:
+    """One line, before any work, for an --out that cannot or must not be (re)placed."""
+    for path in protected:
+        path = Path(os.path.abspath(path))
+        if out == path or out in path.parents:
+            raise InputError(f"--out {out} would replace {path} (an input or the current folder); choose a new folder")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    if not overwrite:
+        raise InputError(f"{out} exists; pass --overwrite to replace an output of this command, or choose a new folder")
+    if not any(out.iterdir()):
+        return                                          # an empty folder holds nothing to lose
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_NAMES)
+    if foreign:
+        raise InputError(f"--overwrite refused: {out} holds files this command did not write "
+                         f"({', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''})")
+    if _written_by(out / "metrics.json") != WRITTEN_BY:
+        raise InputError(f"--overwrite refused: {out} was not written by {WRITTEN_BY} (its metrics.json does not "
+                         f"say so); remove it yourself if you mean it")
+
+
+def _written_by(metrics: Path) -> Optional[str]:
+    try:
+        return json.loads(metrics.read_text()).get("written_by")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _first_missing(folder: Path) -> Optional[Path]:
+    """The outermost ancestor of `folder` (or itself) that does not exist yet, or None."""
+    missing = None
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing = path
+    return missing
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_outputs(folder: Path, job: Job, clean, y, restored, report, *, fps: float, init=None) -> None:
+    """restored.mp4, measurement.mp4, frames/, metrics.json, comparison.png into `folder`."""
+    from engine.video_io import write_frames, write_video
+
+    y_view = y.detach().cpu().clamp(0, 1)
+    write_video(folder / "restored.mp4", restored, fps=fps)
+    write_video(folder / "measurement.mp4", y_view, fps=fps)
+    write_frames(folder / "frames", restored)
+    (folder / "metrics.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
+    rows = ([("clean", clean)] if clean is not None else []) + [("measured", y_view)]
+    rows += ([("first estimate", init)] if init is not None else []) + [("restored", restored)]
+    n = restored.shape[0]
+    save_png(folder / "comparison.png", contact_sheet(rows, sorted({0, n // 3, 2 * n // 3, n - 1})))
 
 
 def step_counter(bar, cfg: SolverConfig):
-    """A sampler callback that advances the progress bar, or None for a captured loop (it cannot call back)."""
-    return None if cfg.backend in GRAPH_BACKENDS else (lambda *_: bar.update())
+    """A sampler callback that advances the progress bar, or logs every tenth of the steps when the bar
+    is off (output not a terminal); None for a captured loop (it cannot call back)."""
+    if cfg.backend in GRAPH_BACKENDS:
+        return None
+    every = max(1, cfg.nfe // 10)
+
+    def count(k, *_):
+        bar.update()
+        if bar.disable and ((k + 1) % every == 0 or k + 1 == cfg.nfe):
+            log.info("step %d/%d", k + 1, cfg.nfe)
+
+    return count
 
 
-def prior_name(args) -> str:
+def prior_name(job: Job) -> str:
     """The ε model named in metrics.json."""
-    return str(args.checkpoint) if args.checkpoint else "gaussian (weight-free)"
-
-
-def write_outputs(out: Path, args, clean, y, restored, report, *, init=None) -> None:
-    """restored.mp4, measurement.mp4, frames/, metrics.json, comparison.png, moved into `out` at once."""
-    from engine.video_io import write_frames, write_video
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        y_view = y.detach().cpu().clamp(0, 1)
-        write_video(tmp / "restored.mp4", restored, fps=args.fps)
-        write_video(tmp / "measurement.mp4", y_view, fps=args.fps)
-        write_frames(tmp / "frames", restored)
-        (tmp / "metrics.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
-        rows = ([("clean", clean)] if clean is not None else []) + [("measured", y_view)]
-        rows += ([("first estimate", init)] if init is not None else []) + [("restored", restored)]
-        n = restored.shape[0]
-        save_png(tmp / "comparison.png", contact_sheet(rows, sorted({0, n // 3, 2 * n // 3, n - 1})))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    return str(job.checkpoint) if job.checkpoint else "gaussian (weight-free)"
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        out = run(args)
-    except (InputError, CheckpointError, ImportError) as err:
+        job, cfg, verbose = parse(argv)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        out = run(job, cfg)
+    except (InputError, CheckpointError, ModelError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(out)

@@ -220,6 +220,30 @@ def _prepare(frame: torch.Tensor, size: int | None) -> torch.Tensor:
     return F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
 
 
+def square_clip(clip: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre-crop each frame of `[N, 3, H, W]` to a square and resize it to `size` (antialiased): the
+    paper's protocol.  → `[N, 3, size, size]`"""
+    return torch.stack([_prepare(frame, size) for frame in clip])
+
+
+def frame_rate(path: str | os.PathLike) -> float | None:
+    """The frame rate a video file declares, or None (frame folders, arrays, files without one)."""
+    path = Path(path)
+    if path.is_dir() or path.suffix.lower() not in VIDEO_EXTS + GIF_EXTS:
+        return None
+    try:
+        meta = _imageio().immeta(path, plugin="pillow" if path.suffix.lower() in GIF_EXTS else "FFMPEG")
+    except Exception:  # noqa: BLE001 - a file the decoder cannot describe simply has no known rate
+        return None
+    if "fps" in meta:
+        fps = meta["fps"]
+    elif meta.get("duration"):                       # GIF: milliseconds per frame
+        fps = 1000.0 / float(meta["duration"])
+    else:
+        return None
+    return float(fps) if fps and np.isfinite(fps) and fps > 0 else None
+
+
 def _hwc_to_chw(frame: np.ndarray, path: Path) -> torch.Tensor:
     """Decoded image `[H, W]` or `[H, W, C]` (C = 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA) → `[3, H, W]`."""
     if frame.ndim == 2:

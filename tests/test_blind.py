@@ -11,6 +11,7 @@ from engine.blind import blind_deblur, fit_psf, psf_family
 from engine.errors import InputError
 from engine.operators import from_spec
 from engine.priors import GaussianPrior
+from engine.runtime import SolverConfig
 from engine.solve import main
 from engine.testclips import camera_clip
 
@@ -75,7 +76,8 @@ def test_two_stages_and_the_skip(clip, monkeypatch):
     steps, fitted = [], []
     real_fit = blind.fit_psf
     monkeypatch.setattr(blind, "fit_psf", lambda xk, yk, family: fitted.append((xk, yk)) or real_fit(xk, yk, family))
-    result = blind_deblur(GaussianPrior(), y, noisy, nfe=3, cg_iters=2, callback=lambda stage, *_: steps.append(stage))
+    cfg = SolverConfig(spec=true, frames=x.shape[0], size=x.shape[-1], nfe=3, cg_iters=2)
+    result = blind_deblur(GaussianPrior(), y, noisy, cfg, callback=lambda stage, *_: steps.append(stage))
     assert result.psf == true and result.clip.shape == x.shape
     # Algorithm 2: stage 1 fits to the first reconstruction, stage 2 to stage 1's restoration (here the result)
     assert len(fitted) == 2 and fitted[0][0] is noisy, "stage 1 must fit the PSF to the first reconstruction"
@@ -100,7 +102,8 @@ def test_stage_two_restores_again_when_the_fit_moves(clip, monkeypatch):
 
     monkeypatch.setattr(blind, "Solver", RecordingSolver)
     steps = []
-    result = blind_deblur(GaussianPrior(), y, x, nfe=2, cg_iters=1, callback=lambda stage, *_: steps.append(stage))
+    cfg = SolverConfig(spec="temporal:uniform:5", frames=x.shape[0], size=x.shape[-1], nfe=2, cg_iters=1)
+    result = blind_deblur(GaussianPrior(), y, x, cfg, callback=lambda stage, *_: steps.append(stage))
     assert result.psf == "temporal:uniform:5:circular" and steps == [1, 1, 2, 2]
     assert [s["skipped"] for s in result.stages] == [False, False]
     # Algorithm 2: stage 1 fits to init, stage 2 to stage 1's restoration, and the result is stage 2's

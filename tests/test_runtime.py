@@ -98,7 +98,7 @@ def test_bad_configs(change, match):
         SolverConfig.from_task("temporal-k7", **change)
 
 
-def test_operator_backend_auto_picks_what_runs():
+def test_operator_backend_auto_picks_what_runs(pretend_cuda):
     from kernels.temporal import MAX_FRAMES
 
     def pick(**kw):
@@ -111,7 +111,7 @@ def test_operator_backend_auto_picks_what_runs():
     assert norms == "triton"                                       # the fused GroupNorm has no frame limit
 
 
-def test_auto_kernels_without_triton_run_torch_and_triton_is_refused(monkeypatch):
+def test_auto_kernels_without_triton_run_torch_and_triton_is_refused(monkeypatch, pretend_cuda):
     from engine.operators import common
 
     monkeypatch.setattr(common, "triton_installed", lambda: False)
@@ -127,11 +127,19 @@ def test_the_solver_sets_the_unet_norms_with_its_kernels():
 
     def norms(**kw):
         model = ADMUNet(ADMConfig.preset("tiny"))
-        Solver(model, SolverConfig.from_task("temporal-k7", frames=8, size=32, nfe=2, **kw))
-        return {m.kernels for m in model.modules() if isinstance(m, GroupNorm32)}
+        solver = Solver(model, SolverConfig.from_task("temporal-k7", frames=8, size=32, nfe=2, **kw))
+        assert {m.kernels for m in model.modules() if isinstance(m, GroupNorm32)} == {"torch"}   # the caller's: as it was
+        return {m.kernels for m in solver.eps_model.module.modules() if isinstance(m, GroupNorm32)}
 
     assert norms() == {"torch"} and norms(kernels="triton") == {"triton"}
     assert norms(kernels="triton", backend="compile") == {"torch"}          # inductor fuses them itself
+
+
+@pytest.fixture
+def pretend_cuda(monkeypatch):
+    """A CUDA device as far as SolverConfig's device check can tell (to test choices, not to run)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
 
 
 def test_unknown_task():
@@ -164,3 +172,110 @@ def test_cupy_input_reaches_the_solver_without_a_copy(clip):
     y_cupy = cupy.from_dlpack(y)
     assert as_tensor(y_cupy, solver.device, torch.float32).data_ptr() == y_cupy.data.ptr
     assert torch.equal(solver.solve(y_cupy, seed=3), solver.solve(y, seed=3))
+
+
+# ----------------------------------------------------------------------------- what a newcomer hit (#14)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(nfe=0), "nfe must be between 1 and 1000, got 0"),
+    (dict(nfe=5000), "nfe must be between 1 and 1000, got 5000"),
+    (dict(cg_iters=-1), "cg_iters must be at least 0"),
+    (dict(frames=0), "frames must be at least 1"),
+    (dict(size=0), "size must be at least 1"),
+    (dict(eta=-1.0), r"eta .* \[0, 1\]"),
+    (dict(eta=5.0), r"eta .* \[0, 1\]"),
+    (dict(eta=float("nan")), r"eta .* \[0, 1\]"),
+    (dict(gamma=-1.0), "gamma .* > 0"),
+    (dict(gamma=0.0), "gamma .* > 0"),
+    (dict(gamma=float("nan")), "gamma .* > 0"),
+    (dict(device="tpu"), "device"),
+    (dict(device="cuda:banana"), "device"),
+])
+def test_every_setting_is_refused_in_one_line_with_its_limit(change, match):
+    with pytest.raises(InputError, match=match):
+        SolverConfig.from_task("temporal-k7", **change)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_cuda_without_cuda_is_one_clear_line():
+    with pytest.raises(InputError, match="no CUDA device; use --device cpu"):
+        SolverConfig.from_task("temporal-k7", device="cuda")
+
+
+def test_uint8_measurements_are_scaled(solver, clip):
+    y = solver.measure(clip)
+    as_bytes = (y * 255).round().to(torch.uint8)
+    out = solver.solve(as_bytes, seed=3)
+    assert torch.equal(out, solver.solve(as_bytes.float() / 255, seed=3))
+    assert out.mean() < 0.9                                     # not the white clip of an unscaled 0–255 input
+
+
+@pytest.mark.parametrize("scale, shift", [(255.0, 0.0), (2.0, -1.0)])
+def test_measurements_far_outside_the_data_range_are_refused(solver, clip, scale, shift):
+    y = solver.measure(clip) * scale + shift                    # 0–255 floats, or the model's [−1, 1]
+    with pytest.raises(InputError, match=r"expected the data range \[0, 1\]"):
+        solver.solve(y)
+    solver.solve(solver.measure(clip, sigma_y=0.1, seed=1))    # measurement noise slightly outside is fine
+
+
+class _Broken(torch.nn.Module):
+    """An ε model returning `channels` channels, NaN where `nan`."""
+
+    def __init__(self, channels=3, nan=False):
+        super().__init__()
+        self.channels, self.nan, self.w = channels, nan, torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t):
+        out = x[:, :1].expand(-1, self.channels, -1, -1) * self.w
+        return out + float("nan") if self.nan else out
+
+
+def test_an_eps_model_with_the_wrong_channel_count_is_refused(clip):
+    from engine.errors import ModelError
+
+    solver = Solver(_Broken(channels=1), CFG)
+    with pytest.raises(ModelError, match=r"returned shape \(8, 1, 24, 24\).*3 or 6"):
+        solver.solve(solver.measure(clip))
+
+
+def test_an_eps_model_returning_nan_is_refused(clip):
+    from engine.errors import ModelError
+
+    solver = Solver(_Broken(nan=True), CFG)
+    with pytest.raises(ModelError, match="NaN"):
+        solver.solve(solver.measure(clip))
+
+
+# ----------------------------------------------------------------------------- the caller's model (#15 §3)
+
+
+def _snapshot(model):
+    return {k: (v.dtype, v.data_ptr(), v.detach().clone()) for k, v in model.state_dict().items()}
+
+
+def _unchanged(model, snapshot):
+    now = model.state_dict()
+    return all(now[k].dtype == d and now[k].data_ptr() == p and torch.equal(now[k], v)
+               for k, (d, p, v) in snapshot.items())
+
+
+@pytest.mark.parametrize("order", [("fp32", "fp16"), ("fp16", "fp32")])
+def test_solvers_leave_the_callers_model_alone(clip, order):
+    from engine.unet import ADMConfig, ADMUNet, GroupNorm32
+
+    torch.manual_seed(0)
+    model = ADMUNet(ADMConfig.preset("tiny")).eval()
+    before = _snapshot(model)
+    cfg = SolverConfig(spec="temporal:uniform:3", frames=4, size=32, nfe=2, cg_iters=1)
+    y = camera_clip(frames=4, size=32)
+    solvers = {p: Solver(model, SolverConfig(**{**cfg.to_dict(), "precision": p, "kernels": "torch"}))
+               for p in order}
+    outs = {p: solvers[p].solve(solvers[p].op.A(y), seed=0) for p in order}
+    assert _unchanged(model, before)
+    assert {m.kernels for m in model.modules() if isinstance(m, GroupNorm32)} == {"torch"}
+    assert solvers["fp32"].eps_model.module is model                       # nothing to convert: shared
+    assert solvers["fp16"].eps_model.module is not model and solvers["fp16"].eps_model.module.dtype == torch.float16
+    again = Solver(model, SolverConfig(**{**cfg.to_dict(), "precision": "fp32", "kernels": "torch"}))
+    assert torch.equal(again.solve(again.op.A(y), seed=0), outs["fp32"])    # fp32 weights were not rounded
+    assert not torch.equal(outs["fp16"], outs["fp32"])

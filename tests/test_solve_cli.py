@@ -22,7 +22,7 @@ def clip_npy(tmp_path):
 
 def test_clean_input_end_to_end(tmp_path, clip_npy):
     out = tmp_path / "out"
-    assert main([str(clip_npy), "--task", "temporal-k7", *FAST, "--out", str(out)]) == 0
+    assert main([str(clip_npy), "--task", "temporal-k7", *FAST, "--baselines", "cg", "--out", str(out)]) == 0
     names = {p.name for p in out.iterdir()}
     assert names == {"restored.mp4", "measurement.mp4", "frames", "metrics.json", "comparison.png"}
     assert len(list((out / "frames").glob("frame_*.png"))) == 8

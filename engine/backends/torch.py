@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
+from copy import deepcopy
 from typing import Callable, Iterator
 
 import torch
@@ -11,16 +12,47 @@ Tensor = torch.Tensor
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def to_precision(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """`model` in `dtype`, in place: the ADM UNet as upstream's fp16 mode (ADMUNet.convert_to:
+    block convolutions only), any other module wholesale. Returns the module."""
+    return model.convert_to(dtype) if hasattr(model, "convert_to") else model.to(dtype=dtype)
+
+
+def prepared_copy(model: torch.nn.Module, *, device, dtype: torch.dtype, memory_format: torch.memory_format,
+                  kernels: str) -> torch.nn.Module:
+    """The module a Solver runs: `model` itself when it already has the device, precision, layout and
+    norm kernels asked for, else a deep copy converted to them. The caller's module is never changed
+    (a second Solver at another precision would round the first one's weights, and a captured graph
+    would replay with pointers to freed parameters)."""
+    if _already(model, torch.device(device), dtype, memory_format, kernels):
+        return model
+    copy = deepcopy(model).to(device)
+    copy = to_precision(copy, dtype).to(memory_format=memory_format)
+    if hasattr(copy, "use_kernels"):
+        copy.use_kernels(kernels)
+    return copy
+
+
+def _already(model: torch.nn.Module, device: torch.device, dtype: torch.dtype,
+             memory_format: torch.memory_format, kernels: str) -> bool:
+    """Whether `model` already runs on `device`, in `dtype` (ADMUNet.dtype, or every parameter's),
+    with its 4-d weights in `memory_format` and its GroupNorms on `kernels`."""
+    params = list(model.parameters())
+    compute = {model.dtype} if hasattr(model, "convert_to") else {q.dtype for q in params}
+    norms = {m.kernels for m in model.modules() if type(m).__name__ == "GroupNorm32"}
+    return (all(q.device == device for q in params) and compute <= {dtype} and norms <= {kernels}
+            and all(q.dim() != 4 or q.is_contiguous(memory_format=memory_format) for q in params))
+
+
 def torch_eps(model, *, precision: str = "fp32", channels_last: bool = False, compile: bool = False,
-              kernels: str = "torch", cudnn_benchmark: bool = False) -> Callable[[Tensor, Tensor], Tensor]:
+              kernels: str = "torch", device=None) -> Callable[[Tensor, Tensor], Tensor]:
     """ε(x_t [N, 3, H, W], t [N]) → [N, C_out, H, W] in the model's precision.
 
-    `model` is an `nn.Module` (the ADM UNet; converted in place to `precision`) or any
-    callable ε model, such as the weight-free prior, which runs in its input's dtype.
-    kernels="triton" runs the ADM UNet's GroupNorm + scale-shift + SiLU as one fused
-    Triton kernel (ADMUNet.use_kernels); torch.compile fuses them itself and keeps "torch".
-    cudnn_benchmark: each call runs with cuDNN choosing every convolution's algorithm by
-    timing the candidates, once per shape (the first call is slower; see `cudnn_benchmark_mode`).
+    `model` is an `nn.Module` (the ADM UNet, run from `prepared_copy`: the caller's module is
+    left as it was) or any callable ε model, such as the weight-free prior, which runs in its
+    input's dtype. kernels="triton" runs the ADM UNet's GroupNorm + scale-shift + SiLU as one
+    fused Triton kernel (ADMUNet.use_kernels); torch.compile fuses them itself and keeps "torch".
+    `device`: where the network runs (default: where its parameters are).
     fp32 convolutions on CUDA follow torch.backends.cudnn.allow_tf32 (PyTorch's default: TF32).
     """
     if precision not in PRECISIONS:
@@ -29,21 +61,18 @@ def torch_eps(model, *, precision: str = "fp32", channels_last: bool = False, co
         return model
     dtype = PRECISIONS[precision]
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    # The ADM UNet converts as upstream's fp16 mode (convolutions only); other modules wholesale.
-    model = model.convert_to(dtype) if hasattr(model, "convert_to") else model.to(dtype=dtype)
-    model = model.eval().to(memory_format=fmt)
-    if hasattr(model, "use_kernels"):
-        model.use_kernels("torch" if compile else kernels)
-    net = torch.compile(model, dynamic=False) if compile else model
-
-    tuned = cudnn_benchmark_mode if cudnn_benchmark else nullcontext
+    if device is None:
+        device = next(model.parameters()).device
+    net = prepared_copy(model, device=device, dtype=dtype, memory_format=fmt,
+                        kernels="torch" if compile else kernels).eval()
+    net = torch.compile(net, dynamic=False) if compile else net
 
     @torch.no_grad()
     def eps(x: Tensor, t: Tensor) -> Tensor:
-        with tuned():
-            out = net(x.to(dtype).contiguous(memory_format=fmt), t)
+        out = net(x.to(dtype).contiguous(memory_format=fmt), t)
         return out.contiguous() if channels_last else out   # frames contiguous again for the step kernels
 
+    eps.module = net            # the module this ε runs (the caller's or the Solver's own copy)
     return eps
 
 
