@@ -205,7 +205,7 @@ class ADMConfig:
     def heads(self, channels: int, upsample: bool = False) -> int:
         """Number of attention heads at `channels` (num_head_channels overrides num_heads)."""
         if self.num_head_channels != -1:
-            heads = channels // self.num_head_channels
+            heads = channels // self.num_head_channels if channels % self.num_head_channels == 0 else 0
         elif upsample and self.num_heads_upsample != -1:
             heads = self.num_heads_upsample
         else:

@@ -270,6 +270,7 @@ def test_config_parses_upstream_flags_and_derives_channel_mult():
     (dict(num_heads=3), "whole attention heads"),
     (dict(num_heads_upsample=0), "num_heads_upsample"),
     (dict(num_head_channels=48), "whole attention heads"),
+    (dict(num_head_channels=384), "whole attention heads"),   # 384 splits 384 channels, not the middle's 512
     (dict(num_head_channels=0), "num_head_channels"),
     (dict(attention_resolutions=object()), "comma-separated"),
 ])
