@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import os
 import pickle
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
@@ -114,8 +115,10 @@ def _truth(text: str) -> bool:
 
 def _numbers(text: str) -> tuple:
     """'1-1-2-2-4-4', '1,2,3' or '0.5-1' → a tuple of ints (floats where not whole); '' → ()."""
-    pieces = [p for p in re.split(r"[-,]", text) if p.strip()]
-    return tuple(_whole(float(p)) for p in pieces)
+    values = [float(p) for p in re.split(r"[-,]", text) if p.strip()]
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(text)
+    return tuple(_whole(v) for v in values)
 
 
 def _whole_numbers(text: str) -> tuple:
@@ -139,7 +142,6 @@ _IGNORED = {"use_fp16": "the precision is chosen on its own (--precision)",
             "use_checkpoint": "gradient checkpointing is for training"}
 _EXPECTED = {_whole_number: "a whole number", _truth: "True or False", _numbers: "numbers joined by '-'",
              _whole_numbers: "whole numbers joined by '-'", float: "a number"}
-assert set(_PARSERS) == {f.name for f in fields(ADMConfig)}
 
 
 def parse_model_config(text: str | Mapping | None) -> dict:
@@ -235,6 +237,8 @@ def read_shapes(state_dict: StateDict) -> dict:
     Raises _NotADM. The caller checks every key against the config these flags make.
     """
     mc = _shape(state_dict, "time_embed.0.weight", 2)[1]
+    if mc < 1:
+        raise _NotADM("time_embed.0.weight has no input channels")
     blocks = _block_count(state_dict, "output_blocks")
     ups = [(i, up) for i in range(blocks) if (up := _upsampler(state_dict, f"output_blocks.{i}"))]
     per_level = ups[0][0] + 1 if ups else blocks
