@@ -441,7 +441,7 @@ class ADMUNet(nn.Module):
         mc, emb = config.num_channels, config.time_embed_dim
         self.time_embed = nn.Sequential(nn.Linear(mc, emb), nn.SiLU(), nn.Linear(emb, emb))
         if config.class_cond:
-            self.label_emb = nn.Embedding(config.num_classes, emb)
+            self.label_emb = self._label_embedding_table(config.num_classes, emb)
         self.input_blocks, skip_channels = self._input_blocks()
         ch = config.level_channels[-1]
         self.middle_block = TimestepEmbedSequential(
@@ -450,6 +450,15 @@ class ADMUNet(nn.Module):
         ch = config.level_channels[0]
         self.out = nn.Sequential(
             GroupNorm32(ch), nn.SiLU(inplace=True), nn.Conv2d(ch, config.out_channels, 3, padding=1))
+
+    @staticmethod
+    def _label_embedding_table(num_classes: int, width: int) -> nn.Embedding:
+        """nn.Embedding [num_classes, E] with PyTorch's default N(0, 1) weights; left empty on the meta
+        device, where load_adm builds models (torch's first normal_ there takes seconds)."""
+        table = nn.Embedding(num_classes, width, _weight=torch.empty(num_classes, width))
+        if not table.weight.is_meta:
+            nn.init.normal_(table.weight)
+        return table
 
     def _resblock(self, channels: int, out_channels: int, resample=None) -> ResBlock:
         cfg = self.config
