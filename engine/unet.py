@@ -9,6 +9,8 @@ differences are in how:
   (flash / memory-efficient kernels on GPU; free of copies under channels_last);
 - no gradient checkpointing (upstream hard-wires it into every attention block,
   which breaks the TorchScript ONNX exporter);
+- a class-conditional model holds its class label (`set_class_label`), so the ε model
+  keeps the signature ε(x, t) of every backend, export and captured graph;
 - float64 stays float64 everywhere. In fp16/bf16, GroupNorm and the sinusoidal
   timestep features run in fp32 as upstream, and SDPA's kernels keep the softmax in
   fp32; the linears and convolutions (the time MLP included) run in the model's dtype.
@@ -29,11 +31,12 @@ from torch import nn
 
 IN_CHANNELS = 3
 GROUPS = 32
+NUM_CLASSES = 1000                          # upstream's label embedding (ImageNet classes)
 MAX_PERIOD = 10000
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 # Upstream's `channel_mult` when the flag is "" (script_util.create_model).
-_DEFAULT_CHANNEL_MULT = {
+DEFAULT_CHANNEL_MULT = {
     512: (0.5, 1, 1, 2, 2, 4, 4),
     256: (1, 1, 2, 2, 4, 4),
     128: (1, 1, 2, 3, 4),
@@ -51,6 +54,21 @@ PRESETS: dict[str, dict] = {
     "ffhq_dps": dict(
         image_size=256, num_channels=128, num_res_blocks=1, attention_resolutions=(16,),
         num_head_channels=64, learn_sigma=True, resblock_updown=True,
+    ),
+    # The published class-conditional ImageNet models (guided-diffusion README's MODEL_FLAGS;
+    # 128x128_diffusion.pt, 256x256_diffusion.pt, 512x512_diffusion.pt). Their shapes do not say
+    # the head layout: these entries supply it when a checkpoint's shapes match one of them.
+    "adm128_cond": dict(
+        image_size=128, num_channels=256, num_res_blocks=2, attention_resolutions=(32, 16, 8),
+        num_heads=4, learn_sigma=True, resblock_updown=True, class_cond=True,
+    ),
+    "adm256_cond": dict(
+        image_size=256, num_channels=256, num_res_blocks=2, attention_resolutions=(32, 16, 8),
+        num_head_channels=64, learn_sigma=True, resblock_updown=True, class_cond=True,
+    ),
+    "adm512_cond": dict(
+        image_size=512, num_channels=256, num_res_blocks=2, attention_resolutions=(32, 16, 8),
+        num_head_channels=64, learn_sigma=True, resblock_updown=True, class_cond=True,
     ),
     # Every block type (down/up ResBlocks, skip convs, attention in input, middle and
     # output blocks) at 32×32: for tests and CPU benchmarks, not a trained model.
@@ -80,8 +98,10 @@ class ADMConfig:
 
     `attention_resolutions` are feature-map sizes in pixels (upstream: `image_size // r`
     is the downsample factor at which attention is inserted); an empty `channel_mult`
-    is derived from `image_size` as upstream does. `class_cond`, `use_checkpoint` and
-    `use_fp16` are not fields: unconditional only, inference only, dtype is `.to()`.
+    is derived from `image_size` as upstream does. `class_cond` adds upstream's label
+    embedding of `num_classes` rows (`UNetModel`'s num_classes; 1000 in every published
+    model). `use_checkpoint` and `use_fp16` are not fields: inference only, and the
+    dtype is `.to()` / `ADMUNet.convert_to`.
     """
 
     image_size: int = 64
@@ -97,10 +117,12 @@ class ADMConfig:
     resblock_updown: bool = False
     dropout: float = 0.0
     use_new_attention_order: bool = False
+    class_cond: bool = False
+    num_classes: int = NUM_CLASSES
 
     @classmethod
     def preset(cls, name: str) -> ADMConfig:
-        """A named configuration: "adm256_uncond", "ffhq_dps" or "tiny"."""
+        """A named configuration (a key of PRESETS)."""
         if name not in PRESETS:
             raise ValueError(f"unknown ADM preset {name!r}; known: {', '.join(PRESETS)}")
         return cls(**PRESETS[name])
@@ -111,11 +133,11 @@ class ADMConfig:
                            _int_tuple(self.attention_resolutions, "attention_resolutions"))
         mult = _int_tuple(self.channel_mult, "channel_mult")
         if not mult:
-            if self.image_size not in _DEFAULT_CHANNEL_MULT:
+            if self.image_size not in DEFAULT_CHANNEL_MULT:
                 raise ValueError(
                     f"channel_mult must be given for image_size {self.image_size}; it is derived "
-                    f"only for {sorted(_DEFAULT_CHANNEL_MULT)}")
-            mult = _DEFAULT_CHANNEL_MULT[self.image_size]
+                    f"only for {sorted(DEFAULT_CHANNEL_MULT)}")
+            mult = DEFAULT_CHANNEL_MULT[self.image_size]
         object.__setattr__(self, "channel_mult", mult)
         self._validate()
 
@@ -126,6 +148,8 @@ class ADMConfig:
                              f"embedding width), got {self.num_channels}")
         if self.num_res_blocks < 1:
             raise ValueError(f"num_res_blocks must be ≥ 1, got {self.num_res_blocks}")
+        if self.class_cond and self.num_classes < 1:
+            raise ValueError(f"num_classes must be ≥ 1 for a class-conditional model, got {self.num_classes}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         for m in self.channel_mult:
@@ -181,7 +205,7 @@ class ADMConfig:
     def heads(self, channels: int, upsample: bool = False) -> int:
         """Number of attention heads at `channels` (num_head_channels overrides num_heads)."""
         if self.num_head_channels != -1:
-            heads = channels // self.num_head_channels
+            heads = channels // self.num_head_channels if channels % self.num_head_channels == 0 else 0
         elif upsample and self.num_heads_upsample != -1:
             heads = self.num_heads_upsample
         else:
@@ -400,18 +424,24 @@ class TimestepEmbedSequential(nn.Sequential):
 
 
 class ADMUNet(nn.Module):
-    """The guided-diffusion UNet (unconditional), upstream's module tree and state_dict.
+    """The guided-diffusion UNet, upstream's module tree and state_dict.
 
     forward(x [N, 3, H, W], t [N]) → [N, out_channels, H, W]: ε in channels 0–2 and,
-    with learn_sigma, the variance interpolant v in 3–5. Weights start at PyTorch's
-    default initialisation (upstream zero-initialises some convs for training).
+    with learn_sigma, the variance interpolant v in 3–5. A class-conditional model
+    (config.class_cond) adds the label's embedding to the timestep embedding; the label
+    is the one held by `set_class_label` for every frame, or per frame `y` [N].
+    Weights start at PyTorch's default initialisation (upstream zero-initialises some
+    convs for training).
     """
 
     def __init__(self, config: ADMConfig):
         super().__init__()
         self.config = config
+        self.class_label: int | None = None
         mc, emb = config.num_channels, config.time_embed_dim
         self.time_embed = nn.Sequential(nn.Linear(mc, emb), nn.SiLU(), nn.Linear(emb, emb))
+        if config.class_cond:
+            self.label_emb = self._label_embedding_table(config.num_classes, emb)
         self.input_blocks, skip_channels = self._input_blocks()
         ch = config.level_channels[-1]
         self.middle_block = TimestepEmbedSequential(
@@ -420,6 +450,15 @@ class ADMUNet(nn.Module):
         ch = config.level_channels[0]
         self.out = nn.Sequential(
             GroupNorm32(ch), nn.SiLU(inplace=True), nn.Conv2d(ch, config.out_channels, 3, padding=1))
+
+    @staticmethod
+    def _label_embedding_table(num_classes: int, width: int) -> nn.Embedding:
+        """nn.Embedding [num_classes, E] with PyTorch's default N(0, 1) weights; left empty on the meta
+        device, where load_adm builds models (torch's first normal_ there takes seconds)."""
+        table = nn.Embedding(num_classes, width, _weight=torch.empty(num_classes, width))
+        if not table.weight.is_meta:
+            nn.init.normal_(table.weight)
+        return table
 
     def _resblock(self, channels: int, out_channels: int, resample=None) -> ResBlock:
         cfg = self.config
@@ -500,22 +539,56 @@ class ADMUNet(nn.Module):
                 module.kernels = kernels
         return self
 
+    def set_class_label(self, label: int | None) -> "ADMUNet":
+        """Condition every later forward on class `label` (0 ≤ label < num_classes); None clears it.
+
+        Only a class-conditional model takes a label. Returns self.
+        """
+        if label is not None:
+            if not self.config.class_cond:
+                raise ValueError(f"class label {label} given, but this ADM model is unconditional")
+            if isinstance(label, bool) or not isinstance(label, int):
+                raise ValueError(f"the class label must be a whole number, got {label!r}")
+            if not 0 <= label < self.config.num_classes:
+                raise ValueError(f"class label {label} is out of range: this model has "
+                                 f"{self.config.num_classes} classes (0 … {self.config.num_classes - 1})")
+        self.class_label = label
+        return self
+
+    def _label_embedding(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        """The class term of the embedding: [N, E] from y [N], [E] from the held label, None without a class."""
+        if not self.config.class_cond:
+            if y is not None:
+                raise ValueError("class labels y given, but this ADM model is unconditional")
+            return None
+        if y is not None:
+            return self.label_emb(y)
+        if self.class_label is None:
+            raise ValueError(f"this ADM model is class-conditional ({self.config.num_classes} classes) and "
+                             f"has no unconditional mode: set_class_label(k) or pass y")
+        return self.label_emb.weight[self.class_label]           # a view: no host sync, graph-safe
+
     def num_parameters(self) -> int:
         """Total number of parameter elements."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """ADM's raw output. x [N, 3, H, W], t [N] integer or float timesteps → [N, out_channels, H, W]
 
+        emb = MLP(features(t)) + label_emb(class), the class being y [N] (int64) when given,
+        else the held label (`set_class_label`); unconditional models take no class.
         x is cast to the blocks' dtype and the output back to x's dtype. The sinusoidal
         features of t run in float64 for a float64 model, else in float32; the time MLP,
-        the emb Linears and the `out` head run in their own weights' dtype (float32 after
-        `convert_to`, as upstream's fp16 mode).
+        the label embedding, the emb Linears and the `out` head run in their own weights'
+        dtype (float32 after `convert_to`, as upstream's fp16 mode).
         """
         dtype, emb_dtype = self.dtype, self.time_embed[0].weight.dtype
         features = timestep_embedding(t, self.config.num_channels,
                                       torch.float64 if emb_dtype == torch.float64 else torch.float32)
         emb = self.time_embed(features.to(emb_dtype))  # [N, E]
+        label = self._label_embedding(y)
+        if label is not None:
+            emb = emb + label.to(emb.dtype)
         h = x.to(dtype)
         hs = []
         for block in self.input_blocks:

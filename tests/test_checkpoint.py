@@ -12,7 +12,7 @@ from engine.checkpoint import infer_config, load_adm, read_state_dict
 from engine.errors import CheckpointError
 from engine.unet import ADMConfig, ADMUNet
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+DATA = Path(__file__).resolve().parent / "data"   # upstream's state-dict shape manifests (data/README.md)
 MANIFESTS = {"adm256_uncond": "adm256_uncond_state_dict_shapes.json",
              "ffhq_dps": "ffhq_dps_state_dict_shapes.json"}
 
@@ -97,9 +97,7 @@ def test_half_checkpoint_loads_as_float32(tiny):
 
 @pytest.mark.parametrize("name", list(MANIFESTS))
 def test_infer_config_recognises_the_real_checkpoints(name):
-    if not REFERENCE.is_dir():
-        pytest.skip(f"reference manifests not found: {REFERENCE} is absent")
-    shapes = json.loads((REFERENCE / MANIFESTS[name]).read_text())
+    shapes = json.loads((DATA / MANIFESTS[name]).read_text())
     meta = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
     assert infer_config(meta) == ADMConfig.preset(name)
     with pytest.raises(CheckpointError, match="meta tensor without data"):
@@ -126,30 +124,70 @@ def test_directory_is_not_a_checkpoint(tmp_path):
         load_adm(tmp_path)
 
 
+def one_line(err) -> str:
+    """The error's message, checked to be one plain line (no newline, no terminal escape)."""
+    msg = str(err.value)
+    assert "\n" not in msg and "\x1b" not in msg, msg
+    return msg
+
+
 def test_garbage_bytes(tmp_path):
     path = tmp_path / "garbage.pt"
-    path.write_bytes(b"this is not a checkpoint\n" * 10)
-    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+    path.write_bytes(bytes(range(7, 250)) * 3)
+    with pytest.raises(CheckpointError, match="is not a readable PyTorch checkpoint: it is of an unknown format"):
         load_adm(path)
+
+
+def test_text_file_is_named_as_such(tmp_path):
+    """A text file fails inside torch's unpickler with 'list index out of range' or a bare KeyError."""
+    path = tmp_path / "notes.txt"
+    path.write_text("hello world\nsome notes, not weights\n")
+    with pytest.raises(CheckpointError) as err:
+        load_adm(path)
+    msg = one_line(err)
+    assert msg == (f"{path} is not a readable PyTorch checkpoint: it is a text file (starts with "
+                   f"b'hello world\\nsome'), neither torch.save's zip archive nor a pickle")
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.pt"
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="is not a readable PyTorch checkpoint: the file is empty"):
+        load_adm(path)
+
+
+def test_truncated_archive(tiny, tmp_path):
+    _, sd = tiny
+    path = tmp_path / "cut.pt"
+    torch.save(sd, path)
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="is not a readable PyTorch checkpoint: ") as err:
+        load_adm(path)
+    one_line(err)
 
 
 def test_pickled_objects_are_refused(tmp_path):
     path = tmp_path / "objects.pt"
     torch.save({"args": argparse.Namespace(lr=1.0)}, path)
-    with pytest.raises(CheckpointError, match="weights_only=True"):
+    with pytest.raises(CheckpointError) as err:
         load_adm(path)
+    msg = one_line(err)
+    assert msg.startswith(f"{path} is not a plain state dict of tensors (it holds a pickled argparse.Namespace)")
+    assert "weights_only" not in msg and "add_safe_globals" not in msg and "trust" not in msg
+    assert msg.endswith("torch.save(model.state_dict(), …)")
 
 
 @pytest.mark.parametrize("obj, message", [
     ([torch.zeros(1)], "holds a list"),
     ({}, "empty state dict"),
     ({"time_embed.0.weight": "weights"}, "holds a str, not a tensor"),
-    ({"state_dict": {"a": torch.zeros(1)}, "note": "x"}, None),  # unwrapped, then unknown arch
+    ({"state_dict": {"a": torch.zeros(1)}, "note": "x"},         # unwrapped, then unknown arch
+     "unknown ADM architecture: it has no time_embed.0.weight; it matches none of the presets"),
 ])
 def test_not_a_state_dict(tmp_path, obj, message):
     path = tmp_path / "odd.pt"
     torch.save(obj, path)
-    with pytest.raises(CheckpointError, match=message or "unknown ADM architecture"):
+    with pytest.raises(CheckpointError, match=message):
         load_adm(path)
 
 
@@ -170,19 +208,38 @@ def test_safetensors_package_missing(tmp_path, monkeypatch):
         load_adm(path)
 
 
-def test_unknown_architecture_names_closest_preset_and_differences(tiny):
+def test_incomplete_state_dict_names_the_keys_against_its_own_architecture(tiny):
     _, sd = tiny
     bad = dict(sd)
-    bad["out.2.weight"] = torch.zeros(3, 32, 3, 3)
+    bad["out.2.weight"] = torch.zeros(3, 32, 3, 3)             # 3 output channels: learn_sigma False
     del bad["out.2.bias"]
-    bad["label_emb.weight"] = torch.zeros(1000, 128)
+    bad["label_emb.weight"] = torch.zeros(1000, 128)           # a class embedding: class_cond True
     with pytest.raises(CheckpointError) as err:
         load_adm(bad)
-    msg = str(err.value)
-    assert "closest is 'tiny'" in msg
-    assert "1 missing keys (out.2.bias)" in msg
-    assert "1 unexpected keys (label_emb.weight)" in msg
-    assert "out.2.weight: checkpoint [3, 32, 3, 3] vs model [6, 32, 3, 3]" in msg
+    msg = one_line(err)
+    assert msg.startswith("unknown ADM architecture: no configuration fits the state dict")
+    assert "learn_sigma=False" in msg and "class_cond=True" in msg and "num_classes=1000" in msg
+    assert msg.endswith("it has 1 missing keys (out.2.bias)")
+
+
+def test_unreadable_layout_names_closest_preset_and_the_command_line_way(tiny):
+    _, sd = tiny
+    bad = {k: v for k, v in sd.items() if not k.startswith("output_blocks.1.")}   # a gap in the numbering
+    with pytest.raises(CheckpointError) as err:
+        load_adm(bad)
+    msg = one_line(err)
+    assert "its output_blocks are not numbered 0, 1, 2, …" in msg
+    assert "closest is 'tiny': 22 missing keys (output_blocks.1.0.in_layers.0.weight" in msg
+    assert "--model-config KEY=VALUE,… on the command line" in msg and "config=ADMConfig(…)" in msg
+
+
+def test_unreadable_layout_with_all_flags_given_reports_the_key_differences(tiny):
+    _, sd = tiny
+    bad = {k: v for k, v in sd.items() if not k.startswith("output_blocks.1.")}
+    flags = ",".join(f"{k}={'-'.join(map(str, v)) if isinstance(v, tuple) else v}"
+                     for k, v in ADMConfig.preset("tiny").as_flags().items())
+    with pytest.raises(CheckpointError, match="does not fit the ADM config: 22 missing keys"):
+        load_adm(bad, overrides=flags)
 
 
 def test_missing_keys_named_first_few(tiny):

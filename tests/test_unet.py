@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from engine.unet import ADMConfig, ADMUNet, AttentionBlock, GroupNorm32, timestep_embedding
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+DATA = Path(__file__).resolve().parent / "data"   # upstream's state-dict shape manifests (data/README.md)
 MANIFESTS = {"adm256_uncond": "adm256_uncond_state_dict_shapes.json",
              "ffhq_dps": "ffhq_dps_state_dict_shapes.json"}
 PARAMETERS = {"adm256_uncond": 552_814_086, "ffhq_dps": 93_563_910}
@@ -32,9 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def manifest(name: str) -> dict:
-    if not REFERENCE.is_dir():
-        pytest.skip(f"reference manifests not found: {REFERENCE} is absent")
-    return json.loads((REFERENCE / MANIFESTS[name]).read_text())
+    return json.loads((DATA / MANIFESTS[name]).read_text())
 
 
 def meta_model(config: ADMConfig) -> ADMUNet:
@@ -135,8 +133,10 @@ def ref_resblock(x, emb, sd, p, mode=None):
     return x + h
 
 
-def ref_forward(sd, cfg: ADMConfig, x, t):
-    """The whole UNet as plain functions of the state dict, following upstream's layout."""
+def ref_forward(sd, cfg: ADMConfig, x, t, y=None):
+    """The whole UNet as plain functions of the state dict, following upstream's layout.
+
+    y [N]: class labels of a class-conditional model (their embedding rows add to the time embedding)."""
     levels, nrb = len(cfg.channel_mult), cfg.num_res_blocks
     legacy = not cfg.use_new_attention_order
 
@@ -161,6 +161,8 @@ def ref_forward(sd, cfg: ADMConfig, x, t):
     emb = ref_timestep_embedding(t, cfg.num_channels)
     emb = F.linear(emb, sd["time_embed.0.weight"], sd["time_embed.0.bias"])
     emb = F.linear(F.silu(emb), sd["time_embed.2.weight"], sd["time_embed.2.bias"])
+    if y is not None:
+        emb = emb + sd["label_emb.weight"][y]
 
     h = F.conv2d(x, sd["input_blocks.0.0.weight"], sd["input_blocks.0.0.bias"], padding=1)
     hs, i = [h], 1
@@ -268,6 +270,7 @@ def test_config_parses_upstream_flags_and_derives_channel_mult():
     (dict(num_heads=3), "whole attention heads"),
     (dict(num_heads_upsample=0), "num_heads_upsample"),
     (dict(num_head_channels=48), "whole attention heads"),
+    (dict(num_head_channels=384), "whole attention heads"),   # 384 splits 384 channels, not the middle's 512
     (dict(num_head_channels=0), "num_head_channels"),
     (dict(attention_resolutions=object()), "comma-separated"),
 ])
@@ -277,7 +280,7 @@ def test_config_rejects_invalid_flags(kwargs, message):
 
 
 def test_unknown_preset_lists_known_ones():
-    with pytest.raises(ValueError, match="adm256_uncond, ffhq_dps, tiny"):
+    with pytest.raises(ValueError, match="known: adm256_uncond, ffhq_dps, .*tiny"):
         ADMConfig.preset("adm512")
 
 
@@ -358,6 +361,8 @@ VARIANTS = {
         ADMConfig.preset("tiny"), resblock_updown=False, use_scale_shift_norm=False,
         use_new_attention_order=True, num_head_channels=-1, num_heads=2, num_heads_upsample=4,
         learn_sigma=False),
+    # A label embedding of 10 classes, conditioned on the held label.
+    "tiny_class_cond": dataclasses.replace(ADMConfig.preset("tiny"), class_cond=True, num_classes=10),
 }
 
 
@@ -368,10 +373,13 @@ def test_forward_matches_functional_reference_in_float64(variant):
     torch.manual_seed(3)
     x = torch.randn(2, 3, cfg.image_size, cfg.image_size, dtype=torch.float64)
     t = torch.tensor([7, 912])
+    labels = torch.tensor([7, 7]) if cfg.class_cond else None
+    if cfg.class_cond:
+        model.set_class_label(7)
     with torch.no_grad():
         y = model(x, t)
         sd = RecordingDict(model.state_dict())
-        ref = ref_forward(sd, cfg, x, t)
+        ref = ref_forward(sd, cfg, x, t, labels)
     assert sd.read == set(sd), f"reference skipped {sorted(set(sd) - sd.read)[:5]}"
     assert y.dtype == torch.float64 and y.shape == (2, cfg.out_channels, 32, 32)
     assert rel_err(y, ref) < F64_RTOL
@@ -439,3 +447,54 @@ def test_float_and_integer_timesteps_agree():
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x, torch.tensor([500])), model(x, torch.tensor([500.0])))
+
+
+# ---------------------------------------------------------------- class-conditional models
+
+def class_cond_model() -> ADMUNet:
+    return tiny_model(torch.float64, VARIANTS["tiny_class_cond"])
+
+
+def test_class_label_selects_the_embedding_per_frame_or_held():
+    model = class_cond_model()
+    torch.manual_seed(6)
+    x, t = torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.tensor([300, 300])
+    with torch.no_grad():
+        per_frame = model(x, t, torch.tensor([2, 9]))
+        held = [model.set_class_label(k)(x, t) for k in (2, 9)]
+        ref = ref_forward(model.state_dict(), model.config, x, t, torch.tensor([2, 9]))
+    assert torch.equal(per_frame[0], held[0][0]) and torch.equal(per_frame[1], held[1][1])
+    assert rel_err(per_frame, ref) < F64_RTOL
+    assert rel_err(held[0], held[1]) > 1e-3            # the label changes the output
+
+
+def test_class_conditional_forward_without_a_label_is_refused():
+    with torch.no_grad(), pytest.raises(ValueError, match="class-conditional .*10 classes.* no unconditional mode"):
+        class_cond_model()(torch.zeros(1, 3, 32, 32, dtype=torch.float64), torch.tensor([1]))
+
+
+@pytest.mark.parametrize("label, message", [
+    (10, r"out of range: this model has 10 classes \(0 … 9\)"),
+    (-1, "out of range"),
+    (2.0, "whole number"),
+    (True, "whole number"),
+])
+def test_bad_class_labels_are_refused(label, message):
+    with pytest.raises(ValueError, match=message):
+        class_cond_model().set_class_label(label)
+
+
+def test_unconditional_model_takes_no_label():
+    model = tiny_model(torch.float64)
+    assert not hasattr(model, "label_emb") and "label_emb.weight" not in model.state_dict()
+    with pytest.raises(ValueError, match="unconditional"):
+        model.set_class_label(3)
+    with torch.no_grad(), pytest.raises(ValueError, match="unconditional"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.float64), torch.tensor([1]), torch.tensor([3]))
+
+
+def test_label_embedding_matches_upstream_key_and_shape():
+    cfg = dataclasses.replace(ADMConfig.preset("adm256_uncond"), class_cond=True)
+    shapes = {k: list(v.shape) for k, v in meta_model(cfg).state_dict().items()}
+    assert shapes["label_emb.weight"] == [1000, 1024]     # [NUM_CLASSES, 4·mc]
+    assert {k: v for k, v in shapes.items() if k != "label_emb.weight"} == manifest("adm256_uncond")
