@@ -134,13 +134,17 @@ def check_device(device) -> torch.device:
     return dev
 
 
-def load_model(checkpoint=None, *, backend: str = "torch", engine=None, size: int = 256, device="cpu"):
+def load_model(checkpoint=None, *, backend: str = "torch", engine=None, size: int = 256, device="cpu",
+               model_config=None, class_label: int | None = None):
     """(ε model, image size) for a Solver: a TensorRT engine file, an ADM checkpoint or the weight-free prior.
 
     backend "tensorrt" takes the engine file in the model's place; otherwise `checkpoint` is
-    loaded (engine.checkpoint.load_adm, never random weights), and without one the
-    weight-free Gaussian prior restores frames of `size`.
+    loaded (engine.checkpoint.load_adm, never random weights: its architecture read off the
+    shapes, with `model_config` for the flags shapes cannot tell, and `class_label` for a
+    class-conditional model), and without one the weight-free Gaussian prior restores frames of `size`.
     """
+    if (model_config or class_label is not None) and checkpoint is None:
+        raise InputError("--model-config and --class-label describe a --checkpoint; none was given")
     if backend == "tensorrt":
         if engine is None:
             raise InputError("--backend tensorrt needs --engine FILE (build one with python -m engine.build)")
@@ -154,7 +158,7 @@ def load_model(checkpoint=None, *, backend: str = "torch", engine=None, size: in
         return GaussianPrior(), size
     from engine.checkpoint import load_adm
 
-    model = load_adm(checkpoint, device=device)
+    model = load_adm(checkpoint, overrides=model_config, class_label=class_label, device=device)
     return model, model.config.image_size
 
 

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from engine.backends import BACKENDS, GRAPH_BACKENDS
 from engine.baselines import admm_tv, cg_baseline
+from engine.checkpoint import MODEL_CONFIG_SYNTAX, parse_model_config
 from engine.errors import CheckpointError, InputError, ModelError
 from engine.figures import contact_sheet, save_png
 from engine.metrics import SSIM_RADIUS, clip_summary, json_safe
@@ -69,6 +70,8 @@ class Job:
     init: Optional[Path] = None          # first reconstruction for --blind
     checkpoint: Optional[Path] = None
     engine: Optional[Path] = None        # TensorRT engine file
+    model_config: Optional[dict] = None  # guided-diffusion flags the checkpoint's shapes cannot tell
+    class_label: Optional[int] = None    # for a class-conditional checkpoint
     frames: Optional[int] = None         # None: up to DEFAULT_FRAMES
     size: int = 256                      # frame size for the weight-free prior
     fps: Optional[float] = None          # None: the input's own rate, else DEFAULT_FPS
@@ -114,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     prior = p.add_mutually_exclusive_group()
     prior.add_argument("--checkpoint", type=Path, help="ADM checkpoint (.pt or .safetensors), e.g. 256x256_diffusion_uncond.pt")
     prior.add_argument("--prior", choices=["gaussian"], help="weight-free Gaussian prior (the default without --checkpoint)")
+    p.add_argument("--model-config", metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="guided-diffusion flags a --checkpoint's shapes cannot tell (num_head_channels=64, "
+                        "num_heads=4, image_size=128, use_new_attention_order=True): " + MODEL_CONFIG_SYNTAX)
+    p.add_argument("--class-label", type=int, metavar="K",
+                   help="class of the frames for a class-conditional checkpoint (ImageNet: 0–999); required there")
     p.add_argument("--nfe", type=int, help="network evaluations K, 1 to 1000 (task default: 20 temporal, "
                                            "100 spatio-temporal)")
     p.add_argument("--eta", type=float, help="DDIM stochasticity η in [0, 1] (task default)")
@@ -164,12 +172,13 @@ def parse(argv=None) -> tuple[Job, SolverConfig, bool]:
     _check_combinations(p, args)
     task = get_task(args.task or DEMO_TASK) if (args.task or not args.degrade) else None
     baselines = _baselines(args.baselines, args.demo)
+    model_config = parse_model_config(args.model_config)
     if (args.backend == "tensorrt") != (args.engine is not None):
         raise InputError("--backend tensorrt needs --engine FILE (build one with python -m engine.build)"
                          if args.engine is None else "--engine is for --backend tensorrt")
     job = Job(input=None if args.demo else Path(args.input), out=args.out, overwrite=args.overwrite,
               measured=args.measured, blind=args.blind, init=args.init, checkpoint=args.checkpoint,
-              engine=args.engine, frames=args.frames, size=args.size, fps=args.fps, sigma_y=args.sigma_y,
+              engine=args.engine, model_config=model_config or None, class_label=args.class_label, frames=args.frames, size=args.size, fps=args.fps, sigma_y=args.sigma_y,
               seed=args.seed, baselines=baselines)
     gamma = args.gamma if args.gamma is not None else (1.0 if args.sigma_y > 0 else None)
     defaults = task or get_task(DEMO_TASK)
@@ -219,7 +228,7 @@ def run(job: Job, cfg: SolverConfig) -> Path:
     """The whole job; returns the output folder. The output location is claimed first."""
     with claimed_output(job) as tmp:
         model, size = load_model(job.checkpoint, backend=cfg.backend, engine=job.engine, size=job.size,
-                                 device=cfg.device)
+                                 device=cfg.device, model_config=job.model_config, class_label=job.class_label)
         clean, y, notes = read_input(job, size)
         cfg = dataclasses.replace(cfg, frames=(clean if clean is not None else y).shape[0], size=size)
         _say_assumed_mask(job, cfg)
@@ -246,6 +255,7 @@ def restore(job: Job, cfg: SolverConfig, model, clean, y):
     seconds = time.perf_counter() - t0
     report = {"settings": settings(job, cfg), "kernels_used": solver.op.backend,   # what --kernels auto resolved to
               "input": "demo" if job.input is None else str(job.input), "prior": prior_name(job),
+              **model_record(model),
               "seconds": seconds, "fps": cfg.frames / seconds}
     if clean is not None:
         report["restored"] = clip_summary(restored.cpu(), clean)
@@ -491,6 +501,14 @@ def step_counter(bar, cfg: SolverConfig):
             log.info("step %d/%d", k + 1, cfg.nfe)
 
     return count
+
+
+def model_record(model) -> dict:
+    """The checkpoint's architecture (upstream's flags) and class label, for metrics.json; {} otherwise."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "as_flags"):
+        return {}
+    return {"model_config": config.as_flags(), "class_label": getattr(model, "class_label", None)}
 
 
 def prior_name(job: Job) -> str:

@@ -96,6 +96,20 @@ def test_cg_baseline_matches_a_dense_solve():
     torch.testing.assert_close(x, x_true, rtol=0, atol=1e-8)
 
 
+def test_regularised_cg_baseline_solves_the_samplers_system_with_aty_for_x_hat():
+    shape = (2, 3, 3, 3)
+    n, gamma = 54, 0.7
+    matrix = torch.randn(2 * n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(8)) / (2 * n) ** 0.5
+    op = MatrixOperator(matrix, shape)
+    y = op.A(uniform(shape, 0.1, 0.9, seed=9)) + 0.05 * torch.randn(2 * n, dtype=torch.float64,
+                                                                    generator=torch.Generator().manual_seed(1))
+    aty = matrix.T @ y
+    dense = torch.linalg.solve(torch.eye(n, dtype=torch.float64) + gamma * matrix.T @ matrix, (1 + gamma) * aty)
+    x = cg_baseline(op, y, iters=80, gamma=gamma)
+    torch.testing.assert_close(x, dense.reshape(shape).clamp(0, 1), rtol=0, atol=1e-8)
+    assert not torch.allclose(x, cg_baseline(op, y, iters=80), atol=1e-3)
+
+
 def test_cg_baseline_clamps_and_takes_a_start():
     op = CircularBox((4, 3, 5, 5))
     y = op.A(uniform(op.in_shape, -0.5, 1.5, seed=5))

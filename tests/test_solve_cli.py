@@ -84,9 +84,9 @@ def test_demo(tmp_path):
     assert (out / "comparison.png").stat().st_size > 0
 
 
-def _bad(tmp_path, capsys, argv, match):
+def _bad(tmp_path, capsys, argv, match, *, fast=True):
     out = tmp_path / "never"
-    assert main([*argv, *FAST, "--out", str(out)]) == 2
+    assert main([*argv, *(FAST if fast else []), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and match in err and "\n" not in err
     assert not out.exists()
@@ -144,3 +144,183 @@ def test_help_lists_every_flag(capsys):
 
 def test_tensorrt_backend_needs_an_engine(tmp_path, capsys, clip_npy):
     _bad(tmp_path, capsys, [str(clip_npy), "--task", "temporal-k7", "--backend", "tensorrt"], "--engine")
+
+
+# ----------------------------------------------------------------------------- what a newcomer hit (#14)
+
+
+def _user_files(folder):
+    (folder / "notes.txt").write_text("my notes")
+    return {p.name for p in folder.iterdir()}
+
+
+def test_overwrite_never_deletes_the_current_folder(tmp_path, capsys, clip_npy, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = _user_files(tmp_path)
+    assert main([str(clip_npy), "--task", "temporal-k7", *FAST, "--out", ".", "--overwrite"]) == 2
+    assert "current folder" in capsys.readouterr().err
+    assert {p.name for p in tmp_path.iterdir()} == before
+    assert main([str(clip_npy), "--task", "temporal-k7", *FAST, "--out", "..", "--overwrite"]) == 2
+    assert {p.name for p in tmp_path.iterdir()} == before
+
+
+def test_overwrite_never_deletes_the_input_or_foreign_files(tmp_path, capsys, clip_npy):
+    before = _user_files(tmp_path)                         # clip_npy lives in tmp_path
+    assert main([str(clip_npy), "--task", "temporal-k7", *FAST, "--out", str(tmp_path), "--overwrite"]) == 2
+    assert "would replace" in capsys.readouterr().err
+    assert {p.name for p in tmp_path.iterdir()} == before and clip_npy.exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "thesis.tex").write_text("years of work")
+    (other / "metrics.json").write_text("{}")
+    assert main([str(clip_npy), "--task", "temporal-k7", *FAST, "--out", str(other), "--overwrite"]) == 2
+    assert "thesis.tex" in capsys.readouterr().err and (other / "thesis.tex").exists()
+    (other / "thesis.tex").unlink()                        # only our names left, but not written by us
+    assert main([str(clip_npy), "--task", "temporal-k7", *FAST, "--out", str(other), "--overwrite"]) == 2
+    assert "not written by engine.solve" in capsys.readouterr().err and (other / "metrics.json").exists()
+
+
+def test_overwrite_replaces_an_output_of_this_command(tmp_path, clip_npy):
+    out = tmp_path / "out"
+    assert main([str(clip_npy), "--task", "temporal-k7", *FAST, "--out", str(out)]) == 0
+    first = json.loads((out / "metrics.json").read_text())
+    assert first["written_by"] == "engine.solve"
+    assert main([str(clip_npy), "--task", "temporal-k7", *FAST, "--seed", "5", "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["settings"]["seed"] == 5
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+@pytest.mark.parametrize("where, match", [
+    ("file", "is not a folder"),
+    ("file/sub", "cannot create the output folder"),
+    ("/proc/engine-solve-test/out", "cannot create the output folder"),
+])
+def test_a_bad_output_location_stops_before_any_work(tmp_path, capsys, clip_npy, where, match):
+    (tmp_path / "file").write_text("a file")
+    out = where if where.startswith("/") else str(tmp_path / where)
+    missing = tmp_path / "missing.pt"                      # loading it would fail: the output is checked first
+    assert main([str(clip_npy), "--task", "temporal-k7", *FAST, "--checkpoint", str(missing),
+                 "--out", out, "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and "missing.pt" not in err and "\n" not in err
+    assert (tmp_path / "file").read_text() == "a file"
+
+
+def test_failed_run_removes_the_parent_folders_it_created(tmp_path, capsys, clip_npy):
+    out = tmp_path / "a" / "b" / "out"
+    assert main([str(clip_npy), "--task", "temporal-k7", *FAST, "--checkpoint", str(tmp_path / "no.pt"),
+                 "--out", str(out)]) == 2
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--fps", "-5"], "--fps must be a positive frame rate"),
+    (["--fps", "0"], "--fps must be a positive frame rate"),
+    (["--size", "7"], "too small to score"),
+    (["--size", "0"], "--size must be at least 1"),
+    (["--device", "tpu"], "device 'tpu'"),
+    (["--eta", "-1"], r"eta (DDIM stochasticity η) must lie in [0, 1], got -1.0"),
+    (["--eta", "5"], "must lie in [0, 1], got 5.0"),
+    (["--nfe", "0"], "nfe must be between 1 and 1000, got 0"),
+    (["--nfe", "5000"], "nfe must be between 1 and 1000, got 5000"),
+    (["--cg-iters", "-1"], "cg_iters must be at least 0, got -1"),
+    (["--frames", "0"], "--frames must be at least 1"),
+    (["--sigma-y", "-0.1"], "--sigma-y must be a finite number >= 0"),
+    (["--sigma-y", "nan"], "--sigma-y must be a finite number >= 0"),
+    (["--gamma", "-1"], "gamma (γ of the regularised CG) must be a finite number > 0"),
+    (["--baselines", "cg,magic"], "unknown baseline 'magic'"),
+])
+def test_bad_settings_are_one_line_before_any_work(tmp_path, capsys, clip_npy, argv, match):
+    _bad(tmp_path, capsys, [str(clip_npy), "--task", "temporal-k7", *FAST, *argv], match, fast=False)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the message of a machine without CUDA")
+def test_cuda_on_a_machine_without_it(tmp_path, capsys, clip_npy):
+    _bad(tmp_path, capsys, [str(clip_npy), "--task", "temporal-k7", *FAST, "--device", "cuda"], "use --device cpu",
+         fast=False)
+
+
+def test_metrics_record_every_setting_and_the_regularised_cg_baseline(tmp_path, clip_npy):
+    out = tmp_path / "out"
+    assert main([str(clip_npy), "--task", "temporal-k7", *FAST, "--sigma-y", "0.05", "--baselines", "cg,admm-tv",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["settings"]["sigma_y"] == 0.05 and report["settings"]["gamma"] == 1.0
+    assert set(report["baselines"]) == {"cg regularised, gamma 1 towards A^T y (6 iterations)", "admm-tv"}
+
+
+def test_measured_sigma_y_states_the_noise_level(tmp_path, clip_npy, caplog):
+    from engine.operators import from_spec
+
+    clean = camera_clip(frames=8, size=32)
+    path = tmp_path / "y.npy"
+    np.save(path, from_spec("temporal:uniform:3", clean.shape).A(clean).numpy())
+    out = tmp_path / "out"
+    assert main([str(path), "--degrade", "temporal:uniform:3", "--measured", "--sigma-y", "0.05", *FAST,
+                 "--out", str(out)]) == 0
+    settings = json.loads((out / "metrics.json").read_text())["settings"]
+    assert settings["sigma_y"] == 0.05 and settings["gamma"] == 1.0
+
+
+def test_the_sampler_seed_does_not_move_the_inpainting_mask(tmp_path, caplog):
+    from engine.operators import from_spec
+
+    clean = camera_clip(frames=8, size=32)
+    y = from_spec("temporal:uniform:3+inpaint:0.5", clean.shape, seed=0).A(clean)
+    path = tmp_path / "y.npy"
+    np.save(path, y.numpy())
+    for seed in ("0", "9"):
+        out = tmp_path / f"out{seed}"
+        with caplog.at_level("WARNING", logger="engine.solve"):
+            assert main([str(path), "--degrade", "temporal:uniform:3+inpaint:0.5", "--measured", *FAST,
+                         "--seed", seed, "--out", str(out)]) == 0
+        assert json.loads((out / "metrics.json").read_text())["settings"]["mask_seed"] == 0
+    assert "assuming the random mask of seed 0 (inpaint:0.5:0)" in caplog.text
+
+
+def test_outputs_follow_the_users_umask(tmp_path, clip_npy):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "out"
+        assert main([str(clip_npy), "--task", "temporal-k7", *FAST, "--out", str(out)]) == 0
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o755
+    for name in ("comparison.png", "metrics.json", "restored.mp4"):
+        assert (out / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_changes_to_the_input_are_logged_and_recorded(tmp_path, caplog):
+    import torch
+
+    wide = torch.rand(DEFAULT_FRAMES_PLUS, 3, 24, 40)
+    path = tmp_path / "wide.npy"
+    np.save(path, wide.numpy())
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="engine.solve"):
+        assert main([str(path), "--task", "temporal-k7", *FAST, "--out", str(out)]) == 0
+    changes = json.loads((out / "metrics.json").read_text())["input_changes"]
+    assert any("first 16 frames" in c for c in changes)
+    assert any("centre-cropped 40x24 frames to 24x24 and resized to 32x32" in c for c in changes)
+    assert all(c in caplog.text for c in changes)
+
+
+DEFAULT_FRAMES_PLUS = 18
+
+
+def test_videos_are_written_at_the_inputs_frame_rate(tmp_path):
+    from engine.video_io import frame_rate, write_video
+
+    path = write_video(tmp_path / "clip.mp4", camera_clip(frames=8, size=32), fps=12)
+    out = tmp_path / "out"
+    assert main([str(path), "--task", "temporal-k7", *FAST, "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["settings"]["fps"] == pytest.approx(12)
+    assert frame_rate(out / "restored.mp4") == pytest.approx(12)
+
+
+def test_progress_is_logged_when_the_output_is_not_a_terminal(tmp_path, clip_npy, caplog):
+    with caplog.at_level("INFO", logger="engine.solve"):
+        assert main([str(clip_npy), "--task", "temporal-k7", *FAST, "--out", str(tmp_path / "out")]) == 0
+    assert "step 3/3" in caplog.text
