@@ -255,3 +255,40 @@ def test_solver_runs_a_loaded_conditional_model_with_its_label(conditional):
     restored = [Solver(load_adm(sd, overrides=flags, class_label=k), cfg).solve(y, seed=0) for k in (LABEL, 0)]
     assert all(torch.isfinite(r).all() for r in restored)
     assert not torch.equal(*restored)
+
+
+# ---------------------------------------------------------------- through the command line
+
+
+def test_a_non_preset_checkpoint_restores_through_engine_solve(tmp_path, capsys):
+    """engine.solve --checkpoint with only the flags shapes cannot tell equals the Solver on
+    load_adm(config=...) (frames compared as the 8-bit PNGs the command writes)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from engine.runtime import Solver, SolverConfig
+    from engine.solve import main
+    from engine.testclips import camera_clip
+
+    config, flags = CASES["own_conv_resample"]
+    path = tmp_path / "own.pt"
+    torch.save(state_dict_of(config), path)
+    clean = camera_clip(frames=4, size=32)
+    cfg = SolverConfig(spec="temporal:uniform:3", frames=4, size=32, nfe=2, cg_iters=1)
+    solver = Solver(load_adm(path, config=config), cfg)
+    y = solver.op.A(clean)
+    np.save(tmp_path / "y.npy", y.numpy())
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "y.npy"), "--measured", "--degrade", "temporal:uniform:3", "--nfe", "2", "--cg-iters", "1",
+            "--device", "cpu", "--checkpoint", str(path), "--out", str(out)]
+    assert main([*argv[:-2], "--out", str(tmp_path / "never")]) == 2                  # the flags are needed
+    assert "image_size" in capsys.readouterr().err
+    assert main([*argv, "--model-config", flags]) == 0
+    expected = (solver.solve(y, seed=0) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for k in range(4):
+        frame = np.asarray(Image.open(out / "frames" / f"frame_{k:04d}.png"))
+        assert np.abs(frame.astype(int) - expected[k].astype(int)).max() <= 1
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["model_config"]["num_heads_upsample"] == 4 and report["class_label"] is None
