@@ -96,10 +96,8 @@ def blind_deblur(model, y: Tensor, init: Tensor, config: SolverConfig, *, family
     `callback(stage, ...)` follows each sampler step.
     """
     n, _, h, w = y.shape
-    if h != w:
-        raise InputError(f"frames must be square (the model's size), got {h}×{w}")
-    if h != config.size:
-        raise InputError(f"the measurement has {h}x{w} frames; the model restores {config.size}x{config.size}")
+    if (h, w) != config.frame:
+        raise InputError(f"the measurement has {h}x{w} frames; the settings restore {config.frame[0]}x{config.frame[1]}")
     family = list(family) if family is not None else psf_family(n)
     clip, used, stages = init, None, []
     for stage in (1, 2):

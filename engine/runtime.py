@@ -36,6 +36,7 @@ from engine.sampler import NOISE_MODES, check_measurement, draw_noise, reverse_p
 from engine.schedule import NUM_TRAIN_STEPS, ddim_steps
 from engine.streams import on_stream
 from engine.tasks import get_task
+from engine.tiling import TiledEps, micro_batched
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -47,7 +48,7 @@ class SolverConfig:
 
     spec: str                        # degradation, see engine.operators.from_spec
     frames: int = 16                 # N
-    size: int = 256                  # H = W of the clean clip (the model's size)
+    size: int | tuple[int, int] = 256   # H = W, or (H, W), of the clean clip's frames
     nfe: int = 20                    # K
     eta: float = 0.15                # η
     cg_iters: int = 5                # l
@@ -60,6 +61,9 @@ class SolverConfig:
     cudnn_benchmark: bool = False    # cuDNN times its convolution algorithms once per shape (engine.backends.torch)
     device: str = "cpu"
     mask_seed: int = 0               # random inpainting masks
+    batch: int = 16                  # B: frames (or tiles) per network call; the result does not depend on it
+    tile_overlap: Optional[int] = None  # pixels shared by neighbouring tiles (frames larger than the network's):
+                                        # None for a quarter of the tile (64 for ADM-256)
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -71,7 +75,13 @@ class SolverConfig:
         if self.kernels not in (*OPERATOR_BACKENDS, AUTO):
             raise InputError(f"kernels must be torch, triton or auto, got {self.kernels!r}")
         _check_int("frames", self.frames, 1)
-        _check_int("size", self.size, 1)
+        for side in (self.size if isinstance(self.size, tuple) else (self.size,)):
+            _check_int("size", side, 1)
+        if isinstance(self.size, tuple) and len(self.size) != 2:
+            raise InputError(f"size must be an int or (height, width), got {self.size}")
+        _check_int("batch", self.batch, 1)
+        if self.tile_overlap is not None:
+            _check_int("tile_overlap", self.tile_overlap, 0)
         _check_int("nfe", self.nfe, 1, NUM_TRAIN_STEPS)
         _check_int("cg_iters", self.cg_iters, 0)
         _check_int("mask_seed", self.mask_seed, 0)
@@ -91,8 +101,14 @@ class SolverConfig:
         return cls(**{**dict(spec=task.spec, nfe=task.nfe, eta=task.eta, cg_iters=task.cg_iters), **overrides})
 
     @property
+    def frame(self) -> tuple[int, int]:
+        """(H, W) of the clean clip's frames."""
+        return tuple(self.size) if isinstance(self.size, tuple) else (self.size, self.size)
+
+    @property
     def shape(self) -> tuple[int, int, int, int]:
-        return (self.frames, 3, self.size, self.size)
+        """[N, 3, H, W] of the clean clip."""
+        return (self.frames, 3, *self.frame)
 
     def operator_backend(self) -> str:
         """`kernels`, or for "auto": Triton on CUDA (installed, within its temporal kernels' frame limit),
@@ -241,13 +257,20 @@ class Solver:
                 self._warm_up()
 
     def _make_eps(self, model) -> Callable:
+        """The network as the loop calls it: B frames (or tiles of its training size) at a time (engine.tiling)."""
         cfg = self.config
         if cfg.backend == "tensorrt":
             from engine.backends.tensorrt import TensorRTEps
 
-            return TensorRTEps(model, batch=cfg.frames, device=self.device)
-        return torch_eps(model, precision=cfg.precision, channels_last=cfg.channels_last,
-                         compile=cfg.backend == "compile", kernels=cfg.norm_kernels(), device=self.device)
+            net = TensorRTEps(model, batch=cfg.batch, device=self.device)
+        else:
+            net = torch_eps(model, precision=cfg.precision, channels_last=cfg.channels_last,
+                            compile=cfg.backend == "compile", kernels=cfg.norm_kernels(), device=self.device)
+        tile = native_size(model if cfg.backend != "tensorrt" else net)
+        if tile is None or (tile, tile) == cfg.frame:
+            return micro_batched(net, cfg.batch)
+        overlap = tile // 4 if cfg.tile_overlap is None else cfg.tile_overlap
+        return TiledEps(net, cfg.frame, tile, overlap=overlap, batch=cfg.batch)
 
     def _loop(self, callback=None) -> Tensor:
         cfg = self.config
@@ -306,6 +329,15 @@ class Solver:
             raise ModelError("the restoration holds NaN or Inf values: the ε model returned non-finite values "
                              "(try --dtype fp32, or check the checkpoint)")
         return out
+
+
+def native_size(model) -> int | None:
+    """The square frame size a network was trained on (an ADM UNet's config, a TensorRT engine's input),
+    or None for ε models of any size (the weight-free priors)."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "image_size"):
+        return int(config.image_size)
+    return getattr(model, "image_size", None)
 
 
 def checked_eps(eps_model: Callable, shape: tuple[int, int, int, int]) -> Callable:

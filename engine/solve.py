@@ -72,8 +72,8 @@ class Job:
     engine: Optional[Path] = None        # TensorRT engine file
     model_config: Optional[dict] = None  # guided-diffusion flags the checkpoint's shapes cannot tell
     class_label: Optional[int] = None    # for a class-conditional checkpoint
-    frames: Optional[int] = None         # None: up to DEFAULT_FRAMES
-    size: int = 256                      # frame size for the weight-free prior
+    frames: Optional[int] = None         # None: every frame
+    size: Optional[int] = None           # square frame size (crop + resize, the paper's protocol); None: own size
     fps: Optional[float] = None          # None: the input's own rate, else DEFAULT_FPS
     sigma_y: float = 0.0                 # noise added to a clean INPUT, or the stated noise of a measured one
     seed: int = 0
@@ -86,15 +86,14 @@ class Job:
             raise InputError(f"--fps must be a positive frame rate, got {self.fps}")
         if self.frames is not None and self.frames < 1:
             raise InputError(f"--frames must be at least 1, got {self.frames}")
-        if self.size < 1:
+        if self.size is not None and self.size < 1:
             raise InputError(f"--size must be at least 1, got {self.size}")
         if self.seed < 0:
             raise InputError(f"--seed must be >= 0, got {self.seed}")
         unknown = set(self.baselines) - set(BASELINES)
         if unknown:
             raise InputError(f"unknown baseline {sorted(unknown)[0]!r}; accepted: {', '.join(BASELINES)} or none")
-        scored = not self.measured and self.checkpoint is None and self.engine is None
-        if scored and self.size < MIN_SCORED_SIZE:
+        if not self.measured and self.size is not None and self.size < MIN_SCORED_SIZE:
             raise InputError(f"--size {self.size} is too small to score (SSIM needs frames of at least "
                              f"{MIN_SCORED_SIZE}x{MIN_SCORED_SIZE})")
 
@@ -147,9 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cudnn-benchmark", action="store_true",
                    help="let cuDNN time its convolution algorithms once per shape (a slower first step)")
     p.add_argument("--frames", type=int,
-                   help=f"frames to restore from the start of INPUT (default: up to {DEFAULT_FRAMES}; an explicit "
-                        "count must be there)")
-    p.add_argument("--size", type=int, default=256, help="frame size for the weight-free prior (a checkpoint sets its own)")
+                   help="frames to restore from the start of INPUT (default: all; an explicit count must be there)")
+    p.add_argument("--size", type=int,
+                   help="centre-crop and resize the frames to SIZE x SIZE, the paper's protocol (default: restore "
+                        "them at their own size; a checkpoint's network then sees overlapping tiles of its size)")
+    p.add_argument("--batch", type=int, default=16,
+                   help="frames (or tiles) per network call, B (default 16): sets the network's memory, not the result")
     p.add_argument("--fps", type=float, help=f"frame rate of the written videos (default: the input's own, else "
                                              f"{DEFAULT_FPS:g})")
     p.add_argument("--baselines", default=None, metavar="LIST",
@@ -183,7 +185,8 @@ def parse(argv=None) -> tuple[Job, SolverConfig, bool]:
     gamma = args.gamma if args.gamma is not None else (1.0 if args.sigma_y > 0 else None)
     defaults = task or get_task(DEMO_TASK)
     cfg = SolverConfig(
-        spec=task.spec if task else args.degrade, frames=args.frames or DEFAULT_FRAMES, size=args.size,
+        spec=task.spec if task else args.degrade, frames=args.frames or DEFAULT_FRAMES, size=args.size or 256,
+        batch=args.batch,
         nfe=args.nfe if args.nfe is not None else defaults.nfe,
         eta=args.eta if args.eta is not None else defaults.eta,
         cg_iters=args.cg_iters if args.cg_iters is not None else defaults.cg_iters,
@@ -227,10 +230,14 @@ def _baselines(text: Optional[str], demo: bool) -> tuple[str, ...]:
 def run(job: Job, cfg: SolverConfig) -> Path:
     """The whole job; returns the output folder. The output location is claimed first."""
     with claimed_output(job) as tmp:
-        model, size = load_model(job.checkpoint, backend=cfg.backend, engine=job.engine, size=job.size,
-                                 device=cfg.device, model_config=job.model_config, class_label=job.class_label)
-        clean, y, notes = read_input(job, size)
-        cfg = dataclasses.replace(cfg, frames=(clean if clean is not None else y).shape[0], size=size)
+        model, _ = load_model(job.checkpoint, backend=cfg.backend, engine=job.engine, size=job.size,
+                              device=cfg.device, model_config=job.model_config, class_label=job.class_label)
+        clean, y, notes = read_input(job)
+        frame = tuple(clean.shape[-2:]) if clean is not None else clean_frame(cfg.spec, tuple(y.shape[-2:]))
+        if job.measured and job.size is not None and frame != (job.size, job.size):
+            raise InputError(f"the measurement's shape {tuple(y.shape)} under {cfg.spec} comes from "
+                             f"{frame[1]}x{frame[0]} frames, not the {job.size}x{job.size} of --size")
+        cfg = dataclasses.replace(cfg, frames=(clean if clean is not None else y).shape[0], size=frame)
         _say_assumed_mask(job, cfg)
         if job.blind:
             clip, report, y, init = restore_blind(job, cfg, model, clean, y)
@@ -293,7 +300,7 @@ def restore_blind(job: Job, cfg: SolverConfig, model, clean, y):
         if "+" in true_psf or not true_psf.startswith("temporal:"):
             raise InputError(f"--blind estimates a temporal PSF alone; {true_psf!r} is not one")
         y = measure(from_spec(true_psf, tuple(clean.shape)), clean, sigma_y=job.sigma_y, seed=job.seed + 1)
-    init = validate_video(read_video(job.init, size=None, frames=y.shape[0]), size=cfg.size)
+    init = validate_video(read_video(job.init, size=None, frames=y.shape[0]), size=cfg.frame)
     t0 = time.perf_counter()
     with tqdm(total=2 * cfg.nfe, desc="restoring (2 stages)", unit="step", disable=None) as bar:
         result = blind_deblur(model, y.to(cfg.device), init.to(cfg.device), cfg, seed=job.seed,
@@ -321,33 +328,42 @@ def settings(job: Job, cfg: SolverConfig) -> dict:
 # ----------------------------------------------------------------------------- input
 
 
-def read_input(job: Job, size: int):
+def read_input(job: Job):
     """(clean clip or None, measurement or None, notes): what INPUT holds, and every change made to it.
 
-    A clean clip is centre-cropped and resized to the model's square size (the paper's protocol);
-    without --frames at most DEFAULT_FRAMES frames are kept. Each change is logged and noted.
+    Every frame at its own size, unless --frames keeps the first N, or --size centre-crops and
+    resizes a clean clip to a square (the paper's protocol). Each change is logged and noted.
     """
     from engine.video_io import read_video, square_clip, validate_video
 
     if job.input is None:
         from engine.testclips import demo_clip
 
-        return demo_clip(frames=job.frames or DEFAULT_FRAMES, size=size), None, []
-    at_most = None if job.frames is not None else DEFAULT_FRAMES + 1     # one more: to tell a cut clip
-    clip = read_video(job.input, size=None, frames=job.frames, at_most=at_most)
+        return demo_clip(frames=job.frames or DEFAULT_FRAMES, size=job.size or 256), None, []
+    clip = read_video(job.input, size=None, frames=job.frames)
     notes = []
-    if job.frames is None and clip.shape[0] > DEFAULT_FRAMES:
-        clip = clip[:DEFAULT_FRAMES]
-        notes.append(f"kept the first {DEFAULT_FRAMES} frames (the input has more; --frames N takes N)")
     if job.measured:
-        return None, validate_video(clip), _logged(notes)
+        return None, validate_video(clip), notes
     h, w = clip.shape[-2:]
-    if (h, w) != (size, size):
+    if job.size is not None and (h, w) != (job.size, job.size):
         side = min(h, w)
         crop = f"centre-cropped {w}x{h} frames to {side}x{side} and " if h != w else f"{w}x{h} frames "
-        notes.append(f"{crop}resized to {size}x{size} (the model's size)")
-        clip = square_clip(clip, size)
-    return validate_video(clip, size=size), None, _logged(notes)
+        notes.append(f"{crop}resized to {job.size}x{job.size} (--size)")
+        clip = square_clip(clip, job.size)
+    if min(clip.shape[-2:]) < MIN_SCORED_SIZE:
+        raise InputError(f"frames of {clip.shape[-1]}x{clip.shape[-2]} are too small to score (SSIM needs "
+                         f"{MIN_SCORED_SIZE}x{MIN_SCORED_SIZE}); pass --measured to restore without scoring")
+    return validate_video(clip), None, _logged(notes)
+
+
+def clean_frame(spec: str, measured: tuple[int, int]) -> tuple[int, int]:
+    """(H, W) of the clean frames behind measured frames of `measured` (H', W'): × every SR factor."""
+    scale = 1
+    for term in spec.split("+"):
+        name, _, rest = term.strip().partition(":")
+        if name == "sr":
+            scale *= int(rest.split(":")[0])
+    return measured[0] * scale, measured[1] * scale
 
 
 def _logged(notes: list[str]) -> list[str]:

@@ -55,14 +55,12 @@ def test_triton_kernels_restore_what_torch_ops_do(tmp_path, clip_npy):
     assert psnr["triton"] == pytest.approx(psnr["torch"], abs=1e-3) and psnr["torch"] < 60
 
 
-def test_long_input_restores_the_first_default_frames(tmp_path):
-    from engine.solve import DEFAULT_FRAMES
-
+def test_a_long_input_is_restored_whole(tmp_path):
     path = tmp_path / "long.npy"
-    np.save(path, camera_clip(frames=DEFAULT_FRAMES + 4, size=32).numpy())          # [N, 3, H, W]
+    np.save(path, camera_clip(frames=20, size=32).numpy())          # [N, 3, H, W]
     out = tmp_path / "out"
     assert main([str(path), "--task", "temporal-k7", *FAST, "--out", str(out)]) == 0
-    assert len(list((out / "frames").glob("frame_*.png"))) == DEFAULT_FRAMES
+    assert len(list((out / "frames").glob("frame_*.png"))) == 20
 
 
 def test_measured_input_with_sr(tmp_path):
@@ -75,7 +73,7 @@ def test_measured_input_with_sr(tmp_path):
     out = tmp_path / "out"
     assert main([str(path), "--degrade", "temporal:uniform:3+sr:4", "--measured", *FAST, "--out", str(out)]) == 0
     report = json.loads((out / "metrics.json").read_text())
-    assert "restored" not in report and report["settings"]["size"] == 32
+    assert "restored" not in report and report["settings"]["size"] == [32, 32]
 
 
 def test_demo(tmp_path):
@@ -295,19 +293,20 @@ def test_outputs_follow_the_users_umask(tmp_path, clip_npy):
 def test_changes_to_the_input_are_logged_and_recorded(tmp_path, caplog):
     import torch
 
-    wide = torch.rand(DEFAULT_FRAMES_PLUS, 3, 24, 40)
+    wide = torch.rand(10, 3, 24, 40)
     path = tmp_path / "wide.npy"
     np.save(path, wide.numpy())
     out = tmp_path / "out"
     with caplog.at_level("WARNING", logger="engine.solve"):
         assert main([str(path), "--task", "temporal-k7", *FAST, "--out", str(out)]) == 0
     changes = json.loads((out / "metrics.json").read_text())["input_changes"]
-    assert any("first 16 frames" in c for c in changes)
-    assert any("centre-cropped 40x24 frames to 24x24 and resized to 32x32" in c for c in changes)
+    assert changes == ["centre-cropped 40x24 frames to 24x24 and resized to 32x32 (--size)"]
     assert all(c in caplog.text for c in changes)
-
-
-DEFAULT_FRAMES_PLUS = 18
+    own = tmp_path / "own"
+    assert main([str(path), "--task", "temporal-k7", *[a for a in FAST if a not in ("--size", "32")],
+                 "--out", str(own)]) == 0
+    report = json.loads((own / "metrics.json").read_text())
+    assert report["input_changes"] == [] and report["settings"]["size"] == [24, 40]
 
 
 def test_videos_are_written_at_the_inputs_frame_rate(tmp_path):
