@@ -27,7 +27,9 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import tempfile
 import time
 from dataclasses import dataclass
@@ -532,6 +534,11 @@ def prior_name(job: Job) -> str:
     return str(job.checkpoint) if job.checkpoint else "gaussian (weight-free)"
 
 
+def _interrupt(signum, frame):
+    """SIGTERM (a job scheduler, `timeout`) unwinds like Ctrl-C, so the temporary output is removed."""
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+
 def main(argv=None) -> int:
     try:
         job, cfg, verbose = parse(argv)
@@ -539,11 +546,16 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         out = run(job, cfg)
     except (InputError, CheckpointError, ModelError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; no output was written", file=sys.stderr)
+        return 130
     print(out)
     return 0
 

@@ -64,3 +64,15 @@ def test_data_consistency_noiseless_and_regularised():
     lhs = torch.eye(8, dtype=torch.float64) + g * A.T @ A
     exact = torch.linalg.solve(lhs, x_hat.reshape(-1) + g * A.T @ y).reshape(shape)
     assert torch.allclose(xr, exact, atol=1e-8)
+
+
+def test_solver_config_takes_the_preconditioner_delta():
+    from engine.cg import DEFAULT_DELTA
+    from engine.errors import InputError
+    from engine.runtime import SolverConfig
+
+    assert SolverConfig(spec="temporal:uniform:7").cg_precond == DEFAULT_DELTA
+    assert SolverConfig(spec="temporal:uniform:7", cg_precond=None).cg_precond is None
+    for bad in (0.0, -1e-3, float("nan"), float("inf")):
+        with pytest.raises(InputError, match="cg_precond"):
+            SolverConfig(spec="temporal:uniform:7", cg_precond=bad)

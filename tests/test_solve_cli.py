@@ -323,3 +323,27 @@ def test_progress_is_logged_when_the_output_is_not_a_terminal(tmp_path, clip_npy
     with caplog.at_level("INFO", logger="engine.solve"):
         assert main([str(clip_npy), "--task", "temporal-k7", *FAST, "--out", str(tmp_path / "out")]) == 0
     assert "step 3/3" in caplog.text
+
+
+def test_a_terminated_run_leaves_no_temporary_folder(tmp_path):
+    """SIGTERM (as `timeout` sends) in the middle of a run: exit status 130, no output, no temporary folder."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "clip.npy"
+    np.save(path, camera_clip(frames=8, size=32).numpy())
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen([sys.executable, "-m", "engine.solve", str(path), "--task", "temporal-k7", "--nfe", "1000",
+                             "--size", "32", "--device", "cpu", "-v", "--out", str(out)],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".out.") for p in tmp_path.iterdir()):   # the output is claimed: mid-run
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.terminate()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.npy"]
