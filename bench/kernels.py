@@ -45,7 +45,7 @@ from engine.operators import blur as torch_blur  # noqa: E402
 from engine.operators import inpaint as torch_inpaint  # noqa: E402
 from engine.operators import sr as torch_sr  # noqa: E402
 from engine.operators import temporal as torch_temporal  # noqa: E402
-from engine.sampler import StepKernels  # noqa: E402
+from engine.sampler import StepKernels, step_kernels  # noqa: E402
 from engine.schedule import ddim_steps  # noqa: E402
 from engine.streams import on_stream  # noqa: E402
 from engine.tasks import TASKS  # noqa: E402
@@ -178,8 +178,6 @@ def task_rows(name: str, shape, dtype, dev: str = "cuda") -> list[tuple[str, flo
 
     The whole step starts from the network's output as the Solver's default gives it (learned-σ,
     fp16, [N, 6, H, W]): taking ε from it is part of the step (a cast pass in torch, none in Triton)."""
-    from kernels.steps import TRITON_STEP_KERNELS
-
     spec = TASKS[name].spec
     fast = from_spec(spec, shape, device=dev, dtype=dtype, backend="triton")
     slow = from_spec(spec, shape, device=dev, dtype=dtype, backend="torch")
@@ -203,7 +201,7 @@ def task_rows(name: str, shape, dtype, dev: str = "cuda") -> list[tuple[str, flo
     def cg(kern: StepKernels, op, iters: int) -> Callable[[], torch.Tensor]:
         return lambda: kern.data_consistency(op, y, x, iters, None, aty=aty)
 
-    fast_kern, slow_kern = TRITON_STEP_KERNELS, StepKernels()
+    fast_kern, slow_kern = step_kernels("triton"), StepKernels()
     cg_graph_fast = [bench(graphed(cg(fast_kern, fast, i))) for i in (l, l - 1)]
     cg_graph_slow = [bench(graphed(cg(slow_kern, slow, i))) for i in (l, l - 1)]
     step_fast, step_slow = whole_step(fast_kern, fast), whole_step(slow_kern, slow)

@@ -14,6 +14,7 @@ Notation (DESIGN.md §2, the paper's symbols):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -79,12 +80,15 @@ class StepKernels:
     data_consistency: Callable = data_consistency
 
 
+@functools.cache
 def step_kernels(backend: str) -> StepKernels:
-    """The step arithmetic for an operator backend ("torch" or "triton")."""
+    """The step arithmetic for an operator backend ("torch" or "triton"; one table each)."""
     if backend == "triton":
-        from kernels.steps import TRITON_STEP_KERNELS
+        from engine import triton_steps
+        from kernels.cg import data_consistency as triton_data_consistency
 
-        return TRITON_STEP_KERNELS
+        return StepKernels(take_eps=triton_steps.take_eps, tweedie=triton_steps.tweedie,
+                           ddim_update=triton_steps.ddim_update, data_consistency=triton_data_consistency)
     return StepKernels()
 
 

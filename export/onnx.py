@@ -33,10 +33,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
 import torch
 
 from export.contract import EXPORT_BATCH, ErrorStats, UNetContract, error_stats, reference_eps
+
+ONNX_HINT = "pip install 'video-inverse-engine[onnx]'"
+try:
+    import onnx
+except ImportError as err:   # the runtime needs no onnx; the export does
+    raise ImportError(f"exporting to ONNX needs the onnx package: {ONNX_HINT}") from err
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +51,6 @@ OPSETS = ("auto", NATIVE_GROUPNORM_OPSET, FALLBACK_OPSET)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 #: onnxruntime against the fp32 torch model, relative L2 error of ε
 PARITY_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
-ONNX_HINT = "pip install 'video-inverse-engine[onnx]'"
 _PROTOBUF_LIMIT = 2**31 - 2**26   # 2 GiB less headroom for the graph itself
 
 
