@@ -6,7 +6,7 @@
 Runs the reverse loop of every paper task (Tweedie, three CG iterations with γ = None and a float γ, the
 DDIM update), each operator's A, Aᵀ and AᵀA, the spatial blur's three boundaries, and one ADM-256
 forward with its fused GroupNorm kernels (channels_last, as the fast torch backends run it) under
-`kernels.aot.compile_only`: each launch compiles for sm_<arch> (PTX and a cubin, with the
+`bench.aot.compile_only`: each launch compiles for sm_<arch> (PTX and a cubin, with the
 ptxas inside the triton wheel) and runs nothing. Per kernel variant it prints registers per
 thread, bytes spilled (ptxas's spill stores), shared memory, the theoretical occupancy those
 allow, global loads and stores that move 2–4 elements per instruction against one (in the PTX),
@@ -26,23 +26,20 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 os.environ.pop("TRITON_INTERPRET", None)                          # the real compiler, before triton loads
 
-import torch  # noqa: E402
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import append_jsonl, machine  # noqa: E402
-from engine.backends import torch_eps  # noqa: E402
-from engine.errors import InputError  # noqa: E402
-from engine.operators import from_spec  # noqa: E402
-from engine.sampler import reverse_process  # noqa: E402
-from engine.schedule import ddim_steps  # noqa: E402
-from engine.tasks import TASKS  # noqa: E402
-from engine.unet import ADMConfig, ADMUNet  # noqa: E402
-from kernels.aot import Compiled, compile_only  # noqa: E402
+from bench.aot import Compiled, compile_only
+from bench.common import append_jsonl, machine
+from engine.backends import torch_eps
+from engine.errors import InputError
+from engine.operators import from_spec
+from engine.sampler import reverse_process
+from engine.schedule import ddim_steps
+from engine.tasks import TASKS
+from engine.unet import ADMConfig, ADMUNet
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PRECISION = {dtype: name for name, dtype in DTYPES.items()}

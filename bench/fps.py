@@ -23,15 +23,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import (append_jsonl, machine, matmul_peak_tflops, median, nvtx_range, synchronize,  # noqa: E402
+from bench.common import (append_jsonl, machine, matmul_peak_tflops, median, nvtx_range, synchronize,
                           time_fn, unet_flops)
-from engine.backends import GRAPH_BACKENDS  # noqa: E402
-from engine.runtime import Solver, SolverConfig  # noqa: E402
-from engine.sampler import StepKernels  # noqa: E402
-from engine.tasks import TASKS  # noqa: E402
-from engine.unet import ADMConfig, ADMUNet  # noqa: E402
+from engine.backends import GRAPH_BACKENDS
+from engine.runtime import Solver, SolverConfig
+from engine.sampler import StepKernels
+from engine.tasks import TASKS
+from engine.unet import ADMConfig, ADMUNet
 
 log = logging.getLogger("bench.fps")
 REFERENCE = "reference"

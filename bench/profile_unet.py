@@ -19,15 +19,12 @@ import json
 import re
 import sys
 from collections import Counter
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import append_jsonl, machine, median, synchronize, time_fn  # noqa: E402
-from engine.backends import PRECISIONS, torch_eps  # noqa: E402
-from engine.unet import PRESETS, ADMConfig, ADMUNet  # noqa: E402
+from bench.common import append_jsonl, machine, median, synchronize, time_fn
+from engine.backends import PRECISIONS, torch_eps
+from engine.unet import PRESETS, ADMConfig, ADMUNet
 
 #: Kinds of kernel (or aten op), first match wins: a name is lower-cased and searched.
 KINDS = (

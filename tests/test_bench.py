@@ -1,4 +1,4 @@
-"""The benchmarks' own code on the CPU: what bench/kernels.py times pairs equal work, and
+"""The benchmarks' own code on the CPU: what bench/kernel_speed.py times pairs equal work, and
 bench/fps.py runs end to end on a CPU-only machine (their numbers need a GPU; these do not)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench import fps
-from bench import kernels as kbench
+from bench import kernel_speed as kbench
 from bench import profile_unet
 from bench.common import append_jsonl, in_new_thread
 from kernels.common import INTERPRET

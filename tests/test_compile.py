@@ -59,7 +59,7 @@ def test_jit_kernels_are_found():
 
 
 def test_compile_only_refuses_the_interpreter():
-    from kernels.aot import compile_only
+    from bench.aot import compile_only
     from kernels.common import INTERPRET
 
     if not INTERPRET:
@@ -71,7 +71,7 @@ def test_compile_only_refuses_the_interpreter():
 
 def test_launch_nothing_runs_the_launchers_but_no_kernel():
     from kernels import common, groupnorm
-    from kernels.aot import launch_nothing
+    from bench.aot import launch_nothing
 
     kind, before = type(groupnorm._gn_stats_kernel), common.HOST_TENSORS
     launch = kind.run

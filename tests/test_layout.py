@@ -100,11 +100,30 @@ def test_kernels_depend_on_nothing_above_them():
     assert upward == set()
 
 
+def test_the_product_does_not_import_the_tooling():
+    """bench/ (benchmarks and bench.aot, which patches Triton) is used by nothing in engine/, kernels/, export/."""
+    assert {f"{name} → {target}" for name, targets in import_graph().items() if not name.startswith("bench")
+            for target in targets if target.startswith("bench")} == set()
+
+
+def test_benchmarks_edit_no_import_path():
+    assert [p.name for p in sorted((ROOT / "bench").glob("*.py")) if "sys.path" in p.read_text()] == []
+
+
+SCRIPTS = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if "__main__" in p.read_text())
+
+
+@pytest.mark.parametrize("how", [["-m", "bench.fps"], *([f"bench/{name}.py"] for name in SCRIPTS)], ids=str)
+def test_benchmarks_run_as_modules_and_as_scripts(how):
+    """A script's folder comes first on its import path: no bench/ file may shadow a package (bench/kernels.py did)."""
+    out = subprocess.run([sys.executable, *how, "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and "usage" in out.stdout, out.stderr[-2000:]
+
+
 @pytest.mark.parametrize("module", ["engine.runtime", "engine.backends.tensorrt"])
 def test_the_runtime_loads_no_exporter_and_no_tooling(module):
     code = (f"import sys, {module}; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'export', 'bench') "
-            "or m == 'kernels.aot'))")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'export', 'bench')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
