@@ -1,4 +1,4 @@
-"""engine.evaluate end to end on two small clips with the weight-free prior and every method;
+"""engine.evaluation.evaluate (python -m engine.evaluate) end to end on two small clips with the weight-free prior and every method;
 resuming after an interruption; LPIPS / FVD columns; every refusal (one line, exit 2)."""
 import csv
 import json
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-import engine.evaluate as evaluate
+import engine.evaluation.evaluate as evaluate
 import engine.runtime
 from engine.baselines import CG_RTOL, cg_converged
-from engine.evaluate import METHODS, main
+from engine.evaluation.evaluate import METHODS, main
 from engine.metrics import psnr
 from engine.operators import from_spec
 from engine.testclips import camera_clip

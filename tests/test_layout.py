@@ -132,3 +132,17 @@ def test_the_export_without_onnx_names_the_extra():
     code = "import sys; sys.modules['onnx'] = None; import export.onnx"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode != 0 and "pip install 'video-inverse-engine[onnx]'" in out.stderr
+
+
+@pytest.mark.parametrize("module", ["engine.evaluate", "engine.data", "engine.build", "engine.solve"])
+def test_the_command_lines_keep_their_names(module):
+    out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and f"python -m {module}" in out.stdout, out.stderr[-2000:]
+
+
+def test_the_build_without_onnx_says_so_in_one_line():
+    code = ("import sys, runpy; sys.modules['onnx'] = None; "
+            "runpy.run_module('engine.build', run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", code, "--batch", "2"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
+    assert "pip install 'video-inverse-engine[onnx]'" in out.stderr

@@ -1,4 +1,4 @@
-"""The evaluation harness's records on disk and its summary tables (engine.evaluate writes them).
+"""The evaluation harness's records on disk and its summary tables (engine.evaluation.evaluate writes them).
 
     run.json        the settings of a run; a rerun with other settings is refused
     results.jsonl   one JSON line per finished clip, appended and flushed when the clip is done
@@ -22,9 +22,9 @@ import numpy as np
 
 from engine.errors import InputError
 from engine.metrics import json_safe
-from engine.metrics_extra import FVD_SCALE, frechet_distance
+from engine.evaluation.metrics_extra import FVD_SCALE, frechet_distance
 
-log = logging.getLogger("engine.evaluate")
+log = logging.getLogger(__name__)
 
 #: What a run writes into its folder (and --overwrite removes).
 OWN_OUTPUTS = ("run.json", "results.jsonl", "summary.md", "summary.csv", "summary.json", "features", "pictures")
