@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from engine.fileio import atomic_file
 
 Tensor = torch.Tensor
 LABEL_HEIGHT = 14
@@ -46,18 +47,12 @@ def contact_sheet(rows: Sequence[tuple[str, Tensor]], frame_ids: Sequence[int], 
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write an RGB uint8 image atomically (temp file in the same folder, then rename)."""
+    """Write an RGB uint8 image [H, W, 3] atomically (engine.fileio)."""
     from PIL import Image
 
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

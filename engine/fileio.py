@@ -13,6 +13,7 @@ not the 0600 / 0700 of `tempfile.mkstemp` / `mkdtemp`.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -80,3 +81,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` (UTF-8) to `path` all at once or not at all."""
     atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    """Write `obj` as indented JSON with a final newline to `path` all at once or not at all."""
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")

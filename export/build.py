@@ -30,11 +30,12 @@ import torch
 
 from engine.checkpoint import load_adm
 from engine.errors import CheckpointError, InputError
+from engine.fileio import atomic_write_json
 from engine.unet import PRESETS, ADMConfig, ADMUNet
 from export.contract import UNetContract
 from export.onnx import DTYPES, OPSETS, PARITY_TOLERANCE, ExportError, check_parity, export_onnx, onnx_parity
 from export.tensorrt import (PRECISIONS, VIAS, EngineError, TensorRTBuilder, TorchTensorRTBuilder,
-                             atomic_write_json, get_engine, import_tensorrt, import_torch_tensorrt)
+                             get_engine, import_tensorrt, import_torch_tensorrt)
 
 log = logging.getLogger(__name__)
 DEFAULT_PRESET = "adm256_uncond"

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from engine.fileio import staging_folder
 from export.contract import EXPORT_BATCH, ErrorStats, UNetContract, error_stats, reference_eps
 
 ONNX_HINT = "pip install 'video-inverse-engine[onnx]'"
@@ -217,11 +218,7 @@ def _weight_bytes(model: onnx.ModelProto) -> int:
 @contextmanager
 def _staging(path: Path):
     """A fresh folder beside `path`; on success its `<name>[.data]` replace the targets."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stage = path.parent / f".{path.name}.staging-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir()
-    try:
+    with staging_folder(path) as stage:
         yield stage
         data = stage / f"{path.name}.data"
         target_data = path.parent / data.name
@@ -230,8 +227,6 @@ def _staging(path: Path):
         elif target_data.exists():
             target_data.unlink()   # a stale weight file of an earlier, larger export
         os.replace(stage / path.name, path)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def onnx_sha256(path: str | os.PathLike) -> str:

@@ -32,22 +32,20 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
-import json
 import logging
 import os
-import tempfile
 import time
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Protocol
+from typing import Callable, Mapping, Protocol
 
 import torch
 
 from engine.backends.engine_file import (ENVIRONMENT_FIELDS, TRT_HINT, EngineError, engine_key, gpu_environment,
                                          import_tensorrt, read_engine, record_path)
+from engine.fileio import atomic_write_bytes, atomic_write_json
 from export.contract import EXPORT_BATCH, T, ErrorStats, UNetContract, error_stats, reference_eps
 from export.onnx import onnx_sha256
 
@@ -97,36 +95,6 @@ def timing_cache_path(cache_dir: str | os.PathLike, environment: Mapping) -> Pat
     """One timing cache per TensorRT version and GPU (its entries are only valid there)."""
     env_key = engine_key({k: environment[k] for k in sorted(environment)})
     return Path(cache_dir) / f"timing-{env_key[:16]}.cache"
-
-
-# ---------------------------------------------------------------- atomic writes
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside `path`: renamed onto it if the block succeeds, deleted if it raises."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` all at once or not at all (temp file, fsync, rename)."""
-    with atomic_path(path) as tmp:
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Mapping) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 # ---------------------------------------------------------------- builders

@@ -1,5 +1,7 @@
 """engine.figures: the comparison grid with its enlarged crop, and the PIL line plots."""
 import math
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -78,3 +80,13 @@ def test_ticks_are_round_and_cover_the_range():
         mantissa = step / 10 ** math.floor(math.log10(step))
         assert min(abs(mantissa - m) for m in (1, 2, 5, 10)) < 1e-9
         assert np.allclose(np.diff(ticks), step)
+
+
+def test_saved_pictures_get_the_umask_permissions(tmp_path):
+    """comparison.png was 0600 (a mkstemp name) beside 0644 files: engine.fileio gives the umask's."""
+    old = os.umask(0o022)
+    try:
+        path = save_png(tmp_path / "comparison.png", np.zeros((4, 4, 3), np.uint8))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644 and [p.name for p in tmp_path.iterdir()] == ["comparison.png"]

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from engine.errors import InputError
+from engine.fileio import atomic_file, atomic_write_json
 from engine.video_io import ARRAY_EXTS, FRAME_EXTS, GIF_EXTS, VIDEO_EXTS, frame_files, iter_frames
 
 log = logging.getLogger(__name__)
@@ -210,29 +211,17 @@ class Dataset:
         names = []
         for k, clip in enumerate(cut_clips(path, self.prep)):
             names.append(f"{name}_{k:03d}")
-            _save_atomic(self._clip_path(names[-1]), clip.transpose(0, 1).numpy())  # [3, N, S, S]
+            with atomic_file(self._clip_path(names[-1])) as tmp:
+                np.save(tmp, clip.transpose(0, 1).numpy())                         # [3, N, S, S]
         if not names:
             log.warning("%s: fewer than %d frames, no clip", path, self.prep.frames)
         self.manifest["sequences"][name] = {"path": str(path), "clips": names}
-        _write_json_atomic(self.cache / "manifest.json", self.manifest)
+        atomic_write_json(self.cache / "manifest.json", self.manifest)
         log.info("prepared %s: %d clips", name, len(names))
         return names
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    """np.save to a temporary sibling, then rename onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
 
-
-def _write_json_atomic(path: Path, data) -> None:
-    """JSON to a temporary sibling, then rename onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- command line

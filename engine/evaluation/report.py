@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import InputError
+from engine.fileio import atomic_file, atomic_write_json, atomic_write_text
 from engine.metrics import json_safe
 from engine.evaluation.metrics_extra import FVD_SCALE, frechet_distance
 
@@ -69,9 +70,8 @@ class Results:
         """Save the clip's features, then append its line (flushed to disk): the line marks it done."""
         if features:
             self.features.mkdir(parents=True, exist_ok=True)
-            tmp = self.features / f".{record['clip']}.tmp.npz"
-            np.savez(tmp, **features)
-            os.replace(tmp, self.features / f"{record['clip']}.npz")
+            with atomic_file(self.features / f"{record['clip']}.npz") as tmp:
+                np.savez(tmp, **features)
         with open(self.path, "a") as f:
             f.write(json.dumps(json_safe(record)) + "\n")
             f.flush()
@@ -96,10 +96,7 @@ def open_run(out: Path, settings: dict, overwrite: bool) -> Results:
             raise InputError(f"{out} holds a run with other settings ({'; '.join(changed)}); "
                              "use another --out or pass --overwrite")
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / ".run.json.tmp"
-        tmp.write_text(json.dumps(settings, indent=1) + "\n")
-        os.replace(tmp, path)
+        atomic_write_json(path, settings)
     return Results(out)
 
 
@@ -179,6 +176,4 @@ def write_summary(out: Path, rows: list[dict], settings: dict) -> None:
     texts = {"summary.md": summary_markdown(rows, settings), "summary.csv": summary_csv(rows),
              "summary.json": json.dumps(json_safe({"settings": settings, "rows": rows}), indent=1) + "\n"}
     for name, text in texts.items():
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        atomic_write_text(out / name, text)
