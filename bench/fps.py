@@ -23,11 +23,9 @@ from pathlib import Path
 
 import torch
 
-from bench.common import (append_jsonl, machine, matmul_peak_tflops, median, nvtx_range, synchronize,
-                          time_fn, unet_flops)
-from engine.backends import GRAPH_BACKENDS
+from bench.common import append_jsonl, machine, matmul_peak_tflops, median, synchronize, time_fn, unet_flops
 from engine.runtime import Solver, SolverConfig
-from engine.sampler import StepKernels
+from engine.profiling import nvtx_range
 from engine.tasks import TASKS
 from engine.unet import ADMConfig, ADMUNet
 
@@ -92,27 +90,13 @@ def build_solver(args, backend: str) -> tuple[Solver, float]:
         kernels="torch" if reference else "auto",
         channels_last=not reference and device.type == "cuda",
         cudnn_benchmark=not reference and args.cudnn_benchmark,
+        nvtx=args.nvtx,
     )
     synchronize(device)
     t0 = time.perf_counter()
     solver = Solver(model, config)
     synchronize(device)
     return solver, time.perf_counter() - t0
-
-
-def with_nvtx(solver: Solver) -> None:
-    """Wrap the network and each step's arithmetic in NVTX ranges (eager backends only)."""
-    eps, k = solver.eps_model, solver.kernels
-
-    def ranged(name, fn):
-        def call(*a, **kw):
-            with nvtx_range(name, True):
-                return fn(*a, **kw)
-        return call
-
-    solver.eps_model = ranged("unet", eps)
-    solver.kernels = StepKernels(tweedie=ranged("tweedie", k.tweedie), ddim_update=ranged("ddim_update", k.ddim_update),
-                                 data_consistency=ranged("cg", k.data_consistency))
 
 
 def stage_times(solver: Solver, y: torch.Tensor, repeats: int) -> dict:
@@ -139,8 +123,6 @@ def bench_backend(args, backend: str, clip_y: dict, flops: float, peak: float) -
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     solver, build_s = build_solver(args, backend)
-    if args.nvtx and solver.config.backend not in GRAPH_BACKENDS:
-        with_nvtx(solver)
     if "y" not in clip_y:
         clip_y["y"] = solver.measure(torch.rand(solver.op.in_shape, generator=torch.Generator().manual_seed(0)))
     y = clip_y["y"]

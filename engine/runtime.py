@@ -58,6 +58,7 @@ class SolverConfig:
     cudnn_benchmark: bool = False    # cuDNN times its convolution algorithms once per shape (engine.backends.torch)
     device: str = "cpu"
     mask_seed: int = 0               # random inpainting masks
+    nvtx: bool = False               # an NVTX range per stage of each step, for Nsight (engine.sampler)
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -186,7 +187,8 @@ class Solver:
     def _loop(self, callback=None) -> Tensor:
         cfg = self.config
         return reverse_process(self.eps_model, self._y, self.op, self._E, self.steps,
-                               cg_iters=cfg.cg_iters, gamma=cfg.gamma, callback=callback, kernels=self.kernels)
+                               cg_iters=cfg.cg_iters, gamma=cfg.gamma, callback=callback, kernels=self.kernels,
+                               nvtx=cfg.nvtx)
 
     def _capture(self) -> None:
         """Warm up on the Solver's stream, then capture the whole reverse loop as one CUDA graph."""
