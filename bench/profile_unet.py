@@ -9,7 +9,8 @@ GroupNorm, elementwise (casts, SiLU, scale-shift, residual adds), concatenation,
 resampling, other. Printed in ms per forward with each kind's share, once per way of
 running the GroupNorms (`--norms`: upstream's torch ops, the fused Triton kernel), next to
 the forward's median time from CUDA events. This is the profile behind the "where the
-time went" of bench/fps.py's UNet stage. Rows are appended to bench/results/profile.jsonl.
+time went" of bench/fps.py's UNet stage. Each row is appended to bench/results/profile.jsonl
+(or $BENCH_RESULTS) as soon as it is measured.
 """
 
 from __future__ import annotations
@@ -129,14 +130,15 @@ def main(argv=None) -> int:
         model = ADMUNet(ADMConfig.preset(args.preset))
     common = dict(bench="profile_unet", preset=args.preset, frames=args.frames, precision=args.precision,
                   device=args.device, channels_last=device.type == "cuda", **machine(device))
-    rows = [profile_row(args, model, n, common) for n in norms]
-    if args.json:
-        for row in rows:
-            print(json.dumps(row))
-    else:
+    rows = []
+    for n in norms:                 # each row kept the moment it is measured: a time-out loses only the rest
+        rows.append(profile_row(args, model, n, common))
+        if args.json:
+            print(json.dumps(rows[-1]), flush=True)
+        if not args.no_save:
+            append_jsonl("profile", rows[-1:])
+    if not args.json:
         print_table(rows)
-    if not args.no_save:
-        append_jsonl("profile", rows)
     return 0
 
 

@@ -160,6 +160,20 @@ def test_profile_unet_runs_on_the_cpu(capsys):
     assert profile_unet.main(["--norms", "cudnn", "--no-save"]) == 2
 
 
+def test_profile_unet_keeps_each_row_as_it_is_measured(monkeypatch, tmp_path):
+    """bench/device_check.sh may cut the run at its time limit: the rows measured before stay on disk."""
+    def second_never_ends(args, model, norms, common):
+        if norms == "triton":
+            raise TimeoutError("cut by the step's limit (planted)")
+        return dict(common, norms=norms, kinds={}, kernel_ms=1.0, forward_ms=1.0)
+
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
+    monkeypatch.setattr(profile_unet, "profile_row", second_never_ends)
+    with pytest.raises(TimeoutError):
+        profile_unet.main(["--preset", "tiny", "--frames", "1", "--norms", "torch,triton"])
+    assert [json.loads(line)["norms"] for line in (tmp_path / "profile.jsonl").read_text().splitlines()] == ["torch"]
+
+
 def test_profile_kernel_ms_is_per_forward(monkeypatch):
     """kernel_ms divides the profiled totals by the forwards run: a fake profiler that logs 3 ms of
     convolution and 1 ms of SiLU per forward gives exactly that for any number of repeats."""
