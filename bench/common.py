@@ -115,6 +115,13 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def add_save_flag(parser, name: str) -> None:
+    """--save: append the rows to bench/results/<name>.jsonl (or $BENCH_RESULTS); a plain run writes nothing
+    into the tree."""
+    parser.add_argument("--save", action="store_true",
+                        help=f"append the rows to bench/results/{name}.jsonl (or $BENCH_RESULTS)")
+
+
 def append_jsonl(name: str, rows: list[dict]) -> Path:
     """Append result rows to <name>.jsonl in bench/results, or in $BENCH_RESULTS when set (never typed in by hand)."""
     folder = Path(os.environ.get(RESULTS_ENV) or RESULTS)

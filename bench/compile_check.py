@@ -32,7 +32,7 @@ os.environ.pop("TRITON_INTERPRET", None)                          # the real com
 import torch
 
 from bench.aot import Compiled, compile_only
-from bench.common import append_jsonl, machine
+from bench.common import add_save_flag, append_jsonl, machine
 from engine.backends import torch_eps
 from engine.errors import InputError
 from engine.operators import from_spec
@@ -60,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=256, help="H = W (default 256)")
     p.add_argument("--dtypes", default="fp32,fp16,bf16", help="storage dtypes, comma list of fp32, fp16, bf16")
     p.add_argument("--json", action="store_true", help="print one JSON object per kernel variant")
-    p.add_argument("--no-save", action="store_true", help="do not append to bench/results/compile.jsonl")
+    add_save_flag(p, "compile")
     return p.parse_args(argv)
 
 
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     else:
         print(f"sm_{args.arch}, clip {'×'.join(map(str, shape))}, triton {common['triton']}: "
               f"{len(rows)} kernel variants\n{table(rows)}")
-    if not args.no_save:
+    if args.save:
         append_jsonl("compile", rows)
     spilling = sorted({f"{r['kernel']} ({r['dtype']}, {r['variant']})" for r in rows
                        if r["spill_stores"] or r["spill_loads"]})

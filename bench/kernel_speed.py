@@ -35,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from bench.common import append_jsonl, in_new_thread, machine
+from bench.common import add_save_flag, append_jsonl, in_new_thread, machine
 from engine.errors import InputError
 from engine.operators import from_spec
 from engine.operators import blur as torch_blur
@@ -59,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tasks", default=",".join(TASKS), help="comma list of paper tasks for the CG and step rows")
     p.add_argument("--no-unet", action="store_true", help="skip timing the batch-N UNet forward")
     p.add_argument("--json", action="store_true", help="print the rows as JSON lines instead of a table")
-    p.add_argument("--no-save", action="store_true", help="do not append to bench/results/kernels.jsonl")
+    add_save_flag(p, "kernels")
     return p.parse_args(argv)
 
 
@@ -293,7 +293,7 @@ def main(argv=None) -> int:
     def record(**row) -> None:
         """Keep a row and append it to the results file at once (a later crash or time-out keeps it)."""
         rows.append(dict(common, **row))
-        if not args.no_save:
+        if args.save:
             append_jsonl("kernels", rows[-1:])
         log.info("%s: %s: %s", row.get("task", row["kind"]), row["name"], summary(row))
 

@@ -27,7 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from bench.aot import launch_nothing
-from bench.common import append_jsonl, machine
+from bench.common import add_save_flag, append_jsonl, machine
 from engine.backends import torch_eps
 from engine.operators import from_spec
 from engine.sampler import reverse_process
@@ -78,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--norms", choices=["triton", "torch"], default="triton",
                    help="the UNet's GroupNorms: fused Triton kernel (as on CUDA) or upstream's torch ops")
     p.add_argument("--json", action="store_true", help="print one JSON object per frame count")
-    p.add_argument("--no-save", action="store_true", help="do not append to bench/results/memory.jsonl")
+    add_save_flag(p, "memory")
     return p.parse_args(argv)
 
 
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
             print(f"{args.preset} {args.precision} {args.norms} norms {frames:3d} frames: "
                   f"weights {row['weights_bytes'] / GB:.2f} GB + static buffers {row['static_bytes'] / GB:.2f} GB "
                   f"+ step peak {row['step_peak_bytes'] / GB:.2f} GB = {row['total_bytes'] / GB:.2f} GB of tensors")
-    if not args.no_save:
+    if args.save:
         append_jsonl("memory", rows)
     return 0
 

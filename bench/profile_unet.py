@@ -23,7 +23,7 @@ from collections import Counter
 
 import torch
 
-from bench.common import append_jsonl, machine, median, synchronize, time_fn
+from bench.common import add_save_flag, append_jsonl, machine, median, synchronize, time_fn
 from engine.backends import PRECISIONS, torch_eps
 from engine.unet import PRESETS, ADMConfig, ADMUNet
 
@@ -59,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="forwards profiled (and timed)")
     p.add_argument("--device", default="cuda" if cuda else "cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object per --norms entry")
-    p.add_argument("--no-save", action="store_true", help="do not append to bench/results/profile.jsonl")
+    add_save_flag(p, "profile")
     return p.parse_args(argv)
 
 
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
         rows.append(profile_row(args, model, n, common))
         if args.json:
             print(json.dumps(rows[-1]), flush=True)
-        if not args.no_save:
+        if args.save:
             append_jsonl("profile", rows[-1:])
     if not args.json:
         print_table(rows)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, ContextManager, Optional
 
 import torch
 
@@ -138,18 +138,20 @@ def reverse_process(
     callback: Optional[Callable[[int, int, Tensor], None]] = None,
     kernels: Optional[StepKernels] = None,
     nvtx: bool = False,
+    stage: Optional[Callable[[str], ContextManager]] = None,
 ) -> Tensor:
     """The loop of Algorithm 1 on static inputs (no host sync: a CUDA graph can capture it).
 
     E: [K + 1, B, 3, H, W] noise from `draw_noise`; returns clamp(X̄) in [0, 1], [N, 3, H, W].
     `kernels` defaults to the step arithmetic of the operator's backend. `nvtx` puts each stage
-    of each step in an NVTX range (UNet, Tweedie, CG, update) for Nsight.
+    of each step in an NVTX range (UNet, Tweedie, CG, update) for Nsight; `stage`, called with
+    those names, replaces the ranges with contexts of the caller's (bench/fps.py's stage clock).
     """
     kern = kernels or step_kernels(getattr(op, "backend", "torch"))
     n = op.in_shape[0]
     aty = op.A_adjoint(y)                                                   # Aᵀy, once per clip
     x = E[0].expand(op.in_shape).clone()                                    # batch-consistent init
-    stage = functools.partial(nvtx_range, enabled=nvtx)
+    stage = stage or functools.partial(nvtx_range, enabled=nvtx)
     for k, s in enumerate(steps):
         t = torch.full((n,), s.t, dtype=torch.long, device=y.device)
         with stage("UNet"):

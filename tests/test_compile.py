@@ -39,7 +39,7 @@ def jit_kernels() -> set[str]:
 def test_every_kernel_compiles_for_hopper_without_spills():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "compile_check.py"), "--frames", "16", "--size", "64",
-                          "--dtypes", "fp32,bf16", "--json", "--no-save"],
+                          "--dtypes", "fp32,bf16", "--json"],
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600, check=False)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
