@@ -104,6 +104,10 @@ def read_video(
     return clip.clamp_(0.0, 1.0)
 
 
+class UnreadableError(InputError):
+    """A file that is there but cannot be decoded or loaded (a damaged or mislabelled file)."""
+
+
 def iter_frames(path: str | os.PathLike) -> Iterator[torch.Tensor]:
     """The frames of a clip one at a time, as stored: `[3, H, W]`, uint8 from images and videos."""
     path = Path(path)
@@ -148,7 +152,7 @@ def _guarded(frames: Iterable, path: Path) -> Iterator:
     try:
         yield from frames
     except Exception as err:  # decoders raise OSError, ValueError, RuntimeError, ...
-        raise InputError(f"{path}: cannot decode ({_first_line(err)})") from err
+        raise UnreadableError(f"{path}: cannot decode ({_first_line(err)})") from err
 
 
 def frame_files(folder: Path) -> list[Path]:
@@ -189,7 +193,7 @@ def _read_array(path: Path) -> torch.Tensor:
         else:
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # numpy / torch raise ValueError, UnpicklingError, RuntimeError, ...
-        raise InputError(f"{path}: cannot load ({_first_line(err)})") from err
+        raise UnreadableError(f"{path}: cannot load ({_first_line(err)})") from err
     if not isinstance(data, torch.Tensor):
         raise InputError(f"{path}: expected one tensor, found {type(data).__name__}")
     if not (data.is_floating_point() or data.dtype in (torch.uint8, torch.bool)):

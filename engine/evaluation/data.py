@@ -39,8 +39,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from engine.errors import InputError
+from engine.evaluation.report import plural
 from engine.fileio import atomic_file, atomic_write_json
-from engine.video_io import ARRAY_EXTS, FRAME_EXTS, GIF_EXTS, VIDEO_EXTS, frame_files, iter_frames
+from engine.video_io import (ARRAY_EXTS, FRAME_EXTS, GIF_EXTS, VIDEO_EXTS, UnreadableError, frame_files,
+                             iter_frames)
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -151,6 +153,7 @@ class Dataset:
         self.prep = prep
         self.sequences = find_sequences(self.source)
         self.manifest = self._load_manifest()
+        self.skipped: dict[str, str] = {}       # sequence → why it could not be read (tried again next run)
 
     def _load_manifest(self) -> dict:
         """The cache's manifest (a new one for an empty cache); InputError if it was made differently."""
@@ -173,7 +176,10 @@ class Dataset:
         total = 0
         for name, path in self.sequences:
             done = self.manifest["sequences"].get(name)
-            frames = len(done["clips"]) * self.prep.frames if done else _count_frames(path)
+            try:
+                frames = len(done["clips"]) * self.prep.frames if done else _count_frames(path)
+            except (OSError, ValueError):    # unreadable: counted (and skipped) when it is reached
+                frames = 0
             if frames is None:
                 return None
             total += frames // self.prep.frames
@@ -181,7 +187,8 @@ class Dataset:
 
     def clips(self, limit: int | None = None, skip: Container[str] = ()) -> Iterator[Clip]:
         """Every clip in order, preparing sequences on the way: the first `limit` only (if given),
-        of which those named in `skip` are counted but neither loaded nor yielded."""
+        of which those named in `skip` are counted but neither loaded nor yielded. A sequence that
+        cannot be read is logged, listed in `skipped` and passed over."""
         served = 0
         for name, path in self.sequences:
             for clip_name in self._prepared(name, path):
@@ -209,15 +216,20 @@ class Dataset:
         if done and all(self._clip_path(c).exists() for c in done["clips"]):
             return done["clips"]
         names = []
-        for k, clip in enumerate(cut_clips(path, self.prep)):
-            names.append(f"{name}_{k:03d}")
-            with atomic_file(self._clip_path(names[-1])) as tmp:
-                np.save(tmp, clip.transpose(0, 1).numpy())                         # [3, N, S, S]
+        try:
+            for k, clip in enumerate(cut_clips(path, self.prep)):
+                names.append(f"{name}_{k:03d}")
+                with atomic_file(self._clip_path(names[-1])) as tmp:
+                    np.save(tmp, clip.transpose(0, 1).numpy())                     # [3, N, S, S]
+        except UnreadableError as err:      # one damaged file must not stop the others
+            log.warning("skipped %s: %s", name, err)
+            self.skipped[name] = str(err)
+            return []
         if not names:
             log.warning("%s: fewer than %d frames, no clip", path, self.prep.frames)
         self.manifest["sequences"][name] = {"path": str(path), "clips": names}
         atomic_write_json(self.cache / "manifest.json", self.manifest)
-        log.info("prepared %s: %d clips", name, len(names))
+        log.info("prepared %s: %s", name, plural(len(names), "clip"))
         return names
 
 
@@ -243,7 +255,7 @@ def main(argv=None) -> int:
     except (InputError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{count} clips in {args.cache}")
+    print(f"{plural(count, 'clip')} in {args.cache}")
     return 0
 
 

@@ -48,12 +48,12 @@ from tqdm import tqdm
 
 from engine.backends import BACKENDS, GRAPH_BACKENDS
 from engine.baselines import admm_tv, cg_baseline, cg_converged
-from engine.evaluation.data import Dataset, Prep
 from engine.errors import CheckpointError, InputError
+from engine.evaluation.data import Dataset, Prep
+from engine.evaluation.metrics_extra import LPIPS, I3DFeatures
+from engine.evaluation.report import Results, open_run, plural, psnr_value, summarize, write_summary
 from engine.figures import comparison_grid, line_plot, save_png
 from engine.metrics import clip_summary
-from engine.evaluation.metrics_extra import LPIPS, I3DFeatures
-from engine.evaluation.report import Results, open_run, psnr_value, summarize, write_summary
 from engine.runtime import Solver, SolverConfig, load_model
 from engine.schedule import ddim_steps
 from engine.tasks import TASKS, get_task
@@ -294,7 +294,7 @@ def summary_pictures(folder: Path, results: Results, settings: dict) -> None:
         series = [(m, range(len(runs[0]["psnr"])), np.mean([[psnr_value(v) for v in r["psnr"]] for r in runs], axis=0))
                   for m, runs in per_method.items() if runs]
         save_png(folder / f"psnr_per_frame_sigma{sigma:g}.png",
-                 line_plot(series, title=f"PSNR per frame, mean over {clips} clips, sigma_y = {sigma:g}",
+                 line_plot(series, title=f"PSNR per frame, mean over {plural(clips, 'clip')}, sigma_y = {sigma:g}",
                            xlabel="frame", ylabel="PSNR [dB]"))
         curves = [(m, np.mean([r["interframe"] for r in runs], axis=0)) for m, runs in per_method.items()
                   if m in SVI_NOISE and runs and all(r.get("interframe") for r in runs)]
@@ -302,7 +302,7 @@ def summary_pictures(folder: Path, results: Results, settings: dict) -> None:
             clean = statistics.fmean(rec["clean_interframe"] for rec in results.records)
             save_png(folder / f"interframe_sigma{sigma:g}.png", line_plot(
                 [(m, range(1, len(c) + 1), c) for m, c in curves], references=[("clean clip", clean)],
-                title=f"Inter-frame difference of the Tweedie estimates (Fig. 7), {clips} clips, sigma_y = {sigma:g}",
+                title=f"Inter-frame difference of the Tweedie estimates (Fig. 7), {plural(clips, 'clip')}, sigma_y = {sigma:g}",
                 xlabel=f"reverse step k (t = {ddim_steps(settings['nfe'], settings['eta'])[0].t} ... 0)",
                 ylabel="mean |x0[i+1] - x0[i]|"))
 
@@ -348,9 +348,12 @@ def run(args) -> Path:
             bar.set_postfix_str(f"{clip.name}: {record['runs'][0]['method']} {psnr_value(record['runs'][0]['psnr_mean']):.2f} dB")
     if not results.records:
         raise InputError(f"{args.data}: no clip of {dataset.prep.frames} frames")
-    write_summary(args.out, summarize(results, settings), settings)
+    write_summary(args.out, summarize(results, settings), settings, dataset.skipped)
     summary_pictures(pictures, results, settings)
-    log.info("%d clips evaluated; summary in %s", len(results.records), args.out / "summary.md")
+    log.info("%s evaluated; summary in %s", plural(len(results.records), "clip"), args.out / "summary.md")
+    if dataset.skipped:
+        log.warning("%s could not be read and were skipped: %s (listed in summary.md)",
+                    plural(len(dataset.skipped), "sequence"), ", ".join(sorted(dataset.skipped)))
     return args.out
 
 

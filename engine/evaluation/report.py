@@ -21,14 +21,19 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import InputError
+from engine.evaluation.metrics_extra import FVD_SCALE, frechet_distance
 from engine.fileio import atomic_file, atomic_write_json, atomic_write_text
 from engine.metrics import json_safe
-from engine.evaluation.metrics_extra import FVD_SCALE, frechet_distance
 
 log = logging.getLogger(__name__)
 
 #: What a run writes into its folder (and --overwrite removes).
 OWN_OUTPUTS = ("run.json", "results.jsonl", "summary.md", "summary.csv", "summary.json", "features", "pictures")
+
+
+def plural(n: int, noun: str) -> str:
+    """'1 clip', '2 clips'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def psnr_value(v) -> float:
@@ -142,10 +147,11 @@ def _cell(value, fmt: str) -> str:
     return "n/a" if value is None else fmt.format(value)
 
 
-def summary_markdown(rows: list[dict], settings: dict) -> str:
-    """The paper's layout: per σ_y, one row per method with Time, PSNR, SSIM, LPIPS, FVD."""
+def summary_markdown(rows: list[dict], settings: dict, skipped: dict[str, str] | None = None) -> str:
+    """The paper's layout: per σ_y, one row per method with Time, PSNR, SSIM, LPIPS, FVD; then the
+    sequences that could not be read (`skipped`: name → reason)."""
     clips = max((r["clips"] for r in rows), default=0)
-    lines = [f"# {settings['task']} (`{settings['spec']}`), {clips} clips", "",
+    lines = [f"# {settings['task']} (`{settings['spec']}`), {plural(clips, 'clip')}", "",
              f"Prior: {settings['prior']}. K = {settings['nfe']}, η = {settings['eta']}, l = {settings['cg_iters']}, "
              f"seed {settings['seed']}, {settings['device']}. Time: median seconds per clip; PSNR, SSIM, LPIPS: "
              "means over clips of the per-frame means; FVD over all clips, × 1e-3 as in the paper.", ""]
@@ -159,6 +165,9 @@ def summary_markdown(rows: list[dict], settings: dict) -> str:
                   "| --- |" + " ---: |" * len(COLUMNS)]
         lines += [f"| {r['method']} | " + " | ".join(_cell(r[k], f) for k, _, f in COLUMNS) + " |" for r in block]
         lines.append("")
+    if skipped:
+        lines += [f"## Skipped: {plural(len(skipped), 'sequence')} that could not be read", ""]
+        lines += [f"- {name}: {reason}" for name, reason in sorted(skipped.items())] + [""]
     return "\n".join(lines)
 
 
@@ -171,9 +180,11 @@ def summary_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def write_summary(out: Path, rows: list[dict], settings: dict) -> None:
-    """summary.md, summary.csv and summary.json, each written atomically."""
-    texts = {"summary.md": summary_markdown(rows, settings), "summary.csv": summary_csv(rows),
-             "summary.json": json.dumps(json_safe({"settings": settings, "rows": rows}), indent=1) + "\n"}
+def write_summary(out: Path, rows: list[dict], settings: dict, skipped: dict[str, str] | None = None) -> None:
+    """summary.md, summary.csv and summary.json, each written atomically (`skipped`: unreadable sequences)."""
+    skipped = skipped or {}
+    texts = {"summary.md": summary_markdown(rows, settings, skipped), "summary.csv": summary_csv(rows),
+             "summary.json": json.dumps(json_safe({"settings": settings, "rows": rows, "skipped": skipped}),
+                                        indent=1) + "\n"}
     for name, text in texts.items():
         atomic_write_text(out / name, text)
