@@ -9,7 +9,6 @@ import statistics
 import subprocess
 import threading
 import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -116,6 +115,13 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def add_save_flag(parser, name: str) -> None:
+    """--save: append the rows to bench/results/<name>.jsonl (or $BENCH_RESULTS); a plain run writes nothing
+    into the tree."""
+    parser.add_argument("--save", action="store_true",
+                        help=f"append the rows to bench/results/{name}.jsonl (or $BENCH_RESULTS)")
+
+
 def append_jsonl(name: str, rows: list[dict]) -> Path:
     """Append result rows to <name>.jsonl in bench/results, or in $BENCH_RESULTS when set (never typed in by hand)."""
     folder = Path(os.environ.get(RESULTS_ENV) or RESULTS)
@@ -125,27 +131,6 @@ def append_jsonl(name: str, rows: list[dict]) -> Path:
         for row in rows:
             f.write(json.dumps(row) + "\n")
     return path
-
-
-@contextmanager
-def nvtx_range(name: str, enabled: bool):
-    """An NVTX range for Nsight (the `nvtx` package if installed, else torch.cuda.nvtx)."""
-    if not enabled:
-        yield
-        return
-    try:
-        import nvtx
-    except ImportError:
-        nvtx = None
-    if nvtx is not None:
-        with nvtx.annotate(name):
-            yield
-        return
-    torch.cuda.nvtx.range_push(name)
-    try:
-        yield
-    finally:
-        torch.cuda.nvtx.range_pop()
 
 
 def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:

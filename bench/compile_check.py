@@ -6,7 +6,7 @@
 Runs the reverse loop of every paper task (Tweedie, three CG iterations with γ = None and a float γ, the
 DDIM update), each operator's A, Aᵀ and AᵀA, the spatial blur's three boundaries, and one ADM-256
 forward with its fused GroupNorm kernels (channels_last, as the fast torch backends run it) under
-`kernels.aot.compile_only`: each launch compiles for sm_<arch> (PTX and a cubin, with the
+`bench.aot.compile_only`: each launch compiles for sm_<arch> (PTX and a cubin, with the
 ptxas inside the triton wheel) and runs nothing. Per kernel variant it prints registers per
 thread, bytes spilled (ptxas's spill stores), shared memory, the theoretical occupancy those
 allow, global loads and stores that move 2–4 elements per instruction against one (in the PTX),
@@ -26,23 +26,20 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 os.environ.pop("TRITON_INTERPRET", None)                          # the real compiler, before triton loads
 
-import torch  # noqa: E402
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import append_jsonl, machine  # noqa: E402
-from engine.backends import torch_eps  # noqa: E402
-from engine.errors import InputError  # noqa: E402
-from engine.operators import from_spec  # noqa: E402
-from engine.sampler import reverse_process  # noqa: E402
-from engine.schedule import ddim_steps  # noqa: E402
-from engine.tasks import TASKS  # noqa: E402
-from engine.unet import ADMConfig, ADMUNet  # noqa: E402
-from kernels.aot import Compiled, compile_only  # noqa: E402
+from bench.aot import Compiled, compile_only
+from bench.common import add_save_flag, append_jsonl, machine
+from engine.backends import torch_eps
+from engine.errors import InputError
+from engine.operators import from_spec
+from engine.sampler import reverse_process
+from engine.schedule import ddim_steps
+from engine.tasks import TASKS
+from engine.unet import ADMConfig, ADMUNet
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PRECISION = {dtype: name for name, dtype in DTYPES.items()}
@@ -63,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=256, help="H = W (default 256)")
     p.add_argument("--dtypes", default="fp32,fp16,bf16", help="storage dtypes, comma list of fp32, fp16, bf16")
     p.add_argument("--json", action="store_true", help="print one JSON object per kernel variant")
-    p.add_argument("--no-save", action="store_true", help="do not append to bench/results/compile.jsonl")
+    add_save_flag(p, "compile")
     return p.parse_args(argv)
 
 
@@ -155,7 +152,7 @@ def main(argv=None) -> int:
     else:
         print(f"sm_{args.arch}, clip {'×'.join(map(str, shape))}, triton {common['triton']}: "
               f"{len(rows)} kernel variants\n{table(rows)}")
-    if not args.no_save:
+    if args.save:
         append_jsonl("compile", rows)
     spilling = sorted({f"{r['kernel']} ({r['dtype']}, {r['variant']})" for r in rows
                        if r["spill_stores"] or r["spill_loads"]})

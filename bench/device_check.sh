@@ -3,7 +3,7 @@
 # and the end-to-end benchmarks. Everything lands under $OUT (at most 8 files come back):
 #   env.txt        the card, driver and package versions
 #   pytest_gpu.txt the `gpu` test tier (verbose, with the slowest tests)
-#   kernels.txt    bench/kernels.py (16 frames, then 64 frames: bandwidth without launch overhead)
+#   kernels.txt    bench/kernel_speed.py (16 frames, then 64 frames: bandwidth without launch overhead)
 #   profile.txt    bench/profile_unet.py: one ADM-256 forward's kernel time by kind, both norm paths
 #   fps.txt        bench/fps.py: 16 frames 20 NFE, 100 NFE with 4× SR, 32 frames, then the cold start
 #   kernels.jsonl, fps.jsonl, profile.jsonl   the raw rows, to commit under bench/results/ with the card's name
@@ -29,14 +29,14 @@ step() {  # step SECONDS LOGFILE CMD...: run one step, append its output and its
 
 { nvidia-smi; $PY -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__); print(torch.cuda.get_device_name())'; } >"$OUT/env.txt" 2>&1
 
-FPS=(bench/fps.py --backends torch+graph,torch)
-GRAPH=(bench/fps.py --backends torch+graph)
+FPS=(bench/fps.py --save --backends torch+graph,torch)
+GRAPH=(bench/fps.py --save --backends torch+graph)
 step 140 "$OUT/pytest_gpu.txt" $PY -m pytest -m gpu -v --durations=10 -p no:cacheprovider tests
-step 80 "$OUT/kernels.txt" $PY bench/kernels.py
+step 80 "$OUT/kernels.txt" $PY bench/kernel_speed.py --save
 step 75 "$OUT/fps.txt" $PY "${FPS[@]}" --task temporal-k7 --nfe 20 --frames 16 --repeats 3
-step 30 "$OUT/profile.txt" $PY bench/profile_unet.py
-step 25 "$OUT/kernels.txt" $PY bench/kernels.py --frames 64 --tasks "" --no-unet
+step 30 "$OUT/profile.txt" $PY bench/profile_unet.py --save
+step 25 "$OUT/kernels.txt" $PY bench/kernel_speed.py --save --frames 64 --tasks "" --no-unet
 step 90 "$OUT/fps.txt" $PY "${GRAPH[@]}" --task temporal-k7-sr4 --nfe 100 --frames 16 --repeats 1
 step 70 "$OUT/fps.txt" $PY "${GRAPH[@]}" --task temporal-k7 --nfe 20 --frames 32 --repeats 2
-step 45 "$OUT/fps.txt" $PY "${GRAPH[@]}" --task temporal-k7 --nfe 20 --frames 16 --repeats 1 --cold-start
+step 45 "$OUT/fps.txt" $PY "${GRAPH[@]}" --task temporal-k7 --nfe 20 --frames 16 --repeats 1 --cold-start --no-reference
 exit 0

@@ -1,13 +1,16 @@
 """End-to-end speed of the reverse loop, every available backend side by side in one run.
 
-    python bench/fps.py                      # CPU: a tiny model, about a minute
+    python bench/fps.py                      # CPU: a tiny model, about a minute (or python -m bench.fps)
     python bench/fps.py --task temporal-k7   # GPU: ADM-256 (random weights), 16 frames, 20 NFE, 5 CG
     python bench/fps.py --json --nvtx        # one JSON object per backend; NVTX ranges for Nsight
+    python bench/fps.py --save               # also append the rows to bench/results/fps.jsonl
 
 The reference is the loop written the way the public code runs it (eager UNet in fp16
 on a GPU, fp32 on the CPU; plain torch operators and CG). Speed does not depend on the
-weights' values, so the model is built from its config with random weights. Every run
-appends its rows to bench/results/fps.jsonl with the card, versions and commit.
+weights' values, so the model is built from its config with random weights. The stage
+columns split each clip's time by shares measured inside the loop itself (`stage_shares`).
+With --save each row is appended, as soon as it is measured, to bench/results/fps.jsonl (or
+$BENCH_RESULTS) with the card, versions and commit; a plain run writes nothing into the tree.
 """
 
 from __future__ import annotations
@@ -19,19 +22,18 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import (append_jsonl, machine, matmul_peak_tflops, median, nvtx_range, synchronize,  # noqa: E402
-                          time_fn, unet_flops)
-from engine.backends import GRAPH_BACKENDS  # noqa: E402
-from engine.runtime import Solver, SolverConfig  # noqa: E402
-from engine.sampler import StepKernels  # noqa: E402
-from engine.tasks import TASKS  # noqa: E402
-from engine.unet import ADMConfig, ADMUNet  # noqa: E402
+from bench.common import (add_save_flag, append_jsonl, machine, matmul_peak_tflops, median, synchronize, time_fn,
+                          unet_flops)
+from engine.runtime import Solver, SolverConfig
+from engine.sampler import draw_noise, reverse_process
+from engine.profiling import nvtx_range
+from engine.tasks import TASKS
+from engine.unet import ADMConfig, ADMUNet
 
 log = logging.getLogger("bench.fps")
 REFERENCE = "reference"
@@ -61,7 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--nvtx", action="store_true", help="NVTX ranges per stage (for nsys)")
     p.add_argument("--profile", type=Path, help="write a torch profiler trace of one clip per backend here")
     p.add_argument("--cold-start", action="store_true", help="also time process start → first restored clip")
-    p.add_argument("--no-save", action="store_true", help="do not append to bench/results/fps.jsonl")
+    add_save_flag(p, "fps")
+    p.add_argument("--no-reference", action="store_true",
+                   help="skip the public-code reference (e.g. when only the cold start is wanted)")
     p.add_argument("--cold-child", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -94,6 +98,7 @@ def build_solver(args, backend: str) -> tuple[Solver, float]:
         kernels="torch" if reference else "auto",
         channels_last=not reference and device.type == "cuda",
         cudnn_benchmark=not reference and args.cudnn_benchmark,
+        nvtx=args.nvtx,
     )
     synchronize(device)
     t0 = time.perf_counter()
@@ -102,37 +107,62 @@ def build_solver(args, backend: str) -> tuple[Solver, float]:
     return solver, time.perf_counter() - t0
 
 
-def with_nvtx(solver: Solver) -> None:
-    """Wrap the network and each step's arithmetic in NVTX ranges (eager backends only)."""
-    eps, k = solver.eps_model, solver.kernels
-
-    def ranged(name, fn):
-        def call(*a, **kw):
-            with nvtx_range(name, True):
-                return fn(*a, **kw)
-        return call
-
-    solver.eps_model = ranged("unet", eps)
-    solver.kernels = StepKernels(tweedie=ranged("tweedie", k.tweedie), ddim_update=ranged("ddim_update", k.ddim_update),
-                                 data_consistency=ranged("cg", k.data_consistency))
+#: the table's stage columns: row key → the loop's stages (engine.sampler.reverse_process) it sums
+STAGES = {"unet_s": ("UNet",), "cg_and_operators_s": ("CG",), "updates_s": ("Tweedie", "update")}
 
 
-def stage_times(solver: Solver, y: torch.Tensor, repeats: int) -> dict:
-    """Each stage timed alone, K times over: the network, CG with its operators, and the updates."""
-    device, cfg, s = solver.device, solver.config, solver.steps[len(solver.steps) // 2]
-    x = torch.randn(solver.op.in_shape, device=device)
-    eps = torch.randn_like(x)
-    t = torch.full((cfg.frames,), s.t, dtype=torch.long, device=device)
-    noise = torch.randn((1, *x.shape[1:]), device=device)
-    k = solver.kernels
-    with torch.no_grad():
-        unet = median(time_fn(lambda: solver.eps_model(x, t), device, repeats=repeats))
-        x0 = k.tweedie(x, eps, s)
-        aty = solver.op.A_adjoint(y)   # once per clip in the sampler
-        cg = median(time_fn(lambda: k.data_consistency(solver.op, y, x0, cfg.cg_iters, cfg.gamma, aty=aty), device,
-                            repeats=repeats))
-        upd = median(time_fn(lambda: (k.tweedie(x, eps, s), k.ddim_update(x0, noise, eps, s)), device, repeats=repeats))
-    return {"unet_s": unet * cfg.nfe, "cg_and_operators_s": cg * cfg.nfe, "updates_s": upd * cfg.nfe}
+class StageClock:
+    """Time per stage inside the reverse loop (reverse_process's `stage` hook), summed over the steps:
+    CUDA events on a GPU (no host sync inside the loop), perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.marks = device, []                  # (stage, start, end)
+
+    @contextmanager
+    def __call__(self, name: str):
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+        else:
+            start = time.perf_counter()
+            yield
+            end = time.perf_counter()
+        self.marks.append((name, start, end))
+
+    def seconds(self) -> dict[str, float]:
+        synchronize(self.device)
+        total: dict[str, float] = {}
+        for name, start, end in self.marks:
+            total[name] = total.get(name, 0.0) + (start.elapsed_time(end) / 1e3 if self.device.type == "cuda"
+                                                  else end - start)
+        return total
+
+
+def stage_shares(solver: Solver, y: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Each stage's share of a clip, timed inside the clip's own loop (the Solver's model, operator and
+    step arithmetic, run eagerly: a captured graph cannot be split), the median over `repeats` clips.
+
+    Shares, not seconds: the stage clock and the clip timer then measure the same clips, so the
+    stages of a row never add up to more than its time per clip (they did when the stages were
+    timed alone after the clips, on a machine whose load had changed meanwhile).
+    """
+    cfg = solver.config
+    E = draw_noise(0, cfg.nfe, cfg.shape, cfg.noise).to(solver.device)
+    shares: dict[str, list[float]] = {key: [] for key in STAGES}
+    for _ in range(repeats):
+        clock = StageClock(solver.device)
+        synchronize(solver.device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            reverse_process(solver.eps_model, y, solver.op, E, solver.steps, cg_iters=cfg.cg_iters, gamma=cfg.gamma,
+                            kernels=solver.kernels, stage=clock)
+        synchronize(solver.device)
+        clip, seconds = time.perf_counter() - start, clock.seconds()
+        for key, names in STAGES.items():
+            shares[key].append(sum(seconds.get(n, 0.0) for n in names) / clip)
+    return {key: median(values) for key, values in shares.items()}
 
 
 def bench_backend(args, backend: str, clip_y: dict, flops: float, peak: float) -> dict:
@@ -141,8 +171,6 @@ def bench_backend(args, backend: str, clip_y: dict, flops: float, peak: float) -
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     solver, build_s = build_solver(args, backend)
-    if args.nvtx and solver.config.backend not in GRAPH_BACKENDS:
-        with_nvtx(solver)
     if "y" not in clip_y:
         clip_y["y"] = solver.measure(torch.rand(solver.op.in_shape, generator=torch.Generator().manual_seed(0)))
     y = clip_y["y"]
@@ -150,8 +178,9 @@ def bench_backend(args, backend: str, clip_y: dict, flops: float, peak: float) -
         seconds = time_fn(lambda: solver.solve(y, seed=0), device, repeats=args.repeats)
     if args.profile:
         profile_one(args, solver, y, backend)
-    stages = stage_times(solver, y, repeats=max(3, args.repeats))
     per_clip = median(seconds)
+    shares = stage_shares(solver, y, repeats=max(3, args.repeats))
+    stages = {key: share * per_clip for key, share in shares.items()}
     cfg = solver.config
     row = {
         "backend": backend, "device": args.device, "preset": args.preset, "task": args.task,
@@ -160,7 +189,7 @@ def bench_backend(args, backend: str, clip_y: dict, flops: float, peak: float) -
         "cudnn_benchmark": cfg.cudnn_benchmark,
         "seconds_per_clip": per_clip, "seconds_all": seconds, "fps": cfg.frames / per_clip,
         "ms_per_nfe": per_clip / cfg.nfe * 1e3, "build_s": build_s,
-        "stages": stages,
+        "stages": stages, "stage_shares": shares,
         "unet_tflops": flops * cfg.nfe / stages["unet_s"] / 1e12,
         "matmul_peak_tflops": peak,
         "peak_mem_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
@@ -233,10 +262,11 @@ def main(argv=None) -> int:
     peak = matmul_peak_tflops(device, PEAK_DTYPE[args.precision])
     shared: dict = {}
     rows = []
-    for backend in [REFERENCE, *backends]:
-        row = measure_backend(args, backend, shared, flops, peak, reference=rows[0] if rows else None)
+    for backend in ([] if args.no_reference else [REFERENCE]) + backends:
+        reference = rows[0] if rows and rows[0]["backend"] == REFERENCE else None
+        row = measure_backend(args, backend, shared, flops, peak, reference=reference)
         rows.append(dict(row, **info))
-        if not args.no_save:               # at once: a later backend's crash or time-out keeps this row
+        if args.save:               # at once: a later backend's crash or time-out keeps this row
             log.info("appended to %s", append_jsonl("fps", rows[-1:]))
     if args.json:
         for r in rows:
@@ -247,8 +277,8 @@ def main(argv=None) -> int:
         print_table(rows)
     failed = [r["backend"] for r in rows if r.get("kind") == "error"]
     if args.cold_start:                    # after the rows are safe: a process of its own per backend
-        for r in rows[1:]:
-            if r["backend"] in failed:
+        for r in rows:
+            if r["backend"] in failed or r["backend"] == REFERENCE:
                 continue
             seconds = cold_start(args, r["backend"])
             row = dict(kind="cold_start", backend=r["backend"], cold_start_s=seconds, **{
@@ -258,7 +288,7 @@ def main(argv=None) -> int:
                 print(json.dumps(row))
             elif seconds is not None:
                 print(f"cold start (process start → first restored clip), {r['backend']}: {seconds:.2f} s")
-            if not args.no_save:
+            if args.save:
                 append_jsonl("fps", [row])
     return 1 if failed else 0
 

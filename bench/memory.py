@@ -8,7 +8,7 @@ tensors and counts the bytes of every tensor from its creation to its release: t
 of live tensors, plus the weights and the Solver's static buffers (measurement, noise for
 all K steps, output). The UNet's GroupNorms run as on CUDA (`--norms triton`: the fused
 kernel's launcher allocates its output and partial sums as always, and
-`kernels.aot.launch_nothing` skips its launches, since meta tensors hold nothing to
+`bench.aot.launch_nothing` skips its launches, since meta tensors hold nothing to
 compute) or as upstream's torch ops (`--norms torch`). This is what the tensors need; the
 CUDA caching allocator, cuDNN workspaces and the CUDA context add to it, so bench/fps.py's
 measured peak is the number that counts on a GPU. Rows are appended to bench/results/memory.jsonl.
@@ -21,22 +21,19 @@ import json
 import sys
 import weakref
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import append_jsonl, machine  # noqa: E402
-from engine.backends import torch_eps  # noqa: E402
-from engine.operators import from_spec  # noqa: E402
-from engine.sampler import reverse_process  # noqa: E402
-from engine.schedule import ddim_steps  # noqa: E402
-from engine.tasks import TASKS  # noqa: E402
-from engine.unet import ADMConfig, ADMUNet  # noqa: E402
-from kernels.aot import launch_nothing  # noqa: E402
+from bench.aot import launch_nothing
+from bench.common import add_save_flag, append_jsonl, machine
+from engine.backends import torch_eps
+from engine.operators import from_spec
+from engine.sampler import reverse_process
+from engine.schedule import ddim_steps
+from engine.tasks import TASKS
+from engine.unet import ADMConfig, ADMUNet
 
 GB = 1e9
 
@@ -81,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--norms", choices=["triton", "torch"], default="triton",
                    help="the UNet's GroupNorms: fused Triton kernel (as on CUDA) or upstream's torch ops")
     p.add_argument("--json", action="store_true", help="print one JSON object per frame count")
-    p.add_argument("--no-save", action="store_true", help="do not append to bench/results/memory.jsonl")
+    add_save_flag(p, "memory")
     return p.parse_args(argv)
 
 
@@ -129,7 +126,7 @@ def main(argv=None) -> int:
             print(f"{args.preset} {args.precision} {args.norms} norms {frames:3d} frames: "
                   f"weights {row['weights_bytes'] / GB:.2f} GB + static buffers {row['static_bytes'] / GB:.2f} GB "
                   f"+ step peak {row['step_peak_bytes'] / GB:.2f} GB = {row['total_bytes'] / GB:.2f} GB of tensors")
-    if not args.no_save:
+    if args.save:
         append_jsonl("memory", rows)
     return 0
 

@@ -9,7 +9,8 @@ GroupNorm, elementwise (casts, SiLU, scale-shift, residual adds), concatenation,
 resampling, other. Printed in ms per forward with each kind's share, once per way of
 running the GroupNorms (`--norms`: upstream's torch ops, the fused Triton kernel), next to
 the forward's median time from CUDA events. This is the profile behind the "where the
-time went" of bench/fps.py's UNet stage. Rows are appended to bench/results/profile.jsonl.
+time went" of bench/fps.py's UNet stage. Each row is appended to bench/results/profile.jsonl
+(or $BENCH_RESULTS) as soon as it is measured.
 """
 
 from __future__ import annotations
@@ -19,15 +20,12 @@ import json
 import re
 import sys
 from collections import Counter
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import append_jsonl, machine, median, synchronize, time_fn  # noqa: E402
-from engine.backends import PRECISIONS, torch_eps  # noqa: E402
-from engine.unet import PRESETS, ADMConfig, ADMUNet  # noqa: E402
+from bench.common import add_save_flag, append_jsonl, machine, median, synchronize, time_fn
+from engine.backends import PRECISIONS, torch_eps
+from engine.unet import PRESETS, ADMConfig, ADMUNet
 
 #: Kinds of kernel (or aten op), first match wins: a name is lower-cased and searched.
 KINDS = (
@@ -61,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="forwards profiled (and timed)")
     p.add_argument("--device", default="cuda" if cuda else "cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object per --norms entry")
-    p.add_argument("--no-save", action="store_true", help="do not append to bench/results/profile.jsonl")
+    add_save_flag(p, "profile")
     return p.parse_args(argv)
 
 
@@ -132,14 +130,15 @@ def main(argv=None) -> int:
         model = ADMUNet(ADMConfig.preset(args.preset))
     common = dict(bench="profile_unet", preset=args.preset, frames=args.frames, precision=args.precision,
                   device=args.device, channels_last=device.type == "cuda", **machine(device))
-    rows = [profile_row(args, model, n, common) for n in norms]
-    if args.json:
-        for row in rows:
-            print(json.dumps(row))
-    else:
+    rows = []
+    for n in norms:                 # each row kept the moment it is measured: a time-out loses only the rest
+        rows.append(profile_row(args, model, n, common))
+        if args.json:
+            print(json.dumps(rows[-1]), flush=True)
+        if args.save:
+            append_jsonl("profile", rows[-1:])
+    if not args.json:
         print_table(rows)
-    if not args.no_save:
-        append_jsonl("profile", rows)
     return 0
 
 

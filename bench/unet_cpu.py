@@ -4,12 +4,12 @@ One warm-up pass (timed and reported apart), then the median of `--repeats` time
 passes. FLOPs come from torch.utils.flop_counter.FlopCounterMode (2 per multiply-add;
 convolutions, matmuls and attention only) over a forward on the meta device: on CPU
 tensors attention runs as `_scaled_dot_product_flash_attention_for_cpu`, which the
-counter does not count. Prints a summary and appends one JSON line to
+counter does not count. Prints a summary and, with --save, appends one JSON line to
 bench/results/unet_cpu.jsonl with the CPU model, threads, load average, torch version
 and git commit.
 
     python -m bench.unet_cpu                       # ADM-256, batch 1, 2 repeats (~1 min)
-    python -m bench.unet_cpu --preset tiny --repeats 5
+    python -m bench.unet_cpu --preset tiny --repeats 5 --save
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from bench.common import append_jsonl, machine, median, time_fn, unet_flops
+from bench.common import add_save_flag, append_jsonl, machine, median, time_fn, unet_flops
 from engine.unet import PRESETS, ADMConfig, ADMUNet
 
 CPU = torch.device("cpu")
@@ -63,6 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="t fed to the network (FLOPs do not depend on it)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice)")
+    add_save_flag(parser, "unet_cpu")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.batch < 1:
         parser.error("--repeats and --batch must be ≥ 1")
@@ -81,9 +82,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     record = measure(args.preset, args.batch, args.repeats, args.timestep)
-    path = append_jsonl("unet_cpu", [record])
     print(summary(record))
-    print(f"appended to {path}")
+    if args.save:
+        print(f"appended to {append_jsonl('unet_cpu', [record])}")
     return record
 
 

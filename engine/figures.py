@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -12,15 +11,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.fileio import atomic_file
+
 Tensor = torch.Tensor
+Tile = tuple[int, int]                  # (height, width) of one frame on a sheet
 LABEL_HEIGHT = 14
+#: frames keep their size on a sheet up to this total width (px), then shrink together
+MAX_WIDTH = 2048
 
 
-def _to_size(frames: Tensor, size: int) -> Tensor:
-    """Nearest-neighbour resize so every row of the sheet has the same tile size.  [K, 3, h, w] → [K, 3, size, size]"""
-    if frames.shape[-2:] == (size, size):
+def tile_size(rows: Sequence[tuple[str, Tensor]], columns: int, extra: int = 0, max_width: int = MAX_WIDTH) -> Tile:
+    """The largest frame among `rows` ([N, 3, H, W] each), scaled down only as far as `columns` tiles
+    plus `extra` pixels need to fit in `max_width`."""
+    h, w = max(c.shape[-2] for _, c in rows), max(c.shape[-1] for _, c in rows)
+    scale = min(1.0, (max_width - extra) / (columns * w))
+    return max(1, math.floor(h * scale + 1e-9)), max(1, math.floor(w * scale + 1e-9))   # rounded down: fits
+
+
+def _to_size(frames: Tensor, tile: Tile) -> Tensor:
+    """Nearest-neighbour resize so every row of the sheet has the same tile size.  [K, 3, h, w] → [K, 3, *tile]"""
+    if tuple(frames.shape[-2:]) == tuple(tile):
         return frames
-    return F.interpolate(frames, size=(size, size), mode="nearest")
+    return F.interpolate(frames, size=tuple(tile), mode="nearest")
 
 
 def _label(text: str, width: int) -> np.ndarray:
@@ -32,32 +44,27 @@ def _label(text: str, width: int) -> np.ndarray:
     return np.asarray(img)
 
 
-def contact_sheet(rows: Sequence[tuple[str, Tensor]], frame_ids: Sequence[int], tile: int = 128) -> np.ndarray:
+def contact_sheet(rows: Sequence[tuple[str, Tensor]], frame_ids: Sequence[int], tile: Tile | None = None) -> np.ndarray:
     """One row per labelled clip ([N, 3, H, W] in [0, 1]), one column per frame in `frame_ids`.
 
+    Tiles are `tile` (default `tile_size`: the frames' own size, up to MAX_WIDTH in all).
     Returns an RGB image [H', W', 3] uint8; each row carries its label above it.
     """
+    tile = tile or tile_size(rows, len(frame_ids))
     strips = []
     for name, clip in rows:
-        tiles = _to_size(clip[list(frame_ids)].detach().float().cpu().clamp(0, 1), tile)  # [K, 3, t, t]
-        row = (tiles.permute(2, 0, 3, 1).reshape(tile, -1, 3).numpy() * 255).round().astype(np.uint8)
+        row = _tiles_row(_to_size(clip[list(frame_ids)].detach().float().cpu().clamp(0, 1), tile))
         strips += [_label(name, row.shape[1]), row]
     return np.concatenate(strips, axis=0)
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write an RGB uint8 image atomically (temp file in the same folder, then rename)."""
+    """Write an RGB uint8 image [H, W, 3] atomically (engine.fileio)."""
     from PIL import Image
 
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -73,29 +80,31 @@ def comparison_grid(
     frame_ids: Sequence[int],
     *,
     box: tuple[float, float, float, float] = ZOOM_BOX,
-    tile: int = 128,
+    tile: Tile | None = None,
 ) -> np.ndarray:
     """Fig. 4-style grid: per labelled clip ([N, 3, H, W] in [0, 1]; sizes may differ between rows),
     its frames `frame_ids`, then the region `box` of the middle one enlarged to a tile (nearest).
 
-    The region is outlined on the middle frame. Returns RGB uint8 [H', W', 3].
+    Tiles are `tile` (default `tile_size`: the frames' own size, up to MAX_WIDTH in all). The
+    region is outlined on the middle frame. Returns RGB uint8 [H', W', 3].
     """
+    tile = tile or tile_size(rows, len(frame_ids) + 1, GAP)
     mid = len(frame_ids) // 2
     strips = []
     for name, clip in rows:
         clip = clip.detach().float().cpu().clamp(0, 1)
         frames = _tiles_row(_to_size(clip[list(frame_ids)], tile))
         zoom = _tiles_row(_to_size(_crop(clip[frame_ids[mid]], box)[None], tile))
-        gap = np.full((tile, GAP, 3), 255, np.uint8)
-        row = _outline(np.concatenate([frames, gap, zoom], axis=1), mid * tile, box, tile)
+        gap = np.full((tile[0], GAP, 3), 255, np.uint8)
+        row = _outline(np.concatenate([frames, gap, zoom], axis=1), mid * tile[1], box, tile)
         strips += [_label(name, row.shape[1]), row]
     return np.concatenate(strips, axis=0)
 
 
 def _tiles_row(tiles: Tensor) -> np.ndarray:
-    """[K, 3, t, t] in [0, 1] → uint8 [t, K·t, 3]."""
-    t = tiles.shape[-1]
-    return (tiles.permute(2, 0, 3, 1).reshape(t, -1, 3).numpy() * 255).round().astype(np.uint8)
+    """[K, 3, h, w] in [0, 1] → uint8 [h, K·w, 3]."""
+    h = tiles.shape[-2]
+    return (tiles.permute(2, 0, 3, 1).reshape(h, -1, 3).numpy() * 255).round().astype(np.uint8)
 
 
 def _crop(frame: Tensor, box: tuple[float, float, float, float]) -> Tensor:
@@ -105,12 +114,12 @@ def _crop(frame: Tensor, box: tuple[float, float, float, float]) -> Tensor:
     return frame[:, top:top + max(1, round(box[2] * h)), left:left + max(1, round(box[3] * w))]
 
 
-def _outline(row: np.ndarray, x0: int, box: tuple[float, float, float, float], tile: int) -> np.ndarray:
+def _outline(row: np.ndarray, x0: int, box: tuple[float, float, float, float], tile: Tile) -> np.ndarray:
     """Draw the zoom region's outline on the tile that starts at column x0."""
     from PIL import Image, ImageDraw
 
     img = Image.fromarray(row)
-    top, left, h, w = (round(v * tile) for v in box)
+    top, left, h, w = (round(v * size) for v, size in zip(box, (tile[0], tile[1], tile[0], tile[1])))
     ImageDraw.Draw(img).rectangle([x0 + left, top, x0 + left + w - 1, top + h - 1], outline=BOX_COLOUR, width=2)
     return np.asarray(img)
 

@@ -64,6 +64,7 @@ class SolverConfig:
     batch: int = 16                  # B: frames (or tiles) per network call; the result does not depend on it
     tile_overlap: Optional[int] = None  # pixels shared by neighbouring tiles (frames larger than the network's):
                                         # None for a quarter of the tile (64 for ADM-256)
+    nvtx: bool = False               # an NVTX range per stage of each step, for Nsight (engine.sampler)
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -275,7 +276,8 @@ class Solver:
     def _loop(self, callback=None) -> Tensor:
         cfg = self.config
         return reverse_process(self.eps_model, self._y, self.op, self._E, self.steps,
-                               cg_iters=cfg.cg_iters, gamma=cfg.gamma, callback=callback, kernels=self.kernels)
+                               cg_iters=cfg.cg_iters, gamma=cfg.gamma, callback=callback, kernels=self.kernels,
+                               nvtx=cfg.nvtx)
 
     def _warm_up(self) -> None:
         """One network call at the loop's shapes on the Solver's stream: with cudnn_benchmark, cuDNN

@@ -14,13 +14,15 @@ Notation (DESIGN.md §2, the paper's symbols):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, ContextManager, Optional
 
 import torch
 
 from engine.cg import data_consistency
 from engine.errors import InputError
+from engine.profiling import nvtx_range
 from engine.schedule import DDIMStep, ddim_steps
 
 Tensor = torch.Tensor
@@ -79,12 +81,15 @@ class StepKernels:
     data_consistency: Callable = data_consistency
 
 
+@functools.cache
 def step_kernels(backend: str) -> StepKernels:
-    """The step arithmetic for an operator backend ("torch" or "triton")."""
+    """The step arithmetic for an operator backend ("torch" or "triton"; one table each)."""
     if backend == "triton":
-        from kernels.steps import TRITON_STEP_KERNELS
+        from engine import triton_steps
+        from kernels.cg import data_consistency as triton_data_consistency
 
-        return TRITON_STEP_KERNELS
+        return StepKernels(take_eps=triton_steps.take_eps, tweedie=triton_steps.tweedie,
+                           ddim_update=triton_steps.ddim_update, data_consistency=triton_data_consistency)
     return StepKernels()
 
 
@@ -132,22 +137,31 @@ def reverse_process(
     gamma: Optional[float],
     callback: Optional[Callable[[int, int, Tensor], None]] = None,
     kernels: Optional[StepKernels] = None,
+    nvtx: bool = False,
+    stage: Optional[Callable[[str], ContextManager]] = None,
 ) -> Tensor:
     """The loop of Algorithm 1 on static inputs (no host sync: a CUDA graph can capture it).
 
     E: [K + 1, B, 3, H, W] noise from `draw_noise`; returns clamp(X̄) in [0, 1], [N, 3, H, W].
-    `kernels` defaults to the step arithmetic of the operator's backend.
+    `kernels` defaults to the step arithmetic of the operator's backend. `nvtx` puts each stage
+    of each step in an NVTX range (UNet, Tweedie, CG, update) for Nsight; `stage`, called with
+    those names, replaces the ranges with contexts of the caller's (bench/fps.py's stage clock).
     """
     kern = kernels or step_kernels(getattr(op, "backend", "torch"))
     n = op.in_shape[0]
     aty = op.A_adjoint(y)                                                   # Aᵀy, once per clip
     x = E[0].expand(op.in_shape).clone()                                    # batch-consistent init
+    stage = stage or functools.partial(nvtx_range, enabled=nvtx)
     for k, s in enumerate(steps):
         t = torch.full((n,), s.t, dtype=torch.long, device=y.device)
-        eps = kern.take_eps(eps_model(x, t), y.dtype)                       # ε_θ(X, t)
-        x0 = kern.tweedie(x, eps, s)                                        # X̂ (in [0, 1])
+        with stage("UNet"):
+            eps = kern.take_eps(eps_model(x, t), y.dtype)                   # ε_θ(X, t)
+        with stage("Tweedie"):
+            x0 = kern.tweedie(x, eps, s)                                    # X̂ (in [0, 1])
         if callback is not None:
             callback(k, s.t, x0)
-        xbar = kern.data_consistency(op, y, x0, cg_iters, gamma, aty=aty)   # X̄ = CG_l(X̂)
-        x = kern.ddim_update(xbar, E[k + 1], eps, s)                        # re-noise with E_b
+        with stage("CG"):
+            xbar = kern.data_consistency(op, y, x0, cg_iters, gamma, aty=aty)   # X̄ = CG_l(X̂)
+        with stage("update"):
+            x = kern.ddim_update(xbar, E[k + 1], eps, s)                    # re-noise with E_b
     return xbar.clamp(0, 1)

@@ -30,11 +30,11 @@ import shutil
 import signal
 import sys
 import threading
-import tempfile
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from tqdm import tqdm
@@ -44,6 +44,7 @@ from engine.baselines import admm_tv, cg_baseline
 from engine.checkpoint import MODEL_CONFIG_SYNTAX, parse_model_config
 from engine.errors import CheckpointError, InputError, ModelError
 from engine.figures import contact_sheet, save_png
+from engine.fileio import atomic_folder, atomic_write_json
 from engine.metrics import SSIM_RADIUS, clip_summary, json_safe
 from engine.runtime import Solver, SolverConfig, load_model, measure
 from engine.tasks import TASKS, get_task
@@ -398,51 +399,26 @@ def _say_assumed_mask(job: Job, cfg: SolverConfig) -> None:
 # ----------------------------------------------------------------------------- output
 
 
-def claimed_output(job: Job):
-    """Check --out and claim it: a temporary sibling folder to write into (see `OutputClaim`)."""
-    return OutputClaim(job.out, overwrite=job.overwrite,
-                       protected=[p for p in (job.input, job.init, job.checkpoint, job.engine) if p is not None])
-
-
-class OutputClaim:
-    """`with OutputClaim(out, ...) as tmp:` — refuses a bad --out before any work, yields a fresh
-    temporary folder beside it, and on success moves it into place (replacing an old output of this
-    command); on failure it removes the temporary folder and any parent folders it created."""
-
-    def __init__(self, out: Path, *, overwrite: bool, protected: list[Path]):
-        self.out = Path(os.path.abspath(out))
-        check_output(self.out, overwrite=overwrite, protected=[Path.cwd(), *protected])
-        self._created = _first_missing(self.out.parent)
-        try:
-            self.out.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
-        except OSError as err:
-            self._remove_created()
-            raise InputError(f"cannot create the output folder {self.out}: {err.strerror or err}") from None
-        os.chmod(self.tmp, 0o777 & ~_umask())        # mkdtemp makes 0700; outputs follow the user's umask
-
-    def __enter__(self) -> Path:
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self._move_into_place()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        if exc_type is not None:
-            self._remove_created()
-
-    def _move_into_place(self) -> None:
-        old = None
-        if self.out.exists():                          # an earlier output of this command (check_output)
-            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
-            os.replace(self.out, old)
-        os.replace(self.tmp, self.out)
-        if old is not None:
-            shutil.rmtree(old)
-
-    def _remove_created(self) -> None:
-        if self._created is not None:
-            shutil.rmtree(self._created, ignore_errors=True)
+@contextmanager
+def claimed_output(job: Job) -> Iterator[Path]:
+    """`with claimed_output(job) as tmp:` — refuses a bad --out before any work (`check_output`), yields a
+    new temporary folder beside it (engine.fileio.atomic_folder: the user's umask), swapped in for --out
+    on success; on failure the temporary folder and any parent folders it created are removed."""
+    out = Path(os.path.abspath(job.out))
+    inputs = [p for p in (job.input, job.init, job.checkpoint, job.engine) if p is not None]
+    check_output(out, overwrite=job.overwrite, protected=[Path.cwd(), *inputs])
+    created = _first_missing(out.parent)
+    try:
+        with ExitStack() as stack:
+            try:
+                tmp = stack.enter_context(atomic_folder(out))
+            except OSError as err:
+                raise InputError(f"cannot create the output folder {out}: {err.strerror or err}") from None
+            yield tmp
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
 
 
 def check_output(out: Path, *, overwrite: bool, protected: list[Path]) -> None:
@@ -485,12 +461,6 @@ def _first_missing(folder: Path) -> Optional[Path]:
     return missing
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_outputs(folder: Path, job: Job, clean, y, restored, report, *, fps: float, init=None) -> None:
     """restored.mp4, measurement.mp4, frames/, metrics.json, comparison.png into `folder`."""
     from engine.video_io import write_frames, write_video
@@ -499,7 +469,7 @@ def write_outputs(folder: Path, job: Job, clean, y, restored, report, *, fps: fl
     write_video(folder / "restored.mp4", restored, fps=fps)
     write_video(folder / "measurement.mp4", y_view, fps=fps)
     write_frames(folder / "frames", restored)
-    (folder / "metrics.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
+    atomic_write_json(folder / "metrics.json", json_safe(report))
     rows = ([("clean", clean)] if clean is not None else []) + [("measured", y_view)]
     rows += ([("first estimate", init)] if init is not None else []) + [("restored", restored)]
     n = restored.shape[0]

@@ -10,8 +10,8 @@ square and resized (bilinear, antialiased) to `size × size`. Supported inputs:
 - `.pt` tensors, with the same layout rules as `.npy`.
 
 Every failure a user can cause raises `InputError` with one line naming the path.
-Writers are atomic: they write a temporary file or folder beside the target and
-`os.replace` it into place, so a failed run leaves no half-written output.
+Writers are atomic (engine.fileio): they write a temporary file or folder beside the target and
+rename it into place, so a failed run leaves no half-written output.
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-import secrets
-import shutil
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -30,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import InputError
+from engine.fileio import atomic_file, atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +104,10 @@ def read_video(
     return clip.clamp_(0.0, 1.0)
 
 
+class UnreadableError(InputError):
+    """A file that is there but cannot be decoded or loaded (a damaged or mislabelled file)."""
+
+
 def iter_frames(path: str | os.PathLike) -> Iterator[torch.Tensor]:
     """The frames of a clip one at a time, as stored: `[3, H, W]`, uint8 from images and videos."""
     path = Path(path)
@@ -149,7 +152,7 @@ def _guarded(frames: Iterable, path: Path) -> Iterator:
     try:
         yield from frames
     except Exception as err:  # decoders raise OSError, ValueError, RuntimeError, ...
-        raise InputError(f"{path}: cannot decode ({_first_line(err)})") from err
+        raise UnreadableError(f"{path}: cannot decode ({_first_line(err)})") from err
 
 
 def frame_files(folder: Path) -> list[Path]:
@@ -190,7 +193,7 @@ def _read_array(path: Path) -> torch.Tensor:
         else:
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # numpy / torch raise ValueError, UnpicklingError, RuntimeError, ...
-        raise InputError(f"{path}: cannot load ({_first_line(err)})") from err
+        raise UnreadableError(f"{path}: cannot load ({_first_line(err)})") from err
     if not isinstance(data, torch.Tensor):
         raise InputError(f"{path}: expected one tensor, found {type(data).__name__}")
     if not (data.is_floating_point() or data.dtype in (torch.uint8, torch.bool)):
@@ -276,7 +279,7 @@ def write_video(path: str | os.PathLike, video: torch.Tensor, fps: int = 8) -> P
     _check(video, path)
     frames = _to_uint8_hwc(_pad_to_even(video))  # [N, H', W', 3]
     iio = _imageio()
-    with _atomic_file(path) as tmp:
+    with atomic_file(path) as tmp:
         _encode_mp4(iio, tmp, frames, fps)
     log.debug("wrote %s (%d frames, %dx%d, %d fps)", path, frames.shape[0], frames.shape[2], frames.shape[1], fps)
     return path
@@ -294,7 +297,7 @@ def write_frames(folder: str | os.PathLike, video: torch.Tensor) -> Path:
     frames = _to_uint8_hwc(video)
     iio = _imageio()
     digits = max(4, len(str(len(frames) - 1)))
-    with _atomic_folder(folder) as tmp:
+    with atomic_folder(folder) as tmp:
         for i, frame in enumerate(frames):
             _write_png(iio, tmp / f"frame_{i:0{digits}d}.png", frame)
     log.debug("wrote %d frames to %s", len(frames), folder)
@@ -329,43 +332,6 @@ def _pad_to_even(video: torch.Tensor) -> torch.Tensor:
 def _is_frames_folder(folder: Path) -> bool:
     """True for a folder holding only `frame_NNNN.png` files (an earlier `write_frames` output)."""
     return folder.is_dir() and all(_FRAME_NAME.fullmatch(f.name) for f in folder.iterdir())
-
-
-@contextmanager
-def _atomic_file(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; `os.replace` it onto `path` on success, delete it on failure."""
-    tmp = _temp_sibling(path)
-    try:
-        yield tmp
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-
-
-@contextmanager
-def _atomic_folder(folder: Path) -> Iterator[Path]:
-    """Yield a new temporary folder beside `folder`; swap it in for `folder` on success, delete it on failure."""
-    tmp = _temp_sibling(folder)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if folder.exists():  # a folder cannot be os.replace'd over a non-empty one: move the old one aside
-        old = _temp_sibling(folder)
-        os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, folder)
-
-
-def _temp_sibling(path: Path) -> Path:
-    """An unused hidden name in `path`'s folder (created if missing), keeping `path`'s extension."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.stem}.tmp-{secrets.token_hex(6)}{path.suffix}")
 
 
 # ----------------------------------------------------------------------------- helpers

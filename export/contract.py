@@ -20,13 +20,13 @@ from typing import Iterator
 
 import torch
 
+from engine.backends.engine_file import EPS, T, X   # the tensor names
 from engine.unet import IN_CHANNELS, ADMConfig
 
 BATCH_AXIS = "batch"
 NUM_TIMESTEPS = 1000
 #: batch of the example input the exporters trace with (torch.export specialises sizes 0 and 1)
 EXPORT_BATCH = 2
-X, T, EPS = "x", "t", "eps"   # the tensor names
 
 Shape = tuple[int, ...]
 

@@ -33,10 +33,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
 import torch
 
+from engine.fileio import staging_folder
 from export.contract import EXPORT_BATCH, ErrorStats, UNetContract, error_stats, reference_eps
+
+ONNX_HINT = "pip install 'video-inverse-engine[onnx]'"
+try:
+    import onnx
+except ImportError as err:   # the runtime needs no onnx; the export does
+    raise ImportError(f"exporting to ONNX needs the onnx package: {ONNX_HINT}") from err
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +52,6 @@ OPSETS = ("auto", NATIVE_GROUPNORM_OPSET, FALLBACK_OPSET)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 #: onnxruntime against the fp32 torch model, relative L2 error of ε
 PARITY_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
-ONNX_HINT = "pip install 'video-inverse-engine[onnx]'"
 _PROTOBUF_LIMIT = 2**31 - 2**26   # 2 GiB less headroom for the graph itself
 
 
@@ -213,11 +218,7 @@ def _weight_bytes(model: onnx.ModelProto) -> int:
 @contextmanager
 def _staging(path: Path):
     """A fresh folder beside `path`; on success its `<name>[.data]` replace the targets."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stage = path.parent / f".{path.name}.staging-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir()
-    try:
+    with staging_folder(path) as stage:
         yield stage
         data = stage / f"{path.name}.data"
         target_data = path.parent / data.name
@@ -226,8 +227,6 @@ def _staging(path: Path):
         elif target_data.exists():
             target_data.unlink()   # a stale weight file of an earlier, larger export
         os.replace(stage / path.name, path)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def onnx_sha256(path: str | os.PathLike) -> str:

@@ -32,20 +32,20 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
-import json
 import logging
 import os
-import tempfile
 import time
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Protocol
+from typing import Callable, Mapping, Protocol
 
 import torch
 
+from engine.backends.engine_file import (ENVIRONMENT_FIELDS, TRT_HINT, EngineError, engine_key, gpu_environment,
+                                         import_tensorrt, read_engine, record_path)
+from engine.fileio import atomic_write_bytes, atomic_write_json
 from export.contract import EXPORT_BATCH, T, ErrorStats, UNetContract, error_stats, reference_eps
 from export.onnx import onnx_sha256
 
@@ -60,23 +60,8 @@ MIN_CAPABILITY = {"fp16": (7, 0), "bf16": (8, 0), "fp8": (8, 9)}
 #: version of the build recipe (flags, fp32 islands); part of the key, bump when it changes
 RECIPE = 1
 RECORD_FORMAT = 1
-TRT_HINT = "pip install 'video-inverse-engine[tensorrt]'"
-_ENVIRONMENT_FIELDS = ("tensorrt", "gpu", "compute_capability")
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class EngineError(RuntimeError):
-    """An engine that cannot be built, loaded or trusted."""
-
-
-def import_tensorrt():
-    """The tensorrt module, or ImportError naming the extra that provides it."""
-    try:
-        import tensorrt
-    except ImportError as err:
-        raise ImportError(f"TensorRT is not installed: {TRT_HINT}") from err
-    return tensorrt
 
 
 def import_torch_tensorrt():
@@ -90,18 +75,10 @@ def import_torch_tensorrt():
 
 # ---------------------------------------------------------------- environment and key
 
-def gpu_environment(device: str | torch.device = "cuda") -> dict:
-    """The installed TensorRT version and the GPU's name and compute capability."""
-    trt = import_tensorrt()
-    props = torch.cuda.get_device_properties(torch.device(device))
-    return {"tensorrt": trt.__version__, "gpu": props.name,
-            "compute_capability": f"{props.major}.{props.minor}"}
-
-
 def key_fields(onnx_sha: str, contract: UNetContract, precision: str, via: str,
                environment: Mapping, settings: Mapping | None = None) -> dict:
     """Everything that changes an engine, as a JSON-ready dict (`settings`: the builder's own knobs)."""
-    missing = [f for f in _ENVIRONMENT_FIELDS if f not in environment]
+    missing = [f for f in ENVIRONMENT_FIELDS if f not in environment]
     if missing:
         raise ValueError(f"environment lacks {missing}")
     io = contract.as_dict()
@@ -110,100 +87,14 @@ def key_fields(onnx_sha: str, contract: UNetContract, precision: str, via: str,
             "settings": dict(sorted((settings or {}).items())), **{k: environment[k] for k in sorted(environment)}}
 
 
-def engine_key(fields: Mapping) -> str:
-    """SHA-256 of the canonical JSON of `fields`."""
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-
-
 def engine_path(cache_dir: str | os.PathLike, contract: UNetContract, precision: str, key: str) -> Path:
     return Path(cache_dir) / f"unet-{precision}-b{contract.batch}-{key[:16]}.engine"
-
-
-def record_path(engine: Path) -> Path:
-    return engine.with_name(engine.name + ".json")
 
 
 def timing_cache_path(cache_dir: str | os.PathLike, environment: Mapping) -> Path:
     """One timing cache per TensorRT version and GPU (its entries are only valid there)."""
     env_key = engine_key({k: environment[k] for k in sorted(environment)})
     return Path(cache_dir) / f"timing-{env_key[:16]}.cache"
-
-
-# ---------------------------------------------------------------- atomic writes
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside `path`: renamed onto it if the block succeeds, deleted if it raises."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` all at once or not at all (temp file, fsync, rename)."""
-    with atomic_path(path) as tmp:
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Mapping) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-# ---------------------------------------------------------------- reading a cached engine
-
-def read_record(engine: Path) -> dict:
-    """The record beside `engine`, or EngineError saying why there is none to trust."""
-    path = record_path(engine)
-    if not path.exists():
-        raise EngineError(f"{engine} has no record {path.name} beside it (an interrupted write, or an "
-                          f"engine not built by python -m engine.build)")
-    try:
-        record = json.loads(path.read_text())
-        fields, key = record["fields"], record["key"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise EngineError(f"the record {path} is unreadable ({err}); it is corrupt") from err
-    if engine_key(fields) != key:
-        raise EngineError(f"the record {path} is corrupt: its key does not match its fields")
-    return record
-
-
-def describe_mismatch(recorded: Mapping, expected: Mapping) -> str:
-    """'tensorrt: engine 10.3 vs wanted 10.7; gpu: …' for each expected field that differs."""
-    diffs = [f"{k}: engine {_short(recorded.get(k))} vs wanted {_short(v)}"
-             for k, v in expected.items() if recorded.get(k) != v]
-    return "; ".join(diffs)
-
-
-def _short(value) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else value
-    return text if len(text) <= 24 else text[:12] + "…"
-
-
-def read_engine(engine: str | os.PathLike, expected: Mapping) -> tuple[bytes, dict]:
-    """The engine's bytes and record, after checking the record against `expected` fields
-    (a subset of the key's) and the bytes against the record's hash. EngineError otherwise."""
-    engine = Path(engine)
-    if not engine.is_file():
-        raise EngineError(f"engine file not found: {engine}")
-    record = read_record(engine)
-    mismatch = describe_mismatch(record["fields"], expected)
-    if mismatch:
-        raise EngineError(f"{engine} was built for something else ({mismatch}); rebuild it with "
-                          f"python -m engine.build")
-    blob = engine.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != record.get("engine_sha256"):
-        raise EngineError(f"{engine} is corrupt: its SHA-256 differs from the one recorded when it was built")
-    return blob, record
 
 
 # ---------------------------------------------------------------- builders

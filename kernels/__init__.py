@@ -12,7 +12,7 @@ function with the signature of its torch reference):
 - `mask`: the inpainting mask;
 - `compose`: one-pass AᵀA of a temporal PSF composed with pooling or a mask;
 - `cg`: conjugate gradients with on-device dot products and step sizes;
-- `steps`: Tweedie and the DDIM update, and `TRITON_STEP_KERNELS` for the sampler;
+- `steps`: Tweedie and the DDIM update (engine.triton_steps adapts them to the sampler);
 - `groupnorm`: the UNet's GroupNorm with ADM's scale-shift and SiLU fused (two passes;
   x and y contiguous or channels_last).
 

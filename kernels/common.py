@@ -21,7 +21,7 @@ Tensor = torch.Tensor
 #: Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when this package is imported.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-#: Launchers accept CPU tensors: in the interpreter, or while `kernels.aot` compiles without launching.
+#: Launchers accept CPU tensors: in the interpreter, or while `bench.aot` compiles without launching.
 HOST_TENSORS = INTERPRET
 
 

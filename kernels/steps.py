@@ -1,9 +1,10 @@
-"""Tweedie and the DDIM update on Triton, one pass each, and the sampler's TRITON_STEP_KERNELS.
+"""Tweedie and the DDIM update on Triton, one pass each (launchers take tensors and floats).
 
     Tweedie:  X̂₀₁ = ((X − √(1−ᾱ_t)·ε) / √ᾱ_t + 1) / 2              (returned in the data range [0, 1])
     update:   X_next = √ᾱ_next·(2·X̄₀₁ − 1) + c1·E_b + c2·ε          (E_b [1 or N, 3, H, W], broadcast over frames)
 
-References: engine.sampler.tweedie and engine.sampler.ddim_update (same signatures). ε may
+References: engine.sampler.tweedie and engine.sampler.ddim_update; engine.triton_steps adapts a
+schedule step (engine.schedule.DDIMStep) to these launchers' arguments. ε may
 be the first 3 channels of a 6-channel (learned-σ) output, in the network's dtype, without a
 copy: only each frame must be contiguous, and the kernels convert it as they load. The step's coefficients are Python floats, passed as fp32 hi + lo so
 that float64 data gets them to float64 accuracy.
@@ -16,11 +17,7 @@ import triton
 import triton.language as tl
 
 from engine.errors import InputError
-from engine.sampler import StepKernels
-from engine.schedule import DDIMStep
-from kernels.cg import data_consistency
-from kernels.common import (ACC, BLOCK, NUM_WARPS, check, frame_stride, frames_contiguous, output, scalar,
-                            split)
+from kernels.common import ACC, BLOCK, NUM_WARPS, check, frame_stride, output, scalar, split
 
 Tensor = torch.Tensor
 
@@ -105,24 +102,3 @@ def ddim_step(xbar: Tensor, noise: Tensor, eps: Tensor, sqrt_ab_next: float, c1:
         xbar, noise, eps, out, frame, 0 if noise.shape[0] == 1 else frame, eps_stride, *split(sqrt_ab_next),
         *split(c1), *split(c2), BLOCK=BLOCK, ACC=ACC[xbar.dtype], num_warps=NUM_WARPS)
     return out
-
-
-def take_eps(out: Tensor, dtype: torch.dtype) -> Tensor:
-    """ε as the network leaves it: its first 3 channels, a view in the network's dtype (the kernels
-    convert as they load, so no pass over the clip casts it).  out: [N, 3 or 6, H, W]; dtype: unused"""
-    return out[:, :3]
-
-
-def tweedie(x: Tensor, eps: Tensor, s: DDIMStep) -> Tensor:
-    """X̂ = (X − √(1−ᾱ_t)·ε) / √ᾱ_t, returned in the data range [0, 1] where CG runs."""
-    return tweedie_step(x.contiguous(), frames_contiguous(eps), s.sqrt_ab, s.sqrt_1m_ab)
-
-
-def ddim_update(xbar: Tensor, noise: Tensor, eps: Tensor, s: DDIMStep) -> Tensor:
-    """X_next = √ᾱ_next·X̄ + c1·E_b + c2·ε, with X̄ given in [0, 1] (E_b broadcast over frames when shared)."""
-    return ddim_step(xbar.contiguous(), noise.contiguous(), frames_contiguous(eps), s.sqrt_ab_next, s.c1, s.c2)
-
-
-#: The sampler's step arithmetic on the Triton backend (engine.sampler.step_kernels).
-TRITON_STEP_KERNELS = StepKernels(take_eps=take_eps, tweedie=tweedie, ddim_update=ddim_update,
-                                  data_consistency=data_consistency)

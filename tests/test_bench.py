@@ -1,16 +1,17 @@
-"""The benchmarks' own code on the CPU: what bench/kernels.py times pairs equal work, and
+"""The benchmarks' own code on the CPU: what bench/kernel_speed.py times pairs equal work, and
 bench/fps.py runs end to end on a CPU-only machine (their numbers need a GPU; these do not)."""
 
 from __future__ import annotations
 
 import json
+import time
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from bench import fps
-from bench import kernels as kbench
+from bench import kernel_speed as kbench
 from bench import profile_unet
 from bench.common import append_jsonl, in_new_thread
 from kernels.common import INTERPRET
@@ -70,7 +71,7 @@ def test_speedup_guards_non_positive_times():
 
 def test_fps_runs_on_the_cpu(capsys):
     code = fps.main(["--preset", "tiny", "--frames", "7", "--nfe", "2", "--cg-iters", "1", "--repeats", "1",
-                     "--backends", "torch", "--json", "--no-save", "--cold-start"])
+                     "--backends", "torch", "--json", "--cold-start"])
     assert code == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     *rows, cold = rows
@@ -84,6 +85,36 @@ def test_fps_runs_on_the_cpu(capsys):
         # frames per second of a clip, and how many times faster than the reference each backend is
         assert r["fps"] == pytest.approx(7 / r["seconds_per_clip"])
         assert r["speedup_vs_reference"] == pytest.approx(reference_s / r["seconds_per_clip"])
+
+
+def test_fps_stages_split_the_clips_they_were_measured_in(monkeypatch, capsys, tmp_path):
+    """The torch row once showed a UNet stage (0.199 s) longer than its whole clip (0.183 s): the stages were
+    timed alone after the clips, on a shared CPU whose load had changed. Here the network slows down call
+    after call (a growing load); the stages, measured inside the loop, still split the clip's own time.
+    Without --save nothing is written (not even to $BENCH_RESULTS); --no-reference measures only the backends."""
+    build = fps.build_solver
+
+    def slowing(args, backend):
+        solver, seconds = build(args, backend)
+        net, calls = solver.eps_model, []
+
+        def eps(x, t):
+            calls.append(1)
+            time.sleep(0.002 * len(calls))
+            return net(x, t)
+
+        solver.eps_model = eps
+        return solver, seconds
+
+    monkeypatch.setattr(fps, "build_solver", slowing)
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
+    assert fps.main(["--preset", "tiny", "--frames", "7", "--nfe", "2", "--cg-iters", "1", "--repeats", "2",
+                     "--backends", "torch", "--json", "--no-reference"]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert row["backend"] == "torch" and row["speedup_vs_reference"] is None
+    assert sum(row["stages"].values()) <= row["seconds_per_clip"]
+    assert row["stages"]["unet_s"] == pytest.approx(row["stage_shares"]["unet_s"] * row["seconds_per_clip"])
+    assert row["stage_shares"]["unet_s"] > 0.5 and list(tmp_path.iterdir()) == []
 
 
 def test_in_new_thread_returns_or_raises_from_another_thread():
@@ -121,7 +152,7 @@ def test_fps_records_a_failing_backend_and_measures_the_others(monkeypatch, caps
 
     monkeypatch.setattr(fps, "bench_backend", flaky)
     code = fps.main(["--preset", "tiny", "--frames", "7", "--nfe", "2", "--cg-iters", "1", "--repeats", "1",
-                     "--backends", "torch", "--json", "--no-save"])
+                     "--backends", "torch", "--json"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert code == 1 and [r["backend"] for r in rows] == ["reference", "torch"]
     assert rows[0]["kind"] == "error" and "planted" in rows[0]["error"]
@@ -151,13 +182,27 @@ def test_profile_kinds(name, kind):
 
 
 def test_profile_unet_runs_on_the_cpu(capsys):
-    assert profile_unet.main(["--preset", "tiny", "--frames", "1", "--repeats", "2", "--json", "--no-save"]) == 0
+    assert profile_unet.main(["--preset", "tiny", "--frames", "1", "--repeats", "2", "--json"]) == 0
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert row["norms"] == "torch" and row["forward_ms"] > 0
     assert row["kinds"]["convolution + matmul"] > 0 and row["kinds"]["groupnorm"] > 0
     assert row["kernel_ms"] == pytest.approx(sum(row["kinds"].values()))
     assert row["kernel_ms"] > 0                      # per forward: test_profile_kernel_ms_is_per_forward
-    assert profile_unet.main(["--norms", "cudnn", "--no-save"]) == 2
+    assert profile_unet.main(["--norms", "cudnn"]) == 2
+
+
+def test_profile_unet_keeps_each_row_as_it_is_measured(monkeypatch, tmp_path):
+    """bench/device_check.sh may cut the run at its time limit: the rows measured before stay on disk."""
+    def second_never_ends(args, model, norms, common):
+        if norms == "triton":
+            raise TimeoutError("cut by the step's limit (planted)")
+        return dict(common, norms=norms, kinds={}, kernel_ms=1.0, forward_ms=1.0)
+
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
+    monkeypatch.setattr(profile_unet, "profile_row", second_never_ends)
+    with pytest.raises(TimeoutError):
+        profile_unet.main(["--preset", "tiny", "--frames", "1", "--norms", "torch,triton", "--save"])
+    assert [json.loads(line)["norms"] for line in (tmp_path / "profile.jsonl").read_text().splitlines()] == ["torch"]
 
 
 def test_profile_kernel_ms_is_per_forward(monkeypatch):

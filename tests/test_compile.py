@@ -39,7 +39,7 @@ def jit_kernels() -> set[str]:
 def test_every_kernel_compiles_for_hopper_without_spills():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "compile_check.py"), "--frames", "16", "--size", "64",
-                          "--dtypes", "fp32,bf16", "--json", "--no-save"],
+                          "--dtypes", "fp32,bf16", "--json"],
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600, check=False)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
@@ -59,7 +59,7 @@ def test_jit_kernels_are_found():
 
 
 def test_compile_only_refuses_the_interpreter():
-    from kernels.aot import compile_only
+    from bench.aot import compile_only
     from kernels.common import INTERPRET
 
     if not INTERPRET:
@@ -71,7 +71,7 @@ def test_compile_only_refuses_the_interpreter():
 
 def test_launch_nothing_runs_the_launchers_but_no_kernel():
     from kernels import common, groupnorm
-    from kernels.aot import launch_nothing
+    from bench.aot import launch_nothing
 
     kind, before = type(groupnorm._gn_stats_kernel), common.HOST_TENSORS
     launch = kind.run

@@ -1,11 +1,11 @@
-"""engine.data: the paper's DAVIS preparation (crop, size, clip count, remainder dropped), the cache and its resumption."""
+"""engine.evaluation.data (python -m engine.data): the paper's DAVIS preparation (crop, size, clip count, remainder dropped), the cache and its resumption."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-import engine.data as data
-from engine.data import Dataset, Prep, find_sequences, prepare_frames
+import engine.evaluation.data as data
+from engine.evaluation.data import Dataset, Prep, find_sequences, prepare_frames
 from engine.errors import InputError
 from engine.testclips import camera_clip
 

@@ -1,4 +1,4 @@
-"""engine.evaluate end to end on two small clips with the weight-free prior and every method;
+"""engine.evaluation.evaluate (python -m engine.evaluate) end to end on two small clips with the weight-free prior and every method;
 resuming after an interruption; LPIPS / FVD columns; every refusal (one line, exit 2)."""
 import csv
 import json
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-import engine.evaluate as evaluate
+import engine.evaluation.evaluate as evaluate
 import engine.runtime
 from engine.baselines import CG_RTOL, cg_converged
-from engine.evaluate import METHODS, main
+from engine.evaluation.evaluate import METHODS, main
 from engine.metrics import psnr
 from engine.operators import from_spec
 from engine.testclips import camera_clip
@@ -129,13 +129,31 @@ def test_limit_settings_and_overwrite(data, tmp_path, capsys):
     out = tmp_path / "out"
     quick = ["--data", str(data), *FAST, "--out", str(out)]
     assert main([*quick, "--methods", "cg", "--limit", "1"]) == 0
-    assert len(records(out)) == 1 and "), 1 clips" in (out / "summary.md").read_text()
+    assert len(records(out)) == 1 and "), 1 clip\n" in (out / "summary.md").read_text()
     capsys.readouterr()
     assert main([*quick, "--methods", "cg,cg-converged"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "other settings" in err and "methods" in err and "\n" not in err
     assert main([*quick, "--methods", "cg,cg-converged", "--overwrite"]) == 0
     assert len(records(out)) == 2 and len(rows_without_time(out)) == 2
+
+
+def test_an_unreadable_file_is_skipped_with_a_warning_and_listed(data, tmp_path, caplog):
+    """One undecodable file in --data used to abort the run after the clips before it were done."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for clip in data.iterdir():
+        (folder / clip.name).write_bytes(clip.read_bytes())
+    (folder / "broken.mp4").write_bytes(b"not a video")                   # sorted before coffee
+    out = tmp_path / "out"
+    assert main(["--data", str(folder), *FAST, "--methods", "cg", "--out", str(out)]) == 0
+    assert [r["clip"] for r in records(out)] == ["astronaut_000", "coffee_000"]
+    summary = (out / "summary.md").read_text()
+    assert "), 2 clips\n" in summary and "## Skipped: 1 sequence that could not be read" in summary
+    assert "- broken: " in summary and "cannot decode" in summary.split("- broken: ")[1]
+    assert list(json.loads((out / "summary.json").read_text())["skipped"]) == ["broken"]
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "broken" in r.getMessage()]
+    assert warnings and {r.name for r in warnings} <= {"engine.evaluation.data", "engine.evaluation.evaluate"}
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit writes the stand-in I3D

@@ -1,4 +1,4 @@
-"""The export contract, the ONNX export (both opsets, fp32 and fp16) and the engine.build command line.
+"""The export contract, the ONNX export (both opsets, fp32 and fp16) and the build command line (export.build, python -m engine.build).
 
 One tiny-preset export through the command line (the default opset) serves most tests;
 the ADM-256 export is in the `slow` tier.
@@ -12,7 +12,7 @@ import onnx
 import pytest
 import torch
 
-from engine.build import EXIT_ERROR, EXIT_STOPPED, engine_blockers, main, parse_args, parse_batches
+from export.build import EXIT_ERROR, EXIT_STOPPED, engine_blockers, main, parse_args, parse_batches
 from engine.unet import ADMConfig, ADMUNet
 from export.contract import BATCH_AXIS, UNetContract, error_stats, full_fp32, reference_eps
 from export.onnx import (FALLBACK_OPSET, NATIVE_GROUPNORM_OPSET, PARITY_TOLERANCE, ExportError, check_parity,

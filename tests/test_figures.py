@@ -1,12 +1,15 @@
 """engine.figures: the comparison grid with its enlarged crop, and the PIL line plots."""
 import math
+import os
+import stat
 
 import numpy as np
 import pytest
+import torch
 import torch.nn.functional as F
 
-from engine.figures import (BOX_COLOUR, GAP, LABEL_HEIGHT, MARGIN, PALETTE, _ticks, comparison_grid, line_plot,
-                            save_png)
+from engine.figures import (BOX_COLOUR, GAP, LABEL_HEIGHT, MARGIN, MAX_WIDTH, PALETTE, _ticks, comparison_grid,
+                            contact_sheet, line_plot, save_png, tile_size)
 from engine.testclips import camera_clip
 
 
@@ -16,9 +19,9 @@ def clip():
 
 
 def test_grid_layout_and_enlarged_crop(clip):
-    tile, frame_ids = 32, [0, 2, 4]
+    tile, frame_ids = 32, [0, 2, 4]                                     # the frames' own size: the default
     box = (0.25, 0.5, 0.25, 0.25)
-    grid = comparison_grid([("clean", clip), ("half", clip * 0.5)], frame_ids, box=box, tile=tile)
+    grid = comparison_grid([("clean", clip), ("half", clip * 0.5)], frame_ids, box=box)
     assert grid.shape == (2 * (LABEL_HEIGHT + tile), len(frame_ids) * tile + GAP + tile, 3) and grid.dtype == np.uint8
     # the last tile of a row is the region (rows 8–15, columns 16–23) of the middle frame, enlarged 4x (nearest)
     region = clip[2, :, 8:16, 16:24]
@@ -34,8 +37,21 @@ def test_grid_layout_and_enlarged_crop(clip):
 
 def test_grid_rows_of_other_sizes(clip):
     measured = clip[:, :, ::4, ::4]  # e.g. a 4x super-resolution measurement
-    grid = comparison_grid([("clean", clip), ("measured", measured)], [0, 5], tile=24)
+    grid = comparison_grid([("clean", clip), ("measured", measured)], [0, 5], tile=(24, 24))
     assert grid.shape == (2 * (LABEL_HEIGHT + 24), 2 * 24 + GAP + 24, 3)
+
+
+def test_sheets_keep_the_frames_size_up_to_a_total_width():
+    """comparison.png tiles were 128 px whatever the frames: 256-px frames lost half their pixels."""
+    big = torch.rand(4, 3, 256, 320)
+    sheet = contact_sheet([("clean", big), ("measured", big[:, :, ::4, ::4])], [0, 1, 2, 3])
+    assert sheet.shape == (2 * (LABEL_HEIGHT + 256), 4 * 320, 3)
+    assert np.array_equal(sheet[LABEL_HEIGHT:LABEL_HEIGHT + 256, :320],
+                          (big[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    wide = torch.rand(16, 3, 720, 1280)                                 # 16 columns of 720p: shrunk to fit
+    assert tile_size([("clean", wide)], 16) == (72, 128) and tile_size([("clean", wide)], 1) == (720, 1280)
+    grid = comparison_grid([("clean", wide)], list(range(4)))
+    assert grid.shape[1] <= MAX_WIDTH and grid.shape[1] > MAX_WIDTH - 5 * 8
 
 
 def test_line_plot_draws_every_series(tmp_path):
@@ -78,3 +94,13 @@ def test_ticks_are_round_and_cover_the_range():
         mantissa = step / 10 ** math.floor(math.log10(step))
         assert min(abs(mantissa - m) for m in (1, 2, 5, 10)) < 1e-9
         assert np.allclose(np.diff(ticks), step)
+
+
+def test_saved_pictures_get_the_umask_permissions(tmp_path):
+    """comparison.png was 0600 (a mkstemp name) beside 0644 files: engine.fileio gives the umask's."""
+    old = os.umask(0o022)
+    try:
+        path = save_png(tmp_path / "comparison.png", np.zeros((4, 4, 3), np.uint8))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644 and [p.name for p in tmp_path.iterdir()] == ["comparison.png"]

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from engine import cg as torch_cg
-from engine import sampler
+from engine import sampler, triton_steps
 from engine.errors import InputError
 from engine.operators import REGISTRY, from_spec
 from engine.operators import blur as torch_blur
@@ -261,12 +261,12 @@ def test_steps(dtype):
     s = ddim_steps(20, 0.15)[3]
     x = rand(SHAPE, 13, dtype) * 2 - 1
     eps = (rand((SHAPE[0], 6, *SHAPE[2:]), 14, dtype) * 2 - 1)[:, :3]  # a learned-σ output's ε: not copied
-    assert_close(steps.tweedie(x, eps, s), sampler.tweedie(x, eps, s))
+    assert_close(triton_steps.tweedie(x, eps, s), sampler.tweedie(x, eps, s))
     for batch in (1, SHAPE[0]):                                          # shared and independent noise
         noise = rand((batch, *SHAPE[1:]), 15, dtype)
-        assert_close(steps.ddim_update(x, noise, eps, s), sampler.ddim_update(x, noise, eps, s))
-    assert_close(steps.tweedie(x, eps.transpose(2, 3).contiguous().transpose(2, 3), s), sampler.tweedie(x, eps, s))
-    assert sampler.step_kernels("triton") is steps.TRITON_STEP_KERNELS
+        assert_close(triton_steps.ddim_update(x, noise, eps, s), sampler.ddim_update(x, noise, eps, s))
+    assert_close(triton_steps.tweedie(x, eps.transpose(2, 3).contiguous().transpose(2, 3), s), sampler.tweedie(x, eps, s))
+    assert sampler.step_kernels("triton").tweedie is triton_steps.tweedie
 
 
 @pytest.mark.parametrize("spec,gamma", [("temporal:uniform:3+sr:4", None), ("temporal:uniform:3", 1.0)])

@@ -1,4 +1,4 @@
-"""engine.metrics_extra: LPIPS and FVD plumbing with stand-in weights (the real ones cannot be downloaded here),
+"""engine.evaluation.metrics_extra: LPIPS and FVD plumbing with stand-in weights (the real ones cannot be downloaded here),
 the Fréchet distance against scipy's matrix square root, and the error for every missing file.
 
 The LPIPS and I3D numbers themselves are only as right as the user's weight files; these tests
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from engine.errors import InputError
-from engine.metrics_extra import ALEXNET_CHANNELS, I3DFeatures, LPIPS, frechet_distance, i3d_preprocess
+from engine.evaluation.metrics_extra import ALEXNET_CHANNELS, I3DFeatures, LPIPS, frechet_distance, i3d_preprocess
 from engine.testclips import camera_clip
 
 

@@ -20,9 +20,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.operators import from_spec
-from engine.sampler import reverse_process
+from engine import triton_steps
+from engine.sampler import reverse_process, step_kernels
 from engine.schedule import ddim_steps
-from kernels import cg, steps
+from kernels import cg
 from kernels.common import INTERPRET
 
 DEVICE = "cpu" if INTERPRET else "cuda"
@@ -158,7 +159,7 @@ def test_reverse_step_passes(spec):
         noise = clip(10, (nfe + 1, 1, *SHAPE[1:]))
         with count_passes() as passes:
             reverse_process(passes.uncounted(network), y, op, noise, ddim_steps(nfe, 0.5), cg_iters=3, gamma=None,
-                            kernels=steps.TRITON_STEP_KERNELS)
+                            kernels=step_kernels("triton"))
         counts[nfe] = passes
     assert counts[3].torch_ops == counts[2].torch_ops, "a torch pass over the clip in every step"
     assert len(counts[3].kernels) - len(counts[2].kernels) == 1 + (n + 1) + 3 * (n + 2) + 1
@@ -169,10 +170,10 @@ def test_tweedie_and_ddim_update_one_pass_each():
     x, xbar, noise = clip(4), clip(5), clip(6, (1, *SHAPE[1:]))
     out = clip(7, (SHAPE[0], 6, *SHAPE[2:]), torch.float16)
     s = ddim_steps(10, 0.5)[3]
-    eps = steps.TRITON_STEP_KERNELS.take_eps(out, torch.float32)
+    eps = triton_steps.take_eps(out, torch.float32)
     with count_passes() as passes:
-        steps.tweedie(x, eps, s)
-        steps.ddim_update(xbar, noise, eps, s)
+        triton_steps.tweedie(x, eps, s)
+        triton_steps.ddim_update(xbar, noise, eps, s)
     assert passes.torch_ops == []
     assert passes.kernels == ["_tweedie_kernel", "_ddim_update_kernel"]
 

@@ -62,14 +62,14 @@ def test_triton_kernels_through_the_solver(clip):
     """kernels="triton" runs the loop on the Triton operator and step kernels (here in the interpreter),
     and restores what torch ops restore."""
     from kernels.common import INTERPRET
-    from kernels.steps import TRITON_STEP_KERNELS
+    from engine.sampler import step_kernels
 
     cfg = SolverConfig.from_task("temporal-k7", frames=8, size=24, nfe=2, cg_iters=3,
                                  device="cpu" if INTERPRET else "cuda", kernels="torch")
     fused = Solver(GaussianPrior(), SolverConfig(**{**cfg.to_dict(), "kernels": "triton"}))
     plain = Solver(GaussianPrior(), cfg)
-    assert fused.op.backend == "triton" and fused.kernels is TRITON_STEP_KERNELS
-    assert plain.op.backend == "torch" and plain.kernels is not TRITON_STEP_KERNELS
+    assert fused.op.backend == "triton" and fused.kernels is step_kernels("triton")
+    assert plain.op.backend == "torch" and plain.kernels is not step_kernels("triton")
     y = plain.measure(clip)
     # Both run the same arithmetic in fp32 with sums in another order: each of the K steps' l CG iterations
     # and its Tweedie and update passes may differ by a few float32 ulps of the clip's scale (values in

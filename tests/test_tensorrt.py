@@ -13,12 +13,12 @@ import json
 import pytest
 import torch
 
+from engine.backends.engine_file import TRT_HINT, EngineError, engine_key, read_engine, record_path
+from engine.fileio import atomic_write_bytes
 from engine.unet import ADMConfig, ADMUNet
 from export.contract import UNetContract
 from export.onnx import export_onnx
-from export.tensorrt import (ENGINE_TOLERANCE, TRT_HINT, EngineError, atomic_path, atomic_write_bytes,
-                             engine_key, engine_path, get_engine, key_fields, read_engine, record_path,
-                             timing_cache_path)
+from export.tensorrt import ENGINE_TOLERANCE, engine_path, get_engine, key_fields, timing_cache_path
 
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 REAL = HAVE_TENSORRT and torch.cuda.is_available()
@@ -161,27 +161,6 @@ def test_engine_and_timing_cache_names(tmp_path):
     assert path.name == "unet-fp16-b16-0123456789abcdef.engine"
     assert record_path(path).name == "unet-fp16-b16-0123456789abcdef.engine.json"
     assert timing_cache_path(tmp_path, ENV) != timing_cache_path(tmp_path, {**ENV, "gpu": "other"})
-
-
-# ---------------------------------------------------------------- atomic writes
-
-def test_atomic_write_replaces_whole_files(tmp_path):
-    path = tmp_path / "sub" / "file.bin"
-    atomic_write_bytes(path, b"first")
-    atomic_write_bytes(path, b"second")
-    assert path.read_bytes() == b"second"
-    assert [p.name for p in path.parent.iterdir()] == ["file.bin"]
-
-
-def test_atomic_write_failure_keeps_the_old_file_and_leaves_no_temp(tmp_path):
-    path = tmp_path / "engine.bin"
-    path.write_bytes(b"old engine")
-    with pytest.raises(OSError, match="disk full"):
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(b"half of a new eng")
-            raise OSError("disk full")
-    assert path.read_bytes() == b"old engine"
-    assert [p.name for p in tmp_path.iterdir()] == ["engine.bin"]
 
 
 # ---------------------------------------------------------------- the cache

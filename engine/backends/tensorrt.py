@@ -1,6 +1,7 @@
 """The TensorRT ε model: a serialized engine behind the sampler's eps(x, t) interface.
 
-Engines come from `python -m engine.build` (export/tensorrt.py), through TensorRT's ONNX
+Engines come from `python -m engine.build` (export/tensorrt.py; the file format is
+engine.backends.engine_file's), through TensorRT's ONNX
 parser (`--via onnx`) or torch-tensorrt's converter (`--via torch-tensorrt`); both give
 an engine with the export contract's interface, run here the same way.
 
@@ -26,8 +27,7 @@ from pathlib import Path
 import torch
 
 from engine.streams import on_stream
-from export.contract import EPS, T, X
-from export.tensorrt import EngineError, gpu_environment, import_tensorrt, read_engine
+from engine.backends.engine_file import EPS, T, X, EngineError, gpu_environment, import_tensorrt, read_engine
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor

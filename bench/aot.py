@@ -1,4 +1,6 @@
-"""Compile the Triton kernels for a GPU on a machine without one, and read what each costs.
+"""Tooling for benchmarks and tests (not product: it patches Triton internals and os.environ).
+
+Compile the Triton kernels for a GPU on a machine without one, and read what each costs.
 
 Triton's NVIDIA backend builds PTX and a cubin (ptxas ships inside the triton wheel) for
 whatever target its driver reports. `compile_only(arch)` reports a CUDA target of compute
@@ -82,7 +84,7 @@ class _CompileOnlyDriver:
 def _check_compiler_available() -> None:
     from kernels import temporal
     if not isinstance(temporal._frame_mix_kernel, JITFunction):
-        raise InputError("kernels.aot needs Triton's compiler: unset TRITON_INTERPRET before importing `kernels`")
+        raise InputError("bench.aot needs Triton's compiler: unset TRITON_INTERPRET before importing `kernels`")
 
 
 @contextmanager
@@ -183,6 +185,6 @@ def ptxas_usage(log: str) -> dict[str, int]:
     """{registers, stack, spill_stores, spill_loads} from the log of `ptxas -v` for one kernel."""
     registers, frame = _REGISTERS.search(log), _FRAME.search(log)
     if registers is None or frame is None:
-        raise InputError(f"kernels.aot: no ptxas resource usage in Triton's compile log:\n{log[-2000:]}")
+        raise InputError(f"bench.aot: no ptxas resource usage in Triton's compile log:\n{log[-2000:]}")
     stack, stores, loads = map(int, frame.groups())
     return {"registers": int(registers.group(1)), "stack": stack, "spill_stores": stores, "spill_loads": loads}

@@ -1,7 +1,7 @@
 """Bandwidth of the Triton kernels next to a device-to-device copy and torch eager, at the paper's size.
 
-    python bench/kernels.py                          # 16×3×256×256 float32, every kernel, the paper's tasks
-    python bench/kernels.py --dtype fp16 --frames 32 --no-unet
+    python bench/kernel_speed.py                          # 16×3×256×256 float32, every kernel, the paper's tasks
+    python bench/kernel_speed.py --dtype fp16 --frames 32 --no-unet
 
 Per kernel: the median time (triton.testing.do_bench, L2 flushed before each call), the
 bytes it must move (each input read once, each output written once), the achieved GB/s
@@ -31,26 +31,23 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import add_save_flag, append_jsonl, in_new_thread, machine
+from engine.errors import InputError
+from engine.operators import from_spec
+from engine.operators import blur as torch_blur
+from engine.operators import inpaint as torch_inpaint
+from engine.operators import sr as torch_sr
+from engine.operators import temporal as torch_temporal
+from engine.sampler import StepKernels, step_kernels
+from engine.schedule import ddim_steps
+from engine.streams import on_stream
+from engine.tasks import TASKS
 
-from bench.common import append_jsonl, in_new_thread, machine  # noqa: E402
-from engine.errors import InputError  # noqa: E402
-from engine.operators import from_spec  # noqa: E402
-from engine.operators import blur as torch_blur  # noqa: E402
-from engine.operators import inpaint as torch_inpaint  # noqa: E402
-from engine.operators import sr as torch_sr  # noqa: E402
-from engine.operators import temporal as torch_temporal  # noqa: E402
-from engine.sampler import StepKernels  # noqa: E402
-from engine.schedule import ddim_steps  # noqa: E402
-from engine.streams import on_stream  # noqa: E402
-from engine.tasks import TASKS  # noqa: E402
-
-log = logging.getLogger("bench.kernels")
+log = logging.getLogger("bench.kernel_speed")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -62,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tasks", default=",".join(TASKS), help="comma list of paper tasks for the CG and step rows")
     p.add_argument("--no-unet", action="store_true", help="skip timing the batch-N UNet forward")
     p.add_argument("--json", action="store_true", help="print the rows as JSON lines instead of a table")
-    p.add_argument("--no-save", action="store_true", help="do not append to bench/results/kernels.jsonl")
+    add_save_flag(p, "kernels")
     return p.parse_args(argv)
 
 
@@ -178,8 +175,6 @@ def task_rows(name: str, shape, dtype, dev: str = "cuda") -> list[tuple[str, flo
 
     The whole step starts from the network's output as the Solver's default gives it (learned-σ,
     fp16, [N, 6, H, W]): taking ε from it is part of the step (a cast pass in torch, none in Triton)."""
-    from kernels.steps import TRITON_STEP_KERNELS
-
     spec = TASKS[name].spec
     fast = from_spec(spec, shape, device=dev, dtype=dtype, backend="triton")
     slow = from_spec(spec, shape, device=dev, dtype=dtype, backend="torch")
@@ -203,7 +198,7 @@ def task_rows(name: str, shape, dtype, dev: str = "cuda") -> list[tuple[str, flo
     def cg(kern: StepKernels, op, iters: int) -> Callable[[], torch.Tensor]:
         return lambda: kern.data_consistency(op, y, x, iters, None, aty=aty)
 
-    fast_kern, slow_kern = TRITON_STEP_KERNELS, StepKernels()
+    fast_kern, slow_kern = step_kernels("triton"), StepKernels()
     cg_graph_fast = [bench(graphed(cg(fast_kern, fast, i))) for i in (l, l - 1)]
     cg_graph_slow = [bench(graphed(cg(slow_kern, slow, i))) for i in (l, l - 1)]
     step_fast, step_slow = whole_step(fast_kern, fast), whole_step(slow_kern, slow)
@@ -281,7 +276,7 @@ def speedup(torch_ms: float | None, ms: float) -> float | None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not torch.cuda.is_available():
-        print("bench/kernels.py: needs a CUDA GPU (none found); nothing measured", file=sys.stderr)
+        print("bench/kernel_speed.py: needs a CUDA GPU (none found); nothing measured", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     dtype = DTYPES[args.dtype]
@@ -289,7 +284,7 @@ def main(argv=None) -> int:
     tasks = [t for t in args.tasks.split(",") if t]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
-        print(f"bench/kernels.py: unknown tasks {unknown}; known: {', '.join(TASKS)}", file=sys.stderr)
+        print(f"bench/kernel_speed.py: unknown tasks {unknown}; known: {', '.join(TASKS)}", file=sys.stderr)
         return 2
     info = machine(torch.device("cuda"))
     common = dict(bench="kernels", shape=list(shape), dtype=args.dtype, **info)
@@ -298,7 +293,7 @@ def main(argv=None) -> int:
     def record(**row) -> None:
         """Keep a row and append it to the results file at once (a later crash or time-out keeps it)."""
         rows.append(dict(common, **row))
-        if not args.no_save:
+        if args.save:
             append_jsonl("kernels", rows[-1:])
         log.info("%s: %s: %s", row.get("task", row["kind"]), row["name"], summary(row))
 

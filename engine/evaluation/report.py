@@ -1,4 +1,4 @@
-"""The evaluation harness's records on disk and its summary tables (engine.evaluate writes them).
+"""The evaluation harness's records on disk and its summary tables (engine.evaluation.evaluate writes them).
 
     run.json        the settings of a run; a rerun with other settings is refused
     results.jsonl   one JSON line per finished clip, appended and flushed when the clip is done
@@ -21,13 +21,19 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import InputError
+from engine.evaluation.metrics_extra import FVD_SCALE, frechet_distance
+from engine.fileio import atomic_file, atomic_write_json, atomic_write_text
 from engine.metrics import json_safe
-from engine.metrics_extra import FVD_SCALE, frechet_distance
 
-log = logging.getLogger("engine.evaluate")
+log = logging.getLogger(__name__)
 
 #: What a run writes into its folder (and --overwrite removes).
 OWN_OUTPUTS = ("run.json", "results.jsonl", "summary.md", "summary.csv", "summary.json", "features", "pictures")
+
+
+def plural(n: int, noun: str) -> str:
+    """'1 clip', '2 clips'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def psnr_value(v) -> float:
@@ -69,9 +75,8 @@ class Results:
         """Save the clip's features, then append its line (flushed to disk): the line marks it done."""
         if features:
             self.features.mkdir(parents=True, exist_ok=True)
-            tmp = self.features / f".{record['clip']}.tmp.npz"
-            np.savez(tmp, **features)
-            os.replace(tmp, self.features / f"{record['clip']}.npz")
+            with atomic_file(self.features / f"{record['clip']}.npz") as tmp:
+                np.savez(tmp, **features)
         with open(self.path, "a") as f:
             f.write(json.dumps(json_safe(record)) + "\n")
             f.flush()
@@ -96,10 +101,7 @@ def open_run(out: Path, settings: dict, overwrite: bool) -> Results:
             raise InputError(f"{out} holds a run with other settings ({'; '.join(changed)}); "
                              "use another --out or pass --overwrite")
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / ".run.json.tmp"
-        tmp.write_text(json.dumps(settings, indent=1) + "\n")
-        os.replace(tmp, path)
+        atomic_write_json(path, settings)
     return Results(out)
 
 
@@ -145,10 +147,11 @@ def _cell(value, fmt: str) -> str:
     return "n/a" if value is None else fmt.format(value)
 
 
-def summary_markdown(rows: list[dict], settings: dict) -> str:
-    """The paper's layout: per σ_y, one row per method with Time, PSNR, SSIM, LPIPS, FVD."""
+def summary_markdown(rows: list[dict], settings: dict, skipped: dict[str, str] | None = None) -> str:
+    """The paper's layout: per σ_y, one row per method with Time, PSNR, SSIM, LPIPS, FVD; then the
+    sequences that could not be read (`skipped`: name → reason)."""
     clips = max((r["clips"] for r in rows), default=0)
-    lines = [f"# {settings['task']} (`{settings['spec']}`), {clips} clips", "",
+    lines = [f"# {settings['task']} (`{settings['spec']}`), {plural(clips, 'clip')}", "",
              f"Prior: {settings['prior']}. K = {settings['nfe']}, η = {settings['eta']}, l = {settings['cg_iters']}, "
              f"seed {settings['seed']}, {settings['device']}. Time: median seconds per clip; PSNR, SSIM, LPIPS: "
              "means over clips of the per-frame means; FVD over all clips, × 1e-3 as in the paper.", ""]
@@ -162,6 +165,9 @@ def summary_markdown(rows: list[dict], settings: dict) -> str:
                   "| --- |" + " ---: |" * len(COLUMNS)]
         lines += [f"| {r['method']} | " + " | ".join(_cell(r[k], f) for k, _, f in COLUMNS) + " |" for r in block]
         lines.append("")
+    if skipped:
+        lines += [f"## Skipped: {plural(len(skipped), 'sequence')} that could not be read", ""]
+        lines += [f"- {name}: {reason}" for name, reason in sorted(skipped.items())] + [""]
     return "\n".join(lines)
 
 
@@ -174,11 +180,11 @@ def summary_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def write_summary(out: Path, rows: list[dict], settings: dict) -> None:
-    """summary.md, summary.csv and summary.json, each written atomically."""
-    texts = {"summary.md": summary_markdown(rows, settings), "summary.csv": summary_csv(rows),
-             "summary.json": json.dumps(json_safe({"settings": settings, "rows": rows}), indent=1) + "\n"}
+def write_summary(out: Path, rows: list[dict], settings: dict, skipped: dict[str, str] | None = None) -> None:
+    """summary.md, summary.csv and summary.json, each written atomically (`skipped`: unreadable sequences)."""
+    skipped = skipped or {}
+    texts = {"summary.md": summary_markdown(rows, settings, skipped), "summary.csv": summary_csv(rows),
+             "summary.json": json.dumps(json_safe({"settings": settings, "rows": rows, "skipped": skipped}),
+                                        indent=1) + "\n"}
     for name, text in texts.items():
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        atomic_write_text(out / name, text)

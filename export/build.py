@@ -1,0 +1,211 @@
+"""`python -m engine.build` (export.build): the ADM UNet → ONNX → TensorRT engine, checked at each step.
+
+    python -m engine.build --batch 16 --checkpoint 256x256_diffusion_uncond.pt --out build/
+    python -m engine.build --batch 16 --random-weights --preset tiny --onnx-only --out build/
+
+Writes into --out: unet.onnx (plus unet.onnx.data for models over 2 GB), the engine and
+its record (unet-<precision>-b<N>-<key>.engine[.json], reused while nothing that changes
+it has changed), TensorRT's timing cache, and manifest.json (shapes, precision, versions,
+the errors measured against the torch model, the time each step took).
+
+The ONNX file is checked with onnx.checker and against the torch model in onnxruntime
+(batches 1, 3 and N by default); the engine is compared with the torch model on random
+input and refused past its precision's tolerance. Without TensorRT or a CUDA GPU the
+command exports and checks the ONNX, writes the manifest and stops with exit status 3
+(0 with --onnx-only). Errors exit with status 2 and one line on stderr. A checkpoint that
+does not load stops the command: random weights are used only with --random-weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from engine.checkpoint import load_adm
+from engine.errors import CheckpointError, InputError
+from engine.fileio import atomic_write_json
+from engine.unet import PRESETS, ADMConfig, ADMUNet
+from export.contract import UNetContract
+from export.onnx import DTYPES, OPSETS, PARITY_TOLERANCE, ExportError, check_parity, export_onnx, onnx_parity
+from export.tensorrt import (PRECISIONS, VIAS, EngineError, TensorRTBuilder, TorchTensorRTBuilder,
+                             get_engine, import_tensorrt, import_torch_tensorrt)
+
+log = logging.getLogger(__name__)
+DEFAULT_PRESET = "adm256_uncond"
+EXIT_ERROR, EXIT_STOPPED = 2, 3
+_VERSIONED = ("torch", "onnx", "onnxruntime", "onnxscript", "tensorrt", "torch-tensorrt")
+_CHATTY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx")   # a line per folded constant at INFO
+
+
+class Stopped(Exception):
+    """The ONNX is written and checked, but this machine cannot build the engine."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m engine.build", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=16,
+                   help="frames per clip N: the engine serves batches 1…N, tuned for N (default 16)")
+    weights = p.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--checkpoint", type=Path, metavar="FILE",
+                         help="ADM checkpoint (.pt or .safetensors), e.g. 256x256_diffusion_uncond.pt")
+    weights.add_argument("--random-weights", action="store_true",
+                         help="build from randomly initialised weights (to test the build; never implied)")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help=f"architecture: with --checkpoint, inferred from its keys unless given; "
+                        f"with --random-weights, default {DEFAULT_PRESET}")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp16",
+                   help="engine precision (default fp16); fp8 needs an ONNX model with FP8 Q/DQ nodes")
+    p.add_argument("--via", choices=VIAS, default="onnx",
+                   help="TensorRT's ONNX parser (default) or torch-tensorrt's converter from the torch model")
+    p.add_argument("--out", type=Path, default=Path("build"), help="output folder (default ./build)")
+    p.add_argument("--onnx-only", action="store_true", help="stop after exporting and checking the ONNX (exit 0)")
+    p.add_argument("--opset", choices=[str(o) for o in OPSETS], default="auto",
+                   help="ONNX opset: auto (21 with native GroupNormalization if it checks out, else 17), 21 or 17")
+    p.add_argument("--onnx-dtype", choices=sorted(DTYPES), default="fp32",
+                   help="weights of the ONNX file (default fp32; the interface stays fp32 either way)")
+    p.add_argument("--parity-batches", default="1,3,N", metavar="LIST",
+                   help="batch sizes of the onnxruntime check, N meaning --batch (default 1,3,N)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="device of the torch model (the reference) and of the engine build (default: cuda if present)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --random-weights (default 0)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = p.parse_args(argv)
+    if args.batch < 1:
+        p.error(f"--batch must be ≥ 1, got {args.batch}")
+    args.opset = args.opset if args.opset == "auto" else int(args.opset)
+    try:
+        args.parity_batches = parse_batches(args.parity_batches, args.batch)
+    except ValueError as err:
+        p.error(str(err))
+    return args
+
+
+def parse_batches(text: str, n: int) -> list[int]:
+    """'1,3,N' → [1, 3, n] (sorted, without repeats)."""
+    try:
+        batches = {n if tok.strip().upper() == "N" else int(tok) for tok in text.split(",") if tok.strip()}
+    except ValueError:
+        raise ValueError(f"--parity-batches takes integers or N separated by commas, got {text!r}") from None
+    if not batches or min(batches) < 1:
+        raise ValueError(f"--parity-batches must list batch sizes ≥ 1, got {text!r}")
+    return sorted(batches)
+
+
+def load_model(args) -> ADMUNet:
+    """The fp32 UNet in eval mode on args.device: the checkpoint's weights or, when asked, random ones."""
+    if args.checkpoint is not None:
+        return load_adm(args.checkpoint, config=args.preset, device=args.device)
+    torch.manual_seed(args.seed)
+    model = ADMUNet(ADMConfig.preset(args.preset or DEFAULT_PRESET)).to(args.device).eval()
+    log.warning("random weights (--random-weights, seed %d): for testing the build, not for restoring video",
+                args.seed)
+    return model
+
+
+def versions(device: torch.device) -> dict:
+    """Python, the packages that shape the files, and the GPU."""
+    info = {"python": platform.python_version()}
+    for dist in _VERSIONED:
+        try:
+            info[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            info[dist] = None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, compute_capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda)
+    return info
+
+
+def export_step(args, model: ADMUNet, contract: UNetContract) -> tuple[dict, list]:
+    """Export the ONNX file and run it in onnxruntime: the manifest's "onnx" section and the parity results."""
+    exported = export_onnx(model, contract, args.out / "unet.onnx", dtype=args.onnx_dtype, opset=args.opset)
+    start = time.perf_counter()
+    parity = onnx_parity(exported.path, model, contract, args.parity_batches)
+    tol = PARITY_TOLERANCE[args.onnx_dtype]
+    section = {**exported.as_dict(), "parity": [p.as_dict() for p in parity], "parity_tolerance": tol,
+               "parity_ok": all(p.finite and p.rel_l2 <= tol for p in parity),
+               "parity_seconds": round(time.perf_counter() - start, 3)}
+    return section, parity
+
+
+def engine_blockers(device: torch.device, via: str = "onnx") -> list[str]:
+    """Why this machine cannot build a TensorRT engine `via` a conversion path (empty if it can)."""
+    reasons = []
+    for needed in [import_tensorrt] + ([import_torch_tensorrt] if via == "torch-tensorrt" else []):
+        try:
+            needed()
+        except ImportError as err:
+            reasons.append(str(err))
+    if device.type != "cuda" or not torch.cuda.is_available():
+        reasons.append(f"no CUDA GPU to build on (device {device}, CUDA available: {torch.cuda.is_available()})")
+    return reasons
+
+
+def engine_step(args, model: ADMUNet, contract: UNetContract, onnx_path: Path) -> dict:
+    """Build (or reuse) the engine and compare it with the model: the manifest's "engine" section."""
+    device = torch.device(args.device)
+    if args.via == "torch-tensorrt":
+        builder = TorchTensorRTBuilder(model, device)
+    else:
+        builder = TensorRTBuilder(device)
+    result = get_engine(onnx_path, contract, args.precision, args.out, builder=builder, model=model)
+    return {"precision": args.precision, "via": args.via, **result.as_dict()}
+
+
+def run(args) -> Path:
+    """Everything; returns the manifest's path. Raises Stopped when the engine cannot be built here."""
+    device = torch.device(args.device)
+    model = load_model(args)
+    contract = UNetContract.for_config(model.config, args.batch)
+    args.out.mkdir(parents=True, exist_ok=True)
+    manifest_path = args.out / "manifest.json"
+    manifest = {"model": {"config": model.config.as_flags(), "parameters": model.num_parameters(),
+                          "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+                          "random_weights": args.random_weights, "seed": args.seed if args.random_weights else None},
+                "contract": contract.as_dict(), "versions": versions(device), "onnx": None, "engine": None,
+                "stopped": None}
+    manifest["onnx"], parity = export_step(args, model, contract)
+    blockers = [] if args.onnx_only else engine_blockers(device, args.via)
+    if blockers:
+        manifest["stopped"] = "; ".join(blockers)
+    atomic_write_json(manifest_path, manifest)
+    check_parity(parity, args.onnx_dtype)   # after the manifest, so that it keeps the numbers
+    if args.onnx_only:
+        return manifest_path
+    if blockers:
+        raise Stopped(f"the ONNX is written and checked ({manifest_path}), but no engine can be built here: "
+                      f"{manifest['stopped']}")
+    manifest["engine"] = engine_step(args, model, contract, Path(manifest["onnx"]["path"]))
+    atomic_write_json(manifest_path, manifest)
+    return manifest_path
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        for chatty in _CHATTY_LOGGERS:
+            logging.getLogger(chatty).setLevel(logging.WARNING)
+    try:
+        path = run(args)
+    except Stopped as stop:
+        print(f"stopped: {stop}", file=sys.stderr)
+        return EXIT_STOPPED
+    except (InputError, CheckpointError, ImportError, ExportError, EngineError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
