@@ -63,6 +63,11 @@ class TensorRTEps:
             self._graph_by_batch: dict[int, torch.cuda.CUDAGraph] = {}
             self._warm_up()
 
+    @property
+    def image_size(self) -> int:
+        """The square frame size the engine takes (its input's last axis): larger frames go through it as tiles."""
+        return int(self._buffers[X].shape[-1])
+
     def _read(self, path: Path) -> bytes:
         blob, record = read_engine(path, gpu_environment(self.device))
         log.info("engine %s: %s, built %s", path, record["fields"]["precision"], record.get("created"))
