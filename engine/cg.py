@@ -22,9 +22,16 @@ Tensor = torch.Tensor
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """⟨a, b⟩ over every element, as a 0-d tensor on the device (float64 accumulation for ≤ fp32)."""
-    acc = torch.float64 if a.dtype in (torch.float32, torch.float64) else torch.float32
-    return torch.sum(a.to(acc) * b.to(acc))
+    """⟨a, b⟩ over every element, as a 0-d tensor on the device.
+
+    fp32/fp64: one dot per frame plane (rows of H·W elements, `torch.linalg.vecdot` in the data's
+    dtype), the row sums added in float64 — float64 accumulation across the clip without a float64
+    copy of it. Half types: the elementwise products in float32, summed in float32.
+    """
+    if a.dtype in (torch.float32, torch.float64):
+        row = a.shape[-1] * a.shape[-2] if a.ndim >= 2 else a.numel()
+        return torch.linalg.vecdot(a.reshape(-1, row), b.reshape(-1, row)).sum(dtype=torch.float64)
+    return torch.sum(a.float() * b.float())
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
