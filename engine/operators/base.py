@@ -34,5 +34,10 @@ class LinearOperator:
         """AᵀA x, the normal operator of the CG system.  [*in_shape] → [*in_shape]"""
         return self.A_adjoint(self.A(x))
 
+    def frame_preconditioner(self, shift: float, scale: float, *, device=None, dtype=None):
+        """v ↦ (shift·I + scale·TᵀT)⁻¹ v from the operator's temporal part T (engine.cg's preconditioner),
+        or None when it has none (the default)."""
+        return None
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.A(x)
