@@ -9,6 +9,7 @@ poisoned with NaN before the launch so that each element is proven written.
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 
@@ -233,6 +234,34 @@ def test_cg_matches_torch(spec, shape, dtype):
         tol = 1e-11 if dtype == torch.float64 else 2e-5
         expected = torch_cg.data_consistency(ref, y, x_hat, 5, gamma)
         assert (out - expected).abs().max() <= tol * expected.abs().max(), (gamma, (out - expected).abs().max())
+
+
+@pytest.mark.parametrize("spec,shape,dtype", [
+    ("temporal:uniform:3+sr:4", SHAPE_SR, torch.float64),
+    ("temporal:uniform:3+sr:4", SHAPE_SR, torch.float32),
+    ("inpaint:0.3:7+temporal:uniform:5:replicate", SHAPE, torch.float64),
+    ("temporal:gaussian:1.0:replicate", SHAPE, torch.float32),
+], ids=["temporal+sr-f64", "temporal+sr-f32", "inpaint+replicate-f64", "replicate-f32"])
+def test_preconditioned_cg_matches_torch(spec, shape, dtype):
+    """The Triton PCG (P by frame_matmul, four partial sums per pass) against engine.cg's, noiseless and
+    regularised (a large γ: ill-conditioned), after 1 and 3 iterations (1: the first step size alone,
+    which later ones can make up for, and where PCG differs from plain CG, so P is applied)."""
+    op, ref = from_spec(spec, shape, backend="triton"), from_spec(spec, shape)
+    y = ref.A(rand(shape, 9, dtype))
+    x_hat = rand(shape, 10, dtype)
+    tol = 1e-11 if dtype == torch.float64 else 2e-5
+    for gamma, iters in itertools.product((None, 50.0), (1, 3)):
+        P, P_ref = (torch_cg.preconditioner(o, gamma, 1e-3, device=DEVICE, dtype=dtype) for o in (op, ref))
+        out = cg.data_consistency(op, y, x_hat, iters, gamma, precond=P)
+        expected = torch_cg.data_consistency(ref, y, x_hat, iters, gamma, precond=P_ref)
+        # fp32: P amplifies rounding by up to 1/(2δ); bound by what the torch PCG itself misses in fp32
+        exact = torch_cg.data_consistency(ref, y.double(), x_hat.double(), iters, gamma,
+                                          precond=torch_cg.preconditioner(ref, gamma, 1e-3, device=DEVICE))
+        bound = max(tol * exact.abs().max(), 2 * (expected.double() - exact).abs().max())
+        assert (out.double() - exact).abs().max() <= bound, (gamma, iters, (out.double() - exact).abs().max(), bound)
+        if iters == 1:
+            plain = torch_cg.data_consistency(ref, y, x_hat, iters, gamma)
+            assert (plain - expected).abs().max() > 100 * tol * expected.abs().max()
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

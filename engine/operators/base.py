@@ -34,9 +34,9 @@ class LinearOperator:
         """AᵀA x, the normal operator of the CG system.  [*in_shape] → [*in_shape]"""
         return self.A_adjoint(self.A(x))
 
-    def frame_preconditioner(self, shift: float, scale: float, *, device=None, dtype=None):
-        """v ↦ (shift·I + scale·TᵀT)⁻¹ v from the operator's temporal part T (engine.cg's preconditioner),
-        or None when it has none (the default)."""
+    def frame_preconditioner(self, phi, *, device=None, dtype=None):
+        """v ↦ φ(g·TᵀT) v along frames from the operator's temporal part T, AᵀA ≈ (g·TᵀT) ⊗ (SᵀS / g)
+        (engine.cg's preconditioner; phi maps eigenvalues [N] → [N]), or None when it has none (the default)."""
         return None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

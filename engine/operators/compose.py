@@ -12,8 +12,8 @@ AᵀA = (TᵀT) ⊗ (SᵀS): one fused pass for pooling or a mask (kernels.compo
 TᵀT followed by SᵀS, without T and Tᵀ, for a blur.
 
 The same Kronecker structure gives the preconditioner of CG (`frame_preconditioner`):
-(shift·I + scale·g·TᵀT)⁻¹ along frames, g the largest eigenvalue of SᵀS (1/s² for pooling,
-1 for a mask or a normalised blur), from the composition's one temporal PSF.
+φ(g·TᵀT) along frames, g the largest eigenvalue of SᵀS (1/s² for pooling, 1 for a mask
+or a normalised blur), from the composition's one temporal PSF.
 """
 
 from __future__ import annotations
@@ -49,6 +49,10 @@ class Composition(LinearOperator):
         backends = {getattr(op, "backend", "torch") for op in self.ops}
         self.backend = backends.pop() if len(backends) == 1 else "mixed"
         self._normal = _triton_normal(self.ops) if self.backend == "triton" else None
+        #: the largest eigenvalue of AᵀA = Π of the parts' (each acts on its own axes)
+        self.normal_gain = 1.0
+        for op in self.ops:
+            self.normal_gain *= getattr(op, "normal_gain", 1.0)
 
     def A(self, x: Tensor) -> Tensor:
         """y = A_m(…A₁(x)).  [*in_shape] → [*out_shape]"""
@@ -75,17 +79,17 @@ class Composition(LinearOperator):
         return x
 
 
-    def frame_preconditioner(self, shift: float, scale: float, *, device=None, dtype=None):
-        """v ↦ (shift·I + scale·g·TᵀT)⁻¹ v along frames (T the one temporal PSF, g = Π of the per-frame
-        operators' `normal_gain`), or None without exactly one temporal PSF.  [*in_shape] → [*in_shape]"""
+    def frame_preconditioner(self, phi, *, device=None, dtype=None):
+        """v ↦ φ(g·TᵀT) v along frames (T the one temporal PSF, g = Π of the other operators'
+        `normal_gain`), or None without exactly one temporal PSF.  [*in_shape] → [*in_shape]"""
         temporal = [op for op in self.ops if isinstance(op, TemporalPSF)]
         if len(temporal) != 1:
             return None
         gain = 1.0
         for op in self.ops:
-            if not isinstance(op, TemporalPSF):
+            if op is not temporal[0]:
                 gain *= op.normal_gain
-        return temporal[0].frame_preconditioner(shift, scale * gain, device=device, dtype=dtype)
+        return temporal[0].frame_preconditioner(phi, gain=gain, device=device, dtype=dtype)
 
 
 def _triton_normal(ops) -> Callable[[Tensor], Tensor] | None:

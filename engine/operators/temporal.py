@@ -16,7 +16,7 @@ autocorrelation a_d = Σ_j k[j]·k[j + d], d = −(w−1) … w−1 (2w − 1 ta
 modulo N), which the fused Triton kernels apply in one pass; for the replicate
 boundary they read the diagonals of T or TᵀT.
 
-`frame_preconditioner` gives ((shift) I + scale·TᵀT)⁻¹ for preconditioned CG
+`frame_preconditioner` gives φ(TᵀT) = V φ(Λ) Vᵀ (TᵀT = V Λ Vᵀ) for preconditioned CG
 (engine.cg): it shares TᵀT's eigenvectors, so it commutes with AᵀA.
 """
 
@@ -117,14 +117,15 @@ def temporal_conv_normal(x: Tensor, kernel: Tensor, autocorr: Tensor, boundary: 
     return _frames_matmul(normal, x)
 
 
-def frame_preconditioner(normal: Tensor, shift: float, scale: float) -> Tensor:
-    """P = (shift·I + scale·TᵀT)⁻¹ from the eigendecomposition TᵀT = V Λ Vᵀ: V diag(1/(shift + scale·λ)) Vᵀ.
+def frame_preconditioner(normal: Tensor, phi) -> Tensor:
+    """P = φ(TᵀT) = V diag(φ(λ)) Vᵀ from the eigendecomposition TᵀT = V Λ Vᵀ (λ clamped at 0).
 
-    normal: TᵀT [N, N] float64 → P [N, N] float64 (symmetric, commutes with TᵀT). For the circular
-    boundary V is the DFT along frames and λ = |H|², the kernel's spectrum on the N-point grid.
+    normal: TᵀT [N, N] float64, phi: float64 [N] → [N] → P [N, N] float64 (symmetric, commutes with
+    TᵀT). For the circular boundary V is the DFT along frames and λ = |H|², the kernel's spectrum
+    on the N-point grid.
     """
     lam, V = torch.linalg.eigh(normal)
-    return (V / (shift + scale * lam.clamp(min=0))) @ V.T
+    return (V * phi(lam.clamp(min=0))) @ V.T
 
 
 #: TemporalPSF's arithmetic by backend: forward(x, kernel, boundary, T),
@@ -161,6 +162,8 @@ class TemporalPSF(LinearOperator):
         self.backend = backend
         self._fn = pick_backend(BACKENDS, backend, "TemporalPSF")
         T = temporal_matrix(k, n, boundary)
+        #: the largest eigenvalue of AᵀA = TᵀT (about |Σ k|² = 1 for a normalised kernel): CG preconditioners scale by it
+        self.normal_gain = float(torch.linalg.eigvalsh(T.T @ T)[-1])
         #: the constants the arithmetic and compositions read (cast on use): "kernel" k [w],
         #: "autocorr" a [2w − 1], "matrix" T [N, N], "normal" TᵀT [N, N]
         self.constants = Constants({"kernel": k, "autocorr": autocorrelation(k), "matrix": T, "normal": T.T @ T},
@@ -206,10 +209,11 @@ class TemporalPSF(LinearOperator):
         c = self.constants
         return self._fn.normal(x, c.like("kernel", x), c.like("autocorr", x), self.boundary, c.like("normal", x))
 
-    def frame_preconditioner(self, shift: float, scale: float, *, device=None, dtype=None):
-        """v ↦ P v along frames, P = (shift·I + scale·TᵀT)⁻¹ (`frame_preconditioner`), on this operator's
-        backend, P placed on `device` in `dtype` at once.  [N, ...] → [N, ...]"""
-        return frames_operator(frame_preconditioner(self.normal_matrix, shift, scale), self.backend,
+    def frame_preconditioner(self, phi, *, gain: float = 1.0, device=None, dtype=None):
+        """v ↦ φ(g·TᵀT) v along frames (`frame_preconditioner`; g = `gain`, the per-frame factor a
+        composition scales TᵀT by), on this operator's backend, placed on `device` in `dtype` at once.
+        [N, ...] → [N, ...]"""
+        return frames_operator(frame_preconditioner(self.normal_matrix, lambda lam: phi(gain * lam)), self.backend,
                                device=device, dtype=dtype)
 
 
