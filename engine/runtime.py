@@ -18,6 +18,7 @@ are captured in thread-local mode, so other threads may keep using the GPU meanw
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -26,6 +27,7 @@ from typing import Callable, Optional
 import torch
 
 from engine.backends import BACKENDS, GRAPH_BACKENDS, PRECISIONS, torch_eps
+from engine.cg import DEFAULT_DELTA, preconditioner
 from engine.errors import InputError
 from engine.operators import BACKENDS as OPERATOR_BACKENDS
 from engine.operators import from_spec
@@ -50,6 +52,7 @@ class SolverConfig:
     eta: float = 0.15                # η
     cg_iters: int = 5                # l
     gamma: Optional[float] = None    # None: noiseless CG; γ: regularised CG for noisy y
+    cg_precond: Optional[float] = DEFAULT_DELTA  # δ of CG's temporal preconditioner (engine.cg); None: plain CG
     noise: str = "shared"            # "shared" (the paper) or "independent" (its ablation)
     backend: str = "torch"           # see engine.backends
     precision: str = "fp32"          # network precision: fp32 | fp16 | bf16
@@ -71,6 +74,9 @@ class SolverConfig:
         if self.frames < 1 or self.size < 1 or self.cg_iters < 0 or not 1 <= self.nfe <= 1000:
             raise InputError(f"bad sizes: frames={self.frames}, size={self.size}, nfe={self.nfe}, "
                              f"cg_iters={self.cg_iters}")
+        if self.cg_precond is not None and not (math.isfinite(self.cg_precond) and self.cg_precond > 0):
+            raise InputError(f"cg_precond (the preconditioner's δ) must be a finite number > 0 or None, "
+                             f"got {self.cg_precond!r}")
         if self.backend in GRAPH_BACKENDS and not torch.device(self.device).type == "cuda":
             raise InputError(f"backend {self.backend!r} captures CUDA graphs and needs a CUDA device, "
                              f"got {self.device!r}")
@@ -161,6 +167,7 @@ class Solver:
         self.steps = ddim_steps(config.nfe, config.eta)
         self.eps_model = eps_model or self._make_eps(model)
         self.kernels = step_kernels(self.op.backend)
+        self._precond = preconditioner(self.op, config.gamma, config.cg_precond, device=self.device, dtype=torch.float32)
         self._lock = threading.Lock()
         b = 1 if config.noise == "shared" else config.frames
         self._E = torch.zeros((config.nfe + 1, b, *config.shape[1:]), device=self.device)  # E_b, all steps
@@ -186,7 +193,8 @@ class Solver:
     def _loop(self, callback=None) -> Tensor:
         cfg = self.config
         return reverse_process(self.eps_model, self._y, self.op, self._E, self.steps,
-                               cg_iters=cfg.cg_iters, gamma=cfg.gamma, callback=callback, kernels=self.kernels)
+                               cg_iters=cfg.cg_iters, gamma=cfg.gamma, callback=callback, kernels=self.kernels,
+                               precond=self._precond)
 
     def _capture(self) -> None:
         """Warm up on the Solver's stream, then capture the whole reverse loop as one CUDA graph."""

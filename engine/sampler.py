@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 import torch
 
-from engine.cg import data_consistency, preconditioner
+from engine.cg import DEFAULT_DELTA, data_consistency, preconditioner
 from engine.errors import InputError
 from engine.schedule import DDIMStep, ddim_steps
 
@@ -105,7 +105,7 @@ def sample(
     eta: float = 0.15,
     cg_iters: int = 5,
     gamma: Optional[float] = None,
-    precond_delta: Optional[float] = None,
+    precond_delta: Optional[float] = DEFAULT_DELTA,
     noise: str = "shared",
     seed: int = 0,
     callback: Optional[Callable[[int, int, Tensor], None]] = None,

@@ -156,3 +156,15 @@ def test_pcg_reverse_loop_has_no_host_sync():
             out = reverse_process(GaussianPrior(), y, op, noise, ddim_steps(2, task.eta), cg_iters=3, gamma=gamma,
                                   precond=P)
             assert out.device.type == "meta" and tuple(out.shape) == shape
+
+
+def test_solver_config_takes_the_preconditioner_delta():
+    from engine.cg import DEFAULT_DELTA
+    from engine.errors import InputError
+    from engine.runtime import SolverConfig
+
+    assert SolverConfig(spec="temporal:uniform:7").cg_precond == DEFAULT_DELTA
+    assert SolverConfig(spec="temporal:uniform:7", cg_precond=None).cg_precond is None
+    for bad in (0.0, -1e-3, float("nan"), float("inf")):
+        with pytest.raises(InputError, match="cg_precond"):
+            SolverConfig(spec="temporal:uniform:7", cg_precond=bad)

@@ -129,7 +129,7 @@ def frame_preconditioner(normal: Tensor, phi) -> Tensor:
 
 
 #: TemporalPSF's arithmetic by backend: forward(x, kernel, boundary, T),
-#: adjoint(y, kernel, boundary, T), normal(x, kernel, autocorr, boundary, TᵀT), frames(x, P) = P x along frames.
+#: adjoint(y, kernel, boundary, T), normal(x, kernel, autocorr, boundary, TᵀT).
 BACKENDS = {
     "torch": Arithmetic(temporal_conv, temporal_conv_adjoint, temporal_conv_normal),
     "triton": Arithmetic(lazy("kernels.temporal", "temporal_conv"), lazy("kernels.temporal", "temporal_conv_adjoint"),
@@ -137,7 +137,7 @@ BACKENDS = {
 }
 
 #: P x along frames for a dense N×N matrix P, by backend.
-FRAME_MATMUL = {"torch": lambda P, x: _frames_matmul(P, x), "triton": lazy("kernels.temporal", "frame_matmul")}
+FRAME_MATMUL = {"torch": _frames_matmul, "triton": lazy("kernels.temporal", "frame_matmul")}
 
 
 # ── the operator ─────────────────────────────────────────────────────────────
