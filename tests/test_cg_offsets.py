@@ -6,6 +6,7 @@ checks read what Triton's real compiler makes of the kernels for sm_90 (in a chi
 the interpreter is on in this one): every clip pointer is offset by an i64 tensor and the
 grid-stride loops run on i64, also when the clip's element count is specialised as i32; and
 the launchers accept meta tensors of more than 2³¹ elements under kernels.aot.compile_only.
+The same child runs the Triton PCG on meta tensors (no data: any host sync would raise).
 """
 
 from __future__ import annotations
@@ -58,6 +59,18 @@ part = torch.empty((4, cg.GMAX), device="meta")
 with compile_only(90) as compiled:
     cg.cg_dot(r, q, part, u=u)
 report["meta_launch"] = [c.name for c in compiled]
+# the Triton PCG's whole launch sequence on meta tensors (no data): a host sync would raise
+from engine.cg import preconditioner
+from engine.operators import from_spec
+launched = []
+for spec in ("temporal:uniform:7+sr:4", "temporal:uniform:7:replicate+inpaint:0.5"):
+    op = from_spec(spec, (16, 3, 32, 32), device="meta", dtype=torch.float32, backend="triton")
+    x, y = torch.empty(op.in_shape, device="meta"), torch.empty(op.out_shape, device="meta")
+    with compile_only(90) as compiled:
+        for gamma in (None, 0.5):
+            cg.data_consistency(op, y, x, 3, gamma, precond=preconditioner(op, gamma, device="meta"))
+    launched += [c.name for c in compiled]
+report["pcg_meta"] = sorted(set(launched))
 print(json.dumps(report))
 '''
 
@@ -83,3 +96,9 @@ def test_cg_passes_offset_the_clip_in_int64(report, kernel):
 
 def test_cg_launchers_take_clips_of_more_than_2_31_elements(report):
     assert report["meta_launch"] == ["_cg_dot_kernel"]
+
+
+def test_triton_pcg_runs_on_meta_tensors(report):
+    """The Triton PCG (P's dense frame pass included) launches on meta tensors: no host synchronisation."""
+    assert report["pcg_meta"] == ["_cg_dot_kernel", "_cg_residual_kernel", "_cg_update_kernel", "_frame_mix_kernel",
+                                  "_mask_kernel", "_pool_kernel"]
