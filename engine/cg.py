@@ -12,11 +12,13 @@ The two systems of the paper (DESIGN.md §2), in the [0, 1] data range:
 - noisy:      (I + γ AᵀA) x = x̂ + γ Aᵀ y
 
 Preconditioned (#16): the paper's normal operators are Kronecker products of a temporal
-and a per-frame part, AᵀA = (μ-scaled) TᵀT ⊗ SᵀS, so a function of the temporal part
-alone, P = φ(g·TᵀT) along frames (the operator's `frame_preconditioner`), is cheap (an
-N×N matrix per pixel) and commutes with AᵀA: PCG from x̂ moves only inside
-range(AᵀA), so x̂'s null-space component is kept, and l ≈ 5 steps converge at any clip
-length. `preconditioner` picks φ (μ an eigenvalue of g·TᵀT, g·λ_max = ‖AᵀA‖ = op.normal_gain):
+and a per-frame part, AᵀA = (g TᵀT) ⊗ (SᵀS / g) with g the per-frame part's largest
+eigenvalue, so a function of the temporal part alone, P = φ(g TᵀT) along frames (the
+operator's `frame_preconditioner`), is cheap (an N×N matrix applied per pixel) and
+commutes with AᵀA: PCG from x̂ moves only inside range(AᵀA), so x̂'s null-space
+component is kept, and l = 5 steps converge at any clip length up to the data type's
+rounding (bench/cg_length.py). `preconditioner` picks φ (μ an eigenvalue of g TᵀT,
+so max μ = ‖AᵀA‖ = op.normal_gain):
 
     noiseless  M = AᵀA:          φ(μ) = μ / (μ² + (δ‖AᵀA‖)²)   ≈ 1/μ above δ‖AᵀA‖, → 0 at μ = 0
     noisy      M = I + γ AᵀA:    φ(μ) = 1 / (1 + γ μ)          (exact for a temporal PSF alone)
