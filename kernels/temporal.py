@@ -89,7 +89,7 @@ def _frame_mix_kernel(
     mask_ptr,               # *T  keep-mask [H, W] (MASKED; else any valid pointer)
     out_ptr,                # *T  output clip [N, C, H, W]
     N,                      # frames
-    P,                      # elements per frame, C·H·W
+    P,                      # elements per frame, C·H·W (< 2³¹; frame offsets n·P are int64)
     Q,                      # work items per frame: elements (POOL = 1) or s×s blocks (C·H/s·W/s)
     HW,                     # H·W, the mask's size
     hb,                     # H/s (POOL > 1)
@@ -148,21 +148,21 @@ def _frame_mix_kernel(
             else:
                 g = _diagonal(k_ptr, a_ptr, m, d, N, WIDTH, CENTER, MODE, CIRCULAR, NP, ACC)
         if POOL > 1:
-            block = tl.load(x_ptr + src[:, None, None] * P + offs[None, :, :],
+            block = tl.load(x_ptr + src.to(tl.int64)[:, None, None] * P + offs[None, :, :],
                             mask=src_ok[:, None, None] & ok[None, :, :], other=0).to(ACC)
             v = tl.sum(block, axis=2) / (POOL * POOL) / (POOL * POOL)   # SᵀS x[src] on each block
         else:
-            v = tl.load(x_ptr + src[:, None] * P + q[None, :], mask=src_ok[:, None] & q_ok[None, :],
+            v = tl.load(x_ptr + src.to(tl.int64)[:, None] * P + q[None, :], mask=src_ok[:, None] & q_ok[None, :],
                         other=0).to(ACC)
         z += g[:, None] * v
     if POOL > 1:
         value = tl.broadcast_to(z[:, :, None], (NP, BQ, SP * SP))
-        dst = out_ptr + m[:, None, None] * P + offs[None, :, :]
+        dst = out_ptr + m.to(tl.int64)[:, None, None] * P + offs[None, :, :]
         tl.store(dst, value.to(out_ptr.dtype.element_ty), mask=m_ok[:, None, None] & ok[None, :, :])
     else:
         if MASKED:
             z *= tl.load(mask_ptr + q % HW, mask=q_ok, other=0).to(ACC)[None, :]
-        dst = out_ptr + m[:, None] * P + q[None, :]
+        dst = out_ptr + m.to(tl.int64)[:, None] * P + q[None, :]
         tl.store(dst, z.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & q_ok[None, :])
 
 
@@ -177,7 +177,7 @@ def frame_mix(x: Tensor, kernel: Tensor, mode, boundary: str, *, autocorr: Tenso
     all contiguous, one dtype → [N, C, H, W].
     """
     tensors = [x, kernel] + [t for t in (autocorr, matrix, mask) if t is not None]
-    check("temporal", *tensors, ndim=4)
+    check("temporal", *tensors, ndim=4, sizes=False)                   # frame offsets are int64
     n, c, h, w = x.shape
     width = kernel.numel()
     if boundary not in BOUNDARIES:
@@ -203,7 +203,7 @@ def frame_matmul(P: Tensor, x: Tensor, *, out: Tensor | None = None) -> Tensor:
     """
     x = x.contiguous()
     P = P.to(x).contiguous()
-    check("temporal", x, P, ndim=4)
+    check("temporal", x, P, ndim=4, sizes=False)
     n = x.shape[0]
     if tuple(P.shape) != (n, n):
         raise InputError(f"temporal: a frame matrix [{n}, {n}] expected for {n} frames, got {tuple(P.shape)}")

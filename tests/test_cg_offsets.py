@@ -1,4 +1,5 @@
-"""The CG passes index with int64 offsets: a video-sized CG has no size limit below memory (#16).
+"""The CG passes and the temporal operator's pass index with int64 offsets: a video-sized CG has no
+size limit below memory (#16).
 
 `pid * BLOCK + arange` and the grid-stride `start += step` in int32 would wrap between
 2³¹ − 2¹⁹ and 2³¹ elements. A real 2³¹-element clip does not fit this machine, so the
@@ -59,6 +60,21 @@ part = torch.empty((4, cg.GMAX), device="meta")
 with compile_only(90) as compiled:
     cg.cg_dot(r, q, part, u=u)
 report["meta_launch"] = [c.name for c in compiled]
+# the temporal operator's pass: the frame offsets n·P ([NP, 1]) in int64, with P (the elements of one frame)
+# in i32; the offsets within a frame ([NP, BQ], < P) may stay i32
+from kernels import temporal
+sig = {name: "*fp32" for name in ("x_ptr", "k_ptr", "a_ptr", "g_ptr", "mask_ptr", "out_ptr")}
+sig.update({name: "i32" for name in ("N", "P", "Q", "HW", "hb", "wb", "W", "WIDTH", "CENTER")})
+consts = {"MODE": 2, "CIRCULAR": True, "MATRIX": False, "POOL": 1, "MASKED": False, "NP": 16, "BQ": 256, "SP": 1,
+          "ACC": tl.float32}
+ttir = triton.compile(ASTSource(fn=temporal._frame_mix_kernel, signature={**sig, **{k: "constexpr" for k in consts}},
+                                constexprs=consts), target=GPUTarget("cuda", 90, 32)).asm["ttir"]
+report["_frame_mix_kernel"] = {"clip_offsets": sorted(set(re.findall(
+    r"tt\.addptr %\w+, %\w+ : tensor<16x1x!tt\.ptr<f32>>, tensor<16x1x(i\d+)>", ttir)))}
+x = torch.empty((256, 3, 2048, 1500), device="meta")                # 2.36·10⁹ elements
+with compile_only(90) as compiled:
+    temporal.temporal_conv(x, torch.full((7,), 1 / 7, device="meta"), "circular")
+report["meta_launch"] += [c.name for c in compiled]
 # the Triton PCG's whole launch sequence on meta tensors (no data): a host sync would raise
 from engine.cg import preconditioner
 from engine.operators import from_spec
@@ -87,15 +103,17 @@ def report():
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("kernel", ["_cg_residual_kernel", "_cg_dot_kernel", "_cg_update_kernel"])
+@pytest.mark.parametrize("kernel", ["_cg_residual_kernel", "_cg_dot_kernel", "_cg_update_kernel",
+                                    "_frame_mix_kernel"])
 def test_cg_passes_offset_the_clip_in_int64(report, kernel):
     assert report[kernel]["clip_offsets"] == ["i64"], report[kernel]
-    if kernel != "_cg_update_kernel":                                  # the reducing passes' grid stride
+    if kernel in ("_cg_residual_kernel", "_cg_dot_kernel"):            # the reducing passes' grid stride
         assert report[kernel]["loops"] == ["i64"], report[kernel]
 
 
 def test_cg_launchers_take_clips_of_more_than_2_31_elements(report):
-    assert report["meta_launch"] == ["_cg_dot_kernel"]
+    """The CG dot pass and the temporal operator's pass (A, AᵀA, P along frames) accept them."""
+    assert report["meta_launch"] == ["_cg_dot_kernel", "_frame_mix_kernel"]
 
 
 def test_triton_pcg_runs_on_meta_tensors(report):
