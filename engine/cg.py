@@ -10,6 +10,23 @@ The two systems of the paper (DESIGN.md §2), in the [0, 1] data range:
 
 - noiseless:  AᵀA x = Aᵀ y
 - noisy:      (I + γ AᵀA) x = x̂ + γ Aᵀ y
+
+Preconditioned (#16): the paper's normal operators are Kronecker products of a temporal
+and a per-frame part, AᵀA = (g TᵀT) ⊗ (SᵀS / g) with g the per-frame part's largest
+eigenvalue, so a function of the temporal part alone, P = φ(g TᵀT) along frames (the
+operator's `frame_preconditioner`), is cheap (an N×N matrix applied per pixel) and
+commutes with AᵀA: PCG from x̂ moves only inside range(AᵀA), so x̂'s null-space
+component is kept, and l = 5 steps converge at any clip length up to the data type's
+rounding (bench/cg_length.py). `preconditioner` picks φ (μ an eigenvalue of g TᵀT,
+so max μ = ‖AᵀA‖ = op.normal_gain):
+
+    noiseless  M = AᵀA:          φ(μ) = μ / (μ² + (δ‖AᵀA‖)²)   ≈ 1/μ above δ‖AᵀA‖, → 0 at μ = 0
+    noisy      M = I + γ AᵀA:    φ(μ) = 1 / (1 + γ μ)          (exact for a temporal PSF alone)
+
+The noiseless filter is 0 on TᵀT's null space and small on its near-null modes, whose
+measurement is rounding: 1/(μ + δ) would amplify that rounding by 1/δ into x̂'s null
+component (measured: 5 dB at 28 frames of uniform 7, where |H|² has exact zeros).
+DEFAULT_DELTA is chosen by bench/cg_length.py.
 """
 
 from __future__ import annotations
@@ -20,11 +37,21 @@ import torch
 
 Tensor = torch.Tensor
 
+#: δ of the noiseless preconditioner, relative to ‖AᵀA‖ (module docstring); measured by bench/cg_length.py.
+DEFAULT_DELTA = 1e-5
+
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """⟨a, b⟩ over every element, as a 0-d tensor on the device (float64 accumulation for ≤ fp32)."""
-    acc = torch.float64 if a.dtype in (torch.float32, torch.float64) else torch.float32
-    return torch.sum(a.to(acc) * b.to(acc))
+    """⟨a, b⟩ over every element, as a 0-d tensor on the device.
+
+    fp32/fp64: one dot per frame plane (rows of H·W elements, `torch.linalg.vecdot` in the data's
+    dtype), the row sums added in float64 — float64 accumulation across the clip without a float64
+    copy of it. Half types: the elementwise products in float32, summed in float32.
+    """
+    if a.dtype in (torch.float32, torch.float64):
+        row = a.shape[-1] * a.shape[-2] if a.ndim >= 2 else a.numel()
+        return torch.linalg.vecdot(a.reshape(-1, row), b.reshape(-1, row)).sum(dtype=torch.float64)
+    return torch.sum(a.float() * b.float())
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
@@ -32,42 +59,69 @@ def _safe_div(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(den != 0, num / torch.where(den != 0, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
-def conjugate_gradient(M: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor, iters: int) -> Tensor:
-    """`iters` CG iterations on M x = b from x0.  x0, b: [N, C, H, W] → x: [N, C, H, W]
+def conjugate_gradient(M: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor, iters: int,
+                       precond: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """`iters` (preconditioned) CG iterations on M x = b from x0.  x0, b: [N, C, H, W] → x: [N, C, H, W]
 
-        r = b − M x,  p = r
-        α = ⟨r, r⟩ / ⟨p, M p⟩;  x += α p;  r −= α M p
-        β = ⟨r', r'⟩ / ⟨r, r⟩;  p = r' + β p
+        r = b − M x,  z = P r,  p = z
+        α = ⟨r, z⟩ / ⟨p, M p⟩;  x += α p;  r −= α M p;  z' = P r
+        β = ⟨r', z'⟩ / ⟨r, z⟩;  p = z' + β p
 
+    P (`precond`, symmetric positive definite; None: P = I, plain CG) approximates M⁻¹.
     Once ⟨r, r⟩ ≤ (ε_dtype)²·⟨b, b⟩ the system is solved to rounding and α is 0: on a
     singular M, rounding noise would otherwise make ⟨p, M p⟩ tiny and α huge.
     """
+    P = precond or (lambda v: v)
     x = x0.clone()
     r = b - M(x)
-    p = r.clone()
-    rs = _dot(r, r)
+    z = P(r)
+    p = z.clone()
+    rz = _dot(r, z)
+    rr = rz if precond is None else _dot(r, r)
     floor = torch.finfo(x.dtype).eps ** 2 * _dot(b, b)
     for _ in range(iters):
         Mp = M(p)
-        alpha = torch.where(rs > floor, _safe_div(rs, _dot(p, Mp)), torch.zeros_like(rs)).to(x.dtype)
+        alpha = torch.where(rr > floor, _safe_div(rz, _dot(p, Mp)), torch.zeros_like(rz)).to(x.dtype)
         x.add_(alpha * p)
         r.sub_(alpha * Mp)
-        rs_new = _dot(r, r)
-        beta = _safe_div(rs_new, rs).to(x.dtype)
-        p = r + beta * p
-        rs = rs_new
+        z = P(r)
+        rz_new = _dot(r, z)
+        rr = rz_new if precond is None else _dot(r, r)
+        beta = _safe_div(rz_new, rz).to(x.dtype)
+        p = z + beta * p
+        rz = rz_new
     return x
 
 
+def preconditioner(op, gamma: float | None, delta: float | None = DEFAULT_DELTA, *, device=None,
+                   dtype=None) -> Callable[[Tensor], Tensor] | None:
+    """P ≈ M⁻¹ for `data_consistency`'s system, from op's temporal part, or None (no temporal part,
+    or delta=None: plain CG).  Built once per clip, outside any captured loop.
+
+        noiseless  M = AᵀA:          P = φ(g TᵀT),  φ(μ) = μ / (μ² + (δ‖AᵀA‖)²)
+        noisy      M = I + γ AᵀA:    P = (I + γ g TᵀT)⁻¹
+
+    (the module docstring says why); ‖AᵀA‖ = op.normal_gain.
+    """
+    frame_preconditioner = getattr(op, "frame_preconditioner", None)
+    if delta is None or frame_preconditioner is None:
+        return None
+    if gamma is None:
+        floor2 = (delta * getattr(op, "normal_gain", 1.0)) ** 2
+        return frame_preconditioner(lambda mu: mu / (mu * mu + floor2), device=device, dtype=dtype)
+    return frame_preconditioner(lambda mu: 1 / (1 + gamma * mu), device=device, dtype=dtype)
+
+
 def data_consistency(op, y: Tensor, x_hat: Tensor, iters: int, gamma: float | None = None, *,
-                     aty: Tensor | None = None) -> Tensor:
+                     aty: Tensor | None = None, precond: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """CG_l(x̂): `iters` CG steps from x̂ towards the measurement y, all in [0, 1].
 
     gamma=None solves AᵀA x = Aᵀ y; a float γ solves (I + γ AᵀA) x = x̂ + γ Aᵀ y.
     x_hat: [N, C, H, W], y: op.out_shape; `aty` = Aᵀy when the caller has it already
-    (the sampler computes it once per clip, not once per step).
+    (the sampler computes it once per clip, not once per step); `precond` from
+    `preconditioner(op, gamma, …)` (None: plain CG).
     """
     Aty = op.A_adjoint(y) if aty is None else aty
     if gamma is None:
-        return conjugate_gradient(op.A_adjoint_A, Aty, x_hat, iters)
-    return conjugate_gradient(lambda v: v + gamma * op.A_adjoint_A(v), x_hat + gamma * Aty, x_hat, iters)
+        return conjugate_gradient(op.A_adjoint_A, Aty, x_hat, iters, precond)
+    return conjugate_gradient(lambda v: v + gamma * op.A_adjoint_A(v), x_hat + gamma * Aty, x_hat, iters, precond)

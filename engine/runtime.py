@@ -28,6 +28,7 @@ import torch
 
 from engine.backends import BACKENDS, GRAPH_BACKENDS, PRECISIONS, torch_eps
 from engine.backends.torch import cudnn_benchmark_mode
+from engine.cg import DEFAULT_DELTA, preconditioner
 from engine.errors import InputError, ModelError
 from engine.operators import BACKENDS as OPERATOR_BACKENDS
 from engine.operators import from_spec
@@ -53,6 +54,7 @@ class SolverConfig:
     eta: float = 0.15                # η
     cg_iters: int = 5                # l
     gamma: Optional[float] = None    # None: noiseless CG; γ: regularised CG for noisy y
+    cg_precond: Optional[float] = DEFAULT_DELTA  # δ of CG's temporal preconditioner (engine.cg); None: plain CG
     noise: str = "shared"            # "shared" (the paper) or "independent" (its ablation)
     backend: str = "torch"           # see engine.backends
     precision: str = "fp32"          # network precision: fp32 | fp16 | bf16
@@ -91,6 +93,9 @@ class SolverConfig:
         if self.gamma is not None and not (math.isfinite(self.gamma) and self.gamma > 0):
             raise InputError(f"gamma (γ of the regularised CG) must be a finite number > 0, got {self.gamma}")
         check_device(self.device)
+        if self.cg_precond is not None and not (math.isfinite(self.cg_precond) and self.cg_precond > 0):
+            raise InputError(f"cg_precond (the preconditioner's δ) must be a finite number > 0 or None, "
+                             f"got {self.cg_precond!r}")
         if self.backend in GRAPH_BACKENDS and not torch.device(self.device).type == "cuda":
             raise InputError(f"backend {self.backend!r} captures CUDA graphs and needs a CUDA device, "
                              f"got {self.device!r}")
@@ -244,6 +249,7 @@ class Solver:
         self.steps = ddim_steps(config.nfe, config.eta)
         self.eps_model = checked_eps(eps_model or self._make_eps(model), config.shape)
         self.kernels = step_kernels(self.op.backend)
+        self._precond = preconditioner(self.op, config.gamma, config.cg_precond, device=self.device, dtype=torch.float32)
         self._lock = threading.Lock()
         b = 1 if config.noise == "shared" else config.frames
         self._E = torch.zeros((config.nfe + 1, b, *config.shape[1:]), device=self.device)  # E_b, all steps
@@ -277,7 +283,7 @@ class Solver:
         cfg = self.config
         return reverse_process(self.eps_model, self._y, self.op, self._E, self.steps,
                                cg_iters=cfg.cg_iters, gamma=cfg.gamma, callback=callback, kernels=self.kernels,
-                               nvtx=cfg.nvtx)
+                               nvtx=cfg.nvtx, precond=self._precond)
 
     def _warm_up(self) -> None:
         """One network call at the loop's shapes on the Solver's stream: with cudnn_benchmark, cuDNN

@@ -20,7 +20,7 @@ from typing import Callable, ContextManager, Optional
 
 import torch
 
-from engine.cg import data_consistency
+from engine.cg import DEFAULT_DELTA, data_consistency, preconditioner
 from engine.errors import InputError
 from engine.profiling import nvtx_range
 from engine.schedule import DDIMStep, ddim_steps
@@ -110,6 +110,7 @@ def sample(
     eta: float = 0.15,
     cg_iters: int = 5,
     gamma: Optional[float] = None,
+    precond_delta: Optional[float] = DEFAULT_DELTA,
     noise: str = "shared",
     seed: int = 0,
     callback: Optional[Callable[[int, int, Tensor], None]] = None,
@@ -117,13 +118,15 @@ def sample(
     """Restore the clip behind `y = op.A(x)`; returns [N, 3, H, W] in [0, 1].
 
     eps_model(x_t [N, 3, H, W], t [N] int64) → [N, 3 or 6, H, W]. gamma=None runs the
-    noiseless CG on AᵀA x = Aᵀy; a float γ runs (I + γAᵀA) x = x̂ + γAᵀy.
+    noiseless CG on AᵀA x = Aᵀy; a float γ runs (I + γAᵀA) x = x̂ + γAᵀy. precond_delta=δ
+    preconditions it from op's temporal part (engine.cg.preconditioner; None: plain CG).
     callback(k, t, x̂ in [0, 1]) sees every step's Tweedie estimate.
     """
     check_measurement(y, op)
     E = draw_noise(seed, nfe, tuple(op.in_shape), noise).to(device=y.device, dtype=y.dtype)
+    precond = preconditioner(op, gamma, precond_delta, device=y.device, dtype=y.dtype)
     return reverse_process(eps_model, y, op, E, ddim_steps(nfe, eta), cg_iters=cg_iters, gamma=gamma,
-                           callback=callback)
+                           callback=callback, precond=precond)
 
 
 def reverse_process(
@@ -139,6 +142,7 @@ def reverse_process(
     kernels: Optional[StepKernels] = None,
     nvtx: bool = False,
     stage: Optional[Callable[[str], ContextManager]] = None,
+    precond: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> Tensor:
     """The loop of Algorithm 1 on static inputs (no host sync: a CUDA graph can capture it).
 
@@ -146,6 +150,7 @@ def reverse_process(
     `kernels` defaults to the step arithmetic of the operator's backend. `nvtx` puts each stage
     of each step in an NVTX range (UNet, Tweedie, CG, update) for Nsight; `stage`, called with
     those names, replaces the ranges with contexts of the caller's (bench/fps.py's stage clock).
+    `precond`: CG's preconditioner (engine.cg.preconditioner, built once; None: plain CG).
     """
     kern = kernels or step_kernels(getattr(op, "backend", "torch"))
     n = op.in_shape[0]
@@ -161,7 +166,7 @@ def reverse_process(
         if callback is not None:
             callback(k, s.t, x0)
         with stage("CG"):
-            xbar = kern.data_consistency(op, y, x0, cg_iters, gamma, aty=aty)   # X̄ = CG_l(X̂)
+            xbar = kern.data_consistency(op, y, x0, cg_iters, gamma, aty=aty, precond=precond)  # X̄ = CG_l(X̂)
         with stage("update"):
             x = kern.ddim_update(xbar, E[k + 1], eps, s)                    # re-noise with E_b
     return xbar.clamp(0, 1)

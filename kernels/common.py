@@ -53,8 +53,9 @@ NUM_WARPS = 4
 BLOCK = 1024
 
 
-def check(where: str, *tensors: Tensor, ndim: int | None = None) -> None:
-    """InputError unless every tensor is contiguous, of one supported dtype, on one device that can run Triton."""
+def check(where: str, *tensors: Tensor, ndim: int | None = None, sizes: bool = True) -> None:
+    """InputError unless every tensor is contiguous, of one supported dtype, on one device that can run Triton,
+    and (`sizes`: for kernels with int32 offsets) under 2³¹ elements."""
     first = tensors[0]
     for t in tensors:
         if t.dtype not in ACC:
@@ -64,7 +65,7 @@ def check(where: str, *tensors: Tensor, ndim: int | None = None) -> None:
                              f"{t.dtype} on {t.device} and {first.dtype} on {first.device}")
         if not t.is_contiguous():
             raise InputError(f"{where}: Triton kernels take contiguous tensors")
-        if t.numel() >= 2**31:
+        if sizes and t.numel() >= 2**31:
             raise InputError(f"{where}: tensors of 2³¹ elements or more are not supported (int32 offsets)")
     if ndim is not None and first.ndim != ndim:
         raise InputError(f"{where}: expected a {ndim}-d tensor, got shape {tuple(first.shape)}")

@@ -7,6 +7,8 @@ SᵀS applied to each source frame on the fly.
     S = s×s average pooling:  AᵀA x = TᵀT (block means of x / s² broadcast back)   one pass
     S = inpainting mask m:    AᵀA x = m · TᵀT x                                     one pass
 
+Every temporal boundary fuses: the replicate one reads TᵀT (`normal`) as a matrix.
+
 References: engine.operators.Composition.A_adjoint_A of the same operators.
 """
 
@@ -21,22 +23,30 @@ from kernels.temporal import NORMAL, TILE, frame_mix
 Tensor = torch.Tensor
 
 
-def temporal_pool_normal(x: Tensor, kernel: Tensor, autocorr: Tensor, boundary: str, s: int) -> Tensor:
-    """AᵀA of temporal ∘ s×s pooling (either order).  x: [N, C, H, W], kernel: [w], autocorr: [2w − 1] → [N, C, H, W]
+def temporal_pool_normal(x: Tensor, kernel: Tensor, autocorr: Tensor, boundary: str, s: int, *,
+                         normal: Tensor | None = None) -> Tensor:
+    """AᵀA of temporal ∘ s×s pooling (either order).  x: [N, C, H, W], kernel: [w], autocorr: [2w − 1],
+    normal: TᵀT [N, N] (the replicate boundary reads it) → [N, C, H, W]
 
     One pass; for factors so large that one block of every frame does not fit a program's
     tile, the frame mixing and the pooling run as two passes.
     """
     x = x.contiguous()
-    k, a = kernel.to(x).contiguous(), autocorr.to(x).contiguous()
+    k, a, g = kernel.to(x).contiguous(), autocorr.to(x).contiguous(), _matrix(normal, x)
     if next_pow2(x.shape[0]) * next_pow2(s) ** 2 > TILE:
-        return avg_pool_normal(frame_mix(x, k, NORMAL, boundary, autocorr=a), s)
-    return frame_mix(x, k, NORMAL, boundary, autocorr=a, pool=s)
+        return avg_pool_normal(frame_mix(x, k, NORMAL, boundary, autocorr=a, matrix=g), s)
+    return frame_mix(x, k, NORMAL, boundary, autocorr=a, matrix=g, pool=s)
 
 
-def temporal_mask_normal(x: Tensor, kernel: Tensor, autocorr: Tensor, boundary: str, mask: Tensor) -> Tensor:
+def temporal_mask_normal(x: Tensor, kernel: Tensor, autocorr: Tensor, boundary: str, mask: Tensor, *,
+                         normal: Tensor | None = None) -> Tensor:
     """AᵀA of temporal ∘ mask (either order), one pass.  x: [N, C, H, W], kernel: [w], autocorr: [2w − 1],
-    mask: [1, 1, H, W] → [N, C, H, W]"""
+    mask: [1, 1, H, W], normal: TᵀT [N, N] (the replicate boundary reads it) → [N, C, H, W]"""
     x = x.contiguous()
     return frame_mix(x, kernel.to(x).contiguous(), NORMAL, boundary, autocorr=autocorr.to(x).contiguous(),
-                     mask=mask.to(x).contiguous())
+                     matrix=_matrix(normal, x), mask=mask.to(x).contiguous())
+
+
+def _matrix(normal: Tensor | None, like: Tensor) -> Tensor | None:
+    """TᵀT in like's dtype, contiguous, or None."""
+    return None if normal is None else normal.to(like).contiguous()

@@ -9,6 +9,7 @@ poisoned with NaN before the launch so that each element is proven written.
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 
@@ -64,15 +65,33 @@ def assert_close(out, ref, dtype=None):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("kernel,boundary", [
     (uniform_kernel(3), "circular"), (SKEW4, "circular"), (SKEW3, "zero"), (gaussian_kernel(1.0), "zero"),
-], ids=["uniform3-circular", "skew4-circular", "skew3-zero", "gauss1-width7>N-zero"])
+    (SKEW4, "replicate"), (uniform_kernel(7), "replicate"), (gaussian_kernel(1.0), "replicate"),
+], ids=["uniform3-circular", "skew4-circular", "skew3-zero", "gauss1-width7>N-zero", "skew4-replicate",
+        "uniform7>N-replicate", "gauss1-replicate"])
 def test_temporal(kernel, boundary, dtype):
     k = torch.as_tensor(kernel, dtype=torch.float64)
-    x, a = rand(SHAPE, 0, dtype), on(autocorrelation(k), dtype)
+    T = torch_temporal.temporal_matrix(k, SHAPE[0], boundary)      # read by the replicate boundary
+    x, a, T, TtT = rand(SHAPE, 0, dtype), on(autocorrelation(k), dtype), on(T, dtype), on(T.T @ T, dtype)
     k = on(k, dtype)
-    assert_close(temporal.temporal_conv(x, k, boundary), torch_temporal.temporal_conv(x, k, boundary))
-    assert_close(temporal.temporal_conv_adjoint(x, k, boundary), torch_temporal.temporal_conv_adjoint(x, k, boundary))
-    assert_close(temporal.temporal_conv_normal(x, k, a, boundary),
+    assert_close(temporal.temporal_conv(x, k, boundary, T), torch_temporal.temporal_conv(x, k, boundary))
+    assert_close(temporal.temporal_conv_adjoint(x, k, boundary, T),
+                 torch_temporal.temporal_conv_adjoint(x, k, boundary))
+    assert_close(temporal.temporal_conv_normal(x, k, a, boundary, TtT),
                  torch_temporal.temporal_conv_normal(x, k, a, boundary))
+
+
+def test_replicate_needs_its_frame_matrix():
+    x, k = rand(SHAPE, 0), on(SKEW3)
+    with pytest.raises(InputError, match="replicate boundary needs the frame matrix"):
+        temporal.temporal_conv(x, k, "replicate")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_frame_matmul(dtype):
+    """z[m] = Σ_n P[m, n] x[n] for a dense, non-symmetric P (the CG preconditioner's pass)."""
+    P = rand((SHAPE[0], SHAPE[0]), 3) - 0.5
+    x = rand(SHAPE, 4, dtype)
+    assert_close(temporal.frame_matmul(P.to(dtype), x), torch_temporal.FRAME_MATMUL["torch"](P.to(dtype), x))
 
 
 SKEW5 = [0.1, 0.4, 0.25, 0.15, 0.1]       # not symmetric: a missing flip in Bᵀ shows
@@ -118,20 +137,22 @@ def test_mask(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("boundary", ["circular", "zero"])
+@pytest.mark.parametrize("boundary", ["circular", "zero", "replicate"])
 def test_fused_compositions(boundary, dtype):
     """One-pass AᵀA of temporal ∘ pooling and temporal ∘ mask = Tᵀ(SᵀS(T x)) computed plainly (skewed taps;
     s = 3 leaves lanes of the power-of-two block tile unused)."""
     k = on(SKEW3, dtype)
     a = on(autocorrelation(on(SKEW3)), dtype)
+    T = torch_temporal.temporal_matrix(on(SKEW3), SHAPE_SR[0], boundary)
+    TtT = (T.T @ T).to(dtype)                                       # read by the replicate boundary
     x = rand(SHAPE_SR, 5, dtype)
     for s, xs in ((4, x), (2, x), (3, rand((5, 3, 9, 15), 7, dtype))):
         ref = torch_temporal.temporal_conv_adjoint(
             torch_sr.avg_pool_normal(torch_temporal.temporal_conv(xs, k, boundary), s), k, boundary)
-        assert_close(compose.temporal_pool_normal(xs, k, a, boundary, s), ref)
+        assert_close(compose.temporal_pool_normal(xs, k, a, boundary, s, normal=TtT), ref)
     keep = on(torch_inpaint.random_mask(SHAPE_SR[2], SHAPE_SR[3], 0.5, 1), dtype)
     ref = torch_temporal.temporal_conv_adjoint(keep * torch_temporal.temporal_conv(x, k, boundary), k, boundary)
-    assert_close(compose.temporal_mask_normal(x, k, a, boundary, keep), ref)
+    assert_close(compose.temporal_mask_normal(x, k, a, boundary, keep, normal=TtT), ref)
 
 
 def test_half_storage_in_the_interpreter():
@@ -167,6 +188,9 @@ SPECS = [
     ("inpaint:0.3:7+temporal:uniform:3", SHAPE),
     ("temporal:uniform:5:zero+blur:gaussian:1.0:5", SHAPE),
     ("temporal:uniform:3+blur:gaussian:1.0:5:zero+sr:4", SHAPE_SR),
+    ("temporal:uniform:7:replicate", SHAPE),
+    ("temporal:kernel:0.2,0.7,0.1:replicate+sr:4", SHAPE_SR),
+    ("inpaint:0.3:7+temporal:gaussian:1.0:replicate", SHAPE),
 ]
 
 
@@ -210,6 +234,34 @@ def test_cg_matches_torch(spec, shape, dtype):
         tol = 1e-11 if dtype == torch.float64 else 2e-5
         expected = torch_cg.data_consistency(ref, y, x_hat, 5, gamma)
         assert (out - expected).abs().max() <= tol * expected.abs().max(), (gamma, (out - expected).abs().max())
+
+
+@pytest.mark.parametrize("spec,shape,dtype", [
+    ("temporal:uniform:3+sr:4", SHAPE_SR, torch.float64),
+    ("temporal:uniform:3+sr:4", SHAPE_SR, torch.float32),
+    ("inpaint:0.3:7+temporal:uniform:5:replicate", SHAPE, torch.float64),
+    ("temporal:gaussian:1.0:replicate", SHAPE, torch.float32),
+], ids=["temporal+sr-f64", "temporal+sr-f32", "inpaint+replicate-f64", "replicate-f32"])
+def test_preconditioned_cg_matches_torch(spec, shape, dtype):
+    """The Triton PCG (P by frame_matmul, four partial sums per pass) against engine.cg's, noiseless and
+    regularised (a large γ: ill-conditioned), after 1 and 3 iterations (1: the first step size alone,
+    which later ones can make up for, and where PCG differs from plain CG, so P is applied)."""
+    op, ref = from_spec(spec, shape, backend="triton"), from_spec(spec, shape)
+    y = ref.A(rand(shape, 9, dtype))
+    x_hat = rand(shape, 10, dtype)
+    tol = 1e-11 if dtype == torch.float64 else 2e-5
+    for gamma, iters in itertools.product((None, 50.0), (1, 3)):
+        P, P_ref = (torch_cg.preconditioner(o, gamma, 1e-3, device=DEVICE, dtype=dtype) for o in (op, ref))
+        out = cg.data_consistency(op, y, x_hat, iters, gamma, precond=P)
+        expected = torch_cg.data_consistency(ref, y, x_hat, iters, gamma, precond=P_ref)
+        # fp32: P amplifies rounding by up to 1/(2δ); bound by what the torch PCG itself misses in fp32
+        exact = torch_cg.data_consistency(ref, y.double(), x_hat.double(), iters, gamma,
+                                          precond=torch_cg.preconditioner(ref, gamma, 1e-3, device=DEVICE))
+        bound = max(tol * exact.abs().max(), 2 * (expected.double() - exact).abs().max())
+        assert (out.double() - exact).abs().max() <= bound, (gamma, iters, (out.double() - exact).abs().max(), bound)
+        if iters == 1:
+            plain = torch_cg.data_consistency(ref, y, x_hat, iters, gamma)
+            assert (plain - expected).abs().max() > 100 * tol * expected.abs().max()
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -34,6 +34,9 @@ SPECS = [
     ("temporal:kernel:0.2,0.7,0.1", SHAPE),
     ("temporal:kernel:0.1,0.5,0.3,0.1:circular", SHAPE),
     ("temporal:kernel:0.1,0.5,0.3,0.1:zero", SHAPE),
+    ("temporal:uniform:7:replicate", SHAPE),         # width 7 > N = 5: allowed with replicate boundary
+    ("temporal:gaussian:0.6:replicate", SHAPE7),
+    ("temporal:kernel:0.1,0.5,0.3,0.1:replicate", SHAPE),
     ("blur:gaussian:1.0:5", SHAPE),
     ("blur:gaussian:2.0:13:reflect", SHAPE),        # p = 6 ≤ 12
     ("blur:gaussian:2.0:13:circular", SHAPE),
@@ -54,6 +57,8 @@ SPECS = [
     ("blur:gaussian:2.0:13+sr:4", SHAPE_SR),
     ("blur:gaussian:1.0:5:circular+sr:2", SHAPE_SR),
     ("temporal:uniform:3+blur:gaussian:1.0:5:zero+sr:4", SHAPE_SR),
+    ("temporal:kernel:0.2,0.7,0.1:replicate+sr:2", SHAPE_SR),
+    ("inpaint:0.5+temporal:uniform:3:replicate", SHAPE),
 ]
 
 
@@ -131,7 +136,7 @@ def dense(f, in_shape):
     return torch.stack([f(basis[i].reshape(in_shape)).reshape(-1) for i in range(numel)], dim=1)
 
 
-@pytest.mark.parametrize("boundary", ["circular", "zero"])
+@pytest.mark.parametrize("boundary", ["circular", "zero", "replicate"])
 @pytest.mark.parametrize("kernel", [uniform_kernel(3), gaussian_kernel(0.6), SKEW3, SKEW4, uniform_kernel(7)],
                          ids=["uniform3", "gauss0.6", "skew3", "skew4", "uniform7"])
 def test_temporal_matches_its_matrix(kernel, boundary):
@@ -148,6 +153,8 @@ def test_temporal_matches_its_matrix(kernel, boundary):
             m = i + c - j
             if boundary == "circular":
                 T[i, m % n] += k[j]
+            elif boundary == "replicate":           # the nearest end frame
+                T[i, min(max(m, 0), n - 1)] += k[j]
             elif 0 <= m < n:
                 T[i, m] += k[j]
     op = TemporalPSF((n, 1, 1, 1), k, boundary)

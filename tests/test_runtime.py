@@ -64,8 +64,8 @@ def test_triton_kernels_through_the_solver(clip):
     from kernels.common import INTERPRET
     from engine.sampler import step_kernels
 
-    cfg = SolverConfig.from_task("temporal-k7", frames=8, size=24, nfe=2, cg_iters=3,
-                                 device="cpu" if INTERPRET else "cuda", kernels="torch")
+    cfg = SolverConfig.from_task("temporal-k7", frames=8, size=24, nfe=2, cg_iters=3, cg_precond=None,
+                                 device="cpu" if INTERPRET else "cuda", kernels="torch")   # PCG: test_kernels
     fused = Solver(GaussianPrior(), SolverConfig(**{**cfg.to_dict(), "kernels": "triton"}))
     plain = Solver(GaussianPrior(), cfg)
     assert fused.op.backend == "triton" and fused.kernels is step_kernels("triton")

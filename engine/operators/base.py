@@ -34,5 +34,10 @@ class LinearOperator:
         """AᵀA x, the normal operator of the CG system.  [*in_shape] → [*in_shape]"""
         return self.A_adjoint(self.A(x))
 
+    def frame_preconditioner(self, phi, *, device=None, dtype=None):
+        """v ↦ φ(g·TᵀT) v along frames from the operator's temporal part T, AᵀA ≈ (g·TᵀT) ⊗ (SᵀS / g)
+        (engine.cg's preconditioner; phi maps eigenvalues [N] → [N]), or None when it has none (the default)."""
+        return None
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.A(x)

@@ -133,6 +133,8 @@ class SpatialBlur(LinearOperator):
         for length in self.in_shape[-2:]:
             check_padding(length, k.numel() // 2, boundary)
         self.boundary = boundary
+        #: the largest eigenvalue of AᵀA, about the kernel's DC gain² = 1: CG preconditioners scale by it
+        self.normal_gain = 1.0
         self.backend = backend
         self._fn = pick_backend(BACKENDS, backend, "SpatialBlur")
         self._k = Constants({"kernel": k}, device=device, dtype=dtype)

@@ -10,6 +10,10 @@ On the Triton backend a temporal PSF T composed with one per-frame operator S (t
 paper's compositions, either order) acts on other axes than S, so A = T ⊗ S and
 AᵀA = (TᵀT) ⊗ (SᵀS): one fused pass for pooling or a mask (kernels.compose), and
 TᵀT followed by SᵀS, without T and Tᵀ, for a blur.
+
+The same Kronecker structure gives the preconditioner of CG (`frame_preconditioner`):
+φ(g·TᵀT) along frames, g the largest eigenvalue of SᵀS (1/s² for pooling, 1 for a mask
+or a normalised blur), from the composition's one temporal PSF.
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ class Composition(LinearOperator):
         backends = {getattr(op, "backend", "torch") for op in self.ops}
         self.backend = backends.pop() if len(backends) == 1 else "mixed"
         self._normal = _triton_normal(self.ops) if self.backend == "triton" else None
+        #: the largest eigenvalue of AᵀA = Π of the parts' (each acts on its own axes)
+        self.normal_gain = 1.0
+        for op in self.ops:
+            self.normal_gain *= getattr(op, "normal_gain", 1.0)
 
     def A(self, x: Tensor) -> Tensor:
         """y = A_m(…A₁(x)).  [*in_shape] → [*out_shape]"""
@@ -71,20 +79,35 @@ class Composition(LinearOperator):
         return x
 
 
+    def frame_preconditioner(self, phi, *, device=None, dtype=None):
+        """v ↦ φ(g·TᵀT) v along frames (T the one temporal PSF, g = Π of the other operators'
+        `normal_gain`), or None without exactly one temporal PSF.  [*in_shape] → [*in_shape]"""
+        temporal = [op for op in self.ops if isinstance(op, TemporalPSF)]
+        if len(temporal) != 1:
+            return None
+        gain = 1.0
+        for op in self.ops:
+            if op is not temporal[0]:
+                gain *= op.normal_gain
+        return temporal[0].frame_preconditioner(phi, gain=gain, device=device, dtype=dtype)
+
+
 def _triton_normal(ops) -> Callable[[Tensor], Tensor] | None:
     """AᵀA = (TᵀT) ⊗ (SᵀS) of a temporal PSF and one per-frame operator on Triton, or None."""
     if len(ops) != 2 or sum(isinstance(op, TemporalPSF) for op in ops) != 1:
         return None
     t, s = ops if isinstance(ops[0], TemporalPSF) else ops[::-1]
+    tc = t.constants
     if isinstance(s, SuperResolution):
         def normal(x):
             from kernels.compose import temporal_pool_normal
-            return temporal_pool_normal(x, t._k.like("kernel", x), t._k.like("autocorr", x), t.boundary, s.s)
+            return temporal_pool_normal(x, tc.like("kernel", x), tc.like("autocorr", x), t.boundary, s.s,
+                                        normal=tc.like("normal", x))
     elif isinstance(s, Inpainting):
         def normal(x):
             from kernels.compose import temporal_mask_normal
-            return temporal_mask_normal(x, t._k.like("kernel", x), t._k.like("autocorr", x), t.boundary,
-                                        s._m.like("mask", x))
+            return temporal_mask_normal(x, tc.like("kernel", x), tc.like("autocorr", x), t.boundary,
+                                        s.constants.like("mask", x), normal=tc.like("normal", x))
     elif isinstance(s, SpatialBlur):
         def normal(x):
             return s.A_adjoint_A(t.A_adjoint_A(x))

@@ -96,8 +96,11 @@ class Inpainting(LinearOperator):
         self.in_shape = self.out_shape = tuple(int(s) for s in shape)
         h, w = self.in_shape[-2:]
         self.backend = backend
+        #: the largest eigenvalue of AᵀA (m² = m): CG preconditioners scale by it
+        self.normal_gain = 1.0
         self._fn = pick_backend(BACKENDS, backend, "Inpainting")
-        self._m = Constants({"mask": as_keep_mask(mask, h, w)}, device=device, dtype=dtype)
+        #: the keep-mask as "mask" [1, 1, H, W] (cast on use; compositions read it)
+        self.constants = Constants({"mask": as_keep_mask(mask, h, w)}, device=device, dtype=dtype)
 
     @classmethod
     def random(cls, shape, rate: float, seed: int = 0, **options) -> "Inpainting":
@@ -112,16 +115,16 @@ class Inpainting(LinearOperator):
     @property
     def mask(self) -> Tensor:
         """The keep-mask, bool on the CPU.  [1, 1, H, W]"""
-        return self._m.original("mask")
+        return self.constants.original("mask")
 
     def A(self, x: Tensor) -> Tensor:
         """y = m · x.  [N, C, H, W] → [N, C, H, W]"""
-        return self._fn.forward(x, self._m.like("mask", x))
+        return self._fn.forward(x, self.constants.like("mask", x))
 
     def A_adjoint(self, y: Tensor) -> Tensor:
         """x = m · y (self-adjoint).  [N, C, H, W] → [N, C, H, W]"""
-        return self._fn.adjoint(y, self._m.like("mask", y))
+        return self._fn.adjoint(y, self.constants.like("mask", y))
 
     def A_adjoint_A(self, x: Tensor) -> Tensor:
         """AᵀA x = m · x (m² = m).  [N, C, H, W] → [N, C, H, W]"""
-        return self._fn.normal(x, self._m.like("mask", x))
+        return self._fn.normal(x, self.constants.like("mask", x))

@@ -101,8 +101,8 @@ def _inpaint(args, shape, *, seed, device, dtype, backend):
 REGISTRY: dict[str, Entry] = {
     "temporal": Entry(
         _temporal,
-        "temporal:uniform:K | temporal:gaussian:SIGMA | temporal:kernel:K0,K1,... [:circular|zero]",
-        "1-D convolution along frames (uniform width K, Gaussian σ of width 2⌈3σ⌉+1, or explicit taps); circular by default",
+        "temporal:uniform:K | temporal:gaussian:SIGMA | temporal:kernel:K0,K1,... [:circular|zero|replicate]",
+        "1-D convolution along frames (uniform width K, Gaussian σ of width 2⌈3σ⌉+1, or explicit taps); circular by default, replicate (clamped frame index) for a real video's ends",
         "temporal:uniform:7"),
     "blur": Entry(
         _blur,

@@ -63,6 +63,8 @@ class SuperResolution(LinearOperator):
         if h % s or w % s:
             raise InputError(f"super-resolution by {s} needs H and W divisible by {s}, got H={h}, W={w}")
         self.s = s
+        #: the largest eigenvalue of AᵀA (a block mean / s²): CG preconditioners scale by it
+        self.normal_gain = 1.0 / (s * s)
         self.out_shape = (*lead, h // s, w // s)
         self.backend = backend
         self._fn = pick_backend(BACKENDS, backend, "SuperResolution")

@@ -6,12 +6,18 @@ For a kernel k of width w with centre c = (w − 1) // 2, on frames n = 0 … N�
     Aᵀ:  x[m] = Σ_j k[j] · y[m − c + j]        (correlation: the flipped kernel)
 
 A frame index outside [0, N) wraps modulo N (boundary "circular", the public
-code's) or reads 0 (boundary "zero": the output still has N frames). Either way A
-acts on the frame axis as an N×N matrix T (`temporal_matrix`), so the torch
-arithmetic is one small matmul per call: A = T, Aᵀ = Tᵀ, AᵀA = TᵀT. With the
-circular boundary TᵀT is the circulant of the autocorrelation
-a_d = Σ_j k[j]·k[j + d], d = −(w−1) … w−1 (2w − 1 taps, wrapped modulo N), which
-the fused Triton kernels apply in one pass.
+code's), reads 0 (boundary "zero": the output still has N frames) or reads the
+nearest end frame (boundary "replicate": index clamped to [0, N − 1], a real video's
+ends). Any way A acts on the frame axis as an N×N matrix T (`temporal_matrix`,
+banded: T[n, m] ≠ 0 only for m − n ∈ [c − w + 1, c], clamping included), so the torch
+arithmetic is one small matmul per call: A = T, Aᵀ = Tᵀ, AᵀA = TᵀT, the operator
+building T and TᵀT once. With the circular boundary TᵀT is the circulant of the
+autocorrelation a_d = Σ_j k[j]·k[j + d], d = −(w−1) … w−1 (2w − 1 taps, wrapped
+modulo N), which the fused Triton kernels apply in one pass; for the replicate
+boundary they read the diagonals of T or TᵀT.
+
+`frame_preconditioner` gives φ(TᵀT) = V φ(Λ) Vᵀ (TᵀT = V Λ Vᵀ) for preconditioned CG
+(engine.cg): it shares TᵀT's eigenvectors, so it commutes with AᵀA.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from engine.operators.common import Arithmetic, Constants, lazy, pick_backend
 
 Tensor = torch.Tensor
 
-BOUNDARIES = ("circular", "zero")
+BOUNDARIES = ("circular", "zero", "replicate")
 
 
 # ── kernels (float64, on the CPU) ────────────────────────────────────────────
@@ -62,8 +68,8 @@ def autocorrelation(kernel: Tensor) -> Tensor:
 def temporal_matrix(kernel: Tensor, n: int, boundary: str) -> Tensor:
     """The N×N matrix T of A on the frame axis: T[n, m] = Σ_j k[j]·[m = n + c − j].
 
-    m wraps modulo N ("circular") or terms with m outside [0, N) are dropped ("zero").
-    kernel: [w] → [N, N] in the kernel's dtype and device.
+    m wraps modulo N ("circular"), is clamped to [0, N − 1] ("replicate"), or terms with m
+    outside [0, N) are dropped ("zero").  kernel: [w] → [N, N] in the kernel's dtype and device.
     """
     w, c = kernel.numel(), (kernel.numel() - 1) // 2
     rows = torch.arange(n, device=kernel.device)
@@ -72,6 +78,8 @@ def temporal_matrix(kernel: Tensor, n: int, boundary: str) -> Tensor:
         cols = rows + c - j
         if boundary == "circular":
             cols = cols % n
+        elif boundary == "replicate":
+            cols = cols.clamp(0, n - 1)
         inside = ((cols >= 0) & (cols < n)).to(kernel.dtype)        # masked, not indexed: no host sync
         T.index_put_((rows, cols.clamp(0, n - 1)), kernel[j] * inside, accumulate=True)
     return T
@@ -82,33 +90,54 @@ def _frames_matmul(M: Tensor, x: Tensor) -> Tensor:
     return (M @ x.reshape(x.shape[0], -1)).reshape(x.shape)
 
 
-def temporal_conv(x: Tensor, kernel: Tensor, boundary: str) -> Tensor:
-    """A x: y[n] = Σ_j k[j] · x[n + c − j], c = (w−1)//2.  x: [N, ...], kernel: [w] (x's dtype/device) → [N, ...]"""
-    return _frames_matmul(temporal_matrix(kernel, x.shape[0], boundary), x)
+def temporal_conv(x: Tensor, kernel: Tensor, boundary: str, matrix: Tensor | None = None) -> Tensor:
+    """A x: y[n] = Σ_j k[j] · x[n + c − j], c = (w−1)//2.  x: [N, ...], kernel: [w] (x's dtype/device) → [N, ...]
+
+    `matrix`: T of `temporal_matrix` when the caller holds it (else it is built).
+    """
+    return _frames_matmul(temporal_matrix(kernel, x.shape[0], boundary) if matrix is None else matrix, x)
 
 
-def temporal_conv_adjoint(y: Tensor, kernel: Tensor, boundary: str) -> Tensor:
+def temporal_conv_adjoint(y: Tensor, kernel: Tensor, boundary: str, matrix: Tensor | None = None) -> Tensor:
     """Aᵀ y: x[m] = Σ_j k[j] · y[m − c + j], c = (w−1)//2, i.e. Tᵀ y.  y: [N, ...], kernel: [w] → [N, ...]"""
-    return _frames_matmul(temporal_matrix(kernel, y.shape[0], boundary).T, y)
+    return _frames_matmul((temporal_matrix(kernel, y.shape[0], boundary) if matrix is None else matrix).T, y)
 
 
-def temporal_conv_normal(x: Tensor, kernel: Tensor, autocorr: Tensor, boundary: str) -> Tensor:
-    """AᵀA x = (TᵀT) x, exact for both boundaries.  x: [N, ...], kernel: [w] → [N, ...]
+def temporal_conv_normal(x: Tensor, kernel: Tensor, autocorr: Tensor, boundary: str,
+                         normal: Tensor | None = None) -> Tensor:
+    """AᵀA x = (TᵀT) x, exact for every boundary.  x: [N, ...], kernel: [w] → [N, ...]
 
     For the circular boundary TᵀT is the circulant of the autocorrelation `autocorr`
-    (centre w − 1, wrapped modulo N), which the fused kernels use; here it is formed directly.
+    (centre w − 1, wrapped modulo N), which the fused kernels use; here it is formed directly
+    (`normal`: TᵀT when the caller holds it).
     """
-    T = temporal_matrix(kernel, x.shape[0], boundary)
-    return _frames_matmul(T.T @ T, x)
+    if normal is None:
+        T = temporal_matrix(kernel, x.shape[0], boundary)
+        normal = T.T @ T
+    return _frames_matmul(normal, x)
 
 
-#: TemporalPSF's arithmetic by backend: forward(x, kernel, boundary),
-#: adjoint(y, kernel, boundary), normal(x, kernel, autocorr, boundary).
+def frame_preconditioner(normal: Tensor, phi) -> Tensor:
+    """P = φ(TᵀT) = V diag(φ(λ)) Vᵀ from the eigendecomposition TᵀT = V Λ Vᵀ (λ clamped at 0).
+
+    normal: TᵀT [N, N] float64, phi: float64 [N] → [N] → P [N, N] float64 (symmetric, commutes with
+    TᵀT). For the circular boundary V is the DFT along frames and λ = |H|², the kernel's spectrum
+    on the N-point grid.
+    """
+    lam, V = torch.linalg.eigh(normal)
+    return (V * phi(lam.clamp(min=0))) @ V.T
+
+
+#: TemporalPSF's arithmetic by backend: forward(x, kernel, boundary, T),
+#: adjoint(y, kernel, boundary, T), normal(x, kernel, autocorr, boundary, TᵀT).
 BACKENDS = {
     "torch": Arithmetic(temporal_conv, temporal_conv_adjoint, temporal_conv_normal),
     "triton": Arithmetic(lazy("kernels.temporal", "temporal_conv"), lazy("kernels.temporal", "temporal_conv_adjoint"),
                          lazy("kernels.temporal", "temporal_conv_normal")),
 }
+
+#: P x along frames for a dense N×N matrix P, by backend.
+FRAME_MATMUL = {"torch": _frames_matmul, "triton": lazy("kernels.temporal", "frame_matmul")}
 
 
 # ── the operator ─────────────────────────────────────────────────────────────
@@ -132,7 +161,13 @@ class TemporalPSF(LinearOperator):
         self.boundary = boundary
         self.backend = backend
         self._fn = pick_backend(BACKENDS, backend, "TemporalPSF")
-        self._k = Constants({"kernel": k, "autocorr": autocorrelation(k)}, device=device, dtype=dtype)
+        T = temporal_matrix(k, n, boundary)
+        #: the largest eigenvalue of AᵀA = TᵀT (about |Σ k|² = 1 for a normalised kernel): CG preconditioners scale by it
+        self.normal_gain = float(torch.linalg.eigvalsh(T.T @ T)[-1])
+        #: the constants the arithmetic and compositions read (cast on use): "kernel" k [w],
+        #: "autocorr" a [2w − 1], "matrix" T [N, N], "normal" TᵀT [N, N]
+        self.constants = Constants({"kernel": k, "autocorr": autocorrelation(k), "matrix": T, "normal": T.T @ T},
+                                   device=device, dtype=dtype)
 
     @classmethod
     def uniform(cls, shape, width: int, boundary: str = "circular", **options) -> "TemporalPSF":
@@ -147,16 +182,43 @@ class TemporalPSF(LinearOperator):
     @property
     def kernel(self) -> Tensor:
         """k, float64 on the CPU.  [w]"""
-        return self._k.original("kernel")
+        return self.constants.original("kernel")
+
+    @property
+    def autocorr(self) -> Tensor:
+        """The autocorrelation of k, float64 on the CPU (centre w − 1).  [2w − 1]"""
+        return self.constants.original("autocorr")
+
+    @property
+    def normal_matrix(self) -> Tensor:
+        """TᵀT on the frame axis, float64 on the CPU.  [N, N]"""
+        return self.constants.original("normal")
 
     def A(self, x: Tensor) -> Tensor:
         """y = k ∗ x along frames.  [N, C, H, W] → [N, C, H, W]"""
-        return self._fn.forward(x, self._k.like("kernel", x), self.boundary)
+        c = self.constants
+        return self._fn.forward(x, c.like("kernel", x), self.boundary, c.like("matrix", x))
 
     def A_adjoint(self, y: Tensor) -> Tensor:
         """x = k ⋆ y (correlation) along frames.  [N, C, H, W] → [N, C, H, W]"""
-        return self._fn.adjoint(y, self._k.like("kernel", y), self.boundary)
+        c = self.constants
+        return self._fn.adjoint(y, c.like("kernel", y), self.boundary, c.like("matrix", y))
 
     def A_adjoint_A(self, x: Tensor) -> Tensor:
-        """AᵀA x (autocorrelation convolution for circular, Aᵀ(A x) for zero).  [N, C, H, W] → [N, C, H, W]"""
-        return self._fn.normal(x, self._k.like("kernel", x), self._k.like("autocorr", x), self.boundary)
+        """AᵀA x = TᵀT x along frames.  [N, C, H, W] → [N, C, H, W]"""
+        c = self.constants
+        return self._fn.normal(x, c.like("kernel", x), c.like("autocorr", x), self.boundary, c.like("normal", x))
+
+    def frame_preconditioner(self, phi, *, gain: float = 1.0, device=None, dtype=None):
+        """v ↦ φ(g·TᵀT) v along frames (`frame_preconditioner`; g = `gain`, the per-frame factor a
+        composition scales TᵀT by), on this operator's backend, placed on `device` in `dtype` at once.
+        [N, ...] → [N, ...]"""
+        return frames_operator(frame_preconditioner(self.normal_matrix, lambda lam: phi(gain * lam)), self.backend,
+                               device=device, dtype=dtype)
+
+
+def frames_operator(P: Tensor, backend: str, *, device=None, dtype=None):
+    """v ↦ P v along frames on `backend` (FRAME_MATMUL), P [N, N] cast once to `device`/`dtype`.  [N, ...] → [N, ...]"""
+    matmul = pick_backend(FRAME_MATMUL, backend, "frame matrix")
+    consts = Constants({"P": P}, device=device, dtype=dtype)
+    return lambda v: matmul(consts.like("P", v), v)
