@@ -298,8 +298,10 @@ class Solver:
             self._loop()
         with torch.cuda.device(self.device):
             self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph, capture_error_mode="thread_local"), torch.no_grad():
-                self._out = self._loop()
+            with torch.cuda.graph(self._graph, stream=self._stream, capture_error_mode="thread_local"), \
+                    torch.no_grad():
+                self._out = self._loop()       # on the Solver's own stream: Solvers on other devices or threads
+                                               # never capture into a shared one
         log.info("captured the reverse loop (%d steps) as one CUDA graph", len(self.steps))
 
     def _on_own_stream(self):

@@ -139,8 +139,9 @@ class TensorRTEps:
         if graph is None:
             context = self._context(n)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._enqueue(context, torch.cuda.current_stream(self.device))
+            with torch.cuda.device(self.device), \
+                    torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
+                self._enqueue(context, self._stream)
             self._graph_by_batch[n] = graph
         return graph
 
