@@ -73,6 +73,7 @@ class Job:
     init: Optional[Path] = None          # first reconstruction for --blind
     checkpoint: Optional[Path] = None
     engine: Optional[Path] = None        # TensorRT engine file
+    task: Optional[str] = None           # a paper --task (its clips keep the circular boundary in time)
     model_config: Optional[dict] = None  # guided-diffusion flags the checkpoint's shapes cannot tell
     class_label: Optional[int] = None    # for a class-conditional checkpoint
     frames: Optional[int] = None         # None: every frame
@@ -183,7 +184,8 @@ def parse(argv=None) -> tuple[Job, SolverConfig, bool]:
                          if args.engine is None else "--engine is for --backend tensorrt")
     job = Job(input=None if args.demo else Path(args.input), out=args.out, overwrite=args.overwrite,
               measured=args.measured, blind=args.blind, init=args.init, checkpoint=args.checkpoint,
-              engine=args.engine, model_config=model_config or None, class_label=args.class_label, frames=args.frames, size=args.size, fps=args.fps, sigma_y=args.sigma_y,
+              engine=args.engine, task=args.task or (DEMO_TASK if args.demo else None),
+              model_config=model_config or None, class_label=args.class_label, frames=args.frames, size=args.size, fps=args.fps, sigma_y=args.sigma_y,
               seed=args.seed, baselines=baselines)
     gamma = args.gamma if args.gamma is not None else (1.0 if args.sigma_y > 0 else None)
     defaults = task or get_task(DEMO_TASK)
@@ -240,7 +242,9 @@ def run(job: Job, cfg: SolverConfig) -> Path:
         if job.measured and job.size is not None and frame != (job.size, job.size):
             raise InputError(f"the measurement's shape {tuple(y.shape)} under {cfg.spec} comes from "
                              f"{frame[1]}x{frame[0]} frames, not the {job.size}x{job.size} of --size")
-        cfg = dataclasses.replace(cfg, frames=(clean if clean is not None else y).shape[0], size=frame)
+        frames = (clean if clean is not None else y).shape[0]
+        cfg = dataclasses.replace(cfg, frames=frames, size=frame,
+                                  spec=with_time_boundary(cfg.spec, video_boundary(job, frames)))
         _say_assumed_mask(job, cfg)
         if job.blind:
             clip, report, y, init = restore_blind(job, cfg, model, clean, y)
@@ -357,6 +361,27 @@ def read_input(job: Job):
         raise InputError(f"frames of {clip.shape[-1]}x{clip.shape[-2]} are too small to score (SSIM needs "
                          f"{MIN_SCORED_SIZE}x{MIN_SCORED_SIZE}); pass --measured to restore without scoring")
     return validate_video(clip), None, _logged(notes)
+
+
+def video_boundary(job: Job, frames: int) -> str:
+    """The temporal boundary a spec without one gets: circular for a paper --task on its 16-frame clips
+    (the paper's protocol and public code) and for --blind (Algorithm 2 fits circular PSFs), replicate
+    (the end frames held, as a camera's exposure would) for a whole video."""
+    paper = job.task is not None and frames == DEFAULT_FRAMES
+    return "circular" if paper or job.blind else "replicate"
+
+
+def with_time_boundary(spec: str, boundary: str) -> str:
+    """`spec` with `boundary` appended to each temporal term that names none."""
+    from engine.operators.temporal import BOUNDARIES
+
+    terms = []
+    for term in spec.split("+"):
+        fields = term.strip().split(":")
+        if fields[0] == "temporal" and fields[-1] not in BOUNDARIES:
+            term = f"{term.strip()}:{boundary}"
+        terms.append(term)
+    return "+".join(terms)
 
 
 def clean_frame(spec: str, measured: tuple[int, int]) -> tuple[int, int]:

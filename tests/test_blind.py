@@ -129,7 +129,7 @@ def test_cli_clean_input(tmp_path, clip):
             "--init", save(tmp_path / "init.npy", noisy), *FAST, "--out", str(out)]
     assert main(argv) == 0
     report = json.loads((out / "metrics.json").read_text())
-    assert report["blind"]["psf"] == "temporal:uniform:7:circular" and report["blind"]["true_psf"] == "temporal:uniform:7"
+    assert report["blind"]["psf"] == "temporal:uniform:7:circular" and report["blind"]["true_psf"] == "temporal:uniform:7:circular"
     assert len(report["blind"]["stages"]) == 2 and "first reconstruction (--init)" in report["baselines"]
     assert report["restored"]["psnr_mean"] > 15                       # the weight-free prior at 3 NFE: scored, not judged
     assert (out / "comparison.png").stat().st_size > 0

@@ -27,7 +27,7 @@ def test_clean_input_end_to_end(tmp_path, clip_npy):
     assert names == {"restored.mp4", "measurement.mp4", "frames", "metrics.json", "comparison.png"}
     assert len(list((out / "frames").glob("frame_*.png"))) == 8
     report = json.loads((out / "metrics.json").read_text())
-    assert report["settings"]["spec"] == "temporal:uniform:7" and report["settings"]["nfe"] == 3
+    assert report["settings"]["spec"] == "temporal:uniform:7:replicate" and report["settings"]["nfe"] == 3
     assert len(report["restored"]["psnr"]) == 8 and report["restored"]["psnr_mean"] > 15
     (baseline,) = report["baselines"].values()
     assert len(baseline["ssim"]) == 8
@@ -107,7 +107,9 @@ def test_unknown_spec(tmp_path, capsys, clip_npy):
 
 
 def test_too_few_frames(tmp_path, capsys, clip_npy):
-    _bad(tmp_path, capsys, [str(clip_npy), "--task", "temporal-k13"], "frames")
+    """A circular PSF wider than the clip would wrap onto itself (replicate, a whole video's default, holds
+    the end frames instead and takes it)."""
+    _bad(tmp_path, capsys, [str(clip_npy), "--degrade", "temporal:uniform:13:circular"], "frames")
 
 
 def test_measurement_of_the_wrong_size(tmp_path, capsys, clip_npy):
@@ -347,3 +349,17 @@ def test_a_terminated_run_leaves_no_temporary_folder(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.npy"]
+
+
+@pytest.mark.parametrize("argv, frames, spec", [
+    (["--task", "temporal-k7"], 16, "temporal:uniform:7:circular"),          # the paper's protocol
+    (["--task", "temporal-k7"], 20, "temporal:uniform:7:replicate"),         # a whole video
+    (["--degrade", "temporal:uniform:3+sr:2"], 16, "temporal:uniform:3:replicate+sr:2"),
+    (["--degrade", "temporal:uniform:3:circular"], 9, "temporal:uniform:3:circular"),   # named: kept
+])
+def test_whole_videos_hold_their_end_frames_in_time(tmp_path, argv, frames, spec):
+    path = tmp_path / "clip.npy"
+    np.save(path, camera_clip(frames=frames, size=32).numpy())
+    out = tmp_path / "out"
+    assert main([str(path), *argv, *FAST, "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["settings"]["spec"] == spec
