@@ -31,7 +31,7 @@ from engine.operators import BACKENDS as OPERATOR_BACKENDS
 from engine.operators import from_spec
 from engine.operators.common import AUTO, resolve_backend
 from engine.sampler import NOISE_MODES, check_measurement, draw_noise, reverse_process, step_kernels
-from engine.schedule import ddim_steps
+from engine.schedule import ddim_steps, warm_start
 from engine.streams import on_stream
 from engine.tasks import get_task
 
@@ -58,6 +58,7 @@ class SolverConfig:
     cudnn_benchmark: bool = False    # cuDNN times its convolution algorithms once per shape (engine.backends.torch)
     device: str = "cpu"
     mask_seed: int = 0               # random inpainting masks
+    start: Optional[int] = None      # t₀ of a warm start (engine.schedule.warm_start); None: T, the cold start
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -74,6 +75,8 @@ class SolverConfig:
         if self.backend in GRAPH_BACKENDS and not torch.device(self.device).type == "cuda":
             raise InputError(f"backend {self.backend!r} captures CUDA graphs and needs a CUDA device, "
                              f"got {self.device!r}")
+        if self.start is not None and not self.nfe <= self.start <= 1000:
+            raise InputError(f"start must be in [nfe, 1000] = [{self.nfe}, 1000], got {self.start}")
 
     @classmethod
     def from_task(cls, name: str, **overrides) -> "SolverConfig":
@@ -158,7 +161,8 @@ class Solver:
         self.device = torch.device(config.device)
         self.op = from_spec(config.spec, config.shape, seed=config.mask_seed, device=self.device,
                             dtype=torch.float32, backend=config.operator_backend())
-        self.steps = ddim_steps(config.nfe, config.eta)
+        self.steps = ddim_steps(config.nfe, config.eta, start=config.start)
+        self.warm = warm_start(config.start, config.cg_iters)
         self.eps_model = eps_model or self._make_eps(model)
         self.kernels = step_kernels(self.op.backend)
         self._lock = threading.Lock()
@@ -186,7 +190,8 @@ class Solver:
     def _loop(self, callback=None) -> Tensor:
         cfg = self.config
         return reverse_process(self.eps_model, self._y, self.op, self._E, self.steps,
-                               cg_iters=cfg.cg_iters, gamma=cfg.gamma, callback=callback, kernels=self.kernels)
+                               cg_iters=cfg.cg_iters, gamma=cfg.gamma, callback=callback, kernels=self.kernels,
+                               warm=self.warm)
 
     def _capture(self) -> None:
         """Warm up on the Solver's stream, then capture the whole reverse loop as one CUDA graph."""

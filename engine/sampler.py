@@ -19,9 +19,9 @@ from typing import Callable, Optional
 
 import torch
 
-from engine.cg import data_consistency
+from engine.cg import conjugate_gradient, data_consistency
 from engine.errors import InputError
-from engine.schedule import DDIMStep, ddim_steps
+from engine.schedule import DDIMStep, WarmStart, ddim_steps, warm_start
 
 Tensor = torch.Tensor
 EpsModel = Callable[[Tensor, Tensor], Tensor]
@@ -107,18 +107,20 @@ def sample(
     gamma: Optional[float] = None,
     noise: str = "shared",
     seed: int = 0,
+    start: Optional[int] = None,
     callback: Optional[Callable[[int, int, Tensor], None]] = None,
 ) -> Tensor:
     """Restore the clip behind `y = op.A(x)`; returns [N, 3, H, W] in [0, 1].
 
     eps_model(x_t [N, 3, H, W], t [N] int64) → [N, 3 or 6, H, W]. gamma=None runs the
-    noiseless CG on AᵀA x = Aᵀy; a float γ runs (I + γAᵀA) x = x̂ + γAᵀy.
+    noiseless CG on AᵀA x = Aᵀy; a float γ runs (I + γAᵀA) x = x̂ + γAᵀy. start: t₀ of a
+    warm start (engine.schedule.warm_start; None: T, the cold start).
     callback(k, t, x̂ in [0, 1]) sees every step's Tweedie estimate.
     """
     check_measurement(y, op)
     E = draw_noise(seed, nfe, tuple(op.in_shape), noise).to(device=y.device, dtype=y.dtype)
-    return reverse_process(eps_model, y, op, E, ddim_steps(nfe, eta), cg_iters=cg_iters, gamma=gamma,
-                           callback=callback)
+    return reverse_process(eps_model, y, op, E, ddim_steps(nfe, eta, start=start), cg_iters=cg_iters, gamma=gamma,
+                           callback=callback, warm=warm_start(start, cg_iters))
 
 
 def reverse_process(
@@ -132,16 +134,22 @@ def reverse_process(
     gamma: Optional[float],
     callback: Optional[Callable[[int, int, Tensor], None]] = None,
     kernels: Optional[StepKernels] = None,
+    warm: Optional[WarmStart] = None,
 ) -> Tensor:
     """The loop of Algorithm 1 on static inputs (no host sync: a CUDA graph can capture it).
 
     E: [K + 1, B, 3, H, W] noise from `draw_noise`; returns clamp(X̄) in [0, 1], [N, 3, H, W].
-    `kernels` defaults to the step arithmetic of the operator's backend.
+    `kernels` defaults to the step arithmetic of the operator's backend. `warm`: start at t₀
+    from X_{t₀} = √ᾱ_{t₀}·X_init + √(1−ᾱ_{t₀})·E_b, X_init = CG on AᵀA x = Aᵀy from Aᵀy
+    (`steps` must then be the schedule from t₀); None: X_T = E_b.
     """
     kern = kernels or step_kernels(getattr(op, "backend", "torch"))
     n = op.in_shape[0]
     aty = op.A_adjoint(y)                                                   # Aᵀy, once per clip
     x = E[0].expand(op.in_shape).clone()                                    # batch-consistent init
+    if warm is not None:                                                    # X_t0 = √ᾱ·X_init + √(1−ᾱ)·E_b
+        x_init = conjugate_gradient(op.A_adjoint_A, aty, aty, warm.cg_iters).clamp(0, 1)
+        x = warm.sqrt_ab * to_model(x_init) + warm.sqrt_1m_ab * x
     for k, s in enumerate(steps):
         t = torch.full((n,), s.t, dtype=torch.long, device=y.device)
         eps = kern.take_eps(eps_model(x, t), y.dtype)                       # ε_θ(X, t)
