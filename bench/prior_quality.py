@@ -80,6 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--nfe", type=int, default=20)
     p.add_argument("--eta", type=float, default=0.15)
     p.add_argument("--cg-iters", type=int, default=5)
+    p.add_argument("--start", type=int, help="warm start at t0 (engine.schedule.warm_start; default: cold, T)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-record", action="store_true", help="print only, append nothing")
     return p.parse_args(argv)
@@ -87,14 +88,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(args) -> list[dict]:
     cfg = SolverConfig(spec=args.spec, frames=args.frames, size=args.size, nfe=args.nfe, eta=args.eta,
-                       cg_iters=args.cg_iters, gamma=args.gamma if args.sigma_y > 0 else None)
+                       cg_iters=args.cg_iters, gamma=args.gamma if args.sigma_y > 0 else None, start=args.start)
     ffdnet = None
     if any(v.startswith("ffdnet") for v in args.priors.split(",")):
         from engine.ffdnet import load_ffdnet
 
         ffdnet = load_ffdnet()
     settings = dict(spec=args.spec, sigma_y=args.sigma_y, gamma=cfg.gamma, frames=args.frames, size=args.size,
-                    nfe=args.nfe, eta=args.eta, cg_iters=args.cg_iters, seed=args.seed)
+                    nfe=args.nfe, eta=args.eta, cg_iters=args.cg_iters, start=args.start, seed=args.seed)
     info = machine(torch.device("cpu"))
     rows = []
     clips = {name: clip(name, args.frames, args.size) for name in args.clips.split(",")}
@@ -103,9 +104,9 @@ def run(args) -> list[dict]:
         for k, (name, clean) in enumerate(clips.items()):
             y = solver.measure(clean, sigma_y=args.sigma_y, seed=1000 + k)
             last = {}
-            start = time.perf_counter()
+            began = time.perf_counter()
             x = solver.solve(y, seed=args.seed, callback=lambda i, t, x0: last.update(x0=x0))
-            seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - began
             rows.append(dict(method=f"svi[{variant}]", clip=name, psnr=psnr(x, clean).mean().item(),
                              psnr_last_tweedie=psnr(last["x0"].clamp(0, 1), clean).mean().item(), seconds=seconds))
             log.info("%s %s: %.2f dB", variant, name, rows[-1]["psnr"])
@@ -115,10 +116,10 @@ def run(args) -> list[dict]:
     for method in [m for m in args.methods.split(",") if m]:
         for k, (name, clean) in enumerate(clips.items()):
             y = measure(op, clean, sigma_y=args.sigma_y, seed=1000 + k)
-            start = time.perf_counter()
+            began = time.perf_counter()
             x = baselines[method](op, y)
             rows.append(dict(method=method, clip=name, psnr=psnr(x, clean).mean().item(),
-                             seconds=time.perf_counter() - start))
+                             seconds=time.perf_counter() - began))
     rows = [{"bench": "prior_quality", **info, **settings, **row} for row in rows]
     if not args.no_record:
         append_jsonl("prior_quality", rows)
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     rows = run(args)
     print(f"{args.spec}, sigma_y = {args.sigma_y}, {args.frames}x{args.size}x{args.size}, "
-          f"NFE {args.nfe}, eta {args.eta}, l = {args.cg_iters}")
+          f"NFE {args.nfe}, eta {args.eta}, l = {args.cg_iters}, start {args.start or 'T (cold)'}")
     print(table(rows))
     return 0
 
