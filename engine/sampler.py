@@ -20,10 +20,10 @@ from typing import Callable, ContextManager, Optional
 
 import torch
 
-from engine.cg import DEFAULT_DELTA, data_consistency, preconditioner
+from engine.cg import DEFAULT_DELTA, conjugate_gradient, data_consistency, preconditioner
 from engine.errors import InputError
 from engine.profiling import nvtx_range
-from engine.schedule import DDIMStep, ddim_steps
+from engine.schedule import DDIMStep, WarmStart, ddim_steps, warm_start
 
 Tensor = torch.Tensor
 EpsModel = Callable[[Tensor, Tensor], Tensor]
@@ -113,6 +113,7 @@ def sample(
     precond_delta: Optional[float] = DEFAULT_DELTA,
     noise: str = "shared",
     seed: int = 0,
+    start: Optional[int] = None,
     callback: Optional[Callable[[int, int, Tensor], None]] = None,
 ) -> Tensor:
     """Restore the clip behind `y = op.A(x)`; returns [N, 3, H, W] in [0, 1].
@@ -120,13 +121,14 @@ def sample(
     eps_model(x_t [N, 3, H, W], t [N] int64) → [N, 3 or 6, H, W]. gamma=None runs the
     noiseless CG on AᵀA x = Aᵀy; a float γ runs (I + γAᵀA) x = x̂ + γAᵀy. precond_delta=δ
     preconditions it from op's temporal part (engine.cg.preconditioner; None: plain CG).
+    start: t₀ of a warm start (engine.schedule.warm_start; None: T, the cold start).
     callback(k, t, x̂ in [0, 1]) sees every step's Tweedie estimate.
     """
     check_measurement(y, op)
     E = draw_noise(seed, nfe, tuple(op.in_shape), noise).to(device=y.device, dtype=y.dtype)
     precond = preconditioner(op, gamma, precond_delta, device=y.device, dtype=y.dtype)
-    return reverse_process(eps_model, y, op, E, ddim_steps(nfe, eta), cg_iters=cg_iters, gamma=gamma,
-                           callback=callback, precond=precond)
+    return reverse_process(eps_model, y, op, E, ddim_steps(nfe, eta, start=start), cg_iters=cg_iters,
+                           gamma=gamma, callback=callback, precond=precond, warm=warm_start(start, cg_iters))
 
 
 def reverse_process(
@@ -143,6 +145,7 @@ def reverse_process(
     nvtx: bool = False,
     stage: Optional[Callable[[str], ContextManager]] = None,
     precond: Optional[Callable[[Tensor], Tensor]] = None,
+    warm: Optional[WarmStart] = None,
 ) -> Tensor:
     """The loop of Algorithm 1 on static inputs (no host sync: a CUDA graph can capture it).
 
@@ -151,11 +154,16 @@ def reverse_process(
     of each step in an NVTX range (UNet, Tweedie, CG, update) for Nsight; `stage`, called with
     those names, replaces the ranges with contexts of the caller's (bench/fps.py's stage clock).
     `precond`: CG's preconditioner (engine.cg.preconditioner, built once; None: plain CG).
+    `warm`: start at t₀ from X_{t₀} = √ᾱ_{t₀}·X_init + √(1−ᾱ_{t₀})·E_b, X_init = CG on AᵀA x = Aᵀy from Aᵀy
+    (`steps` must then be the schedule from t₀); None: X_T = E_b.
     """
     kern = kernels or step_kernels(getattr(op, "backend", "torch"))
     n = op.in_shape[0]
     aty = op.A_adjoint(y)                                                   # Aᵀy, once per clip
     x = E[0].expand(op.in_shape).clone()                                    # batch-consistent init
+    if warm is not None:                                                    # X_t0 = √ᾱ·X_init + √(1−ᾱ)·E_b
+        x_init = conjugate_gradient(op.A_adjoint_A, aty, aty, warm.cg_iters).clamp(0, 1)
+        x = warm.sqrt_ab * to_model(x_init) + warm.sqrt_1m_ab * x
     stage = stage or functools.partial(nvtx_range, enabled=nvtx)
     for k, s in enumerate(steps):
         t = torch.full((n,), s.t, dtype=torch.long, device=y.device)

@@ -46,6 +46,7 @@ from engine.errors import CheckpointError, InputError, ModelError
 from engine.figures import contact_sheet, save_png
 from engine.fileio import atomic_folder, atomic_write_json
 from engine.metrics import SSIM_RADIUS, clip_summary, json_safe
+from engine.priors import PRIORS
 from engine.runtime import Solver, SolverConfig, load_model, measure
 from engine.tasks import TASKS, get_task
 
@@ -55,6 +56,9 @@ DEFAULT_FRAMES = 16
 DEFAULT_FPS = 8.0                     # for inputs that declare no frame rate (frame folders, arrays, the demo)
 BASELINES = ("cg", "admm-tv")
 DEMO_BASELINES = BASELINES
+#: The demo shows what the method is for: a noisy measurement (σ_y = 0.02), where a prior matters (noiseless
+#: circular blur of 16 frames is invertible: plain CG wins there), restored from a warm start in 8 steps.
+DEMO_SETTINGS = {"sigma_y": 0.02, "nfe": 8, "start": 400}
 #: what the command writes into --out; a folder holding anything else is never replaced
 OUTPUT_NAMES = frozenset({"restored.mp4", "measurement.mp4", "frames", "metrics.json", "comparison.png"})
 WRITTEN_BY = "engine.solve"           # metrics.json's "written_by": the mark --overwrite checks
@@ -73,6 +77,7 @@ class Job:
     init: Optional[Path] = None          # first reconstruction for --blind
     checkpoint: Optional[Path] = None
     engine: Optional[Path] = None        # TensorRT engine file
+    prior: str = "ffdnet"                # the ε model without a checkpoint (engine.priors.PRIORS)
     task: Optional[str] = None           # a paper --task (its clips keep the circular boundary in time)
     model_config: Optional[dict] = None  # guided-diffusion flags the checkpoint's shapes cannot tell
     class_label: Optional[int] = None    # for a class-conditional checkpoint
@@ -119,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first reconstruction for --blind (e.g. a deblurring network's output): INPUT's frames and size")
     prior = p.add_mutually_exclusive_group()
     prior.add_argument("--checkpoint", type=Path, help="ADM checkpoint (.pt or .safetensors), e.g. 256x256_diffusion_uncond.pt")
-    prior.add_argument("--prior", choices=["gaussian"], help="weight-free Gaussian prior (the default without --checkpoint)")
+    prior.add_argument("--prior", choices=PRIORS, default="ffdnet",
+                       help="without --checkpoint: ffdnet (default; a small learned denoiser, FFDNet, used through "
+                            "Tweedie's formula; pip install 'video-inverse-engine[ffdnet]') or gaussian (weight-free)")
     p.add_argument("--model-config", metavar="KEY=VALUE[,KEY=VALUE]",
                    help="guided-diffusion flags a --checkpoint's shapes cannot tell (num_head_channels=64, "
                         "num_heads=4, image_size=128, use_new_attention_order=True): " + MODEL_CONFIG_SYNTAX)
@@ -127,12 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class of the frames for a class-conditional checkpoint (ImageNet: 0–999); required there")
     p.add_argument("--nfe", type=int, help="network evaluations K, 1 to 1000 (task default: 20 temporal, "
                                            "100 spatio-temporal)")
+    p.add_argument("--start", type=int, metavar="T0",
+                   help="warm start: begin the reverse process at t0 in [nfe, 1000] from a CG estimate of the clip "
+                        "instead of noise (default 1000, the cold start; the demo: 400)")
     p.add_argument("--eta", type=float, help="DDIM stochasticity η in [0, 1] (task default)")
     p.add_argument("--cg-iters", type=int, help="CG iterations per step l, >= 0 (default 5)")
-    p.add_argument("--sigma-y", type=float, default=0.0,
+    p.add_argument("--sigma-y", type=float,
                    help="measurement noise σ_y in [0, 1] units: added to a clean INPUT; with --measured, the noise "
                         "level the measurement already has (nothing is added; σ_y > 0 switches on the regularised "
-                        "CG). Default 0")
+                        "CG). Default 0 (the demo: 0.02)")
     p.add_argument("--gamma", type=float, help="γ > 0 of the regularised CG (default: 1 when --sigma-y > 0, else "
                                                "noiseless CG)")
     p.add_argument("--noise", choices=["shared", "independent"], default="shared",
@@ -182,17 +192,20 @@ def parse(argv=None) -> tuple[Job, SolverConfig, bool]:
     if (args.backend == "tensorrt") != (args.engine is not None):
         raise InputError("--backend tensorrt needs --engine FILE (build one with python -m engine.build)"
                          if args.engine is None else "--engine is for --backend tensorrt")
+    demo = DEMO_SETTINGS if args.demo else {}
+    sigma_y = args.sigma_y if args.sigma_y is not None else demo.get("sigma_y", 0.0)
     job = Job(input=None if args.demo else Path(args.input), out=args.out, overwrite=args.overwrite,
               measured=args.measured, blind=args.blind, init=args.init, checkpoint=args.checkpoint,
-              engine=args.engine, task=args.task or (DEMO_TASK if args.demo else None),
-              model_config=model_config or None, class_label=args.class_label, frames=args.frames, size=args.size, fps=args.fps, sigma_y=args.sigma_y,
-              seed=args.seed, baselines=baselines)
-    gamma = args.gamma if args.gamma is not None else (1.0 if args.sigma_y > 0 else None)
+              engine=args.engine, prior=args.prior, task=args.task or (DEMO_TASK if args.demo else None),
+              model_config=model_config or None, class_label=args.class_label, frames=args.frames,
+              size=args.size, fps=args.fps, sigma_y=sigma_y, seed=args.seed, baselines=baselines)
+    gamma = args.gamma if args.gamma is not None else (1.0 if sigma_y > 0 else None)
     defaults = task or get_task(DEMO_TASK)
     cfg = SolverConfig(
         spec=task.spec if task else args.degrade, frames=args.frames or DEFAULT_FRAMES, size=args.size or 256,
         batch=args.batch,
-        nfe=args.nfe if args.nfe is not None else defaults.nfe,
+        nfe=args.nfe if args.nfe is not None else demo.get("nfe", defaults.nfe),
+        start=args.start if args.start is not None else demo.get("start"),
         eta=args.eta if args.eta is not None else defaults.eta,
         cg_iters=args.cg_iters if args.cg_iters is not None else defaults.cg_iters,
         gamma=gamma, noise=args.noise, backend=args.backend, precision=args.dtype, kernels=args.kernels,
@@ -526,7 +539,9 @@ def model_record(model) -> dict:
 
 def prior_name(job: Job) -> str:
     """The ε model named in metrics.json."""
-    return str(job.checkpoint) if job.checkpoint else "gaussian (weight-free)"
+    if job.checkpoint:
+        return str(job.checkpoint)
+    return "ffdnet (a small learned denoiser, not the paper's ADM)" if job.prior == "ffdnet" else "gaussian (weight-free)"
 
 
 def _interrupt(signum, frame):

