@@ -64,7 +64,9 @@ def step_memory(preset: str, frames: int, task: str, nfe: int, precision: str, c
     with torch.device("meta"):
         model = ADMUNet(config)
     eps = micro_batched(torch_eps(model, precision=precision, channels_last=channels_last, kernels=norms), batch)
-    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    net = eps.module                 # the weights the network runs: its own converted copy (fp16) when precision asks
+    del model
+    weights = sum(t.numel() * t.element_size() for t in [*net.parameters(), *net.buffers()])
     shape = (frames, 3, config.image_size, config.image_size)
     op = from_spec(TASKS[task].spec, shape, device="meta", dtype=torch.float32)
     static = [torch.empty(op.out_shape, device="meta"), torch.empty((nfe + 1, 1, *shape[1:]), device="meta"),
