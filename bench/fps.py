@@ -18,6 +18,10 @@ CUDA is torch.cuda.max_memory_allocated, reset before each row's build; on the C
 peak of live torch tensor bytes (bench.common.LiveBytes, a dispatch mode, no tracemalloc)
 over a second build and one untimed clip of the row, so the counting does not slow the timed clips.
 
+On a CPU shared with other work, OMP_NUM_THREADS=1 keeps torch's threads from spinning against
+each other (on 2 cores under load, 2 threads made a 16-frame tiny clip ten times slower); the
+rows record `threads`.
+
 The reference is the loop written the way the public code runs it (eager UNet in fp16
 on a GPU, fp32 on the CPU; plain torch operators and CG). Speed does not depend on the
 weights' values, so the model is built from its config with random weights. The stage
