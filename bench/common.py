@@ -9,17 +9,52 @@ import statistics
 import subprocess
 import threading
 import time
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, TypeVar
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 T = TypeVar("T")
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Environment variable naming another folder for the result files (bench/device_check.sh: $OUT).
 RESULTS_ENV = "BENCH_RESULTS"
+
+
+class LiveBytes(TorchDispatchMode):
+    """Bytes of the tensors that ops create, from creation until their storage is freed; `peak` is the maximum.
+
+    Counts torch's own allocations on any device (meta tensors in bench/memory.py, CPU tensors in
+    bench/fps.py), without tracemalloc; tensors made before the mode was entered are not counted."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._storages: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._count(t.untyped_storage())
+        return out
+
+    def _count(self, storage) -> None:
+        key = storage._cdata
+        if key in self._storages:                                     # a view of a counted tensor
+            return
+        self._storages.add(key)
+        self.live += storage.nbytes()
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._release, key, storage.nbytes())
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self._storages.discard(key)
+        self.live -= nbytes
 
 
 def synchronize(device: torch.device) -> None:

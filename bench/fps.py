@@ -1,9 +1,26 @@
 """End-to-end speed of the reverse loop, every available backend side by side in one run.
 
     python bench/fps.py                      # CPU: a tiny model, about a minute (or python -m bench.fps)
+    python bench/fps.py --frames 16,64       # CPU: one row per frame count and backend, a minute or two
     python bench/fps.py --task temporal-k7   # GPU: ADM-256 (random weights), 16 frames, 20 NFE, 5 CG
-    python bench/fps.py --json --nvtx        # one JSON object per backend; NVTX ranges for Nsight
+    python bench/fps.py --frames 16,64,256 --backends torch+graph      # GPU: length sweep, B = 16
+    python bench/fps.py --size 720x1280 --frames 8 --backends torch+graph   # GPU: 720p, 28 tiles a frame
+    python bench/fps.py --json --nvtx        # one JSON object per row; NVTX ranges for Nsight
     python bench/fps.py --save               # also append the rows to bench/results/fps.jsonl
+
+Each row is one (frame count, backend): seconds per clip and per frame, the network batch B
+(`--batch`: the network sees B frames, or B tiles of its training size, at a time) and the
+peak memory of the row. `s/frame ×1st` divides a row's seconds per frame by those of the same
+backend's first row of this run (the first of --frames): the goal is flat within 15 % from 16
+to 256 frames. `B/frame+` is the peak's growth per frame over that first row, i.e. what each
+extra frame costs (the video-sized buffers); the network's memory is set by B. Peak memory on
+CUDA is torch.cuda.max_memory_allocated, reset before each row's build; on the CPU it is the
+peak of live torch tensor bytes (bench.common.LiveBytes, a dispatch mode, no tracemalloc)
+over a second build and one untimed clip of the row, so the counting does not slow the timed clips.
+
+On a CPU shared with other work, OMP_NUM_THREADS=1 keeps torch's threads from spinning against
+each other (on 2 cores under load, 2 threads made a 16-frame tiny clip ten times slower); the
+rows record `threads`.
 
 The reference is the loop written the way the public code runs it (eager UNet in fp16
 on a GPU, fp32 on the CPU; plain torch operators and CG). Speed does not depend on the
@@ -16,6 +33,7 @@ $BENCH_RESULTS) with the card, versions and commit; a plain run writes nothing i
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -27,17 +45,20 @@ from pathlib import Path
 
 import torch
 
-from bench.common import (add_save_flag, append_jsonl, machine, matmul_peak_tflops, median, synchronize, time_fn,
-                          unet_flops)
+from bench.common import (LiveBytes, add_save_flag, append_jsonl, machine, matmul_peak_tflops, median, synchronize,
+                          time_fn, unet_flops)
 from engine.runtime import Solver, SolverConfig
 from engine.sampler import draw_noise, reverse_process
 from engine.profiling import nvtx_range
 from engine.tasks import TASKS
+from engine.tiling import tile_starts
 from engine.unet import ADMConfig, ADMUNet
 
 log = logging.getLogger("bench.fps")
 REFERENCE = "reference"
 COLD_START_LIMIT_S = 120
+#: seconds per frame may differ from the first row's by this fraction and still count as flat (issue #16)
+FLAT_TOLERANCE = 0.15
 #: The matmul whose measured throughput is the UNet's peak, by network precision.
 PEAK_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -46,7 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="adm256_uncond" if cuda else "tiny", help="ADM config (adm256_uncond, ffhq_dps, tiny)")
-    p.add_argument("--frames", type=int, default=16 if cuda else 8)
+    p.add_argument("--frames", type=frame_list, default=[16] if cuda else [8],
+                   help="comma list of frame counts, one row each (e.g. 16,64,256); the first is the baseline")
+    p.add_argument("--batch", type=int, default=16, help="B: frames (or tiles) per network call")
+    p.add_argument("--size", type=frame_size, default=None,
+                   help="frame size S or HxW (e.g. 720x1280: tiles of the network's size); default the network's")
     p.add_argument("--task", default="temporal-k7", choices=sorted(TASKS), help="degradation (sets the operator)")
     p.add_argument("--nfe", type=int, default=20 if cuda else 4, help="network evaluations K")
     p.add_argument("--cg-iters", type=int, default=5)
@@ -57,7 +82,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backends", default=None,
                    help="comma list from torch,torch+graph,compile,tensorrt (default: all that run here but compile)")
     p.add_argument("--engine", type=Path, help="TensorRT engine file for the tensorrt backend")
-    p.add_argument("--repeats", type=int, default=5 if cuda else 2, help="timed clips per backend (median reported)")
+    p.add_argument("--repeats", type=int, default=5 if cuda else 2, help="timed clips per row (median reported)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed clips before the timed ones (a graph backend has already run one to capture)")
+    p.add_argument("--stage-repeats", type=int, default=None,
+                   help="eager clips that split each row's time into stages (default max(3, --repeats); 0: none)")
+    p.add_argument("--target-fps", type=float, help="print whether each row reaches this many frames per second")
+    p.add_argument("--target-s-per-frame", type=float, help="print whether each row takes at most this many s/frame")
+    p.add_argument("--target-peak-gb", type=float, help="print whether each row's peak memory stays within this")
     p.add_argument("--device", default="cuda" if cuda else "cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object per backend instead of a table")
     p.add_argument("--nvtx", action="store_true", help="NVTX ranges per stage (for nsys)")
@@ -70,6 +102,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def frame_list(text: str) -> list[int]:
+    """"16,64,256" → [16, 64, 256] (argparse type)."""
+    try:
+        counts = [int(f) for f in text.split(",") if f.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--frames takes a comma list of integers, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"--frames takes frame counts of at least 1, got {text!r}")
+    return counts
+
+
+def frame_size(text: str) -> tuple[int, int]:
+    """"256" → (256, 256), "720x1280" → (720, 1280) (argparse type)."""
+    try:
+        sides = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        sides = ()
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise argparse.ArgumentTypeError(f"--size takes S or HxW in pixels, got {text!r}")
+    return (sides[0], sides[-1])
+
+
 def default_backends(device: torch.device, engine: Path | None) -> list[str]:
     names = ["torch"]
     if device.type == "cuda":
@@ -79,8 +133,9 @@ def default_backends(device: torch.device, engine: Path | None) -> list[str]:
     return names
 
 
-def build_solver(args, backend: str) -> tuple[Solver, float]:
-    """A Solver for one backend with a freshly built random-weight model; returns (solver, build seconds)."""
+def build_solver(args, backend: str, frames: int) -> tuple[Solver, float]:
+    """A Solver for one backend and frame count with a freshly built random-weight model; returns
+    (solver, build seconds)."""
     device = torch.device(args.device)
     reference = backend == REFERENCE
     torch.manual_seed(0)
@@ -91,8 +146,8 @@ def build_solver(args, backend: str) -> tuple[Solver, float]:
         with device:                       # initialised where it runs: seconds, not minutes, for ADM-256
             model = ADMUNet(cfg_model)
     config = SolverConfig.from_task(
-        args.task, frames=args.frames, size=cfg_model.image_size, nfe=args.nfe, cg_iters=args.cg_iters,
-        device=args.device,
+        args.task, frames=frames, size=args.size or cfg_model.image_size, nfe=args.nfe, cg_iters=args.cg_iters,
+        device=args.device, batch=args.batch,
         backend="torch" if reference else backend,
         precision=("fp16" if device.type == "cuda" else "fp32") if reference else args.precision,
         kernels="torch" if reference else "auto",
@@ -165,37 +220,67 @@ def stage_shares(solver: Solver, y: torch.Tensor, repeats: int) -> dict[str, flo
     return {key: median(values) for key, values in shares.items()}
 
 
-def bench_backend(args, backend: str, clip_y: dict, flops: float, peak: float) -> dict:
+def bench_backend(args, backend: str, frames: int, clip_y: dict, flops: float, peak: float) -> dict:
+    """One row: `backend` restoring `frames` frames (clip_y caches the measurement per frame count)."""
     device = torch.device(args.device)
     if device.type == "cuda":
+        gc.collect()                          # the previous row's solver, before this row's peak starts
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    solver, build_s = build_solver(args, backend)
-    if "y" not in clip_y:
-        clip_y["y"] = solver.measure(torch.rand(solver.op.in_shape, generator=torch.Generator().manual_seed(0)))
-    y = clip_y["y"]
+    solver, build_s = build_solver(args, backend, frames)
+    if frames not in clip_y:
+        clip_y[frames] = solver.measure(torch.rand(solver.op.in_shape, generator=torch.Generator().manual_seed(0)))
+    y = clip_y[frames]
     with nvtx_range(f"solve[{backend}]", args.nvtx):
-        seconds = time_fn(lambda: solver.solve(y, seed=0), device, repeats=args.repeats)
+        seconds = time_fn(lambda: solver.solve(y, seed=0), device, repeats=args.repeats, warmup=args.warmup)
     if args.profile:
         profile_one(args, solver, y, backend)
     per_clip = median(seconds)
-    shares = stage_shares(solver, y, repeats=max(3, args.repeats))
-    stages = {key: share * per_clip for key, share in shares.items()}
+    stage_repeats = max(3, args.repeats) if args.stage_repeats is None else args.stage_repeats
+    shares = stage_shares(solver, y, repeats=stage_repeats) if stage_repeats > 0 else None
+    stages = {key: share * per_clip for key, share in shares.items()} if shares else None
     cfg = solver.config
+    tiles = network_tiles(cfg, ADMConfig.preset(args.preset).image_size)
+    if device.type == "cuda":
+        peak_mem, method = torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated, reset per row"
+    else:
+        del solver
+        peak_mem, method = cpu_tensor_peak(args, backend, frames, y), "peak live torch tensor bytes (LiveBytes)"
+    flops_per_step = flops * frames * tiles
     row = {
         "backend": backend, "device": args.device, "preset": args.preset, "task": args.task,
-        "frames": cfg.frames, "size": cfg.size, "nfe": cfg.nfe, "cg_iters": cfg.cg_iters,
-        "precision": cfg.precision, "kernels": cfg.operator_backend(), "norms": cfg.norm_kernels(),
-        "cudnn_benchmark": cfg.cudnn_benchmark,
-        "seconds_per_clip": per_clip, "seconds_all": seconds, "fps": cfg.frames / per_clip,
-        "ms_per_nfe": per_clip / cfg.nfe * 1e3, "build_s": build_s,
+        "frames": cfg.frames, "size": list(cfg.frame), "batch": cfg.batch, "tiles": tiles, "nfe": cfg.nfe,
+        "cg_iters": cfg.cg_iters, "precision": cfg.precision, "kernels": cfg.operator_backend(),
+        "norms": cfg.norm_kernels(), "cudnn_benchmark": cfg.cudnn_benchmark,
+        "seconds_per_clip": per_clip, "seconds_all": seconds, "seconds_per_frame": per_clip / frames,
+        "fps": frames / per_clip, "ms_per_nfe": per_clip / cfg.nfe * 1e3, "build_s": build_s, "warmup": args.warmup,
         "stages": stages, "stage_shares": shares,
-        "unet_tflops": flops * cfg.nfe / stages["unet_s"] / 1e12,
+        "unet_flops_per_forward": flops_per_step,
+        "unet_tflops": flops_per_step * cfg.nfe / stages["unet_s"] / 1e12 if stages else None,
         "matmul_peak_tflops": peak,
-        "peak_mem_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        "peak_mem_bytes": peak_mem, "peak_mem_method": method, "peak_bytes_per_frame": peak_mem / frames,
     }
-    row["unet_fraction_of_peak"] = row["unet_tflops"] / peak
+    row["unet_fraction_of_peak"] = row["unet_tflops"] / peak if stages else None
     return row
+
+
+def network_tiles(cfg: SolverConfig, tile: int) -> int:
+    """Tiles of the network's `tile`-pixel training size per frame, as the Solver lays them out
+    (engine.tiling, overlap a quarter of the tile unless set): 1 when the frame is that size."""
+    if cfg.frame == (tile, tile):
+        return 1
+    overlap = tile // 4 if cfg.tile_overlap is None else cfg.tile_overlap
+    return len(tile_starts(cfg.frame[0], tile, overlap)) * len(tile_starts(cfg.frame[1], tile, overlap))
+
+
+def cpu_tensor_peak(args, backend: str, frames: int, y: torch.Tensor) -> int:
+    """Peak bytes of live torch tensors while a fresh solver of the row is built and restores one clip
+    (bench.common.LiveBytes: tensors from their creation to their release, weights included)."""
+    with LiveBytes() as counter, torch.no_grad():
+        solver, _ = build_solver(args, backend, frames)
+        solver.solve(y, seed=0)
+        del solver
+    return counter.peak
 
 
 def profile_one(args, solver: Solver, y: torch.Tensor, backend: str) -> None:
@@ -211,12 +296,14 @@ def profile_one(args, solver: Solver, y: torch.Tensor, backend: str) -> None:
     log.info("wrote %s", path)
 
 
-def cold_start(args, backend: str) -> float | None:
+def cold_start(args, backend: str, frames: int) -> float | None:
     """Seconds from process start to the first restored clip (kernels and engines already cached);
     None (logged) when that process fails or outlasts COLD_START_LIMIT_S."""
     cmd = [sys.executable, __file__, "--cold-child", "--backends", backend, "--preset", args.preset,
-           "--frames", str(args.frames), "--task", args.task, "--nfe", str(args.nfe), "--cg-iters", str(args.cg_iters),
-           "--precision", args.precision, "--device", args.device]
+           "--frames", str(frames), "--batch", str(args.batch), "--task", args.task, "--nfe", str(args.nfe),
+           "--cg-iters", str(args.cg_iters), "--precision", args.precision, "--device", args.device]
+    if args.size:
+        cmd += ["--size", "x".join(map(str, args.size))]
     if args.engine:
         cmd += ["--engine", str(args.engine)]
     if args.cudnn_benchmark:
@@ -230,21 +317,57 @@ def cold_start(args, backend: str) -> float | None:
     return time.perf_counter() - t0
 
 
+def compare_with_first(row: dict, first: dict | None) -> None:
+    """Adds to `row` its seconds per frame relative to `first` (the same backend's first row of this run)
+    and its peak's growth per frame over that row's; the first row is its own baseline (ratio 1)."""
+    first = first or row
+    row["baseline_frames"] = first["frames"]
+    row["seconds_per_frame_ratio"] = row["seconds_per_frame"] / first["seconds_per_frame"]
+    row["flat"] = abs(row["seconds_per_frame_ratio"] - 1) <= FLAT_TOLERANCE
+    extra = row["frames"] - first["frames"]
+    row["growth_bytes_per_frame"] = (row["peak_mem_bytes"] - first["peak_mem_bytes"]) / extra if extra else None
+
+
+def check_targets(row: dict, args) -> None:
+    """Adds row["targets"]: each target given on the command line, the row's number and whether it is met."""
+    wanted = [("fps", args.target_fps, row["fps"], row["fps"] >= (args.target_fps or 0)),
+              ("s_per_frame", args.target_s_per_frame, row["seconds_per_frame"],
+               row["seconds_per_frame"] <= (args.target_s_per_frame or 0)),
+              ("peak_gb", args.target_peak_gb, row["peak_mem_bytes"] / 1e9,
+               row["peak_mem_bytes"] / 1e9 <= (args.target_peak_gb or 0))]
+    row["targets"] = {name: {"target": target, "measured": value, "met": met}
+                      for name, target, value, met in wanted if target is not None}
+
+
 def print_table(rows: list[dict]) -> None:
-    head = f"{'backend':<12} {'s/clip':>8} {'FPS':>7} {'ms/NFE':>8} {'UNet s':>7} {'CG s':>7} {'upd s':>7} " \
-           f"{'TFLOP/s':>8} {'%peak':>6} {'mem GB':>7} {'speed-up':>8}"
+    head = f"{'backend':<12} {'frames':>6} {'B':>3} {'tiles':>5} {'s/clip':>8} {'s/frame':>8} {'s/fr ×1st':>9} " \
+           f"{'FPS':>7} {'UNet s':>7} {'CG s':>7} {'upd s':>7} {'TFLOP/s':>8} {'%peak':>6} {'mem GB':>7} " \
+           f"{'MB/frame+':>9} {'speed-up':>8}"
     print(head)
     print("-" * len(head))
     for r in rows:
         if r.get("kind") == "error":
-            print(f"{r['backend']:<12} not measured: {r['error']}")
+            print(f"{r['backend']:<12} {r['frames']:>6} not measured: {r['error']}")
             continue
-        st = r["stages"]
-        mem = f"{r['peak_mem_bytes'] / 1e9:7.2f}" if r["peak_mem_bytes"] else f"{'-':>7}"
-        speedup = f"{r['speedup_vs_reference']:8.2f}" if r["speedup_vs_reference"] else f"{'-':>8}"
-        print(f"{r['backend']:<12} {r['seconds_per_clip']:8.3f} {r['fps']:7.2f} {r['ms_per_nfe']:8.2f} "
-              f"{st['unet_s']:7.3f} {st['cg_and_operators_s']:7.3f} {st['updates_s']:7.3f} {r['unet_tflops']:8.2f} "
-              f"{100 * r['unet_fraction_of_peak']:6.1f} {mem} {speedup}")
+        st = r["stages"] or {}
+        growth = r["growth_bytes_per_frame"]
+        print(f"{r['backend']:<12} {r['frames']:>6} {r['batch']:>3} {r['tiles']:>5} {r['seconds_per_clip']:8.3f} "
+              f"{r['seconds_per_frame']:8.4f} {r['seconds_per_frame_ratio']:8.2f}{' ' if r['flat'] else '!'} "
+              f"{r['fps']:7.2f} {cell(st.get('unet_s'), 7, '.3f')} {cell(st.get('cg_and_operators_s'), 7, '.3f')} "
+              f"{cell(st.get('updates_s'), 7, '.3f')} {cell(r['unet_tflops'], 8, '.2f')} "
+              f"{cell(r['unet_fraction_of_peak'] and 100 * r['unet_fraction_of_peak'], 6, '.1f')} "
+              f"{r['peak_mem_bytes'] / 1e9:7.3f} {cell(growth and growth / 1e6, 9, '.2f')} "
+              f"{cell(r['speedup_vs_reference'], 8, '.2f')}")
+        for name, t in r["targets"].items():
+            print(f"{'':<12} target {name} {t['target']:g}: measured {t['measured']:.3g}, "
+                  f"{'met' if t['met'] else 'NOT met'}")
+    print(f"s/fr ×1st: seconds per frame over the same backend's first row ('!': beyond ±{FLAT_TOLERANCE:.0%}); "
+          f"MB/frame+: peak growth per frame over that row; mem: {rows[-1].get('peak_mem_method', '')}")
+
+
+def cell(value, width: int, fmt: str) -> str:
+    """A table cell: `value` formatted, or '-' when it was not measured."""
+    return f"{'-':>{width}}" if value is None else f"{value:{width}{fmt}}"
 
 
 def main(argv=None) -> int:
@@ -253,61 +376,74 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     backends = args.backends.split(",") if args.backends else default_backends(device, args.engine)
     if args.cold_child:
-        solver, _ = build_solver(args, backends[0])
+        solver, _ = build_solver(args, backends[0], args.frames[0])
         solver.solve(solver.measure(torch.rand(solver.op.in_shape)), seed=0)
         synchronize(device)
         return 0
     info = machine(device)
-    flops = float(unet_flops(ADMConfig.preset(args.preset), args.frames))
+    flops = float(unet_flops(ADMConfig.preset(args.preset), 1))      # one frame (tile): FLOPs scale with the batch
     peak = matmul_peak_tflops(device, PEAK_DTYPE[args.precision])
     shared: dict = {}
-    rows = []
-    for backend in ([] if args.no_reference else [REFERENCE]) + backends:
-        reference = rows[0] if rows and rows[0]["backend"] == REFERENCE else None
-        row = measure_backend(args, backend, shared, flops, peak, reference=reference)
-        rows.append(dict(row, **info))
-        if args.save:               # at once: a later backend's crash or time-out keeps this row
-            log.info("appended to %s", append_jsonl("fps", rows[-1:]))
+    rows, first = [], {}
+    for frames in args.frames:
+        reference = None
+        for backend in ([] if args.no_reference else [REFERENCE]) + backends:
+            row = measure_backend(args, backend, frames, shared, flops, peak, reference=reference)
+            if backend == REFERENCE and row.get("kind") != "error":
+                reference = row
+            if row.get("kind") != "error":
+                compare_with_first(row, first.setdefault(backend, row))
+                check_targets(row, args)
+            rows.append(dict(row, **info))
+            if args.save:               # at once: a later row's crash or time-out keeps this one
+                log.info("appended to %s", append_jsonl("fps", rows[-1:]))
     if args.json:
         for r in rows:
             print(json.dumps(r))
     else:
-        print(f"{info['device_name']}  {args.preset}  {args.frames} frames  {args.task}  {args.nfe} NFE  "
-              f"{args.cg_iters} CG  matmul peak {peak:.3g} TFLOP/s ({args.precision})")
+        size = "x".join(map(str, args.size)) if args.size else "native size"
+        print(f"{info['device_name']}  {args.preset}  {size}  frames {','.join(map(str, args.frames))}  "
+              f"B = {args.batch}  {args.task}  {args.nfe} NFE  {args.cg_iters} CG  "
+              f"matmul peak {peak:.3g} TFLOP/s ({args.precision})")
         print_table(rows)
-    failed = [r["backend"] for r in rows if r.get("kind") == "error"]
+    failed = [(r["backend"], r["frames"]) for r in rows if r.get("kind") == "error"]
     if args.cold_start:                    # after the rows are safe: a process of its own per backend
-        for r in rows:
-            if r["backend"] in failed or r["backend"] == REFERENCE:
-                continue
-            seconds = cold_start(args, r["backend"])
-            row = dict(kind="cold_start", backend=r["backend"], cold_start_s=seconds, **{
-                k: r[k] for k in ("device", "preset", "task", "frames", "size", "nfe", "cg_iters", "precision")},
-                **info)
-            if args.json:
-                print(json.dumps(row))
-            elif seconds is not None:
-                print(f"cold start (process start → first restored clip), {r['backend']}: {seconds:.2f} s")
-            if args.save:
-                append_jsonl("fps", [row])
+        cold_starts(args, rows, failed, info)
     return 1 if failed else 0
 
 
-def measure_backend(args, backend: str, clip_y: dict, flops: float, peak: float, reference: dict | None) -> dict:
-    """bench_backend's row with its speed-up over `reference` (the first row), or an error row: one
-    backend's failure (out of memory, a missing engine, a kernel error) leaves the others to run."""
+def cold_starts(args, rows: list[dict], failed: list, info: dict) -> None:
+    """The cold start of each measured backend at the first frame count, printed and saved as a row."""
+    for r in rows:
+        if r["frames"] != args.frames[0] or (r["backend"], r["frames"]) in failed or r["backend"] == REFERENCE:
+            continue
+        seconds = cold_start(args, r["backend"], r["frames"])
+        row = dict(kind="cold_start", backend=r["backend"], cold_start_s=seconds, **{
+            k: r[k] for k in ("device", "preset", "task", "frames", "size", "batch", "nfe", "cg_iters",
+                              "precision")}, **info)
+        if args.json:
+            print(json.dumps(row))
+        elif seconds is not None:
+            print(f"cold start (process start → first restored clip), {r['backend']}: {seconds:.2f} s")
+        if args.save:
+            append_jsonl("fps", [row])
+
+
+def measure_backend(args, backend: str, frames: int, clip_y: dict, flops: float, peak: float,
+                    reference: dict | None) -> dict:
+    """bench_backend's row with its speed-up over `reference` (the reference row at the same frame count),
+    or an error row: one row's failure (out of memory, a missing engine, a kernel error) leaves the others to run."""
     try:
-        row = bench_backend(args, backend, clip_y, flops, peak)
+        row = bench_backend(args, backend, frames, clip_y, flops, peak)
     except Exception as err:                                           # recorded, not raised
-        log.warning("backend %s not measured: %s: %s", backend, type(err).__name__, err)
+        log.warning("backend %s at %d frames not measured: %s: %s", backend, frames, type(err).__name__, err)
         return {"kind": "error", "backend": backend, "device": args.device, "task": args.task,
-                "frames": args.frames, "nfe": args.nfe, "error": f"{type(err).__name__}: {err}"}
+                "frames": frames, "batch": args.batch, "nfe": args.nfe, "error": f"{type(err).__name__}: {err}"}
     ref_s = row["seconds_per_clip"] if backend == REFERENCE else (reference or {}).get("seconds_per_clip")
     row["speedup_vs_reference"] = ref_s / row["seconds_per_clip"] if ref_s else None
-    row["unet_flops_per_forward"] = flops
-    log.info("%s: %.3f s per clip, %.2f FPS, UNet %.1f%% of the matmul peak, peak memory %s, speed-up %s", backend,
-             row["seconds_per_clip"], row["fps"], 100 * row["unet_fraction_of_peak"],
-             f"{row['peak_mem_bytes'] / 1e9:.2f} GB" if row["peak_mem_bytes"] else "n/a",
+    log.info("%s, %d frames: %.3f s per clip, %.4f s per frame, %.2f FPS, peak memory %.3f GB, speed-up %s",
+             backend, frames, row["seconds_per_clip"], row["seconds_per_frame"], row["fps"],
+             row["peak_mem_bytes"] / 1e9,
              f"{row['speedup_vs_reference']:.2f}×" if row["speedup_vs_reference"] else "n/a")
     return row
 

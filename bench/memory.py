@@ -1,17 +1,21 @@
 """Peak memory of one reverse step, counted on meta tensors: no GPU, no data, any frame count.
 
-    python bench/memory.py                             # ADM-256, fp16 (upstream's mode), channels_last, 16 and 32 frames
+    python bench/memory.py                             # ADM-256, fp16 (upstream's mode), channels_last, 16, 64, 256 frames
     python bench/memory.py --frames 8,16,24 --precision bf16 --task temporal-k7-sr4 --json
 
 Runs one step of Algorithm 1 (UNet, Tweedie, CG, update) with the torch backend on meta
-tensors and counts the bytes of every tensor from its creation to its release: the peak
+tensors, the network called on B frames at a time (`--batch`, engine.tiling.micro_batched, as
+the Solver does), and counts the bytes of every tensor from its creation to its release: the peak
 of live tensors, plus the weights and the Solver's static buffers (measurement, noise for
 all K steps, output). The UNet's GroupNorms run as on CUDA (`--norms triton`: the fused
 kernel's launcher allocates its output and partial sums as always, and
 `bench.aot.launch_nothing` skips its launches, since meta tensors hold nothing to
 compute) or as upstream's torch ops (`--norms torch`). This is what the tensors need; the
 CUDA caching allocator, cuDNN workspaces and the CUDA context add to it, so bench/fps.py's
-measured peak is the number that counts on a GPU. Rows are appended to bench/results/memory.jsonl.
+measured peak is the number that counts on a GPU. With B fixed, the network's activations do
+not grow with the frame count; what does is the video-sized buffers (y, X, ε, X̂, the CG
+vectors, the output): `per frame+` is the total's growth per frame over the first row. With
+--save the rows are appended to bench/results/memory.jsonl.
 """
 
 from __future__ import annotations
@@ -19,58 +23,28 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import weakref
 from contextlib import nullcontext
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from bench.aot import launch_nothing
-from bench.common import add_save_flag, append_jsonl, machine
+from bench.common import LiveBytes, add_save_flag, append_jsonl, machine
 from engine.backends import torch_eps
 from engine.operators import from_spec
 from engine.sampler import reverse_process
 from engine.schedule import ddim_steps
 from engine.tasks import TASKS
+from engine.tiling import micro_batched
 from engine.unet import ADMConfig, ADMUNet
 
 GB = 1e9
 
 
-class LiveBytes(TorchDispatchMode):
-    """Bytes of the tensors that ops create, from creation until their storage is freed; `peak` is the maximum."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = self.peak = 0
-        self._storages: set[int] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self._count(t.untyped_storage())
-        return out
-
-    def _count(self, storage) -> None:
-        key = storage._cdata
-        if key in self._storages:                                     # a view of a counted tensor
-            return
-        self._storages.add(key)
-        self.live += storage.nbytes()
-        self.peak = max(self.peak, self.live)
-        weakref.finalize(storage, self._release, key, storage.nbytes())
-
-    def _release(self, key: int, nbytes: int) -> None:
-        self._storages.discard(key)
-        self.live -= nbytes
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="adm256_uncond", help="ADM config (adm256_uncond, ffhq_dps, tiny)")
-    p.add_argument("--frames", default="16,32", help="comma list of frame counts")
+    p.add_argument("--frames", default="16,64,256", help="comma list of frame counts (the first is the baseline)")
+    p.add_argument("--batch", type=int, default=16, help="B: frames per network call")
     p.add_argument("--task", default="temporal-k7", choices=sorted(TASKS))
     p.add_argument("--nfe", type=int, default=20, help="K: the noise buffer holds K + 1 images")
     p.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default="fp16")
@@ -83,13 +57,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def step_memory(preset: str, frames: int, task: str, nfe: int, precision: str, channels_last: bool,
-                norms: str = "triton") -> dict:
-    """Bytes of weights, static buffers and the peak of live tensors in one reverse step (meta tensors)."""
+                norms: str = "triton", batch: int = 16) -> dict:
+    """Bytes of weights, static buffers and the peak of live tensors in one reverse step (meta tensors),
+    the network run on `batch` frames at a time."""
     config = ADMConfig.preset(preset)
     with torch.device("meta"):
         model = ADMUNet(config)
-    eps = torch_eps(model, precision=precision, channels_last=channels_last, kernels=norms)
-    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    eps = micro_batched(torch_eps(model, precision=precision, channels_last=channels_last, kernels=norms), batch)
+    net = eps.module                 # the weights the network runs: its own converted copy (fp16) when precision asks
+    del model
+    weights = sum(t.numel() * t.element_size() for t in [*net.parameters(), *net.buffers()])
     shape = (frames, 3, config.image_size, config.image_size)
     op = from_spec(TASKS[task].spec, shape, device="meta", dtype=torch.float32)
     static = [torch.empty(op.out_shape, device="meta"), torch.empty((nfe + 1, 1, *shape[1:]), device="meta"),
@@ -114,21 +91,33 @@ def main(argv=None) -> int:
     info = machine(torch.device("cpu"))
     rows = []
     for frames in frame_counts:
-        row = dict(bench="memory", preset=args.preset, frames=frames, task=args.task, nfe=args.nfe,
+        row = dict(bench="memory", preset=args.preset, frames=frames, batch=args.batch, task=args.task, nfe=args.nfe,
                    precision=args.precision, channels_last=not args.contiguous, norms=args.norms,
                    **step_memory(args.preset, frames, args.task, args.nfe, args.precision, not args.contiguous,
-                                 args.norms),
+                                 args.norms, args.batch),
                    commit=info["commit"], torch=info["torch"], date=info["date"])
+        add_growth(row, rows[0] if rows else row)
         rows.append(row)
         if args.json:
             print(json.dumps(row))
         else:
-            print(f"{args.preset} {args.precision} {args.norms} norms {frames:3d} frames: "
+            growth = row["growth_bytes_per_frame"]
+            print(f"{args.preset} {args.precision} {args.norms} norms B = {args.batch} {frames:3d} frames: "
                   f"weights {row['weights_bytes'] / GB:.2f} GB + static buffers {row['static_bytes'] / GB:.2f} GB "
-                  f"+ step peak {row['step_peak_bytes'] / GB:.2f} GB = {row['total_bytes'] / GB:.2f} GB of tensors")
+                  f"+ step peak {row['step_peak_bytes'] / GB:.2f} GB = {row['total_bytes'] / GB:.2f} GB of tensors, "
+                  f"{row['total_bytes'] / frames / 1e6:.1f} MB per frame"
+                  + (f", per frame+ {growth / 1e6:.2f} MB over {row['baseline_frames']} frames" if growth else ""))
     if args.save:
         append_jsonl("memory", rows)
     return 0
+
+
+def add_growth(row: dict, first: dict) -> None:
+    """Adds the total per frame and the total's growth per frame over `first` (this run's first row)."""
+    extra = row["frames"] - first["frames"]
+    row["bytes_per_frame"] = row["total_bytes"] / row["frames"]
+    row["baseline_frames"] = first["frames"]
+    row["growth_bytes_per_frame"] = (row["total_bytes"] - first["total_bytes"]) / extra if extra else None
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def test_speedup_guards_non_positive_times():
 
 def test_fps_runs_on_the_cpu(capsys):
     code = fps.main(["--preset", "tiny", "--frames", "7", "--nfe", "2", "--cg-iters", "1", "--repeats", "1",
-                     "--backends", "torch", "--json", "--cold-start"])
+                     "--backends", "torch", "--json", "--cold-start", "--stage-repeats", "1"])
     assert code == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     *rows, cold = rows
@@ -94,8 +94,8 @@ def test_fps_stages_split_the_clips_they_were_measured_in(monkeypatch, capsys, t
     Without --save nothing is written (not even to $BENCH_RESULTS); --no-reference measures only the backends."""
     build = fps.build_solver
 
-    def slowing(args, backend):
-        solver, seconds = build(args, backend)
+    def slowing(args, backend, frames):
+        solver, seconds = build(args, backend, frames)
         net, calls = solver.eps_model, []
 
         def eps(x, t):
@@ -248,14 +248,133 @@ def test_live_bytes_counts_creation_to_release():
 
 
 def test_memory_of_one_step_fits_the_issue_targets():
-    """Tensor bytes of one ADM-256 fp16 step (meta tensors): the chunked GroupNorm keeps 16 frames
-    under 6 GB and 32 under 10 GB (8.6 and 15.7 GB before); the fused norms (the CUDA path)
-    need less still. A GPU adds its allocator's overhead."""
+    """Tensor bytes of one ADM-256 fp16 step (meta tensors), the network run B = 16 frames at a time: the
+    chunked GroupNorm keeps 16 frames under 6 GB (8.6 GB before); the fused norms (the CUDA path) need
+    less still. At 64 frames the total grows only by the video-sized buffers: a few fp32 frames' bytes
+    per extra frame (measured 4.8 MB, about 6 frames of 786 kB), not the network's ~250 MB per frame
+    (what a whole-clip network batch costs: see the last line). A GPU adds its allocator's overhead."""
     from bench.memory import step_memory
 
-    for frames, limit in ((16, 6.0e9), (32, 10.0e9)):
-        plain = step_memory("adm256_uncond", frames, "temporal-k7", 20, "fp16", True, norms="torch")
-        fused = step_memory("adm256_uncond", frames, "temporal-k7", 20, "fp16", True, norms="triton")
-        assert plain["weights_bytes"] > 1.1e9 and plain["step_peak_bytes"] > 4e9 * frames / 16
-        assert plain["total_bytes"] <= limit, (frames, plain)
-        assert 0.8 * plain["step_peak_bytes"] < fused["step_peak_bytes"] < plain["step_peak_bytes"], (frames, fused)
+    frame = 3 * 256 * 256 * 4
+    plain = step_memory("adm256_uncond", 16, "temporal-k7", 20, "fp16", True, norms="torch")
+    fused = step_memory("adm256_uncond", 16, "temporal-k7", 20, "fp16", True, norms="triton")
+    assert plain["weights_bytes"] > 1.1e9 and plain["step_peak_bytes"] > 4e9
+    assert plain["total_bytes"] <= 6.0e9, plain
+    assert 0.8 * plain["step_peak_bytes"] < fused["step_peak_bytes"] < plain["step_peak_bytes"], fused
+    long = step_memory("adm256_uncond", 64, "temporal-k7", 20, "fp16", True, norms="torch", batch=16)
+    growth = (long["total_bytes"] - plain["total_bytes"]) / 48
+    assert 2 * frame <= growth <= 10 * frame, growth
+    whole = step_memory("adm256_uncond", 32, "temporal-k7", 20, "fp16", True, norms="torch", batch=32)
+    assert (whole["total_bytes"] - plain["total_bytes"]) / 16 > 100 * frame
+
+
+def test_memory_rows_report_bytes_per_frame(capsys):
+    from bench import memory
+
+    assert memory.main(["--preset", "tiny", "--frames", "8,12,20", "--batch", "4", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["frames"] for r in rows] == [8, 12, 20] and {r["batch"] for r in rows} == {4}
+    first = rows[0]
+    assert first["growth_bytes_per_frame"] is None and first["baseline_frames"] == 8
+    for r in rows:
+        assert r["bytes_per_frame"] == pytest.approx(r["total_bytes"] / r["frames"])
+    for r in rows[1:]:
+        assert r["growth_bytes_per_frame"] == pytest.approx(
+            (r["total_bytes"] - first["total_bytes"]) / (r["frames"] - 8))
+        assert r["growth_bytes_per_frame"] > 0
+
+
+SWEEP = ["--preset", "tiny", "--nfe", "2", "--cg-iters", "1", "--repeats", "1", "--stage-repeats", "0"]
+
+
+def json_rows(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def test_fps_sweep_gives_one_row_per_frame_count_with_batch_memory_and_bytes_per_frame(capsys):
+    assert fps.main([*SWEEP, "--frames", "7,10", "--batch", "4", "--backends", "torch", "--no-reference",
+                     "--json"]) == 0
+    rows = json_rows(capsys)
+    assert [(r["backend"], r["frames"]) for r in rows] == [("torch", 7), ("torch", 10)]
+    for r in rows:
+        assert r["batch"] == 4 and r["tiles"] == 1 and r["size"] == [32, 32] and r["baseline_frames"] == 7
+        assert r["seconds_per_frame"] == pytest.approx(r["seconds_per_clip"] / r["frames"])
+        assert r["peak_mem_method"].startswith("peak live torch tensor bytes")
+        assert r["peak_bytes_per_frame"] == pytest.approx(r["peak_mem_bytes"] / r["frames"])
+        assert r["stages"] is None and r["unet_tflops"] is None                  # --stage-repeats 0
+    first, second = rows
+    assert first["seconds_per_frame_ratio"] == 1.0 and first["growth_bytes_per_frame"] is None
+    # the network runs 4 frames at a time in both rows: the peak grows by the video-sized buffers only
+    frame = 3 * 32 * 32 * 4
+    assert frame <= second["growth_bytes_per_frame"] <= 40 * frame
+    assert second["growth_bytes_per_frame"] == pytest.approx(
+        (second["peak_mem_bytes"] - first["peak_mem_bytes"]) / 3)
+
+
+def test_fps_ratios_divide_by_the_same_runs_first_row_of_each_backend(monkeypatch, capsys):
+    """Planted clip times (seconds per frame 0.1 and 0.2 at 7 frames, 0.1 and 0.4 at 9): each backend's ratio
+    is against its own first row (torch: 2.0, not 4.0 against the reference's), the speed-up against the
+    reference at the same frame count, and a ratio beyond 15 % is flagged in the row and in the table."""
+    planted = iter([[0.7], [1.4], [0.9], [3.6]])                        # reference 7, torch 7, reference 9, torch 9
+    monkeypatch.setattr(fps, "time_fn", lambda fn, device, repeats, warmup: next(planted))
+    assert fps.main([*SWEEP, "--frames", "7,9", "--backends", "torch", "--json", "--target-fps", "8",
+                     "--target-peak-gb", "1"]) == 0
+    rows = {(r["backend"], r["frames"]): r for r in json_rows(capsys)}
+    assert rows["reference", 9]["seconds_per_frame_ratio"] == pytest.approx(1.0)
+    assert rows["torch", 7]["seconds_per_frame_ratio"] == pytest.approx(1.0) and rows["torch", 7]["flat"]
+    assert rows["torch", 9]["seconds_per_frame_ratio"] == pytest.approx(2.0) and not rows["torch", 9]["flat"]
+    assert rows["torch", 7]["speedup_vs_reference"] == pytest.approx(0.5)
+    assert rows["torch", 9]["speedup_vs_reference"] == pytest.approx(0.25)
+    assert rows["reference", 7]["targets"]["fps"] == {"target": 8.0, "measured": pytest.approx(10.0), "met": True}
+    assert rows["torch", 9]["targets"]["fps"]["met"] is False and rows["torch", 9]["targets"]["peak_gb"]["met"]
+    fps.print_table(list(rows.values()))
+    table = capsys.readouterr().out
+    assert "    2.00!" in table and "target fps 8: measured 2.5, NOT met" in table
+
+
+class CutByTimeLimit(BaseException):
+    """What bench/device_check.sh's `timeout` does to a step: the process ends mid-sweep."""
+
+
+def test_fps_save_appends_each_row_as_it_is_measured(monkeypatch, capsys, tmp_path):
+    """--save writes every row of the sweep to $BENCH_RESULTS/fps.jsonl as it is measured: a run cut during its
+    second row (planted) leaves the first on disk; without --save nothing is written."""
+    measure = fps.bench_backend
+
+    def cut_at_9(args, backend, frames, *rest):
+        if frames == 9:
+            raise CutByTimeLimit
+        return measure(args, backend, frames, *rest)
+
+    argv = [*SWEEP, "--frames", "7,9", "--backends", "torch", "--no-reference", "--json"]
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
+    assert fps.main([*argv, "--frames", "7"]) == 0 and list(tmp_path.iterdir()) == []
+    printed = json_rows(capsys)
+    monkeypatch.setattr(fps, "bench_backend", cut_at_9)
+    with pytest.raises(CutByTimeLimit):
+        fps.main([*argv, "--save"])
+    (saved,) = [json.loads(line) for line in (tmp_path / "fps.jsonl").read_text().splitlines()]
+    assert saved["frames"] == 7 and saved["device_name"] and saved["seconds_per_frame"] > 0
+    assert set(saved) == set(printed[0])
+
+
+def test_fps_size_runs_tiles_of_the_networks_size(capsys):
+    """--size HxW larger than the tiny network's 32 pixels: the Solver blends tiles (engine.tiling), and the row
+    says how many: 40 rows → 2 tiles, 56 columns → 2 tiles (overlap 8)."""
+    assert fps.main([*SWEEP, "--frames", "7", "--size", "40x56", "--backends", "torch", "--no-reference",
+                     "--json"]) == 0
+    (row,) = json_rows(capsys)
+    assert row["size"] == [40, 56] and row["tiles"] == 4 and row["seconds_per_frame"] > 0
+
+
+def test_fps_frames_and_size_flags_parse_or_refuse():
+    from engine.runtime import SolverConfig
+
+    args = fps.parse_args(["--frames", "16,64,256", "--size", "720x1280", "--batch", "8"])
+    assert args.frames == [16, 64, 256] and args.size == (720, 1280) and args.batch == 8
+    assert fps.parse_args(["--size", "48"]).size == (48, 48)
+    for bad in (["--frames", "16,x"], ["--frames", "0"], ["--size", "720x"], ["--size", "1x2x3"]):
+        with pytest.raises(SystemExit):
+            fps.parse_args(bad)
+    assert fps.network_tiles(SolverConfig("temporal:uniform:7", size=(720, 1280)), 256) == 28
+    assert fps.network_tiles(SolverConfig("temporal:uniform:7", size=256), 256) == 1
