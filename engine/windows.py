@@ -42,7 +42,7 @@ import logging
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import torch
 
@@ -253,7 +253,7 @@ class VideoRestorer:
         self.frames_held_peak = 0          # most video-sized frames held at once outside the solve (measured)
 
     def _window(self, window: Optional[int], budget: Optional[int]) -> float:
-        """W from `window` or `budget`, refused in one line unless W > max(reach, lag) (a window must commit a frame)."""
+        """W from `window` or `budget`, refused in one line unless W > max(reach, lag): a window commits a frame."""
         least = max(self.term.reach, self.lag) + 1
         if window is not None and budget is not None:
             raise InputError("give a window size or a memory budget, not both")
@@ -281,6 +281,35 @@ class VideoRestorer:
         """The whole video's operator A = T ⊗ S for `frames` frames (the clean → measure path)."""
         w = plan_window(self.term, 0, frames, last=True)
         return self._operator(frame_matrix(self.term, w.rows, (0, frames), end=frames))
+
+    def measure(self, clean: Iterable[Tensor] | Tensor, *, sigma_y: float = 0.0, seed: int = 0) -> Iterator[Tensor]:
+        """y[n] = S(Σ_m T[n, m] x[m]) + σ_y·w[n], frame by frame, holding at most w + 1 clean frames.  → [3, H', W']
+
+        x: clean frames [3, H, W] in [0, 1]; w[n] ~ N(0, I) is drawn frame after frame from one CPU
+        generator seeded with `seed` (deterministic, though not the draw of engine.runtime.measure).
+        """
+        gen = torch.Generator().manual_seed(seed)
+        held: deque[Tensor] = deque()               # clean frames [first, first + len)
+        first, row, ended = 0, 0, False
+        frames = iter(clean)
+        while not ended or row < first + len(held):
+            nxt = next(frames, None)
+            ended = nxt is None
+            if not ended:
+                held.append(torch.as_tensor(nxt).to(device=self.device, dtype=self.dtype))
+            total = first + len(held)
+            while row < total and (ended or row + self.term.centre < total):
+                yield self._measure_row(row, held, first, total if ended else None, sigma_y, gen)
+                row += 1
+            while held and first < row - self.term.left:          # frames no later row reads
+                held.popleft()
+                first += 1
+
+    def _measure_row(self, n: int, held: deque, first: int, end: Optional[int], sigma_y: float, gen) -> Tensor:
+        """One measurement frame from the clean frames [first, first + len(held)).  → [3, H', W']"""
+        T = frame_matrix(self.term, (n, n + 1), (first, first + len(held)), end)
+        y = self._operator(T).A(torch.stack(list(held)))[0]
+        return y + sigma_y * torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y) if sigma_y > 0 else y
 
     def _operator(self, T: Tensor) -> WindowOperator:
         return WindowOperator(T, self.spatial, self.frame, device=self.device, dtype=self.dtype)

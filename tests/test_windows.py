@@ -232,3 +232,26 @@ def test_non_finite_frame_is_refused():
     r = VideoRestorer(PRIOR, "inpaint:0.5", (8, 8), window=4, **SETTINGS)
     with pytest.raises(InputError, match="frame 2 contains NaN"):
         list(r.restore([torch.rand(3, 8, 8)] * 2 + [torch.full((3, 8, 8), float("nan"))]))
+
+
+def test_streaming_measurement_is_the_whole_video_operator():
+    """measure() frame by frame equals A x of the whole video (replicate ends), reading at most c + 1 frames
+    ahead of the frames it yields; with σ_y the same seed gives the same noise."""
+    n, frame = 17, (8, 8)
+    r = VideoRestorer(PRIOR, "temporal:uniform:7:replicate+sr:2", frame, window=8, **SETTINGS)
+    x = smooth_video(n, *frame)
+    reads = []
+
+    def source():
+        for i in range(n):
+            reads.append(i)
+            yield x[i]
+
+    out = []
+    for k, f in enumerate(r.measure(source())):
+        out.append(f)
+        assert len(reads) - k <= r.term.centre + 1
+    assert torch.allclose(torch.stack(out), r.operator(n).A(x), rtol=0, atol=1e-14)
+    noisy = torch.stack(list(r.measure(x, sigma_y=0.1, seed=2)))
+    assert torch.equal(noisy, torch.stack(list(r.measure(x, sigma_y=0.1, seed=2))))
+    assert 0.05 < (noisy - r.operator(n).A(x)).std() < 0.15
