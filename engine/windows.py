@@ -1,0 +1,377 @@
+"""Videos of any length in windows with pinned context, and the streaming API (issue #16 §4–5).
+
+A spec is at most one temporal PSF (kernel k of width w, centre c) composed with
+frame-local spatial terms S (blur, sr, inpaint). On frames n = 0 … N−1 the temporal
+part is the N×N matrix T (engine.operators.temporal), so A = T ⊗ S and
+
+    y[n] = S( Σ_m T[n, m] · x[m] ),    T[n, m] = Σ_j k[j]·[m = n + c − j]   (interior rows).
+
+Row n reads frames n − ℓ … n + c, ℓ = w − 1 − c. At the video's ends a frame index
+outside [0, N) is clamped to the end frame ("replicate") or dropped ("zero");
+"circular" would read the other end of the video and is refused.
+
+Windows. The free frames [a, b) of a window (W = b − a of them) are restored together
+from the measurement rows [m₀, m₁),
+
+    m₀ = max(0, a − c),   m₁ = b − c (N for the last window),
+
+every row that reads a free frame and no frame past b. Those rows read frames from
+m₀ − ℓ, so the P = min(a, w − 1) restored frames [a − P, a) before the window
+(the context: w − 1 = 2r for a centred kernel of reach r = c) are pinned and enter
+as a known term:
+
+    y'[n] = y[n] − S( Σ_{m < a} T[n, m] · x̄[m] ),    n ∈ [m₀, m₁)
+    A_win z = S( T[m₀:m₁, a:b] z ),  z = x[a:b]  (W free frames)
+
+A window commits its frames [a, b − L) and the next one starts at b − L: the last L
+frames (the lag), which miss the rows past m₁, are solved again with them. With the
+default L = w − 1 every committed frame is restored from every measurement row that
+reads it; L = 0 commits all W frames (cheaper, measurably worse: see tests/test_windows.py).
+At the video's true ends the boundary applies; there are no seams. Each window runs
+Algorithm 1 (engine.sampler.reverse_process) with the same noise image per step, drawn
+once from the seed (shared by all frames of all windows): the video is a deterministic
+function of the seed, W and L. With a frame-local operator whose CG converges exactly
+(inpainting, SR: AᵀA has two eigenvalues) windows give the whole-video solve exactly;
+for a temporal PSF they differ by the pinned frames (fixed, not refined by later rows)
+and by CG's per-window step sizes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional
+
+import torch
+
+from engine.errors import InputError
+from engine.operators import from_spec
+from engine.operators.base import LinearOperator
+from engine.sampler import EpsModel, draw_noise, reverse_process
+from engine.schedule import ddim_steps
+from engine.tiling import micro_batched
+
+log = logging.getLogger(__name__)
+Tensor = torch.Tensor
+
+#: Temporal boundaries windows support, and the one used when the spec names none.
+WINDOW_BOUNDARIES = ("replicate", "zero")
+DEFAULT_BOUNDARY = "replicate"
+#: Video-sized frame buffers one window's solve holds per free frame (y, Aᵀy, X, ε, X̂, X̄,
+#: CG's x, r, p, Mp, b, and one spare): the estimate that turns a memory budget into W.
+BUFFERS_PER_FRAME = 12
+
+
+# ── the spec: one temporal term, the rest frame-local ───────────────────────
+
+@dataclass(frozen=True)
+class TemporalTerm:
+    """The temporal PSF of a spec: taps k [w] (float64, CPU) and the boundary at the video's ends."""
+
+    kernel: Tensor
+    boundary: str
+
+    @property
+    def centre(self) -> int:
+        """c = (w − 1) // 2: row n reads frames up to n + c."""
+        return (self.kernel.numel() - 1) // 2
+
+    @property
+    def left(self) -> int:
+        """ℓ = w − 1 − c: row n reads frames from n − ℓ."""
+        return self.kernel.numel() - 1 - self.centre
+
+    @property
+    def reach(self) -> int:
+        """r = max(c, ℓ): how far one measurement frame reaches into the clean video."""
+        return max(self.centre, self.left)
+
+    @property
+    def context(self) -> int:
+        """w − 1: the restored frames a window pins before its first free frame."""
+        return self.kernel.numel() - 1
+
+
+IDENTITY = TemporalTerm(torch.ones(1, dtype=torch.float64), "zero")
+
+
+def split_spec(spec: str) -> tuple[TemporalTerm, Optional[str]]:
+    """(the temporal term, or the identity; the spatial terms joined by '+', or None).
+
+    The spatial terms act on every frame alike, so they commute with T (A = T ⊗ S) and
+    their order relative to the temporal term does not matter.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise InputError("empty degradation spec")
+    terms = [term.strip() for term in spec.split("+")]
+    temporal = [term for term in terms if term.partition(":")[0] == "temporal"]
+    spatial = [term for term in terms if term.partition(":")[0] != "temporal"]
+    if len(temporal) > 1:
+        raise InputError(f"spec {spec!r} has {len(temporal)} temporal terms; windows take at most one")
+    return (_temporal_term(temporal[0]) if temporal else IDENTITY), ("+".join(spatial) or None)
+
+
+def _temporal_term(term: str) -> TemporalTerm:
+    """`temporal:FAMILY:VALUE[:BOUNDARY]` → its taps (parsed by engine.operators) and boundary."""
+    fields = term.split(":")
+    boundary = fields[3] if len(fields) == 4 else DEFAULT_BOUNDARY
+    if boundary == "circular":
+        raise InputError(f"{term!r}: the circular boundary wraps the video's last frames onto its first, which "
+                         f"windows cannot restore; use :replicate or :zero, or restore the whole video at once")
+    if boundary not in WINDOW_BOUNDARIES:
+        raise InputError(f"{term!r}: unknown temporal boundary {boundary!r}; windows accept "
+                         f"{', '.join(WINDOW_BOUNDARIES)}")
+    taps = from_spec(":".join([*fields[:3], "zero"]), (1, 1, 1, 1), backend="torch").kernel
+    return TemporalTerm(taps, boundary)
+
+
+# ── the frame matrix of one window ──────────────────────────────────────────
+
+def frame_matrix(term: TemporalTerm, rows: tuple[int, int], cols: tuple[int, int], end: Optional[int]) -> Tensor:
+    """T[m₀:m₁, c₀:c₁] of the whole video's temporal matrix, float64.  → [m₁ − m₀, c₁ − c₀]
+
+    Frame indices below 0 take the start boundary; at or past `end` (the frame count,
+    known in the last window only) the end boundary. Every other index a row reads
+    must lie in [c₀, c₁): the window plan guarantees it.
+    """
+    (m0, m1), (c0, c1) = rows, cols
+    M = torch.zeros(m1 - m0, c1 - c0, dtype=torch.float64)
+    for n in range(m0, m1):
+        for j, tap in enumerate(term.kernel.tolist()):
+            m = n + term.centre - j
+            outside = m < 0 or (end is not None and m >= end)
+            if outside and term.boundary == "zero":
+                continue
+            m = min(max(m, 0), end - 1) if end is not None else max(m, 0)
+            if not c0 <= m < c1:
+                raise RuntimeError(f"row {n} reads frame {m} outside the window's frames [{c0}, {c1})")
+            M[n - m0, m - c0] += tap
+    return M
+
+
+def along_frames(M: Tensor, x: Tensor) -> Tensor:
+    """(M x)[n] = Σ_m M[n, m]·x[m].  M: [R, F], x: [F, ...] → [R, ...]"""
+    return (M @ x.reshape(x.shape[0], -1)).reshape(M.shape[0], *x.shape[1:])
+
+
+class WindowOperator(LinearOperator):
+    """A_win z = S(T_win z): a window's free frames → its measurement rows.  [F, 3, H, W] → [R, 3, H', W']
+
+    T_win [R, F] is applied along frames, S (frame-local, or None) on every frame;
+    Aᵀ = T_winᵀ ⊗ Sᵀ and AᵀA = (T_winᵀT_win) ⊗ (SᵀS).
+    """
+
+    def __init__(self, T: Tensor, spatial: Optional[LinearOperator], frame: tuple[int, int], *, device=None,
+                 dtype=torch.float32):
+        self.backend = "torch"
+        self._T = T.to(device=device, dtype=dtype)                    # [R, F]
+        self._TtT = (T.T @ T).to(device=device, dtype=dtype)          # [F, F], formed in float64
+        self._S = spatial
+        out_frame = tuple(spatial.out_shape[1:]) if spatial is not None else (3, *frame)
+        self.in_shape = (T.shape[1], 3, *frame)
+        self.out_shape = (T.shape[0], *out_frame)
+
+    def A(self, x: Tensor) -> Tensor:
+        """y = T_win (S x).  [F, 3, H, W] → [R, 3, H', W']"""
+        return along_frames(self._T.to(x.dtype), self._spatial(x))
+
+    def A_adjoint(self, y: Tensor) -> Tensor:
+        """x = Sᵀ(T_winᵀ y).  [R, 3, H', W'] → [F, 3, H, W]"""
+        z = along_frames(self._T.T.to(y.dtype), y)
+        return z if self._S is None else self._S.A_adjoint(z)
+
+    def A_adjoint_A(self, x: Tensor) -> Tensor:
+        """AᵀA x = (T_winᵀT_win) ⊗ (SᵀS) x.  [F, 3, H, W] → [F, 3, H, W]"""
+        z = x if self._S is None else self._S.A_adjoint_A(x)
+        return along_frames(self._TtT.to(x.dtype), z)
+
+    def _spatial(self, x: Tensor) -> Tensor:
+        return x if self._S is None else self._S.A(x)
+
+
+# ── the window plan ─────────────────────────────────────────────────────────
+
+@dataclass(frozen=True)
+class Window:
+    """Free frames [start, stop), measurement rows [rows[0], rows[1]), pinned frames [context, start)."""
+
+    start: int
+    stop: int
+    rows: tuple[int, int]
+    context: int
+    last: bool
+    commit: int   # frames [start, commit) are final; [commit, stop) are solved again by the next window
+
+
+def plan_window(term: TemporalTerm, start: int, stop: int, last: bool, lag: int = 0) -> Window:
+    """The rows and the context of the window with free frames [start, stop) (see the module docstring)."""
+    m0 = max(0, start - term.centre)
+    m1 = stop if last else stop - term.centre
+    return Window(start, stop, (m0, m1), max(0, m0 - term.left), last, stop if last else stop - lag)
+
+
+# ── the streaming restorer ──────────────────────────────────────────────────
+
+def window_from_budget(budget_bytes: int, frame: tuple[int, int], term: TemporalTerm, itemsize: int) -> int:
+    """W = ⌊budget / (BUFFERS_PER_FRAME · 3·H·W·itemsize)⌋ − (w − 1): free frames that fit in `budget_bytes`."""
+    per_frame = BUFFERS_PER_FRAME * 3 * frame[0] * frame[1] * itemsize
+    return int(budget_bytes) // per_frame - term.context
+
+
+class VideoRestorer:
+    """Algorithm 1 over a video of any length, a window of W free frames at a time.
+
+        restorer = VideoRestorer(eps, "temporal:uniform:7:replicate", (272, 640), window=32, gamma=1.0)
+        for frame in restorer.restore(frames):      # frames: iterable of [3, H', W'] in [0, 1], or [N, 3, H', W']
+            write(frame)                            # [3, H, W] in [0, 1], in order, one window's latency
+
+    eps_model(x_t [F, 3, H, W], t [F]) → [F, 3 or 6, H, W], called on windows (in micro-batches
+    of `batch` frames when given). `window` (W) or `memory_budget` (bytes, see window_from_budget);
+    neither restores the whole video as one window. Only the "shared" noise is supported: one
+    image per step, drawn once from `seed`, the same in every window.
+    """
+
+    def __init__(self, eps_model: EpsModel, spec: str, frame: tuple[int, int], *, window: Optional[int] = None,
+                 memory_budget: Optional[int] = None, nfe: int = 20, eta: float = 0.15, cg_iters: int = 5,
+                 gamma: Optional[float] = None, seed: int = 0, mask_seed: int = 0, batch: Optional[int] = None,
+                 lag: Optional[int] = None, device="cpu", dtype: torch.dtype = torch.float32):
+        self.term, spatial_spec = split_spec(spec)
+        self.frame = (int(frame[0]), int(frame[1]))
+        self.device, self.dtype = torch.device(device), dtype
+        self.spatial = None if spatial_spec is None else from_spec(
+            spatial_spec, (1, 3, *self.frame), seed=mask_seed, device=device, dtype=dtype, backend="torch")
+        self.eps_model = eps_model if batch is None else micro_batched(eps_model, batch)
+        self.steps = ddim_steps(nfe, eta)
+        self.cg_iters, self.gamma = cg_iters, gamma
+        self.noise = draw_noise(seed, nfe, (1, 3, *self.frame)).to(device=self.device, dtype=dtype)  # [K+1, 1, 3, H, W]
+        self.lag = self.term.context if lag is None else lag
+        if isinstance(self.lag, bool) or not isinstance(self.lag, int) or self.lag < 0:
+            raise InputError(f"the lag must be an integer number of frames ≥ 0, got {lag!r}")
+        self.window = self._window(window, memory_budget)
+        self.frames_held_peak = 0          # most video-sized frames held at once outside the solve (measured)
+
+    def _window(self, window: Optional[int], budget: Optional[int]) -> float:
+        """W from `window` or `budget`, refused in one line unless W > max(reach, lag): a window commits a frame."""
+        least = max(self.term.reach, self.lag) + 1
+        if window is not None and budget is not None:
+            raise InputError("give a window size or a memory budget, not both")
+        if budget is not None:
+            itemsize = torch.finfo(self.dtype).bits // 8
+            window = window_from_budget(budget, self.frame, self.term, itemsize)
+            if window < least:
+                need = (least + self.term.context) * BUFFERS_PER_FRAME * 3 * self.frame[0] * self.frame[1] * itemsize
+                raise InputError(f"a memory budget of {budget} bytes holds a window of {max(window, 0)} frames of "
+                                 f"{self.frame[0]}×{self.frame[1]}; windows need at least {least} frames here "
+                                 f"(the temporal PSF's reach {self.term.reach}, lag {self.lag}): give {need} bytes")
+        if window is None:
+            return math.inf
+        if isinstance(window, bool) or not isinstance(window, int) or window < least:
+            raise InputError(f"the window must be an integer number of frames greater than the temporal PSF's "
+                             f"reach {self.term.reach} and the lag {self.lag} (at least {least}), got {window!r}")
+        return window
+
+    @property
+    def out_frame(self) -> tuple[int, int, int]:
+        """The shape of one measurement frame, (3, H', W')."""
+        return tuple(self.spatial.out_shape[1:]) if self.spatial is not None else (3, *self.frame)
+
+    def operator(self, frames: int) -> WindowOperator:
+        """The whole video's operator A = T ⊗ S for `frames` frames (the clean → measure path)."""
+        w = plan_window(self.term, 0, frames, last=True)
+        return self._operator(frame_matrix(self.term, w.rows, (0, frames), end=frames))
+
+    def measure(self, clean: Iterable[Tensor] | Tensor, *, sigma_y: float = 0.0, seed: int = 0) -> Iterator[Tensor]:
+        """y[n] = S(Σ_m T[n, m] x[m]) + σ_y·w[n], frame by frame, holding at most w + 1 clean frames.  → [3, H', W']
+
+        x: clean frames [3, H, W] in [0, 1]; w[n] ~ N(0, I) is drawn frame after frame from one CPU
+        generator seeded with `seed` (deterministic, though not the draw of engine.runtime.measure).
+        """
+        gen = torch.Generator().manual_seed(seed)
+        held: deque[Tensor] = deque()               # clean frames [first, first + len)
+        first, row, ended = 0, 0, False
+        frames = iter(clean)
+        while not ended or row < first + len(held):
+            nxt = next(frames, None)
+            ended = nxt is None
+            if not ended:
+                held.append(torch.as_tensor(nxt).to(device=self.device, dtype=self.dtype))
+            total = first + len(held)
+            while row < total and (ended or row + self.term.centre < total):
+                yield self._measure_row(row, held, first, total if ended else None, sigma_y, gen)
+                row += 1
+            while held and first < row - self.term.left:          # frames no later row reads
+                held.popleft()
+                first += 1
+
+    def _measure_row(self, n: int, held: deque, first: int, end: Optional[int], sigma_y: float, gen) -> Tensor:
+        """One measurement frame from the clean frames [first, first + len(held)).  → [3, H', W']"""
+        T = frame_matrix(self.term, (n, n + 1), (first, first + len(held)), end)
+        y = self._operator(T).A(torch.stack(list(held)))[0]
+        return y + sigma_y * torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y) if sigma_y > 0 else y
+
+    def _operator(self, T: Tensor) -> WindowOperator:
+        return WindowOperator(T, self.spatial, self.frame, device=self.device, dtype=self.dtype)
+
+    def restore(self, measurement: Iterable[Tensor] | Tensor) -> Iterator[Tensor]:
+        """Restored frames [3, H, W] in [0, 1], in order, a window at a time.
+
+        Holds at most W + c + 1 measurement frames (one read ahead tells whether the
+        window is the last) and w − 1 pinned restored frames besides the window's solve.
+        """
+        frames = self._checked(measurement)
+        pending: deque[Tensor] = deque()   # measurement rows [first_row, first_row + len)
+        pinned = torch.empty(0, 3, *self.frame, device=self.device, dtype=self.dtype)   # frames before `start`
+        first_row, start, done = 0, 0, False
+        while not done:
+            want = start + self.window + 1 - first_row            # rows through the window's end, one read ahead
+            while len(pending) < want and (nxt := next(frames, None)) is not None:
+                pending.append(nxt)
+            total = first_row + len(pending)                      # measurement frames read so far
+            done = len(pending) < want                            # the iterator is exhausted: the last window
+            if total <= start:
+                break
+            win = plan_window(self.term, start, total if done else start + self.window, done, self.lag)
+            self._hold(len(pending) + pinned.shape[0])
+            rows = torch.stack([pending[n - first_row] for n in range(*win.rows)])
+            x = self._solve_window(win, rows, pinned[pinned.shape[0] - (start - win.context):], total)
+            x = x[:win.commit - start]
+            pinned = torch.cat([pinned, x])[-self.term.context:] if self.term.context else pinned
+            start = win.commit
+            while pending and first_row < start - self.term.centre:   # rows no later window reads
+                pending.popleft()
+                first_row += 1
+            yield from x
+
+    def _solve_window(self, win: Window, y: Tensor, pinned: Tensor, total: int) -> Tensor:
+        """Algorithm 1 on one window: y' = y − S(T_pin x_pin), then reverse_process on A_win.  → [F, 3, H, W]"""
+        end = total if win.last else None
+        T = frame_matrix(self.term, win.rows, (win.context, win.stop), end)      # [R, P + F]
+        P = win.start - win.context
+        if P:
+            y = y - self._operator(T[:, :P]).A(pinned)
+        op = self._operator(T[:, P:])
+        log.debug("window frames [%d, %d), rows [%d, %d), %d pinned", win.start, win.stop, *win.rows, P)
+        return reverse_process(self.eps_model, y, op, self.noise, self.steps, cg_iters=self.cg_iters,
+                               gamma=self.gamma)
+
+    def _hold(self, frames: int) -> None:
+        self.frames_held_peak = max(self.frames_held_peak, frames)
+
+    def _checked(self, measurement: Iterable[Tensor] | Tensor) -> Iterator[Tensor]:
+        """The measurement frame by frame on the device, each checked: shape (3, H', W'), finite."""
+        for i, f in enumerate(measurement):
+            f = torch.as_tensor(f).to(device=self.device, dtype=self.dtype)
+            if tuple(f.shape) != self.out_frame:
+                raise InputError(f"measurement frame {i} has shape {tuple(f.shape)}; expected {self.out_frame} "
+                                 f"(clean frames {self.frame[0]}×{self.frame[1]} through the spec)")
+            if not torch.isfinite(f).all():
+                raise InputError(f"measurement frame {i} contains NaN or Inf values")
+            yield f
+
+
+def restore_windows(eps_model: EpsModel, spec: str, measurement: Iterable[Tensor] | Tensor,
+                    frame: tuple[int, int], **settings) -> Iterator[Tensor]:
+    """Restored frames [3, H, W], in order: `VideoRestorer(eps_model, spec, frame, **settings).restore(measurement)`."""
+    return VideoRestorer(eps_model, spec, frame, **settings).restore(measurement)
