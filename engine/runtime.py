@@ -271,20 +271,7 @@ class Solver:
                 self._warm_up()
 
     def _make_eps(self, model) -> Callable:
-        """The network as the loop calls it: B frames (or tiles of its training size) at a time (engine.tiling)."""
-        cfg = self.config
-        if cfg.backend == "tensorrt":
-            from engine.backends.tensorrt import TensorRTEps
-
-            net = TensorRTEps(model, batch=cfg.batch, device=self.device)
-        else:
-            net = torch_eps(model, precision=cfg.precision, channels_last=cfg.channels_last,
-                            compile=cfg.backend == "compile", kernels=cfg.norm_kernels(), device=self.device)
-        tile = native_size(model if cfg.backend != "tensorrt" else net)
-        if tile is None or (tile, tile) == cfg.frame:
-            return micro_batched(net, cfg.batch)
-        overlap = tile // 4 if cfg.tile_overlap is None else cfg.tile_overlap
-        return TiledEps(net, cfg.frame, tile, overlap=overlap, batch=cfg.batch)
+        return make_network(model, self.config)
 
     def _loop(self, callback=None) -> Tensor:
         cfg = self.config
@@ -346,6 +333,24 @@ class Solver:
             raise ModelError("the restoration holds NaN or Inf values: the ε model returned non-finite values "
                              "(try --dtype fp32, or check the checkpoint)")
         return out
+
+
+def make_network(model, cfg: SolverConfig) -> Callable:
+    """The network as the loop calls it: `cfg.batch` frames (or tiles of its training size) at a time
+    (engine.tiling), evaluated by `cfg.backend` in `cfg.precision`. The caller's module is left alone."""
+    device = torch.device(cfg.device)
+    if cfg.backend == "tensorrt":
+        from engine.backends.tensorrt import TensorRTEps
+
+        net = TensorRTEps(model, batch=cfg.batch, device=device)
+    else:
+        net = torch_eps(model, precision=cfg.precision, channels_last=cfg.channels_last,
+                        compile=cfg.backend == "compile", kernels=cfg.norm_kernels(), device=device)
+    tile = native_size(model if cfg.backend != "tensorrt" else net)
+    if tile is None or (tile, tile) == cfg.frame:
+        return micro_batched(net, cfg.batch)
+    overlap = tile // 4 if cfg.tile_overlap is None else cfg.tile_overlap
+    return TiledEps(net, cfg.frame, tile, overlap=overlap, batch=cfg.batch)
 
 
 def native_size(model) -> int | None:

@@ -82,6 +82,7 @@ class Job:
     model_config: Optional[dict] = None  # guided-diffusion flags the checkpoint's shapes cannot tell
     class_label: Optional[int] = None    # for a class-conditional checkpoint
     frames: Optional[int] = None         # None: every frame
+    max_frames: Optional[int] = None     # restore in windows of this many frames (engine.windows); None: whole
     size: Optional[int] = None           # square frame size (crop + resize, the paper's protocol); None: own size
     fps: Optional[float] = None          # None: the input's own rate, else DEFAULT_FPS
     sigma_y: float = 0.0                 # noise added to a clean INPUT, or the stated noise of a measured one
@@ -93,6 +94,8 @@ class Job:
             raise InputError(f"--sigma-y must be a finite number >= 0, got {self.sigma_y}")
         if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
             raise InputError(f"--fps must be a positive frame rate, got {self.fps}")
+        if self.max_frames is not None and self.max_frames < 2:
+            raise InputError(f"--max-frames must be at least 2, got {self.max_frames}")
         if self.frames is not None and self.frames < 1:
             raise InputError(f"--frames must be at least 1, got {self.frames}")
         if self.size is not None and self.size < 1:
@@ -164,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int,
                    help="centre-crop and resize the frames to SIZE x SIZE, the paper's protocol (default: restore "
                         "them at their own size; a checkpoint's network then sees overlapping tiles of its size)")
+    p.add_argument("--max-frames", type=int, metavar="W",
+                   help="restore a longer video in windows of W frames, each pinning the previous window's last "
+                        "restored frames (engine.windows; plain CG, cold start, shared noise); default: whole")
     p.add_argument("--batch", type=int, default=16,
                    help="frames (or tiles) per network call, B (default 16): sets the network's memory, not the result")
     p.add_argument("--fps", type=float, help=f"frame rate of the written videos (default: the input's own, else "
@@ -198,6 +204,7 @@ def parse(argv=None) -> tuple[Job, SolverConfig, bool]:
               measured=args.measured, blind=args.blind, init=args.init, checkpoint=args.checkpoint,
               engine=args.engine, prior=args.prior, task=args.task or (DEMO_TASK if args.demo else None),
               model_config=model_config or None, class_label=args.class_label, frames=args.frames,
+              max_frames=args.max_frames,
               size=args.size, fps=args.fps, sigma_y=sigma_y, seed=args.seed, baselines=baselines)
     gamma = args.gamma if args.gamma is not None else (1.0 if sigma_y > 0 else None)
     defaults = task or get_task(DEMO_TASK)
@@ -271,6 +278,8 @@ def run(job: Job, cfg: SolverConfig) -> Path:
 
 def restore(job: Job, cfg: SolverConfig, model, clean, y):
     """(restored clip, report, measurement): Algorithm 1 on y, or on A(clean) + σ_y·w."""
+    if job.max_frames is not None and cfg.frames > job.max_frames:
+        return restore_in_windows(job, cfg, model, clean, y)
     solver = Solver(model, cfg)
     if clean is not None:
         y = solver.measure(clean, sigma_y=job.sigma_y, seed=job.seed + 1)
@@ -291,6 +300,37 @@ def restore(job: Job, cfg: SolverConfig, model, clean, y):
         scores = ", ".join(f"{k} {v['psnr_mean']:.2f} dB" for k, v in report["baselines"].items())
         log.info("PSNR %.2f dB%s, SSIM %.4f, %.1f s", report["restored"]["psnr_mean"],
                  f" (baselines: {scores})" if scores else "", report["restored"]["ssim_mean"], seconds)
+    return restored, report, y
+
+
+def restore_in_windows(job: Job, cfg: SolverConfig, model, clean, y):
+    """(restored clip, report, measurement): Algorithm 1 in windows of --max-frames frames (engine.windows),
+    each pinning the previous window's last restored frames; scored like `restore`."""
+    from engine.operators import from_spec
+    from engine.runtime import make_network
+    from engine.windows import VideoRestorer
+
+    if cfg.noise != "shared":
+        raise InputError("--max-frames restores in windows with the shared noise image only; drop --noise independent")
+    if clean is not None:
+        y = measure(from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed), clean, sigma_y=job.sigma_y, seed=job.seed + 1)
+    restorer = VideoRestorer(make_network(model, cfg), cfg.spec, cfg.frame, window=job.max_frames, nfe=cfg.nfe,
+                             eta=cfg.eta, cg_iters=cfg.cg_iters, gamma=cfg.gamma, seed=job.seed,
+                             mask_seed=cfg.mask_seed, device=cfg.device)
+    t0 = time.perf_counter()
+    frames = []
+    for frame in tqdm(restorer.restore(y), total=cfg.frames, desc="restoring", unit="frame", disable=None):
+        frames.append(frame.cpu())
+        if len(frames) % max(1, cfg.frames // 10) == 0:
+            log.info("restored %d/%d frames", len(frames), cfg.frames)
+    restored = torch.stack(frames)
+    seconds = time.perf_counter() - t0
+    report = {"settings": settings(job, cfg), "windows": {"max_frames": job.max_frames, "lag": restorer.lag},
+              "input": "demo" if job.input is None else str(job.input), "prior": prior_name(job),
+              **model_record(model), "seconds": seconds, "fps": cfg.frames / seconds}
+    if clean is not None:
+        report["restored"] = clip_summary(restored, clean)
+        log.info("PSNR %.2f dB in windows of %d frames, %.1f s", report["restored"]["psnr_mean"], job.max_frames, seconds)
     return restored, report, y
 
 
@@ -342,7 +382,7 @@ def restore_blind(job: Job, cfg: SolverConfig, model, clean, y):
 def settings(job: Job, cfg: SolverConfig) -> dict:
     """Every setting of the run, for metrics.json."""
     return {**cfg.to_dict(), "sigma_y": job.sigma_y, "seed": job.seed, "baselines": list(job.baselines),
-            "fps": _output_fps(job)}
+            "fps": _output_fps(job), "max_frames": job.max_frames}
 
 
 # ----------------------------------------------------------------------------- input

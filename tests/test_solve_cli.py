@@ -363,3 +363,13 @@ def test_whole_videos_hold_their_end_frames_in_time(tmp_path, argv, frames, spec
     out = tmp_path / "out"
     assert main([str(path), *argv, *FAST, "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["settings"]["spec"] == spec
+
+
+def test_a_video_longer_than_max_frames_is_restored_in_windows(tmp_path):
+    path = tmp_path / "clip.npy"
+    np.save(path, camera_clip(frames=20, size=32).numpy())
+    out = tmp_path / "out"
+    assert main([str(path), "--degrade", "temporal:uniform:3", *FAST, "--max-frames", "8", "--out", str(out)]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["windows"]["max_frames"] == 8 and len(report["restored"]["psnr"]) == 20
+    assert len(list((out / "frames").glob("frame_*.png"))) == 20 and report["restored"]["psnr_mean"] > 15
