@@ -185,7 +185,7 @@ def bench_backend(args, backend: str, clip_y: dict, flops: float, peak: float) -
     row = {
         "backend": backend, "device": args.device, "preset": args.preset, "task": args.task,
         "frames": cfg.frames, "size": cfg.size, "nfe": cfg.nfe, "cg_iters": cfg.cg_iters,
-        "precision": cfg.precision, "kernels": cfg.operator_backend(), "norms": cfg.norm_kernels(),
+        "precision": cfg.precision, "kernels": cfg.resolved_kernels.arithmetic, "norms": cfg.resolved_kernels.norms,
         "cudnn_benchmark": cfg.cudnn_benchmark,
         "seconds_per_clip": per_clip, "seconds_all": seconds, "fps": cfg.frames / per_clip,
         "ms_per_nfe": per_clip / cfg.nfe * 1e3, "build_s": build_s,
