@@ -45,7 +45,7 @@ Tensor = torch.Tensor
 
 @dataclass(frozen=True)
 class ResolvedKernels:
-    """What SolverConfig.kernels ran as, "torch" or "triton" each: `arithmetic` for the operators, CG
+    """What SolverConfig.kernels resolved to, "torch" or "triton" each: `arithmetic` for the operators, CG
     and the step updates; `norms` for the ADM UNet's GroupNorms (no frame limit, so it can differ)."""
 
     arithmetic: str
