@@ -35,7 +35,7 @@ def run(spec: str, frames: int, size: int, image: str, delta: float | None, *, n
         cg_iters: int, dtype: torch.dtype) -> dict:
     """One restoration; its mean per-frame PSNR and wall time."""
     x = camera_clip(image, frames=frames, size=size, dtype=dtype)          # [N, 3, S, S] in [0, 1]
-    op = from_spec(spec, x.shape, backend="torch")
+    op = from_spec(spec, x.shape, kernels="torch")
     y = op.A(x)
     start = time.perf_counter()
     out = sample(GaussianPrior(), y, op, nfe=nfe, eta=eta, cg_iters=cg_iters, precond_delta=delta)

@@ -36,7 +36,7 @@ from bench.common import add_save_flag, append_jsonl, machine
 from engine.backends import torch_eps
 from engine.errors import InputError
 from engine.operators import from_spec
-from engine.sampler import reverse_process
+from engine.sampler import reverse_process, step_kernels
 from engine.schedule import ddim_steps
 from engine.tasks import TASKS
 from engine.unet import ADMConfig, ADMUNet
@@ -75,14 +75,15 @@ def launch_everything(shape: tuple[int, ...], dtype: torch.dtype) -> None:
     ADM-256 forward with fused norms, on meta tensors."""
     specs = [task.spec for task in TASKS.values()] + list(EXTRA_SPECS)
     for spec in specs:
-        op = from_spec(spec, shape, device="meta", dtype=dtype, backend="triton")
+        op = from_spec(spec, shape, device="meta", dtype=dtype, kernels="triton")
         x = torch.empty(shape, dtype=dtype, device="meta")
         y = op.A(x)
         op.A_adjoint(y)
         op.A_adjoint_A(x)
         noise = torch.empty((3, 1, *shape[1:]), dtype=dtype, device="meta")
         for gamma in (None, 1.0):
-            reverse_process(zero_eps, y, op, noise, ddim_steps(2, 0.5), cg_iters=3, gamma=gamma)   # first, middle, last
+            reverse_process(zero_eps, y, op, noise, ddim_steps(2, 0.5), cg_iters=3, gamma=gamma,   # first, middle, last
+                            kernels=step_kernels("triton"))
     with torch.device("meta"):
         model = ADMUNet(ADMConfig.preset("adm256_uncond"))
     eps = torch_eps(model, precision=PRECISION[dtype], channels_last=True, kernels="triton")

@@ -250,8 +250,8 @@ def bench_backend(args, backend: str, frames: int, clip_y: dict, flops: float, p
     row = {
         "backend": backend, "device": args.device, "preset": args.preset, "task": args.task,
         "frames": cfg.frames, "size": list(cfg.frame), "batch": cfg.batch, "tiles": tiles, "nfe": cfg.nfe,
-        "cg_iters": cfg.cg_iters, "precision": cfg.precision, "kernels": cfg.operator_backend(),
-        "norms": cfg.norm_kernels(), "cudnn_benchmark": cfg.cudnn_benchmark,
+        "cg_iters": cfg.cg_iters, "precision": cfg.precision, "kernels": cfg.resolved_kernels.arithmetic,
+        "norms": cfg.resolved_kernels.norms, "cudnn_benchmark": cfg.cudnn_benchmark,
         "seconds_per_clip": per_clip, "seconds_all": seconds, "seconds_per_frame": per_clip / frames,
         "fps": frames / per_clip, "ms_per_nfe": per_clip / cfg.nfe * 1e3, "build_s": build_s, "warmup": args.warmup,
         "stages": stages, "stage_shares": shares,

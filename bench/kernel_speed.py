@@ -6,7 +6,7 @@
 Per kernel: the median time (triton.testing.do_bench, L2 flushed before each call), the
 bytes it must move (each input read once, each output written once), the achieved GB/s
 and its fraction of the copy bandwidth measured in the same run, and the median time of
-the torch-eager equivalent (the engine's torch backend). Per paper task: CG_5 with eager
+the torch-eager equivalent (the engine's torch kernels). Per paper task: CG_5 with eager
 launches, one CG iteration (CG_5 − CG_4, each replayed as a CUDA graph so that launch
 overhead does not blur the difference), and one whole non-UNet step (Tweedie + 5 CG +
 update) in Triton (eager launches, and replayed as a CUDA graph) against torch (eager, and
@@ -176,8 +176,8 @@ def task_rows(name: str, shape, dtype, dev: str = "cuda") -> list[tuple[str, flo
     The whole step starts from the network's output as the Solver's default gives it (learned-σ,
     fp16, [N, 6, H, W]): taking ε from it is part of the step (a cast pass in torch, none in Triton)."""
     spec = TASKS[name].spec
-    fast = from_spec(spec, shape, device=dev, dtype=dtype, backend="triton")
-    slow = from_spec(spec, shape, device=dev, dtype=dtype, backend="torch")
+    fast = from_spec(spec, shape, device=dev, dtype=dtype, kernels="triton")
+    slow = from_spec(spec, shape, device=dev, dtype=dtype, kernels="torch")
     gen = torch.Generator(device=dev).manual_seed(1)
     x = torch.rand(shape, generator=gen, device=dev).to(dtype) * 2 - 1
     net_out = torch.randn((shape[0], 6, *shape[2:]), generator=gen, device=dev).half()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import functools
 import threading
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -30,9 +31,8 @@ from engine.backends import BACKENDS, GRAPH_BACKENDS, PRECISIONS, torch_eps
 from engine.backends.torch import cudnn_benchmark_mode
 from engine.cg import DEFAULT_DELTA, preconditioner
 from engine.errors import InputError, ModelError
-from engine.operators import BACKENDS as OPERATOR_BACKENDS
-from engine.operators import from_spec
-from engine.operators.common import AUTO, resolve_backend
+from engine.operators import KERNELS, from_spec
+from engine.operators.common import AUTO, resolve_kernels
 from engine.sampler import NOISE_MODES, check_measurement, draw_noise, reverse_process, step_kernels
 from engine.schedule import NUM_TRAIN_STEPS, ddim_steps, warm_start
 from engine.streams import on_stream
@@ -41,6 +41,15 @@ from engine.tiling import TiledEps, micro_batched
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class ResolvedKernels:
+    """What SolverConfig.kernels resolved to, "torch" or "triton" each: `arithmetic` for the operators, CG
+    and the step updates; `norms` for the ADM UNet's GroupNorms (no frame limit, so it can differ)."""
+
+    arithmetic: str
+    norms: str
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,7 @@ class SolverConfig:
             raise InputError(f"unknown precision {self.precision!r}; accepted: {', '.join(PRECISIONS)}")
         if self.noise not in NOISE_MODES:
             raise InputError(f"noise must be one of {', '.join(NOISE_MODES)}, got {self.noise!r}")
-        if self.kernels not in (*OPERATOR_BACKENDS, AUTO):
+        if self.kernels not in (*KERNELS, AUTO):
             raise InputError(f"kernels must be torch, triton or auto, got {self.kernels!r}")
         _check_int("frames", self.frames, 1)
         for side in (self.size if isinstance(self.size, tuple) else (self.size,)):
@@ -102,6 +111,7 @@ class SolverConfig:
                              f"got {self.device!r}")
         if self.start is not None and not self.nfe <= self.start <= 1000:
             raise InputError(f"start must be in [nfe, 1000] = [{self.nfe}, 1000], got {self.start}")
+        self.resolved_kernels   # resolved here, once: "triton" without the package is refused at once
 
     @classmethod
     def from_task(cls, name: str, **overrides) -> "SolverConfig":
@@ -119,15 +129,14 @@ class SolverConfig:
         """[N, 3, H, W] of the clean clip."""
         return (self.frames, 3, *self.frame)
 
-    def operator_backend(self) -> str:
-        """`kernels`, or for "auto": Triton on CUDA (installed, within its temporal kernels' frame limit),
-        else torch (engine.operators.common.resolve_backend)."""
-        return resolve_backend(self.kernels, self.device, self.frames)
-
-    def norm_kernels(self) -> str:
-        """How the ADM UNet's GroupNorms run: `kernels`, or for "auto" the fused Triton kernel on CUDA
-        when Triton is installed (it has no frame limit) and torch ops elsewhere."""
-        return resolve_backend(self.kernels, self.device, frames=1)   # the norm has no frame limit
+    @functools.cached_property
+    def resolved_kernels(self) -> ResolvedKernels:
+        """`kernels`, or for "auto" (engine.operators.common.resolve_kernels): the arithmetic on Triton
+        on CUDA when it is installed and the frames fit its temporal kernels, the norms on Triton on
+        CUDA when it is installed (the fused GroupNorm has no frame limit); torch ops elsewhere.
+        Computed once per config (not a field: `to_dict` leaves it out, `SolverConfig(**d)` recomputes it)."""
+        return ResolvedKernels(arithmetic=resolve_kernels(self.kernels, self.device, self.frames),
+                               norms=resolve_kernels(self.kernels, self.device, frames=None))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -251,11 +260,11 @@ class Solver:
         self.config = config
         self.device = torch.device(config.device)
         self.op = from_spec(config.spec, config.shape, seed=config.mask_seed, device=self.device,
-                            dtype=torch.float32, backend=config.operator_backend())
+                            dtype=torch.float32, kernels=config.resolved_kernels.arithmetic)
         self.steps = ddim_steps(config.nfe, config.eta, start=config.start)
         self.warm = warm_start(config.start, config.cg_iters)
         self.eps_model = checked_eps(eps_model or self._make_eps(model), config.shape)
-        self.kernels = step_kernels(self.op.backend)
+        self.kernels = step_kernels(config.resolved_kernels.arithmetic)   # the step arithmetic
         self._precond = preconditioner(self.op, config.gamma, config.cg_precond, device=self.device, dtype=torch.float32)
         self._lock = threading.Lock()
         b = 1 if config.noise == "shared" else config.frames

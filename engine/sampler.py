@@ -73,7 +73,8 @@ def to_model(x: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class StepKernels:
-    """The non-network arithmetic of one step; the Triton backend swaps in fused kernels."""
+    """The non-network arithmetic of one step. The defaults, torch ops, are the reference;
+    step_kernels("triton") swaps in fused Triton kernels."""
 
     take_eps: Callable = take_eps
     tweedie: Callable = tweedie
@@ -82,9 +83,9 @@ class StepKernels:
 
 
 @functools.cache
-def step_kernels(backend: str) -> StepKernels:
-    """The step arithmetic for an operator backend ("torch" or "triton"; one table each)."""
-    if backend == "triton":
+def step_kernels(kernels: str) -> StepKernels:
+    """The step arithmetic on `kernels`, resolved ("torch" or "triton"; one table each)."""
+    if kernels == "triton":
         from engine import triton_steps
         from kernels.cg import data_consistency as triton_data_consistency
 
@@ -122,13 +123,15 @@ def sample(
     noiseless CG on AᵀA x = Aᵀy; a float γ runs (I + γAᵀA) x = x̂ + γAᵀy. precond_delta=δ
     preconditions it from op's temporal part (engine.cg.preconditioner; None: plain CG).
     start: t₀ of a warm start (engine.schedule.warm_start; None: T, the cold start).
-    callback(k, t, x̂ in [0, 1]) sees every step's Tweedie estimate.
+    callback(k, t, x̂ in [0, 1]) sees every step's Tweedie estimate. The steps run on op's kernels
+    (`step_kernels(op.kernels)`).
     """
     check_measurement(y, op)
     E = draw_noise(seed, nfe, tuple(op.in_shape), noise).to(device=y.device, dtype=y.dtype)
     precond = preconditioner(op, gamma, precond_delta, device=y.device, dtype=y.dtype)
     return reverse_process(eps_model, y, op, E, ddim_steps(nfe, eta, start=start), cg_iters=cg_iters,
-                           gamma=gamma, callback=callback, precond=precond, warm=warm_start(start, cg_iters))
+                           gamma=gamma, callback=callback, kernels=step_kernels(op.kernels),
+                           precond=precond, warm=warm_start(start, cg_iters))
 
 
 def reverse_process(
@@ -141,7 +144,7 @@ def reverse_process(
     cg_iters: int,
     gamma: Optional[float],
     callback: Optional[Callable[[int, int, Tensor], None]] = None,
-    kernels: Optional[StepKernels] = None,
+    kernels: StepKernels = StepKernels(),
     nvtx: bool = False,
     stage: Optional[Callable[[str], ContextManager]] = None,
     precond: Optional[Callable[[Tensor], Tensor]] = None,
@@ -150,14 +153,14 @@ def reverse_process(
     """The loop of Algorithm 1 on static inputs (no host sync: a CUDA graph can capture it).
 
     E: [K + 1, B, 3, H, W] noise from `draw_noise`; returns clamp(X̄) in [0, 1], [N, 3, H, W].
-    `kernels` defaults to the step arithmetic of the operator's backend. `nvtx` puts each stage
+    `kernels`: the step arithmetic (`step_kernels`); the default, torch ops, is the reference,
+    whatever `op` runs on (the caller passes the kernels it resolved). `nvtx` puts each stage
     of each step in an NVTX range (UNet, Tweedie, CG, update) for Nsight; `stage`, called with
     those names, replaces the ranges with contexts of the caller's (bench/fps.py's stage clock).
     `precond`: CG's preconditioner (engine.cg.preconditioner, built once; None: plain CG).
     `warm`: start at t₀ from X_{t₀} = √ᾱ_{t₀}·X_init + √(1−ᾱ_{t₀})·E_b, X_init = CG on AᵀA x = Aᵀy from Aᵀy
     (`steps` must then be the schedule from t₀); None: X_T = E_b.
     """
-    kern = kernels or step_kernels(getattr(op, "backend", "torch"))
     n = op.in_shape[0]
     aty = op.A_adjoint(y)                                                   # Aᵀy, once per clip
     x = E[0].expand(op.in_shape).clone()                                    # batch-consistent init
@@ -168,13 +171,13 @@ def reverse_process(
     for k, s in enumerate(steps):
         t = torch.full((n,), s.t, dtype=torch.long, device=y.device)
         with stage("UNet"):
-            eps = kern.take_eps(eps_model(x, t), y.dtype)                   # ε_θ(X, t)
+            eps = kernels.take_eps(eps_model(x, t), y.dtype)                # ε_θ(X, t)
         with stage("Tweedie"):
-            x0 = kern.tweedie(x, eps, s)                                    # X̂ (in [0, 1])
+            x0 = kernels.tweedie(x, eps, s)                                 # X̂ (in [0, 1])
         if callback is not None:
             callback(k, s.t, x0)
         with stage("CG"):
-            xbar = kern.data_consistency(op, y, x0, cg_iters, gamma, aty=aty, precond=precond)  # X̄ = CG_l(X̂)
+            xbar = kernels.data_consistency(op, y, x0, cg_iters, gamma, aty=aty, precond=precond)  # X̄ = CG_l(X̂)
         with stage("update"):
-            x = kern.ddim_update(xbar, E[k + 1], eps, s)                    # re-noise with E_b
+            x = kernels.ddim_update(xbar, E[k + 1], eps, s)                 # re-noise with E_b
     return xbar.clamp(0, 1)

@@ -289,7 +289,7 @@ def restore(job: Job, cfg: SolverConfig, model, clean, y):
     if restored.is_cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    report = {"settings": settings(job, cfg), "kernels_used": solver.op.backend,   # what --kernels auto resolved to
+    report = {"settings": settings(job, cfg), "kernels_used": cfg.resolved_kernels.arithmetic,   # what --kernels auto resolved to
               "input": "demo" if job.input is None else str(job.input), "prior": prior_name(job),
               **model_record(model),
               "seconds": seconds, "fps": cfg.frames / seconds}

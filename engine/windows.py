@@ -123,7 +123,7 @@ def _temporal_term(term: str) -> TemporalTerm:
     if boundary not in WINDOW_BOUNDARIES:
         raise InputError(f"{term!r}: unknown temporal boundary {boundary!r}; windows accept "
                          f"{', '.join(WINDOW_BOUNDARIES)}")
-    taps = from_spec(":".join([*fields[:3], "zero"]), (1, 1, 1, 1), backend="torch").kernel
+    taps = from_spec(":".join([*fields[:3], "zero"]), (1, 1, 1, 1), kernels="torch").kernel
     return TemporalTerm(taps, boundary)
 
 
@@ -165,7 +165,7 @@ class WindowOperator(LinearOperator):
 
     def __init__(self, T: Tensor, spatial: Optional[LinearOperator], frame: tuple[int, int], *, device=None,
                  dtype=torch.float32):
-        self.backend = "torch"
+        self.kernels = "torch"
         self._T = T.to(device=device, dtype=dtype)                    # [R, F]
         self._TtT = (T.T @ T).to(device=device, dtype=dtype)          # [F, F], formed in float64
         self._S = spatial
@@ -241,7 +241,7 @@ class VideoRestorer:
         self.frame = (int(frame[0]), int(frame[1]))
         self.device, self.dtype = torch.device(device), dtype
         self.spatial = None if spatial_spec is None else from_spec(
-            spatial_spec, (1, 3, *self.frame), seed=mask_seed, device=device, dtype=dtype, backend="torch")
+            spatial_spec, (1, 3, *self.frame), seed=mask_seed, device=device, dtype=dtype, kernels="torch")
         self.eps_model = eps_model if batch is None else micro_batched(eps_model, batch)
         self.steps = ddim_steps(nfe, eta)
         self.cg_iters, self.gamma = cg_iters, gamma

@@ -218,7 +218,7 @@ def _launch(x: Tensor, kernel: Tensor, mode: int, boundary: str, *, autocorr: Te
     width = kernel.numel()
     if n > MAX_FRAMES:
         raise InputError(f"temporal: the Triton kernels take at most {MAX_FRAMES} frames, got {n}; "
-                         f"use the torch backend")
+                         f"use the torch kernels")
     if (pool > 1 or mask is not None) and mode != NORMAL:
         raise InputError("temporal: pooling and masks fuse into the normal operator only")
     if pool > 1 and (mask is not None or h % pool or w % pool):

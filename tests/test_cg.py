@@ -88,7 +88,7 @@ def test_pcg_solves_an_invertible_system_in_two_steps(boundary):
     reaches the exact solution in 2 iterations (its P is TᵀT's inverse up to δ²/λ² ≈ 1e-6); plain
     CG after 2 iterations is far from it (what makes the test able to fail)."""
     shape = (16 if boundary == "circular" else 9, 1, 2, 3)
-    op = from_spec(f"temporal:uniform:7:{boundary}", shape, backend="torch")
+    op = from_spec(f"temporal:uniform:7:{boundary}", shape, kernels="torch")
     x_true, x_hat = _clip(shape, 1), _clip(shape, 2)
     y = op.A(x_true)
     exact = torch.linalg.solve(_dense_normal(op), op.A_adjoint(y).reshape(-1)).reshape(shape)
@@ -113,7 +113,7 @@ def test_pcg_solves_an_invertible_system_in_two_steps(boundary):
 def test_pcg_keeps_the_null_space_component_of_x_hat(spec, shape):
     """PCG from x̂ moves only in range(AᵀA): the part of the result in A's null space is x̂'s, to rounding
     (fp64). A preconditioner that does not commute with AᵀA (a per-pixel diagonal) leaks into it."""
-    op = from_spec(spec, shape, backend="torch")
+    op = from_spec(spec, shape, kernels="torch")
     x_hat, y = _clip(shape, 3), op.A(_clip(shape, 4))
     lam, V = torch.linalg.eigh(_dense_normal(op))
     null = V[:, lam < 1e-10 * lam.max()]                       # an orthonormal basis of null(A)

@@ -6,7 +6,7 @@ size limit below memory (#16).
 checks read what Triton's real compiler makes of the kernels for sm_90 (in a child process:
 the interpreter is on in this one): every clip pointer is offset by an i64 tensor and the
 grid-stride loops run on i64, also when the clip's element count is specialised as i32; and
-the launchers accept meta tensors of more than 2³¹ elements under kernels.aot.compile_only.
+the launchers accept meta tensors of more than 2³¹ elements under bench.aot.compile_only.
 The same child runs the Triton PCG on meta tensors (no data: any host sync would raise).
 """
 
@@ -30,7 +30,7 @@ import triton, triton.language as tl
 from triton.compiler import ASTSource
 from triton.backends.compiler import GPUTarget
 from kernels import cg
-from kernels.aot import compile_only
+from bench.aot import compile_only
 
 T = "*fp32"
 KERNELS = {
@@ -80,7 +80,7 @@ from engine.cg import preconditioner
 from engine.operators import from_spec
 launched = []
 for spec in ("temporal:uniform:7+sr:4", "temporal:uniform:7:replicate+inpaint:0.5"):
-    op = from_spec(spec, (16, 3, 32, 32), device="meta", dtype=torch.float32, backend="triton")
+    op = from_spec(spec, (16, 3, 32, 32), device="meta", dtype=torch.float32, kernels="triton")
     x, y = torch.empty(op.in_shape, device="meta"), torch.empty(op.out_shape, device="meta")
     with compile_only(90) as compiled:
         for gamma in (None, 0.5):

@@ -168,7 +168,7 @@ def test_half_storage_in_the_interpreter():
         assert_close(pool.avg_pool_normal(x.to(dtype), 4), torch_sr.avg_pool_normal(x, 4), dtype)
 
 
-# ── the operators on the Triton backend: dot test and the torch backend's values ─
+# ── the operators on the Triton kernels: dot test and the torch kernels' values ─
 
 #: (spec, clean shape): every registry entry, every boundary, the paper's compositions in both orders.
 SPECS = [
@@ -204,9 +204,9 @@ def test_specs_cover_every_entry_and_boundary():
 
 
 @pytest.mark.parametrize("spec,shape", SPECS, ids=[s for s, _ in SPECS])
-def test_dot_test_and_torch_backend(spec, shape):
-    op, ref = from_spec(spec, shape, backend="triton"), from_spec(spec, shape)
-    assert op.backend == "triton"
+def test_dot_test_and_torch_kernels(spec, shape):
+    op, ref = from_spec(spec, shape, kernels="triton"), from_spec(spec, shape)
+    assert op.kernels == "triton"
     x, y = rand(op.in_shape, 7), rand(op.out_shape, 8) - 0.5
     Ax, Aty, AtAx = op.A(x), op.A_adjoint(y), op.A_adjoint_A(x)
     gap = abs(torch.sum(Ax * y) - torch.sum(x * Aty)) / (Ax.norm() * y.norm())
@@ -225,7 +225,7 @@ def test_dot_test_and_torch_backend(spec, shape):
     ("blur:gaussian:1.0:5", SHAPE, torch.float64),
 ], ids=["temporal+sr-f64", "temporal+sr-f32", "temporal+inpaint-f64", "blur-f64"])
 def test_cg_matches_torch(spec, shape, dtype):
-    op, ref = from_spec(spec, shape, backend="triton"), from_spec(spec, shape)
+    op, ref = from_spec(spec, shape, kernels="triton"), from_spec(spec, shape)
     y = ref.A(rand(shape, 9, dtype))
     x_hat = rand(shape, 10, dtype)
     for gamma in (None, 1.0):
@@ -246,7 +246,7 @@ def test_preconditioned_cg_matches_torch(spec, shape, dtype):
     """The Triton PCG (P by frame_matmul, four partial sums per pass) against engine.cg's, noiseless and
     regularised (a large γ: ill-conditioned), after 1 and 3 iterations (1: the first step size alone,
     which later ones can make up for, and where PCG differs from plain CG, so P is applied)."""
-    op, ref = from_spec(spec, shape, backend="triton"), from_spec(spec, shape)
+    op, ref = from_spec(spec, shape, kernels="triton"), from_spec(spec, shape)
     y = ref.A(rand(shape, 9, dtype))
     x_hat = rand(shape, 10, dtype)
     tol = 1e-11 if dtype == torch.float64 else 2e-5
@@ -297,7 +297,7 @@ def test_reducing_passes_stride_over_large_clips():
 
 
 def test_cg_edge_cases():
-    op = from_spec("sr:1", (2, 1, 3, 3), backend="triton")
+    op = from_spec("sr:1", (2, 1, 3, 3), kernels="triton")
     x0 = rand(op.in_shape, 11)
     assert torch.equal(cg.data_consistency(op, x0, x0, 5), x0)          # r₀ = 0: every step is 0, no NaN
     assert torch.equal(cg.data_consistency(op, x0, x0, 5, 1.0), x0)
@@ -324,7 +324,7 @@ def test_steps(dtype):
 @pytest.mark.parametrize("spec,gamma", [("temporal:uniform:3+sr:4", None), ("temporal:uniform:3", 1.0)])
 def test_sampler_triton_matches_torch(spec, gamma):
     shape = (5, 3, 16, 16)
-    ref, op = from_spec(spec, shape, dtype=torch.float64), from_spec(spec, shape, dtype=torch.float64, backend="triton")
+    ref, op = from_spec(spec, shape, dtype=torch.float64), from_spec(spec, shape, dtype=torch.float64, kernels="triton")
     y = ref.A(rand(shape, 16))
     prior = GaussianPrior()
     options = dict(nfe=3, eta=0.8, cg_iters=3, gamma=gamma, seed=1)
@@ -434,8 +434,8 @@ def test_gpu_steps_every_element_written(dtype):
 @pytest.mark.parametrize("spec", ["temporal:uniform:7+sr:4", "temporal:uniform:7+blur:gaussian:2.0:13",
                                   "temporal:uniform:7+inpaint:0.5"])
 def test_gpu_cg_matches_torch_and_captures_in_a_cuda_graph(spec):
-    op = from_spec(spec, PAPER, device="cuda", dtype=torch.float32, backend="triton")
-    ref = from_spec(spec, PAPER, device="cuda", dtype=torch.float64, backend="torch")
+    op = from_spec(spec, PAPER, device="cuda", dtype=torch.float32, kernels="triton")
+    ref = from_spec(spec, PAPER, device="cuda", dtype=torch.float64, kernels="torch")
     y = ref.A(rand(PAPER, 24, torch.float64, "cuda")).float()
     x_hat = rand(PAPER, 25, torch.float32, "cuda")
     out = cg.data_consistency(op, y, x_hat, 5)
@@ -464,7 +464,7 @@ def test_fused_cg_is_stable_past_convergence_on_a_singular_operator():
     from engine.operators import from_spec
     from kernels.cg import data_consistency as fused
 
-    op = from_spec("temporal:uniform:3", (6, 3, 5, 7), backend="triton")   # 6 frames, k = 3: a null space
+    op = from_spec("temporal:uniform:3", (6, 3, 5, 7), kernels="triton")   # 6 frames, k = 3: a null space
     x_true = torch.rand(op.in_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     y = op.A(x_true)
     start = torch.zeros_like(x_true)

@@ -287,6 +287,17 @@ def test_composition_applies_left_to_right():
         Composition([SuperResolution(SHAPE_SR, 4), SuperResolution(SHAPE_SR, 2)])
 
 
+def test_composition_runs_on_its_operators_kernels_and_refuses_a_mix():
+    """A composition's kernels are its operators' (the Solver reads no other), and operators on
+    different kernels are refused in one line naming each, not composed as a "mixed" arithmetic."""
+    temporal = TemporalPSF.uniform(SHAPE_SR, 3, kernels="triton")
+    assert Composition([temporal, SuperResolution(SHAPE_SR, 4, kernels="triton")]).kernels == "triton"
+    assert from_spec("temporal:uniform:3+sr:4", SHAPE_SR, kernels="torch").kernels == "torch"
+    with pytest.raises(InputError, match="different kernels .TemporalPSF on triton, SuperResolution on torch.") as err:
+        Composition([temporal, SuperResolution(SHAPE_SR, 4)])
+    assert "\n" not in str(err.value)
+
+
 # ── bad input ────────────────────────────────────────────────────────────────
 
 BAD_SPECS = [
@@ -331,7 +342,7 @@ def test_bad_specs_say_what_is_accepted(spec, shape, hint):
     assert "\n" not in str(err.value)
 
 
-def test_bad_masks_shapes_and_backends(tmp_path):
+def test_bad_masks_shapes_and_kernels(tmp_path):
     np.save(tmp_path / "small.npy", np.ones((4, 4)))
     with pytest.raises(InputError, match=r"mask has shape \[4, 4\]"):
         from_spec(f"inpaint:file={tmp_path / 'small.npy'}", SHAPE)
@@ -341,24 +352,25 @@ def test_bad_masks_shapes_and_backends(tmp_path):
     for shape in ((5, 13, 17), (5, 2, 0, 17), (5, 2, 13.0, 17)):
         with pytest.raises(InputError, match=r"\[N, C, H, W\]"):
             from_spec("sr:1", shape)
-    with pytest.raises(InputError, match="accepted: torch, triton"):
-        from_spec("temporal:uniform:3", SHAPE, backend="cuda")
-    with pytest.raises(InputError, match="accepted: torch, triton"):
-        TemporalPSF.uniform(SHAPE, 3, backend="cuda")
+    with pytest.raises(InputError, match="kernels 'cuda'; accepted: torch, triton"):
+        from_spec("temporal:uniform:3", SHAPE, kernels="cuda")
+    with pytest.raises(InputError, match="kernels 'cuda'; accepted: torch, triton"):
+        TemporalPSF.uniform(SHAPE, 3, kernels="cuda")
 
 
-def test_auto_backend_is_triton_on_cuda_and_torch_elsewhere(monkeypatch):
+def test_auto_kernels_are_triton_on_cuda_and_torch_elsewhere(monkeypatch):
     """from_spec's default: what runs where the operator lives (choosing needs no GPU)."""
     from engine.operators import common
     from kernels.temporal import MAX_FRAMES
 
-    assert from_spec("temporal:uniform:3", SHAPE).backend == "torch"
-    assert from_spec("temporal:uniform:3", SHAPE, device="meta").backend == "torch"
-    assert common.resolve_backend("auto", "cuda", SHAPE[0]) == "triton"
-    assert common.resolve_backend("auto", torch.device("cuda:1"), MAX_FRAMES + 1) == "torch"   # past its limit
-    assert common.resolve_backend("torch", "cuda", SHAPE[0]) == "torch"
+    assert from_spec("temporal:uniform:3", SHAPE).kernels == "torch"
+    assert from_spec("temporal:uniform:3", SHAPE, device="meta").kernels == "torch"
+    assert common.resolve_kernels("auto", "cuda", SHAPE[0]) == "triton"
+    assert common.resolve_kernels("auto", torch.device("cuda:1"), MAX_FRAMES + 1) == "torch"   # past its limit
+    assert common.resolve_kernels("auto", "cuda", None) == "triton"                # no frame limit (the norms)
+    assert common.resolve_kernels("torch", "cuda", SHAPE[0]) == "torch"
 
     monkeypatch.setattr(common, "triton_installed", lambda: False)
-    assert common.resolve_backend("auto", "cuda", SHAPE[0]) == "torch"
-    with pytest.raises(InputError, match="needs the triton package"):
-        from_spec("temporal:uniform:3", SHAPE, backend="triton")
+    assert common.resolve_kernels("auto", "cuda", SHAPE[0]) == "torch"
+    with pytest.raises(InputError, match="the triton kernels need the triton package"):
+        from_spec("temporal:uniform:3", SHAPE, kernels="triton")

@@ -2,7 +2,7 @@
 
 A *pass* is a Triton launch with a clip-sized tensor argument, or a torch operation outside
 the kernels that reads or writes a clip-sized tensor (views and allocations excluded). The
-budget for one reverse step on the Triton backend, with `n` the passes of the operator's AᵀA:
+budget for one reverse step on the Triton kernels, with `n` the passes of the operator's AᵀA:
 
     Tweedie 1,  CG setup n + 1 (AᵀA x̂, the residual),  each CG iteration n + 2 (AᵀA r, dots, update),
     DDIM update 1 — and no torch pass over the clip at all.
@@ -113,7 +113,7 @@ def clip(seed: int, shape=SHAPE, dtype=torch.float32) -> torch.Tensor:
 
 
 def triton_op(spec: str):
-    return from_spec(spec, SHAPE, seed=0, device=DEVICE, dtype=torch.float32, backend="triton")
+    return from_spec(spec, SHAPE, seed=0, device=DEVICE, dtype=torch.float32, kernels="triton")
 
 
 @pytest.mark.parametrize("spec", NORMAL_PASSES)

@@ -4,7 +4,7 @@ import torch
 
 from engine.errors import InputError
 from engine.priors import GaussianPrior
-from engine.runtime import Solver, SolverConfig
+from engine.runtime import ResolvedKernels, Solver, SolverConfig
 from engine.sampler import sample
 from engine.testclips import camera_clip
 
@@ -68,8 +68,8 @@ def test_triton_kernels_through_the_solver(clip):
                                  device="cpu" if INTERPRET else "cuda", kernels="torch")   # PCG: test_kernels
     fused = Solver(GaussianPrior(), SolverConfig(**{**cfg.to_dict(), "kernels": "triton"}))
     plain = Solver(GaussianPrior(), cfg)
-    assert fused.op.backend == "triton" and fused.kernels is step_kernels("triton")
-    assert plain.op.backend == "torch" and plain.kernels is not step_kernels("triton")
+    assert fused.op.kernels == "triton" and fused.kernels is step_kernels("triton")
+    assert plain.op.kernels == "torch" and plain.kernels is not step_kernels("triton")
     y = plain.measure(clip)
     # Both run the same arithmetic in fp32 with sums in another order: each of the K steps' l CG iterations
     # and its Tweedie and update passes may differ by a few float32 ulps of the clip's scale (values in
@@ -104,17 +104,17 @@ def test_bad_configs(change, match):
         SolverConfig.from_task("temporal-k7", **change)
 
 
-def test_operator_backend_auto_picks_what_runs(pretend_cuda):
+def test_auto_kernels_pick_what_runs(pretend_cuda):
     from kernels.temporal import MAX_FRAMES
 
     def pick(**kw):
-        return SolverConfig.from_task("temporal-k7", **kw).operator_backend()
+        return SolverConfig.from_task("temporal-k7", **kw).resolved_kernels
 
-    assert pick(device="cpu") == "torch" and pick(device="cpu", kernels="triton") == "triton"
-    assert pick(device="cuda") == "triton"                     # no CUDA needed to choose
-    assert pick(device="cuda", frames=MAX_FRAMES + 1) == "torch"   # past the Triton temporal kernels' limit
-    norms = SolverConfig.from_task("temporal-k7", device="cuda", frames=MAX_FRAMES + 1).norm_kernels()
-    assert norms == "triton"                                       # the fused GroupNorm has no frame limit
+    assert pick(device="cpu") == ResolvedKernels("torch", "torch")
+    assert pick(device="cpu", kernels="triton") == ResolvedKernels("triton", "triton")
+    assert pick(device="cuda") == ResolvedKernels("triton", "triton")          # no CUDA needed to choose
+    # past the Triton temporal kernels' limit; the fused GroupNorm has none
+    assert pick(device="cuda", frames=MAX_FRAMES + 1) == ResolvedKernels(arithmetic="torch", norms="triton")
 
 
 def test_auto_kernels_without_triton_run_torch_and_triton_is_refused(monkeypatch, pretend_cuda):
@@ -122,9 +122,27 @@ def test_auto_kernels_without_triton_run_torch_and_triton_is_refused(monkeypatch
 
     monkeypatch.setattr(common, "triton_installed", lambda: False)
     cfg = SolverConfig.from_task("temporal-k7", device="cuda")
-    assert cfg.operator_backend() == cfg.norm_kernels() == "torch"
-    with pytest.raises(InputError, match="needs the triton package"):
-        SolverConfig.from_task("temporal-k7", kernels="triton").operator_backend()
+    assert cfg.resolved_kernels == ResolvedKernels("torch", "torch")
+    with pytest.raises(InputError, match="the triton kernels need the triton package"):
+        SolverConfig.from_task("temporal-k7", kernels="triton")                 # refused where it is set
+
+
+def test_kernels_are_resolved_once_by_the_config_and_passed_on(monkeypatch):
+    """SolverConfig resolves `kernels` once, when it is made; the Solver runs what it resolved (its
+    operator, step arithmetic and norms) and resolves nothing itself; to_dict round-trips without it."""
+    import engine.runtime
+    from engine.sampler import step_kernels
+
+    calls = []
+    resolve = engine.runtime.resolve_kernels
+    monkeypatch.setattr(engine.runtime, "resolve_kernels", lambda *a, **kw: calls.append(a) or resolve(*a, **kw))
+    cfg = SolverConfig.from_task("temporal-k7", frames=8, size=24, nfe=2, cg_iters=2)     # "auto" on the CPU
+    assert len(calls) == 2 and cfg.resolved_kernels == ResolvedKernels("torch", "torch") and len(calls) == 2
+    cfg.__dict__["resolved_kernels"] = ResolvedKernels(arithmetic="triton", norms="torch")   # what "auto" gave on a GPU
+    solver = Solver(GaussianPrior(), cfg)
+    assert len(calls) == 2                                                  # the Solver asked nobody again
+    assert solver.op.kernels == "triton" and solver.kernels is step_kernels("triton")
+    assert "resolved_kernels" not in cfg.to_dict() and SolverConfig(**cfg.to_dict()) == cfg
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")   # torch.compile's imports

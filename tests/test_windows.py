@@ -90,7 +90,7 @@ def test_whole_video_path_is_the_engines_operator_and_sampler():
     """One window over the whole video (zero boundary) is `engine.sampler.sample` on from_spec's operator."""
     spec, n, frame = "temporal:uniform:5:zero+inpaint:0.3", 11, (8, 12)
     x = smooth_video(n, *frame)
-    op = from_spec(spec, (n, 3, *frame), dtype=F64, backend="torch")
+    op = from_spec(spec, (n, 3, *frame), dtype=F64, kernels="torch")
     y = op.A(x)
     r = VideoRestorer(PRIOR, spec, frame, gamma=2.0, seed=3, **SETTINGS)
     assert torch.allclose(r.operator(n).A(x), y, rtol=0, atol=1e-14)
@@ -105,7 +105,7 @@ def test_frame_local_windows_equal_the_whole_video(spec, gamma):
     """A frame-local A whose CG converges in one step (AᵀA has two eigenvalues): windows are exact (fp64)."""
     n, frame = 13, (8, 8)
     x = smooth_video(n, *frame)
-    op = from_spec(spec, (n, 3, *frame), dtype=F64, backend="torch")
+    op = from_spec(spec, (n, 3, *frame), dtype=F64, kernels="torch")
     y = op.A(x)
     whole = sample(PRIOR, y, op, nfe=4, eta=0.15, cg_iters=2, gamma=gamma, seed=5)
     for window in (1, 4, 13):

@@ -10,11 +10,11 @@ from engine.operators.base import LinearOperator
 from engine.operators.blur import SpatialBlur
 from engine.operators.compose import Composition
 from engine.operators.inpaint import Inpainting
-from engine.operators.registry import BACKENDS, REGISTRY, Entry, accepted_specs, from_spec
+from engine.operators.registry import KERNELS, REGISTRY, Entry, accepted_specs, from_spec
 from engine.operators.sr import SuperResolution
 from engine.operators.temporal import TemporalPSF
 
 __all__ = [
-    "BACKENDS", "REGISTRY", "Composition", "Entry", "Inpainting", "LinearOperator", "SpatialBlur",
+    "KERNELS", "REGISTRY", "Composition", "Entry", "Inpainting", "LinearOperator", "SpatialBlur",
     "SuperResolution", "TemporalPSF", "accepted_specs", "from_spec",
 ]

@@ -21,6 +21,8 @@ class LinearOperator:
     in_shape: tuple[int, ...]
     #: shape of the measurement y = A x
     out_shape: tuple[int, ...]
+    #: the arithmetic it runs on: "torch" ops (the reference) or our "triton" kernels (engine.operators.KERNELS)
+    kernels: str = "torch"
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
         """y = A x.  [*in_shape] → [*out_shape]"""

@@ -21,7 +21,7 @@ import torch
 
 from engine.errors import InputError
 from engine.operators.base import LinearOperator
-from engine.operators.common import Arithmetic, Constants, lazy, pick_backend
+from engine.operators.common import Arithmetic, Constants, lazy, pick_kernels
 from engine.operators.temporal import gaussian_kernel
 
 Tensor = torch.Tensor
@@ -29,7 +29,7 @@ Tensor = torch.Tensor
 BOUNDARIES = ("reflect", "circular", "zero")
 
 
-# ── arithmetic (the reference for other backends) ───────────────────────────
+# ── arithmetic (the reference for the other kernels) ──────────────────────
 
 def check_padding(length: int, p: int, boundary: str) -> None:
     """InputError unless padding an axis of `length` by p is defined: reflect p ≤ L − 1, circular p ≤ L."""
@@ -109,9 +109,9 @@ def spatial_blur_normal(x: Tensor, kernel: Tensor, boundary: str) -> Tensor:
     return spatial_blur_adjoint(spatial_blur(x, kernel, boundary), kernel, boundary)
 
 
-#: SpatialBlur's arithmetic by backend: forward(x, kernel, boundary), adjoint(y, kernel, boundary),
+#: SpatialBlur's arithmetic by kernels: forward(x, kernel, boundary), adjoint(y, kernel, boundary),
 #: normal(x, kernel, boundary); kernel is the 1-D separable factor.
-BACKENDS = {
+KERNELS = {
     "torch": Arithmetic(spatial_blur, spatial_blur_adjoint, spatial_blur_normal),
     "triton": Arithmetic(lazy("kernels.blur", "spatial_blur"), lazy("kernels.blur", "spatial_blur_adjoint"),
                          lazy("kernels.blur", "spatial_blur_normal")),
@@ -123,7 +123,7 @@ BACKENDS = {
 class SpatialBlur(LinearOperator):
     """A = per-frame, per-channel 2-D convolution with k kᵀ, same size.  [N, C, H, W] → [N, C, H, W]"""
 
-    def __init__(self, shape, kernel, boundary: str = "reflect", *, device=None, dtype=None, backend: str = "torch"):
+    def __init__(self, shape, kernel, boundary: str = "reflect", *, device=None, dtype=None, kernels: str = "torch"):
         self.in_shape = self.out_shape = tuple(int(s) for s in shape)
         k = torch.as_tensor(kernel, dtype=torch.float64).cpu()
         if k.ndim != 1 or k.numel() % 2 == 0 or not torch.isfinite(k).all():
@@ -135,8 +135,8 @@ class SpatialBlur(LinearOperator):
         self.boundary = boundary
         #: the largest eigenvalue of AᵀA, about the kernel's DC gain² = 1: CG preconditioners scale by it
         self.normal_gain = 1.0
-        self.backend = backend
-        self._fn = pick_backend(BACKENDS, backend, "SpatialBlur")
+        self.kernels = kernels
+        self._fn = pick_kernels(KERNELS, kernels, "SpatialBlur")
         self._k = Constants({"kernel": k}, device=device, dtype=dtype)
 
     @classmethod

@@ -1,10 +1,12 @@
-"""What every operator shares: its arithmetic chosen by backend, and constants cast on use.
+"""What every operator shares: its arithmetic chosen by `kernels`, and constants cast on use.
 
-Each operator file keeps a table `BACKENDS = {"torch": Arithmetic(forward, adjoint, normal), "triton": ...}`
-of pure functions with the same signatures; the operator picks its row once, in its
-constructor, with `pick_backend`. The Triton rows are `lazy`: `kernels` (and Triton) is
-imported on their first call, so `import engine.operators` stays cheap. `resolve_backend`
-turns "auto" into the row that runs where the operator lives.
+"Kernels" names the arithmetic (torch ops or our Triton kernels); "backend" is kept for how the
+network runs (engine.backends). Each operator file keeps a table
+`KERNELS = {"torch": Arithmetic(forward, adjoint, normal), "triton": ...}` of pure functions
+with the same signatures; the operator picks its row once, in its constructor, with
+`pick_kernels`. The Triton rows are `lazy`: the `kernels` package (and Triton) is imported on
+their first call, so `import engine.operators` stays cheap. `resolve_kernels` turns "auto"
+into the row that runs where the operator lives.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from engine.errors import InputError
 
 log = logging.getLogger(__name__)
 
-#: The backend that picks itself (`resolve_backend`).
+#: The kernels that pick themselves (`resolve_kernels`).
 AUTO = "auto"
 
 
@@ -42,25 +44,26 @@ def lazy(module: str, name: str) -> Callable[..., torch.Tensor]:
     return call
 
 
-def pick_backend(table: Mapping[str, Arithmetic], backend: str, operator: str) -> Arithmetic:
-    """The row of `table` for `backend`; InputError naming the accepted backends otherwise."""
-    if backend not in table:
-        raise InputError(f"{operator}: unknown backend {backend!r}; accepted: {', '.join(sorted(table))}")
-    return table[backend]
+def pick_kernels(table: Mapping[str, Arithmetic], kernels: str, operator: str) -> Arithmetic:
+    """The row of `table` for `kernels`; InputError naming the accepted kernels otherwise."""
+    if kernels not in table:
+        raise InputError(f"{operator}: unknown kernels {kernels!r}; accepted: {', '.join(sorted(table))}")
+    return table[kernels]
 
 
 def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def resolve_backend(backend: str, device, frames: int) -> str:
+def resolve_kernels(kernels: str, device, frames: int | None) -> str:
     """The arithmetic for clips of `frames` frames on `device`: "auto" is Triton on CUDA when Triton
-    is installed and the frames fit its temporal kernels (kernels.temporal.MAX_FRAMES), else torch.
+    is installed and the frames fit its temporal kernels (kernels.temporal.MAX_FRAMES), else torch;
+    frames=None is for arithmetic without a frame limit (the UNet's fused GroupNorm).
     Asking for "triton" without the package is an InputError that says how to get it."""
-    if backend == "triton" and not triton_installed():
-        raise InputError("the triton backend needs the triton package (pip install triton; Linux only)")
-    if backend != AUTO:
-        return backend
+    if kernels == "triton" and not triton_installed():
+        raise InputError("the triton kernels need the triton package (pip install triton; Linux only)")
+    if kernels != AUTO:
+        return kernels
     if device is None or torch.device(device).type != "cuda":
         return "torch"
     if not triton_installed():
@@ -68,7 +71,7 @@ def resolve_backend(backend: str, device, frames: int) -> str:
         return "torch"
     from kernels.temporal import MAX_FRAMES
 
-    return "triton" if frames <= MAX_FRAMES else "torch"
+    return "triton" if frames is None or frames <= MAX_FRAMES else "torch"
 
 
 @functools.cache

@@ -6,10 +6,11 @@ For ops = [A₁, …, A_m] (A₁ applied first):
     Aᵀ  = A₁ᵀ ∘ … ∘ A_mᵀ
     AᵀA = Pᵀ (A_mᵀA_m) P,   P = A_{m−1} ∘ … ∘ A₁   (the last op's closed-form normal operator)
 
-On the Triton backend a temporal PSF T composed with one per-frame operator S (the
-paper's compositions, either order) acts on other axes than S, so A = T ⊗ S and
-AᵀA = (TᵀT) ⊗ (SᵀS): one fused pass for pooling or a mask (kernels.compose), and
-TᵀT followed by SᵀS, without T and Tᵀ, for a blur.
+All operators of a composition run on the same kernels (torch ops or Triton; InputError
+otherwise), and so does the composition. On the Triton kernels a temporal PSF T composed
+with one per-frame operator S (the paper's compositions, either order) acts on other axes
+than S, so A = T ⊗ S and AᵀA = (TᵀT) ⊗ (SᵀS): one fused pass for pooling or a mask
+(kernels.compose), and TᵀT followed by SᵀS, without T and Tᵀ, for a blur.
 
 The same Kronecker structure gives the preconditioner of CG (`frame_preconditioner`):
 φ(g·TᵀT) along frames, g the largest eigenvalue of SᵀS (1/s² for pooling, 1 for a mask
@@ -46,9 +47,8 @@ class Composition(LinearOperator):
                     f"but {type(then).__name__} expects {tuple(then.in_shape)}")
         self.in_shape = tuple(self.ops[0].in_shape)
         self.out_shape = tuple(self.ops[-1].out_shape)
-        backends = {getattr(op, "backend", "torch") for op in self.ops}
-        self.backend = backends.pop() if len(backends) == 1 else "mixed"
-        self._normal = _triton_normal(self.ops) if self.backend == "triton" else None
+        self.kernels = _common_kernels(self.ops)
+        self._normal = _triton_normal(self.ops) if self.kernels == "triton" else None
         #: the largest eigenvalue of AᵀA = Π of the parts' (each acts on its own axes)
         self.normal_gain = 1.0
         for op in self.ops:
@@ -90,6 +90,15 @@ class Composition(LinearOperator):
             if op is not temporal[0]:
                 gain *= op.normal_gain
         return temporal[0].frame_preconditioner(phi, gain=gain, device=device, dtype=dtype)
+
+
+def _common_kernels(ops) -> str:
+    """The kernels all of `ops` run on; InputError naming each operator's when they differ."""
+    kernels = {op.kernels for op in ops}
+    if len(kernels) != 1:
+        each = ", ".join(f"{type(op).__name__} on {op.kernels}" for op in ops)
+        raise InputError(f"cannot compose operators on different kernels ({each}); build them all on one")
+    return kernels.pop()
 
 
 def _triton_normal(ops) -> Callable[[Tensor], Tensor] | None:

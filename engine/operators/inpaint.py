@@ -17,7 +17,7 @@ import torch
 
 from engine.errors import InputError
 from engine.operators.base import LinearOperator
-from engine.operators.common import Arithmetic, Constants, lazy, pick_backend
+from engine.operators.common import Arithmetic, Constants, lazy, pick_kernels
 
 Tensor = torch.Tensor
 
@@ -72,16 +72,16 @@ def as_keep_mask(mask, height: int, width: int) -> Tensor:
     return (m != 0).reshape(1, 1, height, width)
 
 
-# ── arithmetic (the reference for other backends) ───────────────────────────
+# ── arithmetic (the reference for the other kernels) ──────────────────────
 
 def apply_mask(x: Tensor, mask: Tensor) -> Tensor:
     """m · x, the mask broadcast over frames and channels.  x: [N, C, H, W], mask: [1, 1, H, W] (x's dtype) → [N, C, H, W]"""
     return x * mask
 
 
-#: Inpainting's arithmetic by backend: forward, adjoint and normal are all apply_mask(x, mask).
+#: Inpainting's arithmetic by kernels: forward, adjoint and normal are all apply_mask(x, mask).
 _triton_mask = lazy("kernels.mask", "apply_mask")
-BACKENDS = {
+KERNELS = {
     "torch": Arithmetic(apply_mask, apply_mask, apply_mask),
     "triton": Arithmetic(_triton_mask, _triton_mask, _triton_mask),
 }
@@ -92,13 +92,13 @@ BACKENDS = {
 class Inpainting(LinearOperator):
     """A = multiplication by a 0/1 mask shared by all frames and channels.  [N, C, H, W] → [N, C, H, W]"""
 
-    def __init__(self, shape, mask, *, device=None, dtype=None, backend: str = "torch"):
+    def __init__(self, shape, mask, *, device=None, dtype=None, kernels: str = "torch"):
         self.in_shape = self.out_shape = tuple(int(s) for s in shape)
         h, w = self.in_shape[-2:]
-        self.backend = backend
+        self.kernels = kernels
         #: the largest eigenvalue of AᵀA (m² = m): CG preconditioners scale by it
         self.normal_gain = 1.0
-        self._fn = pick_backend(BACKENDS, backend, "Inpainting")
+        self._fn = pick_kernels(KERNELS, kernels, "Inpainting")
         #: the keep-mask as "mask" [1, 1, H, W] (cast on use; compositions read it)
         self.constants = Constants({"mask": as_keep_mask(mask, h, w)}, device=device, dtype=dtype)
 

@@ -19,19 +19,19 @@ from engine.errors import InputError
 from engine.operators import blur, inpaint, sr, temporal
 from engine.operators.base import LinearOperator
 from engine.operators.blur import SpatialBlur
-from engine.operators.common import AUTO, resolve_backend
+from engine.operators.common import AUTO, resolve_kernels
 from engine.operators.compose import Composition
 from engine.operators.inpaint import Inpainting
 from engine.operators.sr import SuperResolution
 from engine.operators.temporal import TemporalPSF, gaussian_kernel, uniform_kernel
 
-#: The backends every operator implements (from each operator file's BACKENDS table).
-BACKENDS = tuple(sorted(set(temporal.BACKENDS) & set(blur.BACKENDS) & set(sr.BACKENDS) & set(inpaint.BACKENDS)))
+#: The kernels every operator implements (from each operator file's KERNELS table).
+KERNELS = tuple(sorted(set(temporal.KERNELS) & set(blur.KERNELS) & set(sr.KERNELS) & set(inpaint.KERNELS)))
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One degradation: `factory(args, shape, *, seed, device, dtype, backend)` builds it from the text after `NAME:`."""
+    """One degradation: `factory(args, shape, *, seed, device, dtype, kernels)` builds it from the text after `NAME:`."""
 
     factory: Callable[..., LinearOperator]
     usage: str    # the accepted forms of the term
@@ -63,7 +63,7 @@ def _fields(args: str, counts: tuple[int, ...]) -> list[str]:
     return fields
 
 
-def _temporal(args, shape, *, seed, device, dtype, backend):
+def _temporal(args, shape, *, seed, device, dtype, kernels):
     family, value, *boundary = _fields(args, (2, 3))
     if family == "uniform":
         kernel = uniform_kernel(_int(value, "the width K"))
@@ -73,28 +73,28 @@ def _temporal(args, shape, *, seed, device, dtype, backend):
         kernel = [_float(tap, "a kernel tap") for tap in value.split(",")]
     else:
         raise InputError(f"unknown temporal kernel {family!r}; accepted: uniform, gaussian, kernel")
-    return TemporalPSF(shape, kernel, *boundary, device=device, dtype=dtype, backend=backend)
+    return TemporalPSF(shape, kernel, *boundary, device=device, dtype=dtype, kernels=kernels)
 
 
-def _blur(args, shape, *, seed, device, dtype, backend):
+def _blur(args, shape, *, seed, device, dtype, kernels):
     family, sigma, width, *boundary = _fields(args, (3, 4))
     if family != "gaussian":
         raise InputError(f"unknown blur kernel {family!r}; accepted: gaussian")
     return SpatialBlur.gaussian(shape, _float(sigma, "σ"), _int(width, "the width"), *boundary,
-                                device=device, dtype=dtype, backend=backend)
+                                device=device, dtype=dtype, kernels=kernels)
 
 
-def _sr(args, shape, *, seed, device, dtype, backend):
+def _sr(args, shape, *, seed, device, dtype, kernels):
     (factor,) = _fields(args, (1,))
-    return SuperResolution(shape, _int(factor, "the factor S"), backend=backend)
+    return SuperResolution(shape, _int(factor, "the factor S"), kernels=kernels)
 
 
-def _inpaint(args, shape, *, seed, device, dtype, backend):
+def _inpaint(args, shape, *, seed, device, dtype, kernels):
     if args.startswith("file="):
-        return Inpainting.from_file(shape, args[len("file="):], device=device, dtype=dtype, backend=backend)
+        return Inpainting.from_file(shape, args[len("file="):], device=device, dtype=dtype, kernels=kernels)
     rate, *own_seed = _fields(args, (1, 2))
     seed = _int(own_seed[0], "the seed") if own_seed else seed
-    return Inpainting.random(shape, _float(rate, "the rate"), seed, device=device, dtype=dtype, backend=backend)
+    return Inpainting.random(shape, _float(rate, "the rate"), seed, device=device, dtype=dtype, kernels=kernels)
 
 
 #: Every degradation by spec name.
@@ -139,20 +139,20 @@ def _video_shape(shape) -> tuple[int, int, int, int]:
 
 
 def from_spec(spec: str, shape, *, seed: int = 0, device=None, dtype: torch.dtype | None = None,
-              backend: str = AUTO) -> LinearOperator:
+              kernels: str = AUTO) -> LinearOperator:
     """The operator of `spec` for clean videos of `shape` [N, C, H, W].
 
     `seed` draws random inpainting masks (unless a term names its own); `device` and
     `dtype` are where the constants are placed first (any input is still accepted);
-    `backend` picks every operator's arithmetic: BACKENDS ("torch", "triton") or "auto",
-    Triton on CUDA and torch elsewhere (engine.operators.common.resolve_backend).
+    `kernels` picks every operator's arithmetic: KERNELS ("torch", "triton") or "auto",
+    Triton on CUDA and torch elsewhere (engine.operators.common.resolve_kernels).
     """
-    if backend not in (*BACKENDS, AUTO):
-        raise InputError(f"unknown operator backend {backend!r}; accepted: {', '.join((*BACKENDS, AUTO))}")
+    if kernels not in (*KERNELS, AUTO):
+        raise InputError(f"unknown operator kernels {kernels!r}; accepted: {', '.join((*KERNELS, AUTO))}")
     if not isinstance(spec, str) or not spec.strip():
         raise InputError(f"empty degradation spec; {accepted_specs()}")
     shape = _video_shape(shape)
-    backend = resolve_backend(backend, device, shape[0])
+    kernels = resolve_kernels(kernels, device, shape[0])
     ops = []
     for term in spec.split("+"):
         name, _, args = term.strip().partition(":")
@@ -162,7 +162,7 @@ def from_spec(spec: str, shape, *, seed: int = 0, device=None, dtype: torch.dtyp
             raise InputError(f"unknown degradation {name!r} in spec {spec!r}; {accepted_specs()}")
         entry = REGISTRY[name]
         try:
-            op = entry.factory(args, shape, seed=seed, device=device, dtype=dtype, backend=backend)
+            op = entry.factory(args, shape, seed=seed, device=device, dtype=dtype, kernels=kernels)
         except InputError as err:
             raise InputError(f"bad spec term {term.strip()!r}: {err} (usage: {entry.usage})") from None
         ops.append(op)

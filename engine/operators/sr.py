@@ -11,12 +11,12 @@ import torch
 
 from engine.errors import InputError
 from engine.operators.base import LinearOperator
-from engine.operators.common import Arithmetic, lazy, pick_backend
+from engine.operators.common import Arithmetic, lazy, pick_kernels
 
 Tensor = torch.Tensor
 
 
-# ── arithmetic (the reference for other backends) ───────────────────────────
+# ── arithmetic (the reference for the other kernels) ──────────────────────
 
 def _blocks(x: Tensor, s: int) -> Tensor:
     """View the s×s blocks of x.  [..., H, W] → [..., H/s, s, W/s, s]"""
@@ -42,8 +42,8 @@ def avg_pool_normal(x: Tensor, s: int) -> Tensor:
     return (blocks.mean(dim=(-3, -1), keepdim=True) / (s * s)).expand_as(blocks).reshape(x.shape)
 
 
-#: SuperResolution's arithmetic by backend: forward(x, s), adjoint(y, s), normal(x, s).
-BACKENDS = {
+#: SuperResolution's arithmetic by kernels: forward(x, s), adjoint(y, s), normal(x, s).
+KERNELS = {
     "torch": Arithmetic(avg_pool, avg_pool_adjoint, avg_pool_normal),
     "triton": Arithmetic(lazy("kernels.pool", "avg_pool"), lazy("kernels.pool", "avg_pool_adjoint"),
                          lazy("kernels.pool", "avg_pool_normal")),
@@ -55,7 +55,7 @@ BACKENDS = {
 class SuperResolution(LinearOperator):
     """A = s×s average pooling (the paper's s = 4).  [N, C, H, W] → [N, C, H/s, W/s]"""
 
-    def __init__(self, shape, s: int, *, backend: str = "torch"):
+    def __init__(self, shape, s: int, *, kernels: str = "torch"):
         self.in_shape = tuple(int(v) for v in shape)
         *lead, h, w = self.in_shape
         if not (isinstance(s, int) and s >= 1):
@@ -66,8 +66,8 @@ class SuperResolution(LinearOperator):
         #: the largest eigenvalue of AᵀA (a block mean / s²): CG preconditioners scale by it
         self.normal_gain = 1.0 / (s * s)
         self.out_shape = (*lead, h // s, w // s)
-        self.backend = backend
-        self._fn = pick_backend(BACKENDS, backend, "SuperResolution")
+        self.kernels = kernels
+        self._fn = pick_kernels(KERNELS, kernels, "SuperResolution")
 
     def A(self, x: Tensor) -> Tensor:
         """y = s×s block means.  [N, C, H, W] → [N, C, H/s, W/s]"""

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from engine.errors import InputError
 from engine.operators.base import LinearOperator
-from engine.operators.common import Arithmetic, Constants, lazy, pick_backend
+from engine.operators.common import Arithmetic, Constants, lazy, pick_kernels
 
 Tensor = torch.Tensor
 
@@ -63,7 +63,7 @@ def autocorrelation(kernel: Tensor) -> Tensor:
     return F.conv1d(k, k, padding=kernel.numel() - 1).reshape(-1)
 
 
-# ── arithmetic (the reference for other backends) ───────────────────────────
+# ── arithmetic (the reference for the other kernels) ──────────────────────
 
 def temporal_matrix(kernel: Tensor, n: int, boundary: str) -> Tensor:
     """The N×N matrix T of A on the frame axis: T[n, m] = Σ_j k[j]·[m = n + c − j].
@@ -128,15 +128,15 @@ def frame_preconditioner(normal: Tensor, phi) -> Tensor:
     return (V * phi(lam.clamp(min=0))) @ V.T
 
 
-#: TemporalPSF's arithmetic by backend: forward(x, kernel, boundary, T),
+#: TemporalPSF's arithmetic by kernels: forward(x, kernel, boundary, T),
 #: adjoint(y, kernel, boundary, T), normal(x, kernel, autocorr, boundary, TᵀT).
-BACKENDS = {
+KERNELS = {
     "torch": Arithmetic(temporal_conv, temporal_conv_adjoint, temporal_conv_normal),
     "triton": Arithmetic(lazy("kernels.temporal", "temporal_conv"), lazy("kernels.temporal", "temporal_conv_adjoint"),
                          lazy("kernels.temporal", "temporal_conv_normal")),
 }
 
-#: P x along frames for a dense N×N matrix P, by backend.
+#: P x along frames for a dense N×N matrix P, by kernels.
 FRAME_MATMUL = {"torch": _frames_matmul, "triton": lazy("kernels.temporal", "frame_matmul")}
 
 
@@ -145,7 +145,7 @@ FRAME_MATMUL = {"torch": _frames_matmul, "triton": lazy("kernels.temporal", "fra
 class TemporalPSF(LinearOperator):
     """A = centred convolution of every pixel's time series with k.  [N, C, H, W] → [N, C, H, W]"""
 
-    def __init__(self, shape, kernel, boundary: str = "circular", *, device=None, dtype=None, backend: str = "torch"):
+    def __init__(self, shape, kernel, boundary: str = "circular", *, device=None, dtype=None, kernels: str = "torch"):
         self.in_shape = self.out_shape = tuple(int(s) for s in shape)
         k = torch.as_tensor(kernel, dtype=torch.float64).cpu()
         if k.ndim != 1 or k.numel() == 0 or not torch.isfinite(k).all():
@@ -159,8 +159,8 @@ class TemporalPSF(LinearOperator):
                 f"the kernel would wrap onto itself and count a frame twice; use at least {w} frames, "
                 f"a narrower kernel, or the zero boundary")
         self.boundary = boundary
-        self.backend = backend
-        self._fn = pick_backend(BACKENDS, backend, "TemporalPSF")
+        self.kernels = kernels
+        self._fn = pick_kernels(KERNELS, kernels, "TemporalPSF")
         T = temporal_matrix(k, n, boundary)
         #: the largest eigenvalue of AᵀA = TᵀT (about |Σ k|² = 1 for a normalised kernel): CG preconditioners scale by it
         self.normal_gain = float(torch.linalg.eigvalsh(T.T @ T)[-1])
@@ -211,14 +211,14 @@ class TemporalPSF(LinearOperator):
 
     def frame_preconditioner(self, phi, *, gain: float = 1.0, device=None, dtype=None):
         """v ↦ φ(g·TᵀT) v along frames (`frame_preconditioner`; g = `gain`, the per-frame factor a
-        composition scales TᵀT by), on this operator's backend, placed on `device` in `dtype` at once.
+        composition scales TᵀT by), on this operator's kernels, placed on `device` in `dtype` at once.
         [N, ...] → [N, ...]"""
-        return frames_operator(frame_preconditioner(self.normal_matrix, lambda lam: phi(gain * lam)), self.backend,
+        return frames_operator(frame_preconditioner(self.normal_matrix, lambda lam: phi(gain * lam)), self.kernels,
                                device=device, dtype=dtype)
 
 
-def frames_operator(P: Tensor, backend: str, *, device=None, dtype=None):
-    """v ↦ P v along frames on `backend` (FRAME_MATMUL), P [N, N] cast once to `device`/`dtype`.  [N, ...] → [N, ...]"""
-    matmul = pick_backend(FRAME_MATMUL, backend, "frame matrix")
+def frames_operator(P: Tensor, kernels: str, *, device=None, dtype=None):
+    """v ↦ P v along frames on `kernels` (FRAME_MATMUL), P [N, N] cast once to `device`/`dtype`.  [N, ...] → [N, ...]"""
+    matmul = pick_kernels(FRAME_MATMUL, kernels, "frame matrix")
     consts = Constants({"P": P}, device=device, dtype=dtype)
     return lambda v: matmul(consts.like("P", v), v)
