@@ -54,6 +54,7 @@ from engine.evaluation.metrics_extra import LPIPS, I3DFeatures
 from engine.evaluation.report import Results, open_run, plural, psnr_value, summarize, write_summary
 from engine.figures import comparison_grid, line_plot, save_png
 from engine.metrics import clip_summary
+from engine.priors import PRIORS
 from engine.runtime import Solver, SolverConfig, load_model
 from engine.schedule import ddim_steps
 from engine.tasks import TASKS, get_task
@@ -75,7 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--task", required=True, choices=sorted(TASKS), help="one of the paper's tasks")
     prior = p.add_mutually_exclusive_group()
     prior.add_argument("--checkpoint", type=Path, help="ADM checkpoint, e.g. 256x256_diffusion_uncond.pt")
-    prior.add_argument("--prior", choices=["gaussian"], help="the weight-free Gaussian prior (default without --checkpoint)")
+    prior.add_argument("--prior", choices=PRIORS, default="ffdnet",
+                       help="without --checkpoint: ffdnet (default, a small learned denoiser) or gaussian (weight-free)")
     p.add_argument("--methods", type=_methods, default=METHODS, help=f"comma-separated (default: all): {','.join(METHODS)}")
     p.add_argument("--sigma-y", type=_sigmas, default=(0.0,), help="measurement noise levels, comma-separated (default 0)")
     p.add_argument("--gamma", type=float, default=1.0, help="γ of the regularised CG when σ_y > 0 (default 1)")
@@ -145,7 +147,7 @@ def run_settings(args, cfg: SolverConfig, prep: Prep) -> dict:
         "task": task.name, "spec": cfg.spec, "methods": list(args.methods), "sigma_y": list(args.sigma_y),
         "nfe": cfg.nfe, "eta": cfg.eta, "cg_iters": cfg.cg_iters, "gamma": args.gamma,
         "converged_iters": args.converged_iters, "admm_iters": list(args.admm_iters), "seed": args.seed,
-        "prior": str(args.checkpoint.resolve()) if args.checkpoint else "gaussian (weight-free)",
+        "prior": str(args.checkpoint.resolve()) if args.checkpoint else args.prior,
         "data": str(args.data.resolve()), "prep": {"size": prep.size, "crop": prep.crop, "frames": prep.frames},
         "device": str(torch.device(args.device)), "precision": cfg.precision, "backend": cfg.backend,
         "lpips": bool(args.lpips_weights), "fvd": bool(args.fvd_weights),
@@ -317,7 +319,7 @@ def build(args):
         I3DFeatures(args.fvd_weights, args.device) if args.fvd_weights else None,
     )
     model, size = load_model(args.checkpoint, backend=args.backend, engine=args.engine,
-                             size=args.size, device=args.device)
+                             size=args.size, device=args.device, prior=args.prior)
     prep = Prep(size=size, crop=args.crop, frames=args.frames)
     dataset = Dataset(args.data, args.cache or args.out / "prepared", prep)
     overrides = {k: v for k, v in (("nfe", args.nfe), ("eta", args.eta), ("cg_iters", args.cg_iters)) if v is not None}
