@@ -354,7 +354,7 @@ def make_network(model, cfg: SolverConfig) -> Callable:
         net = TensorRTEps(model, batch=cfg.batch, device=device)
     else:
         net = torch_eps(model, precision=cfg.precision, channels_last=cfg.channels_last,
-                        compile=cfg.backend == "compile", kernels=cfg.norm_kernels(), device=device)
+                        compile=cfg.backend == "compile", kernels=cfg.resolved_kernels.norms, device=device)
     tile = native_size(model if cfg.backend != "tensorrt" else net)
     if tile is None or (tile, tile) == cfg.frame:
         return micro_batched(net, cfg.batch)
