@@ -1,6 +1,8 @@
 """engine.evaluation.evaluate (python -m engine.evaluate) end to end on two small clips with the weight-free prior and every method;
-resuming after an interruption; LPIPS / FVD columns; every refusal (one line, exit 2)."""
+resuming after an interruption; LPIPS / FVD columns; every refusal (one line, exit 2), each bad setting
+refused by EvalJob or SolverConfig before any work."""
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -10,6 +12,7 @@ import torch
 import engine.evaluation.evaluate as evaluate
 import engine.runtime
 from engine.baselines import CG_RTOL, cg_converged
+from engine.errors import InputError
 from engine.evaluation.evaluate import METHODS, main
 from engine.metrics import psnr
 from engine.operators import from_spec
@@ -188,10 +191,65 @@ def test_missing_weight_files(data, tmp_path, capsys, extra, words):
 def test_refusals(tmp_path, capsys):
     assert main(["--data", str(tmp_path), *FAST, "--out", str(tmp_path / "out")]) == 2
     assert "no sequences" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--data", str(tmp_path), *FAST, "--lpips-weights", "alex.pth", "--out", str(tmp_path / "out")])
-    with pytest.raises(SystemExit):
-        main(["--data", str(tmp_path), *FAST, "--methods", "svi,dps", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit):                                     # argparse: not a number
+        main(["--data", str(tmp_path), *FAST, "--sigma-y", "0,x", "--out", str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--limit", "-1"], "--limit must be at least 1, got -1"),
+    (["--limit", "0"], "--limit must be at least 1, got 0"),
+    (["--sigma-y", "0,-0.01"], "--sigma-y noise levels must be finite and >= 0, got -0.01"),
+    (["--sigma-y", "nan"], "--sigma-y noise levels must be finite and >= 0, got nan"),
+    (["--methods", "svi,dps"], "unknown method 'dps'"),
+    (["--methods", ","], "--methods must name each method once, got none"),
+    (["--gamma", "0"], "--gamma must be a finite number > 0, got 0.0"),
+    (["--frames", "1"], "--frames must be at least 2, got 1"),
+    (["--size", "0"], "--size must be at least 1, got 0"),
+    (["--crop", "0"], "--crop must be at least 1, got 0"),
+    (["--converged-iters", "0"], "--converged-iters must be at least 1, got 0"),
+    (["--admm-iters", "3"], "--admm-iters needs two iteration counts >= 1"),
+    (["--admm-iters", "3,0"], "--admm-iters needs two iteration counts >= 1"),
+    (["--seed", "-1"], "--seed must be at least 0, got -1"),
+    (["--pictures", "-1"], "--pictures must be at least 0, got -1"),
+    (["--lpips-weights", "alex.pth"], "LPIPS needs both --lpips-weights and --lpips-backbone"),
+    (["--backend", "tensorrt"], "--backend tensorrt needs --engine FILE"),
+    (["--engine", "unet.plan"], "--engine is for --backend tensorrt"),
+    (["--nfe", "0"], "nfe must be between 1 and 1000, got 0"),               # SolverConfig's own check
+    (["--eta", "2"], "eta (DDIM stochasticity η) must lie in [0, 1], got 2.0"),
+])
+def test_bad_settings_are_refused_before_any_work(tmp_path, capsys, monkeypatch, extra, words):
+    """Each bad value: one line, exit 2, before the model is loaded or --out is touched."""
+    monkeypatch.setattr(evaluate, "build", lambda *a: pytest.fail("work started despite a bad setting"))
+    out = tmp_path / "out"
+    assert main(["--data", str(tmp_path), *FAST, *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and words in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_parse_gives_the_job_and_the_task_config(tmp_path):
+    job, cfg, verbose = evaluate.parse(["--data", str(tmp_path), *FAST, "--methods", "cg, svi,cg",
+                                        "--sigma-y", "0.01,0,0.01", "--limit", "3", "--crop", "24",
+                                        "--device", "cpu", "--out", str(tmp_path / "out"), "-v"])
+    assert job.methods == ("cg", "svi") and job.sigma_ys == (0.01, 0.0)      # each once, in the given order
+    assert (job.limit, job.crop, job.frames, job.size, job.admm_iters) == (3, 24, 8, 32, (3, 5))
+    assert job.prepared == tmp_path / "out" / "prepared" and verbose
+    assert cfg == engine.runtime.SolverConfig.from_task("temporal-k7", frames=8, size=32, nfe=3, cg_iters=2)
+    assert evaluate.parse(["--data", str(tmp_path), *FAST, "--cache", str(tmp_path / "c"),
+                           "--out", str(tmp_path / "out")])[0].prepared == tmp_path / "c"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        job.limit = 4
+
+
+def test_an_eval_job_checks_itself(tmp_path):
+    """Built in code, not from the command line: the same one-line refusals."""
+    good = evaluate.EvalJob(data=tmp_path, out=tmp_path / "out", task="temporal-k7")
+    assert good.methods == METHODS and good.sigma_ys == (0.0,)
+    for bad, words in [({"task": "deblur"}, "unknown task 'deblur'"), ({"prior": "adm"}, "unknown prior 'adm'"),
+                       ({"methods": ("cg", "cg")}, "each method once"), ({"sigma_ys": ()}, "each noise level once"),
+                       ({"sigma_ys": (0.0, 0.0)}, "each noise level once"), ({"gamma": float("inf")}, "--gamma")]:
+        with pytest.raises(InputError, match=words):
+            dataclasses.replace(good, **bad)
 
 
 def test_cg_converged_inverts_noiseless_temporal_blur():

@@ -26,7 +26,9 @@ Written into --out:
     pictures/          a comparison grid with an enlarged crop and PSNR per frame for the first
                        --pictures clips; PSNR per frame and Fig. 7 averaged over all clips
 
-A killed run loses at most the clip it was working on.
+The command line parses into an EvalJob (data, output, methods, noise levels, weight files) and
+the task's SolverConfig, each setting checked once, before the model is loaded or a clip read;
+`run(job, cfg)` does the rest. A killed run loses at most the clip it was working on.
 """
 
 from __future__ import annotations
@@ -38,9 +40,9 @@ import statistics
 import sys
 import time
 import zlib
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -69,7 +71,75 @@ SVI_NOISE = {"svi": "shared", "svi-independent-noise": "independent"}
 # ----------------------------------------------------------------------------- command line
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+@dataclass(frozen=True)
+class EvalJob:
+    """The I/O half of an evaluation (the Solver's settings are the other half, a SolverConfig);
+    every value is checked once, here."""
+
+    data: Path                               # DAVIS root, a folder of sequences, .npy clips or videos
+    out: Path                                # results folder, resumed when it holds a run with these settings
+    task: str                                # one of the paper's tasks (engine.tasks.TASKS)
+    cache: Optional[Path] = None             # prepared clips; None: OUT/prepared
+    overwrite: bool = False                  # discard earlier results in --out instead of resuming
+    limit: Optional[int] = None              # the first N clips only; None: all
+    methods: tuple[str, ...] = METHODS
+    sigma_ys: tuple[float, ...] = (0.0,)     # measurement noise levels σ_y
+    gamma: float = 1.0                       # γ of the regularised CG when σ_y > 0
+    converged_iters: int = 1000              # most iterations of cg-converged
+    admm_iters: tuple[int, int] = (30, 20)   # admm-tv's ADMM iterations, CG iterations per x-update
+    seed: int = 0                            # sampler seed; the measurement noise is seeded per clip from it
+    checkpoint: Optional[Path] = None        # ADM checkpoint; None: `prior`
+    engine: Optional[Path] = None            # TensorRT engine file (--backend tensorrt)
+    prior: str = "ffdnet"                    # the ε model without a checkpoint (engine.priors.PRIORS)
+    frames: int = Prep.frames                # frames per clip
+    size: int = Prep.size                    # frame size for a prior without a checkpoint (a checkpoint sets its own)
+    crop: Optional[int] = None               # centre crop before the resize; None: the largest square
+    lpips_weights: Optional[Path] = None     # LPIPS v0.1 linear heads
+    lpips_backbone: Optional[Path] = None    # ImageNet AlexNet for LPIPS
+    fvd_weights: Optional[Path] = None       # I3D detector for FVD
+    pictures: int = 1                        # clips that get a comparison grid and a PSNR plot
+
+    def __post_init__(self):
+        get_task(self.task)                             # InputError for a task engine.tasks does not know
+        if self.prior not in PRIORS:
+            raise InputError(f"unknown prior {self.prior!r}; accepted: {', '.join(PRIORS)}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise InputError(f"unknown method {unknown[0]!r}; accepted: {','.join(METHODS)}")
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise InputError(f"--methods must name each method once, got {','.join(self.methods) or 'none'}")
+        if not self.sigma_ys or len(set(self.sigma_ys)) != len(self.sigma_ys):
+            raise InputError(f"--sigma-y must list each noise level once, got {list(self.sigma_ys)}")
+        bad = [v for v in self.sigma_ys if not (math.isfinite(v) and v >= 0)]
+        if bad:
+            raise InputError(f"--sigma-y noise levels must be finite and >= 0, got {bad[0]}")
+        if not (math.isfinite(self.gamma) and self.gamma > 0):
+            raise InputError(f"--gamma must be a finite number > 0, got {self.gamma}")
+        _at_least("--limit", self.limit, 1)
+        _at_least("--frames", self.frames, 2)           # the inter-frame difference needs two frames
+        _at_least("--size", self.size, 1)
+        _at_least("--crop", self.crop, 1)
+        _at_least("--converged-iters", self.converged_iters, 1)
+        if len(self.admm_iters) != 2 or min(self.admm_iters) < 1:
+            raise InputError(f"--admm-iters needs two iteration counts >= 1 (OUTER,INNER), got {self.admm_iters}")
+        _at_least("--seed", self.seed, 0)
+        _at_least("--pictures", self.pictures, 0)
+        if (self.lpips_weights is None) != (self.lpips_backbone is None):
+            raise InputError("LPIPS needs both --lpips-weights and --lpips-backbone")
+
+    @property
+    def prepared(self) -> Path:
+        """Where the prepared clips are cached."""
+        return self.cache if self.cache is not None else self.out / "prepared"
+
+
+def _at_least(flag: str, value: Optional[int], low: int) -> None:
+    """InputError unless `value` (None: not given) is at least `low`."""
+    if value is not None and value < low:
+        raise InputError(f"{flag} must be at least {low}, got {value}")
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="DAVIS root, a folder of sequences, .npy clips or videos")
@@ -78,8 +148,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     prior.add_argument("--checkpoint", type=Path, help="ADM checkpoint, e.g. 256x256_diffusion_uncond.pt")
     prior.add_argument("--prior", choices=PRIORS, default="ffdnet",
                        help="without --checkpoint: ffdnet (default, a small learned denoiser) or gaussian (weight-free)")
-    p.add_argument("--methods", type=_methods, default=METHODS, help=f"comma-separated (default: all): {','.join(METHODS)}")
-    p.add_argument("--sigma-y", type=_sigmas, default=(0.0,), help="measurement noise levels, comma-separated (default 0)")
+    p.add_argument("--methods", type=_names, default=METHODS, help=f"comma-separated (default: all): {','.join(METHODS)}")
+    p.add_argument("--sigma-y", type=_numbers(float), default=(0.0,),
+                   help="measurement noise levels, comma-separated (default 0)")
     p.add_argument("--gamma", type=float, default=1.0, help="γ of the regularised CG when σ_y > 0 (default 1)")
     p.add_argument("--limit", type=int, help="evaluate the first N clips only")
     p.add_argument("--out", type=Path, required=True, help="results folder (resumed if it holds a run with the same settings)")
@@ -91,7 +162,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eta", type=float, help="DDIM stochasticity η (default: the task's)")
     p.add_argument("--cg-iters", type=int, help="CG iterations per step l (default: the task's)")
     p.add_argument("--converged-iters", type=int, default=1000, help="most iterations of cg-converged (default 1000)")
-    p.add_argument("--admm-iters", type=_pair, default=(30, 20), metavar="OUTER,INNER",
+    p.add_argument("--admm-iters", type=_numbers(int), default=(30, 20), metavar="OUTER,INNER",
                    help="admm-tv's ADMM iterations and CG iterations per x-update (default 30,20)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed; measurement noise is seeded per clip from it")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -104,53 +175,58 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pictures", type=int, default=1, help="clips that get a comparison grid and PSNR plot (default 1)")
     p.add_argument("--overwrite", action="store_true", help="discard earlier results in --out instead of resuming")
     p.add_argument("-v", "--verbose", action="store_true")
-    args = p.parse_args(argv)
-    if (args.lpips_weights is None) != (args.lpips_backbone is None):
-        p.error("LPIPS needs both --lpips-weights and --lpips-backbone")
-    if args.frames < 2 or (args.limit is not None and args.limit < 1):
-        p.error("need --frames >= 2 and --limit >= 1")
-    return args
+    return p
 
 
-def _methods(text: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
-    unknown = [m for m in names if m not in METHODS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown methods {unknown}; accepted: {','.join(METHODS)}")
-    return names
+def parse(argv=None) -> tuple[EvalJob, SolverConfig, bool]:
+    """(EvalJob, SolverConfig, verbose) from the command line; every setting is validated here, before any work.
+
+    The config is the task's with --nfe/--eta/--cg-iters overridden; its size is provisional until the
+    model is loaded (a checkpoint sets its own, `run`). Its γ is None: `Methods` sets --gamma where σ_y > 0.
+    """
+    args = build_parser().parse_args(argv)
+    if (args.backend == "tensorrt") != (args.engine is not None):
+        raise InputError("--backend tensorrt needs --engine FILE (build one with python -m engine.build)"
+                         if args.engine is None else "--engine is for --backend tensorrt")
+    job = EvalJob(data=args.data, out=args.out, task=args.task, cache=args.cache, overwrite=args.overwrite,
+                  limit=args.limit, methods=args.methods, sigma_ys=tuple(dict.fromkeys(args.sigma_y)),
+                  gamma=args.gamma, converged_iters=args.converged_iters, admm_iters=args.admm_iters,
+                  seed=args.seed, checkpoint=args.checkpoint, engine=args.engine, prior=args.prior,
+                  frames=args.frames, size=args.size, crop=args.crop, lpips_weights=args.lpips_weights,
+                  lpips_backbone=args.lpips_backbone, fvd_weights=args.fvd_weights, pictures=args.pictures)
+    overrides = {k: v for k, v in (("nfe", args.nfe), ("eta", args.eta), ("cg_iters", args.cg_iters)) if v is not None}
+    cfg = SolverConfig.from_task(args.task, frames=job.frames, size=job.size, backend=args.backend,
+                                 precision=args.dtype, device=args.device, **overrides)
+    return job, cfg, args.verbose
 
 
-def _pair(text: str) -> tuple[int, int]:
-    try:
-        outer, inner = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two integers OUTER,INNER, got {text!r}") from None
-    if outer < 1 or inner < 1:
-        raise argparse.ArgumentTypeError(f"iterations must be >= 1, got {text!r}")
-    return outer, inner
+def _names(text: str) -> tuple[str, ...]:
+    """"a, b,a" → ("a", "b"): the names of a comma-separated list, each once (EvalJob checks them)."""
+    return tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
 
 
-def _sigmas(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(dict.fromkeys(float(v) for v in text.split(",")))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if any(not (math.isfinite(v) and v >= 0) for v in values):
-        raise argparse.ArgumentTypeError(f"noise levels must be finite and >= 0, got {text!r}")
-    return values
+def _numbers(kind: type) -> Callable[[str], tuple]:
+    """An argparse type for a comma-separated list of `kind` numbers (EvalJob checks their values)."""
+
+    def convert(text: str) -> tuple:
+        try:
+            return tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}") from None
+
+    return convert
 
 
-def run_settings(args, cfg: SolverConfig, prep: Prep) -> dict:
+def run_settings(job: EvalJob, cfg: SolverConfig, prep: Prep) -> dict:
     """Everything that changes the numbers; a resumed run must match it exactly."""
-    task = get_task(args.task)
     return {
-        "task": task.name, "spec": cfg.spec, "methods": list(args.methods), "sigma_y": list(args.sigma_y),
-        "nfe": cfg.nfe, "eta": cfg.eta, "cg_iters": cfg.cg_iters, "gamma": args.gamma,
-        "converged_iters": args.converged_iters, "admm_iters": list(args.admm_iters), "seed": args.seed,
-        "prior": str(args.checkpoint.resolve()) if args.checkpoint else args.prior,
-        "data": str(args.data.resolve()), "prep": {"size": prep.size, "crop": prep.crop, "frames": prep.frames},
-        "device": str(torch.device(args.device)), "precision": cfg.precision, "backend": cfg.backend,
-        "lpips": bool(args.lpips_weights), "fvd": bool(args.fvd_weights),
+        "task": job.task, "spec": cfg.spec, "methods": list(job.methods),
+        "sigma_y": list(job.sigma_ys), "nfe": cfg.nfe, "eta": cfg.eta, "cg_iters": cfg.cg_iters, "gamma": job.gamma,
+        "converged_iters": job.converged_iters, "admm_iters": list(job.admm_iters), "seed": job.seed,
+        "prior": str(job.checkpoint.resolve()) if job.checkpoint else job.prior,
+        "data": str(job.data.resolve()), "prep": {"size": prep.size, "crop": prep.crop, "frames": prep.frames},
+        "device": str(torch.device(cfg.device)), "precision": cfg.precision, "backend": cfg.backend,
+        "lpips": bool(job.lpips_weights), "fvd": bool(job.fvd_weights),
     }
 
 
@@ -247,7 +323,7 @@ def measurement_seed(seed: int, clip: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(clip.encode())) % 2**31
 
 
-def evaluate_clip(name: str, clean: Tensor, methods: Methods, scorer: Scorer, args) -> tuple[dict, dict, dict]:
+def evaluate_clip(name: str, clean: Tensor, methods: Methods, scorer: Scorer, job: EvalJob) -> tuple[dict, dict, dict]:
     """Run every method at every σ_y on one clip → (record, {(σ, method): restored}, {key: I3D features})."""
     reference = clean.cpu()
     clean = clean.to(methods.device)
@@ -255,11 +331,11 @@ def evaluate_clip(name: str, clean: Tensor, methods: Methods, scorer: Scorer, ar
     outputs, features = {}, {}
     if scorer.i3d is not None:
         features["clean"] = scorer.i3d(clean)
-    for sigma in args.sigma_y:
-        y = methods.measure(clean, sigma, measurement_seed(args.seed, name))
+    for sigma in job.sigma_ys:
+        y = methods.measure(clean, sigma, measurement_seed(job.seed, name))
         outputs[(sigma, "measured")] = y.cpu()
-        for method in args.methods:
-            x, seconds, facts = methods.run(method, y, sigma, args.seed)
+        for method in job.methods:
+            x, seconds, facts = methods.run(method, y, sigma, job.seed)
             record["runs"].append({"method": method, "sigma_y": sigma, "seconds": seconds,
                                    **scorer.score(x.cpu(), reference), **facts})
             outputs[(sigma, method)] = x.cpu()
@@ -312,59 +388,61 @@ def summary_pictures(folder: Path, results: Results, settings: dict) -> None:
 # ----------------------------------------------------------------------------- the run
 
 
-def build(args):
-    """(Methods, Scorer, Dataset, settings) from the command line; every file is checked before any work."""
+def build(job: EvalJob, cfg: SolverConfig):
+    """(Methods, Scorer, Dataset, settings) for the job; every file is checked before any work."""
     scorer = Scorer(
-        LPIPS.from_files(args.lpips_weights, args.lpips_backbone, args.device) if args.lpips_weights else None,
-        I3DFeatures(args.fvd_weights, args.device) if args.fvd_weights else None,
+        LPIPS.from_files(job.lpips_weights, job.lpips_backbone, cfg.device) if job.lpips_weights else None,
+        I3DFeatures(job.fvd_weights, cfg.device) if job.fvd_weights else None,
     )
-    model, size = load_model(args.checkpoint, backend=args.backend, engine=args.engine,
-                             size=args.size, device=args.device, prior=args.prior)
-    prep = Prep(size=size, crop=args.crop, frames=args.frames)
-    dataset = Dataset(args.data, args.cache or args.out / "prepared", prep)
-    overrides = {k: v for k, v in (("nfe", args.nfe), ("eta", args.eta), ("cg_iters", args.cg_iters)) if v is not None}
-    base = SolverConfig.from_task(args.task, frames=prep.frames, size=size, backend=args.backend,
-                                  precision=args.dtype, device=args.device, **overrides)
-    methods = Methods(model, base, args.sigma_y, gamma=args.gamma, converged_iters=args.converged_iters,
-                      admm_iters=args.admm_iters)
-    return methods, scorer, dataset, run_settings(args, base, prep)
+    model, size = load_model(job.checkpoint, backend=cfg.backend, engine=job.engine,
+                             size=job.size, device=cfg.device, prior=job.prior)
+    prep = Prep(size=size, crop=job.crop, frames=job.frames)
+    dataset = Dataset(job.data, job.prepared, prep)
+    base = replace(cfg, size=size)                   # a checkpoint sets its own size
+    methods = Methods(model, base, job.sigma_ys, gamma=job.gamma, converged_iters=job.converged_iters,
+                      admm_iters=job.admm_iters)
+    return methods, scorer, dataset, run_settings(job, base, prep)
 
 
-def run(args) -> Path:
+def run(job: EvalJob, cfg: SolverConfig) -> Path:
     """Evaluate every clip not yet in results.jsonl, then write the summary and pictures; returns --out."""
-    methods, scorer, dataset, settings = build(args)
-    results = open_run(args.out, settings, args.overwrite)
+    methods, scorer, dataset, settings = build(job, cfg)
+    results = open_run(job.out, settings, job.overwrite)
     done = results.done()
     total = dataset.count()
-    if args.limit is not None:
-        total = args.limit if total is None else min(total, args.limit)
+    if job.limit is not None:
+        total = job.limit if total is None else min(total, job.limit)
     initial = len(done) if total is None else min(len(done), total)
-    pictures = args.out / "pictures"
+    pictures = job.out / "pictures"
     with tqdm(total=total, initial=initial, desc="evaluating", unit="clip", disable=None) as bar:
-        for clip in dataset.clips(limit=args.limit, skip=done):
-            record, outputs, features = evaluate_clip(clip.name, clip.video, methods, scorer, args)
-            if len(results.records) < args.pictures:
+        for clip in dataset.clips(limit=job.limit, skip=done):
+            record, outputs, features = evaluate_clip(clip.name, clip.video, methods, scorer, job)
+            if len(results.records) < job.pictures:
                 clip_pictures(pictures, clip.name, clip.video, outputs, record, settings)
             results.add(record, features)
             bar.update()
             bar.set_postfix_str(f"{clip.name}: {record['runs'][0]['method']} {psnr_value(record['runs'][0]['psnr_mean']):.2f} dB")
     if not results.records:
-        raise InputError(f"{args.data}: no clip of {dataset.prep.frames} frames")
-    write_summary(args.out, summarize(results, settings), settings, dataset.skipped)
+        raise InputError(f"{job.data}: no clip of {dataset.prep.frames} frames")
+    write_summary(job.out, summarize(results, settings), settings, dataset.skipped)
     summary_pictures(pictures, results, settings)
-    log.info("%s evaluated; summary in %s", plural(len(results.records), "clip"), args.out / "summary.md")
+    log.info("%s evaluated; summary in %s", plural(len(results.records), "clip"), job.out / "summary.md")
     if dataset.skipped:
         log.warning("%s could not be read and were skipped: %s (listed in summary.md)",
                     plural(len(dataset.skipped), "sequence"), ", ".join(sorted(dataset.skipped)))
-    return args.out
+    return job.out
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    try:
+        job, cfg, verbose = parse(argv)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        out = run(args)
+        out = run(job, cfg)
     except (InputError, CheckpointError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
