@@ -256,7 +256,8 @@ def run(job: Job, cfg: SolverConfig) -> Path:
     """The whole job; returns the output folder. The output location is claimed first."""
     with claimed_output(job) as tmp:
         model, _ = load_model(job.checkpoint, backend=cfg.backend, engine=job.engine, size=job.size,
-                              device=cfg.device, model_config=job.model_config, class_label=job.class_label)
+                              device=cfg.device, model_config=job.model_config, class_label=job.class_label,
+                              prior=job.prior)
         clean, y, notes = read_input(job)
         frame = tuple(clean.shape[-2:]) if clean is not None else clean_frame(cfg.spec, tuple(y.shape[-2:]))
         if job.measured and job.size is not None and frame != (job.size, job.size):

