@@ -356,7 +356,7 @@ def make_network(model, cfg: SolverConfig) -> Callable:
         net = torch_eps(model, precision=cfg.precision, channels_last=cfg.channels_last,
                         compile=cfg.backend == "compile", kernels=cfg.resolved_kernels.norms, device=device)
     tile = native_size(model if cfg.backend != "tensorrt" else net)
-    if tile is None or (tile, tile) == cfg.frame:
+    if tile is None or max(cfg.frame) <= tile:              # one tile: the (convolutional) network itself
         return micro_batched(net, cfg.batch)
     overlap = tile // 4 if cfg.tile_overlap is None else cfg.tile_overlap
     return TiledEps(net, cfg.frame, tile, overlap=overlap, batch=cfg.batch)

@@ -5,8 +5,9 @@ tied together only by the shared noise image and by CG, which runs over the whol
 
 - the network runs on B frames at a time (`micro_batched`): its memory is set by B, not by
   the video's length, and the result does not depend on B;
-- a frame larger than the network's training size is cut into overlapping square tiles of that
-  size (`TiledEps`); all tiles of all frames go through the network as one batch dimension
+- a frame larger than the network's training size is cut into overlapping tiles of that size
+  (`TiledEps`; along an axis shorter than the size the tile is the whole axis: the network is
+  convolutional); all tiles of all frames go through the network as one batch dimension
   (frames × tiles, B at a time), and their ε are blended with smooth weights that sum to one
   at every pixel. X̂ = (X − √(1−ᾱ)·ε)/√ᾱ is affine in ε pixel by pixel, so blending ε blends
   the tiles' Tweedie estimates the same way. A frame that is exactly one tile is left alone.
@@ -76,18 +77,21 @@ class TiledEps:
 
     def __init__(self, eps_model: EpsModel, frame: tuple[int, int], tile: int, *, overlap: int, batch: int):
         h, w = frame
-        self.rows, self.cols = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-        self.tile, self.frame = tile, (h, w)
+        if not 0 <= overlap < tile:
+            raise InputError(f"the tile overlap must lie in [0, {tile}), got {overlap}")
+        th, tw = min(tile, h), min(tile, w)                  # an axis shorter than the tile is one tile
+        self.rows, self.cols = tile_starts(h, th, min(overlap, th - 1)), tile_starts(w, tw, min(overlap, tw - 1))
+        self.tile, self.frame = (th, tw), (h, w)
         self.eps_model = micro_batched(eps_model, batch)
         self.module = getattr(eps_model, "module", None)
         weights = torch.zeros(h, w, dtype=torch.float64)
         self._tile_weights = []
         for i, r in enumerate(self.rows):
             for j, c in enumerate(self.cols):
-                wr = ramp(tile, overlap, rise=i > 0, fall=i < len(self.rows) - 1)
-                wc = ramp(tile, overlap, rise=j > 0, fall=j < len(self.cols) - 1)
-                self._tile_weights.append(wr[:, None] * wc[None, :])                # [tile, tile]
-                weights[r:r + tile, c:c + tile] += self._tile_weights[-1]
+                wr = ramp(th, min(overlap, th - 1), rise=i > 0, fall=i < len(self.rows) - 1)
+                wc = ramp(tw, min(overlap, tw - 1), rise=j > 0, fall=j < len(self.cols) - 1)
+                self._tile_weights.append(wr[:, None] * wc[None, :])                # [th, tw]
+                weights[r:r + th, c:c + tw] += self._tile_weights[-1]
         self._norm = weights                                                       # Σ of the tiles' weights
         self._cache: dict = {}
 
@@ -96,11 +100,11 @@ class TiledEps:
         return len(self.rows) * len(self.cols)
 
     def _weights(self, like: Tensor) -> Tensor:
-        """Each tile's weight divided by the sum at its pixels [T, 1, tile, tile], in `like`'s dtype and device."""
+        """Each tile's weight divided by the sum at its pixels [T, 1, th, tw], in `like`'s dtype and device."""
         key = (like.dtype, like.device)
         if key not in self._cache:
-            s = self.tile
-            normed = [wt / self._norm[r:r + s, c:c + s] for wt, (r, c) in zip(self._tile_weights, self._corners())]
+            th, tw = self.tile
+            normed = [wt / self._norm[r:r + th, c:c + tw] for wt, (r, c) in zip(self._tile_weights, self._corners())]
             self._cache[key] = torch.stack(normed)[:, None].to(like.device, like.dtype)
         return self._cache[key]
 
@@ -108,16 +112,16 @@ class TiledEps:
         return [(r, c) for r in self.rows for c in self.cols]
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        n, s = x.shape[0], self.tile
+        n, (th, tw) = x.shape[0], self.tile
         if tuple(x.shape[-2:]) != self.frame:
             raise InputError(f"frames of {tuple(x.shape[-2:])}; these tiles were laid out for {self.frame}")
         if self.tiles == 1:
             return self.eps_model(x, t)
         corners = self._corners()
-        patches = torch.stack([x[:, :, r:r + s, c:c + s] for r, c in corners], dim=1)   # [N, T, 3, s, s]
-        eps = self.eps_model(patches.flatten(0, 1), t.repeat_interleave(len(corners)))  # [N·T, C, s, s]
-        eps = eps.unflatten(0, (n, len(corners))) * self._weights(eps)                   # [N, T, C, s, s]
+        patches = torch.stack([x[:, :, r:r + th, c:c + tw] for r, c in corners], dim=1)  # [N, T, 3, th, tw]
+        eps = self.eps_model(patches.flatten(0, 1), t.repeat_interleave(len(corners)))    # [N·T, C, th, tw]
+        eps = eps.unflatten(0, (n, len(corners))) * self._weights(eps)                     # [N, T, C, th, tw]
         out = eps.new_zeros((n, eps.shape[2], *self.frame))
         for k, (r, c) in enumerate(corners):
-            out[:, :, r:r + s, c:c + s] += eps[:, k]
+            out[:, :, r:r + th, c:c + tw] += eps[:, k]
         return out

@@ -185,10 +185,9 @@ def test_torch_eps_picks_the_norm_kernels():
         return {m.kernels for m in model.modules() if isinstance(m, GroupNorm32)}
 
     model = micro_model()
-    torch_eps(model, kernels="triton")
-    assert kernels_of(model) == {"triton"}
-    torch_eps(model)
-    assert kernels_of(model) == {"torch"}
+    assert kernels_of(torch_eps(model, kernels="triton").module) == {"triton"}
+    assert kernels_of(model) == {"torch"}                       # the caller's model is left alone
+    assert kernels_of(torch_eps(model).module) == {"torch"}
 
 
 # ---------------------------------------------------------------- GPU, at the ADM-256 sizes

@@ -276,7 +276,7 @@ def test_a_non_preset_checkpoint_restores_through_engine_solve(tmp_path, capsys)
     path = tmp_path / "own.pt"
     torch.save(state_dict_of(config), path)
     clean = camera_clip(frames=4, size=32)
-    cfg = SolverConfig(spec="temporal:uniform:3", frames=4, size=32, nfe=2, cg_iters=1)
+    cfg = SolverConfig(spec="temporal:uniform:3:replicate", frames=4, size=32, nfe=2, cg_iters=1)
     solver = Solver(load_adm(path, config=config), cfg)
     y = solver.op.A(clean)
     np.save(tmp_path / "y.npy", y.numpy())

@@ -103,10 +103,19 @@ def test_the_solver_tiles_frames_larger_than_the_network():
     assert out.shape == (4, 3, 40, 56) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("frame, tile, overlap, match", [
-    ((24, 64), 32, 8, "smaller than the network's 32-pixel tiles"),
-    ((64, 64), 32, 32, "overlap must lie in"),
-])
-def test_bad_tiles_are_one_clear_line(frame, tile, overlap, match):
-    with pytest.raises(InputError, match=match):
-        TiledEps(lambda x, t: x, frame, tile, overlap=overlap, batch=4)
+def test_an_axis_shorter_than_the_tile_is_one_tile():
+    """A 24×80 frame under 32-pixel tiles: one row of 24×32 tiles (the network is convolutional)."""
+    def pointwise(x, t):
+        return 3 * x
+
+    tiled = TiledEps(pointwise, (24, 80), 32, overlap=8, batch=4)
+    assert tiled.tile == (24, 32) and tiled.rows == [0] and tiled.tiles == 3
+    x = torch.randn(2, 3, 24, 80, dtype=torch.float64)
+    torch.testing.assert_close(tiled(x, torch.tensor([1, 2])), 3 * x, rtol=1e-12, atol=1e-12)
+
+
+def test_bad_tiles_are_one_clear_line():
+    with pytest.raises(InputError, match="overlap must lie in"):
+        TiledEps(lambda x, t: x, (64, 64), 32, overlap=32, batch=4)
+    with pytest.raises(InputError, match="smaller than the network's 32-pixel tiles"):
+        tile_starts(24, 32, 8)
