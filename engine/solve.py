@@ -175,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, help=f"frame rate of the written videos (default: the input's own, else "
                                              f"{DEFAULT_FPS:g})")
     p.add_argument("--baselines", default=None, metavar="LIST",
-                   help=f"comparison methods scored beside the restoration: cg, admm-tv, both (cg,admm-tv) or none "
-                        f"(default: none; both for --demo). With --sigma-y the CG baseline is regularised by γ")
+                   help="comparison methods scored beside the restoration: cg, admm-tv, both (cg,admm-tv) or none "
+                        "(default: none; both for --demo). With --sigma-y the CG baseline is regularised by γ")
     p.add_argument("--out", type=Path, required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an output folder this command wrote before (never any other folder)")
