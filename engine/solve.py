@@ -27,9 +27,7 @@ import logging
 import math
 import os
 import shutil
-import signal
 import sys
-import threading
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -42,7 +40,8 @@ from tqdm import tqdm
 from engine.backends import BACKENDS, GRAPH_BACKENDS
 from engine.baselines import admm_tv, cg_baseline
 from engine.checkpoint import MODEL_CONFIG_SYNTAX, parse_model_config
-from engine.errors import CheckpointError, InputError, ModelError
+from engine.cli import command
+from engine.errors import InputError
 from engine.figures import contact_sheet, save_png
 from engine.fileio import atomic_folder, atomic_write_json
 from engine.metrics import SSIM_RADIUS, clip_summary, json_safe
@@ -585,30 +584,8 @@ def prior_name(job: Job) -> str:
     return "ffdnet (a small learned denoiser, not the paper's ADM)" if job.prior == "ffdnet" else "gaussian (weight-free)"
 
 
-def _interrupt(signum, frame):
-    """SIGTERM (a job scheduler, `timeout`) unwinds like Ctrl-C, so the temporary output is removed."""
-    raise KeyboardInterrupt(f"stopped by signal {signum}")
-
-
 def main(argv=None) -> int:
-    try:
-        job, cfg, verbose = parse(argv)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        out = run(job, cfg)
-    except (InputError, CheckpointError, ModelError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; no output was written", file=sys.stderr)
-        return 130
-    print(out)
-    return 0
+    return command(argv, parse, run, interruptible=True)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ from tqdm import tqdm
 
 from engine.backends import BACKENDS, GRAPH_BACKENDS
 from engine.baselines import admm_tv, cg_baseline, cg_converged
-from engine.errors import CheckpointError, InputError
+from engine.cli import command
+from engine.errors import InputError
 from engine.evaluation.data import Dataset, Prep
 from engine.evaluation.metrics_extra import LPIPS, I3DFeatures
 from engine.evaluation.report import Results, open_run, plural, psnr_value, summarize, write_summary
@@ -434,20 +435,8 @@ def run(job: EvalJob, cfg: SolverConfig) -> Path:
 
 
 def main(argv=None) -> int:
-    try:
-        job, cfg, verbose = parse(argv)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        out = run(job, cfg)
-    except (InputError, CheckpointError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(out / "summary.md")
-    return 0
+    """The exit status; an interrupt reaches the caller (rerun the same command to resume)."""
+    return command(argv, parse, lambda job, cfg: run(job, cfg) / "summary.md")
 
 
 if __name__ == "__main__":
