@@ -40,7 +40,6 @@ import os
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -49,7 +48,7 @@ from bench.common import (LiveBytes, add_save_flag, append_jsonl, machine, matmu
                           time_fn, unet_flops)
 from engine.runtime import Solver, SolverConfig
 from engine.sampler import draw_noise, reverse_process
-from engine.profiling import nvtx_range
+from engine.profiling import StageClock, nvtx_range
 from engine.tasks import TASKS
 from engine.tiling import tile_starts
 from engine.unet import ADMConfig, ADMUNet
@@ -164,35 +163,6 @@ def build_solver(args, backend: str, frames: int) -> tuple[Solver, float]:
 
 #: the table's stage columns: row key → the loop's stages (engine.sampler.reverse_process) it sums
 STAGES = {"unet_s": ("UNet",), "cg_and_operators_s": ("CG",), "updates_s": ("Tweedie", "update")}
-
-
-class StageClock:
-    """Time per stage inside the reverse loop (reverse_process's `stage` hook), summed over the steps:
-    CUDA events on a GPU (no host sync inside the loop), perf_counter on the CPU."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.marks = device, []                  # (stage, start, end)
-
-    @contextmanager
-    def __call__(self, name: str):
-        if self.device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            yield
-            end.record()
-        else:
-            start = time.perf_counter()
-            yield
-            end = time.perf_counter()
-        self.marks.append((name, start, end))
-
-    def seconds(self) -> dict[str, float]:
-        synchronize(self.device)
-        total: dict[str, float] = {}
-        for name, start, end in self.marks:
-            total[name] = total.get(name, 0.0) + (start.elapsed_time(end) / 1e3 if self.device.type == "cuda"
-                                                  else end - start)
-        return total
 
 
 def stage_shares(solver: Solver, y: torch.Tensor, repeats: int) -> dict[str, float]:

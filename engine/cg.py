@@ -35,23 +35,12 @@ from typing import Callable
 
 import torch
 
+from engine.operators.base import inner_product
+
 Tensor = torch.Tensor
 
 #: δ of the noiseless preconditioner, relative to ‖AᵀA‖ (module docstring); measured by bench/cg_length.py.
 DEFAULT_DELTA = 1e-5
-
-
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """⟨a, b⟩ over every element, as a 0-d tensor on the device.
-
-    fp32/fp64: one dot per frame plane (rows of H·W elements, `torch.linalg.vecdot` in the data's
-    dtype), the row sums added in float64 — float64 accumulation across the clip without a float64
-    copy of it. Half types: the elementwise products in float32, summed in float32.
-    """
-    if a.dtype in (torch.float32, torch.float64):
-        row = a.shape[-1] * a.shape[-2] if a.ndim >= 2 else a.numel()
-        return torch.linalg.vecdot(a.reshape(-1, row), b.reshape(-1, row)).sum(dtype=torch.float64)
-    return torch.sum(a.float() * b.float())
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
@@ -60,7 +49,8 @@ def _safe_div(num: Tensor, den: Tensor) -> Tensor:
 
 
 def conjugate_gradient(M: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor, iters: int,
-                       precond: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+                       precond: Callable[[Tensor], Tensor] | None = None,
+                       dot: Callable[[Tensor, Tensor], Tensor] = inner_product) -> Tensor:
     """`iters` (preconditioned) CG iterations on M x = b from x0.  x0, b: [N, C, H, W] → x: [N, C, H, W]
 
         r = b − M x,  z = P r,  p = z
@@ -69,24 +59,25 @@ def conjugate_gradient(M: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor, ite
 
     P (`precond`, symmetric positive definite; None: P = I, plain CG) approximates M⁻¹.
     Once ⟨r, r⟩ ≤ (ε_dtype)²·⟨b, b⟩ the system is solved to rounding and α is 0: on a
-    singular M, rounding noise would otherwise make ⟨p, M p⟩ tiny and α huge.
+    singular M, rounding noise would otherwise make ⟨p, M p⟩ tiny and α huge. `dot`: the inner
+    product (a 0-d float64 tensor; the operator's `inner`, all-reduced over processes when sharded).
     """
     P = precond or (lambda v: v)
     x = x0.clone()
     r = b - M(x)
     z = P(r)
     p = z.clone()
-    rz = _dot(r, z)
-    rr = rz if precond is None else _dot(r, r)
-    floor = torch.finfo(x.dtype).eps ** 2 * _dot(b, b)
+    rz = dot(r, z)
+    rr = rz if precond is None else dot(r, r)
+    floor = torch.finfo(x.dtype).eps ** 2 * dot(b, b)
     for _ in range(iters):
         Mp = M(p)
-        alpha = torch.where(rr > floor, _safe_div(rz, _dot(p, Mp)), torch.zeros_like(rz)).to(x.dtype)
+        alpha = torch.where(rr > floor, _safe_div(rz, dot(p, Mp)), torch.zeros_like(rz)).to(x.dtype)
         x.add_(alpha * p)
         r.sub_(alpha * Mp)
         z = P(r)
-        rz_new = _dot(r, z)
-        rr = rz_new if precond is None else _dot(r, r)
+        rz_new = dot(r, z)
+        rr = rz_new if precond is None else dot(r, r)
         beta = _safe_div(rz_new, rz).to(x.dtype)
         p = z + beta * p
         rz = rz_new
@@ -123,5 +114,6 @@ def data_consistency(op, y: Tensor, x_hat: Tensor, iters: int, gamma: float | No
     """
     Aty = op.A_adjoint(y) if aty is None else aty
     if gamma is None:
-        return conjugate_gradient(op.A_adjoint_A, Aty, x_hat, iters, precond)
-    return conjugate_gradient(lambda v: v + gamma * op.A_adjoint_A(v), x_hat + gamma * Aty, x_hat, iters, precond)
+        return conjugate_gradient(op.A_adjoint_A, Aty, x_hat, iters, precond, op.inner)
+    return conjugate_gradient(lambda v: v + gamma * op.A_adjoint_A(v), x_hat + gamma * Aty, x_hat, iters, precond,
+                              op.inner)

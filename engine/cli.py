@@ -4,7 +4,7 @@
         return command(argv, parse, run)
 
 `parse(argv)` returns (job, SolverConfig, verbose) and raises InputError for a bad setting;
-`run(job, cfg)` does the work and returns what to print. InputError, CheckpointError,
+`run(job, cfg)` does the work and returns what to print (None: nothing). InputError, CheckpointError,
 ModelError and ImportError (a missing extra) print `error: …` on one line and exit 2.
 With `interruptible`, Ctrl-C or SIGTERM (a scheduler, `timeout`) unwinds the run, so its
 temporary output is removed, and exits 130; otherwise the interrupt reaches the caller.
@@ -18,10 +18,10 @@ import sys
 import threading
 from typing import Callable
 
-from engine.errors import CheckpointError, InputError, ModelError
+from engine.errors import CheckpointError, InputError, ModelError, PeerError
 
 #: errors a user can act on: printed as one line, exit status 2
-USER_ERRORS = (InputError, CheckpointError, ModelError, ImportError)
+USER_ERRORS = (InputError, CheckpointError, ModelError, PeerError, ImportError)
 
 
 def command(argv, parse: Callable, run: Callable, *, interruptible: bool = False) -> int:
@@ -44,7 +44,8 @@ def command(argv, parse: Callable, run: Callable, *, interruptible: bool = False
             raise
         print("error: interrupted; no output was written", file=sys.stderr)
         return 130
-    print(result)
+    if result is not None:              # None: nothing to say (a process of a torchrun job other than the first)
+        print(result)
     return 0
 
 

@@ -11,3 +11,7 @@ class CheckpointError(RuntimeError):
 
 class ModelError(RuntimeError):
     """An ε model that misbehaves at run time: a wrong output shape, or NaN/Inf in what it returns."""
+
+
+class PeerError(RuntimeError):
+    """Another process of a sharded run (torchrun) failed; the message is that process's error."""

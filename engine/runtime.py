@@ -253,28 +253,44 @@ def measure(op, x: Tensor, *, sigma_y: float = 0.0, seed: int = 0) -> Tensor:
 class Solver:
     """Algorithm 1 for one fixed (model, operator, sizes, settings); see the module docstring."""
 
-    def __init__(self, model, config: SolverConfig, *, eps_model: Callable | None = None):
+    def __init__(self, model, config: SolverConfig, *, eps_model: Callable | None = None, group=None):
         """`model`: an ADMUNet (or any nn.Module ε model), a weight-free prior, or a TensorRT
         engine path for backend "tensorrt". `eps_model` overrides how it is evaluated. The
-        caller's module is left as it is: the Solver runs it, or its own converted copy."""
+        caller's module is left as it is: the Solver runs it, or its own converted copy.
+
+        `group`: a torch.distributed process group (e.g. `torch.distributed.group.WORLD`) whose
+        processes restore one video of `config.frames` frames together, each its own frames
+        (`self.shard`; engine.distributed): `solve` then takes and returns this process's frames
+        only, and every process must call it (the CG's collectives). One process, or None: the
+        whole video here."""
         self.config = config
         self.device = torch.device(config.device)
-        self.op = from_spec(config.spec, config.shape, seed=config.mask_seed, device=self.device,
-                            dtype=torch.float32, kernels=config.resolved_kernels.arithmetic)
+        self.comm = frame_comm(config, group)
+        arithmetic = config.resolved_kernels.arithmetic
+        if self.comm is None:
+            self.op = from_spec(config.spec, config.shape, seed=config.mask_seed, device=self.device,
+                                dtype=torch.float32, kernels=arithmetic)
+        else:
+            from engine.operators.sharded import ShardedOperator
+
+            arithmetic = "torch"            # the fused Triton CG sums inner products on one device only
+            self.op = ShardedOperator(config.spec, config.shape, self.comm, seed=config.mask_seed,
+                                      device=self.device, dtype=torch.float32)
+        self.shape = tuple(self.op.in_shape)                               # this process's frames
         self.steps = ddim_steps(config.nfe, config.eta, start=config.start)
         self.warm = warm_start(config.start, config.cg_iters)
-        self.eps_model = checked_eps(eps_model or self._make_eps(model), config.shape)
-        self.kernels = step_kernels(config.resolved_kernels.arithmetic)   # the step arithmetic
+        self.eps_model = checked_eps(eps_model or self._make_eps(model), self.shape)
+        self.kernels = step_kernels(arithmetic)                            # the step arithmetic
         self._precond = preconditioner(self.op, config.gamma, config.cg_precond, device=self.device, dtype=torch.float32)
         self._lock = threading.Lock()
-        b = 1 if config.noise == "shared" else config.frames
+        b = 1 if config.noise == "shared" else self.shape[0]
         self._E = torch.zeros((config.nfe + 1, b, *config.shape[1:]), device=self.device)  # E_b, all steps
         self._y = torch.zeros(self.op.out_shape, device=self.device)   # y
         self._out: Tensor | None = None
         self._graph = None
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         with cudnn_benchmark_mode() if config.cudnn_benchmark else nullcontext():
-            if config.backend in GRAPH_BACKENDS:
+            if config.backend in GRAPH_BACKENDS and self.comm is None:
                 self._capture()
             elif config.cudnn_benchmark:
                 self._warm_up()
@@ -282,18 +298,23 @@ class Solver:
     def _make_eps(self, model) -> Callable:
         return make_network(model, self.config)
 
-    def _loop(self, callback=None) -> Tensor:
+    @property
+    def shard(self):
+        """This process's frames of the video (engine.distributed.Shard), or None when it holds them all."""
+        return None if self.comm is None else self.comm.shard
+
+    def _loop(self, callback=None, clock=None) -> Tensor:
         cfg = self.config
         return reverse_process(self.eps_model, self._y, self.op, self._E, self.steps,
                                cg_iters=cfg.cg_iters, gamma=cfg.gamma, callback=callback, kernels=self.kernels,
-                               nvtx=cfg.nvtx, precond=self._precond, warm=self.warm)
+                               nvtx=cfg.nvtx, stage=clock, precond=self._precond, warm=self.warm)
 
     def _warm_up(self) -> None:
         """One network call at the loop's shapes on the Solver's stream: with cudnn_benchmark, cuDNN
         times its algorithms here, once, and this thread keeps the plans it chose."""
-        t = torch.full((self.config.frames,), self.steps[0].t, dtype=torch.long, device=self.device)
+        t = torch.full((self.shape[0],), self.steps[0].t, dtype=torch.long, device=self.device)
         with self._on_own_stream(), torch.no_grad():
-            self.eps_model(torch.zeros(self.config.shape, device=self.device), t)
+            self.eps_model(torch.zeros(self.shape, device=self.device), t)
 
     def _capture(self) -> None:
         """Warm up on the Solver's stream, then capture the whole reverse loop as one CUDA graph."""
@@ -312,21 +333,37 @@ class Solver:
         return nullcontext() if self._stream is None else on_stream(self._stream, self.device)
 
     def measure(self, x, *, sigma_y: float = 0.0, seed: int = 0) -> Tensor:
-        """y = A x + σ_y·w with this solver's operator (see `measure`).  x: [N, 3, H, W] in [0, 1]"""
-        return measure(self.op, as_tensor(x, self.device, torch.float32), sigma_y=sigma_y, seed=seed)
+        """y = A x + σ_y·w with this solver's operator (see `measure`).  x: [N, 3, H, W] in [0, 1]
+        (this process's frames when sharded: w is then the video's noise at those frames)."""
+        x = as_tensor(x, self.device, torch.float32)
+        if self.comm is None:
+            return measure(self.op, x, sigma_y=sigma_y, seed=seed)
+        if tuple(x.shape) != self.shape:
+            raise InputError(f"this process holds frames {self.shard.start}…{self.shard.stop - 1}: shape {self.shape}, "
+                             f"got {tuple(x.shape)}")
+        y = self.op.A(x)
+        if sigma_y > 0:
+            w = torch.randn((self.config.frames, *y.shape[1:]), generator=torch.Generator().manual_seed(seed))
+            y = y + sigma_y * w[self.shard.start:self.shard.stop].to(y.device)
+        return y
 
-    def solve(self, y, *, seed: int = 0, callback=None) -> Tensor:
-        """The restored clip [N, 3, H, W] in [0, 1] on the solver's device, from measurement y.
+    def solve(self, y, *, seed: int = 0, callback=None, clock=None) -> Tensor:
+        """The restored clip [N, 3, H, W] in [0, 1] on the solver's device, from measurement y
+        (this process's frames only when sharded: `self.shard`).
 
         y: op.out_shape, float in [0, 1] or uint8 frames (scaled by 1/255); refused when it is
         far outside [0, 1] or not finite (`as_measurement`). A result that is not finite (an ε
         model returning NaN) is refused too: both checks are reductions outside the loop.
+        `clock` (engine.profiling.StageClock) times the loop's stages and the communication
+        (not for a captured loop, which cannot be split).
         """
         y = as_measurement(y, self.device)
         check_measurement(y, self.op)
-        if callback is not None and self._graph is not None:
-            raise InputError("a captured solver cannot call back per step; use backend 'torch' for callbacks")
+        if (callback is not None or clock is not None) and self._graph is not None:
+            raise InputError("a captured solver cannot call back or time stages per step; use backend 'torch'")
         noise = draw_noise(seed, self.config.nfe, self.config.shape, self.config.noise)
+        if self.comm is not None and self.config.noise != "shared":
+            noise = noise[:, self.shard.start:self.shard.stop]            # the video's noise at these frames
         with self._lock, torch.no_grad():
             with self._on_own_stream() as caller:
                 self._y.copy_(y)
@@ -335,13 +372,40 @@ class Solver:
                     self._graph.replay()
                     out = self._out.clone()
                 else:
-                    out = self._loop(callback)
+                    if self.comm is not None:
+                        self.comm.clock = clock
+                    try:
+                        out = self._loop(callback, clock)
+                    finally:
+                        if self.comm is not None:
+                            self.comm.clock = None
             if caller is not None:
                 out.record_stream(caller)       # made on the Solver's stream, used on the caller's
         if not torch.isfinite(out).all():
             raise ModelError("the restoration holds NaN or Inf values: the ε model returned non-finite values "
                              "(try --dtype fp32, or check the checkpoint)")
         return out
+
+
+def frame_comm(config: SolverConfig, group):
+    """engine.distributed.Comm sharding `config.frames` over `group`, or None for one process (group None
+    or of size 1). Several processes run the loop eagerly (said once): a captured graph of collectives is
+    not tested yet."""
+    if group is None:
+        return None
+    import torch.distributed as dist
+
+    from engine.distributed import Comm
+
+    if not dist.is_initialized():
+        raise InputError("a process group was given but torch.distributed is not initialised")
+    if dist.get_world_size(group) == 1:
+        return None
+    if config.backend in GRAPH_BACKENDS:
+        log.warning("%d processes: the reverse loop runs without CUDA-graph capture (backend %s's network still "
+                    "runs as asked; collectives inside a captured graph are not tested yet)",
+                    dist.get_world_size(group), config.backend)
+    return Comm(config.frames, group)
 
 
 def make_network(model, cfg: SolverConfig) -> Callable:

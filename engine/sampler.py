@@ -155,7 +155,7 @@ def reverse_process(
     E: [K + 1, B, 3, H, W] noise from `draw_noise`; returns clamp(X̄) in [0, 1], [N, 3, H, W].
     `kernels`: the step arithmetic (`step_kernels`); the default, torch ops, is the reference,
     whatever `op` runs on (the caller passes the kernels it resolved). `nvtx` puts each stage
-    of each step in an NVTX range (UNet, Tweedie, CG, update) for Nsight; `stage`, called with
+    of each step in an NVTX range (UNet, Tweedie, CG, update; "warm start" once) for Nsight; `stage`, called with
     those names, replaces the ranges with contexts of the caller's (bench/fps.py's stage clock).
     `precond`: CG's preconditioner (engine.cg.preconditioner, built once; None: plain CG).
     `warm`: start at t₀ from X_{t₀} = √ᾱ_{t₀}·X_init + √(1−ᾱ_{t₀})·E_b, X_init = CG on AᵀA x = Aᵀy from Aᵀy
@@ -164,10 +164,11 @@ def reverse_process(
     n = op.in_shape[0]
     aty = op.A_adjoint(y)                                                   # Aᵀy, once per clip
     x = E[0].expand(op.in_shape).clone()                                    # batch-consistent init
-    if warm is not None:                                                    # X_t0 = √ᾱ·X_init + √(1−ᾱ)·E_b
-        x_init = conjugate_gradient(op.A_adjoint_A, aty, aty, warm.cg_iters).clamp(0, 1)
-        x = warm.sqrt_ab * to_model(x_init) + warm.sqrt_1m_ab * x
     stage = stage or functools.partial(nvtx_range, enabled=nvtx)
+    if warm is not None:                                                    # X_t0 = √ᾱ·X_init + √(1−ᾱ)·E_b
+        with stage("warm start"):
+            x_init = conjugate_gradient(op.A_adjoint_A, aty, aty, warm.cg_iters, dot=op.inner).clamp(0, 1)
+            x = warm.sqrt_ab * to_model(x_init) + warm.sqrt_1m_ab * x
     for k, s in enumerate(steps):
         t = torch.full((n,), s.t, dtype=torch.long, device=y.device)
         with stage("UNet"):

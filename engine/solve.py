@@ -41,6 +41,7 @@ from engine.backends import BACKENDS, GRAPH_BACKENDS
 from engine.baselines import admm_tv, cg_baseline
 from engine.checkpoint import MODEL_CONFIG_SYNTAX, parse_model_config
 from engine.cli import command
+from engine.distributed import launched_by_torchrun
 from engine.errors import InputError
 from engine.figures import contact_sheet, save_png
 from engine.fileio import atomic_folder, atomic_write_json
@@ -252,7 +253,12 @@ def _baselines(text: Optional[str], demo: bool) -> tuple[str, ...]:
 
 
 def run(job: Job, cfg: SolverConfig) -> Path:
-    """The whole job; returns the output folder. The output location is claimed first."""
+    """The whole job; returns the output folder. The output location is claimed first. Under torchrun,
+    the processes restore the video together (engine.solve_sharded)."""
+    if launched_by_torchrun():
+        from engine.solve_sharded import run_sharded
+
+        return run_sharded(job, cfg)
     with claimed_output(job) as tmp:
         model, _ = load_model(job.checkpoint, backend=cfg.backend, engine=job.engine, size=job.size,
                               device=cfg.device, model_config=job.model_config, class_label=job.class_label,

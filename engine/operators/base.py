@@ -10,6 +10,19 @@ from __future__ import annotations
 import torch
 
 
+def inner_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """⟨a, b⟩ over every element, as a 0-d tensor on the device.
+
+    fp32/fp64: one dot per frame plane (rows of H·W elements, `torch.linalg.vecdot` in the data's
+    dtype), the row sums added in float64 — float64 accumulation across the clip without a float64
+    copy of it. Half types: the elementwise products in float32, summed in float32.
+    """
+    if a.dtype in (torch.float32, torch.float64):
+        row = a.shape[-1] * a.shape[-2] if a.ndim >= 2 else a.numel()
+        return torch.linalg.vecdot(a.reshape(-1, row), b.reshape(-1, row)).sum(dtype=torch.float64)
+    return torch.sum(a.float() * b.float())
+
+
 class LinearOperator:
     """A linear map `A: R^{in_shape} → R^{out_shape}` with its exact adjoint.
 
@@ -35,6 +48,11 @@ class LinearOperator:
     def A_adjoint_A(self, x: torch.Tensor) -> torch.Tensor:
         """AᵀA x, the normal operator of the CG system.  [*in_shape] → [*in_shape]"""
         return self.A_adjoint(self.A(x))
+
+    def inner(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """⟨a, b⟩ on the operator's domain or range, the inner product CG uses (`inner_product`); a
+        sharded operator (engine.operators.sharded) sums it over the processes.  → []"""
+        return inner_product(a, b)
 
     def frame_preconditioner(self, phi, *, device=None, dtype=None):
         """v ↦ φ(g·TᵀT) v along frames from the operator's temporal part T, AᵀA ≈ (g·TᵀT) ⊗ (SᵀS / g)
