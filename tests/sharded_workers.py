@@ -1,0 +1,163 @@
+"""What each process of tests/test_distributed.py runs, and `run_ranks`, which spawns them (gloo, 127.0.0.1).
+
+A worker gets (rank, world, *args) inside an initialised default process group and returns a small
+picklable value (arrays as numpy: a torch tensor would travel in shared memory that ends with the
+process); `run_ranks` returns them in rank order, or each rank's error text.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from engine.cg import data_consistency, preconditioner
+from engine.distributed import Comm, gather_frames
+from engine.operators import from_spec
+from engine.operators.sharded import ShardedOperator
+from engine.sampler import draw_noise, reverse_process
+from engine.schedule import ddim_steps, warm_start
+
+SPECS = ["temporal:uniform:7", "temporal:uniform:7:replicate", "temporal:uniform:7+sr:4",
+         "temporal:gaussian:1.0+blur:gaussian:1.0:5", "temporal:uniform:5:replicate+inpaint:0.5",
+         "sr:2", "temporal:uniform:3+temporal:kernel:0.2,0.5,0.3:zero"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(fn, rank, world, port, results, args):
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                                timeout=timedelta(seconds=60))
+        results.put((rank, True, fn(rank, world, *args)))
+    except Exception as err:                        # reported to the test, which decides
+        results.put((rank, False, f"{type(err).__name__}: {err}"))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_ranks(fn, world: int, *args, timeout: float = 180) -> list[tuple[bool, object]]:
+    """[(ok, value or error text)] of fn(rank, world, *args) in `world` spawned processes, by rank."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_entry, args=(fn, rank, world, port, results, args)) for rank in range(world)]
+    for p in procs:
+        p.start()
+    out = {}
+    try:
+        for _ in range(world):
+            rank, ok, value = results.get(timeout=timeout)
+            out[rank] = (ok, value)
+    except queue.Empty:
+        raise AssertionError(f"only ranks {sorted(out)} of {world} answered within {timeout} s") from None
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    return [out[r] for r in range(world)]
+
+
+def _rel(a, b) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def operator_errors(rank, world, frames):
+    """{spec: largest relative error of this rank's rows} against the single-process operator, fp64:
+    A, Aᵀ, AᵀA, the preconditioner, l = 5 (P)CG steps noiseless and regularised, and the dot test."""
+    shape = (frames, 3, 8, 8)
+    comm = Comm(frames)
+    a, b = comm.shard.start, comm.shard.stop
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(shape, generator=gen, dtype=torch.float64)
+    out = {}
+    for spec in SPECS:
+        full, sharded = from_spec(spec, shape, kernels="torch"), ShardedOperator(spec, shape, comm)
+        y = torch.rand(full.out_shape, generator=gen, dtype=torch.float64)
+        errors = [_rel(sharded.A(x[a:b]), full.A(x)[a:b]), _rel(sharded.A_adjoint(y[a:b]), full.A_adjoint(y)[a:b]),
+                  _rel(sharded.A_adjoint_A(x[a:b]), full.A_adjoint_A(x)[a:b])]
+        for gamma in (None, 1.0):
+            P_full, P_sharded = preconditioner(full, gamma), preconditioner(sharded, gamma)
+            assert (P_full is None) == (P_sharded is None)
+            if P_full is not None:
+                errors.append(_rel(P_sharded(x[a:b]), P_full(x)[a:b]))
+            errors.append(_rel(data_consistency(sharded, y[a:b], x[a:b], 5, gamma, precond=P_sharded),
+                               data_consistency(full, y, x, 5, gamma, precond=P_full)[a:b]))
+        lhs = sharded.inner(sharded.A(x[a:b]), y[a:b])                 # ⟨A x, y⟩ = ⟨x, Aᵀ y⟩ over all ranks
+        rhs = sharded.inner(x[a:b], sharded.A_adjoint(y[a:b]))
+        errors.append(float(abs(lhs - rhs) / abs(lhs)))
+        out[spec] = max(errors)
+    return out
+
+
+def sampler_error(rank, world, frames, spec, gamma, start):
+    """(relative error of this rank's frames, of the gathered video on rank 0, the single-process run's own
+    change when y changes by 1e-16 relative) for Algorithm 1 (fp64, a frame-local ε model, preconditioned
+    CG, `start` for a warm start) against the single-process run."""
+    shape = (frames, 3, 8, 8)
+    comm = Comm(frames)
+    a, b = comm.shard.start, comm.shard.stop
+    gen = torch.Generator().manual_seed(1)
+    full = from_spec(spec, shape, kernels="torch")
+    y = full.A(torch.rand(shape, generator=gen, dtype=torch.float64))
+    sharded = ShardedOperator(spec, shape, comm)
+
+    def eps(x, t):                                              # per frame, as a network is
+        return 0.4 * x + 0.1 * torch.tanh(x) * (t.to(x.dtype).view(-1, 1, 1, 1) / 1000)
+
+    nfe = 4
+    E = draw_noise(3, nfe, shape).to(torch.float64)
+    steps, warm = ddim_steps(nfe, 0.15, start=start), warm_start(start, 5)
+
+    def one_process(y):
+        return reverse_process(eps, y, full, E, steps, cg_iters=5, gamma=gamma, precond=preconditioner(full, gamma),
+                               warm=warm)
+
+    ref = one_process(y)
+    nudged = y * (1 + 1e-16 * torch.randn(y.shape, generator=gen, dtype=torch.float64))   # rounding-sized change
+    sensitivity = _rel(one_process(nudged), ref)
+    got = reverse_process(eps, y[a:b], sharded, E, steps, cg_iters=5, gamma=gamma,
+                          precond=preconditioner(sharded, gamma), warm=warm)
+    whole = gather_frames(got, comm)
+    return _rel(got, ref[a:b]), (None if whole is None else _rel(whole, ref)), sensitivity
+
+
+def build_sharded(rank, world, frames, spec):
+    """Builds the operator only (for the refusals)."""
+    ShardedOperator(spec, (frames, 3, 8, 8), Comm(frames))
+    return "built"
+
+
+def failing_rank(rank, world, frames):
+    """Rank 1 raises before the CG; the others enter it and must not wait forever."""
+    shape = (frames, 3, 8, 8)
+    comm = Comm(frames)
+    op = ShardedOperator("temporal:uniform:3", shape, comm)
+    if rank == 1:
+        raise RuntimeError("rank 1 fails on purpose")
+    x = torch.rand(op.in_shape, dtype=torch.float64)
+    return float(data_consistency(op, op.A(x), x, 5).sum())
+
+
+def solver_frames(rank, world, frames, noise):
+    """This rank's frames restored by Solver(group=WORLD) (fp32, weight-free prior, measured with σ_y)."""
+    from engine.priors import make_prior
+    from engine.runtime import Solver, SolverConfig
+
+    cfg = SolverConfig("temporal:uniform:5:replicate+sr:2", frames=frames, size=(8, 12), nfe=3, noise=noise,
+                       gamma=1.0, start=600)
+    solver = Solver(make_prior("gaussian"), cfg, group=dist.group.WORLD)
+    clean = torch.rand(cfg.shape, generator=torch.Generator().manual_seed(4))
+    s = solver.shard
+    y = solver.measure(clean[s.start:s.stop], sigma_y=0.05, seed=7)
+    return s.start, s.stop, y.numpy(), solver.solve(y, seed=2).numpy()     # by value: a shared tensor dies with us

@@ -1,0 +1,171 @@
+"""One video sharded by frames over 2 and 3 processes (gloo on 127.0.0.1) gives the one-process result (#17).
+
+The processes are spawned by tests/sharded_workers.py; each compares its own frames with the
+single-process computation it also runs, in float64.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import sharded_workers as workers
+from engine.distributed import even_split, frame_ranges
+from engine.errors import InputError
+from engine.operators.sharded import band, local_matrix
+from engine.operators.temporal import temporal_matrix, uniform_kernel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _values(results):
+    assert all(ok for ok, _ in results), [v for ok, v in results if not ok]
+    return [value for _, value in results]
+
+
+def test_frame_ranges_are_contiguous_and_even():
+    assert frame_ranges(13, 3) == [(0, 5), (5, 9), (9, 13)]
+    assert frame_ranges(4, 4) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert even_split(10, 3) == [4, 3, 3]
+    with pytest.raises(InputError, match="at most 3 processes"):
+        frame_ranges(3, 4)
+
+
+@pytest.mark.parametrize("boundary, expected", [("circular", (3, 3)), ("replicate", (3, 3)), ("zero", (3, 3))])
+def test_band_of_a_temporal_psf(boundary, expected):
+    T = temporal_matrix(uniform_kernel(7), 16, boundary)
+    assert band(T, ring=boundary == "circular") == expected
+    assert band(T.T @ T, ring=boundary == "circular") == (6, 6)
+
+
+def test_local_matrix_refuses_a_band_wider_than_its_halo():
+    T = temporal_matrix(uniform_kernel(7), 16, "zero")
+    with pytest.raises(InputError, match="reach frames beyond"):
+        local_matrix(T, 4, 8, 2, 3, ring=False)
+
+
+@pytest.mark.parametrize("world, frames", [(2, 13), (3, 20)])
+def test_sharded_operators_equal_the_single_process_ones(world, frames):
+    """A, Aᵀ, AᵀA, the preconditioner, noiseless and regularised PCG, and the dot test over all ranks,
+    for unequal shards (13 = 7 + 6; 20 = 7 + 7 + 6), every boundary and compositions."""
+    for errors in _values(workers.run_ranks(workers.operator_errors, world, frames)):
+        assert set(errors) == set(workers.SPECS)
+        worst = max(errors.items(), key=lambda kv: kv[1])
+        assert worst[1] < 1e-12, worst
+
+
+@pytest.mark.parametrize("spec, gamma, start", [
+    ("temporal:uniform:7", None, None),
+    ("temporal:uniform:7:replicate+sr:2", 1.0, None),
+    ("temporal:gaussian:1.0+blur:gaussian:1.0:5", None, 500),
+    ("temporal:uniform:5+inpaint:0.5", 1.0, 500),
+])
+def test_algorithm_1_sharded_equals_one_process(spec, gamma, start):
+    """The whole reverse process (network on each rank's frames, CG across ranks), gathered on rank 0, equals
+    one process to 1e-12, or to 10× what a rounding-sized change of y moves the one-process result: noiseless
+    PCG through a blur (near-null modes) turns 1e-16 into 1e-11 on one process alone."""
+    results = _values(workers.run_ranks(workers.sampler_error, 3, 19, spec, gamma, start))
+    for rank, (own, whole, sensitivity) in enumerate(results):
+        assert own < max(1e-12, 10 * sensitivity), (own, sensitivity)
+        assert (whole is None) == (rank != 0)
+    assert results[0][1] < max(1e-12, 10 * results[0][2])
+
+
+@pytest.mark.parametrize("noise", ["shared", "independent"])
+def test_solver_with_a_process_group_equals_one_solver(noise):
+    from engine.priors import make_prior
+    from engine.runtime import Solver, SolverConfig
+
+    results = _values(workers.run_ranks(workers.solver_frames, 2, 9, noise))
+    cfg = SolverConfig("temporal:uniform:5:replicate+sr:2", frames=9, size=(8, 12), nfe=3, noise=noise, gamma=1.0,
+                       start=600)
+    solver = Solver(make_prior("gaussian"), cfg)
+    clean = torch.rand(cfg.shape, generator=torch.Generator().manual_seed(4))
+    y = solver.measure(clean, sigma_y=0.05, seed=7)
+    x = solver.solve(y, seed=2)
+    assert [(a, b) for a, b, *_ in results] == [(0, 5), (5, 9)]
+    for a, b, y_part, x_part in results:
+        y_part, x_part = torch.from_numpy(y_part), torch.from_numpy(x_part)
+        torch.testing.assert_close(y_part, y[a:b], rtol=0, atol=1e-6)        # the video's noise at its frames
+        torch.testing.assert_close(x_part, x[a:b], rtol=0, atol=1e-5)
+
+
+def test_a_shard_shorter_than_the_psf_reach_is_refused_on_every_rank():
+    results = workers.run_ranks(workers.build_sharded, 3, 13, "temporal:uniform:7")
+    assert all(not ok and "reaches 6 frames" in err and "at most 2 processes" in err for ok, err in results)
+    assert _values(workers.run_ranks(workers.build_sharded, 2, 13, "temporal:uniform:7")) == ["built", "built"]
+
+
+def test_a_rank_that_raises_stops_the_others():
+    results = workers.run_ranks(workers.failing_rank, 2, 8, timeout=120)
+    assert results[1] == (False, "RuntimeError: rank 1 fails on purpose")
+    assert results[0][0] is False                  # its halo exchange broke: it did not wait for ever
+
+
+# ── the command line under torchrun ─────────────────────────────────────────
+
+def _clip(tmp_path) -> Path:
+    from engine.testclips import camera_clip                   # a real photo, panned
+
+    path = tmp_path / "clip.npy"
+    clip = camera_clip(frames=12, size=32)[..., 4:28, :]       # 24×32 frames
+    np.save(path, clip.permute(1, 0, 2, 3).numpy())            # the public code's [3, N, H, W]
+    return path
+
+
+def _torchrun(args, tmp_path, nproc=2, script=None, env=None):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+               "--master-addr", "127.0.0.1", "--master-port", str(workers.free_port())]
+    command += [str(script)] if script else ["-m", "engine.solve"]
+    return subprocess.run(command + args, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+ARGS = ["--degrade", "temporal:uniform:5", "--sigma-y", "0.02", "--prior", "gaussian", "--nfe", "4",
+        "--baselines", "none"]
+
+
+def test_torchrun_writes_the_frames_one_process_writes(tmp_path):
+    import imageio.v3 as iio
+
+    clip = _clip(tmp_path)
+    one = subprocess.run([sys.executable, "-m", "engine.solve", str(clip), *ARGS, "--out", "one"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert one.returncode == 0, one.stderr
+    two = _torchrun([str(clip), *ARGS, "--out", "two"], tmp_path)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count(str(tmp_path / "two")) == 1                  # process 0 alone answers
+    a, b = sorted((tmp_path / "one" / "frames").iterdir()), sorted((tmp_path / "two" / "frames").iterdir())
+    assert len(a) == len(b) == 12
+    assert max(np.abs(iio.imread(p).astype(int) - iio.imread(q).astype(int)).max() for p, q in zip(a, b)) <= 1
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert [r["frames"] for r in metrics["ranks"]] == [[0, 6], [6, 12]]
+    assert all(r["communication_s"] > 0 and r["cg_s"] > 0 and r["network_s"] > 0 for r in metrics["ranks"])
+
+
+@pytest.mark.parametrize("failing", ["0", "1"])
+def test_torchrun_a_failing_process_stops_every_process_with_its_message(tmp_path, failing):
+    script = tmp_path / "failing.py"
+    script.write_text(
+        "import os, sys\n"
+        "import engine.runtime as rt\n"
+        "from engine.errors import ModelError\n"
+        "if os.environ['RANK'] == os.environ['FAIL_RANK']:\n"
+        "    def solve(self, *a, **k):\n"
+        "        raise ModelError('the ε model broke')\n"
+        "    rt.Solver.solve = solve\n"
+        "from engine.solve import main\n"
+        "sys.exit(main())\n")
+    run = _torchrun([str(_clip(tmp_path)), *ARGS, "--out", "out"], tmp_path, script=script,
+                    env={"FAIL_RANK": failing})
+    assert run.returncode != 0
+    message = f"process {failing} of 2: the ε model broke"
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and all(message in line for line in errors), run.stderr
+    assert not any(p.name.startswith(("out", ".out")) for p in tmp_path.iterdir())   # no output, no temporary
