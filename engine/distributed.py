@@ -21,14 +21,15 @@ stream; none of them reads a value on the host, so the loop keeps its no-sync pr
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from datetime import timedelta
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Optional
+from typing import Callable, ContextManager, Iterator, Optional
 
 import torch
 import torch.distributed as dist
 
-from engine.errors import InputError
+from engine.errors import CheckpointError, InputError, ModelError, PeerError
 
 Tensor = torch.Tensor
 
@@ -201,3 +202,58 @@ def gather_records(record: dict, comm: Comm, dst: int = 0) -> Optional[list[dict
     records = [None] * comm.world if comm.rank == dst else None
     dist.gather_object(record, records, dst=comm._peer(dst), group=comm.group)
     return records
+
+
+#: the key of torchrun's store under which the first process to fail leaves its message for the others
+FAILED_KEY = "engine/failed"
+#: errors a user acts on (engine.cli prints them as one line): re-raised with the process named
+_USER_ERRORS = (InputError, CheckpointError, ModelError, ImportError)
+
+
+@contextmanager
+def one_failure_for_all(rank: int, world: int) -> Iterator[None]:
+    """Make a failure in any process of a torchrun job the failure of every process, with its message.
+
+    The process that fails first leaves "process R of P: message" in torchrun's store (its agent keeps
+    the store while workers fail) and re-raises with that message; a process whose collective then
+    breaks (the transport's RuntimeError: its peer is gone) raises PeerError with the message instead.
+    Without a store the transport's error stands.
+    """
+    store = _torchrun_store()
+    try:
+        yield
+    except Exception as err:
+        told = _read(store)
+        if told is not None and isinstance(err, RuntimeError) and not isinstance(err, (*_USER_ERRORS, PeerError)):
+            raise PeerError(f"process {rank} of {world} stopped: {told}") from None
+        message = f"process {rank} of {world}: {err}"
+        _leave(store, message)
+        if isinstance(err, _USER_ERRORS):
+            raise type(err)(message) from None
+        raise
+
+
+def _torchrun_store():
+    """A client of torchrun's store, or None where there is none."""
+    try:
+        return dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                             timeout=timedelta(seconds=10))
+    except (KeyError, ValueError, RuntimeError):
+        return None
+
+
+def _leave(store, message: str) -> None:
+    if store is None:
+        return
+    try:
+        if not store.check([FAILED_KEY]):
+            store.set(FAILED_KEY, message)
+    except RuntimeError:
+        pass                                   # the store is gone too: the message is still printed here
+
+
+def _read(store) -> Optional[str]:
+    try:
+        return store.get(FAILED_KEY).decode() if store is not None and store.check([FAILED_KEY]) else None
+    except RuntimeError:
+        return None

@@ -29,25 +29,29 @@ import os
 import shutil
 import sys
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from engine.backends import BACKENDS, GRAPH_BACKENDS
 from engine.baselines import admm_tv, cg_baseline
 from engine.checkpoint import MODEL_CONFIG_SYNTAX, parse_model_config
 from engine.cli import command
-from engine.distributed import launched_by_torchrun
+from engine.distributed import (gather_frames, gather_records, init_from_environment, launched_by_torchrun,
+                                one_failure_for_all)
 from engine.errors import InputError
 from engine.figures import contact_sheet, save_png
 from engine.fileio import atomic_folder, atomic_write_json
 from engine.metrics import SSIM_RADIUS, clip_summary, json_safe
+from engine.operators import from_spec
 from engine.priors import PRIORS
-from engine.runtime import Solver, SolverConfig, load_model, measure
+from engine.profiling import StageClock
+from engine.runtime import Solver, SolverConfig, as_tensor, load_model, measure
 from engine.tasks import TASKS, get_task
 
 log = logging.getLogger("engine.solve")
@@ -254,10 +258,8 @@ def _baselines(text: Optional[str], demo: bool) -> tuple[str, ...]:
 
 def run(job: Job, cfg: SolverConfig) -> Path:
     """The whole job; returns the output folder. The output location is claimed first. Under torchrun,
-    the processes restore the video together (engine.solve_sharded)."""
+    the processes restore the video together (`run_sharded`)."""
     if launched_by_torchrun():
-        from engine.solve_sharded import run_sharded
-
         return run_sharded(job, cfg)
     with claimed_output(job) as tmp:
         model, _ = load_model(job.checkpoint, backend=cfg.backend, engine=job.engine, size=job.size,
@@ -338,6 +340,84 @@ def restore_in_windows(job: Job, cfg: SolverConfig, model, clean, y):
         report["restored"] = clip_summary(restored, clean)
         log.info("PSNR %.2f dB in windows of %d frames, %.1f s", report["restored"]["psnr_mean"], job.max_frames, seconds)
     return restored, report, y
+
+
+def run_sharded(job: Job, cfg: SolverConfig) -> Optional[Path]:
+    """`run` in a process torchrun started: one video restored by every process of the job (#17).
+
+    Every process reads the input and keeps its own frames (engine.distributed.frame_ranges; the
+    measurement of a clean input is made over the whole video first, so its noise is the single-process
+    run's), restores them with a sharded Solver (network on its frames, CG across all of them), and
+    sends them to process 0, which alone claims --out, writes the outputs atomically and records in
+    metrics.json the world size and each process's frames and seconds (network, CG, communication).
+    A process that fails makes every process fail with its message (`one_failure_for_all`); process 0's
+    temporary output is removed as for any failed run. Returns the output folder on process 0, else None.
+    """
+    device = init_from_environment(cfg.device)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        with one_failure_for_all(rank, world):
+            return _run_shard(job, dataclasses.replace(cfg, device=device), rank, world)
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_shard(job: Job, cfg: SolverConfig, rank: int, world: int) -> Optional[Path]:
+    if job.blind or job.max_frames is not None:
+        raise InputError("--blind and --max-frames run in one process; leave them out under torchrun")
+    with claimed_output(job) if rank == 0 else nullcontext() as tmp:
+        model, _ = load_model(job.checkpoint, backend=cfg.backend, engine=job.engine, size=job.size,
+                              device=cfg.device, model_config=job.model_config, class_label=job.class_label,
+                              prior=job.prior)
+        clean, y, notes = read_input(job)
+        frame = tuple(clean.shape[-2:]) if clean is not None else clean_frame(cfg.spec, tuple(y.shape[-2:]))
+        frames = (clean if clean is not None else y).shape[0]
+        cfg = dataclasses.replace(cfg, frames=frames, size=frame,
+                                  spec=with_time_boundary(cfg.spec, video_boundary(job, frames)))
+        solver = Solver(model, cfg, group=dist.group.WORLD)
+        if clean is not None:                    # the whole video's measurement, as one process makes it
+            op = from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed, device=solver.device, dtype=torch.float32)
+            y = measure(op, as_tensor(clean, solver.device, torch.float32), sigma_y=job.sigma_y, seed=job.seed + 1)
+        shard = solver.shard
+        start, stop = (shard.start, shard.stop) if shard else (0, frames)
+        restored, record = _restore_shard(solver, y[start:stop], job.seed, rank)
+        restored = gather_frames(restored, solver.comm) if solver.comm is not None else restored
+        records = gather_records(record, solver.comm) if solver.comm is not None else [record]
+        if rank != 0:
+            return None
+        seconds = max(r["seconds"] for r in records)
+        report = {"written_by": WRITTEN_BY, "settings": settings(job, cfg), "kernels_used": "torch",
+                  "input": str(job.input) if job.input else "demo", "prior": prior_name(job),
+                  **model_record(model), "seconds": seconds, "fps": frames / seconds,
+                  "world_size": world, "ranks": records, "input_changes": notes}
+        restored = restored.cpu()
+        if clean is not None:
+            report["restored"] = clip_summary(restored, clean)
+            op = from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed)
+            report["baselines"] = {name: clip_summary(clip.cpu(), clean)
+                                   for name, clip in run_baselines(job, cfg, op, y.cpu()).items()}
+            log.info("PSNR %.2f dB with %d processes, %.1f s", report["restored"]["psnr_mean"], world, seconds)
+        write_outputs(tmp, job, clean, y, restored, report, fps=_output_fps(job))
+    log.info("wrote restored.mp4, measurement.mp4, frames/, metrics.json and comparison.png to %s", job.out)
+    return job.out.resolve()
+
+
+def _restore_shard(solver: Solver, y, seed: int, rank: int):
+    """(this process's restored frames, its record: frames, seconds, and the seconds of the network, the CG,
+    the warm start's CG and the communication inside both)."""
+    clock = StageClock(solver.device)
+    t0 = time.perf_counter()
+    restored = solver.solve(y, seed=seed, clock=clock)
+    stages = clock.seconds()
+    shard = solver.shard
+    record = {"rank": rank, "frames": [shard.start, shard.stop] if shard else [0, y.shape[0]],
+              "seconds": time.perf_counter() - t0, "network_s": stages.get("UNet", 0.0),
+              "cg_s": stages.get("CG", 0.0), "warm_start_s": stages.get("warm start", 0.0),
+              "communication_s": stages.get("communication", 0.0)}
+    log.info("process %d: frames %s in %.1f s (network %.1f s, CG %.1f s, communication %.1f s of the CG's)", rank,
+             record["frames"], record["seconds"], record["network_s"], record["cg_s"] + record["warm_start_s"],
+             record["communication_s"])
+    return restored, record
 
 
 def run_baselines(job: Job, cfg: SolverConfig, op, y) -> dict:
