@@ -7,6 +7,7 @@
     python bench/fps.py --size 720x1280 --frames 8 --backends torch+graph   # GPU: 720p, 28 tiles a frame
     python bench/fps.py --json --nvtx        # one JSON object per row; NVTX ranges for Nsight
     python bench/fps.py --save               # also append the rows to bench/results/fps.jsonl
+    python bench/fps.py --procs 1,2          # one video over 1 and 2 processes: time per process and stage
 
 Each row is one (frame count, backend): seconds per clip and per frame, the network batch B
 (`--batch`: the network sees B frames, or B tiles of its training size, at a time) and the
@@ -97,6 +98,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_save_flag(p, "fps")
     p.add_argument("--no-reference", action="store_true",
                    help="skip the public-code reference (e.g. when only the cold start is wanted)")
+    p.add_argument("--procs", type=frame_list, default=None,
+                   help="comma list of process counts (e.g. 1,2): one video sharded by frames over that many local "
+                        "processes, time per process split into network, CG and communication (bench/procs.py)")
     p.add_argument("--cold-child", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -106,9 +110,9 @@ def frame_list(text: str) -> list[int]:
     try:
         counts = [int(f) for f in text.split(",") if f.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--frames takes a comma list of integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}") from None
     if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"--frames takes frame counts of at least 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected counts of at least 1, got {text!r}")
     return counts
 
 
@@ -351,6 +355,11 @@ def main(argv=None) -> int:
         synchronize(device)
         return 0
     info = machine(device)
+    if args.procs:
+        from bench.procs import measure
+
+        rows = measure(args, args.procs, info)
+        return 1 if any(r["kind"] == "procs_error" for r in rows) else 0
     flops = float(unet_flops(ADMConfig.preset(args.preset), 1))      # one frame (tile): FLOPs scale with the batch
     peak = matmul_peak_tflops(device, PEAK_DTYPE[args.precision])
     shared: dict = {}

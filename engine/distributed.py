@@ -21,6 +21,8 @@ stream; none of them reads a value on the host, so the loop keeps its no-sync pr
 from __future__ import annotations
 
 import os
+import queue
+import socket
 from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from dataclasses import dataclass
@@ -257,3 +259,55 @@ def _read(store) -> Optional[str]:
         return store.get(FAILED_KEY).decode() if store is not None and store.check([FAILED_KEY]) else None
     except RuntimeError:
         return None
+
+
+# ── a local job without torchrun (tests, benchmarks, notebooks) ──────────────
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(fn, rank, world, port, backend, results, args):
+    try:
+        if backend == "nccl":
+            torch.cuda.set_device(rank)
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                                timeout=timedelta(seconds=120))
+        results.put((rank, True, fn(rank, world, *args)))
+    except Exception as err:                        # reported to the caller, which decides
+        results.put((rank, False, f"{type(err).__name__}: {err}"))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_local(fn, world: int, *args, backend: str = "gloo", timeout: float = 600) -> list[tuple[bool, object]]:
+    """fn(rank, world, *args) in `world` fresh processes on this machine, each in the default process
+    group (`backend`: gloo, or nccl with rank r on cuda:r), over 127.0.0.1; returns [(ok, value or the
+    error's text)] by rank. `fn` must be importable by name and return something picklable by value
+    (numpy, not torch tensors: those travel in shared memory that ends with their process).
+    AssertionError when some rank has not answered within `timeout` seconds."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_entry, args=(fn, rank, world, port, backend, results, args)) for rank in range(world)]
+    for p in procs:
+        p.start()
+    out = {}
+    try:
+        for _ in range(world):
+            rank, ok, value = results.get(timeout=timeout)
+            out[rank] = (ok, value)
+    except queue.Empty:
+        raise AssertionError(f"only ranks {sorted(out)} of {world} answered within {timeout} s") from None
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    return [out[r] for r in range(world)]

@@ -1,19 +1,13 @@
-"""What each process of tests/test_distributed.py runs, and `run_ranks`, which spawns them (gloo, 127.0.0.1).
+"""What each process of tests/test_distributed.py runs (engine.distributed.run_local spawns them).
 
-A worker gets (rank, world, *args) inside an initialised default process group and returns a small
-picklable value (arrays as numpy: a torch tensor would travel in shared memory that ends with the
-process); `run_ranks` returns them in rank order, or each rank's error text.
+A worker gets (rank, world, *args) inside an initialised default process group (gloo, 127.0.0.1)
+and returns a small value picklable by value (arrays as numpy).
 """
 
 from __future__ import annotations
 
-import queue
-import socket
-from datetime import timedelta
-
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from engine.cg import data_consistency, preconditioner
 from engine.distributed import Comm, gather_frames
@@ -25,47 +19,6 @@ from engine.schedule import ddim_steps, warm_start
 SPECS = ["temporal:uniform:7", "temporal:uniform:7:replicate", "temporal:uniform:7+sr:4",
          "temporal:gaussian:1.0+blur:gaussian:1.0:5", "temporal:uniform:5:replicate+inpaint:0.5",
          "sr:2", "temporal:uniform:3+temporal:kernel:0.2,0.5,0.3:zero"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(fn, rank, world, port, results, args):
-    try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                                timeout=timedelta(seconds=60))
-        results.put((rank, True, fn(rank, world, *args)))
-    except Exception as err:                        # reported to the test, which decides
-        results.put((rank, False, f"{type(err).__name__}: {err}"))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def run_ranks(fn, world: int, *args, timeout: float = 180) -> list[tuple[bool, object]]:
-    """[(ok, value or error text)] of fn(rank, world, *args) in `world` spawned processes, by rank."""
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_entry, args=(fn, rank, world, port, results, args)) for rank in range(world)]
-    for p in procs:
-        p.start()
-    out = {}
-    try:
-        for _ in range(world):
-            rank, ok, value = results.get(timeout=timeout)
-            out[rank] = (ok, value)
-    except queue.Empty:
-        raise AssertionError(f"only ranks {sorted(out)} of {world} answered within {timeout} s") from None
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-    return [out[r] for r in range(world)]
 
 
 def _rel(a, b) -> float:

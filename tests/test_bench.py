@@ -87,6 +87,22 @@ def test_fps_runs_on_the_cpu(capsys):
         assert r["speedup_vs_reference"] == pytest.approx(reference_s / r["seconds_per_clip"])
 
 
+def test_fps_procs_rows_split_each_process_time(monkeypatch, capsys, tmp_path):
+    """--procs 1,2: one row per process count, each with every process's frames and its time split;
+    the communication of two processes is measured, that of one is none."""
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    code = fps.main(["--preset", "tiny", "--frames", "12", "--size", "16", "--nfe", "1", "--cg-iters", "2",
+                     "--repeats", "1", "--procs", "1,2", "--save"])
+    assert code == 0
+    rows = [json.loads(line) for line in (tmp_path / "fps.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["procs"]) for r in rows] == [("procs", 1), ("procs", 2)]
+    assert [r["frames"] for r in rows[1]["ranks"]] == [[0, 6], [6, 12]]
+    assert rows[0]["ranks"][0]["communication_s"] == 0 and all(r["communication_s"] > 0 for r in rows[1]["ranks"])
+    assert rows[1]["speedup_vs_first"] == pytest.approx(rows[0]["seconds_per_clip"] / rows[1]["seconds_per_clip"])
+    assert "P=2" in capsys.readouterr().out
+
+
 def test_fps_stages_split_the_clips_they_were_measured_in(monkeypatch, capsys, tmp_path):
     """The torch row once showed a UNet stage (0.199 s) longer than its whole clip (0.183 s): the stages were
     timed alone after the clips, on a shared CPU whose load had changed. Here the network slows down call

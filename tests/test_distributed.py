@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import sharded_workers as workers
-from engine.distributed import even_split, frame_ranges
+from engine.distributed import even_split, frame_ranges, free_port, run_local
 from engine.errors import InputError
 from engine.operators.sharded import band, local_matrix
 from engine.operators.temporal import temporal_matrix, uniform_kernel
@@ -53,7 +53,7 @@ def test_local_matrix_refuses_a_band_wider_than_its_halo():
 def test_sharded_operators_equal_the_single_process_ones(world, frames):
     """A, Aᵀ, AᵀA, the preconditioner, noiseless and regularised PCG, and the dot test over all ranks,
     for unequal shards (13 = 7 + 6; 20 = 7 + 7 + 6), every boundary and compositions."""
-    for errors in _values(workers.run_ranks(workers.operator_errors, world, frames)):
+    for errors in _values(run_local(workers.operator_errors, world, frames)):
         assert set(errors) == set(workers.SPECS)
         worst = max(errors.items(), key=lambda kv: kv[1])
         assert worst[1] < 1e-12, worst
@@ -69,7 +69,7 @@ def test_algorithm_1_sharded_equals_one_process(spec, gamma, start):
     """The whole reverse process (network on each rank's frames, CG across ranks), gathered on rank 0, equals
     one process to 1e-12, or to 10× what a rounding-sized change of y moves the one-process result: noiseless
     PCG through a blur (near-null modes) turns 1e-16 into 1e-11 on one process alone."""
-    results = _values(workers.run_ranks(workers.sampler_error, 3, 19, spec, gamma, start))
+    results = _values(run_local(workers.sampler_error, 3, 19, spec, gamma, start))
     for rank, (own, whole, sensitivity) in enumerate(results):
         assert own < max(1e-12, 10 * sensitivity), (own, sensitivity)
         assert (whole is None) == (rank != 0)
@@ -81,7 +81,7 @@ def test_solver_with_a_process_group_equals_one_solver(noise):
     from engine.priors import make_prior
     from engine.runtime import Solver, SolverConfig
 
-    results = _values(workers.run_ranks(workers.solver_frames, 2, 9, noise))
+    results = _values(run_local(workers.solver_frames, 2, 9, noise))
     cfg = SolverConfig("temporal:uniform:5:replicate+sr:2", frames=9, size=(8, 12), nfe=3, noise=noise, gamma=1.0,
                        start=600)
     solver = Solver(make_prior("gaussian"), cfg)
@@ -96,13 +96,13 @@ def test_solver_with_a_process_group_equals_one_solver(noise):
 
 
 def test_a_shard_shorter_than_the_psf_reach_is_refused_on_every_rank():
-    results = workers.run_ranks(workers.build_sharded, 3, 13, "temporal:uniform:7")
+    results = run_local(workers.build_sharded, 3, 13, "temporal:uniform:7")
     assert all(not ok and "reaches 6 frames" in err and "at most 2 processes" in err for ok, err in results)
-    assert _values(workers.run_ranks(workers.build_sharded, 2, 13, "temporal:uniform:7")) == ["built", "built"]
+    assert _values(run_local(workers.build_sharded, 2, 13, "temporal:uniform:7")) == ["built", "built"]
 
 
 def test_a_rank_that_raises_stops_the_others():
-    results = workers.run_ranks(workers.failing_rank, 2, 8, timeout=120)
+    results = run_local(workers.failing_rank, 2, 8, timeout=120)
     assert results[1] == (False, "RuntimeError: rank 1 fails on purpose")
     assert results[0][0] is False                  # its halo exchange broke: it did not wait for ever
 
@@ -120,7 +120,7 @@ def _clip(tmp_path) -> Path:
 
 def _torchrun(args, tmp_path, nproc=2, script=None, env=None):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-addr", "127.0.0.1", "--master-port", str(workers.free_port())]
+               "--master-addr", "127.0.0.1", "--master-port", str(free_port())]
     command += [str(script)] if script else ["-m", "engine.solve"]
     return subprocess.run(command + args, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})})
