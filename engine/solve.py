@@ -4,6 +4,7 @@
     python -m engine.solve clip.mp4 --task temporal-k7 --checkpoint 256x256_diffusion_uncond.pt --out out/
     python -m engine.solve blurred.mp4 --degrade temporal:uniform:7 --measured --out out/
     python -m engine.solve blurred.mp4 --measured --blind --init first.mp4 --out out/
+    torchrun --nproc-per-node 8 -m engine.solve video.mp4 --degrade temporal:uniform:7 --device cuda --out out/
 
 Without --measured, INPUT is the clean clip: it is degraded with the chosen operator,
 restored, and scored. With --measured, INPUT is the measurement itself. With --blind the
