@@ -4,7 +4,12 @@ The reference is written plainly here in float64. On the CPU the kernel runs in 
 interpreter; the `gpu` tests run it at the ADM-256 sizes, outputs poisoned first.
 """
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -188,6 +193,74 @@ def test_torch_eps_picks_the_norm_kernels():
     assert kernels_of(torch_eps(model, kernels="triton").module) == {"triton"}
     assert kernels_of(model) == {"torch"}                       # the caller's model is left alone
     assert kernels_of(torch_eps(model).module) == {"torch"}
+
+
+# ---------------------------------------------------------------- 2³¹ elements and more: int64 offsets
+
+#: Compiles (in a child: the interpreter is on in this process) the variants that group_norm launches for
+#: ADM-256's first decoder block at N = 64, [64, 512, 256, 256] fp16 = 2³¹ elements, on meta tensors under
+#: bench.aot.compile_only, and reports the integer types of the offsets in Triton's IR for sm_90.
+OFFSETS_CHILD = r'''
+import json, os, re
+os.environ.pop("TRITON_INTERPRET", None)
+import torch
+from triton.runtime.jit import JITFunction
+from bench.aot import compile_only
+from kernels.groupnorm import group_norm
+
+report = {}
+n, c, h, w = 64, 512, 256, 256
+for layout in ("contiguous", "channels_last"):
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.empty((n, c, h, w), dtype=torch.float16, device="meta").contiguous(memory_format=fmt)
+    weight, bias = torch.empty(c, device="meta"), torch.empty(c, device="meta")
+    scale = shift = torch.empty((n, c, 1, 1), dtype=torch.float16, device="meta")
+    with compile_only(90):
+        compile_instead = JITFunction.run
+
+        def capture(self, *args, **kwargs):
+            kernel = compile_instead(self, *args, **kwargs)
+            tile, ttir = f"{kwargs['BP']}x{kwargs['BC']}", kernel.asm["ttir"]
+            report[f"{self.fn.__name__} {layout}"] = {
+                "tiles": sorted(set(re.findall(                # x's and y's [BP, BC] tiles
+                    rf"tt\.addptr %\w+, %\w+ : tensor<{tile}x!tt\.ptr<f16>>, tensor<{tile}x(i\d+)>", ttir))),
+                "first": sorted(set(re.findall(r"tt\.addptr %x_ptr, %\w+ : !tt\.ptr<f16>, (i\d+)", ttir))),
+                "loops": sorted(set(re.findall(r"scf\.for .*: (i\d+) \{", ttir))),
+                "narrow": [line.strip() for line in ttir.splitlines()      # a stride used before widening
+                           if re.search(r"%(stride_[ncp]|chunk)\b", line) and "tt.func" not in line
+                           and not re.search(r"arith\.extsi %\w+ : i32 to i64", line)]}
+            return kernel
+
+        JITFunction.run = capture
+        try:
+            group_norm(x, weight, bias, 32, 1e-5, scale=scale, shift=shift, silu=True)
+        finally:
+            JITFunction.run = compile_instead
+print(json.dumps(report))
+'''
+
+
+@pytest.fixture(scope="module")
+def offsets():
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-c", OFFSETS_CHILD], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
+    if done.returncode != 0 and "ptxas" in done.stderr and "not found" in done.stderr:
+        pytest.skip("Triton's compiler for CUDA is not available here")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("kernel", ["_gn_stats_kernel", "_gn_apply_kernel"])
+def test_offsets_into_x_and_y_are_int64_at_2_31_elements(offsets, kernel, layout):
+    """The launch for [64, 512, 256, 256] is accepted, and every offset into x and y is int64: the group's
+    first element (sample · stride_n + group channel · stride_c), the tiles and the pixel loop, with no
+    stride (or chunk) used in int32 before it is widened (`narrow`). The variant is the one a GPU run compiles:
+    the same strides and sizes, specialised the same way (i32)."""
+    assert offsets[f"{kernel} {layout}"] == {"tiles": ["i64"], "first": ["i64"], "loops": ["i64"], "narrow": []}
 
 
 # ---------------------------------------------------------------- GPU, at the ADM-256 sizes
