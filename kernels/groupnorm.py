@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from engine.errors import InputError
-from kernels.common import ACC, NUM_WARPS, check_runnable, next_pow2
+from kernels.common import ACC, NUM_WARPS, check_runnable, next_pow2, on_device
 
 Tensor = torch.Tensor
 
@@ -194,12 +194,13 @@ def group_norm(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float,
     acc = ACC[x.dtype]
     partials = torch.empty((n * groups, s, 2), dtype=_PARTIAL_DTYPE[acc], device=x.device)
     grid = (n * groups, s)
-    _gn_stats_kernel[grid](x, partials, pixels, groups, chunk, stride_n, stride_c, stride_p,
-                           CG=cg, S=s, BP=bp, BC=bc, ACC=acc, num_warps=NUM_WARPS)
-    _gn_apply_kernel[grid](x, y, partials, weight, bias, scale, shift, pixels, groups, chunk,
-                           stride_n, stride_c, stride_p, scale.stride(0), float(eps),
-                           CG=cg, S=s, SP=max(2, next_pow2(s)), SCALE_SHIFT=scale_shift, SILU=bool(silu),
-                           BP=bp, BC=bc, ACC=acc, num_warps=NUM_WARPS)
+    with on_device(x):
+        _gn_stats_kernel[grid](x, partials, pixels, groups, chunk, stride_n, stride_c, stride_p,
+                               CG=cg, S=s, BP=bp, BC=bc, ACC=acc, num_warps=NUM_WARPS)
+        _gn_apply_kernel[grid](x, y, partials, weight, bias, scale, shift, pixels, groups, chunk,
+                               stride_n, stride_c, stride_p, scale.stride(0), float(eps),
+                               CG=cg, S=s, SP=max(2, next_pow2(s)), SCALE_SHIFT=scale_shift, SILU=bool(silu),
+                               BP=bp, BC=bc, ACC=acc, num_warps=NUM_WARPS)
     return y
 
 

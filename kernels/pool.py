@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from engine.errors import InputError
-from kernels.common import ACC, NUM_WARPS, check, next_pow2, output
+from kernels.common import ACC, NUM_WARPS, check, next_pow2, on_device, output
 
 Tensor = torch.Tensor
 
@@ -107,8 +107,9 @@ def pool(x: Tensor, s: int, mode: int, *, out: Tensor | None = None) -> Tensor:
     lanes = min(sp * sp, TILE)
     bq = TILE // lanes
     q = n * c * hb * wb
-    _pool_kernel[(triton.cdiv(q, bq),)](x, out, q, hb, wb, wb * s, MODE=int(mode), S=s, SP=sp, BQ=bq, L=lanes,
-                                        ACC=ACC[x.dtype], num_warps=NUM_WARPS)
+    with on_device(x):
+        _pool_kernel[(triton.cdiv(q, bq),)](x, out, q, hb, wb, wb * s, MODE=int(mode), S=s, SP=sp, BQ=bq, L=lanes,
+                                            ACC=ACC[x.dtype], num_warps=NUM_WARPS)
     return out
 
 

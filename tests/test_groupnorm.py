@@ -246,7 +246,7 @@ def offsets():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
     done = subprocess.run([sys.executable, "-c", OFFSETS_CHILD], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, check=False)
     if done.returncode != 0 and "ptxas" in done.stderr and "not found" in done.stderr:
         pytest.skip("Triton's compiler for CUDA is not available here")
     assert done.returncode == 0, done.stderr[-3000:]
