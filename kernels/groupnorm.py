@@ -11,10 +11,11 @@ Pass 1 (`_gn_stats_kernel`): program (n·G + g, j) sums d = x − K and d² over
 pixel ranges of its group, K the group's first element, so that σ² = E[d²] − E[d]² does
 not cancel when |μ| ≫ σ; it writes the two partial sums. Pass 2 (`_gn_apply_kernel`):
 program (n·G + g, j) adds the S partials of its group and writes y over its range.
-Partials rather than atomics: every run gives the same bits. Offsets into x and y are int64
-(the sample, the group's first channel and the pixel index are widened before they are
-multiplied by a stride), so x may have 2³¹ elements or more: ADM-256's first decoder block is
-[N, 512, 256, 256], 2³¹ elements at N = 64.
+Partials rather than atomics: every run gives the same bits. Each program offsets x and y to
+its group's first element x[n, g·C/G, 0, 0] in int64, so x may have 2³¹ elements or more
+(ADM-256's first decoder block, [N, 512, 256, 256], has 2³¹ at N = 64); offsets within one
+sample stay int32, as cheap as before (int64 tiles cost 8 more registers and spilled in some
+fp32 variants on sm_90): one sample, C·H·W, must have fewer than 2³¹ elements.
 
 x and y are contiguous or channels_last: a tile is [BP pixels, BC channels] at x's strides,
 so either layout reads whole vectors. Two reads of x and one write of y, where upstream's
@@ -45,7 +46,8 @@ _PARTIAL_DTYPE = {tl.float32: torch.float32, tl.float64: torch.float64}
 
 @triton.jit
 def _group_offset(ng, G, CG: tl.constexpr, stride_n, stride_c):
-    """Offset of x[n, g·C/G, 0, 0] for program row ng = n·G + g, in int64 (N·C·H·W may pass 2³¹)."""
+    """Offset of x[n, g·C/G, 0, 0] for program row ng = n·G + g, in int64 (N·C·H·W may pass 2³¹; an
+    int32 n·stride_n would wrap)."""
     return (ng // G).to(tl.int64) * stride_n + (ng % G).to(tl.int64) * CG * stride_c
 
 
@@ -72,12 +74,12 @@ def _gn_stats_kernel(
     K = tl.load(base).to(ACC)                                           # x[n, g·C/G, 0, 0]
     s1 = tl.zeros((BP, BC), ACC)
     s2 = tl.zeros((BP, BC), ACC)
-    start = j.to(tl.int64) * chunk                                      # int64: so are p and the offsets
+    start = j * chunk
     end = tl.minimum(start + chunk, P)
     for p0 in range(start, end, BP):
         p = p0 + tl.arange(0, BP)[:, None]                              # [BP, 1]
         ok = (p < end) & c_ok
-        d = tl.where(ok, tl.load(base + c.to(tl.int64) * stride_c + p * stride_p, mask=ok, other=0).to(ACC) - K, 0)
+        d = tl.where(ok, tl.load(base + c * stride_c + p * stride_p, mask=ok, other=0).to(ACC) - K, 0)
         s1 += d
         s2 += d * d
     out = part_ptr + (ng * S + j) * 2
@@ -113,12 +115,13 @@ def _gn_apply_kernel(
 ):
     ng, j = tl.program_id(0), tl.program_id(1)
     n, g = ng // G, ng % G
-    offset = _group_offset(ng, G, CG, stride_n, stride_c)              # int64
+    offset = _group_offset(ng, G, CG, stride_n, stride_c)
+    xs, ys = x_ptr + offset, y_ptr + offset                             # the group's first element
     k = tl.arange(0, SP)
     parts = part_ptr + (ng * S + k) * 2
-    m1 = tl.sum(tl.load(parts, mask=k < S, other=0), axis=0) / CG / P         # E[d] (C/G·H·W may pass 2³¹)
-    m2 = tl.sum(tl.load(parts + 1, mask=k < S, other=0), axis=0) / CG / P     # E[d²]
-    mean = tl.load(x_ptr + offset).to(ACC) + m1
+    m1 = tl.sum(tl.load(parts, mask=k < S, other=0), axis=0) / (CG * P)       # E[d]
+    m2 = tl.sum(tl.load(parts + 1, mask=k < S, other=0), axis=0) / (CG * P)   # E[d²]
+    mean = tl.load(xs).to(ACC) + m1
     rstd = 1 / tl.sqrt(tl.maximum(m2 - m1 * m1, 0) + eps)
     c = tl.arange(0, BC)[None, :]                                       # [1, BC]
     c_ok = c < CG
@@ -130,17 +133,17 @@ def _gn_apply_kernel(
         t = tl.load(shift_ptr + n * ss_stride + channel, mask=c_ok, other=0).to(ACC)
         gain = gain * (1 + s)
         bias = bias * (1 + s) + t
-    start = j.to(tl.int64) * chunk                                      # int64: so are p and the offsets
+    start = j * chunk
     end = tl.minimum(start + chunk, P)
     for p0 in range(start, end, BP):
         p = p0 + tl.arange(0, BP)[:, None]                              # [BP, 1]
         ok = (p < end) & c_ok
-        offs = offset + c.to(tl.int64) * stride_c + p * stride_p
-        y = (tl.load(x_ptr + offs, mask=ok, other=0).to(ACC) - mean) * gain + bias
+        offs = c * stride_c + p * stride_p                              # within the sample
+        y = (tl.load(xs + offs, mask=ok, other=0).to(ACC) - mean) * gain + bias
         if SILU:
             e = tl.exp(-tl.abs(y))                                      # sigmoid without overflow
             y = y * tl.where(y >= 0, 1 / (1 + e), e / (1 + e))
-        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=ok)
+        tl.store(ys + offs, y.to(y_ptr.dtype.element_ty), mask=ok)
 
 
 def _strides(x: Tensor) -> tuple[int, int, int]:
@@ -219,6 +222,9 @@ def _check(x: Tensor, weight: Tensor, bias: Tensor, groups: int, scale, shift) -
                              f"got {tuple(p.shape)} {p.dtype} on {p.device}")
     if (scale is None) != (shift is None):
         raise InputError("group_norm: give both scale and shift, or neither")
+    if x[0].numel() >= 2**31:
+        raise InputError(f"group_norm: one sample of x must have fewer than 2³¹ elements, "
+                         f"got C·H·W = {x[0].numel()}")
     check_runnable("group_norm", x)
     _strides(x)
 

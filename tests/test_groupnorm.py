@@ -220,15 +220,13 @@ for layout in ("contiguous", "channels_last"):
 
         def capture(self, *args, **kwargs):
             kernel = compile_instead(self, *args, **kwargs)
-            tile, ttir = f"{kwargs['BP']}x{kwargs['BC']}", kernel.asm["ttir"]
+            ttir = kernel.asm["ttir"]
             report[f"{self.fn.__name__} {layout}"] = {
-                "tiles": sorted(set(re.findall(                # x's and y's [BP, BC] tiles
-                    rf"tt\.addptr %\w+, %\w+ : tensor<{tile}x!tt\.ptr<f16>>, tensor<{tile}x(i\d+)>", ttir))),
-                "first": sorted(set(re.findall(r"tt\.addptr %x_ptr, %\w+ : !tt\.ptr<f16>, (i\d+)", ttir))),
-                "loops": sorted(set(re.findall(r"scf\.for .*: (i\d+) \{", ttir))),
-                "narrow": [line.strip() for line in ttir.splitlines()      # a stride used before widening
-                           if re.search(r"%(stride_[ncp]|chunk)\b", line) and "tt.func" not in line
-                           and not re.search(r"arith\.extsi %\w+ : i32 to i64", line)]}
+                "bases": sorted(" ".join(m) for m in set(re.findall(            # x and y offset to the group
+                    r"tt\.addptr %(x_ptr|y_ptr), %\w+ : !tt\.ptr<f16>, (i\d+)", ttir))),
+                "narrow": [line.strip() for line in ttir.splitlines()           # stride_n used before widening
+                           if re.search(r"%stride_n\b", line) and "tt.func" not in line
+                           and not re.search(r"arith\.extsi %stride_n : i32 to i64", line)]}
             return kernel
 
         JITFunction.run = capture
@@ -254,13 +252,20 @@ def offsets():
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("kernel", ["_gn_stats_kernel", "_gn_apply_kernel"])
-def test_offsets_into_x_and_y_are_int64_at_2_31_elements(offsets, kernel, layout):
-    """The launch for [64, 512, 256, 256] is accepted, and every offset into x and y is int64: the group's
-    first element (sample · stride_n + group channel · stride_c), the tiles and the pixel loop, with no
-    stride (or chunk) used in int32 before it is widened (`narrow`). The variant is the one a GPU run compiles:
-    the same strides and sizes, specialised the same way (i32)."""
-    assert offsets[f"{kernel} {layout}"] == {"tiles": ["i64"], "first": ["i64"], "loops": ["i64"], "narrow": []}
+@pytest.mark.parametrize("kernel,bases", [("_gn_stats_kernel", ["x_ptr i64"]),
+                                          ("_gn_apply_kernel", ["x_ptr i64", "y_ptr i64"])])
+def test_x_and_y_are_offset_to_each_group_in_int64(offsets, kernel, bases, layout):
+    """The launch for [64, 512, 256, 256] (2³¹ elements) is accepted, and each program offsets x and y to its
+    group's first element, sample · stride_n + group channel · stride_c, in int64, stride_n widened before
+    it multiplies (`narrow`: no int32 use of it); offsets within a sample stay int32. The variant is the
+    one a GPU run compiles: the same strides and sizes, specialised the same way (i32)."""
+    assert offsets[f"{kernel} {layout}"] == {"bases": bases, "narrow": []}
+
+
+def test_one_sample_of_2_31_elements_is_refused():
+    x = torch.empty((2, 32, 2**15, 2**11), device="meta")               # C·H·W = 2³¹
+    with pytest.raises(InputError, match="one sample of x must have fewer than 2³¹ elements"):
+        group_norm(x, torch.ones(32, device="meta"), torch.zeros(32, device="meta"), 32, 1e-5)
 
 
 # ---------------------------------------------------------------- GPU, at the ADM-256 sizes
