@@ -4,7 +4,8 @@
     python bench/compile_check.py --arch 89 --frames 32 --dtypes fp32 --json
 
 Runs the reverse loop of every paper task (Tweedie, three CG iterations with γ = None and a float γ, the
-DDIM update), each operator's A, Aᵀ and AᵀA, the spatial blur's three boundaries, and one ADM-256
+DDIM update), each operator's A, Aᵀ and AᵀA, the spatial blur's three boundaries, the two largest
+pooling factors the frame takes (size/2 and size: windows of more lanes than a tile), and one ADM-256
 forward with its fused GroupNorm kernels (channels_last, as the fast torch backends run it) under
 `bench.aot.compile_only`: each launch compiles for sm_<arch> (PTX and a cubin, with the
 ptxas inside the triton wheel) and runs nothing. Per kernel variant it prints registers per
@@ -71,23 +72,32 @@ def zero_eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def launch_everything(shape: tuple[int, ...], dtype: torch.dtype) -> None:
-    """Every launch of the reverse loop of each paper task, each operator's A, Aᵀ, AᵀA, and one
-    ADM-256 forward with fused norms, on meta tensors."""
+    """Every launch of the reverse loop of each paper task, each operator's A, Aᵀ, AᵀA (those of
+    the largest pooling factors too), and one ADM-256 forward with fused norms, on meta tensors."""
     specs = [task.spec for task in TASKS.values()] + list(EXTRA_SPECS)
     for spec in specs:
-        op = from_spec(spec, shape, device="meta", dtype=dtype, kernels="triton")
-        x = torch.empty(shape, dtype=dtype, device="meta")
-        y = op.A(x)
-        op.A_adjoint(y)
-        op.A_adjoint_A(x)
+        op, y = apply_operator(spec, shape, dtype)
         noise = torch.empty((3, 1, *shape[1:]), dtype=dtype, device="meta")
         for gamma in (None, 1.0):
             reverse_process(zero_eps, y, op, noise, ddim_steps(2, 0.5), cg_iters=3, gamma=gamma,   # first, middle, last
                             kernels=step_kernels("triton"))
+    size = shape[-1]
+    for s in sorted({s for s in (size // 2, size) if s > 1 and size % s == 0}):
+        apply_operator(f"sr:{s}", shape, dtype)
     with torch.device("meta"):
         model = ADMUNet(ADMConfig.preset("adm256_uncond"))
     eps = torch_eps(model, precision=PRECISION[dtype], channels_last=True, kernels="triton")
     eps(torch.empty(shape, device="meta"), torch.zeros(shape[0], device="meta"))
+
+
+def apply_operator(spec: str, shape: tuple[int, ...], dtype: torch.dtype):
+    """The Triton operator of `spec` and y = A x of a meta clip x, after A, Aᵀ and AᵀA have run once."""
+    op = from_spec(spec, shape, device="meta", dtype=dtype, kernels="triton")
+    x = torch.empty(shape, dtype=dtype, device="meta")
+    y = op.A(x)
+    op.A_adjoint(y)
+    op.A_adjoint_A(x)
+    return op, y
 
 
 def occupancy(kernel: Compiled) -> float | None:

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from engine.errors import InputError
-from kernels.common import ACC, NUM_WARPS, check, next_pow2, output, wrap
+from kernels.common import ACC, NUM_WARPS, check, next_pow2, on_device, output, wrap
 
 Tensor = torch.Tensor
 
@@ -170,9 +170,10 @@ def band_table(kernel: Tensor, length: int, mode, boundary: str) -> Tensor:
                       device=kernel.device)
     dp = next_pow2(2 * r + 1)
     bt = max(1, min(next_pow2(length), TABLE_TILE // dp))
-    _band_table_kernel[(triton.cdiv(length, bt),)](kernel, tab, length, p, r, MODE=int(mode),
-                                                   BOUNDARY=BOUNDARIES[boundary], BT=bt, DP=dp, ACC=acc,
-                                                   num_warps=NUM_WARPS)
+    with on_device(kernel):
+        _band_table_kernel[(triton.cdiv(length, bt),)](kernel, tab, length, p, r, MODE=int(mode),
+                                                       BOUNDARY=BOUNDARIES[boundary], BT=bt, DP=dp, ACC=acc,
+                                                       num_warps=NUM_WARPS)
     return tab
 
 
@@ -194,8 +195,9 @@ def band_pass(x: Tensor, tab: Tensor, axis: int, boundary: str, *, out: Tensor |
         bt = min(128, next_pow2(length))
     bl = TILE // bt
     grid = (triton.cdiv(lines, bl), triton.cdiv(length, bt))
-    _band_pass_kernel[grid](x, tab, out, h, w, lines, tab.shape[1] // 2, AXIS=axis, WRAP=boundary == "circular",
-                            BL=bl, BT=bt, ACC=ACC[x.dtype], num_warps=NUM_WARPS)
+    with on_device(x):
+        _band_pass_kernel[grid](x, tab, out, h, w, lines, tab.shape[1] // 2, AXIS=axis, WRAP=boundary == "circular",
+                                BL=bl, BT=bt, ACC=ACC[x.dtype], num_warps=NUM_WARPS)
     return out
 
 

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from engine.errors import InputError
-from kernels.common import ACC, BLOCK, NUM_WARPS, check, output, safe_div, scalar, split
+from kernels.common import ACC, BLOCK, NUM_WARPS, check, on_device, output, safe_div, scalar, split
 
 Tensor = torch.Tensor
 
@@ -202,9 +202,10 @@ def cg_residual(aty: Tensor, q: Tensor, c: float, bb: Tensor, *, x_hat: Tensor |
         raise InputError(f"cg: partials [{GMAX}] expected, got {tuple(bb.shape)}")
     out = output("cg", out, aty.shape, aty)
     programs = _programs(aty)
-    _cg_residual_kernel[(programs,)](aty, q, aty if x_hat is None else x_hat, out, bb, aty.numel(), *split(c),
-                                     REG=x_hat is not None, BLOCK=DOT_BLOCK, ACC=ACC[aty.dtype],
-                                     num_warps=DOT_WARPS)
+    with on_device(aty):
+        _cg_residual_kernel[(programs,)](aty, q, aty if x_hat is None else x_hat, out, bb, aty.numel(), *split(c),
+                                         REG=x_hat is not None, BLOCK=DOT_BLOCK, ACC=ACC[aty.dtype],
+                                         num_warps=DOT_WARPS)
     return out, programs
 
 
@@ -226,8 +227,9 @@ def cg_dot(r: Tensor, q: Tensor, part: Tensor, *, u: Tensor | None = None) -> in
         raise InputError(f"cg: r {tuple(r.shape)}, q {tuple(q.shape)} and partials [{rows}, {GMAX}] expected, "
                          f"got {tuple(part.shape)}")
     programs = _programs(r)
-    _cg_dot_kernel[(programs,)](r, r if u is None else u, q, part, r.numel(), PRECOND=u is not None,
-                                GMAX=GMAX, BLOCK=DOT_BLOCK, ACC=ACC[r.dtype], num_warps=DOT_WARPS)
+    with on_device(r):
+        _cg_dot_kernel[(programs,)](r, r if u is None else u, q, part, r.numel(), PRECOND=u is not None,
+                                    GMAX=GMAX, BLOCK=DOT_BLOCK, ACC=ACC[r.dtype], num_warps=DOT_WARPS)
     return programs
 
 
@@ -245,11 +247,12 @@ def cg_update(x_in: Tensor, x_out: Tensor, r: Tensor, p: Tensor, s: Tensor, q: T
     if not (x_in.shape == x_out.shape == r.shape == p.shape == s.shape == q.shape) or \
             (u is not None and u.shape != r.shape):
         raise InputError("cg: x, r, p, s, P r and AᵀA r must share one shape")
-    _cg_update_kernel[(triton.cdiv(r.numel(), BLOCK),)](
-        x_in, x_out, r, r if u is None else u, p, s, q, part, state, state if prev is None else prev, bb,
-        r.numel(), programs, torch.finfo(r.dtype).eps ** 2, *split(1.0 if gamma is None else gamma),
-        REG=gamma is not None, PRECOND=u is not None, FIRST=prev is None, LAST=last, GMAX=GMAX, BLOCK=BLOCK,
-        ACC=ACC[r.dtype], num_warps=NUM_WARPS)
+    with on_device(r):
+        _cg_update_kernel[(triton.cdiv(r.numel(), BLOCK),)](
+            x_in, x_out, r, r if u is None else u, p, s, q, part, state, state if prev is None else prev, bb,
+            r.numel(), programs, torch.finfo(r.dtype).eps ** 2, *split(1.0 if gamma is None else gamma),
+            REG=gamma is not None, PRECOND=u is not None, FIRST=prev is None, LAST=last, GMAX=GMAX, BLOCK=BLOCK,
+            ACC=ACC[r.dtype], num_warps=NUM_WARPS)
 
 
 def data_consistency(op, y: Tensor, x_hat: Tensor, iters: int, gamma: float | None = None, *,

@@ -1,4 +1,5 @@
-"""What every launcher shares: input checks, the compute dtype, exact scalars, and small device helpers.
+"""What every launcher shares: input checks, the compute dtype, exact scalars, the device a launch runs
+on, and small device helpers.
 
 Kernels build load and store masks from vectors only: Triton's interpreter (3.9) types
 `vector & scalar` as int32 and rejects it as a mask, so a scalar index is broadcast first.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
@@ -79,6 +81,13 @@ def check_runnable(where: str, t: Tensor) -> None:
     if t.device.type != "cuda" and not HOST_TENSORS:
         raise InputError(f"{where}: Triton kernels run on CUDA tensors, or on CPU tensors with TRITON_INTERPRET=1 "
                          f"set before `kernels` is imported; got a tensor on {t.device}")
+
+
+def on_device(t: Tensor) -> AbstractContextManager:
+    """The context every launch runs in: t's CUDA device made current, for Triton launches on the current
+    device, not on the tensor's (cuda:1 data from a process whose current device is cuda:0). A no-op for
+    the CPU tensors of the interpreter and the meta tensors of bench.aot."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else nullcontext()
 
 
 def frame_stride(where: str, t: Tensor, like: Tensor) -> int:

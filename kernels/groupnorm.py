@@ -11,7 +11,11 @@ Pass 1 (`_gn_stats_kernel`): program (n·G + g, j) sums d = x − K and d² over
 pixel ranges of its group, K the group's first element, so that σ² = E[d²] − E[d]² does
 not cancel when |μ| ≫ σ; it writes the two partial sums. Pass 2 (`_gn_apply_kernel`):
 program (n·G + g, j) adds the S partials of its group and writes y over its range.
-Partials rather than atomics: every run gives the same bits.
+Partials rather than atomics: every run gives the same bits. Each program offsets x and y to
+its group's first element x[n, g·C/G, 0, 0] in int64, so x may have 2³¹ elements or more
+(ADM-256's first decoder block, [N, 512, 256, 256], has 2³¹ at N = 64); offsets within one
+sample stay int32, as cheap as before (int64 tiles cost 8 more registers and spilled in some
+fp32 variants on sm_90): one sample, C·H·W, must have fewer than 2³¹ elements.
 
 x and y are contiguous or channels_last: a tile is [BP pixels, BC channels] at x's strides,
 so either layout reads whole vectors. Two reads of x and one write of y, where upstream's
@@ -26,7 +30,7 @@ import triton
 import triton.language as tl
 
 from engine.errors import InputError
-from kernels.common import ACC, NUM_WARPS, check_runnable, next_pow2
+from kernels.common import ACC, NUM_WARPS, check_runnable, next_pow2, on_device
 
 Tensor = torch.Tensor
 
@@ -38,6 +42,13 @@ PROGRAMS = 4096
 
 #: Accumulator dtype of the partial sums, by the compute dtype.
 _PARTIAL_DTYPE = {tl.float32: torch.float32, tl.float64: torch.float64}
+
+
+@triton.jit
+def _group_offset(ng, G, CG: tl.constexpr, stride_n, stride_c):
+    """Offset of x[n, g·C/G, 0, 0] for program row ng = n·G + g, in int64 (N·C·H·W may pass 2³¹; an
+    int32 n·stride_n would wrap)."""
+    return (ng // G).to(tl.int64) * stride_n + (ng % G).to(tl.int64) * CG * stride_c
 
 
 @triton.jit
@@ -57,7 +68,7 @@ def _gn_stats_kernel(
     ACC: tl.constexpr,      # compute dtype
 ):
     ng, j = tl.program_id(0), tl.program_id(1)
-    base = x_ptr + (ng // G) * stride_n + (ng % G) * CG * stride_c
+    base = x_ptr + _group_offset(ng, G, CG, stride_n, stride_c)
     c = tl.arange(0, BC)[None, :]                                       # [1, BC]
     c_ok = c < CG
     K = tl.load(base).to(ACC)                                           # x[n, g·C/G, 0, 0]
@@ -104,12 +115,13 @@ def _gn_apply_kernel(
 ):
     ng, j = tl.program_id(0), tl.program_id(1)
     n, g = ng // G, ng % G
-    offset = n * stride_n + g * CG * stride_c
+    offset = _group_offset(ng, G, CG, stride_n, stride_c)
+    xs, ys = x_ptr + offset, y_ptr + offset                             # the group's first element
     k = tl.arange(0, SP)
     parts = part_ptr + (ng * S + k) * 2
     m1 = tl.sum(tl.load(parts, mask=k < S, other=0), axis=0) / (CG * P)       # E[d]
     m2 = tl.sum(tl.load(parts + 1, mask=k < S, other=0), axis=0) / (CG * P)   # E[d²]
-    mean = tl.load(x_ptr + offset).to(ACC) + m1
+    mean = tl.load(xs).to(ACC) + m1
     rstd = 1 / tl.sqrt(tl.maximum(m2 - m1 * m1, 0) + eps)
     c = tl.arange(0, BC)[None, :]                                       # [1, BC]
     c_ok = c < CG
@@ -126,12 +138,12 @@ def _gn_apply_kernel(
     for p0 in range(start, end, BP):
         p = p0 + tl.arange(0, BP)[:, None]                              # [BP, 1]
         ok = (p < end) & c_ok
-        offs = offset + c * stride_c + p * stride_p
-        y = (tl.load(x_ptr + offs, mask=ok, other=0).to(ACC) - mean) * gain + bias
+        offs = c * stride_c + p * stride_p                              # within the sample
+        y = (tl.load(xs + offs, mask=ok, other=0).to(ACC) - mean) * gain + bias
         if SILU:
             e = tl.exp(-tl.abs(y))                                      # sigmoid without overflow
             y = y * tl.where(y >= 0, 1 / (1 + e), e / (1 + e))
-        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=ok)
+        tl.store(ys + offs, y.to(y_ptr.dtype.element_ty), mask=ok)
 
 
 def _strides(x: Tensor) -> tuple[int, int, int]:
@@ -185,12 +197,13 @@ def group_norm(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float,
     acc = ACC[x.dtype]
     partials = torch.empty((n * groups, s, 2), dtype=_PARTIAL_DTYPE[acc], device=x.device)
     grid = (n * groups, s)
-    _gn_stats_kernel[grid](x, partials, pixels, groups, chunk, stride_n, stride_c, stride_p,
-                           CG=cg, S=s, BP=bp, BC=bc, ACC=acc, num_warps=NUM_WARPS)
-    _gn_apply_kernel[grid](x, y, partials, weight, bias, scale, shift, pixels, groups, chunk,
-                           stride_n, stride_c, stride_p, scale.stride(0), float(eps),
-                           CG=cg, S=s, SP=max(2, next_pow2(s)), SCALE_SHIFT=scale_shift, SILU=bool(silu),
-                           BP=bp, BC=bc, ACC=acc, num_warps=NUM_WARPS)
+    with on_device(x):
+        _gn_stats_kernel[grid](x, partials, pixels, groups, chunk, stride_n, stride_c, stride_p,
+                               CG=cg, S=s, BP=bp, BC=bc, ACC=acc, num_warps=NUM_WARPS)
+        _gn_apply_kernel[grid](x, y, partials, weight, bias, scale, shift, pixels, groups, chunk,
+                               stride_n, stride_c, stride_p, scale.stride(0), float(eps),
+                               CG=cg, S=s, SP=max(2, next_pow2(s)), SCALE_SHIFT=scale_shift, SILU=bool(silu),
+                               BP=bp, BC=bc, ACC=acc, num_warps=NUM_WARPS)
     return y
 
 
@@ -209,8 +222,9 @@ def _check(x: Tensor, weight: Tensor, bias: Tensor, groups: int, scale, shift) -
                              f"got {tuple(p.shape)} {p.dtype} on {p.device}")
     if (scale is None) != (shift is None):
         raise InputError("group_norm: give both scale and shift, or neither")
-    if x.numel() >= 2**31:
-        raise InputError("group_norm: tensors of 2³¹ elements or more are not supported (int32 offsets)")
+    if x[0].numel() >= 2**31:
+        raise InputError(f"group_norm: one sample of x must have fewer than 2³¹ elements, "
+                         f"got C·H·W = {x[0].numel()}")
     check_runnable("group_norm", x)
     _strides(x)
 

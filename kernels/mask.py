@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from engine.errors import InputError
-from kernels.common import ACC, BLOCK, NUM_WARPS, check, output
+from kernels.common import ACC, BLOCK, NUM_WARPS, check, on_device, output
 
 Tensor = torch.Tensor
 
@@ -41,8 +41,9 @@ def masked(x: Tensor, mask: Tensor, *, out: Tensor | None = None) -> Tensor:
     if planes > 65535:
         raise InputError(f"mask: at most 65535 planes (N·C), got {planes}")
     out = output("mask", out, x.shape, x)
-    _mask_kernel[(triton.cdiv(mask.numel(), BLOCK), planes)](x, mask, out, mask.numel(), BLOCK=BLOCK,
-                                                            ACC=ACC[x.dtype], num_warps=NUM_WARPS)
+    with on_device(x):
+        _mask_kernel[(triton.cdiv(mask.numel(), BLOCK), planes)](x, mask, out, mask.numel(), BLOCK=BLOCK,
+                                                                ACC=ACC[x.dtype], num_warps=NUM_WARPS)
     return out
 
 

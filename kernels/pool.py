@@ -4,8 +4,11 @@
     Aᵀ:   x[block q, a, b] = y[q] / s²                         [N, C, H/s, W/s] → [N, C, H, W]
     AᵀA:  x[block q, a, b] ↦ ((1/s²) Σ_{a,b} x[block q]) / s²  [N, C, H, W] → [N, C, H, W]
 
-A program owns BQ blocks q (flattened over planes n·C + c and block rows and columns)
-as a [BQ, SP²] tile, SP = next power of two ≥ s, lanes a ≥ s or b ≥ s masked.
+A program owns BQ blocks q (flattened over planes n·C + c and block rows and columns);
+block q's s×s window is padded to SP×SP, SP = next power of two ≥ s, lanes a ≥ s or b ≥ s
+masked. Its tile is [BQ, L] with L = min(SP², TILE) lanes: small windows fit whole (BQ·SP² =
+TILE), a window of more than TILE lanes (s > 32) is one program's, walked in SP²/L chunks of
+L/SP window rows, so registers do not grow with s.
 References: engine.operators.sr.avg_pool, avg_pool_adjoint, avg_pool_normal.
 """
 
@@ -16,14 +19,14 @@ import triton
 import triton.language as tl
 
 from engine.errors import InputError
-from kernels.common import ACC, NUM_WARPS, check, next_pow2, output
+from kernels.common import ACC, NUM_WARPS, check, next_pow2, on_device, output
 
 Tensor = torch.Tensor
 
 #: What the kernel computes (constexpr: Triton kernels may read them).
 FORWARD, ADJOINT, NORMAL = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 
-#: Elements of x per program.
+#: Elements of a program's tile [BQ, L]: BQ blocks, L lanes of their windows.
 TILE = 2048
 
 
@@ -34,10 +37,17 @@ def block_offsets(q, hb, wb, W, S: tl.constexpr, SP: tl.constexpr):
     q: [BQ] block indices, plane-major (plane, block row, block column) with hb × wb blocks
     per plane; returns offsets [BQ, SP²] and the mask of the SP² lanes that exist (a, b < s).
     """
+    return window_offsets(q, hb, wb, W, 0, S, SP, SP * SP)
+
+
+@triton.jit
+def window_offsets(q, hb, wb, W, k, S: tl.constexpr, SP: tl.constexpr, L: tl.constexpr):
+    """Offsets of lanes k … k + L − 1 of the SP×SP windows of blocks q (lane a·SP + b is pixel (a, b)
+    of the block), and the mask of those that exist (a, b < s).  q: [BQ] → [BQ, L], [1, L]"""
     plane = q // (hb * wb)
     rest = q % (hb * wb)
     base = plane * (hb * S) * W + (rest // wb) * S * W + (rest % wb) * S    # first pixel of each block
-    ab = tl.arange(0, SP * SP)
+    ab = k + tl.arange(0, L)
     a, b = ab // SP, ab % SP
     return base[:, None] + (a * W + b)[None, :], ((a < S) & (b < S))[None, :]
 
@@ -54,23 +64,28 @@ def _pool_kernel(
     S: tl.constexpr,        # s, the pooling factor
     SP: tl.constexpr,       # next power of two ≥ s
     BQ: tl.constexpr,       # blocks per program
+    L: tl.constexpr,        # window lanes per chunk, min(SP², TILE): SP² / L chunks per window
     ACC: tl.constexpr,      # compute dtype
 ):
     q = tl.program_id(0) * BQ + tl.arange(0, BQ)                        # [BQ]
     q_ok = q < Q
-    offs, lane_ok = block_offsets(q, hb, wb, W, S, SP)                  # [BQ, SP²]
-    ok = q_ok[:, None] & lane_ok
     if MODE == ADJOINT:
         mean = tl.load(src_ptr + q, mask=q_ok, other=0).to(ACC) / (S * S)
     else:
-        mean = tl.sum(tl.load(src_ptr + offs, mask=ok, other=0).to(ACC), axis=1) / (S * S)
+        total = tl.zeros((BQ, L), ACC)
+        for k in range(0, SP * SP, L):                                  # Σ over the window, a chunk at a time
+            offs, lane_ok = window_offsets(q, hb, wb, W, k, S, SP, L)   # [BQ, L]
+            total += tl.load(src_ptr + offs, mask=q_ok[:, None] & lane_ok, other=0).to(ACC)
+        mean = tl.sum(total, axis=1) / (S * S)
     if MODE == FORWARD:
         tl.store(dst_ptr + q, mean.to(dst_ptr.dtype.element_ty), mask=q_ok)
     else:
         if MODE == NORMAL:
             mean = mean / (S * S)
-        value = tl.broadcast_to(mean[:, None], (BQ, SP * SP))
-        tl.store(dst_ptr + offs, value.to(dst_ptr.dtype.element_ty), mask=ok)
+        value = tl.broadcast_to(mean[:, None], (BQ, L)).to(dst_ptr.dtype.element_ty)
+        for k in range(0, SP * SP, L):                                  # the mean broadcast back, a chunk at a time
+            offs, lane_ok = window_offsets(q, hb, wb, W, k, S, SP, L)
+            tl.store(dst_ptr + offs, value, mask=q_ok[:, None] & lane_ok)
 
 
 def pool(x: Tensor, s: int, mode: int, *, out: Tensor | None = None) -> Tensor:
@@ -89,10 +104,12 @@ def pool(x: Tensor, s: int, mode: int, *, out: Tensor | None = None) -> Tensor:
         shape = (n, c, hb, wb) if mode == FORWARD else (n, c, h, w)
     out = output("pool", out, shape, x)
     sp = next_pow2(s)
-    bq = max(1, TILE // (sp * sp))
+    lanes = min(sp * sp, TILE)
+    bq = TILE // lanes
     q = n * c * hb * wb
-    _pool_kernel[(triton.cdiv(q, bq),)](x, out, q, hb, wb, wb * s, MODE=int(mode), S=s, SP=sp, BQ=bq, ACC=ACC[x.dtype],
-                                        num_warps=NUM_WARPS)
+    with on_device(x):
+        _pool_kernel[(triton.cdiv(q, bq),)](x, out, q, hb, wb, wb * s, MODE=int(mode), S=s, SP=sp, BQ=bq, L=lanes,
+                                            ACC=ACC[x.dtype], num_warps=NUM_WARPS)
     return out
 
 

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from engine.errors import InputError
-from kernels.common import ACC, BLOCK, NUM_WARPS, check, frame_stride, output, scalar, split
+from kernels.common import ACC, BLOCK, NUM_WARPS, check, frame_stride, on_device, output, scalar, split
 
 Tensor = torch.Tensor
 
@@ -82,8 +82,9 @@ def tweedie_step(x: Tensor, eps: Tensor, sqrt_ab: float, sqrt_1m_ab: float, *, o
     check("tweedie", x)
     eps_stride = frame_stride("tweedie", eps, x)
     out = output("tweedie", out, x.shape, x)
-    _tweedie_kernel[_grid(x, "tweedie")](x, eps, out, x[0].numel(), eps_stride, *split(sqrt_ab), *split(sqrt_1m_ab),
-                                         BLOCK=BLOCK, ACC=ACC[x.dtype], num_warps=NUM_WARPS)
+    with on_device(x):
+        _tweedie_kernel[_grid(x, "tweedie")](x, eps, out, x[0].numel(), eps_stride, *split(sqrt_ab),
+                                             *split(sqrt_1m_ab), BLOCK=BLOCK, ACC=ACC[x.dtype], num_warps=NUM_WARPS)
     return out
 
 
@@ -98,7 +99,8 @@ def ddim_step(xbar: Tensor, noise: Tensor, eps: Tensor, sqrt_ab_next: float, c1:
     eps_stride = frame_stride("ddim_update", eps, xbar)
     out = output("ddim_update", out, xbar.shape, xbar)
     frame = xbar[0].numel()
-    _ddim_update_kernel[_grid(xbar, "ddim_update")](
-        xbar, noise, eps, out, frame, 0 if noise.shape[0] == 1 else frame, eps_stride, *split(sqrt_ab_next),
-        *split(c1), *split(c2), BLOCK=BLOCK, ACC=ACC[xbar.dtype], num_warps=NUM_WARPS)
+    with on_device(xbar):
+        _ddim_update_kernel[_grid(xbar, "ddim_update")](
+            xbar, noise, eps, out, frame, 0 if noise.shape[0] == 1 else frame, eps_stride, *split(sqrt_ab_next),
+            *split(c1), *split(c2), BLOCK=BLOCK, ACC=ACC[xbar.dtype], num_warps=NUM_WARPS)
     return out

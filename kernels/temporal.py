@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from engine.errors import InputError
-from kernels.common import ACC, NUM_WARPS, check, next_pow2, output, wrap_once
+from kernels.common import ACC, NUM_WARPS, check, next_pow2, on_device, output, wrap_once
 from kernels.pool import block_offsets
 
 Tensor = torch.Tensor
@@ -233,12 +233,13 @@ def _launch(x: Tensor, kernel: Tensor, mode: int, boundary: str, *, autocorr: Te
     else:
         q = c * h * w
         bq = min(1024, max(16, TILE // np2))
-    _frame_mix_kernel[(triton.cdiv(q, bq),)](
-        x, kernel, kernel if autocorr is None else autocorr, kernel if matrix is None else matrix,
-        x if mask is None else mask, out,
-        n, c * h * w, q, h * w, h // pool, w // pool, w, width, (width - 1) // 2,
-        MODE=mode, CIRCULAR=boundary == "circular", MATRIX=boundary == "replicate", POOL=pool,
-        MASKED=mask is not None, NP=np2, BQ=bq, SP=sp, ACC=ACC[x.dtype], num_warps=NUM_WARPS)
+    with on_device(x):
+        _frame_mix_kernel[(triton.cdiv(q, bq),)](
+            x, kernel, kernel if autocorr is None else autocorr, kernel if matrix is None else matrix,
+            x if mask is None else mask, out,
+            n, c * h * w, q, h * w, h // pool, w // pool, w, width, (width - 1) // 2,
+            MODE=mode, CIRCULAR=boundary == "circular", MATRIX=boundary == "replicate", POOL=pool,
+            MASKED=mask is not None, NP=np2, BQ=bq, SP=sp, ACC=ACC[x.dtype], num_warps=NUM_WARPS)
     return out
 
 

@@ -4,7 +4,12 @@ The reference is written plainly here in float64. On the CPU the kernel runs in 
 interpreter; the `gpu` tests run it at the ADM-256 sizes, outputs poisoned first.
 """
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -188,6 +193,79 @@ def test_torch_eps_picks_the_norm_kernels():
     assert kernels_of(torch_eps(model, kernels="triton").module) == {"triton"}
     assert kernels_of(model) == {"torch"}                       # the caller's model is left alone
     assert kernels_of(torch_eps(model).module) == {"torch"}
+
+
+# ---------------------------------------------------------------- 2³¹ elements and more: int64 offsets
+
+#: Compiles (in a child: the interpreter is on in this process) the variants that group_norm launches for
+#: ADM-256's first decoder block at N = 64, [64, 512, 256, 256] fp16 = 2³¹ elements, on meta tensors under
+#: bench.aot.compile_only, and reports the integer types of the offsets in Triton's IR for sm_90.
+OFFSETS_CHILD = r'''
+import json, os, re
+os.environ.pop("TRITON_INTERPRET", None)
+import torch
+from triton.runtime.jit import JITFunction
+from bench.aot import compile_only
+from kernels.groupnorm import group_norm
+
+report = {}
+n, c, h, w = 64, 512, 256, 256
+for layout in ("contiguous", "channels_last"):
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.empty((n, c, h, w), dtype=torch.float16, device="meta").contiguous(memory_format=fmt)
+    weight, bias = torch.empty(c, device="meta"), torch.empty(c, device="meta")
+    scale = shift = torch.empty((n, c, 1, 1), dtype=torch.float16, device="meta")
+    with compile_only(90):
+        compile_instead = JITFunction.run
+
+        def capture(self, *args, **kwargs):
+            kernel = compile_instead(self, *args, **kwargs)
+            ttir = kernel.asm["ttir"]
+            report[f"{self.fn.__name__} {layout}"] = {
+                "bases": sorted(" ".join(m) for m in set(re.findall(            # x and y offset to the group
+                    r"tt\.addptr %(x_ptr|y_ptr), %\w+ : !tt\.ptr<f16>, (i\d+)", ttir))),
+                "narrow": [line.strip() for line in ttir.splitlines()           # stride_n used before widening
+                           if re.search(r"%stride_n\b", line) and "tt.func" not in line
+                           and not re.search(r"arith\.extsi %stride_n : i32 to i64", line)]}
+            return kernel
+
+        JITFunction.run = capture
+        try:
+            group_norm(x, weight, bias, 32, 1e-5, scale=scale, shift=shift, silu=True)
+        finally:
+            JITFunction.run = compile_instead
+print(json.dumps(report))
+'''
+
+
+@pytest.fixture(scope="module")
+def offsets():
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-c", OFFSETS_CHILD], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    if done.returncode != 0 and "ptxas" in done.stderr and "not found" in done.stderr:
+        pytest.skip("Triton's compiler for CUDA is not available here")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("kernel,bases", [("_gn_stats_kernel", ["x_ptr i64"]),
+                                          ("_gn_apply_kernel", ["x_ptr i64", "y_ptr i64"])])
+def test_x_and_y_are_offset_to_each_group_in_int64(offsets, kernel, bases, layout):
+    """The launch for [64, 512, 256, 256] (2³¹ elements) is accepted, and each program offsets x and y to its
+    group's first element, sample · stride_n + group channel · stride_c, in int64, stride_n widened before
+    it multiplies (`narrow`: no int32 use of it); offsets within a sample stay int32. The variant is the
+    one a GPU run compiles: the same strides and sizes, specialised the same way (i32)."""
+    assert offsets[f"{kernel} {layout}"] == {"bases": bases, "narrow": []}
+
+
+def test_one_sample_of_2_31_elements_is_refused():
+    x = torch.empty((2, 32, 2**15, 2**11), device="meta")               # C·H·W = 2³¹
+    with pytest.raises(InputError, match="one sample of x must have fewer than 2³¹ elements"):
+        group_norm(x, torch.ones(32, device="meta"), torch.zeros(32, device="meta"), 32, 1e-5)
 
 
 # ---------------------------------------------------------------- GPU, at the ADM-256 sizes

@@ -119,8 +119,9 @@ def test_blur_reflect_on_tiny_images():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("s,shape", [(4, SHAPE_SR), (2, SHAPE_SR), (3, (5, 3, 9, 15)), (1, SHAPE)],
-                         ids=["s4", "s2", "s3", "s1"])
+@pytest.mark.parametrize("s,shape", [(4, SHAPE_SR), (2, SHAPE_SR), (3, (5, 3, 9, 15)), (1, SHAPE),
+                                     (128, (2, 1, 256, 256)), (96, (1, 2, 192, 288))],
+                         ids=["s4", "s2", "s3", "s1", "s128-window-in-chunks", "s96-padded-window-in-chunks"])
 def test_pool(s, shape, dtype):
     x = rand(shape, 3, dtype)
     y = torch_sr.avg_pool(x, s)
