@@ -17,6 +17,10 @@ video read. Everything is written into a temporary folder beside --out and moved
 place at the end, so a failed run leaves no half-written output. --overwrite replaces
 only a folder this command wrote (its metrics.json says so, and it holds nothing else),
 never one that holds the input, the current directory or a parent of either.
+
+With --max-frames W a video longer than W frames is streamed: read, measured, restored in
+windows, scored and written frame by frame, holding about one window of frames, never the
+whole video (`restore_in_windows`).
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ import os
 import shutil
 import sys
 import time
+from collections import deque
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
+from itertools import chain, islice
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -68,6 +74,7 @@ DEMO_SETTINGS = {"sigma_y": 0.02, "nfe": 8, "start": 400}
 OUTPUT_NAMES = frozenset({"restored.mp4", "measurement.mp4", "frames", "metrics.json", "comparison.png"})
 WRITTEN_BY = "engine.solve"           # metrics.json's "written_by": the mark --overwrite checks
 MIN_SCORED_SIZE = 2 * SSIM_RADIUS + 1  # SSIM's window
+SHEET_FRAMES = 16                     # a streamed run's comparison.png shows frames of its first SHEET_FRAMES
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,11 @@ class Job:
             raise InputError(f"--fps must be a positive frame rate, got {self.fps}")
         if self.max_frames is not None and self.max_frames < 2:
             raise InputError(f"--max-frames must be at least 2, got {self.max_frames}")
+        if self.max_frames is not None and self.baselines:
+            raise InputError("--baselines need the whole clip in memory; --max-frames streams it in windows: "
+                             "give --baselines none or drop --max-frames")
+        if self.max_frames is not None and self.blind:
+            raise InputError("--blind fits the PSF to the whole clip at once; drop --max-frames")
         if self.frames is not None and self.frames < 1:
             raise InputError(f"--frames must be at least 1, got {self.frames}")
         if self.size is not None and self.size < 1:
@@ -173,8 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="centre-crop and resize the frames to SIZE x SIZE, the paper's protocol (default: restore "
                         "them at their own size; a checkpoint's network then sees overlapping tiles of its size)")
     p.add_argument("--max-frames", type=int, metavar="W",
-                   help="restore a longer video in windows of W frames, each pinning the previous window's last "
-                        "restored frames (engine.windows; plain CG, cold start, shared noise); default: whole")
+                   help="restore a video longer than W frames in windows of W frames, each pinning the previous "
+                        "window's last restored frames (engine.windows; plain CG, cold start, shared noise), "
+                        "reading and writing it frame by frame (no baselines); default: whole")
     p.add_argument("--batch", type=int, default=16,
                    help="frames (or tiles) per network call, B (default 16): sets the network's memory, not the result")
     p.add_argument("--fps", type=float, help=f"frame rate of the written videos (default: the input's own, else "
@@ -198,7 +211,7 @@ def parse(argv=None) -> tuple[Job, SolverConfig, bool]:
     args = p.parse_args(argv)
     _check_combinations(p, args)
     task = get_task(args.task or DEMO_TASK) if (args.task or not args.degrade) else None
-    baselines = _baselines(args.baselines, args.demo)
+    baselines = _baselines(args.baselines, args.demo and args.max_frames is None)
     model_config = parse_model_config(args.model_config)
     if (args.backend == "tensorrt") != (args.engine is not None):
         raise InputError("--backend tensorrt needs --engine FILE (build one with python -m engine.build)"
@@ -247,7 +260,7 @@ def _check_combinations(p: argparse.ArgumentParser, args) -> None:
 
 
 def _baselines(text: Optional[str], demo: bool) -> tuple[str, ...]:
-    """The --baselines list: "none", or names joined by commas; default none, both for the demo."""
+    """The --baselines list: "none", or names joined by commas; default none, both for the demo (`demo`)."""
     if text is None:
         return DEMO_BASELINES if demo else ()
     names = tuple(n.strip() for n in text.split(",") if n.strip())
@@ -258,37 +271,51 @@ def _baselines(text: Optional[str], demo: bool) -> tuple[str, ...]:
 
 
 def run(job: Job, cfg: SolverConfig) -> Path:
-    """The whole job; returns the output folder. The output location is claimed first. Under torchrun,
-    the processes restore the video together (`run_sharded`)."""
+    """The whole job; returns the output folder. The output location is claimed first.
+
+    With --max-frames W, the first W + 1 frames are read: a longer video is streamed through
+    `restore_in_windows`; a shorter one is restored whole, as without it. Under torchrun, the
+    processes restore the video together (`run_sharded`).
+    """
     if launched_by_torchrun():
         return run_sharded(job, cfg)
     with claimed_output(job) as tmp:
         model, _ = load_model(job.checkpoint, backend=cfg.backend, engine=job.engine, size=job.size,
                               device=cfg.device, model_config=job.model_config, class_label=job.class_label,
                               prior=job.prior)
-        clean, y, notes = read_input(job)
-        frame = tuple(clean.shape[-2:]) if clean is not None else clean_frame(cfg.spec, tuple(y.shape[-2:]))
-        if job.measured and job.size is not None and frame != (job.size, job.size):
-            raise InputError(f"the measurement's shape {tuple(y.shape)} under {cfg.spec} comes from "
-                             f"{frame[1]}x{frame[0]} frames, not the {job.size}x{job.size} of --size")
-        frames = (clean if clean is not None else y).shape[0]
-        cfg = dataclasses.replace(cfg, frames=frames, size=frame,
-                                  spec=with_time_boundary(cfg.spec, video_boundary(job, frames)))
-        _say_assumed_mask(job, cfg)
-        if job.blind:
-            clip, report, y, init = restore_blind(job, cfg, model, clean, y)
+        frames, notes = input_frames(job)
+        head = [] if job.max_frames is None else list(islice(frames, job.max_frames + 1))
+        if job.max_frames is not None and len(head) > job.max_frames:
+            cfg = fitted_config(job, cfg, tuple(head[0].shape[-2:]), frames=None)
+            restore_in_windows(tmp, job, cfg, model, _drained(head, frames), notes)
         else:
-            (clip, report, y), init = restore(job, cfg, model, clean, y), None
-        report = {"written_by": WRITTEN_BY, **report, "input_changes": notes}
-        write_outputs(tmp, job, clean, y, clip.cpu(), report, fps=_output_fps(job), init=init)
+            clean, y = _whole(job, [*head, *frames])
+            clip = clean if clean is not None else y
+            cfg = fitted_config(job, cfg, tuple(clip.shape[-2:]), frames=clip.shape[0])
+            _say_assumed_mask(job, cfg)
+            if job.blind:
+                clip, report, y, init = restore_blind(job, cfg, model, clean, y)
+            else:
+                (clip, report, y), init = restore(job, cfg, model, clean, y), None
+            report = {"written_by": WRITTEN_BY, **report, "input_changes": notes}
+            write_outputs(tmp, job, clean, y, clip.cpu(), report, fps=_output_fps(job), init=init)
     log.info("wrote restored.mp4, measurement.mp4, frames/, metrics.json and comparison.png to %s", job.out)
     return job.out.resolve()
 
 
+def fitted_config(job: Job, cfg: SolverConfig, shape: tuple[int, int], frames: Optional[int]) -> SolverConfig:
+    """`cfg` fitted to INPUT: its frame count (None: streamed, not known yet: `cfg.frames` stays), the clean
+    frames' (H, W) (`shape` is INPUT's frame size: the clean frames', or the measurement's), the time boundary."""
+    frame = clean_frame(cfg.spec, shape) if job.measured else shape
+    if job.measured and job.size is not None and frame != (job.size, job.size):
+        raise InputError(f"the measurement's frame shape {shape[1]}x{shape[0]} under {cfg.spec} comes from "
+                         f"{frame[1]}x{frame[0]} frames, not the {job.size}x{job.size} of --size")
+    return dataclasses.replace(cfg, frames=frames or cfg.frames, size=frame,
+                               spec=with_time_boundary(cfg.spec, video_boundary(job, frames)))
+
+
 def restore(job: Job, cfg: SolverConfig, model, clean, y):
     """(restored clip, report, measurement): Algorithm 1 on y, or on A(clean) + σ_y·w."""
-    if job.max_frames is not None and cfg.frames > job.max_frames:
-        return restore_in_windows(job, cfg, model, clean, y)
     solver = Solver(model, cfg)
     if clean is not None:
         y = solver.measure(clean, sigma_y=job.sigma_y, seed=job.seed + 1)
@@ -312,35 +339,140 @@ def restore(job: Job, cfg: SolverConfig, model, clean, y):
     return restored, report, y
 
 
-def restore_in_windows(job: Job, cfg: SolverConfig, model, clean, y):
-    """(restored clip, report, measurement): Algorithm 1 in windows of --max-frames frames (engine.windows),
-    each pinning the previous window's last restored frames; scored like `restore`."""
-    from engine.operators import from_spec
+def restore_in_windows(folder: Path, job: Job, cfg: SolverConfig, model, frames: Iterator, notes: list[str]) -> dict:
+    """Algorithm 1 in windows of --max-frames frames (engine.windows), streamed; returns the report it wrote.
+
+    INPUT's `frames` ([3, H, W], clean or measured) are measured (y[n] = S(Σ_m T[n, m] x[m]) + σ_y·w[n],
+    `VideoRestorer.measure`, its noise drawn frame after frame), restored a window at a time, scored
+    (the per-frame PSNR and SSIM of `clip_summary`, so its means are those of the whole clip) and written
+    as they come: restored.mp4, frames/ and measurement.mp4, then metrics.json and comparison.png
+    (the first SHEET_FRAMES frames only). Holds about W + 3r frames, never the whole video.
+    """
     from engine.runtime import make_network
+    from engine.video_io import frames_writer, video_writer
     from engine.windows import VideoRestorer
 
     if cfg.noise != "shared":
         raise InputError("--max-frames restores in windows with the shared noise image only; drop --noise independent")
-    if clean is not None:
-        y = measure(from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed), clean, sigma_y=job.sigma_y, seed=job.seed + 1)
+    if cfg.start is not None:
+        log.warning("windows start cold: the warm start (--start %d) does not apply", cfg.start)
     restorer = VideoRestorer(make_network(model, cfg), cfg.spec, cfg.frame, window=job.max_frames, nfe=cfg.nfe,
                              eta=cfg.eta, cg_iters=cfg.cg_iters, gamma=cfg.gamma, seed=job.seed,
                              mask_seed=cfg.mask_seed, device=cfg.device)
-    t0 = time.perf_counter()
-    frames = []
-    for frame in tqdm(restorer.restore(y), total=cfg.frames, desc="restoring", unit="frame", disable=None):
-        frames.append(frame.cpu())
-        if len(frames) % max(1, cfg.frames // 10) == 0:
-            log.info("restored %d/%d frames", len(frames), cfg.frames)
-    restored = torch.stack(frames)
+    held = deque()                                    # clean frames read and not yet scored
+    y = frames if job.measured else restorer.measure(_kept(frames, held), sigma_y=job.sigma_y, seed=job.seed + 1)
+    scores, sheet, fps, total = FrameScores(), FirstFrames(SHEET_FRAMES), _output_fps(job), _declared_frames(job)
+    every = max(1, total // 10) if total else job.max_frames
+    t0, count = time.perf_counter(), 0
+    with video_writer(folder / "restored.mp4", fps) as restored_mp4, frames_writer(folder / "frames") as png, \
+            video_writer(folder / "measurement.mp4", fps) as measured_mp4, \
+            tqdm(total=total, desc="restoring", unit="frame", disable=None) as bar:
+        for count, x in enumerate(restorer.restore(_tapped(y, measured_mp4, sheet)), 1):
+            x = x.cpu()
+            restored_mp4(x)
+            png(x)
+            sheet.add("restored", x)
+            if not job.measured:
+                ref = held.popleft()
+                scores.add(x, ref)
+                sheet.add("clean", ref)
+            bar.update()
+            if bar.disable and count % every == 0:
+                log.info("restored %d frames", count)
     seconds = time.perf_counter() - t0
-    report = {"settings": settings(job, cfg), "windows": {"max_frames": job.max_frames, "lag": restorer.lag},
+    cfg = dataclasses.replace(cfg, frames=count, cg_precond=None)        # the frames read; windows run plain CG
+    report = {"written_by": WRITTEN_BY, "settings": settings(job, cfg),
+              "windows": {"max_frames": job.max_frames, "lag": restorer.lag, "streamed": True,
+                          "measurement_frames_held_peak": restorer.frames_held_peak},
               "input": "demo" if job.input is None else str(job.input), "prior": prior_name(job),
-              **model_record(model), "seconds": seconds, "fps": cfg.frames / seconds}
-    if clean is not None:
-        report["restored"] = clip_summary(restored, clean)
-        log.info("PSNR %.2f dB in windows of %d frames, %.1f s", report["restored"]["psnr_mean"], job.max_frames, seconds)
-    return restored, report, y
+              **model_record(model), "seconds": seconds, "fps": count / seconds,
+              "comparison": sheet.note(), "input_changes": notes}
+    if not job.measured:
+        report["restored"] = scores.summary()
+        log.info("PSNR %.2f dB in windows of %d frames, %d frames, %.1f s", report["restored"]["psnr_mean"],
+                 job.max_frames, count, seconds)
+    atomic_write_json(folder / "metrics.json", json_safe(report))
+    save_png(folder / "comparison.png", sheet.image())
+    return report
+
+
+class FrameScores:
+    """`clip_summary` of a clip accumulated frame by frame: per-frame PSNR and SSIM (exactly the values
+    `clip_summary` gives the whole clip, each a function of one frame) and their means."""
+
+    def __init__(self):
+        self.psnr: list[float] = []
+        self.ssim: list[float] = []
+
+    def add(self, x: torch.Tensor, ref: torch.Tensor) -> None:
+        """Score one restored frame x [3, H, W] against its reference ref [3, H, W]."""
+        one = clip_summary(x[None], ref[None])
+        self.psnr += one["psnr"]
+        self.ssim += one["ssim"]
+
+    def summary(self) -> dict:
+        """As `clip_summary`: {"psnr": [N], "ssim": [N], "psnr_mean", "ssim_mean"}."""
+        p, s = torch.tensor(self.psnr, dtype=torch.float64), torch.tensor(self.ssim, dtype=torch.float64)
+        return {"psnr": self.psnr, "ssim": self.ssim, "psnr_mean": p.mean().item(), "ssim_mean": s.mean().item()}
+
+
+class FirstFrames:
+    """The first `count` frames of each labelled stream (clean, measured, restored), for comparison.png."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.rows: dict[str, list[torch.Tensor]] = {}
+
+    def add(self, label: str, frame: torch.Tensor) -> None:
+        row = self.rows.setdefault(label, [])
+        if len(row) < self.count:
+            row.append(frame.detach().cpu().clamp(0, 1))
+
+    def ids(self) -> list[int]:
+        n = min(len(row) for row in self.rows.values())
+        return sorted({0, n // 3, 2 * n // 3, n - 1})
+
+    def image(self):
+        """The contact sheet: clean (when scored), measured, restored; one column per frame of `ids`."""
+        order = [label for label in ("clean", "measured", "restored") if label in self.rows]
+        return contact_sheet([(label, torch.stack(self.rows[label])) for label in order], self.ids())
+
+    def note(self) -> str:
+        return (f"frames {', '.join(map(str, self.ids()))}: a streamed run keeps only its first "
+                f"{self.count} frames for the sheet")
+
+
+def _kept(frames: Iterable, held: deque) -> Iterator:
+    """`frames`, each also appended to `held` (the clean frames the restorer has not returned yet)."""
+    for frame in frames:
+        held.append(frame)
+        yield frame
+
+
+def _tapped(y: Iterable, write, sheet: FirstFrames) -> Iterator:
+    """The measurement frames as the restorer pulls them, each written (clamped to [0, 1]) and kept for the sheet."""
+    for frame in y:
+        view = frame.detach().cpu().clamp(0, 1)
+        write(view)
+        sheet.add("measured", view)
+        yield frame
+
+
+def _drained(head: list, rest: Iterator) -> Iterator:
+    """The frames of `head` (released as they go), then those of `rest`."""
+    while head:
+        yield head.pop(0)
+    yield from rest
+
+
+def _declared_frames(job: Job) -> Optional[int]:
+    """The frame count INPUT declares (capped by --frames), for the progress bar; None if unknown."""
+    if job.input is None:
+        return job.frames or DEFAULT_FRAMES
+    from engine.video_io import declared_frames
+
+    declared = declared_frames(job.input)
+    return min(declared, job.frames) if declared and job.frames else (declared or job.frames)
 
 
 def run_sharded(job: Job, cfg: SolverConfig) -> Optional[Path]:
@@ -370,11 +502,13 @@ def _run_shard(job: Job, cfg: SolverConfig, rank: int, world: int) -> Optional[P
         model, _ = load_model(job.checkpoint, backend=cfg.backend, engine=job.engine, size=job.size,
                               device=cfg.device, model_config=job.model_config, class_label=job.class_label,
                               prior=job.prior)
-        clean, y, notes = read_input(job)
-        frame = tuple(clean.shape[-2:]) if clean is not None else clean_frame(cfg.spec, tuple(y.shape[-2:]))
-        frames = (clean if clean is not None else y).shape[0]
-        cfg = dataclasses.replace(cfg, frames=frames, size=frame,
-                                  spec=with_time_boundary(cfg.spec, video_boundary(job, frames)))
+        frames_read, notes = input_frames(job)
+        clean, y = _whole(job, list(frames_read))
+        clip = clean if clean is not None else y
+        cfg = fitted_config(job, cfg, tuple(clip.shape[-2:]), frames=clip.shape[0])
+        frames = cfg.frames
+        if rank == 0:
+            _say_assumed_mask(job, cfg)
         solver = Solver(model, cfg, group=dist.group.WORLD)
         if clean is not None:                    # the whole video's measurement, as one process makes it
             op = from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed, device=solver.device, dtype=torch.float32)
@@ -475,38 +609,48 @@ def settings(job: Job, cfg: SolverConfig) -> dict:
 # ----------------------------------------------------------------------------- input
 
 
-def read_input(job: Job):
-    """(clean clip or None, measurement or None, notes): what INPUT holds, and every change made to it.
+def input_frames(job: Job) -> tuple[Iterator[torch.Tensor], list[str]]:
+    """(INPUT's frames [3, H, W] in [0, 1], one at a time, each checked; notes): every change made to them.
 
     Every frame at its own size, unless --frames keeps the first N, or --size centre-crops and
     resizes a clean clip to a square (the paper's protocol). Each change is logged and noted.
     """
-    from engine.video_io import read_video, square_clip, validate_video
+    from engine.video_io import square_frame, stream_video
 
     if job.input is None:
         from engine.testclips import demo_clip
 
-        return demo_clip(frames=job.frames or DEFAULT_FRAMES, size=job.size or 256), None, []
-    clip = read_video(job.input, size=None, frames=job.frames)
-    notes = []
+        return iter(demo_clip(frames=job.frames or DEFAULT_FRAMES, size=job.size or 256)), []
+    frames = stream_video(job.input, frames=job.frames)
     if job.measured:
-        return None, validate_video(clip), notes
-    h, w = clip.shape[-2:]
+        return frames, []
+    first = next(frames)
+    h, w = first.shape[-2:]
+    frames, notes = chain([first], frames), []
     if job.size is not None and (h, w) != (job.size, job.size):
         side = min(h, w)
         crop = f"centre-cropped {w}x{h} frames to {side}x{side} and " if h != w else f"{w}x{h} frames "
         notes.append(f"{crop}resized to {job.size}x{job.size} (--size)")
-        clip = square_clip(clip, job.size)
-    if min(clip.shape[-2:]) < MIN_SCORED_SIZE:
-        raise InputError(f"frames of {clip.shape[-1]}x{clip.shape[-2]} are too small to score (SSIM needs "
+        frames, (h, w) = (square_frame(frame, job.size) for frame in frames), (job.size, job.size)
+    if min(h, w) < MIN_SCORED_SIZE:
+        raise InputError(f"frames of {w}x{h} are too small to score (SSIM needs "
                          f"{MIN_SCORED_SIZE}x{MIN_SCORED_SIZE}); pass --measured to restore without scoring")
-    return validate_video(clip), None, _logged(notes)
+    return frames, _logged(notes)
 
 
-def video_boundary(job: Job, frames: int) -> str:
+def _whole(job: Job, frames: list) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(clean clip, None), or (None, measurement) with --measured: INPUT's frames as one clip [N, 3, H, W]."""
+    from engine.video_io import validate_video
+
+    clip = validate_video(torch.stack(frames))
+    return (None, clip) if job.measured else (clip, None)
+
+
+def video_boundary(job: Job, frames: Optional[int]) -> str:
     """The temporal boundary a spec without one gets: circular for a paper --task on its 16-frame clips
     (the paper's protocol and public code) and for --blind (Algorithm 2 fits circular PSFs), replicate
-    (the end frames held, as a camera's exposure would) for a whole video."""
+    (the end frames held, as a camera's exposure would) for a whole video and for a streamed one
+    (`frames` None: windows cannot wrap its end onto its start)."""
     paper = job.task is not None and frames == DEFAULT_FRAMES
     return "circular" if paper or job.blind else "replicate"
 

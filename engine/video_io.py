@@ -12,16 +12,24 @@ square and resized (bilinear, antialiased) to `size × size`. Supported inputs:
 Every failure a user can cause raises `InputError` with one line naming the path.
 Writers are atomic (engine.fileio): they write a temporary file or folder beside the target and
 rename it into place, so a failed run leaves no half-written output.
+
+Streaming (a video longer than memory): `stream_video` yields checked frames one at a time, and
+`video_writer` / `frames_writer` take frames one at a time, holding none of them:
+
+    with video_writer("out.mp4", fps=25) as append_mp4, frames_writer("frames") as append_png:
+        for frame in stream_video("in.mp4"):          # [3, H, W] float32 in [0, 1]
+            append_mp4(frame); append_png(frame)
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -38,9 +46,12 @@ FRAME_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 ARRAY_EXTS = (".npy", ".pt")
 RANGE_TOL = 1e-3  # values within [-tol, 1 + tol] count as in range (resampling round-off)
 _MP4_QUALITY = 8  # imageio-ffmpeg scale 0..10; 8 gives libx264 crf 10 (visually lossless)
+#: the mp4 encoding of every writer: H.264, yuv420p, any (even) frame size
+_MP4_OPTIONS = {"codec": "libx264", "pixelformat": "yuv420p", "macro_block_size": 1, "quality": _MP4_QUALITY}
 _FRAME_NAME = re.compile(r"frame_\d{4,}\.png")
 
-__all__ = ["read_video", "iter_frames", "frame_files", "write_video", "write_frames", "validate_video"]
+__all__ = ["read_video", "iter_frames", "stream_video", "frame_files", "declared_frames", "write_video",
+           "write_frames", "video_writer", "frames_writer", "validate_video", "square_frame"]
 
 
 # ----------------------------------------------------------------------------- checks
@@ -115,6 +126,43 @@ def iter_frames(path: str | os.PathLike) -> Iterator[torch.Tensor]:
         raise InputError(f"{path}: no such file or folder")
     for frame in _read_frames(path):
         yield _hwc_to_chw(frame, path) if isinstance(frame, np.ndarray) else frame
+
+
+def stream_video(path: str | os.PathLike, *, frames: int | None = None) -> Iterator[torch.Tensor]:
+    """The frames of a clip one at a time at their own size: float32 `[3, H, W]` in `[0, 1]`.
+
+    Each frame is checked as it is decoded (`validate_video`; the message names the path and
+    the frame); `frames` keeps the first N (fewer is an `InputError`, raised at the end).
+    Only the frame being yielded is held (`.npy`/`.pt` arrays are loaded whole by their readers).
+    """
+    path = Path(path)
+    with closing(iter_frames(path)) as decoded:
+        for i, frame in enumerate(_select(decoded, 0, frames, path, exact=frames is not None)):
+            x = _to_unit_float(frame)  # [3, H, W]
+            try:
+                validate_video(x[None])
+            except InputError as err:
+                raise InputError(f"{path}: frame {i}: {err}") from None
+            yield x.clamp(0.0, 1.0)
+
+
+def declared_frames(path: str | os.PathLike) -> int | None:
+    """The frame count a clip declares without decoding it (a video's duration × rate, a folder's
+    images, an array's length), or None; a hint (a progress bar's total), not a promise."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    try:
+        if path.is_dir():
+            return len(frame_files(path)) or None
+        if ext == ".npy":
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+            return shape[1] if len(shape) == 4 and shape[0] == 3 and shape[1] != 3 else shape[0]
+        if ext in VIDEO_EXTS:
+            meta = _imageio().immeta(path, plugin="FFMPEG")
+            return round(meta["duration"] * meta["fps"]) or None
+    except Exception:  # noqa: BLE001 - a clip that does not declare its length simply has no hint
+        return None
+    return None
 
 
 def _read_frames(path: Path) -> Iterator[np.ndarray | torch.Tensor]:
@@ -223,10 +271,10 @@ def _prepare(frame: torch.Tensor, size: int | None) -> torch.Tensor:
     return F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
 
 
-def square_clip(clip: torch.Tensor, size: int) -> torch.Tensor:
-    """Centre-crop each frame of `[N, 3, H, W]` to a square and resize it to `size` (antialiased): the
-    paper's protocol.  → `[N, 3, size, size]`"""
-    return torch.stack([_prepare(frame, size) for frame in clip])
+def square_frame(frame: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre-crop a frame `[3, H, W]` to a square and resize it to `size` (antialiased): the paper's
+    protocol.  → `[3, size, size]`"""
+    return _prepare(frame, size)
 
 
 def frame_rate(path: str | os.PathLike) -> float | None:
@@ -292,22 +340,51 @@ def write_frames(folder: str | os.PathLike, video: torch.Tensor) -> Path:
     """
     folder = Path(folder)
     _check(video, folder)
+    with frames_writer(folder, digits=max(4, len(str(len(video) - 1)))) as append:
+        for frame in video:
+            append(frame)
+    log.debug("wrote %d frames to %s", len(video), folder)
+    return folder
+
+
+@contextmanager
+def video_writer(path: str | os.PathLike, fps: float = 8) -> Iterator[Callable[[torch.Tensor], None]]:
+    """`with video_writer(path, fps) as append: append(frame)` — an H.264 mp4 (as `write_video`) written a
+    frame `[3, H, W]` in [0, 1] at a time; it appears at `path` only when the block ends without error."""
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        writer = _imageio_v2().get_writer(tmp, format="FFMPEG", fps=fps, **_MP4_OPTIONS)
+        with closing(writer):
+            yield lambda frame: writer.append_data(_to_uint8_hwc(_pad_to_even(_checked_frame(frame, path)))[0])
+    log.debug("wrote %s (%g fps)", path, fps)
+
+
+@contextmanager
+def frames_writer(folder: str | os.PathLike, *, digits: int = 4) -> Iterator[Callable[[torch.Tensor], None]]:
+    """`with frames_writer(folder) as append: append(frame)` — `frame_0000.png …` (as `write_frames`) written a
+    frame `[3, H, W]` in [0, 1] at a time into a folder swapped in for `folder` when the block ends without error.
+
+    An existing `folder` is replaced only if it holds nothing but `frame_*.png` files.
+    """
+    folder = Path(folder)
     if folder.exists() and not _is_frames_folder(folder):
         raise InputError(f"{folder}: exists and holds other files; refusing to replace it")
-    frames = _to_uint8_hwc(video)
-    iio = _imageio()
-    digits = max(4, len(str(len(frames) - 1)))
+    iio, index = _imageio(), itertools.count()
     with atomic_folder(folder) as tmp:
-        for i, frame in enumerate(frames):
-            _write_png(iio, tmp / f"frame_{i:0{digits}d}.png", frame)
-    log.debug("wrote %d frames to %s", len(frames), folder)
-    return folder
+        yield lambda frame: _write_png(iio, tmp / f"frame_{next(index):0{digits}d}.png",
+                                       _to_uint8_hwc(_checked_frame(frame, folder))[0])
+
+
+def _checked_frame(frame: torch.Tensor, path: Path) -> torch.Tensor:
+    """One frame `[3, H, W]` as a one-frame clip `[1, 3, H, W]`, checked as `_check` checks a clip."""
+    clip = frame[None] if isinstance(frame, torch.Tensor) else frame
+    _check(clip, path)
+    return clip
 
 
 def _encode_mp4(iio, path: Path, frames: np.ndarray, fps: int) -> None:
     """Encode uint8 `[N, H, W, 3]` with libx264 / yuv420p at `fps`."""
-    iio.imwrite(path, frames, plugin="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p",
-                macro_block_size=1, quality=_MP4_QUALITY)
+    iio.imwrite(path, frames, plugin="FFMPEG", fps=fps, **_MP4_OPTIONS)
 
 
 def _write_png(iio, path: Path, frame: np.ndarray) -> None:
@@ -355,6 +432,14 @@ def _imageio():
             "pip install 'video-inverse-engine[video]'"
         ) from err
     return iio
+
+
+def _imageio_v2():
+    """`imageio.v2` (its writers append frame by frame), imported on first use."""
+    _imageio()
+    import imageio.v2
+
+    return imageio.v2
 
 
 def _first_line(err: BaseException) -> str:

@@ -310,3 +310,72 @@ def test_write_frames_refuses_a_folder_with_other_files(tmp_path):
         write_frames(tmp_path / "photos", quantised_clip(n=1))
     assert_one_line(err, "photos", "refusing")
     assert os.listdir(tmp_path / "photos") == ["holiday.jpg"]
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+def test_stream_video_yields_checked_frames_one_at_a_time(tmp_path):
+    x = quantised_clip(n=4, h=16, w=24)
+    write_frames(tmp_path / "frames", x)
+    frames = video_io.stream_video(tmp_path / "frames")
+    first = next(frames)                                                # [3, H, W] float32, own size
+    assert first.dtype == torch.float32 and torch.equal(first, x[0])
+    assert torch.equal(torch.stack([first, *frames]), x)
+    assert torch.equal(torch.stack(list(video_io.stream_video(tmp_path / "frames", frames=2))), x[:2])
+    with pytest.raises(InputError) as err:
+        list(video_io.stream_video(tmp_path / "frames", frames=5))
+    assert_one_line(err, "frames", "has 4 frames")
+
+
+def test_stream_video_names_the_bad_frame(tmp_path):
+    x = quantised_clip(n=4)
+    x[2, 0, 0, 0] = float("nan")
+    np.save(tmp_path / "clip.npy", x.numpy())
+    frames = video_io.stream_video(tmp_path / "clip.npy")
+    next(frames), next(frames)                                          # the frames before it come through
+    with pytest.raises(InputError) as err:
+        next(frames)
+    assert_one_line(err, "clip.npy", "frame 2", "NaN")
+
+
+def test_streamed_writers_write_what_the_clip_writers_write(tmp_path):
+    x = quantised_clip(n=6, h=16, w=22)
+    write_video(tmp_path / "whole.mp4", x, fps=12)
+    write_frames(tmp_path / "whole", x)
+    with video_io.video_writer(tmp_path / "streamed.mp4", fps=12) as mp4, \
+            video_io.frames_writer(tmp_path / "streamed") as png:
+        for frame in x:
+            mp4(frame)
+            png(frame)
+    assert torch.equal(read_video(tmp_path / "streamed.mp4", size=None), read_video(tmp_path / "whole.mp4", size=None))
+    assert sorted(os.listdir(tmp_path / "streamed")) == sorted(os.listdir(tmp_path / "whole"))
+    assert torch.equal(read_video(tmp_path / "streamed", size=None), x)
+    assert video_io.frame_rate(tmp_path / "streamed.mp4") == pytest.approx(12)
+
+
+def test_a_failed_stream_writes_nothing(tmp_path):
+    x = quantised_clip(n=3, h=16, w=16)
+    with pytest.raises(RuntimeError, match="mid-stream"):
+        with video_io.video_writer(tmp_path / "out.mp4", fps=8) as mp4, video_io.frames_writer(tmp_path / "f") as png:
+            for frame in x:
+                mp4(frame)
+                png(frame)
+            raise RuntimeError("mid-stream")
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(InputError) as err:
+        with video_io.frames_writer(tmp_path / "f") as png:
+            png(torch.full((3, 8, 8), float("nan")))
+    assert_one_line(err, "NaN")
+    assert os.listdir(tmp_path) == []
+
+
+def test_declared_frames_reads_no_frame(tmp_path):
+    x = quantised_clip(n=7, h=16, w=16)
+    write_video(tmp_path / "clip.mp4", x, fps=10)
+    write_frames(tmp_path / "frames", x)
+    np.save(tmp_path / "public.npy", x.permute(1, 0, 2, 3).numpy())       # [3, N, H, W]
+    for name in ("clip.mp4", "frames", "public.npy"):
+        assert video_io.declared_frames(tmp_path / name) == 7, name
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    assert video_io.declared_frames(tmp_path / "broken.mp4") is None
