@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "them at their own size; a checkpoint's network then sees overlapping tiles of its size)")
     p.add_argument("--max-frames", type=int, metavar="W",
                    help="restore a video longer than W frames in windows of W frames, each pinning the previous "
-                        "window's last restored frames (engine.windows; plain CG, cold start, shared noise), "
+                        "window's last restored frames (engine.windows; cold start, shared noise), "
                         "reading and writing it frame by frame (no baselines); default: whole")
     p.add_argument("--batch", type=int, default=16,
                    help="frames (or tiles) per network call, B (default 16): sets the network's memory, not the result")
@@ -357,8 +357,8 @@ def restore_in_windows(folder: Path, job: Job, cfg: SolverConfig, model, frames:
     if cfg.start is not None:
         log.warning("windows start cold: the warm start (--start %d) does not apply", cfg.start)
     restorer = VideoRestorer(make_network(model, cfg), cfg.spec, cfg.frame, window=job.max_frames, nfe=cfg.nfe,
-                             eta=cfg.eta, cg_iters=cfg.cg_iters, gamma=cfg.gamma, seed=job.seed,
-                             mask_seed=cfg.mask_seed, device=cfg.device)
+                             eta=cfg.eta, cg_iters=cfg.cg_iters, gamma=cfg.gamma, cg_precond=cfg.cg_precond,
+                             seed=job.seed, mask_seed=cfg.mask_seed, device=cfg.device)
     held = deque()                                    # clean frames read and not yet scored
     y = frames if job.measured else restorer.measure(_kept(frames, held), sigma_y=job.sigma_y, seed=job.seed + 1)
     scores, sheet, fps, total = FrameScores(), FirstFrames(SHEET_FRAMES), _output_fps(job), _declared_frames(job)
@@ -380,7 +380,7 @@ def restore_in_windows(folder: Path, job: Job, cfg: SolverConfig, model, frames:
             if bar.disable and count % every == 0:
                 log.info("restored %d frames", count)
     seconds = time.perf_counter() - t0
-    cfg = dataclasses.replace(cfg, frames=count, cg_precond=None)        # the frames read; windows run plain CG
+    cfg = dataclasses.replace(cfg, frames=count)                         # the frames read
     report = {"written_by": WRITTEN_BY, "settings": settings(job, cfg),
               "windows": {"max_frames": job.max_frames, "lag": restorer.lag, "streamed": True,
                           "measurement_frames_held_peak": restorer.frames_held_peak},

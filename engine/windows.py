@@ -46,9 +46,11 @@ from typing import Iterable, Iterator, Optional
 
 import torch
 
+from engine.cg import DEFAULT_DELTA, preconditioner
 from engine.errors import InputError
 from engine.operators import from_spec
 from engine.operators.base import LinearOperator
+from engine.operators.temporal import frame_preconditioner, frames_operator
 from engine.sampler import EpsModel, draw_noise, reverse_process
 from engine.schedule import ddim_steps
 from engine.tiling import micro_batched
@@ -167,8 +169,12 @@ class WindowOperator(LinearOperator):
                  dtype=torch.float32):
         self.kernels = "torch"
         self._T = T.to(device=device, dtype=dtype)                    # [R, F]
-        self._TtT = (T.T @ T).to(device=device, dtype=dtype)          # [F, F], formed in float64
         self._S = spatial
+        self._TtT64 = T.T @ T                                           # [F, F], formed in float64
+        self._TtT = self._TtT64.to(device=device, dtype=dtype)
+        self._spatial_gain = spatial.normal_gain if spatial is not None else 1.0
+        #: the largest eigenvalue of AᵀA = ‖T_winᵀT_win‖·‖SᵀS‖ (engine.cg's preconditioner scales δ by it)
+        self.normal_gain = float(torch.linalg.eigvalsh(self._TtT64)[-1]) * self._spatial_gain if T.numel() else 0.0
         out_frame = tuple(spatial.out_shape[1:]) if spatial is not None else (3, *frame)
         self.in_shape = (T.shape[1], 3, *frame)
         self.out_shape = (T.shape[0], *out_frame)
@@ -186,6 +192,11 @@ class WindowOperator(LinearOperator):
         """AᵀA x = (T_winᵀT_win) ⊗ (SᵀS) x.  [F, 3, H, W] → [F, 3, H, W]"""
         z = x if self._S is None else self._S.A_adjoint_A(x)
         return along_frames(self._TtT.to(x.dtype), z)
+
+    def frame_preconditioner(self, phi, *, device=None, dtype=None):
+        """v ↦ φ(g·T_winᵀT_win) v along the window's frames, g = ‖SᵀS‖ (engine.cg.preconditioner).  [F, ...] → [F, ...]"""
+        P = frame_preconditioner(self._TtT64, lambda lam: phi(self._spatial_gain * lam))
+        return frames_operator(P, "torch", device=device, dtype=dtype)
 
     def _spatial(self, x: Tensor) -> Tensor:
         return x if self._S is None else self._S.A(x)
@@ -235,8 +246,9 @@ class VideoRestorer:
 
     def __init__(self, eps_model: EpsModel, spec: str, frame: tuple[int, int], *, window: Optional[int] = None,
                  memory_budget: Optional[int] = None, nfe: int = 20, eta: float = 0.15, cg_iters: int = 5,
-                 gamma: Optional[float] = None, seed: int = 0, mask_seed: int = 0, batch: Optional[int] = None,
-                 lag: Optional[int] = None, device="cpu", dtype: torch.dtype = torch.float32):
+                 gamma: Optional[float] = None, cg_precond: Optional[float] = DEFAULT_DELTA, seed: int = 0,
+                 mask_seed: int = 0, batch: Optional[int] = None, lag: Optional[int] = None, device="cpu",
+                 dtype: torch.dtype = torch.float32):
         self.term, spatial_spec = split_spec(spec)
         self.frame = (int(frame[0]), int(frame[1]))
         self.device, self.dtype = torch.device(device), dtype
@@ -244,7 +256,7 @@ class VideoRestorer:
             spatial_spec, (1, 3, *self.frame), seed=mask_seed, device=device, dtype=dtype, kernels="torch")
         self.eps_model = eps_model if batch is None else micro_batched(eps_model, batch)
         self.steps = ddim_steps(nfe, eta)
-        self.cg_iters, self.gamma = cg_iters, gamma
+        self.cg_iters, self.gamma, self.cg_precond = cg_iters, gamma, cg_precond
         self.noise = draw_noise(seed, nfe, (1, 3, *self.frame)).to(device=self.device, dtype=dtype)  # [K+1, 1, 3, H, W]
         self.lag = self.term.context if lag is None else lag
         if isinstance(self.lag, bool) or not isinstance(self.lag, int) or self.lag < 0:
@@ -353,8 +365,9 @@ class VideoRestorer:
             y = y - self._operator(T[:, :P]).A(pinned)
         op = self._operator(T[:, P:])
         log.debug("window frames [%d, %d), rows [%d, %d), %d pinned", win.start, win.stop, *win.rows, P)
+        precond = preconditioner(op, self.gamma, self.cg_precond, device=self.device, dtype=self.dtype)
         return reverse_process(self.eps_model, y, op, self.noise, self.steps, cg_iters=self.cg_iters,
-                               gamma=self.gamma)
+                               gamma=self.gamma, precond=precond)
 
     def _hold(self, frames: int) -> None:
         self.frames_held_peak = max(self.frames_held_peak, frames)

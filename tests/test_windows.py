@@ -65,6 +65,20 @@ def test_window_operator_dot_test(spec):
     assert torch.allclose(op.A_adjoint_A(z), op.A_adjoint(op.A(z)), rtol=0, atol=1e-12)
 
 
+def test_window_preconditioner_inverts_the_regularised_system():
+    """A window's CG preconditioner is (I + γ g T_winᵀT_win)⁻¹ ⊗ I for the regularised system (g = ‖SᵀS‖ = 1/4
+    for 2× SR): applied after I + γ AᵀA it gives back any clip spread evenly over each pooling cell."""
+    from engine.cg import preconditioner
+
+    r = VideoRestorer(PRIOR, "temporal:uniform:7:replicate+sr:2", (6, 8), window=9, dtype=F64)
+    win = plan_window(r.term, 6, 15, last=False, lag=6)
+    op = r._operator(frame_matrix(r.term, win.rows, (win.context, win.stop), end=None)[:, win.start - win.context:])
+    P = preconditioner(op, 2.0, device="cpu", dtype=F64)
+    z = torch.rand(op.in_shape[0], 3, 3, 4, dtype=F64).repeat_interleave(2, -1).repeat_interleave(2, -2)
+    assert torch.allclose(P(z + 2.0 * op.A_adjoint_A(z)), z, rtol=0, atol=1e-12)
+    assert op.normal_gain == pytest.approx(float(torch.linalg.eigvalsh(op._TtT64)[-1]) / 4)
+
+
 @pytest.mark.parametrize("window,lag", [(5, 0), (8, 6), (9, 3)])
 def test_pinned_frames_enter_as_known_terms(window, lag):
     """Every window's rows of y = A x equal A_win x[free] + the pinned frames' term, exactly; rows cover y."""
@@ -94,7 +108,7 @@ def test_whole_video_path_is_the_engines_operator_and_sampler():
     y = op.A(x)
     r = VideoRestorer(PRIOR, spec, frame, gamma=2.0, seed=3, **SETTINGS)
     assert torch.allclose(r.operator(n).A(x), y, rtol=0, atol=1e-14)
-    expected = sample(PRIOR, y, op, nfe=4, eta=0.15, cg_iters=3, gamma=2.0, seed=3, precond_delta=None)  # windows: plain CG
+    expected = sample(PRIOR, y, op, nfe=4, eta=0.15, cg_iters=3, gamma=2.0, seed=3)      # preconditioned, as windows are
     assert torch.allclose(restored(r, y), expected, rtol=0, atol=1e-10)
 
 
