@@ -49,8 +49,8 @@ from engine.backends import BACKENDS, GRAPH_BACKENDS
 from engine.baselines import admm_tv, cg_baseline
 from engine.checkpoint import MODEL_CONFIG_SYNTAX, parse_model_config
 from engine.cli import command
-from engine.distributed import (gather_frames, gather_records, init_from_environment, launched_by_torchrun,
-                                one_failure_for_all)
+from engine.distributed import (frame_ranges, gather_frames, gather_records, init_from_environment,
+                                launched_by_torchrun, one_failure_for_all)
 from engine.errors import InputError
 from engine.figures import contact_sheet, save_png
 from engine.fileio import atomic_folder, atomic_write_json
@@ -478,9 +478,10 @@ def _declared_frames(job: Job) -> Optional[int]:
 def run_sharded(job: Job, cfg: SolverConfig) -> Optional[Path]:
     """`run` in a process torchrun started: one video restored by every process of the job (#17).
 
-    Every process reads the input and keeps its own frames (engine.distributed.frame_ranges; the
-    measurement of a clean input is made over the whole video first, so its noise is the single-process
-    run's), restores them with a sharded Solver (network on its frames, CG across all of them), and
+    Every process keeps its own frames (engine.distributed.frame_ranges): of a --measured video it
+    decodes and holds those frames only (`_own_measurement`); a clean input is read whole, its
+    measurement made over the whole video so its noise is the single-process run's. It restores them
+    with a sharded Solver (network on its frames, CG across all of them), and
     sends them to process 0, which alone claims --out, writes the outputs atomically and records in
     metrics.json the world size and each process's frames and seconds (network, CG, communication).
     A process that fails makes every process fail with its message (`one_failure_for_all`); process 0's
@@ -502,22 +503,30 @@ def _run_shard(job: Job, cfg: SolverConfig, rank: int, world: int) -> Optional[P
         model, _ = load_model(job.checkpoint, backend=cfg.backend, engine=job.engine, size=job.size,
                               device=cfg.device, model_config=job.model_config, class_label=job.class_label,
                               prior=job.prior)
-        frames_read, notes = input_frames(job)
-        clean, y = _whole(job, list(frames_read))
-        clip = clean if clean is not None else y
-        cfg = fitted_config(job, cfg, tuple(clip.shape[-2:]), frames=clip.shape[0])
-        frames = cfg.frames
+        if job.measured:                         # this process's frames only: [start, stop) of a first count
+            frames, first, own_rows = _own_measurement(job, rank, world)
+            clean, notes = None, []
+            cfg = fitted_config(job, cfg, tuple(first.shape[-2:]), frames=frames)
+        else:                                    # the whole clip: its measurement is made as one process makes it
+            frames_read, notes = input_frames(job)
+            clean, _ = _whole(job, list(frames_read))
+            cfg = fitted_config(job, cfg, tuple(clean.shape[-2:]), frames=clean.shape[0])
+            frames = cfg.frames
         if rank == 0:
             _say_assumed_mask(job, cfg)
         solver = Solver(model, cfg, group=dist.group.WORLD)
-        if clean is not None:                    # the whole video's measurement, as one process makes it
-            op = from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed, device=solver.device, dtype=torch.float32)
-            y = measure(op, as_tensor(clean, solver.device, torch.float32), sigma_y=job.sigma_y, seed=job.seed + 1)
         shard = solver.shard
         start, stop = (shard.start, shard.stop) if shard else (0, frames)
-        restored, record = _restore_shard(solver, y[start:stop], job.seed, rank)
-        restored = gather_frames(restored, solver.comm) if solver.comm is not None else restored
-        records = gather_records(record, solver.comm) if solver.comm is not None else [record]
+        if clean is not None:
+            op = from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed, device=solver.device, dtype=torch.float32)
+            y = measure(op, as_tensor(clean, solver.device, torch.float32), sigma_y=job.sigma_y, seed=job.seed + 1)
+            own_rows = y[start:stop]
+        restored, record = _restore_shard(solver, own_rows, job.seed, rank)
+        if solver.comm is not None:
+            restored, records = gather_frames(restored, solver.comm), gather_records(record, solver.comm)
+            y = y if clean is not None else gather_frames(own_rows, solver.comm)
+        else:
+            records, y = [record], (y if clean is not None else own_rows)
         if rank != 0:
             return None
         seconds = max(r["seconds"] for r in records)
@@ -535,6 +544,20 @@ def _run_shard(job: Job, cfg: SolverConfig, rank: int, world: int) -> Optional[P
         write_outputs(tmp, job, clean, y, restored, report, fps=_output_fps(job))
     log.info("wrote restored.mp4, measurement.mp4, frames/, metrics.json and comparison.png to %s", job.out)
     return job.out.resolve()
+
+
+def _own_measurement(job: Job, rank: int, world: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(N, the first frame, this process's measurement frames [n_p, 3, H', W']): INPUT streamed twice, the
+    first pass counting its frames (one held at a time), the second keeping frames [start, stop) only."""
+    frames, first = 0, None
+    for frame in input_frames(job)[0]:
+        first = frame if first is None else first
+        frames += 1
+    start, stop = frame_ranges(frames, world)[rank]
+    own = list(islice(input_frames(job)[0], start, stop))
+    if len(own) != stop - start:
+        raise InputError(f"{job.input} gave {start + len(own)} frames on a second read, {frames} on the first")
+    return frames, first, torch.stack(own)
 
 
 def _restore_shard(solver: Solver, y, seed: int, rank: int):
