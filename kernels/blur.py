@@ -17,7 +17,9 @@ with a table M [L, 2R + 1] of its diagonals, built on the device from the taps b
                     B[i, s] = Σ_j k[j] · [ext(i + p − j) = s]  (0 where t + d ∉ [0, L)).
 
 The 2-D operator is B ⊗ B (rows, then columns), so A = B_W B_H, Aᵀ = B_Hᵀ B_Wᵀ and
-AᵀA = (B_HᵀB_H)(B_WᵀB_W): two passes over the clip each.
+AᵀA = (B_HᵀB_H)(B_WᵀB_W): two passes over the clip each. A program of a pass owns lines of one
+plane [H, W], its pointers offset to the plane in int64 (N·C·H·W may pass 2³¹; offsets within a
+plane are int32).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import triton
 import triton.language as tl
 
 from engine.errors import InputError
-from kernels.common import ACC, NUM_WARPS, check, next_pow2, on_device, output, wrap
+from kernels.common import ACC, NUM_WARPS, check, check_frame, next_pow2, on_device, output, wrap
 
 Tensor = torch.Tensor
 
@@ -118,26 +120,31 @@ def _band_pass_kernel(
     tab_ptr,                # *ACC  diagonals [L, 2R + 1] of the banded matrix along the axis (L = H or W)
     out_ptr,                # *T    output [planes, H, W]
     H,                      # plane height
-    W,                      # plane width
-    LINES,                  # independent lines: planes·W (AXIS 0) or planes·H (AXIS 1)
+    W,                      # plane width (H·W ≤ MAX_FRAME)
+    CHUNKS,                 # programs per plane along its lines, ⌈(W (AXIS 0) or H (AXIS 1)) / BL⌉
     R,                      # half bandwidth
     AXIS: tl.constexpr,     # 0: along H, 1: along W
     WRAP: tl.constexpr,     # circular: t + d modulo L (else masked outside [0, L))
-    BL: tl.constexpr,       # lines per program
+    BL: tl.constexpr,       # lines per program, all in one plane
     BT: tl.constexpr,       # positions t along the axis per program
     ACC: tl.constexpr,      # compute dtype
 ):
-    line = tl.program_id(0) * BL + tl.arange(0, BL)                     # [BL]
+    first = (tl.program_id(0) // CHUNKS).to(tl.int64) * H * W          # the plane's first pixel, int64
+    xs, outs = x_ptr + first, out_ptr + first                           # offsets within the plane are int32
+    line = (tl.program_id(0) % CHUNKS) * BL + tl.arange(0, BL)          # [BL]
     t = tl.program_id(1) * BT + tl.arange(0, BT)                        # [BT]
-    if AXIS == 0:                                                       # line = (plane, column), t = row
+    if AXIS == 0:                                                       # line = column, t = row
         length = H
-        base = (line // W) * H * W + line % W
+        lines = W
+        base = line
         step = W
-    else:                                                               # line = (plane, row), t = column
+    else:                                                               # line = row, t = column
         length = W
+        lines = H
         base = line * W
         step = 1
-    ok = (line < LINES)[:, None] & (t < length)[None, :]
+    ok = (line < lines)[:, None] & (t < length)[None, :]
+    # each element's int32 offset is summed before the one pointer add: two adds cost 8 registers (fp16, AXIS 1)
     acc = tl.zeros([BL, BT], dtype=ACC)
     for e in range(0, 2 * R + 1):
         src = t + e - R
@@ -145,9 +152,9 @@ def _band_pass_kernel(
             src = wrap(src, length)
         src_ok = (src >= 0) & (src < length)
         coef = tl.load(tab_ptr + t * (2 * R + 1) + e, mask=t < length, other=0)
-        v = tl.load(x_ptr + base[:, None] + src[None, :] * step, mask=ok & src_ok[None, :], other=0)
+        v = tl.load(xs + (base[:, None] + src[None, :] * step), mask=ok & src_ok[None, :], other=0)
         acc += coef[None, :] * v.to(ACC)
-    tl.store(out_ptr + base[:, None] + t[None, :] * step, acc.to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(outs + (base[:, None] + t[None, :] * step), acc.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 def band_table(kernel: Tensor, length: int, mode, boundary: str) -> Tensor:
@@ -187,16 +194,18 @@ def band_pass(x: Tensor, tab: Tensor, axis: int, boundary: str, *, out: Tensor |
     length = (h, w)[axis]
     if tab.ndim != 2 or tab.shape[0] != length or tab.shape[1] % 2 == 0 or tab.device != x.device:
         raise InputError(f"blur: a table [{length}, 2R + 1] on {x.device} expected, got {tuple(tab.shape)}")
+    check_frame("blur", h * w, "plane")
     out = output("blur", out, x.shape, x)
-    lines = n * c * (w if axis == 0 else h)
+    lines = w if axis == 0 else h                   # per plane
     if axis == 0:                                   # lines are contiguous: at least 64 of them per tile
         bt = min(TILE // 64, next_pow2(length))
     else:                                           # positions are contiguous: up to 128 per tile
         bt = min(128, next_pow2(length))
-    bl = TILE // bt
-    grid = (triton.cdiv(lines, bl), triton.cdiv(length, bt))
+    bl = min(TILE // bt, next_pow2(lines))          # a program's lines lie in one plane
+    chunks = triton.cdiv(lines, bl)
+    grid = (n * c * chunks, triton.cdiv(length, bt))
     with on_device(x):
-        _band_pass_kernel[grid](x, tab, out, h, w, lines, tab.shape[1] // 2, AXIS=axis, WRAP=boundary == "circular",
+        _band_pass_kernel[grid](x, tab, out, h, w, chunks, tab.shape[1] // 2, AXIS=axis, WRAP=boundary == "circular",
                                 BL=bl, BT=bt, ACC=ACC[x.dtype], num_warps=NUM_WARPS)
     return out
 

@@ -195,7 +195,7 @@ def cg_residual(aty: Tensor, q: Tensor, c: float, bb: Tensor, *, x_hat: Tensor |
     aty, q: [*] contiguous, one dtype; x_hat given: the regularised system, b = x̂ + c·Aᵀy (else b = Aᵀy).
     Returns r₀ [*] and the number of programs (valid entries of bb, the same as `cg_dot`'s).
     """
-    check("cg", aty, q, *([] if x_hat is None else [x_hat]), sizes=False)
+    check("cg", aty, q, *([] if x_hat is None else [x_hat]))
     if aty.shape != q.shape or (x_hat is not None and x_hat.shape != aty.shape):
         raise InputError(f"cg: Aᵀy has shape {tuple(aty.shape)}, AᵀA x̂ {tuple(q.shape)}")
     if bb.shape != (GMAX,) or not bb.is_contiguous():
@@ -220,7 +220,7 @@ def cg_dot(r: Tensor, q: Tensor, part: Tensor, *, u: Tensor | None = None) -> in
 
     r, q (, u): one shape, contiguous. Returns the number of programs (valid columns of part).
     """
-    check("cg", r, q, *([] if u is None else [u]), sizes=False)
+    check("cg", r, q, *([] if u is None else [u]))
     rows = 2 if u is None else 4
     if r.shape != q.shape or (u is not None and u.shape != r.shape) or part.shape != (rows, GMAX) \
             or not part.is_contiguous():
@@ -243,7 +243,7 @@ def cg_update(x_in: Tensor, x_out: Tensor, r: Tensor, p: Tensor, s: Tensor, q: T
     previous iteration's state (None at the first); bb [GMAX]: ⟨b, b⟩'s partial sums from `cg_residual`,
     ε²·⟨b, b⟩ being the ⟨r, r⟩ at or below which α is 0 (engine.cg's rounding floor, ε of r's dtype).
     """
-    check("cg", x_in, x_out, r, p, s, q, *([] if u is None else [u]), sizes=False)
+    check("cg", x_in, x_out, r, p, s, q, *([] if u is None else [u]))
     if not (x_in.shape == x_out.shape == r.shape == p.shape == s.shape == q.shape) or \
             (u is not None and u.shape != r.shape):
         raise InputError("cg: x, r, p, s, P r and AᵀA r must share one shape")

@@ -55,9 +55,14 @@ NUM_WARPS = 4
 BLOCK = 1024
 
 
-def check(where: str, *tensors: Tensor, ndim: int | None = None, sizes: bool = True) -> None:
-    """InputError unless every tensor is contiguous, of one supported dtype, on one device that can run Triton,
-    and (`sizes`: for kernels with int32 offsets) under 2³¹ elements."""
+#: Elements of one frame (or plane) at most: kernels offset each program to its frame's first element in
+#: int64 and index inside the frame in int32, with a program's last tile allowed past the frame's end.
+MAX_FRAME = 2**31 - 2**16
+
+
+def check(where: str, *tensors: Tensor, ndim: int | None = None) -> None:
+    """InputError unless every tensor is contiguous, of one supported dtype, on one device that can run Triton.
+    Any element count: the kernels' offsets into a clip are int64 where they can pass 2³¹ (see `check_frame`)."""
     first = tensors[0]
     for t in tensors:
         if t.dtype not in ACC:
@@ -67,11 +72,17 @@ def check(where: str, *tensors: Tensor, ndim: int | None = None, sizes: bool = T
                              f"{t.dtype} on {t.device} and {first.dtype} on {first.device}")
         if not t.is_contiguous():
             raise InputError(f"{where}: Triton kernels take contiguous tensors")
-        if sizes and t.numel() >= 2**31:
-            raise InputError(f"{where}: tensors of 2³¹ elements or more are not supported (int32 offsets)")
     if ndim is not None and first.ndim != ndim:
         raise InputError(f"{where}: expected a {ndim}-d tensor, got shape {tuple(first.shape)}")
     check_runnable(where, first)
+
+
+def check_frame(where: str, elements: int, what: str = "frame") -> None:
+    """InputError unless one frame (or plane) of `elements` elements stays under MAX_FRAME: offsets within it are
+    int32."""
+    if elements > MAX_FRAME:
+        raise InputError(f"{where}: one {what} must have at most 2³¹ − 2¹⁶ elements (int32 offsets within it), "
+                         f"got {elements}")
 
 
 def check_runnable(where: str, t: Tensor) -> None:

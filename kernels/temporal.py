@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from engine.errors import InputError
-from kernels.common import ACC, NUM_WARPS, check, next_pow2, on_device, output, wrap_once
+from kernels.common import ACC, NUM_WARPS, check, check_frame, next_pow2, on_device, output, wrap_once
 from kernels.pool import block_offsets
 
 Tensor = torch.Tensor
@@ -89,7 +89,7 @@ def _frame_mix_kernel(
     mask_ptr,               # *T  keep-mask [H, W] (MASKED; else any valid pointer)
     out_ptr,                # *T  output clip [N, C, H, W]
     N,                      # frames
-    P,                      # elements per frame, C·H·W (< 2³¹; frame offsets n·P are int64)
+    P,                      # elements per frame, C·H·W (≤ MAX_FRAME; frame offsets n·P are int64)
     Q,                      # work items per frame: elements (POOL = 1) or s×s blocks (C·H/s·W/s)
     HW,                     # H·W, the mask's size
     hb,                     # H/s (POOL > 1)
@@ -177,7 +177,7 @@ def frame_mix(x: Tensor, kernel: Tensor, mode, boundary: str, *, autocorr: Tenso
     all contiguous, one dtype → [N, C, H, W].
     """
     tensors = [x, kernel] + [t for t in (autocorr, matrix, mask) if t is not None]
-    check("temporal", *tensors, ndim=4, sizes=False)                   # frame offsets are int64
+    check("temporal", *tensors, ndim=4)
     n, c, h, w = x.shape
     width = kernel.numel()
     if boundary not in BOUNDARIES:
@@ -203,7 +203,7 @@ def frame_matmul(P: Tensor, x: Tensor, *, out: Tensor | None = None) -> Tensor:
     """
     x = x.contiguous()
     P = P.to(x).contiguous()
-    check("temporal", x, P, ndim=4, sizes=False)
+    check("temporal", x, P, ndim=4)
     n = x.shape[0]
     if tuple(P.shape) != (n, n):
         raise InputError(f"temporal: a frame matrix [{n}, {n}] expected for {n} frames, got {tuple(P.shape)}")
@@ -225,6 +225,7 @@ def _launch(x: Tensor, kernel: Tensor, mode: int, boundary: str, *, autocorr: Te
         raise InputError(f"temporal: pooling by {pool} needs H and W divisible by it, and no mask")
     if mask is not None and mask.numel() != h * w:
         raise InputError(f"temporal: the mask has {mask.numel()} elements, the frames {h}×{w}")
+    check_frame("temporal", c * h * w)
     out = output("temporal", out, x.shape, x)
     np2, sp = next_pow2(n), next_pow2(pool)
     if pool > 1:
