@@ -25,7 +25,7 @@ eigenvalues Λ_n + ρ(μ_h + μ_w). Any other operator solves it with warm-start
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
