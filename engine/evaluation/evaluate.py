@@ -96,7 +96,7 @@ class EvalJob:
     sigma_ys: tuple[float, ...] = (0.0,)     # measurement noise levels σ_y
     gamma: float = 1.0                       # γ of the regularised CG when σ_y > 0
     converged_iters: int = 1000              # most iterations of cg-converged
-    admm_iters: tuple[int, int] = (30, 20)   # admm-tv's ADMM iterations, CG iterations per x-update
+    admm_iters: tuple[int, int] = (30, 20)   # admm-tv's ADMM iterations, CG iterations per x-update (unless exact)
     seed: int = 0                            # sampler seed; the measurement noise is seeded per clip from it
     checkpoint: Optional[Path] = None        # ADM checkpoint; None: `prior`
     engine: Optional[Path] = None            # TensorRT engine file (--backend tensorrt)
@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "a PSNR-versus-K plot")
     p.add_argument("--converged-iters", type=int, default=1000, help="most iterations of cg-converged (default 1000)")
     p.add_argument("--admm-iters", type=_numbers(int), default=(30, 20), metavar="OUTER,INNER",
-                   help="admm-tv's ADMM iterations and CG iterations per x-update (default 30,20)")
+                   help="admm-tv's ADMM iterations and CG iterations per x-update (default 30,20; a temporal PSF "
+                        "alone solves the x-update exactly and ignores INNER)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed; measurement noise is seeded per clip from it")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="network precision")
