@@ -8,6 +8,7 @@ Rows are appended to bench/results/prior_quality.jsonl with the commit and every
     python -m bench.prior_quality                                   # temporal k=7, σ_y = 0.05, 2 clips
     python -m bench.prior_quality --spec temporal:uniform:7+sr:4 --sigma-y 0 --eta 0.8
     python -m bench.prior_quality --priors ffdnet:0.3,ffdnet:0.6,gaussian --methods admm-tv,cg
+    python -m bench.prior_quality --save-clips clips/        # the clips as .npy files for python -m engine.evaluate
 
 Prior variants: `gaussian`; `ffdnet:S` (FFDNet where the step's noise σ_t ≤ S in [0, 1] units,
 the Gaussian prior above); `ffdnet:S:C` (the same, FFDNet's σ input clamped at C);
@@ -19,7 +20,9 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -83,7 +86,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--start", type=int, help="warm start at t0 (engine.schedule.warm_start; default: cold, T)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-record", action="store_true", help="print only, append nothing")
+    p.add_argument("--save-clips", type=Path, metavar="DIR",
+                   help="write the clean clips as the public code's .npy clips [3, N, H, W] into DIR (a --data "
+                        "folder for python -m engine.evaluate) and stop")
     return p.parse_args(argv)
+
+
+def save_clips(folder: Path, names: list[str], frames: int, size: int) -> list[Path]:
+    """Each clip of `names` as `folder/<name>.npy`, float32 [3, N, H, W] in [0, 1]."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.npy" for name in names]
+    for name, path in zip(names, paths):
+        np.save(path, clip(name, frames, size).permute(1, 0, 2, 3).numpy())
+    return paths
 
 
 def run(args) -> list[dict]:
@@ -144,6 +159,10 @@ def table(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
+    if args.save_clips is not None:
+        paths = save_clips(args.save_clips, args.clips.split(","), args.frames, args.size)
+        print("\n".join(map(str, paths)))
+        return 0
     rows = run(args)
     print(f"{args.spec}, sigma_y = {args.sigma_y}, {args.frames}x{args.size}x{args.size}, "
           f"NFE {args.nfe}, eta {args.eta}, l = {args.cg_iters}, start {args.start or 'T (cold)'}")

@@ -6,11 +6,18 @@ import torch
 from engine.baselines import (
     admm_tv,
     cg_baseline,
+    dct_basis,
     finite_difference,
     finite_difference_adjoint,
+    neumann_laplacian,
     soft_threshold,
+    tv_exact_solver,
+    tv_normal,
     tv_objective,
 )
+from engine.cg import conjugate_gradient
+from engine.errors import InputError
+from engine.operators import from_spec
 from engine.operators.base import LinearOperator
 
 
@@ -81,6 +88,105 @@ def test_finite_difference_values():
 def test_soft_threshold():
     v = torch.tensor([-2.0, -0.5, 0.0, 0.3, 1.5])
     torch.testing.assert_close(soft_threshold(v, 0.5), torch.tensor([-1.5, 0.0, 0.0, 0.0, 1.0]))
+    out = torch.empty_like(v)
+    assert soft_threshold(v, 0.5, out=out) is out and torch.equal(out, soft_threshold(v, 0.5))
+
+
+# ── the previous ADMM-TV (torch.diff / torch.stack, CG x-update), kept here as the reference ──
+
+def reference_difference(x):
+    return torch.stack([torch.diff(x, dim=d, append=x.narrow(d, -1, 1)) for d in (0, 2, 3)])
+
+
+def reference_difference_adjoint(v):
+    out = torch.zeros_like(v[0])
+    for v_d, d in zip(v, (0, 2, 3)):
+        inner = v_d.narrow(d, 0, v_d.shape[d] - 1)
+        edge = list(inner.shape)
+        edge[d] = 1
+        zero = inner.new_zeros(edge)
+        out = out - torch.diff(inner, dim=d, prepend=zero, append=zero)
+    return out
+
+
+def reference_admm_tv(op, y, outer=30, inner=20, rho=1.0, lam=1e-3):
+    Aty = op.A_adjoint(y)
+    x = torch.zeros_like(Aty)
+    z = torch.zeros((3, *x.shape), dtype=x.dtype)
+    u = torch.zeros_like(z)
+
+    def normal(v):
+        return op.A_adjoint_A(v) + rho * reference_difference_adjoint(reference_difference(v))
+
+    for _ in range(outer):
+        x = conjugate_gradient(normal, Aty + rho * reference_difference_adjoint(z - u), x, inner)
+        Dx = reference_difference(x)
+        z = torch.sign(Dx + u) * torch.clamp((Dx + u).abs() - lam / rho, min=0)
+        u = u + Dx - z
+    return x.clamp(0, 1)
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 7, 9), (1, 2, 4, 6), (4, 2, 1, 5)])
+def test_finite_differences_equal_the_reference_and_fill_buffers(shape):
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    v = torch.randn((3, *shape), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    Dx, DTv = torch.full_like(v, torch.nan), torch.full_like(x, torch.nan)   # stale contents must not leak
+    assert finite_difference(x, out=Dx) is Dx and finite_difference_adjoint(v, out=DTv) is DTv
+    torch.testing.assert_close(Dx, reference_difference(x), rtol=0, atol=0)
+    torch.testing.assert_close(DTv, reference_difference_adjoint(v), rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("spec", ["temporal:uniform:3", "temporal:uniform:3+sr:2", "inpaint:0.5"])
+def test_admm_tv_with_cg_equals_the_previous_algorithm_in_fp64(spec):
+    x_true = moving_square(n=6, h=8, w=10)
+    op = from_spec(spec, x_true.shape, dtype=torch.float64, kernels="torch")
+    y = op.A(x_true)
+    y = y + 0.02 * torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    x = admm_tv(op, y, outer=8, inner=6, x_update="cg")
+    torch.testing.assert_close(x, reference_admm_tv(op, y, outer=8, inner=6), rtol=0, atol=1e-10)
+
+
+def test_dct_basis_diagonalises_the_neumann_laplacian():
+    for n in (1, 2, 7, 16):
+        mu, V = dct_basis(n)
+        torch.testing.assert_close(V.T @ V, torch.eye(n, dtype=torch.float64), rtol=0, atol=1e-13)
+        torch.testing.assert_close(neumann_laplacian(n) @ V, V * mu, rtol=0, atol=1e-13)
+    L = neumann_laplacian(4)
+    eye = torch.eye(4, dtype=torch.float64)
+    D = torch.cat([eye[1:] - eye[:-1], torch.zeros(1, 4, dtype=torch.float64)])   # (D₁x)[i] = x[i+1] − x[i], last 0
+    assert torch.equal(L, D.T @ D)
+
+
+@pytest.mark.parametrize("spec", ["temporal:uniform:3:circular", "temporal:uniform:4:replicate",
+                                  "temporal:gaussian:1.0:zero"])
+def test_exact_x_update_equals_a_dense_solve(spec):
+    shape, rho = (5, 2, 6, 7), 0.7
+    op = from_spec(spec, shape, dtype=torch.float64, kernels="torch")
+    like = torch.zeros(shape, dtype=torch.float64)
+    normal = tv_normal(op, rho, like)
+    basis = torch.eye(like.numel(), dtype=torch.float64)
+    M = torch.stack([normal(e.reshape(shape)).reshape(-1).clone() for e in basis], dim=1)   # AᵀA + ρDᵀD
+    b = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    dense = torch.linalg.solve(M, b.reshape(-1)).reshape(shape)
+    torch.testing.assert_close(tv_exact_solver(op, rho, like)(b), dense, rtol=0, atol=1e-10 * dense.abs().max())
+
+
+def test_exact_admm_tv_equals_the_previous_algorithm_with_converged_inner_solves():
+    x_true = moving_square(n=7, h=9, w=11)
+    op = from_spec("temporal:uniform:3", x_true.shape, dtype=torch.float64, kernels="torch")
+    y = op.A(x_true) + 0.02 * torch.randn(x_true.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    x = admm_tv(op, y, outer=5)
+    torch.testing.assert_close(x, reference_admm_tv(op, y, outer=5, inner=70), rtol=0, atol=1e-10)
+    assert (x - reference_admm_tv(op, y, outer=5, inner=3)).abs().max() > 1e-4   # the test can tell the two apart
+
+
+def test_admm_tv_refuses_an_x_update_it_cannot_run():
+    op = from_spec("temporal:uniform:3+sr:2", (4, 3, 8, 8), dtype=torch.float64, kernels="torch")
+    y = torch.zeros(op.out_shape, dtype=torch.float64)
+    with pytest.raises(InputError, match="temporal PSF alone"):
+        admm_tv(op, y, x_update="exact")
+    with pytest.raises(InputError, match="unknown ADMM x-update"):
+        admm_tv(op, y, x_update="fft")
 
 
 def test_cg_baseline_matches_a_dense_solve():

@@ -2,6 +2,7 @@
 
     python -m engine.evaluate --data DAVIS --task temporal-k7 --checkpoint 256x256_diffusion_uncond.pt --out eval/k7
     python -m engine.evaluate --data clips/ --task temporal-k7 --prior gaussian --sigma-y 0,0.01,0.05 --limit 8 --out eval/noisy
+    python -m engine.evaluate --data clips/ --task temporal-k7 --sigma-y 0.05 --sweep-nfe 4,8,20 --start 400 --out eval/sweep
 
 Every clip of --data (prepared as engine.evaluation.data describes, cached under --cache) is
 degraded by the task's operator, plus N(0, σ_y²) noise for each --sigma-y value, and
@@ -14,6 +15,11 @@ restored by every method of --methods:
     cg-converged           the same until the relative residual stops improving (≤ --converged-iters)
     admm-tv                ADMM with anisotropic spatio-temporal TV (the paper's eq. 22)
 
+--start T0 starts the sampler's methods at t₀ = T0 from a CG estimate of the clip (the warm start of
+engine.schedule.warm_start) instead of pure noise at T. --sweep-nfe K1,K2,… runs them at every K of
+the list instead of the task's (or --nfe's) K, cold and, with --start, warm: each such run is its own
+row, "svi K=8 cold" or "svi K=8 t0=400"; the baselines run once, at --nfe's budget.
+
 Written into --out:
 
     run.json           the settings; rerunning with the same settings resumes (clips already in
@@ -25,6 +31,8 @@ Written into --out:
     summary.md/.csv/.json   Time (median s per clip), PSNR, SSIM, LPIPS, FVD × 1e-3 per σ_y and method
     pictures/          a comparison grid with an enlarged crop and PSNR per frame for the first
                        --pictures clips; PSNR per frame and Fig. 7 averaged over all clips
+    sweep.md/.csv/.json, pictures/psnr_vs_nfe_sigma*.png   with --sweep-nfe: PSNR, SSIM and time against
+                       K, one line per start, the baselines as horizontal lines
 
 The command line parses into an EvalJob (data, output, methods, noise levels, weight files) and
 the task's SolverConfig, each setting checked once, before the model is loaded or a clip read;
@@ -54,7 +62,8 @@ from engine.cli import command
 from engine.errors import InputError
 from engine.evaluation.data import Dataset, Prep
 from engine.evaluation.metrics_extra import LPIPS, I3DFeatures
-from engine.evaluation.report import Results, open_run, plural, psnr_value, summarize, write_summary
+from engine.evaluation.report import (Results, open_run, plural, psnr_value, summarize, sweep_rows, write_summary,
+                                      write_sweep)
 from engine.figures import comparison_grid, line_plot, save_png
 from engine.metrics import clip_summary
 from engine.priors import PRIORS
@@ -87,7 +96,7 @@ class EvalJob:
     sigma_ys: tuple[float, ...] = (0.0,)     # measurement noise levels σ_y
     gamma: float = 1.0                       # γ of the regularised CG when σ_y > 0
     converged_iters: int = 1000              # most iterations of cg-converged
-    admm_iters: tuple[int, int] = (30, 20)   # admm-tv's ADMM iterations, CG iterations per x-update
+    admm_iters: tuple[int, int] = (30, 20)   # admm-tv's ADMM iterations, CG iterations per x-update (unless exact)
     seed: int = 0                            # sampler seed; the measurement noise is seeded per clip from it
     checkpoint: Optional[Path] = None        # ADM checkpoint; None: `prior`
     engine: Optional[Path] = None            # TensorRT engine file (--backend tensorrt)
@@ -99,6 +108,8 @@ class EvalJob:
     lpips_backbone: Optional[Path] = None    # ImageNet AlexNet for LPIPS
     fvd_weights: Optional[Path] = None       # I3D detector for FVD
     pictures: int = 1                        # clips that get a comparison grid and a PSNR plot
+    start: Optional[int] = None              # the sampler's warm-start t₀; None: the cold start at T
+    sweep_nfe: tuple[int, ...] = ()          # the sampler at each of these K, cold and (with start) warm; (): the config's K
 
     def __post_init__(self):
         get_task(self.task)                             # InputError for a task engine.tasks does not know
@@ -127,11 +138,47 @@ class EvalJob:
         _at_least("--pictures", self.pictures, 0)
         if (self.lpips_weights is None) != (self.lpips_backbone is None):
             raise InputError("LPIPS needs both --lpips-weights and --lpips-backbone")
+        if len(set(self.sweep_nfe)) != len(self.sweep_nfe) or any(not 1 <= k <= 1000 for k in self.sweep_nfe):
+            raise InputError(f"--sweep-nfe must list each K in [1, 1000] once, got {list(self.sweep_nfe)}")
+        if self.sweep_nfe and not any(m in SVI_NOISE for m in self.methods):
+            raise InputError("--sweep-nfe sweeps the sampler: add svi or svi-independent-noise to --methods")
+        if self.start is not None and not max(self.sweep_nfe, default=1) <= self.start <= 1000:
+            raise InputError(f"--start must be in [{max(self.sweep_nfe, default=1)}, 1000] (at least every "
+                             f"K of the sweep), got {self.start}")
+
+    @property
+    def variants(self) -> tuple["Variant", ...]:
+        """The runs per clip and σ_y, in order: each method once (the sampler from `start`), or with
+        `sweep_nfe` the sampler's methods at every K, cold and (with `start`) warm."""
+        starts = (None,) if self.start is None else (None, self.start)
+        out = []
+        for m in self.methods:
+            if m in SVI_NOISE and self.sweep_nfe:
+                out += [Variant(m, k, t0) for k in self.sweep_nfe for t0 in starts]
+            else:
+                out.append(Variant(m, start=self.start if m in SVI_NOISE else None))
+        return tuple(out)
 
     @property
     def prepared(self) -> Path:
         """Where the prepared clips are cached."""
         return self.cache if self.cache is not None else self.out / "prepared"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the results: a method and, for a sweep of the sampler, its K and t₀."""
+
+    method: str                              # one of METHODS
+    nfe: Optional[int] = None                # the sampler's K in a sweep; None: the config's
+    start: Optional[int] = None              # the sampler's warm-start t₀; None: the cold start
+
+    @property
+    def label(self) -> str:
+        """The row's name: the method's, or in a sweep "svi K=8 cold" / "svi K=8 t0=400"."""
+        if self.nfe is None:
+            return self.method
+        return f"{self.method} K={self.nfe} {'cold' if self.start is None else f't0={self.start}'}"
 
 
 def _at_least(flag: str, value: Optional[int], low: int) -> None:
@@ -162,9 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nfe", type=int, help="network evaluations K (default: the task's)")
     p.add_argument("--eta", type=float, help="DDIM stochasticity η (default: the task's)")
     p.add_argument("--cg-iters", type=int, help="CG iterations per step l (default: the task's)")
+    p.add_argument("--start", type=int, metavar="T0",
+                   help="the sampler starts at t0 from a CG estimate of the clip (warm start; default: cold, at T)")
+    p.add_argument("--sweep-nfe", type=_numbers(int), default=(), metavar="K1,K2,...",
+                   help="run the sampler at each K, cold and (with --start) warm; writes sweep.md/.csv/.json and "
+                        "a PSNR-versus-K plot")
     p.add_argument("--converged-iters", type=int, default=1000, help="most iterations of cg-converged (default 1000)")
     p.add_argument("--admm-iters", type=_numbers(int), default=(30, 20), metavar="OUTER,INNER",
-                   help="admm-tv's ADMM iterations and CG iterations per x-update (default 30,20)")
+                   help="admm-tv's ADMM iterations and CG iterations per x-update (default 30,20; a temporal PSF "
+                        "alone solves the x-update exactly and ignores INNER)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed; measurement noise is seeded per clip from it")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="network precision")
@@ -194,10 +247,13 @@ def parse(argv=None) -> tuple[EvalJob, SolverConfig, bool]:
                   gamma=args.gamma, converged_iters=args.converged_iters, admm_iters=args.admm_iters,
                   seed=args.seed, checkpoint=args.checkpoint, engine=args.engine, prior=args.prior,
                   frames=args.frames, size=args.size, crop=args.crop, lpips_weights=args.lpips_weights,
-                  lpips_backbone=args.lpips_backbone, fvd_weights=args.fvd_weights, pictures=args.pictures)
+                  lpips_backbone=args.lpips_backbone, fvd_weights=args.fvd_weights, pictures=args.pictures,
+                  start=args.start, sweep_nfe=args.sweep_nfe)
     overrides = {k: v for k, v in (("nfe", args.nfe), ("eta", args.eta), ("cg_iters", args.cg_iters)) if v is not None}
     cfg = SolverConfig.from_task(args.task, frames=job.frames, size=job.size, backend=args.backend,
                                  precision=args.dtype, device=args.device, **overrides)
+    if job.start is not None and not job.sweep_nfe and job.start < cfg.nfe:
+        raise InputError(f"--start must be in [{cfg.nfe}, 1000] (at least K = {cfg.nfe}), got {job.start}")
     return job, cfg, args.verbose
 
 
@@ -221,9 +277,10 @@ def _numbers(kind: type) -> Callable[[str], tuple]:
 def run_settings(job: EvalJob, cfg: SolverConfig, prep: Prep) -> dict:
     """Everything that changes the numbers; a resumed run must match it exactly."""
     return {
-        "task": job.task, "spec": cfg.spec, "methods": list(job.methods),
+        "task": job.task, "spec": cfg.spec, "methods": [v.label for v in job.variants],
         "sigma_y": list(job.sigma_ys), "nfe": cfg.nfe, "eta": cfg.eta, "cg_iters": cfg.cg_iters, "gamma": job.gamma,
         "converged_iters": job.converged_iters, "admm_iters": list(job.admm_iters), "seed": job.seed,
+        "start": job.start, "sweep_nfe": list(job.sweep_nfe),
         "prior": str(job.checkpoint.resolve()) if job.checkpoint else job.prior,
         "data": str(job.data.resolve()), "prep": {"size": prep.size, "crop": prep.crop, "frames": prep.frames},
         "device": str(torch.device(cfg.device)), "precision": cfg.precision, "backend": cfg.backend,
@@ -240,21 +297,23 @@ def interframe_difference(x: Tensor) -> Tensor:
 
 
 class Methods:
-    """Runs every method on a measurement; one Solver per (noise mode, σ_y = 0 or not), built on first use."""
+    """Runs every method on a measurement; one Solver per (noise mode, σ_y = 0 or not, K, t₀), built on first use."""
 
     def __init__(self, model, base: SolverConfig, sigmas: tuple[float, ...], *, gamma: float, converged_iters: int,
                  admm_iters: tuple[int, int]):
         self.model, self.base, self.gamma = model, base, gamma
         self.converged_iters, self.admm_iters = converged_iters, admm_iters
         self.device = torch.device(base.device)
-        self._solvers: dict[tuple[str, bool], Solver] = {}
+        self._solvers: dict[tuple, Solver] = {}
         self._measurer = self.solver("shared", sigmas[0])  # measures y; its operator serves the baselines
         self.op = self._measurer.op
 
-    def solver(self, noise: str, sigma: float) -> Solver:
-        key = (noise, sigma > 0)
+    def solver(self, noise: str, sigma: float, nfe: Optional[int] = None, start: Optional[int] = None) -> Solver:
+        """The Solver of `noise` at σ_y (regularised CG when > 0), K = `nfe` (None: the base's) from t₀ = `start`."""
+        key = (noise, sigma > 0, nfe, start)
         if key not in self._solvers:
-            cfg = replace(self.base, noise=noise, gamma=self.gamma if sigma > 0 else None)
+            cfg = replace(self.base, noise=noise, gamma=self.gamma if sigma > 0 else None,
+                          nfe=nfe or self.base.nfe, start=start)
             self._solvers[key] = Solver(self.model, cfg)
         return self._solvers[key]
 
@@ -262,10 +321,11 @@ class Methods:
         """y = A x + σ_y·w, w drawn from `seed`."""
         return self._measurer.measure(clean, sigma_y=sigma, seed=seed)
 
-    def run(self, method: str, y: Tensor, sigma: float, seed: int) -> tuple[Tensor, float, dict]:
-        """(restored [N, 3, H, W], seconds, method-specific facts) for one method."""
+    def run(self, variant: Variant, y: Tensor, sigma: float, seed: int) -> tuple[Tensor, float, dict]:
+        """(restored [N, 3, H, W], seconds, method-specific facts) for one method (a Variant)."""
+        method = variant.method
         if method in SVI_NOISE:
-            return self._svi(self.solver(SVI_NOISE[method], sigma), y, seed)
+            return self._svi(self.solver(SVI_NOISE[method], sigma, variant.nfe, variant.start), y, seed)
         budget = self.base.nfe * self.base.cg_iters
         runs: dict[str, Callable[[], tuple[Tensor, dict]]] = {
             "cg": lambda: (cg_baseline(self.op, y, iters=budget), {"iterations": budget}),
@@ -284,7 +344,8 @@ class Methods:
 
         callback = record if solver.config.backend not in GRAPH_BACKENDS else None
         x, seconds = _timed(lambda: solver.solve(y, seed=seed, callback=callback), y.device)
-        return x, seconds, {"interframe": torch.stack(curve).tolist() if curve else None}
+        return x, seconds, {"interframe": torch.stack(curve).tolist() if curve else None,
+                            "nfe": solver.config.nfe, "start": solver.config.start}
 
     def _cg_converged(self, y: Tensor) -> tuple[Tensor, dict]:
         x, iterations, residual = cg_converged(self.op, y, self.converged_iters)
@@ -335,13 +396,13 @@ def evaluate_clip(name: str, clean: Tensor, methods: Methods, scorer: Scorer, jo
     for sigma in job.sigma_ys:
         y = methods.measure(clean, sigma, measurement_seed(job.seed, name))
         outputs[(sigma, "measured")] = y.cpu()
-        for method in job.methods:
-            x, seconds, facts = methods.run(method, y, sigma, job.seed)
-            record["runs"].append({"method": method, "sigma_y": sigma, "seconds": seconds,
+        for variant in job.variants:
+            x, seconds, facts = methods.run(variant, y, sigma, job.seed)
+            record["runs"].append({"method": variant.label, "sigma_y": sigma, "seconds": seconds,
                                    **scorer.score(x.cpu(), reference), **facts})
-            outputs[(sigma, method)] = x.cpu()
+            outputs[(sigma, variant.label)] = x.cpu()
             if scorer.i3d is not None:
-                features[f"{method}@{sigma:g}"] = scorer.i3d(x)
+                features[f"{variant.label}@{sigma:g}"] = scorer.i3d(x)
     return record, outputs, features
 
 
@@ -386,6 +447,25 @@ def summary_pictures(folder: Path, results: Results, settings: dict) -> None:
                 ylabel="mean |x0[i+1] - x0[i]|"))
 
 
+def sweep_pictures(folder: Path, points: list[dict], settings: dict) -> None:
+    """Per σ_y: mean PSNR against K, one line per (sampler method, start), the baselines as dashed lines."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for sigma in settings["sigma_y"]:
+        block = [p for p in points if p["sigma_y"] == sigma]
+        lines = list(dict.fromkeys((p["method"], p["start"]) for p in block if p["nfe"] is not None))
+        series = []
+        for method, start in lines:
+            runs = sorted((p["nfe"], p["psnr"]) for p in block if (p["method"], p["start"]) == (method, start))
+            name = f"{method} {'cold' if start is None else f'warm t0={start}'}"
+            series.append((name, [k for k, _ in runs], [v for _, v in runs]))
+        references = [(f"{p['method']} {p['psnr']:.2f} dB", p["psnr"]) for p in block if p["nfe"] is None]
+        clips = max((p["clips"] for p in block), default=0)
+        save_png(folder / f"psnr_vs_nfe_sigma{sigma:g}.png", line_plot(
+            series, references=references, title=f"PSNR against NFE, mean over {plural(clips, 'clip')}, "
+                                                 f"{settings['spec']}, sigma_y = {sigma:g}",
+            xlabel="NFE (network evaluations K)", ylabel="PSNR [dB]"))
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -425,8 +505,13 @@ def run(job: EvalJob, cfg: SolverConfig) -> Path:
             bar.set_postfix_str(f"{clip.name}: {record['runs'][0]['method']} {psnr_value(record['runs'][0]['psnr_mean']):.2f} dB")
     if not results.records:
         raise InputError(f"{job.data}: no clip of {dataset.prep.frames} frames")
-    write_summary(job.out, summarize(results, settings), settings, dataset.skipped)
+    rows = summarize(results, settings)
+    write_summary(job.out, rows, settings, dataset.skipped)
     summary_pictures(pictures, results, settings)
+    if job.sweep_nfe:
+        points = sweep_rows(rows, {v.label: (v.method, v.nfe, v.start) for v in job.variants})
+        write_sweep(job.out, points, settings)
+        sweep_pictures(pictures, points, settings)
     log.info("%s evaluated; summary in %s", plural(len(results.records), "clip"), job.out / "summary.md")
     if dataset.skipped:
         log.warning("%s could not be read and were skipped: %s (listed in summary.md)",

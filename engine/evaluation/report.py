@@ -4,6 +4,7 @@
     results.jsonl   one JSON line per finished clip, appended and flushed when the clip is done
     features/       I3D features per clip, for FVD
     summary.*       per σ_y and method: Time (median s per clip), PSNR, SSIM, LPIPS, FVD × 1e-3
+    sweep.*         with --sweep-nfe: the sampler's PSNR / SSIM / time against K per start, the baselines beside
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from engine.metrics import json_safe
 log = logging.getLogger(__name__)
 
 #: What a run writes into its folder (and --overwrite removes).
-OWN_OUTPUTS = ("run.json", "results.jsonl", "summary.md", "summary.csv", "summary.json", "features", "pictures")
+OWN_OUTPUTS = ("run.json", "results.jsonl", "summary.md", "summary.csv", "summary.json", "sweep.md", "sweep.csv",
+               "sweep.json", "features", "pictures")
 
 
 def plural(n: int, noun: str) -> str:
@@ -186,5 +188,79 @@ def write_summary(out: Path, rows: list[dict], settings: dict, skipped: dict[str
     texts = {"summary.md": summary_markdown(rows, settings, skipped), "summary.csv": summary_csv(rows),
              "summary.json": json.dumps(json_safe({"settings": settings, "rows": rows, "skipped": skipped}),
                                         indent=1) + "\n"}
+    for name, text in texts.items():
+        atomic_write_text(out / name, text)
+
+
+# ----------------------------------------------------------------------------- the NFE sweep
+
+#: a sweep point's columns: (key, title, format)
+SWEEP_COLUMNS = (("psnr", "PSNR ↑", "{:.2f}"), ("ssim", "SSIM ↑", "{:.4f}"), ("time_s", "Time [s]", "{:.2f}"))
+
+
+def sweep_rows(rows: list[dict], points: dict[str, tuple]) -> list[dict]:
+    """The summary rows of a --sweep-nfe run as sweep points: `points` maps a row's name to
+    (method, K, t₀) (t₀ None: cold); a row not in it is a baseline (K and t₀ None)."""
+    out = []
+    for r in rows:
+        method, nfe, start = points.get(r["method"], (r["method"], None, None))
+        out.append({"sigma_y": r["sigma_y"], "method": method, "nfe": nfe, "start": start, "clips": r["clips"],
+                    **{k: r[k] for k, _, _ in SWEEP_COLUMNS}})
+    return out
+
+
+def _start_name(start) -> str:
+    return "cold" if start is None else f"warm t₀ = {start}"
+
+
+def sweep_markdown(points: list[dict], settings: dict) -> str:
+    """Per σ_y and column (PSNR, SSIM, time): a table with one row per K and one column per (method, start),
+    then the baselines."""
+    clips = max((p["clips"] for p in points), default=0)
+    lines = [f"# NFE sweep: {settings['task']} (`{settings['spec']}`), {plural(clips, 'clip')}", "",
+             (f"Prior: {settings['prior']}. η = {settings['eta']}, l = {settings['cg_iters']}, seed {settings['seed']}, "
+              f"{settings['device']}. PSNR, SSIM: means over clips of the per-frame means; time: median seconds per "
+              f"clip. The baselines run once (cg: K·l iterations at K = {settings['nfe']})."), ""]
+    for sigma in settings["sigma_y"]:
+        block = [p for p in points if p["sigma_y"] == sigma]
+        swept = [p for p in block if p["nfe"] is not None]
+        if not block:
+            continue
+        lines += [f"## σ_y = {sigma:g}", ""]
+        columns = list(dict.fromkeys((p["method"], p["start"]) for p in swept))
+        cells = {(p["nfe"], p["method"], p["start"]): p for p in swept}
+        for key, title, fmt in SWEEP_COLUMNS:
+            lines += [f"{title.split()[0]}:", "",
+                      "| K | " + " | ".join(f"{m} {_start_name(t)}" for m, t in columns) + " |",
+                      "| ---: |" + " ---: |" * len(columns)]
+            for k in sorted({p["nfe"] for p in swept}):
+                lines.append(f"| {k} | " + " | ".join(_cell(cells[k, m, t][key], fmt) if (k, m, t) in cells else "n/a"
+                                                      for m, t in columns) + " |")
+            lines.append("")
+        baselines = [p for p in block if p["nfe"] is None]
+        if baselines:
+            lines += ["| Baseline | " + " | ".join(title for _, title, _ in SWEEP_COLUMNS) + " |",
+                      "| --- |" + " ---: |" * len(SWEEP_COLUMNS)]
+            lines += [f"| {p['method']} | " + " | ".join(_cell(p[k], f) for k, _, f in SWEEP_COLUMNS) + " |"
+                      for p in baselines]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def sweep_csv(points: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["sigma_y", "method", "nfe", "start", "clips", *(k for k, _, _ in SWEEP_COLUMNS)])
+    for p in points:
+        writer.writerow([p["sigma_y"], p["method"], "" if p["nfe"] is None else p["nfe"],
+                         "cold" if p["start"] is None and p["nfe"] is not None else p["start"] or "", p["clips"],
+                         *(_cell(p[k], "{!r}") for k, _, _ in SWEEP_COLUMNS)])
+    return buf.getvalue()
+
+
+def write_sweep(out: Path, points: list[dict], settings: dict) -> None:
+    """sweep.md, sweep.csv and sweep.json (the points and the settings), each written atomically."""
+    texts = {"sweep.md": sweep_markdown(points, settings), "sweep.csv": sweep_csv(points),
+             "sweep.json": json.dumps(json_safe({"settings": settings, "points": points}), indent=1) + "\n"}
     for name, text in texts.items():
         atomic_write_text(out / name, text)
