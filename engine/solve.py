@@ -234,7 +234,7 @@ def parse(argv=None) -> tuple[Job, SolverConfig, bool]:
         eta=args.eta if args.eta is not None else defaults.eta,
         cg_iters=args.cg_iters if args.cg_iters is not None else defaults.cg_iters,
         gamma=gamma, noise=args.noise, backend=args.backend, precision=args.dtype, kernels=args.kernels,
-        device=args.device, channels_last=str(args.device).startswith("cuda"),
+        device=args.device, channels_last=True,        # also on the CPU: FFDNet 5.9 → 4.2 s per 16×256² pass
         cudnn_benchmark=args.cudnn_benchmark)
     return job, cfg, args.verbose
 
