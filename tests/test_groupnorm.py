@@ -4,14 +4,10 @@ The reference is written plainly here in float64. On the CPU the kernel runs in 
 interpreter; the `gpu` tests run it at the ADM-256 sizes, outputs poisoned first.
 """
 
-import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from compiled_child import compiled_report
 import torch
 
 from engine.backends import torch_eps
@@ -240,15 +236,7 @@ print(json.dumps(report))
 
 @pytest.fixture(scope="module")
 def offsets():
-    root = Path(__file__).resolve().parents[1]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
-    done = subprocess.run([sys.executable, "-c", OFFSETS_CHILD], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
-    if done.returncode != 0 and "ptxas" in done.stderr and "not found" in done.stderr:
-        pytest.skip("Triton's compiler for CUDA is not available here")
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return compiled_report(OFFSETS_CHILD)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

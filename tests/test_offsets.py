@@ -12,19 +12,14 @@ int32, and no int32 product widened after the fact (it would have wrapped alread
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from compiled_child import compiled_report
 import torch
 
 from engine.errors import InputError
 from kernels import blur, mask, pool, steps, temporal
 
-ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r'''
 import json, os, re
@@ -117,14 +112,7 @@ print(json.dumps(report))
 
 @pytest.fixture(scope="module")
 def report():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    done = subprocess.run([sys.executable, "-c", CHILD], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
-    if done.returncode != 0 and "ptxas" in done.stderr and "not found" in done.stderr:
-        pytest.skip("Triton's compiler for CUDA is not available here")
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return compiled_report(CHILD)
 
 
 @pytest.mark.parametrize("family,kernel,bases", [
