@@ -18,8 +18,9 @@ with a table M [L, 2R + 1] of its diagonals, built on the device from the taps b
 
 The 2-D operator is B ⊗ B (rows, then columns), so A = B_W B_H, Aᵀ = B_Hᵀ B_Wᵀ and
 AᵀA = (B_HᵀB_H)(B_WᵀB_W): two passes over the clip each. A program of a pass owns lines of one
-plane [H, W], its pointers offset to the plane in int64 (N·C·H·W may pass 2³¹; offsets within a
-plane are int32).
+group of G consecutive planes [G, H, W] (G > 1 only for planes with fewer lines than a tile), its
+pointers offset to the group in int64 (N·C·H·W may pass 2³¹; offsets within a group, G·H·W ≤
+MAX_FRAME, are int32).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import triton
 import triton.language as tl
 
 from engine.errors import InputError
-from kernels.common import ACC, NUM_WARPS, check, check_frame, next_pow2, on_device, output, wrap
+from kernels.common import ACC, MAX_FRAME, NUM_WARPS, check, check_frame, next_pow2, on_device, output, wrap
 
 Tensor = torch.Tensor
 
@@ -120,27 +121,31 @@ def _band_pass_kernel(
     tab_ptr,                # *ACC  diagonals [L, 2R + 1] of the banded matrix along the axis (L = H or W)
     out_ptr,                # *T    output [planes, H, W]
     H,                      # plane height
-    W,                      # plane width (H·W ≤ MAX_FRAME)
-    CHUNKS,                 # programs per plane along its lines, ⌈(W (AXIS 0) or H (AXIS 1)) / BL⌉
+    W,                      # plane width
+    PLANES,                 # planes in the clip, N·C
+    G,                      # planes per group (G·H·W ≤ MAX_FRAME)
+    CHUNKS,                 # programs per group along its lines, ⌈G·(W (AXIS 0) or H (AXIS 1)) / BL⌉
     R,                      # half bandwidth
     AXIS: tl.constexpr,     # 0: along H, 1: along W
     WRAP: tl.constexpr,     # circular: t + d modulo L (else masked outside [0, L))
-    BL: tl.constexpr,       # lines per program, all in one plane
+    BL: tl.constexpr,       # lines per program, all in one group of planes
     BT: tl.constexpr,       # positions t along the axis per program
     ACC: tl.constexpr,      # compute dtype
 ):
-    first = (tl.program_id(0) // CHUNKS).to(tl.int64) * H * W          # the plane's first pixel, int64
-    xs, outs = x_ptr + first, out_ptr + first                           # offsets within the plane are int32
+    group = tl.program_id(0) // CHUNKS
+    first = group.to(tl.int64) * G * H * W                              # the group's first pixel, int64
+    xs, outs = x_ptr + first, out_ptr + first                           # offsets within the group are int32
+    planes = tl.minimum(G, PLANES - group * G)                          # the last group may be short
     line = (tl.program_id(0) % CHUNKS) * BL + tl.arange(0, BL)          # [BL]
     t = tl.program_id(1) * BT + tl.arange(0, BT)                        # [BT]
-    if AXIS == 0:                                                       # line = column, t = row
+    if AXIS == 0:                                                       # line = (plane, column), t = row
         length = H
-        lines = W
-        base = line
+        lines = planes * W
+        base = (line // W) * H * W + line % W
         step = W
-    else:                                                               # line = row, t = column
+    else:                                                               # line = (plane, row), t = column
         length = W
-        lines = H
+        lines = planes * H
         base = line * W
         step = 1
     ok = (line < lines)[:, None] & (t < length)[None, :]
@@ -201,12 +206,14 @@ def band_pass(x: Tensor, tab: Tensor, axis: int, boundary: str, *, out: Tensor |
         bt = min(TILE // 64, next_pow2(length))
     else:                                           # positions are contiguous: up to 128 per tile
         bt = min(128, next_pow2(length))
-    bl = min(TILE // bt, next_pow2(lines))          # a program's lines lie in one plane
-    chunks = triton.cdiv(lines, bl)
-    grid = (n * c * chunks, triton.cdiv(length, bt))
+    # small planes go G to a program (the interpreter pays per program); a group's offsets stay int32
+    g = max(1, min(n * c, TILE // bt // lines, MAX_FRAME // (h * w)))
+    bl = min(TILE // bt, next_pow2(g * lines))
+    chunks = triton.cdiv(g * lines, bl)
+    grid = (triton.cdiv(n * c, g) * chunks, triton.cdiv(length, bt))
     with on_device(x):
-        _band_pass_kernel[grid](x, tab, out, h, w, chunks, tab.shape[1] // 2, AXIS=axis, WRAP=boundary == "circular",
-                                BL=bl, BT=bt, ACC=ACC[x.dtype], num_warps=NUM_WARPS)
+        _band_pass_kernel[grid](x, tab, out, h, w, n * c, g, chunks, tab.shape[1] // 2, AXIS=axis,
+                                WRAP=boundary == "circular", BL=bl, BT=bt, ACC=ACC[x.dtype], num_warps=NUM_WARPS)
     return out
 
 
