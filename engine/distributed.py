@@ -99,11 +99,11 @@ class Comm:
         return rank if self.group is None else dist.get_global_rank(self.group, rank)
 
     def all_sum(self, value: Tensor) -> Tensor:
-        """Σ over ranks of a 0-d partial sum (an all-reduce of one scalar).  [] → []"""
-        total = value.reshape(1).clone()
+        """Σ over ranks of a partial sum (an all-reduce; one scalar for an inner product).  [...] → [...]"""
+        total = value.reshape(-1).clone()
         with self._timed():
             dist.all_reduce(total, group=self.group)
-        return total.reshape(())
+        return total.reshape(value.shape)
 
     def neighbours(self, ring: bool) -> tuple[Optional[int], Optional[int]]:
         """(left, right) ranks; around a ring for a circular boundary, None past the ends otherwise."""
@@ -199,10 +199,26 @@ def gather_frames(local: Tensor, comm: Comm, dst: int = 0) -> Optional[Tensor]:
     return torch.cat([part[:stop - start] for part, (start, stop) in zip(parts, comm.ranges)])
 
 
-def gather_records(record: dict, comm: Comm, dst: int = 0) -> Optional[list[dict]]:
-    """Every rank's `record` (small, JSON-like), in rank order on rank `dst`; None on the others."""
-    records = [None] * comm.world if comm.rank == dst else None
-    dist.gather_object(record, records, dst=comm._peer(dst), group=comm.group)
+def scatter_frames(whole: Optional[Tensor], comm: Comm, frame: tuple[int, ...], *, src: int = 0, dtype=None,
+                   device=None) -> Tensor:
+    """This rank's frames [start, stop) of the video `whole` that rank `src` holds (None on the others);
+    `frame` is one frame's shape.  [N, *frame] → [n_p, *frame]"""
+    most = max(stop - start for start, stop in comm.ranges)
+    mine = torch.empty((most, *frame), dtype=dtype, device=device)
+    parts = None
+    if comm.rank == src:
+        parts = [whole.new_zeros((most, *frame)) for _ in comm.ranges]
+        for part, (start, stop) in zip(parts, comm.ranges):
+            part[:stop - start] = whole[start:stop]
+    with comm._timed():
+        dist.scatter(mine, parts, src=comm._peer(src), group=comm.group)
+    return mine[:comm.shard.count]
+
+
+def gather_records(record: dict, group: Optional[dist.ProcessGroup] = None, dst: int = 0) -> Optional[list[dict]]:
+    """Every rank's `record` (small, JSON-like), in rank order on `group`'s rank `dst`; None on the others."""
+    records = [None] * dist.get_world_size(group) if dist.get_rank(group) == dst else None
+    dist.gather_object(record, records, dst=dst if group is None else dist.get_global_rank(group, dst), group=group)
     return records
 
 

@@ -49,7 +49,7 @@ from engine.backends import BACKENDS, GRAPH_BACKENDS
 from engine.baselines import admm_tv, cg_baseline
 from engine.checkpoint import MODEL_CONFIG_SYNTAX, parse_model_config
 from engine.cli import command
-from engine.distributed import (frame_ranges, gather_frames, gather_records, init_from_environment,
+from engine.distributed import (frame_ranges, gather_frames, gather_records, init_from_environment, scatter_frames,
                                 launched_by_torchrun, one_failure_for_all)
 from engine.errors import InputError
 from engine.figures import contact_sheet, save_png
@@ -339,7 +339,8 @@ def restore(job: Job, cfg: SolverConfig, model, clean, y):
     return restored, report, y
 
 
-def restore_in_windows(folder: Path, job: Job, cfg: SolverConfig, model, frames: Iterator, notes: list[str]) -> dict:
+def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, model, frames: Iterator,
+                       notes: list[str], group=None) -> Optional[dict]:
     """Algorithm 1 in windows of --max-frames frames (engine.windows), streamed; returns the report it wrote.
 
     INPUT's `frames` ([3, H, W], clean or measured) are measured (y[n] = S(Σ_m T[n, m] x[m]) + σ_y·w[n],
@@ -347,6 +348,10 @@ def restore_in_windows(folder: Path, job: Job, cfg: SolverConfig, model, frames:
     (the per-frame PSNR and SSIM of `clip_summary`, so its means are those of the whole clip) and written
     as they come: restored.mp4, frames/ and measurement.mp4, then metrics.json and comparison.png
     (the first SHEET_FRAMES frames only). Holds about W + 3r frames, never the whole video.
+
+    With a process `group` (torchrun) every process measures (or reads) the same frames and restores
+    its share of each window; the group's rank 0 writes (into `folder`) and records every process's
+    seconds; the others return None.
     """
     from engine.runtime import make_network
     from engine.video_io import frames_writer, video_writer
@@ -358,7 +363,9 @@ def restore_in_windows(folder: Path, job: Job, cfg: SolverConfig, model, frames:
         log.warning("windows start cold: the warm start (--start %d) does not apply", cfg.start)
     restorer = VideoRestorer(make_network(model, cfg), cfg.spec, cfg.frame, window=job.max_frames, nfe=cfg.nfe,
                              eta=cfg.eta, cg_iters=cfg.cg_iters, gamma=cfg.gamma, cg_precond=cfg.cg_precond,
-                             seed=job.seed, mask_seed=cfg.mask_seed, device=cfg.device)
+                             seed=job.seed, mask_seed=cfg.mask_seed, device=cfg.device, group=group)
+    if restorer.rank != 0:
+        return _restore_windows_elsewhere(job, restorer, frames)
     held = deque()                                    # clean frames read and not yet scored
     y = frames if job.measured else restorer.measure(_kept(frames, held), sigma_y=job.sigma_y, seed=job.seed + 1)
     scores, sheet, fps, total = FrameScores(), FirstFrames(SHEET_FRAMES), _output_fps(job), _declared_frames(job)
@@ -384,6 +391,7 @@ def restore_in_windows(folder: Path, job: Job, cfg: SolverConfig, model, frames:
     report = {"written_by": WRITTEN_BY, "settings": settings(job, cfg),
               "windows": {"max_frames": job.max_frames, "lag": restorer.lag, "streamed": True,
                           "measurement_frames_held_peak": restorer.frames_held_peak},
+              **_window_ranks(restorer, seconds),
               "input": "demo" if job.input is None else str(job.input), "prior": prior_name(job),
               **model_record(model), "seconds": seconds, "fps": count / seconds,
               "comparison": sheet.note(), "input_changes": notes}
@@ -394,6 +402,25 @@ def restore_in_windows(folder: Path, job: Job, cfg: SolverConfig, model, frames:
     atomic_write_json(folder / "metrics.json", json_safe(report))
     save_png(folder / "comparison.png", sheet.image())
     return report
+
+
+def _restore_windows_elsewhere(job: Job, restorer, frames: Iterator) -> None:
+    """A process other than rank 0 of `restore_in_windows`: its share of every window, nothing written."""
+    y = frames if job.measured else restorer.measure(frames, sigma_y=job.sigma_y, seed=job.seed + 1)
+    t0 = time.perf_counter()
+    for _ in restorer.restore(y):                     # rank 0 alone yields frames
+        pass
+    _window_ranks(restorer, time.perf_counter() - t0)
+
+
+def _window_ranks(restorer, seconds: float) -> dict:
+    """{"world_size", "ranks": each process's seconds and split windows} on rank 0 ({} elsewhere, or for one
+    process)."""
+    if restorer.group is None:
+        return {}
+    record = {"rank": restorer.rank, "seconds": seconds, "windows_split": restorer.windows_split}
+    records = gather_records(record, restorer.group)
+    return {} if records is None else {"world_size": restorer.world, "ranks": records}
 
 
 class FrameScores:
@@ -497,36 +524,43 @@ def run_sharded(job: Job, cfg: SolverConfig) -> Optional[Path]:
 
 
 def _run_shard(job: Job, cfg: SolverConfig, rank: int, world: int) -> Optional[Path]:
-    if job.blind or job.max_frames is not None:
-        raise InputError("--blind and --max-frames run in one process; leave them out under torchrun")
+    if job.blind:
+        raise InputError("--blind runs in one process; leave it out under torchrun")
     with claimed_output(job) if rank == 0 else nullcontext() as tmp:
         model, _ = load_model(job.checkpoint, backend=cfg.backend, engine=job.engine, size=job.size,
                               device=cfg.device, model_config=job.model_config, class_label=job.class_label,
                               prior=job.prior)
+        if job.max_frames is not None:           # every process streams INPUT; longer than W: windows, each split
+            frames_read, notes = input_frames(job)
+            head = list(islice(frames_read, job.max_frames + 1))
+            if len(head) > job.max_frames:
+                cfg = fitted_config(job, cfg, tuple(head[0].shape[-2:]), frames=None)
+                restore_in_windows(tmp, job, cfg, model, _drained(head, frames_read), notes, group=dist.group.WORLD)
+                return job.out.resolve() if rank == 0 else None
         if job.measured:                         # this process's frames only: [start, stop) of a first count
             frames, first, own_rows = _own_measurement(job, rank, world)
             clean, notes = None, []
             cfg = fitted_config(job, cfg, tuple(first.shape[-2:]), frames=frames)
-        else:                                    # the whole clip: its measurement is made as one process makes it
-            frames_read, notes = input_frames(job)
-            clean, _ = _whole(job, list(frames_read))
-            cfg = fitted_config(job, cfg, tuple(clean.shape[-2:]), frames=clean.shape[0])
-            frames = cfg.frames
+        else:                                    # the clean clip: process 0 reads and measures it, then scatters
+            clean, notes, frames, shape = _read_on_first(job, rank)
+            cfg = fitted_config(job, cfg, shape, frames=frames)
         if rank == 0:
             _say_assumed_mask(job, cfg)
         solver = Solver(model, cfg, group=dist.group.WORLD)
-        shard = solver.shard
-        start, stop = (shard.start, shard.stop) if shard else (0, frames)
-        if clean is not None:
-            op = from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed, device=solver.device, dtype=torch.float32)
-            y = measure(op, as_tensor(clean, solver.device, torch.float32), sigma_y=job.sigma_y, seed=job.seed + 1)
-            own_rows = y[start:stop]
+        if not job.measured:
+            y = None
+            if rank == 0:
+                op = from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed, device=solver.device, dtype=torch.float32)
+                y = measure(op, as_tensor(clean, solver.device, torch.float32), sigma_y=job.sigma_y,
+                            seed=job.seed + 1)
+            own_rows = y if solver.comm is None else scatter_frames(
+                y, solver.comm, tuple(solver.op.out_shape[1:]), dtype=torch.float32, device=solver.device)
         restored, record = _restore_shard(solver, own_rows, job.seed, rank)
         if solver.comm is not None:
-            restored, records = gather_frames(restored, solver.comm), gather_records(record, solver.comm)
-            y = y if clean is not None else gather_frames(own_rows, solver.comm)
+            restored, records = gather_frames(restored, solver.comm), gather_records(record, solver.comm.group)
+            y = gather_frames(own_rows, solver.comm) if job.measured else y
         else:
-            records, y = [record], (y if clean is not None else own_rows)
+            records, y = [record], (own_rows if job.measured else y)
         if rank != 0:
             return None
         seconds = max(r["seconds"] for r in records)
@@ -544,6 +578,18 @@ def _run_shard(job: Job, cfg: SolverConfig, rank: int, world: int) -> Optional[P
         write_outputs(tmp, job, clean, y, restored, report, fps=_output_fps(job))
     log.info("wrote restored.mp4, measurement.mp4, frames/, metrics.json and comparison.png to %s", job.out)
     return job.out.resolve()
+
+
+def _read_on_first(job: Job, rank: int) -> tuple[Optional[torch.Tensor], list[str], int, tuple[int, int]]:
+    """(the clean clip on process 0, None elsewhere; the input changes, its frame count and frame size, on
+    every process): process 0 alone decodes INPUT and tells the others what they need."""
+    clean, facts = None, [None]
+    if rank == 0:
+        frames_read, notes = input_frames(job)
+        clean, _ = _whole(job, list(frames_read))
+        facts = [(notes, clean.shape[0], tuple(clean.shape[-2:]))]
+    dist.broadcast_object_list(facts, src=0)
+    return (clean, *facts[0])
 
 
 def _own_measurement(job: Job, rank: int, world: int) -> tuple[int, torch.Tensor, torch.Tensor]:

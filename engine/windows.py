@@ -30,10 +30,17 @@ reads it; L = 0 commits all W frames (cheaper, measurably worse: see tests/test_
 At the video's true ends the boundary applies; there are no seams. Each window runs
 Algorithm 1 (engine.sampler.reverse_process) with the same noise image per step, drawn
 once from the seed (shared by all frames of all windows): the video is a deterministic
-function of the seed, W and L. With a frame-local operator whose CG converges exactly
-(inpainting, SR: AᵀA has two eigenvalues) windows give the whole-video solve exactly;
+function of the seed, W and L (not of the process count: below). With a frame-local
+operator whose CG converges exactly (inpainting, SR: AᵀA has two eigenvalues) windows give the whole-video solve exactly;
 for a temporal PSF they differ by the pinned frames (fixed, not refined by later rows)
 and by CG's per-window step sizes.
+
+Several processes (a torch.distributed `group`, #17). Every process reads the same measurement
+stream and holds the window's rows; the window's free frames are sharded over the processes
+(engine.operators.sharded.ShardedWindowOperator: the network on each process's frames, CG across
+all of them), gathered on the group's rank 0, which yields them, and the next window's pinned
+frames are broadcast from it. A window too short to split (fewer than P·(w − 1) frames, the
+band of T_winᵀT_win) is solved whole by every process alike.
 """
 
 from __future__ import annotations
@@ -45,11 +52,14 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
 import torch
+import torch.distributed as dist
 
 from engine.cg import DEFAULT_DELTA, preconditioner
+from engine.distributed import Comm, gather_frames
 from engine.errors import InputError
 from engine.operators import from_spec
 from engine.operators.base import LinearOperator
+from engine.operators.sharded import ShardedWindowOperator, band
 from engine.operators.temporal import frame_preconditioner, frames_operator
 from engine.sampler import EpsModel, draw_noise, reverse_process
 from engine.schedule import ddim_steps
@@ -242,13 +252,17 @@ class VideoRestorer:
     of `batch` frames when given). `window` (W) or `memory_budget` (bytes, see window_from_budget);
     neither restores the whole video as one window. Only the "shared" noise is supported: one
     image per step, drawn once from `seed`, the same in every window.
+
+    `group` (a torch.distributed process group, e.g. `dist.group.WORLD`): every process runs
+    `restore` on the same measurement; each window's frames are split over the processes (module
+    docstring) and the restored frames come out of the group's rank 0 only (the others yield none).
     """
 
     def __init__(self, eps_model: EpsModel, spec: str, frame: tuple[int, int], *, window: Optional[int] = None,
                  memory_budget: Optional[int] = None, nfe: int = 20, eta: float = 0.15, cg_iters: int = 5,
                  gamma: Optional[float] = None, cg_precond: Optional[float] = DEFAULT_DELTA, seed: int = 0,
                  mask_seed: int = 0, batch: Optional[int] = None, lag: Optional[int] = None, device="cpu",
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, group=None):
         self.term, spatial_spec = split_spec(spec)
         self.frame = (int(frame[0]), int(frame[1]))
         self.device, self.dtype = torch.device(device), dtype
@@ -263,6 +277,12 @@ class VideoRestorer:
             raise InputError(f"the lag must be an integer number of frames ≥ 0, got {lag!r}")
         self.window = self._window(window, memory_budget)
         self.frames_held_peak = 0          # most video-sized frames held at once outside the solve (measured)
+        self.group = group
+        if group is not None and not dist.is_initialized():
+            raise InputError("a process group was given but torch.distributed is not initialised")
+        self.rank = dist.get_rank(group) if group is not None else 0
+        self.world = dist.get_world_size(group) if group is not None else 1
+        self.windows_split = 0             # windows whose frames were split over the processes
 
     def _window(self, window: Optional[int], budget: Optional[int]) -> float:
         """W from `window` or `budget`, refused in one line unless W > max(reach, lag): a window commits a frame."""
@@ -348,26 +368,55 @@ class VideoRestorer:
             self._hold(len(pending) + pinned.shape[0])
             rows = torch.stack([pending[n - first_row] for n in range(*win.rows)])
             x = self._solve_window(win, rows, pinned[pinned.shape[0] - (start - win.context):], total)
-            x = x[:win.commit - start]
-            pinned = torch.cat([pinned, x])[-self.term.context:] if self.term.context else pinned
+            x = x[:win.commit - start] if x is not None else None
+            pinned = self._next_pinned(pinned, x, win.commit - start)
             start = win.commit
             while pending and first_row < start - self.term.centre:   # rows no later window reads
                 pending.popleft()
                 first_row += 1
-            yield from x
+            if x is not None:
+                yield from x
 
-    def _solve_window(self, win: Window, y: Tensor, pinned: Tensor, total: int) -> Tensor:
-        """Algorithm 1 on one window: y' = y − S(T_pin x_pin), then reverse_process on A_win.  → [F, 3, H, W]"""
+    def _solve_window(self, win: Window, y: Tensor, pinned: Tensor, total: int) -> Optional[Tensor]:
+        """Algorithm 1 on one window: y' = y − S(T_pin x_pin), then reverse_process on A_win.  → [F, 3, H, W]
+        (on the group's rank 0; None on the others)"""
         end = total if win.last else None
         T = frame_matrix(self.term, win.rows, (win.context, win.stop), end)      # [R, P + F]
         P = win.start - win.context
         if P:
             y = y - self._operator(T[:, :P]).A(pinned)
-        op = self._operator(T[:, P:])
+        op = self._split_operator(T[:, P:])
         log.debug("window frames [%d, %d), rows [%d, %d), %d pinned", win.start, win.stop, *win.rows, P)
         precond = preconditioner(op, self.gamma, self.cg_precond, device=self.device, dtype=self.dtype)
-        return reverse_process(self.eps_model, y, op, self.noise, self.steps, cg_iters=self.cg_iters,
-                               gamma=self.gamma, precond=precond)
+        x = reverse_process(self.eps_model, y, op, self.noise, self.steps, cg_iters=self.cg_iters,
+                            gamma=self.gamma, precond=precond)
+        if isinstance(op, ShardedWindowOperator):
+            return gather_frames(x, op.comm)
+        return x if self.rank == 0 else None
+
+    def _split_operator(self, T: Tensor) -> LinearOperator:
+        """The window's operator for T [R, F]: sharded over the group when each process gets at least
+        the band of T_winᵀT_win (and one frame), else whole (every process solves the window alike)."""
+        frames = T.shape[1]
+        if self.world > 1 and frames // self.world >= max(1, *band(T.T @ T, ring=False)):
+            self.windows_split += 1
+            return ShardedWindowOperator(T, self.spatial, self.frame, Comm(frames, self.group), device=self.device,
+                                         dtype=self.dtype)
+        return self._operator(T)
+
+    def _next_pinned(self, pinned: Tensor, x: Optional[Tensor], committed: int) -> Tensor:
+        """The last w − 1 restored frames after a window committed `committed` frames `x` (rank 0's),
+        broadcast from the group's rank 0 when there are several processes.  → [≤ w − 1, 3, H, W]"""
+        if not self.term.context:
+            return pinned
+        keep = min(self.term.context, pinned.shape[0] + committed)
+        if x is not None:
+            nxt = torch.cat([pinned, x])[pinned.shape[0] + committed - keep:]
+        else:
+            nxt = pinned.new_empty((keep, *pinned.shape[1:]))
+        if self.world > 1:
+            dist.broadcast(nxt, src=dist.get_global_rank(self.group, 0), group=self.group)
+        return nxt
 
     def _hold(self, frames: int) -> None:
         self.frames_held_peak = max(self.frames_held_peak, frames)

@@ -114,3 +114,62 @@ def solver_frames(rank, world, frames, noise):
     s = solver.shard
     y = solver.measure(clean[s.start:s.stop], sigma_y=0.05, seed=7)
     return s.start, s.stop, y.numpy(), solver.solve(y, seed=2).numpy()     # by value: a shared tensor dies with us
+
+
+def _frame_local_eps(x, t):
+    """A per-frame ε model, as a network is (no weights)."""
+    return 0.4 * x + 0.1 * torch.tanh(x) * (t.to(x.dtype).view(-1, 1, 1, 1) / 1000)
+
+
+def window_operator_errors(rank, world, spec, rows, cols, end):
+    """Largest relative error of ShardedWindowOperator against WindowOperator (fp64) over A, Aᵀ, AᵀA, the
+    preconditioner and 5 PCG steps, and the dot test ⟨A x, y⟩ = ⟨x, Aᵀ y⟩ with x sharded, y whole."""
+    from engine.operators.sharded import ShardedWindowOperator
+    from engine.windows import WindowOperator, frame_matrix, split_spec
+
+    term, spatial_spec = split_spec(spec)
+    frame = (8, 12)
+    T = frame_matrix(term, rows, cols, end)
+    spatial = from_spec(spatial_spec, (1, 3, *frame), kernels="torch", dtype=torch.float64) if spatial_spec else None
+    full = WindowOperator(T, spatial, frame, dtype=torch.float64)
+    comm = Comm(T.shape[1])
+    a, b = comm.shard.start, comm.shard.stop
+    sharded = ShardedWindowOperator(T, spatial, frame, comm, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(full.in_shape, generator=gen, dtype=torch.float64)
+    y = torch.rand(full.out_shape, generator=gen, dtype=torch.float64)
+    errors = [_rel(sharded.A(x[a:b]), full.A(x)), _rel(sharded.A_adjoint(y), full.A_adjoint(y)[a:b]),
+              _rel(sharded.A_adjoint_A(x[a:b]), full.A_adjoint_A(x)[a:b])]
+    for gamma in (None, 1.0):
+        P_full, P_sharded = preconditioner(full, gamma), preconditioner(sharded, gamma)
+        errors.append(_rel(P_sharded(x[a:b]), P_full(x)[a:b]))
+        errors.append(_rel(data_consistency(sharded, y, x[a:b], 5, gamma, precond=P_sharded),
+                           data_consistency(full, y, x, 5, gamma, precond=P_full)[a:b]))
+    lhs = float((sharded.A(x[a:b]) * y).sum())
+    rhs = float(sharded.inner(x[a:b], sharded.A_adjoint(y)))
+    errors.append(abs(lhs - rhs) / abs(lhs))
+    return max(errors), sharded.in_shape[0]
+
+
+def windows_restored(rank, world, frames, spec, window):
+    """(rank 0's restored video or the frame count another rank yielded, windows split over the group) of
+    VideoRestorer(group=WORLD) in fp64 on a measured smooth random video."""
+    from engine.windows import VideoRestorer
+
+    restorer = VideoRestorer(_frame_local_eps, spec, (8, 12), window=window, nfe=3, gamma=1.0, seed=5,
+                             dtype=torch.float64, group=dist.group.WORLD)
+    clean = torch.rand((frames, 3, 8, 12), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    out = list(restorer.restore(restorer.measure(clean, sigma_y=0.05, seed=3)))
+    return (torch.stack(out).numpy() if rank == 0 else len(out)), restorer.windows_split
+
+
+def read_on_first(rank, world, clip):
+    """(decoded here?, the frame count and size every process learns) of engine.solve._read_on_first."""
+    import engine.solve as solve
+
+    job, _, _ = solve.parse([clip, "--degrade", "temporal:uniform:3", "--out", "unused"])
+    decoded = []
+    real = solve.input_frames
+    solve.input_frames = lambda job: decoded.append(rank) or real(job)
+    clean, notes, frames, shape = solve._read_on_first(job, rank)
+    return bool(decoded), clean is not None, frames, shape

@@ -171,6 +171,13 @@ def test_torchrun_a_failing_process_stops_every_process_with_its_message(tmp_pat
     assert not any(p.name.startswith(("out", ".out")) for p in tmp_path.iterdir())   # no output, no temporary
 
 
+def test_a_clean_video_is_decoded_by_process_0_alone(tmp_path):
+    """Under torchrun a clean input is read and measured by process 0, which scatters the measurement:
+    the others learn its frame count and size and never decode it."""
+    results = _values(run_local(workers.read_on_first, 2, str(_clip(tmp_path))))
+    assert results == [(True, True, 12, (24, 32)), (False, False, 12, (24, 32))]
+
+
 def test_torchrun_measured_video_each_process_reads_its_frames(tmp_path):
     """--measured under torchrun: every process keeps only its frames of the file; the frames written
     equal those of one process (within one 8-bit level)."""
@@ -193,3 +200,57 @@ def test_torchrun_measured_video_each_process_reads_its_frames(tmp_path):
     a, b = sorted((tmp_path / "one" / "frames").iterdir()), sorted((tmp_path / "two" / "frames").iterdir())
     assert len(a) == len(b) == 12
     assert max(np.abs(iio.imread(p).astype(int) - iio.imread(q).astype(int)).max() for p, q in zip(a, b)) <= 1
+
+
+# ── windows with pinned context, each window sharded ────────────────────────
+
+@pytest.mark.parametrize("spec, rows, cols, end", [
+    ("temporal:uniform:7:replicate", (0, 17), (0, 20), None),            # a first window: rows stop c early
+    ("temporal:uniform:5:zero+sr:2", (8, 20), (6, 22), 22),              # a last window: rows past it dropped
+    ("temporal:gaussian:1.0:replicate+inpaint:0.5", (4, 17), (1, 20), None),
+])
+def test_a_sharded_window_operator_equals_the_window_operator(spec, rows, cols, end):
+    """Its A (rows whole on every rank), Aᵀ, AᵀA, preconditioner and PCG steps on each of 3 ranks' frames
+    equal WindowOperator's in fp64, and ⟨A x, y⟩ = ⟨x, Aᵀ y⟩ with x sharded."""
+    for error, frames in _values(run_local(workers.window_operator_errors, 3, spec, rows, cols, end)):
+        assert frames > 0 and error < 1e-12, error
+
+
+@pytest.mark.parametrize("spec, window", [("temporal:uniform:5:replicate+sr:2", 12),
+                                          ("temporal:uniform:3:zero", 9)])
+def test_windows_sharded_over_processes_equal_one_process(spec, window):
+    """VideoRestorer(group=WORLD) with 2 processes yields on rank 0 the one-process video (fp64, 1e-12),
+    nothing on rank 1; the windows are split over the processes except a last one too short to split."""
+    from engine.windows import VideoRestorer
+
+    frames = 29
+    results = _values(run_local(workers.windows_restored, 2, frames, spec, window))
+    restorer = VideoRestorer(workers._frame_local_eps, spec, (8, 12), window=window, nfe=3, gamma=1.0, seed=5,
+                             dtype=torch.float64)
+    clean = torch.rand((frames, 3, 8, 12), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ref = torch.stack(list(restorer.restore(restorer.measure(clean, sigma_y=0.05, seed=3))))
+    (video, split0), (count, split1) = results
+    assert count == 0 and split0 == split1 >= 2
+    got = torch.from_numpy(video)
+    assert got.shape == ref.shape == (frames, 3, 8, 12)
+    assert float((got - ref).norm() / ref.norm()) < 1e-12
+
+
+def test_torchrun_windows_write_the_frames_one_process_writes(tmp_path):
+    """--max-frames under torchrun: each window split over 2 processes; the frames equal the one-process
+    windows' (within one 8-bit level) and metrics.json names both processes."""
+    import imageio.v3 as iio
+
+    clip = _clip(tmp_path)
+    args = [str(clip), *ARGS, "--max-frames", "8"]
+    one = subprocess.run([sys.executable, "-m", "engine.solve", *args, "--out", "one"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert one.returncode == 0, one.stderr
+    two = _torchrun([*args, "--out", "two"], tmp_path)
+    assert two.returncode == 0, two.stderr
+    a, b = sorted((tmp_path / "one" / "frames").iterdir()), sorted((tmp_path / "two" / "frames").iterdir())
+    assert len(a) == len(b) == 12
+    assert max(np.abs(iio.imread(p).astype(int) - iio.imread(q).astype(int)).max() for p, q in zip(a, b)) <= 1
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["windows"]["streamed"] and metrics["world_size"] == 2
+    assert [r["rank"] for r in metrics["ranks"]] == [0, 1] and all(r["windows_split"] == 2 for r in metrics["ranks"])

@@ -19,6 +19,8 @@ A shard must hold at least the band's reach (max(lo, hi) frames), else InputErro
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from engine.errors import InputError
@@ -157,11 +159,77 @@ class ShardedOperator(LinearOperator):
         if len(self.temporal) != 1:
             return None
         P = frame_preconditioner(self.temporal[0].normal_matrix, lambda lam: phi(self._frame_gain * lam))
-        consts = Constants({"P": P}, device=device, dtype=dtype)
-        comm = self.comm
+        return in_pixel_layout(P, self.comm, device=device, dtype=dtype)
 
-        def apply(v: Tensor) -> Tensor:
-            return comm.to_frames(consts.like("P", v) @ comm.to_pixels(v), v.shape)
 
-        return apply
+def in_pixel_layout(P: Tensor, comm, *, device=None, dtype=None):
+    """v ↦ (P v)[a:b] on this rank's frames for a dense frame matrix P [N, N] float64: all-to-all into
+    the pixel layout (every frame of D_p pixel values), one local matmul, all-to-all back.
+    [n_p, ...] → [n_p, ...]"""
+    consts = Constants({"P": P}, device=device, dtype=dtype)
+
+    def apply(v: Tensor) -> Tensor:
+        return comm.to_frames(consts.like("P", v) @ comm.to_pixels(v), v.shape)
+
+    return apply
+
+
+class ShardedWindowOperator(LinearOperator):
+    """A window's operator A = T_win ⊗ S (engine.windows.WindowOperator) with its F free frames sharded
+    by `comm` and its R measurement rows held whole by every rank.  [n_p, 3, H, W] → [R, 3, H', W']
+
+    T_win [R, F] float64 is banded (row n reads a few neighbouring frames), S a per-frame operator or
+    None. With x_p this rank's frames [a, b) and T_p = T_win[:, a:b]:
+
+        A x = Σ_p T_p S x_p   (an all-reduce of the R rows)      Aᵀ y = Sᵀ T_pᵀ y   (local: y is whole)
+        AᵀA x = Sᵀ (T_winᵀT_win) S x   (one halo exchange: T_winᵀT_win is banded, F×F)
+
+    so the sampler's CG (AᵀA, the all-reduced `inner`, the preconditioner φ(g T_winᵀT_win) in the
+    pixel layout) communicates as ShardedOperator's does; A itself, an all-reduce of a measurement, is
+    not called inside the loop. A rank holds the window's measurement rows and its share of the solve.
+    """
+
+    kernels = "torch"
+
+    def __init__(self, T: Tensor, spatial: Optional[LinearOperator], frame: tuple[int, int], comm, *, device=None,
+                 dtype=torch.float32):
+        if comm.shard.frames != T.shape[1]:
+            raise InputError(f"the window has {T.shape[1]} free frames but the process group was sharded for "
+                             f"{comm.shard.frames}")
+        self.comm, self.shard, self._S = comm, comm.shard, spatial
+        a, b = self.shard.start, self.shard.stop
+        self._Tp = Constants({"T": T[:, a:b]}, device=device, dtype=dtype)                # [R, n_p]
+        TtT = T.T @ T
+        self._TtT = BandedFrames(TtT, comm, ring=False, what="the window's temporal PSF", device=device, dtype=dtype)
+        self._TtT64 = TtT
+        self._spatial_gain = spatial.normal_gain if spatial is not None else 1.0
+        self.normal_gain = float(torch.linalg.eigvalsh(TtT)[-1]) * self._spatial_gain if T.numel() else 0.0
+        out_frame = tuple(spatial.out_shape[1:]) if spatial is not None else (3, *frame)
+        self.in_shape = (self.shard.count, 3, *frame)
+        self.out_shape = (T.shape[0], *out_frame)
+
+    def A(self, x: Tensor) -> Tensor:
+        """y = Σ_p T_p S x_p, the same on every rank.  [n_p, 3, H, W] → [R, 3, H', W']"""
+        z = x if self._S is None else self._S.A(x)
+        return self.comm.all_sum((self._Tp.like("T", z) @ z.reshape(z.shape[0], -1)).reshape(self.out_shape))
+
+    def A_adjoint(self, y: Tensor) -> Tensor:
+        """x_p = Sᵀ(T_pᵀ y) on this rank's frames; y is the window's whole measurement.  [R, ...] → [n_p, 3, H, W]"""
+        z = (self._Tp.like("T", y).T @ y.reshape(y.shape[0], -1)).reshape(self.shard.count, *y.shape[1:])
+        return z if self._S is None else self._S.A_adjoint(z)
+
+    def A_adjoint_A(self, x: Tensor) -> Tensor:
+        """AᵀA x = Sᵀ (T_winᵀT_win) S x on this rank's frames.  [n_p, 3, H, W] → same"""
+        if self._S is None:
+            return self._TtT(x)
+        return self._S.A_adjoint(self._TtT(self._S.A(x)))
+
+    def inner(self, a: Tensor, b: Tensor) -> Tensor:
+        """⟨a, b⟩ over the window's free frames: this rank's partial sum, all-reduced.  → [] float64"""
+        return self.comm.all_sum(inner_product(a, b))
+
+    def frame_preconditioner(self, phi, *, device=None, dtype=None):
+        """v ↦ φ(g·T_winᵀT_win) v along the window's frames, g = ‖SᵀS‖ (as WindowOperator's), in the pixel layout."""
+        P = frame_preconditioner(self._TtT64, lambda lam: phi(self._spatial_gain * lam))
+        return in_pixel_layout(P, self.comm, device=device, dtype=dtype)
 
