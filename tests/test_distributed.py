@@ -126,23 +126,29 @@ def _torchrun(args, tmp_path, nproc=2, script=None, env=None):
                           env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})})
 
 
+def _same_frames_as_one_process(args, tmp_path):
+    """`engine.solve ARGS` in one process (--out one) and under torchrun with 2 (--out two): both succeed
+    and write the same 12 frames (within one 8-bit level). Returns the torchrun run."""
+    import imageio.v3 as iio
+
+    one = subprocess.run([sys.executable, "-m", "engine.solve", *args, "--out", "one"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert one.returncode == 0, one.stderr
+    two = _torchrun([*args, "--out", "two"], tmp_path)
+    assert two.returncode == 0, two.stderr
+    a, b = sorted((tmp_path / "one" / "frames").iterdir()), sorted((tmp_path / "two" / "frames").iterdir())
+    assert len(a) == len(b) == 12
+    assert max(np.abs(iio.imread(p).astype(int) - iio.imread(q).astype(int)).max() for p, q in zip(a, b)) <= 1
+    return two
+
+
 ARGS = ["--degrade", "temporal:uniform:5", "--sigma-y", "0.02", "--prior", "gaussian", "--nfe", "4",
         "--baselines", "none"]
 
 
 def test_torchrun_writes_the_frames_one_process_writes(tmp_path):
-    import imageio.v3 as iio
-
-    clip = _clip(tmp_path)
-    one = subprocess.run([sys.executable, "-m", "engine.solve", str(clip), *ARGS, "--out", "one"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert one.returncode == 0, one.stderr
-    two = _torchrun([str(clip), *ARGS, "--out", "two"], tmp_path)
-    assert two.returncode == 0, two.stderr
+    two = _same_frames_as_one_process([str(_clip(tmp_path)), *ARGS], tmp_path)
     assert two.stdout.count(str(tmp_path / "two")) == 1                  # process 0 alone answers
-    a, b = sorted((tmp_path / "one" / "frames").iterdir()), sorted((tmp_path / "two" / "frames").iterdir())
-    assert len(a) == len(b) == 12
-    assert max(np.abs(iio.imread(p).astype(int) - iio.imread(q).astype(int)).max() for p, q in zip(a, b)) <= 1
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["world_size"] == 2
     assert [r["frames"] for r in metrics["ranks"]] == [[0, 6], [6, 12]]
@@ -181,8 +187,6 @@ def test_a_clean_video_is_decoded_by_process_0_alone(tmp_path):
 def test_torchrun_measured_video_each_process_reads_its_frames(tmp_path):
     """--measured under torchrun: every process keeps only its frames of the file; the frames written
     equal those of one process (within one 8-bit level)."""
-    import imageio.v3 as iio
-
     from engine.solve import _own_measurement, parse
 
     clip = _clip(tmp_path)
@@ -192,14 +196,7 @@ def test_torchrun_measured_video_each_process_reads_its_frames(tmp_path):
     frames, first, own = _own_measurement(job, rank=1, world=2)
     whole = torch.from_numpy(np.load(clip)).permute(1, 0, 2, 3).float()
     assert frames == 12 and torch.equal(own, whole[6:12]) and torch.equal(first, whole[0])
-    one = subprocess.run([sys.executable, "-m", "engine.solve", *args, "--out", "one"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert one.returncode == 0, one.stderr
-    two = _torchrun([*args, "--out", "two"], tmp_path)
-    assert two.returncode == 0, two.stderr
-    a, b = sorted((tmp_path / "one" / "frames").iterdir()), sorted((tmp_path / "two" / "frames").iterdir())
-    assert len(a) == len(b) == 12
-    assert max(np.abs(iio.imread(p).astype(int) - iio.imread(q).astype(int)).max() for p, q in zip(a, b)) <= 1
+    _same_frames_as_one_process(args, tmp_path)
 
 
 # ── windows with pinned context, each window sharded ────────────────────────
@@ -239,18 +236,9 @@ def test_windows_sharded_over_processes_equal_one_process(spec, window):
 def test_torchrun_windows_write_the_frames_one_process_writes(tmp_path):
     """--max-frames under torchrun: each window split over 2 processes; the frames equal the one-process
     windows' (within one 8-bit level) and metrics.json names both processes."""
-    import imageio.v3 as iio
-
     clip = _clip(tmp_path)
     args = [str(clip), *ARGS, "--max-frames", "8"]
-    one = subprocess.run([sys.executable, "-m", "engine.solve", *args, "--out", "one"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert one.returncode == 0, one.stderr
-    two = _torchrun([*args, "--out", "two"], tmp_path)
-    assert two.returncode == 0, two.stderr
-    a, b = sorted((tmp_path / "one" / "frames").iterdir()), sorted((tmp_path / "two" / "frames").iterdir())
-    assert len(a) == len(b) == 12
-    assert max(np.abs(iio.imread(p).astype(int) - iio.imread(q).astype(int)).max() for p, q in zip(a, b)) <= 1
+    _same_frames_as_one_process(args, tmp_path)
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["windows"]["streamed"] and metrics["world_size"] == 2
     assert [r["rank"] for r in metrics["ranks"]] == [0, 1] and all(r["windows_split"] == 2 for r in metrics["ranks"])
