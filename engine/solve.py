@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "them at their own size; a checkpoint's network then sees overlapping tiles of its size)")
     p.add_argument("--max-frames", type=int, metavar="W",
                    help="restore a video longer than W frames in windows of W frames, each pinning the previous "
-                        "window's last restored frames (engine.windows; cold start, shared noise), "
+                        "window's last restored frames (engine.windows; shared noise; --start starts each window warm), "
                         "reading and writing it frame by frame (no baselines); default: whole")
     p.add_argument("--batch", type=int, default=16,
                    help="frames (or tiles) per network call, B (default 16): sets the network's memory, not the result")
@@ -359,11 +359,10 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
 
     if cfg.noise != "shared":
         raise InputError("--max-frames restores in windows with the shared noise image only; drop --noise independent")
-    if cfg.start is not None:
-        log.warning("windows start cold: the warm start (--start %d) does not apply", cfg.start)
     restorer = VideoRestorer(make_network(model, cfg), cfg.spec, cfg.frame, window=job.max_frames, nfe=cfg.nfe,
                              eta=cfg.eta, cg_iters=cfg.cg_iters, gamma=cfg.gamma, cg_precond=cfg.cg_precond,
-                             seed=job.seed, mask_seed=cfg.mask_seed, device=cfg.device, group=group)
+                             seed=job.seed, mask_seed=cfg.mask_seed, device=cfg.device, group=group,
+                             start=cfg.start)
     if restorer.rank != 0:
         return _restore_windows_elsewhere(job, restorer, frames)
     held = deque()                                    # clean frames read and not yet scored

@@ -30,7 +30,9 @@ reads it; L = 0 commits all W frames (cheaper, measurably worse: see tests/test_
 At the video's true ends the boundary applies; there are no seams. Each window runs
 Algorithm 1 (engine.sampler.reverse_process) with the same noise image per step, drawn
 once from the seed (shared by all frames of all windows): the video is a deterministic
-function of the seed, W and L (not of the process count: below). With a frame-local
+function of the seed, W and L (not of the process count: below). With a warm start t₀
+(`start`), each window begins from √ᾱ_{t₀}·X_init + √(1−ᾱ_{t₀})·E_b, X_init from a few CG
+iterations on its own normal equations A_winᵀA_win z = A_winᵀy' (engine.schedule.warm_start). With a frame-local
 operator whose CG converges exactly (inpainting, SR: AᵀA has two eigenvalues) windows give the whole-video solve exactly;
 for a temporal PSF they differ by the pinned frames (fixed, not refined by later rows)
 and by CG's per-window step sizes.
@@ -62,7 +64,7 @@ from engine.operators.base import LinearOperator
 from engine.operators.sharded import ShardedWindowOperator, band
 from engine.operators.temporal import frame_preconditioner, frames_operator
 from engine.sampler import EpsModel, draw_noise, reverse_process
-from engine.schedule import ddim_steps
+from engine.schedule import ddim_steps, warm_start
 from engine.tiling import micro_batched
 
 log = logging.getLogger(__name__)
@@ -251,7 +253,8 @@ class VideoRestorer:
     eps_model(x_t [F, 3, H, W], t [F]) → [F, 3 or 6, H, W], called on windows (in micro-batches
     of `batch` frames when given). `window` (W) or `memory_budget` (bytes, see window_from_budget);
     neither restores the whole video as one window. Only the "shared" noise is supported: one
-    image per step, drawn once from `seed`, the same in every window.
+    image per step, drawn once from `seed`, the same in every window. `start` (t₀): every window
+    starts warm from its own CG estimate (module docstring); None: cold.
 
     `group` (a torch.distributed process group, e.g. `dist.group.WORLD`): every process runs
     `restore` on the same measurement; each window's frames are split over the processes (module
@@ -262,14 +265,15 @@ class VideoRestorer:
                  memory_budget: Optional[int] = None, nfe: int = 20, eta: float = 0.15, cg_iters: int = 5,
                  gamma: Optional[float] = None, cg_precond: Optional[float] = DEFAULT_DELTA, seed: int = 0,
                  mask_seed: int = 0, batch: Optional[int] = None, lag: Optional[int] = None, device="cpu",
-                 dtype: torch.dtype = torch.float32, group=None):
+                 dtype: torch.dtype = torch.float32, group=None, start: Optional[int] = None):
         self.term, spatial_spec = split_spec(spec)
         self.frame = (int(frame[0]), int(frame[1]))
         self.device, self.dtype = torch.device(device), dtype
         self.spatial = None if spatial_spec is None else from_spec(
             spatial_spec, (1, 3, *self.frame), seed=mask_seed, device=device, dtype=dtype, kernels="torch")
         self.eps_model = eps_model if batch is None else micro_batched(eps_model, batch)
-        self.steps = ddim_steps(nfe, eta)
+        self.steps = ddim_steps(nfe, eta, start=start)
+        self.warm = warm_start(start, cg_iters)
         self.cg_iters, self.gamma, self.cg_precond = cg_iters, gamma, cg_precond
         self.noise = draw_noise(seed, nfe, (1, 3, *self.frame)).to(device=self.device, dtype=dtype)  # [K+1, 1, 3, H, W]
         self.lag = self.term.context if lag is None else lag
@@ -389,7 +393,7 @@ class VideoRestorer:
         log.debug("window frames [%d, %d), rows [%d, %d), %d pinned", win.start, win.stop, *win.rows, P)
         precond = preconditioner(op, self.gamma, self.cg_precond, device=self.device, dtype=self.dtype)
         x = reverse_process(self.eps_model, y, op, self.noise, self.steps, cg_iters=self.cg_iters,
-                            gamma=self.gamma, precond=precond)
+                            gamma=self.gamma, precond=precond, warm=self.warm)
         if isinstance(op, ShardedWindowOperator):
             return gather_frames(x, op.comm)
         return x if self.rank == 0 else None

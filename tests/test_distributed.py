@@ -213,17 +213,19 @@ def test_a_sharded_window_operator_equals_the_window_operator(spec, rows, cols, 
         assert frames > 0 and error < 1e-12, error
 
 
-@pytest.mark.parametrize("spec, window", [("temporal:uniform:5:replicate+sr:2", 12),
-                                          ("temporal:uniform:3:zero", 9)])
-def test_windows_sharded_over_processes_equal_one_process(spec, window):
+@pytest.mark.parametrize("spec, window, start", [("temporal:uniform:5:replicate+sr:2", 12, None),
+                                                 ("temporal:uniform:3:zero", 9, None),
+                                                 ("temporal:uniform:5:replicate", 12, 400)])
+def test_windows_sharded_over_processes_equal_one_process(spec, window, start):
     """VideoRestorer(group=WORLD) with 2 processes yields on rank 0 the one-process video (fp64, 1e-12),
-    nothing on rank 1; the windows are split over the processes except a last one too short to split."""
+    nothing on rank 1; the windows are split over the processes except a last one too short to split
+    (cold, or each window warm from t₀)."""
     from engine.windows import VideoRestorer
 
     frames = 29
-    results = _values(run_local(workers.windows_restored, 2, frames, spec, window))
+    results = _values(run_local(workers.windows_restored, 2, frames, spec, window, start))
     restorer = VideoRestorer(workers._frame_local_eps, spec, (8, 12), window=window, nfe=3, gamma=1.0, seed=5,
-                             dtype=torch.float64)
+                             dtype=torch.float64, start=start)
     clean = torch.rand((frames, 3, 8, 12), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     ref = torch.stack(list(restorer.restore(restorer.measure(clean, sigma_y=0.05, seed=3))))
     (video, split0), (count, split1) = results

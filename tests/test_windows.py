@@ -100,30 +100,37 @@ def test_pinned_frames_enter_as_known_terms(window, lag):
     assert covered == set(range(n))
 
 
-def test_whole_video_path_is_the_engines_operator_and_sampler():
-    """One window over the whole video (zero boundary) is `engine.sampler.sample` on from_spec's operator."""
+@pytest.mark.parametrize("start", [None, 600])
+def test_whole_video_path_is_the_engines_operator_and_sampler(start):
+    """One window over the whole video (zero boundary) is `engine.sampler.sample` on from_spec's operator,
+    cold or from a warm start t₀."""
     spec, n, frame = "temporal:uniform:5:zero+inpaint:0.3", 11, (8, 12)
     x = smooth_video(n, *frame)
     op = from_spec(spec, (n, 3, *frame), dtype=F64, kernels="torch")
     y = op.A(x)
-    r = VideoRestorer(PRIOR, spec, frame, gamma=2.0, seed=3, **SETTINGS)
+    r = VideoRestorer(PRIOR, spec, frame, gamma=2.0, seed=3, start=start, **SETTINGS)
     assert torch.allclose(r.operator(n).A(x), y, rtol=0, atol=1e-14)
-    expected = sample(PRIOR, y, op, nfe=4, eta=0.15, cg_iters=3, gamma=2.0, seed=3)      # preconditioned, as windows are
+    expected = sample(PRIOR, y, op, nfe=4, eta=0.15, cg_iters=3, gamma=2.0, seed=3,      # preconditioned, as windows are
+                      start=start)
     assert torch.allclose(restored(r, y), expected, rtol=0, atol=1e-10)
 
 
 # ── windows against the whole video ─────────────────────────────────────────
 
-@pytest.mark.parametrize("spec,gamma", [("inpaint:0.5", None), ("inpaint:0.5", 2.0), ("sr:2", 1.0), ("sr:2", None)])
-def test_frame_local_windows_equal_the_whole_video(spec, gamma):
-    """A frame-local A whose CG converges in one step (AᵀA has two eigenvalues): windows are exact (fp64)."""
+@pytest.mark.parametrize("spec,gamma,start", [("inpaint:0.5", None, None), ("inpaint:0.5", 2.0, None),
+                                              ("sr:2", 1.0, None), ("sr:2", None, None), ("sr:2", 1.0, 500),
+                                              ("inpaint:0.5", None, 500)])
+def test_frame_local_windows_equal_the_whole_video(spec, gamma, start):
+    """A frame-local A whose CG converges in one step (AᵀA has two eigenvalues): windows are exact (fp64),
+    cold or each window warm from t₀ (its CG estimate is then exact too)."""
     n, frame = 13, (8, 8)
     x = smooth_video(n, *frame)
     op = from_spec(spec, (n, 3, *frame), dtype=F64, kernels="torch")
     y = op.A(x)
-    whole = sample(PRIOR, y, op, nfe=4, eta=0.15, cg_iters=2, gamma=gamma, seed=5)
+    whole = sample(PRIOR, y, op, nfe=4, eta=0.15, cg_iters=2, gamma=gamma, seed=5, start=start)
     for window in (1, 4, 13):
-        r = VideoRestorer(PRIOR, spec, frame, window=window, gamma=gamma, seed=5, **{**SETTINGS, "cg_iters": 2})
+        r = VideoRestorer(PRIOR, spec, frame, window=window, gamma=gamma, seed=5, start=start,
+                          **{**SETTINGS, "cg_iters": 2})
         assert torch.allclose(restored(r, y), whole, rtol=0, atol=1e-10), window
 
 
