@@ -7,6 +7,8 @@
   that changes it and compared with the torch model before it is kept; the engine file and its
   record are read and written by engine.backends.engine_file, which the runtime shares.
 - `export.build`: the command line, `python -m engine.build` (a thin entry point in engine/).
+- `export.denoiser`: the learned prior's denoiser (FFDNet) → ONNX, checked in onnxruntime
+  (`python -m export.denoiser`).
 
 onnx/onnxruntime/onnxscript (`[onnx]`) and tensorrt/torch-tensorrt (`[tensorrt]`) are optional
 extras, imported only here: the runtime (engine/) imports nothing from export/.

@@ -89,7 +89,7 @@ def export_onnx(model: torch.nn.Module, contract: UNetContract, path: str | os.P
     path = Path(path)
     net = _export_copy(model, DTYPES[dtype])
     start = time.perf_counter()
-    with _staging(path) as stage:
+    with staged_output(path) as stage:
         staged = stage / path.name
         chosen, reason = _export_with_opset(net, contract, staged, opset)   # checker passed
         ops = op_counts(onnx.load(str(staged), load_external_data=False))
@@ -216,7 +216,7 @@ def _weight_bytes(model: onnx.ModelProto) -> int:
 
 
 @contextmanager
-def _staging(path: Path):
+def staged_output(path: Path):
     """A fresh folder beside `path`; on success its `<name>[.data]` replace the targets."""
     with staging_folder(path) as stage:
         yield stage
