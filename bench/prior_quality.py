@@ -28,6 +28,7 @@ from torch import nn
 
 from bench.common import append_jsonl, machine
 from engine.baselines import admm_tv, cg_baseline
+from engine.cg import gamma_at
 from engine.metrics import psnr
 from engine.priors import DenoiserPrior, GaussianPrior
 from engine.runtime import Solver, SolverConfig, measure
@@ -74,7 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", default="temporal:uniform:7", help="degradation (engine.operators.from_spec)")
     p.add_argument("--sigma-y", type=float, default=0.05, help="measurement noise σ_y (γ-regularised CG when > 0)")
-    p.add_argument("--gamma", type=float, default=1.0)
+    p.add_argument("--gamma", type=float, help="γ of the regularised CG (default: engine.cg.default_gamma, 0.04/σ_y)")
     p.add_argument("--priors", default="ffdnet:0.3,gaussian", help="comma-separated prior variants")
     p.add_argument("--methods", default="admm-tv,cg", help="baselines, comma-separated: admm-tv, cg (or empty)")
     p.add_argument("--clips", default="astronaut,coffee", help=f"comma-separated, from {', '.join(CLIPS)}")
@@ -103,7 +104,7 @@ def save_clips(folder: Path, names: list[str], frames: int, size: int) -> list[P
 
 def run(args) -> list[dict]:
     cfg = SolverConfig(spec=args.spec, frames=args.frames, size=args.size, nfe=args.nfe, eta=args.eta,
-                       cg_iters=args.cg_iters, gamma=args.gamma if args.sigma_y > 0 else None, start=args.start)
+                       cg_iters=args.cg_iters, gamma=gamma_at(args.gamma, args.sigma_y), start=args.start)
     ffdnet = None
     if any(v.startswith("ffdnet") for v in args.priors.split(",")):
         from engine.ffdnet import load_ffdnet

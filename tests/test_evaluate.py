@@ -69,8 +69,9 @@ def rows_without_time(out):
 def test_every_method_end_to_end(full_run, sampler_calls):
     recs = records(full_run)
     assert [r["clip"] for r in recs] == ["astronaut_000", "coffee_000"]
-    # per clip svi, svi-independent-noise at σ_y = 0 (plain CG), then both at 0.01 with the regularised CG (--gamma 1)
-    assert sampler_calls == [(1, None), (8, None), (1, 1.0), (8, 1.0)] * 2
+    # per clip svi, svi-independent-noise at σ_y = 0 (plain CG), then both at 0.01 with the regularised CG at the
+    # default γ = 0.04 / σ_y = 4
+    assert sampler_calls == [(1, None), (8, None), (1, 4.0), (8, 4.0)] * 2
     for rec in recs:
         assert [(r["sigma_y"], r["method"]) for r in rec["runs"]] == [(s, m) for s in SIGMAS for m in METHODS]
         for run in rec["runs"]:

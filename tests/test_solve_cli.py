@@ -245,8 +245,8 @@ def test_metrics_record_every_setting_and_the_regularised_cg_baseline(tmp_path, 
     assert main([str(clip_npy), "--task", "temporal-k7", *FAST, "--sigma-y", "0.05", "--baselines", "cg,admm-tv",
                  "--out", str(out)]) == 0
     report = json.loads((out / "metrics.json").read_text())
-    assert report["settings"]["sigma_y"] == 0.05 and report["settings"]["gamma"] == 1.0
-    assert set(report["baselines"]) == {"cg regularised, gamma 1 towards A^T y (6 iterations)", "admm-tv"}
+    assert report["settings"]["sigma_y"] == 0.05 and report["settings"]["gamma"] == 0.8     # 0.04 / σ_y
+    assert set(report["baselines"]) == {"cg regularised, gamma 0.8 towards A^T y (6 iterations)", "admm-tv"}
 
 
 def test_measured_sigma_y_states_the_noise_level(tmp_path, clip_npy, caplog):
@@ -259,7 +259,7 @@ def test_measured_sigma_y_states_the_noise_level(tmp_path, clip_npy, caplog):
     assert main([str(path), "--degrade", "temporal:uniform:3", "--measured", "--sigma-y", "0.05", *FAST,
                  "--out", str(out)]) == 0
     settings = json.loads((out / "metrics.json").read_text())["settings"]
-    assert settings["sigma_y"] == 0.05 and settings["gamma"] == 1.0
+    assert settings["sigma_y"] == 0.05 and settings["gamma"] == 0.8
 
 
 def test_the_sampler_seed_does_not_move_the_inpainting_mask(tmp_path, caplog):

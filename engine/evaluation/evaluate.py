@@ -9,7 +9,7 @@ degraded by the task's operator, plus N(0, σ_y²) noise for each --sigma-y valu
 restored by every method of --methods:
 
     svi                    the paper's Algorithm 1 (batch-consistent DDIM + l CG steps per step;
-                           the regularised CG of DDS, γ = --gamma, when σ_y > 0)
+                           the regularised CG of DDS, γ = --gamma or 0.04/σ_y, when σ_y > 0)
     svi-independent-noise  the same with one noise per frame (the paper's ablation)
     cg                     stand-alone CG on AᵀA x = Aᵀy at the sampler's budget, K·l iterations
     cg-converged           the same until the relative residual stops improving (≤ --converged-iters)
@@ -58,6 +58,7 @@ from tqdm import tqdm
 
 from engine.backends import BACKENDS, GRAPH_BACKENDS
 from engine.baselines import admm_tv, cg_baseline, cg_converged
+from engine.cg import gamma_at
 from engine.cli import command
 from engine.errors import InputError
 from engine.evaluation.data import Dataset, Prep
@@ -94,7 +95,7 @@ class EvalJob:
     limit: Optional[int] = None              # the first N clips only; None: all
     methods: tuple[str, ...] = METHODS
     sigma_ys: tuple[float, ...] = (0.0,)     # measurement noise levels σ_y
-    gamma: float = 1.0                       # γ of the regularised CG when σ_y > 0
+    gamma: Optional[float] = None            # γ of the regularised CG when σ_y > 0; None: 0.04/σ_y (engine.cg)
     converged_iters: int = 1000              # most iterations of cg-converged
     admm_iters: tuple[int, int] = (30, 20)   # admm-tv's ADMM iterations, CG iterations per x-update (unless exact)
     seed: int = 0                            # sampler seed; the measurement noise is seeded per clip from it
@@ -125,7 +126,7 @@ class EvalJob:
         bad = [v for v in self.sigma_ys if not (math.isfinite(v) and v >= 0)]
         if bad:
             raise InputError(f"--sigma-y noise levels must be finite and >= 0, got {bad[0]}")
-        if not (math.isfinite(self.gamma) and self.gamma > 0):
+        if self.gamma is not None and not (math.isfinite(self.gamma) and self.gamma > 0):
             raise InputError(f"--gamma must be a finite number > 0, got {self.gamma}")
         _at_least("--limit", self.limit, 1)
         _at_least("--frames", self.frames, 2)           # the inter-frame difference needs two frames
@@ -199,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", type=_names, default=METHODS, help=f"comma-separated (default: all): {','.join(METHODS)}")
     p.add_argument("--sigma-y", type=_numbers(float), default=(0.0,),
                    help="measurement noise levels, comma-separated (default 0)")
-    p.add_argument("--gamma", type=float, default=1.0, help="γ of the regularised CG when σ_y > 0 (default 1)")
+    p.add_argument("--gamma", type=float,
+                   help="γ of the regularised CG when σ_y > 0 (default: 0.04/σ_y at each noise level, engine.cg)")
     p.add_argument("--limit", type=int, help="evaluate the first N clips only")
     p.add_argument("--out", type=Path, required=True, help="results folder (resumed if it holds a run with the same settings)")
     p.add_argument("--cache", type=Path, help="prepared clips (default OUT/prepared)")
@@ -297,10 +299,10 @@ def interframe_difference(x: Tensor) -> Tensor:
 
 
 class Methods:
-    """Runs every method on a measurement; one Solver per (noise mode, σ_y = 0 or not, K, t₀), built on first use."""
+    """Runs every method on a measurement; one Solver per (noise mode, γ at σ_y, K, t₀), built on first use."""
 
-    def __init__(self, model, base: SolverConfig, sigmas: tuple[float, ...], *, gamma: float, converged_iters: int,
-                 admm_iters: tuple[int, int]):
+    def __init__(self, model, base: SolverConfig, sigmas: tuple[float, ...], *, gamma: Optional[float],
+                 converged_iters: int, admm_iters: tuple[int, int]):
         self.model, self.base, self.gamma = model, base, gamma
         self.converged_iters, self.admm_iters = converged_iters, admm_iters
         self.device = torch.device(base.device)
@@ -310,10 +312,10 @@ class Methods:
 
     def solver(self, noise: str, sigma: float, nfe: Optional[int] = None, start: Optional[int] = None) -> Solver:
         """The Solver of `noise` at σ_y (regularised CG when > 0), K = `nfe` (None: the base's) from t₀ = `start`."""
-        key = (noise, sigma > 0, nfe, start)
+        gamma = gamma_at(self.gamma, sigma)
+        key = (noise, gamma, nfe, start)
         if key not in self._solvers:
-            cfg = replace(self.base, noise=noise, gamma=self.gamma if sigma > 0 else None,
-                          nfe=nfe or self.base.nfe, start=start)
+            cfg = replace(self.base, noise=noise, gamma=gamma, nfe=nfe or self.base.nfe, start=start)
             self._solvers[key] = Solver(self.model, cfg)
         return self._solvers[key]
 

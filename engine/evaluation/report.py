@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.cg import gamma_at
 from engine.errors import InputError
 from engine.evaluation.metrics_extra import FVD_SCALE, frechet_distance
 from engine.fileio import atomic_file, atomic_write_json, atomic_write_text
@@ -161,7 +162,8 @@ def summary_markdown(rows: list[dict], settings: dict, skipped: dict[str, str] |
         block = [r for r in rows if r["sigma_y"] == sigma]
         if not block:
             continue
-        note = "noiseless, the paper's protocol" if sigma == 0 else f"regularised CG, γ = {settings['gamma']}"
+        note = ("noiseless, the paper's protocol" if sigma == 0
+                else f"regularised CG, γ = {gamma_at(settings['gamma'], sigma):g}")
         lines += [f"## σ_y = {sigma:g} ({note})", "",
                   "| Method | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
                   "| --- |" + " ---: |" * len(COLUMNS)]
