@@ -162,9 +162,7 @@ def summary_markdown(rows: list[dict], settings: dict, skipped: dict[str, str] |
         block = [r for r in rows if r["sigma_y"] == sigma]
         if not block:
             continue
-        note = ("noiseless, the paper's protocol" if sigma == 0
-                else f"regularised CG, γ = {gamma_at(settings['gamma'], sigma):g}")
-        lines += [f"## σ_y = {sigma:g} ({note})", "",
+        lines += [f"## σ_y = {sigma:g} ({noise_note(sigma, settings)})", "",
                   "| Method | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
                   "| --- |" + " ---: |" * len(COLUMNS)]
         lines += [f"| {r['method']} | " + " | ".join(_cell(r[k], f) for k, _, f in COLUMNS) + " |" for r in block]
@@ -215,6 +213,12 @@ def _start_name(start) -> str:
     return "cold" if start is None else f"warm t₀ = {start}"
 
 
+def noise_note(sigma: float, settings: dict) -> str:
+    """How the sampler treats noise level σ_y: the noiseless CG, or the regularised one with its γ."""
+    return ("noiseless, the paper's protocol" if sigma == 0
+            else f"regularised CG, γ = {gamma_at(settings['gamma'], sigma):g}")
+
+
 def sweep_markdown(points: list[dict], settings: dict) -> str:
     """Per σ_y and column (PSNR, SSIM, time): a table with one row per K and one column per (method, start),
     then the baselines."""
@@ -228,7 +232,7 @@ def sweep_markdown(points: list[dict], settings: dict) -> str:
         swept = [p for p in block if p["nfe"] is not None]
         if not block:
             continue
-        lines += [f"## σ_y = {sigma:g}", ""]
+        lines += [f"## σ_y = {sigma:g} ({noise_note(sigma, settings)})", ""]
         columns = list(dict.fromkeys((p["method"], p["start"]) for p in swept))
         cells = {(p["nfe"], p["method"], p["start"]): p for p in swept}
         for key, title, fmt in SWEEP_COLUMNS:
