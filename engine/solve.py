@@ -187,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "them at their own size; a checkpoint's network then sees overlapping tiles of its size)")
     p.add_argument("--max-frames", type=int, metavar="W",
                    help="restore a video longer than W frames in windows of W frames, each pinning the previous "
-                        "window's last restored frames (engine.windows; shared noise; --start starts each window warm), "
-                        "reading and writing it frame by frame (no baselines); default: whole")
+                        "window's last restored frames (engine.windows; shared noise; --start starts each window "
+                        "warm), reading and writing it frame by frame (no baselines); default: whole")
     p.add_argument("--batch", type=int, default=16,
                    help="frames (or tiles) per network call, B (default 16): sets the network's memory, not the result")
     p.add_argument("--fps", type=float, help=f"frame rate of the written videos (default: the input's own, else "

@@ -32,10 +32,10 @@ Algorithm 1 (engine.sampler.reverse_process) with the same noise image per step,
 once from the seed (shared by all frames of all windows): the video is a deterministic
 function of the seed, W and L (not of the process count: below). With a warm start t₀
 (`start`), each window begins from √ᾱ_{t₀}·X_init + √(1−ᾱ_{t₀})·E_b, X_init from a few CG
-iterations on its own normal equations A_winᵀA_win z = A_winᵀy' (engine.schedule.warm_start). With a frame-local
-operator whose CG converges exactly (inpainting, SR: AᵀA has two eigenvalues) windows give the whole-video solve exactly;
-for a temporal PSF they differ by the pinned frames (fixed, not refined by later rows)
-and by CG's per-window step sizes.
+iterations on its own normal equations A_winᵀA_win z = A_winᵀy' (engine.schedule.warm_start).
+With a frame-local operator whose CG converges exactly (inpainting, SR: AᵀA has two
+eigenvalues) windows give the whole-video solve exactly; for a temporal PSF they differ by
+the pinned frames (fixed, not refined by later rows) and by CG's per-window step sizes.
 
 Several processes (a torch.distributed `group`, #17). Every process reads the same measurement
 stream and holds the window's rows; the window's free frames are sharded over the processes

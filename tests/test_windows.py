@@ -110,7 +110,7 @@ def test_whole_video_path_is_the_engines_operator_and_sampler(start):
     y = op.A(x)
     r = VideoRestorer(PRIOR, spec, frame, gamma=2.0, seed=3, start=start, **SETTINGS)
     assert torch.allclose(r.operator(n).A(x), y, rtol=0, atol=1e-14)
-    expected = sample(PRIOR, y, op, nfe=4, eta=0.15, cg_iters=3, gamma=2.0, seed=3,      # preconditioned, as windows are
+    expected = sample(PRIOR, y, op, nfe=4, eta=0.15, cg_iters=3, gamma=2.0, seed=3,   # preconditioned, as windows
                       start=start)
     assert torch.allclose(restored(r, y), expected, rtol=0, atol=1e-10)
 
