@@ -28,8 +28,9 @@ measurement is rounding: 1/(μ + δ) would amplify that rounding by 1/δ into x�
 component (measured: 5 dB at 28 frames of uniform 7, where |H|² has exact zeros).
 DEFAULT_DELTA is chosen by bench/cg_length.py.
 
-γ weighs the measurement against the step's estimate x̂. Its default falls as the noise grows,
-γ = GAMMA_NOISE / σ_y (`default_gamma`): measured on 4 real clips (astronaut, coffee, chelsea,
+γ weighs the measurement against the step's estimate x̂. With a diffusion checkpoint its default
+is DDS's γ = 1 (the paper's setting, DESIGN.md §2); with the plug-and-play priors (engine.priors)
+it falls as the noise grows, γ = GAMMA_NOISE / σ_y (`default_gamma`): measured on 4 real clips (astronaut, coffee, chelsea,
 rocket panned, 16 frames of 128×128, temporal k = 7, FFDNet, 8 NFE from t₀ = 400; mean PSNR), the
 best γ was about 5 at σ_y = 0.01, 2 at 0.02, 0.7 at 0.05 and 0.4 at 0.1, and γ = 1 at every level
 lost 1.8 dB at 0.01 and 1.5 dB at 0.1 (README, "the default prior").
@@ -47,20 +48,25 @@ Tensor = torch.Tensor
 
 #: δ of the noiseless preconditioner, relative to ‖AᵀA‖ (module docstring); measured by bench/cg_length.py.
 DEFAULT_DELTA = 1e-5
-#: the default γ times σ_y (module docstring; measured with bench/prior_quality.py)
+#: DDS's γ, the default with a diffusion checkpoint (the paper's method)
+DDS_GAMMA = 1.0
+#: the plug-and-play priors' default γ times σ_y (module docstring; measured with bench/prior_quality.py)
 GAMMA_NOISE = 0.04
 
 
-def default_gamma(sigma_y: float) -> float | None:
-    """γ = GAMMA_NOISE / σ_y for measurement noise σ_y > 0 (rounded to 6 digits); None (the noiseless CG) at 0."""
-    return round(GAMMA_NOISE / sigma_y, 6) if sigma_y > 0 else None
-
-
-def gamma_at(gamma: float | None, sigma_y: float) -> float | None:
-    """The γ a run at noise σ_y uses: None (noiseless CG) at σ_y = 0, else `gamma`, or default_gamma(σ_y) for None."""
+def default_gamma(sigma_y: float, *, diffusion: bool = False) -> float | None:
+    """γ for measurement noise σ_y > 0: DDS_GAMMA with a diffusion checkpoint, else GAMMA_NOISE / σ_y
+    (rounded to 6 digits); None (the noiseless CG) at σ_y = 0."""
     if sigma_y <= 0:
         return None
-    return gamma if gamma is not None else default_gamma(sigma_y)
+    return DDS_GAMMA if diffusion else round(GAMMA_NOISE / sigma_y, 6)
+
+
+def gamma_at(gamma: float | None, sigma_y: float, *, diffusion: bool = False) -> float | None:
+    """The γ a run at noise σ_y uses: None (noiseless CG) at σ_y = 0, else `gamma`, or the default for None."""
+    if sigma_y <= 0:
+        return None
+    return gamma if gamma is not None else default_gamma(sigma_y, diffusion=diffusion)
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:

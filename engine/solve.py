@@ -164,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measurement noise σ_y in [0, 1] units: added to a clean INPUT; with --measured, the noise "
                         "level the measurement already has (nothing is added; σ_y > 0 switches on the regularised "
                         "CG). Default 0 (the demo: 0.02)")
-    p.add_argument("--gamma", type=float, help="γ > 0 of the regularised CG (default: 0.04/σ_y when --sigma-y > 0, "
-                                               "e.g. 2 at 0.02; else the noiseless CG)")
+    p.add_argument("--gamma", type=float, help="γ > 0 of the regularised CG (default when --sigma-y > 0: 0.04/σ_y, "
+                                               "e.g. 2 at 0.02, with --prior; DDS's 1 with --checkpoint; else the "
+                                               "noiseless CG)")
     p.add_argument("--noise", choices=["shared", "independent"], default="shared",
                    help="one noise image for all frames (the paper) or one per frame (its ablation)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0); the measurement noise of a clean "
@@ -225,7 +226,7 @@ def parse(argv=None) -> tuple[Job, SolverConfig, bool]:
               model_config=model_config or None, class_label=args.class_label, frames=args.frames,
               max_frames=args.max_frames,
               size=args.size, fps=args.fps, sigma_y=sigma_y, seed=args.seed, baselines=baselines)
-    gamma = args.gamma if args.gamma is not None else default_gamma(sigma_y)
+    gamma = args.gamma if args.gamma is not None else default_gamma(sigma_y, diffusion=args.checkpoint is not None)
     defaults = task or get_task(DEMO_TASK)
     cfg = SolverConfig(
         spec=task.spec if task else args.degrade, frames=args.frames or DEFAULT_FRAMES, size=args.size or 256,

@@ -177,3 +177,15 @@ def test_the_default_gamma_falls_as_the_noise_grows():
     assert [default_gamma(s) for s in (0.01, 0.02, 0.05, 0.1)] == [4.0, 2.0, 0.8, 0.4]
     assert default_gamma(0.0) is None and gamma_at(None, 0.0) is None and gamma_at(3.0, 0.0) is None
     assert gamma_at(None, 0.05) == 0.8 and gamma_at(3.0, 0.05) == 3.0
+
+
+def test_a_diffusion_checkpoint_keeps_dds_gamma():
+    """With --checkpoint the sampler is the paper's DDS, γ = 1 whatever σ_y; a prior gets 0.04/σ_y."""
+    from engine.cg import default_gamma
+    from engine.solve import parse
+
+    assert default_gamma(0.05, diffusion=True) == 1.0 and default_gamma(0.0, diffusion=True) is None
+    argv = ["clip.npy", "--degrade", "temporal:uniform:7", "--sigma-y", "0.05", "--out", "out"]
+    assert parse(argv)[1].gamma == 0.8
+    assert parse([*argv, "--checkpoint", "adm.pt"])[1].gamma == 1.0
+    assert parse([*argv, "--checkpoint", "adm.pt", "--gamma", "0.3"])[1].gamma == 0.3

@@ -9,7 +9,8 @@ degraded by the task's operator, plus N(0, σ_y²) noise for each --sigma-y valu
 restored by every method of --methods:
 
     svi                    the paper's Algorithm 1 (batch-consistent DDIM + l CG steps per step;
-                           the regularised CG of DDS, γ = --gamma or 0.04/σ_y, when σ_y > 0)
+                           the regularised CG of DDS when σ_y > 0: γ = --gamma, else DDS's 1 with a
+                           checkpoint, 0.04/σ_y with a prior, engine.cg.default_gamma)
     svi-independent-noise  the same with one noise per frame (the paper's ablation)
     cg                     stand-alone CG on AᵀA x = Aᵀy at the sampler's budget, K·l iterations
     cg-converged           the same until the relative residual stops improving (≤ --converged-iters)
@@ -95,7 +96,7 @@ class EvalJob:
     limit: Optional[int] = None              # the first N clips only; None: all
     methods: tuple[str, ...] = METHODS
     sigma_ys: tuple[float, ...] = (0.0,)     # measurement noise levels σ_y
-    gamma: Optional[float] = None            # γ of the regularised CG when σ_y > 0; None: 0.04/σ_y (engine.cg)
+    gamma: Optional[float] = None            # γ of the regularised CG when σ_y > 0; None: the default (engine.cg)
     converged_iters: int = 1000              # most iterations of cg-converged
     admm_iters: tuple[int, int] = (30, 20)   # admm-tv's ADMM iterations, CG iterations per x-update (unless exact)
     seed: int = 0                            # sampler seed; the measurement noise is seeded per clip from it
@@ -165,6 +166,10 @@ class EvalJob:
         """Where the prepared clips are cached."""
         return self.cache if self.cache is not None else self.out / "prepared"
 
+    def gamma_at(self, sigma: float) -> Optional[float]:
+        """The sampler's γ at noise level σ_y: --gamma, else the default for a checkpoint or a prior."""
+        return gamma_at(self.gamma, sigma, diffusion=self.checkpoint is not None)
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -201,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma-y", type=_numbers(float), default=(0.0,),
                    help="measurement noise levels, comma-separated (default 0)")
     p.add_argument("--gamma", type=float,
-                   help="γ of the regularised CG when σ_y > 0 (default: 0.04/σ_y at each noise level, engine.cg)")
+                   help="γ of the regularised CG when σ_y > 0 (default: 1, DDS's, with --checkpoint; 0.04/σ_y "
+                        "at each noise level with a prior; engine.cg.default_gamma)")
     p.add_argument("--limit", type=int, help="evaluate the first N clips only")
     p.add_argument("--out", type=Path, required=True, help="results folder (resumed if it holds a run with the same settings)")
     p.add_argument("--cache", type=Path, help="prepared clips (default OUT/prepared)")
@@ -281,6 +287,7 @@ def run_settings(job: EvalJob, cfg: SolverConfig, prep: Prep) -> dict:
     return {
         "task": job.task, "spec": cfg.spec, "methods": [v.label for v in job.variants],
         "sigma_y": list(job.sigma_ys), "nfe": cfg.nfe, "eta": cfg.eta, "cg_iters": cfg.cg_iters, "gamma": job.gamma,
+        "gammas": [job.gamma_at(sigma) for sigma in job.sigma_ys],
         "converged_iters": job.converged_iters, "admm_iters": list(job.admm_iters), "seed": job.seed,
         "start": job.start, "sweep_nfe": list(job.sweep_nfe),
         "prior": str(job.checkpoint.resolve()) if job.checkpoint else job.prior,
@@ -301,8 +308,8 @@ def interframe_difference(x: Tensor) -> Tensor:
 class Methods:
     """Runs every method on a measurement; one Solver per (noise mode, γ at σ_y, K, t₀), built on first use."""
 
-    def __init__(self, model, base: SolverConfig, sigmas: tuple[float, ...], *, gamma: Optional[float],
-                 converged_iters: int, admm_iters: tuple[int, int]):
+    def __init__(self, model, base: SolverConfig, sigmas: tuple[float, ...], *,
+                 gamma: Callable[[float], Optional[float]], converged_iters: int, admm_iters: tuple[int, int]):
         self.model, self.base, self.gamma = model, base, gamma
         self.converged_iters, self.admm_iters = converged_iters, admm_iters
         self.device = torch.device(base.device)
@@ -312,7 +319,7 @@ class Methods:
 
     def solver(self, noise: str, sigma: float, nfe: Optional[int] = None, start: Optional[int] = None) -> Solver:
         """The Solver of `noise` at σ_y (regularised CG when > 0), K = `nfe` (None: the base's) from t₀ = `start`."""
-        gamma = gamma_at(self.gamma, sigma)
+        gamma = self.gamma(sigma)                          # γ at σ_y (None: the noiseless CG)
         key = (noise, gamma, nfe, start)
         if key not in self._solvers:
             cfg = replace(self.base, noise=noise, gamma=gamma, nfe=nfe or self.base.nfe, start=start)
@@ -482,7 +489,7 @@ def build(job: EvalJob, cfg: SolverConfig):
     prep = Prep(size=size, crop=job.crop, frames=job.frames)
     dataset = Dataset(job.data, job.prepared, prep)
     base = replace(cfg, size=size)                   # a checkpoint sets its own size
-    methods = Methods(model, base, job.sigma_ys, gamma=job.gamma, converged_iters=job.converged_iters,
+    methods = Methods(model, base, job.sigma_ys, gamma=job.gamma_at, converged_iters=job.converged_iters,
                       admm_iters=job.admm_iters)
     return methods, scorer, dataset, run_settings(job, base, prep)
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.cg import gamma_at
 from engine.errors import InputError
 from engine.evaluation.metrics_extra import FVD_SCALE, frechet_distance
 from engine.fileio import atomic_file, atomic_write_json, atomic_write_text
@@ -215,8 +214,9 @@ def _start_name(start) -> str:
 
 def noise_note(sigma: float, settings: dict) -> str:
     """How the sampler treats noise level σ_y: the noiseless CG, or the regularised one with its γ."""
-    return ("noiseless, the paper's protocol" if sigma == 0
-            else f"regularised CG, γ = {gamma_at(settings['gamma'], sigma):g}")
+    if sigma == 0:
+        return "noiseless, the paper's protocol"
+    return f"regularised CG, γ = {dict(zip(settings['sigma_y'], settings['gammas']))[sigma]:g}"
 
 
 def sweep_markdown(points: list[dict], settings: dict) -> str:
