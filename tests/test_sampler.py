@@ -164,11 +164,12 @@ def test_bad_measurements():
         sample(zero_eps, y, op)
 
 
-@pytest.mark.parametrize("prior", ["adm-fp16", "gaussian"])
+@pytest.mark.parametrize("prior", ["adm-fp16", "gaussian", "ffdnet-fp16"])
 def test_reverse_loop_has_no_host_sync(prior):
     """The whole loop of every paper task runs on meta tensors, which have no data: any host
     synchronisation in it (.item(), bool(tensor), .cpu(), .tolist(), nonzero) would raise here.
-    The torch backend's loop is what the `torch+graph` backend captures as one CUDA graph."""
+    The torch backend's loop is what the `torch+graph` backend captures as one CUDA graph. The
+    learned prior (FFDNet in fp16, channels_last) takes its device path there, as on a GPU."""
     from engine.backends import torch_eps
     from engine.operators import from_spec
     from engine.priors import GaussianPrior
@@ -181,6 +182,13 @@ def test_reverse_loop_has_no_host_sync(prior):
     if prior == "adm-fp16":
         with torch.device("meta"):
             eps = torch_eps(ADMUNet(ADMConfig.preset("tiny")), precision="fp16")
+    elif prior == "ffdnet-fp16":
+        from engine.ffdnet import FFDNet
+        from engine.priors import DenoiserPrior
+
+        with torch.device("meta"):
+            denoiser = FFDNet()
+        eps = torch_eps(DenoiserPrior(denoiser), precision="fp16", channels_last=True)
     else:
         eps = torch_eps(GaussianPrior())                                 # its buffers follow the input's device
     with pytest.raises(RuntimeError, match="meta"):
