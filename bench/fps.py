@@ -8,6 +8,7 @@
     python bench/fps.py --json --nvtx        # one JSON object per row; NVTX ranges for Nsight
     python bench/fps.py --save               # also append the rows to bench/results/fps.jsonl
     python bench/fps.py --procs 1,2          # one video over 1 and 2 processes: time per process and stage
+    python bench/fps.py --prior ffdnet --start 400 --nfe 8   # the default prior (no checkpoint), as the demo runs it
 
 Each row is one (frame count, backend): seconds per clip and per frame, the network batch B
 (`--batch`: the network sees B frames, or B tiles of its training size, at a time) and the
@@ -25,7 +26,9 @@ rows record `threads`.
 
 The reference is the loop written the way the public code runs it (eager UNet in fp16
 on a GPU, fp32 on the CPU; plain torch operators and CG). Speed does not depend on the
-weights' values, so the model is built from its config with random weights. The stage
+weights' values, so the model is built from its config with random weights. `--prior` times
+a plug-and-play prior (engine.priors; FFDNet with its shipped weights) in the UNet's place, at
+the frame size (`--size`, default 256), with no reference row (the public code has none). The stage
 columns split each clip's time by shares measured inside the loop itself (`stage_shares`).
 With --save each row is appended, as soon as it is measured, to bench/results/fps.jsonl (or
 $BENCH_RESULTS) with the card, versions and commit; a plain run writes nothing into the tree.
@@ -47,6 +50,8 @@ import torch
 
 from bench.common import (LiveBytes, add_save_flag, append_jsonl, machine, matmul_peak_tflops, median, synchronize,
                           time_fn, unet_flops)
+from engine.ffdnet import FFDNet
+from engine.priors import PRIORS, make_prior
 from engine.runtime import Solver, SolverConfig
 from engine.sampler import draw_noise, reverse_process
 from engine.profiling import StageClock, nvtx_range
@@ -56,6 +61,8 @@ from engine.unet import ADMConfig, ADMUNet
 
 log = logging.getLogger("bench.fps")
 REFERENCE = "reference"
+#: frame size of --prior rows unless --size says otherwise (the demo's)
+PRIOR_SIZE = 256
 COLD_START_LIMIT_S = 120
 #: seconds per frame may differ from the first row's by this fraction and still count as flat (issue #16)
 FLAT_TOLERANCE = 0.15
@@ -67,6 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="adm256_uncond" if cuda else "tiny", help="ADM config (adm256_uncond, ffhq_dps, tiny)")
+    p.add_argument("--prior", choices=PRIORS, help="time this prior instead of an ADM preset (the default without "
+                                                  f"--checkpoint; frames of --size, default {PRIOR_SIZE})")
+    p.add_argument("--start", type=int, help="warm start t0 of the sampler (default: the cold start)")
     p.add_argument("--frames", type=frame_list, default=[16] if cuda else [8],
                    help="comma list of frame counts, one row each (e.g. 16,64,256); the first is the baseline")
     p.add_argument("--batch", type=int, default=16, help="B: frames (or tiles) per network call")
@@ -143,14 +153,16 @@ def build_solver(args, backend: str, frames: int) -> tuple[Solver, float]:
     reference = backend == REFERENCE
     torch.manual_seed(0)
     cfg_model = ADMConfig.preset(args.preset)
-    if backend == "tensorrt":
+    if args.prior:
+        model = make_prior(args.prior, device=device)
+    elif backend == "tensorrt":
         model = args.engine
     else:
         with device:                       # initialised where it runs: seconds, not minutes, for ADM-256
             model = ADMUNet(cfg_model)
     config = SolverConfig.from_task(
-        args.task, frames=frames, size=args.size or cfg_model.image_size, nfe=args.nfe, cg_iters=args.cg_iters,
-        device=args.device, batch=args.batch,
+        args.task, frames=frames, size=args.size or (PRIOR_SIZE if args.prior else cfg_model.image_size),
+        nfe=args.nfe, cg_iters=args.cg_iters, start=args.start, device=args.device, batch=args.batch,
         backend="torch" if reference else backend,
         precision=("fp16" if device.type == "cuda" else "fp32") if reference else args.precision,
         kernels="torch" if reference else "auto",
@@ -214,7 +226,7 @@ def bench_backend(args, backend: str, frames: int, clip_y: dict, flops: float, p
     shares = stage_shares(solver, y, repeats=stage_repeats) if stage_repeats > 0 else None
     stages = {key: share * per_clip for key, share in shares.items()} if shares else None
     cfg = solver.config
-    tiles = network_tiles(cfg, ADMConfig.preset(args.preset).image_size)
+    tiles = 1 if args.prior else network_tiles(cfg, ADMConfig.preset(args.preset).image_size)
     if device.type == "cuda":
         peak_mem, method = torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated, reset per row"
     else:
@@ -222,7 +234,8 @@ def bench_backend(args, backend: str, frames: int, clip_y: dict, flops: float, p
         peak_mem, method = cpu_tensor_peak(args, backend, frames, y), "peak live torch tensor bytes (LiveBytes)"
     flops_per_step = flops * frames * tiles
     row = {
-        "backend": backend, "device": args.device, "preset": args.preset, "task": args.task,
+        "backend": backend, "device": args.device, "preset": None if args.prior else args.preset,
+        "prior": args.prior, "start": cfg.start, "task": args.task,
         "frames": cfg.frames, "size": list(cfg.frame), "batch": cfg.batch, "tiles": tiles, "nfe": cfg.nfe,
         "cg_iters": cfg.cg_iters, "precision": cfg.precision, "kernels": cfg.resolved_kernels.arithmetic,
         "norms": cfg.resolved_kernels.norms, "cudnn_benchmark": cfg.cudnn_benchmark,
@@ -230,12 +243,22 @@ def bench_backend(args, backend: str, frames: int, clip_y: dict, flops: float, p
         "fps": frames / per_clip, "ms_per_nfe": per_clip / cfg.nfe * 1e3, "build_s": build_s, "warmup": args.warmup,
         "stages": stages, "stage_shares": shares,
         "unet_flops_per_forward": flops_per_step,
-        "unet_tflops": flops_per_step * cfg.nfe / stages["unet_s"] / 1e12 if stages else None,
+        "unet_tflops": flops_per_step * cfg.nfe / stages["unet_s"] / 1e12 if stages and flops else None,
         "matmul_peak_tflops": peak,
         "peak_mem_bytes": peak_mem, "peak_mem_method": method, "peak_bytes_per_frame": peak_mem / frames,
     }
-    row["unet_fraction_of_peak"] = row["unet_tflops"] / peak if stages else None
+    row["unet_fraction_of_peak"] = row["unet_tflops"] / peak if row["unet_tflops"] is not None else None
     return row
+
+
+def network_flops(args) -> float:
+    """FLOPs of one network forward on one frame (or tile): the ADM preset's, FFDNet's at the frame size,
+    0 for the weight-free prior (its FFTs are not counted)."""
+    if args.prior == "ffdnet":
+        return float(FFDNet().flops(*(args.size or (PRIOR_SIZE, PRIOR_SIZE))))
+    if args.prior:
+        return 0.0
+    return float(unet_flops(ADMConfig.preset(args.preset), 1))
 
 
 def network_tiles(cfg: SolverConfig, tile: int) -> int:
@@ -274,6 +297,7 @@ def cold_start(args, backend: str, frames: int) -> float | None:
     """Seconds from process start to the first restored clip (kernels and engines already cached);
     None (logged) when that process fails or outlasts COLD_START_LIMIT_S."""
     cmd = [sys.executable, __file__, "--cold-child", "--backends", backend, "--preset", args.preset,
+           *(["--prior", args.prior] if args.prior else []), *(["--start", str(args.start)] if args.start else []),
            "--frames", str(frames), "--batch", str(args.batch), "--task", args.task, "--nfe", str(args.nfe),
            "--cg-iters", str(args.cg_iters), "--precision", args.precision, "--device", args.device]
     if args.size:
@@ -360,13 +384,13 @@ def main(argv=None) -> int:
 
         rows = measure(args, args.procs, info)
         return 1 if any(r["kind"] == "procs_error" for r in rows) else 0
-    flops = float(unet_flops(ADMConfig.preset(args.preset), 1))      # one frame (tile): FLOPs scale with the batch
+    flops = network_flops(args)                                        # one frame (tile): FLOPs scale with the batch
     peak = matmul_peak_tflops(device, PEAK_DTYPE[args.precision])
     shared: dict = {}
     rows, first = [], {}
     for frames in args.frames:
         reference = None
-        for backend in ([] if args.no_reference else [REFERENCE]) + backends:
+        for backend in ([] if args.no_reference or args.prior else [REFERENCE]) + backends:
             row = measure_backend(args, backend, frames, shared, flops, peak, reference=reference)
             if backend == REFERENCE and row.get("kind") != "error":
                 reference = row
@@ -381,7 +405,7 @@ def main(argv=None) -> int:
             print(json.dumps(r))
     else:
         size = "x".join(map(str, args.size)) if args.size else "native size"
-        print(f"{info['device_name']}  {args.preset}  {size}  frames {','.join(map(str, args.frames))}  "
+        print(f"{info['device_name']}  {args.prior or args.preset}  {size}  frames {','.join(map(str, args.frames))}  "
               f"B = {args.batch}  {args.task}  {args.nfe} NFE  {args.cg_iters} CG  "
               f"matmul peak {peak:.3g} TFLOP/s ({args.precision})")
         print_table(rows)

@@ -53,6 +53,12 @@ class FFDNet(nn.Module):
                 body.append(nn.ReLU(inplace=True))
         self.model = nn.Sequential(*body)   # state-dict keys model.0, model.2, …, model.22 as shipped
 
+    def flops(self, h: int, w: int) -> int:
+        """Floating-point operations of one forward on an H×W frame: 2 per weight of every convolution
+        per pixel of the half-resolution grid it runs on (biases, ReLUs and the shuffles not counted)."""
+        weights = sum(m.weight.numel() for m in self.model if isinstance(m, nn.Conv2d))
+        return 2 * weights * ((h + 1) // 2) * ((w + 1) // 2)
+
     def forward(self, z: Tensor, sigma: Tensor) -> Tensor:
         h, w = z.shape[-2:]
         z = F.pad(z, (0, w % 2, 0, h % 2), mode="replicate") if (h % 2 or w % 2) else z

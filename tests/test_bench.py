@@ -87,6 +87,29 @@ def test_fps_runs_on_the_cpu(capsys):
         assert r["speedup_vs_reference"] == pytest.approx(reference_s / r["seconds_per_clip"])
 
 
+def test_fps_times_the_learned_prior(capsys):
+    """--prior ffdnet: the default prior in the network's place, warm start, no reference row; its FLOPs
+    are FFDNet's at the frame size."""
+    from engine.ffdnet import FFDNet
+
+    code = fps.main(["--prior", "ffdnet", "--start", "400", "--frames", "8", "--size", "32", "--nfe", "2",
+                     "--cg-iters", "1", "--repeats", "1", "--backends", "torch", "--json", "--stage-repeats", "1"])
+    assert code == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert row["backend"] == "torch" and row["prior"] == "ffdnet" and row["preset"] is None and row["start"] == 400
+    assert row["size"] == [32, 32] and row["tiles"] == 1 and row["speedup_vs_reference"] is None
+    assert row["unet_flops_per_forward"] == 8 * FFDNet().flops(32, 32) and row["unet_tflops"] > 0
+
+
+def test_ffdnet_flops_count_every_convolution_weight_per_half_resolution_pixel():
+    from engine.ffdnet import FFDNet
+
+    net = FFDNet()
+    weights = sum(p.numel() for name, p in net.named_parameters() if name.endswith("weight"))
+    assert weights == 852_108 - (11 * 96 + 12)                                   # the parameters less the biases
+    assert net.flops(64, 48) == 2 * weights * 32 * 24 and net.flops(63, 47) == net.flops(64, 48)
+
+
 def test_fps_procs_rows_split_each_process_time(monkeypatch, capsys, tmp_path):
     """--procs 1,2: one row per process count, each with every process's frames and its time split;
     the communication of two processes is measured, that of one is none."""
