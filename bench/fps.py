@@ -166,7 +166,7 @@ def build_solver(args, backend: str, frames: int) -> tuple[Solver, float]:
         backend="torch" if reference else backend,
         precision=("fp16" if device.type == "cuda" else "fp32") if reference else args.precision,
         kernels="torch" if reference else "auto",
-        channels_last=not reference and device.type == "cuda",
+        channels_last=not reference and (device.type == "cuda" or bool(args.prior)),   # a prior: as engine.solve
         cudnn_benchmark=not reference and args.cudnn_benchmark,
         nvtx=args.nvtx,
     )
@@ -235,6 +235,7 @@ def bench_backend(args, backend: str, frames: int, clip_y: dict, flops: float, p
     flops_per_step = flops * frames * tiles
     row = {
         "backend": backend, "device": args.device, "preset": None if args.prior else args.preset,
+        "channels_last": cfg.channels_last,
         "prior": args.prior, "start": cfg.start, "task": args.task,
         "frames": cfg.frames, "size": list(cfg.frame), "batch": cfg.batch, "tiles": tiles, "nfe": cfg.nfe,
         "cg_iters": cfg.cg_iters, "precision": cfg.precision, "kernels": cfg.resolved_kernels.arithmetic,
