@@ -364,7 +364,7 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
     restorer = VideoRestorer(make_network(model, cfg), cfg.spec, cfg.frame, window=job.max_frames, nfe=cfg.nfe,
                              eta=cfg.eta, cg_iters=cfg.cg_iters, gamma=cfg.gamma, cg_precond=cfg.cg_precond,
                              seed=job.seed, mask_seed=cfg.mask_seed, device=cfg.device, group=group,
-                             start=cfg.start)
+                             start=cfg.start, clock=StageClock(cfg.device) if group is not None else None)
     if restorer.rank != 0:
         return _restore_windows_elsewhere(job, restorer, frames)
     held = deque()                                    # clean frames read and not yet scored
@@ -415,11 +415,14 @@ def _restore_windows_elsewhere(job: Job, restorer, frames: Iterator) -> None:
 
 
 def _window_ranks(restorer, seconds: float) -> dict:
-    """{"world_size", "ranks": each process's seconds and split windows} on rank 0 ({} elsewhere, or for one
-    process)."""
+    """{"world_size", "ranks": each process's seconds, split windows and seconds of the network, the CG, the
+    warm start's CG and the communication inside both} on rank 0 ({} elsewhere, or for one process)."""
     if restorer.group is None:
         return {}
-    record = {"rank": restorer.rank, "seconds": seconds, "windows_split": restorer.windows_split}
+    stages = restorer.clock.seconds()
+    record = {"rank": restorer.rank, "seconds": seconds, "windows_split": restorer.windows_split,
+              "network_s": stages.get("UNet", 0.0), "cg_s": stages.get("CG", 0.0),
+              "warm_start_s": stages.get("warm start", 0.0), "communication_s": stages.get("communication", 0.0)}
     records = gather_records(record, restorer.group)
     return {} if records is None else {"world_size": restorer.world, "ranks": records}
 

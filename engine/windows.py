@@ -259,13 +259,14 @@ class VideoRestorer:
     `group` (a torch.distributed process group, e.g. `dist.group.WORLD`): every process runs
     `restore` on the same measurement; each window's frames are split over the processes (module
     docstring) and the restored frames come out of the group's rank 0 only (the others yield none).
+    `clock` (engine.profiling.StageClock): times every window's stages and collectives, summed.
     """
 
     def __init__(self, eps_model: EpsModel, spec: str, frame: tuple[int, int], *, window: Optional[int] = None,
                  memory_budget: Optional[int] = None, nfe: int = 20, eta: float = 0.15, cg_iters: int = 5,
                  gamma: Optional[float] = None, cg_precond: Optional[float] = DEFAULT_DELTA, seed: int = 0,
                  mask_seed: int = 0, batch: Optional[int] = None, lag: Optional[int] = None, device="cpu",
-                 dtype: torch.dtype = torch.float32, group=None, start: Optional[int] = None):
+                 dtype: torch.dtype = torch.float32, group=None, start: Optional[int] = None, clock=None):
         self.term, spatial_spec = split_spec(spec)
         self.frame = (int(frame[0]), int(frame[1]))
         self.device, self.dtype = torch.device(device), dtype
@@ -287,6 +288,7 @@ class VideoRestorer:
         self.rank = dist.get_rank(group) if group is not None else 0
         self.world = dist.get_world_size(group) if group is not None else 1
         self.windows_split = 0             # windows whose frames were split over the processes
+        self.clock = clock
 
     def _window(self, window: Optional[int], budget: Optional[int]) -> float:
         """W from `window` or `budget`, refused in one line unless W > max(reach, lag): a window commits a frame."""
@@ -393,7 +395,7 @@ class VideoRestorer:
         log.debug("window frames [%d, %d), rows [%d, %d), %d pinned", win.start, win.stop, *win.rows, P)
         precond = preconditioner(op, self.gamma, self.cg_precond, device=self.device, dtype=self.dtype)
         x = reverse_process(self.eps_model, y, op, self.noise, self.steps, cg_iters=self.cg_iters,
-                            gamma=self.gamma, precond=precond, warm=self.warm)
+                            gamma=self.gamma, precond=precond, warm=self.warm, stage=self.clock)
         if isinstance(op, ShardedWindowOperator):
             return gather_frames(x, op.comm)
         return x if self.rank == 0 else None
@@ -404,8 +406,8 @@ class VideoRestorer:
         frames = T.shape[1]
         if self.world > 1 and frames // self.world >= max(1, *band(T.T @ T, ring=False)):
             self.windows_split += 1
-            return ShardedWindowOperator(T, self.spatial, self.frame, Comm(frames, self.group), device=self.device,
-                                         dtype=self.dtype)
+            comm = Comm(frames, self.group, clock=self.clock)
+            return ShardedWindowOperator(T, self.spatial, self.frame, comm, device=self.device, dtype=self.dtype)
         return self._operator(T)
 
     def _next_pinned(self, pinned: Tensor, x: Optional[Tensor], committed: int) -> Tensor:

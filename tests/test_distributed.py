@@ -244,3 +244,4 @@ def test_torchrun_windows_write_the_frames_one_process_writes(tmp_path):
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["windows"]["streamed"] and metrics["world_size"] == 2
     assert [r["rank"] for r in metrics["ranks"]] == [0, 1] and all(r["windows_split"] == 2 for r in metrics["ranks"])
+    assert all(r["network_s"] > 0 and r["cg_s"] > 0 and r["communication_s"] > 0 for r in metrics["ranks"])
