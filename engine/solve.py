@@ -285,11 +285,9 @@ def run(job: Job, cfg: SolverConfig) -> Path:
         model, _ = load_model(job.checkpoint, backend=cfg.backend, engine=job.engine, size=job.size,
                               device=cfg.device, model_config=job.model_config, class_label=job.class_label,
                               prior=job.prior)
-        frames, notes = input_frames(job)
-        head = [] if job.max_frames is None else list(islice(frames, job.max_frames + 1))
-        if job.max_frames is not None and len(head) > job.max_frames:
-            cfg = fitted_config(job, cfg, tuple(head[0].shape[-2:]), frames=None)
-            restore_in_windows(tmp, job, cfg, model, _drained(head, frames), notes)
+        head, frames, notes = _head(job)
+        if _longer_than_a_window(job, head):
+            restore_in_windows(tmp, job, cfg, model, head, frames, notes)
         else:
             clean, y = _whole(job, [*head, *frames])
             clip = clean if clean is not None else y
@@ -341,12 +339,24 @@ def restore(job: Job, cfg: SolverConfig, model, clean, y):
     return restored, report, y
 
 
-def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, model, frames: Iterator,
-                       notes: list[str], group=None) -> Optional[dict]:
+def _head(job: Job) -> tuple[list, Iterator, list[str]]:
+    """(INPUT's first W + 1 frames with --max-frames W, else none; the frames after them; the input changes)."""
+    frames, notes = input_frames(job)
+    return ([] if job.max_frames is None else list(islice(frames, job.max_frames + 1))), frames, notes
+
+
+def _longer_than_a_window(job: Job, head: list) -> bool:
+    """Whether `_head` found more than --max-frames frames: the video is restored in windows."""
+    return job.max_frames is not None and len(head) > job.max_frames
+
+
+def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, model, head: list,
+                       rest: Iterator, notes: list[str], group=None) -> Optional[dict]:
     """Algorithm 1 in windows of --max-frames frames (engine.windows), streamed; returns the report it wrote.
 
-    INPUT's `frames` ([3, H, W], clean or measured) are measured (y[n] = S(Σ_m T[n, m] x[m]) + σ_y·w[n],
-    `VideoRestorer.measure`, its noise drawn frame after frame), restored a window at a time, scored
+    INPUT's frames (`head`, then `rest`; [3, H, W], clean or measured; `cfg` is fitted to them here) are
+    measured (y[n] = S(Σ_m T[n, m] x[m]) + σ_y·w[n], `VideoRestorer.measure`, its noise drawn frame after
+    frame), restored a window at a time, scored
     (the per-frame PSNR and SSIM of `clip_summary`, so its means are those of the whole clip) and written
     as they come: restored.mp4, frames/ and measurement.mp4, then metrics.json and comparison.png
     (the first SHEET_FRAMES frames only). Holds about W + 3r frames, never the whole video.
@@ -359,6 +369,8 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
     from engine.video_io import frames_writer, video_writer
     from engine.windows import VideoRestorer
 
+    cfg = fitted_config(job, cfg, tuple(head[0].shape[-2:]), frames=None)
+    frames = _drained(head, rest)
     if cfg.noise != "shared":
         raise InputError("--max-frames restores in windows with the shared noise image only; drop --noise independent")
     restorer = VideoRestorer(make_network(model, cfg), cfg.spec, cfg.frame, window=job.max_frames, nfe=cfg.nfe,
@@ -419,10 +431,8 @@ def _window_ranks(restorer, seconds: float) -> dict:
     warm start's CG and the communication inside both} on rank 0 ({} elsewhere, or for one process)."""
     if restorer.group is None:
         return {}
-    stages = restorer.clock.seconds()
     record = {"rank": restorer.rank, "seconds": seconds, "windows_split": restorer.windows_split,
-              "network_s": stages.get("UNet", 0.0), "cg_s": stages.get("CG", 0.0),
-              "warm_start_s": stages.get("warm start", 0.0), "communication_s": stages.get("communication", 0.0)}
+              **stage_seconds(restorer.clock)}
     records = gather_records(record, restorer.group)
     return {} if records is None else {"world_size": restorer.world, "ranks": records}
 
@@ -535,11 +545,9 @@ def _run_shard(job: Job, cfg: SolverConfig, rank: int, world: int) -> Optional[P
                               device=cfg.device, model_config=job.model_config, class_label=job.class_label,
                               prior=job.prior)
         if job.max_frames is not None:           # every process streams INPUT; longer than W: windows, each split
-            frames_read, notes = input_frames(job)
-            head = list(islice(frames_read, job.max_frames + 1))
-            if len(head) > job.max_frames:
-                cfg = fitted_config(job, cfg, tuple(head[0].shape[-2:]), frames=None)
-                restore_in_windows(tmp, job, cfg, model, _drained(head, frames_read), notes, group=dist.group.WORLD)
+            head, frames_read, notes = _head(job)
+            if _longer_than_a_window(job, head):
+                restore_in_windows(tmp, job, cfg, model, head, frames_read, notes, group=dist.group.WORLD)
                 return job.out.resolve() if rank == 0 else None
         if job.measured:                         # this process's frames only: [start, stop) of a first count
             frames, first, own_rows = _own_measurement(job, rank, world)
@@ -610,18 +618,22 @@ def _own_measurement(job: Job, rank: int, world: int) -> tuple[int, torch.Tensor
     return frames, first, torch.stack(own)
 
 
+def stage_seconds(clock: StageClock) -> dict:
+    """A process's seconds in the network, the CG, the warm start's CG and the communication inside both."""
+    stages = clock.seconds()
+    return {"network_s": stages.get("UNet", 0.0), "cg_s": stages.get("CG", 0.0),
+            "warm_start_s": stages.get("warm start", 0.0), "communication_s": stages.get("communication", 0.0)}
+
+
 def _restore_shard(solver: Solver, y, seed: int, rank: int):
     """(this process's restored frames, its record: frames, seconds, and the seconds of the network, the CG,
     the warm start's CG and the communication inside both)."""
     clock = StageClock(solver.device)
     t0 = time.perf_counter()
     restored = solver.solve(y, seed=seed, clock=clock)
-    stages = clock.seconds()
     shard = solver.shard
     record = {"rank": rank, "frames": [shard.start, shard.stop] if shard else [0, y.shape[0]],
-              "seconds": time.perf_counter() - t0, "network_s": stages.get("UNet", 0.0),
-              "cg_s": stages.get("CG", 0.0), "warm_start_s": stages.get("warm start", 0.0),
-              "communication_s": stages.get("communication", 0.0)}
+              "seconds": time.perf_counter() - t0, **stage_seconds(clock)}
     log.info("process %d: frames %s in %.1f s (network %.1f s, CG %.1f s, communication %.1f s of the CG's)", rank,
              record["frames"], record["seconds"], record["network_s"], record["cg_s"] + record["warm_start_s"],
              record["communication_s"])

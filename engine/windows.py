@@ -180,13 +180,15 @@ class WindowOperator(LinearOperator):
     def __init__(self, T: Tensor, spatial: Optional[LinearOperator], frame: tuple[int, int], *, device=None,
                  dtype=torch.float32):
         self.kernels = "torch"
+        self.matrix, self.spatial = T, spatial                          # T_win [R, F] float64, S
         self._T = T.to(device=device, dtype=dtype)                    # [R, F]
         self._S = spatial
-        self._TtT64 = T.T @ T                                           # [F, F], formed in float64
-        self._TtT = self._TtT64.to(device=device, dtype=dtype)
+        self.normal_matrix = T.T @ T                                    # T_winᵀT_win [F, F], formed in float64
+        self._TtT = self.normal_matrix.to(device=device, dtype=dtype)
         self._spatial_gain = spatial.normal_gain if spatial is not None else 1.0
         #: the largest eigenvalue of AᵀA = ‖T_winᵀT_win‖·‖SᵀS‖ (engine.cg's preconditioner scales δ by it)
-        self.normal_gain = float(torch.linalg.eigvalsh(self._TtT64)[-1]) * self._spatial_gain if T.numel() else 0.0
+        self.normal_gain = (float(torch.linalg.eigvalsh(self.normal_matrix)[-1]) * self._spatial_gain
+                            if T.numel() else 0.0)
         out_frame = tuple(spatial.out_shape[1:]) if spatial is not None else (3, *frame)
         self.in_shape = (T.shape[1], 3, *frame)
         self.out_shape = (T.shape[0], *out_frame)
@@ -207,8 +209,11 @@ class WindowOperator(LinearOperator):
 
     def frame_preconditioner(self, phi, *, device=None, dtype=None):
         """v ↦ φ(g·T_winᵀT_win) v along the window's frames, g = ‖SᵀS‖ (engine.cg.preconditioner).  [F, ...] → [F, ...]"""
-        P = frame_preconditioner(self._TtT64, lambda lam: phi(self._spatial_gain * lam))
-        return frames_operator(P, "torch", device=device, dtype=dtype)
+        return frames_operator(self.preconditioner_matrix(phi), "torch", device=device, dtype=dtype)
+
+    def preconditioner_matrix(self, phi) -> Tensor:
+        """φ(g·T_winᵀT_win), g = ‖SᵀS‖ (engine.operators.temporal.frame_preconditioner).  → [F, F] float64"""
+        return frame_preconditioner(self.normal_matrix, lambda lam: phi(self._spatial_gain * lam))
 
     def _spatial(self, x: Tensor) -> Tensor:
         return x if self._S is None else self._S.A(x)
@@ -403,12 +408,13 @@ class VideoRestorer:
     def _split_operator(self, T: Tensor) -> LinearOperator:
         """The window's operator for T [R, F]: sharded over the group when each process gets at least
         the band of T_winᵀT_win (and one frame), else whole (every process solves the window alike)."""
+        op = self._operator(T)
         frames = T.shape[1]
-        if self.world > 1 and frames // self.world >= max(1, *band(T.T @ T, ring=False)):
+        if self.world > 1 and frames // self.world >= max(1, *band(op.normal_matrix, ring=False)):
             self.windows_split += 1
             comm = Comm(frames, self.group, clock=self.clock)
-            return ShardedWindowOperator(T, self.spatial, self.frame, comm, device=self.device, dtype=self.dtype)
-        return self._operator(T)
+            return ShardedWindowOperator(op, comm, device=self.device, dtype=self.dtype)
+        return op
 
     def _next_pinned(self, pinned: Tensor, x: Optional[Tensor], committed: int) -> Tensor:
         """The last w − 1 restored frames after a window committed `committed` frames `x` (rank 0's),

@@ -24,7 +24,6 @@ import argparse
 import logging
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -33,8 +32,8 @@ from engine.errors import CheckpointError
 from engine.fileio import atomic_write_json
 from engine.ffdnet import FFDNet, load_ffdnet
 from export.contract import ErrorStats, error_stats
-from export.onnx import (FALLBACK_OPSET, ONNX_HINT, PARITY_TOLERANCE, ExportError, clean_up, onnx, onnx_sha256,
-                         op_counts, save_model, staged_output)
+from export.onnx import (FALLBACK_OPSET, ONNX_HINT, PARITY_TOLERANCE, ExportError, export_torchscript, onnx_sha256,
+                         op_counts, staged_output)
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +58,9 @@ def export_denoiser(denoiser: FFDNet, path: Path) -> dict:
         raise ValueError("the traced frame must have even sides")
     denoiser = denoiser.eval().float().cpu()
     start = time.perf_counter()
-    with staged_output(path) as stage:
-        raw = stage / f"raw-{path.name}"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)           # the legacy exporter, chosen on purpose
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)      # the odd-size branch: even sides here
-            torch.onnx.export(denoiser, sample(*TRACE_SHAPE), str(raw), dynamo=False, opset_version=FALLBACK_OPSET,
-                              input_names=list(INPUTS), output_names=[OUTPUT], dynamic_axes=DYNAMIC)
-        model = clean_up(onnx.load(str(raw)))
-        raw.unlink()
-        save_model(model, stage / path.name)
-        onnx.checker.check_model(str(stage / path.name), full_check=True)
+    with staged_output(path) as stage:                  # traced at even sides: FFDNet's odd-size padding stays out
+        model = export_torchscript(denoiser, sample(*TRACE_SHAPE), stage / path.name, input_names=list(INPUTS),
+                                   output_names=[OUTPUT], dynamic_axes=DYNAMIC)
         nodes = sum(op_counts(model).values())
     seconds = time.perf_counter() - start
     log.info("exported %s: opset %d, %d nodes, %.1f s", path, FALLBACK_OPSET, nodes, seconds)

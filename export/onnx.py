@@ -169,19 +169,28 @@ def native_check(path: Path) -> str | None:
 
 
 def _export_torchscript(net, contract: UNetContract, staged: Path) -> None:
-    """Opset 17 through the TorchScript exporter into `staged`, cleaned up and checked."""
+    """The UNet at opset 17 through the TorchScript exporter into `staged` (`export_torchscript`)."""
+    export_torchscript(net, contract.sample(EXPORT_BATCH, device=_device(net)), staged,
+                       input_names=contract.input_names, output_names=contract.output_names,
+                       dynamic_axes=contract.dynamic_axes())
+
+
+def export_torchscript(net, example: tuple, staged: Path, *, input_names: list[str], output_names: list[str],
+                       dynamic_axes: dict) -> onnx.ModelProto:
+    """Opset 17 through the TorchScript exporter, traced on `example`, into `staged`, cleaned up and
+    checked; returns the model written."""
     raw = staged.parent / "raw"
     raw.mkdir()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)   # asserts, constant q·k scale: harmless
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)   # asserts, constant shapes: harmless here
         warnings.simplefilter("ignore", DeprecationWarning)         # the legacy exporter, chosen on purpose
-        torch.onnx.export(net, contract.sample(EXPORT_BATCH, device=_device(net)), str(raw / staged.name),
-                          dynamo=False, opset_version=FALLBACK_OPSET, input_names=contract.input_names,
-                          output_names=contract.output_names, dynamic_axes=contract.dynamic_axes())
+        torch.onnx.export(net, example, str(raw / staged.name), dynamo=False, opset_version=FALLBACK_OPSET,
+                          input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes)
     model = clean_up(onnx.load(str(raw / staged.name)))
     shutil.rmtree(raw)
     save_model(model, staged)
     onnx.checker.check_model(str(staged), full_check=True)
+    return model
 
 
 def clean_up(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -134,7 +134,7 @@ def window_operator_errors(rank, world, spec, rows, cols, end):
     full = WindowOperator(T, spatial, frame, dtype=torch.float64)
     comm = Comm(T.shape[1])
     a, b = comm.shard.start, comm.shard.stop
-    sharded = ShardedWindowOperator(T, spatial, frame, comm, dtype=torch.float64)
+    sharded = ShardedWindowOperator(full, comm, dtype=torch.float64)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(full.in_shape, generator=gen, dtype=torch.float64)
     y = torch.rand(full.out_shape, generator=gen, dtype=torch.float64)

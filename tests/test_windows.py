@@ -76,7 +76,7 @@ def test_window_preconditioner_inverts_the_regularised_system():
     P = preconditioner(op, 2.0, device="cpu", dtype=F64)
     z = torch.rand(op.in_shape[0], 3, 3, 4, dtype=F64).repeat_interleave(2, -1).repeat_interleave(2, -2)
     assert torch.allclose(P(z + 2.0 * op.A_adjoint_A(z)), z, rtol=0, atol=1e-12)
-    assert op.normal_gain == pytest.approx(float(torch.linalg.eigvalsh(op._TtT64)[-1]) / 4)
+    assert op.normal_gain == pytest.approx(float(torch.linalg.eigvalsh(op.normal_matrix)[-1]) / 4)
 
 
 @pytest.mark.parametrize("window,lag", [(5, 0), (8, 6), (9, 3)])

@@ -19,8 +19,6 @@ A shard must hold at least the band's reach (max(lo, hi) frames), else InputErro
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from engine.errors import InputError
@@ -175,11 +173,12 @@ def in_pixel_layout(P: Tensor, comm, *, device=None, dtype=None):
 
 
 class ShardedWindowOperator(LinearOperator):
-    """A window's operator A = T_win ⊗ S (engine.windows.WindowOperator) with its F free frames sharded
-    by `comm` and its R measurement rows held whole by every rank.  [n_p, 3, H, W] → [R, 3, H', W']
+    """A window's operator A = T_win ⊗ S (`window`, an engine.windows.WindowOperator) with its F free
+    frames sharded by `comm` and its R measurement rows held whole by every rank.
+    [n_p, 3, H, W] → [R, 3, H', W']
 
-    T_win [R, F] float64 is banded (row n reads a few neighbouring frames), S a per-frame operator or
-    None. With x_p this rank's frames [a, b) and T_p = T_win[:, a:b]:
+    With x_p this rank's frames [a, b) and T_p = T_win[:, a:b] (T_win banded: a row reads a few
+    neighbouring frames):
 
         A x = Σ_p T_p S x_p   (an all-reduce of the R rows)      Aᵀ y = Sᵀ T_pᵀ y   (local: y is whole)
         AᵀA x = Sᵀ (T_winᵀT_win) S x   (one halo exchange: T_winᵀT_win is banded, F×F)
@@ -191,22 +190,19 @@ class ShardedWindowOperator(LinearOperator):
 
     kernels = "torch"
 
-    def __init__(self, T: Tensor, spatial: Optional[LinearOperator], frame: tuple[int, int], comm, *, device=None,
-                 dtype=torch.float32):
-        if comm.shard.frames != T.shape[1]:
-            raise InputError(f"the window has {T.shape[1]} free frames but the process group was sharded for "
+    def __init__(self, window, comm, *, device=None, dtype=torch.float32):
+        frames = window.matrix.shape[1]
+        if comm.shard.frames != frames:
+            raise InputError(f"the window has {frames} free frames but the process group was sharded for "
                              f"{comm.shard.frames}")
-        self.comm, self.shard, self._S = comm, comm.shard, spatial
-        a, b = self.shard.start, self.shard.stop
-        self._Tp = Constants({"T": T[:, a:b]}, device=device, dtype=dtype)                # [R, n_p]
-        TtT = T.T @ T
-        self._TtT = BandedFrames(TtT, comm, ring=False, what="the window's temporal PSF", device=device, dtype=dtype)
-        self._TtT64 = TtT
-        self._spatial_gain = spatial.normal_gain if spatial is not None else 1.0
-        self.normal_gain = float(torch.linalg.eigvalsh(TtT)[-1]) * self._spatial_gain if T.numel() else 0.0
-        out_frame = tuple(spatial.out_shape[1:]) if spatial is not None else (3, *frame)
-        self.in_shape = (self.shard.count, 3, *frame)
-        self.out_shape = (T.shape[0], *out_frame)
+        self.window, self.comm, self.shard, self._S = window, comm, comm.shard, window.spatial
+        self._Tp = Constants({"T": window.matrix[:, self.shard.start:self.shard.stop]}, device=device,
+                             dtype=dtype)                                                    # [R, n_p]
+        self._TtT = BandedFrames(window.normal_matrix, comm, ring=False, what="the window's temporal PSF",
+                                 device=device, dtype=dtype)
+        self.normal_gain = window.normal_gain
+        self.in_shape = (self.shard.count, *window.in_shape[1:])
+        self.out_shape = tuple(window.out_shape)
 
     def A(self, x: Tensor) -> Tensor:
         """y = Σ_p T_p S x_p, the same on every rank.  [n_p, 3, H, W] → [R, 3, H', W']"""
@@ -229,7 +225,5 @@ class ShardedWindowOperator(LinearOperator):
         return self.comm.all_sum(inner_product(a, b))
 
     def frame_preconditioner(self, phi, *, device=None, dtype=None):
-        """v ↦ φ(g·T_winᵀT_win) v along the window's frames, g = ‖SᵀS‖ (as WindowOperator's), in the pixel layout."""
-        P = frame_preconditioner(self._TtT64, lambda lam: phi(self._spatial_gain * lam))
-        return in_pixel_layout(P, self.comm, device=device, dtype=dtype)
-
+        """The window's φ(g·T_winᵀT_win) (WindowOperator.preconditioner_matrix), in the pixel layout."""
+        return in_pixel_layout(self.window.preconditioner_matrix(phi), self.comm, device=device, dtype=dtype)
