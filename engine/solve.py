@@ -155,9 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class of the frames for a class-conditional checkpoint (ImageNet: 0–999); required there")
     p.add_argument("--nfe", type=int, help="network evaluations K, 1 to 1000 (task default: 20 temporal, "
                                            "100 spatio-temporal)")
-    p.add_argument("--start", type=int, metavar="T0",
+    p.add_argument("--start", "--warm-start", type=int, metavar="T0", dest="start",
                    help="warm start: begin the reverse process at t0 in [nfe, 1000] from a CG estimate of the clip "
-                        "instead of noise (default 1000, the cold start; the demo: 400)")
+                        "instead of noise (default 1000, the cold start; the demo: 400). Under torchrun write "
+                        "--warm-start: torchrun reads --start as its own --start-method")
     p.add_argument("--eta", type=float, help="DDIM stochasticity η in [0, 1] (task default)")
     p.add_argument("--cg-iters", type=int, help="CG iterations per step l, >= 0 (default 5)")
     p.add_argument("--sigma-y", type=float,

@@ -239,7 +239,7 @@ def test_torchrun_windows_write_the_frames_one_process_writes(tmp_path):
     """--max-frames under torchrun: each window split over 2 processes; the frames equal the one-process
     windows' (within one 8-bit level) and metrics.json names both processes."""
     clip = _clip(tmp_path)
-    args = [str(clip), *ARGS, "--max-frames", "8"]
+    args = [str(clip), *ARGS, "--max-frames", "8", "--warm-start", "600"]     # torchrun would take --start
     _same_frames_as_one_process(args, tmp_path)
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["windows"]["streamed"] and metrics["world_size"] == 2
