@@ -162,7 +162,7 @@ def check_device(device) -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError(f"device {device!r}: this machine (or this build of torch) has no CUDA device; "
-                             f"use --device cpu")
+                             f"run on the CPU ('cpu')")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise InputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     return dev
@@ -180,17 +180,17 @@ def load_model(checkpoint=None, *, backend: str = "torch", engine=None, size: in
     "gaussian", the weight-free stand-in. Either restores frames of any size (`size` is returned).
     """
     if (model_config or class_label is not None) and checkpoint is None:
-        raise InputError("--model-config and --class-label describe a --checkpoint; none was given")
+        raise InputError("model_config and class_label describe a checkpoint; none was given")
     if backend == "tensorrt":
         if engine is None:
-            raise InputError("--backend tensorrt needs --engine FILE (build one with python -m engine.build)")
+            raise InputError("backend 'tensorrt' needs engine=FILE, a TensorRT engine (build one with python -m engine.build)")
         return engine, size
     if engine is not None:
-        raise InputError("--engine is for --backend tensorrt")
+        raise InputError("an engine file is for backend 'tensorrt'")
     if checkpoint is None:
         from engine.priors import make_prior
 
-        log.warning("no --checkpoint: the %s prior (%s); the ADM checkpoint gives the paper's quality", prior,
+        log.warning("no checkpoint: the %s prior (%s); the ADM checkpoint gives the paper's quality", prior,
                     "FFDNet, a small learned denoiser" if prior == "ffdnet" else "weight-free")
         return make_prior(prior, device=device), size
     from engine.checkpoint import load_adm
@@ -383,7 +383,7 @@ class Solver:
                 out.record_stream(caller)       # made on the Solver's stream, used on the caller's
         if not torch.isfinite(out).all():
             raise ModelError("the restoration holds NaN or Inf values: the ε model returned non-finite values "
-                             "(try --dtype fp32, or check the checkpoint)")
+                             "(try the fp32 precision, or check the checkpoint)")
         return out
 
 

@@ -167,7 +167,7 @@ def read_on_first(rank, world, clip):
     """(decoded here?, the frame count and size every process learns) of engine.solve._read_on_first."""
     import engine.solve as solve
 
-    job, _, _ = solve.parse([clip, "--degrade", "temporal:uniform:3", "--out", "unused"])
+    job, _, _ = solve.parse([clip, "--simulate", "--degrade", "temporal:uniform:3", "--out", "unused"])
     decoded = []
     real = solve.input_frames
     solve.input_frames = lambda job: decoded.append(rank) or real(job)

@@ -142,7 +142,7 @@ def _same_frames_as_one_process(args, tmp_path):
     return two
 
 
-ARGS = ["--degrade", "temporal:uniform:5", "--sigma-y", "0.02", "--prior", "gaussian", "--nfe", "4",
+ARGS = ["--simulate", "--degrade", "temporal:uniform:5", "--sigma-y", "0.02", "--prior", "gaussian", "--nfe", "4",
         "--baselines", "none"]
 
 
