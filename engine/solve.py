@@ -59,6 +59,8 @@ from engine.figures import contact_sheet, save_png
 from engine.fileio import atomic_folder, atomic_write_json, mark_in_progress, remove_stale_runs
 from engine.metrics import SSIM_RADIUS, clip_summary, json_safe
 from engine.operators import from_spec
+from engine.operators.spec import parse as parse_spec
+from engine.operators.spec import split_temporal, sr_scale, with_time_boundary
 from engine.priors import PRIORS
 from engine.probe import InputFacts, check_spec, is_grey, probe_input, temporal_width
 from engine.realvideo import grey_clip, noise_level, residual_record
@@ -395,7 +397,7 @@ def checked_input(job: Job, cfg: SolverConfig) -> Optional[InputFacts]:
 
 def _as_typed(message: str, spec: str, boundary: str) -> str:
     """`message` about `spec` with `boundary` appended by `with_time_boundary`, in the terms the user typed."""
-    for term in spec.split("+"):
+    for term in map(str, parse_spec(spec)):
         message = message.replace(with_time_boundary(term, boundary), term)
     return message
 
@@ -802,13 +804,13 @@ def run_baselines(job: Job, cfg: SolverConfig, op, y) -> dict:
 def restore_blind(job: Job, cfg: SolverConfig, model, clean, y):
     """(restored clip, report, measurement, first reconstruction): Algorithm 2 (engine.blind) with --init."""
     from engine.blind import blind_deblur
-    from engine.operators import from_spec
     from engine.video_io import read_video, validate_video
 
     true_psf = None
     if clean is not None:
         true_psf = cfg.spec
-        if "+" in true_psf or not true_psf.startswith("temporal:"):
+        temporal, frame_local = split_temporal(true_psf)
+        if len(temporal) != 1 or frame_local:
             raise InputError(f"--blind estimates a temporal PSF alone; {true_psf!r} is not one")
         y = measure(from_spec(true_psf, tuple(clean.shape)), clean, sigma_y=job.sigma_y, seed=job.seed + 1)
     init = validate_video(read_video(job.init, size=None, frames=y.shape[0]), size=cfg.frame)
@@ -885,26 +887,9 @@ def video_boundary(job: Job, frames: Optional[int]) -> str:
     return "circular" if paper or job.blind else "replicate"
 
 
-def with_time_boundary(spec: str, boundary: str) -> str:
-    """`spec` with `boundary` appended to each temporal term that names none."""
-    from engine.operators.temporal import BOUNDARIES
-
-    terms = []
-    for term in spec.split("+"):
-        fields = term.strip().split(":")
-        if fields[0] == "temporal" and fields[-1] not in BOUNDARIES:
-            term = f"{term.strip()}:{boundary}"
-        terms.append(term)
-    return "+".join(terms)
-
-
 def clean_frame(spec: str, measured: tuple[int, int]) -> tuple[int, int]:
     """(H, W) of the clean frames behind measured frames of `measured` (H', W'): × every SR factor."""
-    scale = 1
-    for term in spec.split("+"):
-        name, _, rest = term.strip().partition(":")
-        if name == "sr":
-            scale *= int(rest.split(":")[0])
+    scale = sr_scale(spec)
     return measured[0] * scale, measured[1] * scale
 
 
@@ -927,9 +912,8 @@ def _say_assumed_mask(job: Job, cfg: SolverConfig) -> None:
     """A measured random-inpainting run names the mask it assumes (the spec's seed, else seed 0)."""
     if not job.measured:
         return
-    for term in cfg.spec.split("+"):
-        fields = term.split(":")
-        if fields[0] == "inpaint" and not fields[1].startswith("file=") and len(fields) == 2:
+    for term in parse_spec(cfg.spec):
+        if term.name == "inpaint" and not term.args.startswith("file=") and len(term.fields) == 1:
             log.warning("measured inpainting without a mask file or seed: assuming the random mask of seed %d "
                         "(%s:%d); name yours with inpaint:RATE:SEED or inpaint:file=MASK.png",
                         cfg.mask_seed, term, cfg.mask_seed)

@@ -240,7 +240,8 @@ def test_torchrun_windows_write_the_frames_one_process_writes(tmp_path):
     windows' (within one 8-bit level) and metrics.json names both processes."""
     clip = _clip(tmp_path)
     args = [str(clip), *ARGS, "--max-frames", "8", "--warm-start", "600"]     # torchrun would take --start
-    _same_frames_as_one_process(args, tmp_path)
+    two = _same_frames_as_one_process(args, tmp_path)
+    assert two.stderr.count("wrote restored.mp4") == 1                        # process 0 says where, once
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["windows"]["streamed"] and metrics["world_size"] == 2
     assert [r["rank"] for r in metrics["ranks"]] == [0, 1] and all(r["windows_split"] == 2 for r in metrics["ranks"])
