@@ -108,11 +108,11 @@ def estimate_noise_stream(frames: Iterable[Tensor], *, count: Optional[int] = No
     wanted = spread_indices(count, max_frames) if count is not None else tuple(range(max_frames))
     values, seen = [], []
     for i, frame in enumerate(frames):
-        if i > wanted[-1]:
-            break
         if i in wanted:
             values.append(frame_noise(_checked(frame, rank=3)))
             seen.append(i)
+        if i == wanted[-1]:
+            break
     if not seen:
         raise InputError("no frames to estimate the noise from")
     if count is not None and len(seen) < len(wanted):
