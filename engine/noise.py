@@ -98,9 +98,10 @@ def estimate_noise_stream(frames: Iterable[Tensor], *, count: Optional[int] = No
     """σ_y from frames `[C, H, W]` given one at a time, holding none of them.
 
     With the clip's frame `count`, the frames looked at are `spread_indices(count, max_frames)`, as
-    `estimate_noise` picks them: the two agree on the same clip. Without it (a stream of unknown
-    length), the first `max_frames` frames (a streamed run's first window). The iterable is read
-    no further than the last frame needed.
+    `estimate_noise` picks them: the two agree on the same clip (a count that is only a hint, such as
+    engine.video_io.declared_frames, may be too large: the frames that came are used). Without it (a
+    stream of unknown length), the first `max_frames` frames (a streamed run's first window). The
+    iterable is read no further than the last frame needed.
     """
     _check_count(max_frames, floor)
     if count is not None and (not isinstance(count, int) or count < 1):
@@ -115,8 +116,9 @@ def estimate_noise_stream(frames: Iterable[Tensor], *, count: Optional[int] = No
             break
     if not seen:
         raise InputError("no frames to estimate the noise from")
-    if count is not None and len(seen) < len(wanted):
-        raise InputError(f"the stream ended after {i + 1} frames, before frame {wanted[-1]} of the {count} declared")
+    if len(seen) < len(wanted) and count is not None:
+        log.debug("the stream ended before frame %d of the %d declared: σ_y from the %d frames seen",
+                  wanted[-1], count, len(seen))
     return _pooled(values, tuple(seen), floor)
 
 
