@@ -134,7 +134,8 @@ def main(argv=None) -> None:
                        "seconds": time.perf_counter() - t0}
                 rows.append(row)
                 print(f"{clip:18s} σ={sigma:<5g} crf={str(crf):4s} σ̂={estimate.sigma:.4f} {setting.name:28s} "
-                      f"{row['psnr']:6.2f} dB (input {blurred or float('nan'):5.2f})  {row['seconds']:5.1f} s", flush=True)
+                      f"{row['psnr']:6.2f} dB (input {blurred or float('nan'):5.2f})  {row['seconds']:5.1f} s",
+                      flush=True)
                 if args.save:
                     append_jsonl("measured_defaults", [row])
     print_table(rows)

@@ -4,8 +4,9 @@ Each clip (bench.real_clips) is blurred by each spec, given Gaussian noise of kn
 8 bit and kept as PNG would keep it, or encoded by x264 at a CRF and decoded. A row per case:
 σ, the rms of the measurement's actual error y − A x (8-bit rounding and codec included), the
 estimate σ̂ and σ̂/σ. With --restore, the clip is also restored (engine.runtime.Solver, default
-prior, bench.measured_defaults' setting) with σ̂, with the true σ (where σ > 0), and with the rms
-error; PSNR of each against the clean clip. Rows go to bench/results/noise_check.jsonl with --save.
+prior, bench.measured_defaults' setting) with σ̂, with the true σ (where σ > 0), with the rms
+error and with each σ_y of --sweep; PSNR of each against the clean clip. Rows go to
+bench/results/noise_check.jsonl with --save.
 
     python -m bench.noise_check                               # the estimate, every clip, σ and codec
     python -m bench.noise_check --specs temporal:uniform:7+sr:2 --codecs png
@@ -47,6 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--restore", action="store_true", help="also restore with σ̂, the true σ and the rms error")
+    p.add_argument("--sweep", default="", help="with --restore: also restore with each of these σ_y (comma-separated)")
     p.add_argument("--setting", default="warm400x8", help="how --restore restores (bench.measured_defaults)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     add_save_flag(p, "noise_check")
@@ -79,6 +81,9 @@ def main(argv=None) -> None:
                            "estimate_seconds": time.perf_counter() - t0}
                     if args.restore:
                         row |= {"setting": setting.name, **restorations(model, y, x, spec, setting, row, args.seed)}
+                        row["psnr_at"] = {s: psnr(restore(model, y, spec, tuple(x.shape), setting, float(s),
+                                                          seed=args.seed), x).mean().item()
+                                          for s in filter(None, args.sweep.split(","))}
                     rows.append(row)
                     print_row(row)
                     if args.save:
@@ -106,6 +111,7 @@ def print_row(row: dict) -> None:
         true = f"{row['psnr_true']:6.2f}" if row["psnr_true"] is not None else "   -  "
         text += (f"  PSNR σ̂ {row['psnr_est']:6.2f}  σ {true}  rms {row['psnr_rms']:6.2f}  "
                  f"loss {row['loss_db']:+.2f} dB")
+        text += "".join(f"  σ_y {s}: {v:6.2f}" for s, v in row["psnr_at"].items())
     print(text, flush=True)
 
 

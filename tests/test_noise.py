@@ -1,4 +1,4 @@
-"""engine.noise: σ_y estimated from measured frames (synthetic and real frames of known σ, the floor, the stream form)."""
+"""engine.noise: σ_y from measured frames (synthetic and real frames of known σ, the floor, the stream form)."""
 
 import json
 import logging
