@@ -105,8 +105,8 @@ def restorations(model, y, x, spec, setting, row, seed) -> dict:
 
 def print_row(row: dict) -> None:
     ratio = f"{row['ratio']:5.2f}" if row["ratio"] is not None else "   - "
-    text = (f"{row['clip']:16s} {row['spec']:38s} σ={row['sigma']:<6g} {row['codec']:4s} rms={row['residual_rms']:.4f} "
-            f"σ̂={row['sigma_est']:.4f} σ̂/σ={ratio}")
+    text = (f"{row['clip']:16s} {row['spec']:38s} σ={row['sigma']:<6g} {row['codec']:4s} "
+            f"rms={row['residual_rms']:.4f} σ̂={row['sigma_est']:.4f} σ̂/σ={ratio}")
     if "psnr_est" in row:
         true = f"{row['psnr_true']:6.2f}" if row["psnr_true"] is not None else "   -  "
         text += (f"  PSNR σ̂ {row['psnr_est']:6.2f}  σ {true}  rms {row['psnr_rms']:6.2f}  "
