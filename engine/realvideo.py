@@ -49,12 +49,12 @@ def noise_level(y: torch.Tensor, stated: Optional[float]) -> NoiseLevel:
     from engine.noise import estimate_noise
 
     estimate = estimate_noise(y)
-    record = estimate.as_dict()
+    record = estimate.to_dict()
     if stated is None:
         log.info("noise of INPUT estimated at σ_y = %.4f (%.2f of 255, %s); give --sigma-y to set it",
                  estimate.sigma, 255 * estimate.sigma, estimate.method)
         return NoiseLevel(estimate.sigma, True, record)
-    if stated == 0 and not estimate.at_floor:
+    if stated == 0 and not estimate.floored:
         log.warning("--sigma-y 0 runs the noiseless CG, but INPUT carries noise of about σ_y = %.4f (%.2f of 255): "
                     "the result will amplify it; leave out --sigma-y to use the estimate", estimate.sigma,
                     255 * estimate.sigma)
