@@ -124,11 +124,11 @@ def estimate_noise_stream(frames: Iterable[Tensor], *, count: Optional[int] = No
 
 def frame_noise(frame: Tensor) -> Optional[float]:
     """The unfloored estimate σ̂ = min_d quantile_p{s_d(b)} / c_p(d) of one frame `[C, H, W]` in [0, 1]
-    (module docstring); None when no block is free of clipped pixels in any direction."""
+    (module docstring); None when every block touches a clipped pixel."""
     frame = _checked(frame, rank=3).to(torch.float32)
     responses = _responses(frame)                                  # [D, C, H − 4, W − 4]
     usable = _unclipped(frame)                                     # [C, H − 4, W − 4]
-    rms, whole = _block_rms(responses, usable)                     # [D, C, Hb, Wb] each
+    rms, whole = _block_rms(responses, usable)                     # [D, C, Hb, Wb], [C, Hb, Wb]
     if not whole.any():
         return None
     return min(torch.quantile(rms[d][whole], QUANTILE).item() / c for d, c in enumerate(_calibration()))
