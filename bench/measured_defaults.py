@@ -17,14 +17,17 @@ A setting is a preset name (SETTINGS) or `nfe=K[,start=T0][,eta=η][,gamma=M]` (
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import statistics
 import time
+from pathlib import Path
 from dataclasses import dataclass
 
 import torch
 
-from bench.common import add_save_flag, append_jsonl, machine
+from bench.common import RESULTS, RESULTS_ENV, add_save_flag, append_jsonl, machine
 from bench.real_clips import CLIPS, DEFAULT_SPEC, clean_clip, degrade
 from engine.cg import default_gamma
 from engine.metrics import psnr
@@ -102,6 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=128, help="clean frames' side (crop or camera size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--summarise", action="store_true",
+                   help="print the tables of the rows saved in bench/results/measured_defaults.jsonl (runs nothing)")
     add_save_flag(p, "measured_defaults")
     return p.parse_args(argv)
 
@@ -109,6 +114,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.summarise:
+        print_table(saved_rows())
+        return
     torch.set_num_threads(args.threads)
     settings = [parse_setting(s) for s in args.settings.split(";")]
     model, _ = load_model(None, prior="ffdnet")
@@ -141,17 +149,30 @@ def main(argv=None) -> None:
     print_table(rows)
 
 
+def saved_rows() -> list[dict]:
+    """The rows saved so far (the last of repeated (clip, noise, setting, size, frames) cases)."""
+    path = Path(os.environ.get(RESULTS_ENV) or RESULTS) / "measured_defaults.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return list({(r["clip"], r["sigma"], r["crf"], r["setting"], r["size"], r["frames"]): r for r in rows}.values())
+
+
 def print_table(rows: list[dict]) -> None:
-    """Mean PSNR over clips per (noise, setting), and over everything per setting."""
+    """Mean PSNR over clips per (noise, setting), per clip over noises, and over everything per setting,
+    on the (clip, noise) cases every setting has."""
     names = list(dict.fromkeys(r["setting"] for r in rows))
+    cases = set.intersection(*({(r["clip"], r["sigma"], r["crf"]) for r in rows if r["setting"] == n} for n in names))
+    rows = [r for r in rows if (r["clip"], r["sigma"], r["crf"]) in cases]
     noises = list(dict.fromkeys((r["sigma"], r["crf"]) for r in rows))
-    print("\n" + f"{'noise':14s}" + "".join(f"{n:>30s}" for n in names))
+    print("\n" + f"{'σ:CRF / clip':18s}" + "".join(f"{n:>30s}" for n in names))
     for sigma, crf in noises:
         cells = [statistics.mean(r["psnr"] for r in rows if (r["sigma"], r["crf"]) == (sigma, crf)
                                  and r["setting"] == n) for n in names]
-        print(f"{f'{sigma:g}:{crf}':14s}" + "".join(f"{c:30.2f}" for c in cells))
-    print(f"{'all':14s}" + "".join(f"{statistics.mean(r['psnr'] for r in rows if r['setting'] == n):30.2f}"
-                                   for n in names))
+        print(f"{f'{sigma:g}:{crf}':18s}" + "".join(f"{c:30.2f}" for c in cells))
+    for clip in dict.fromkeys(r["clip"] for r in rows):
+        cells = [statistics.mean(r["psnr"] for r in rows if r["clip"] == clip and r["setting"] == n) for n in names]
+        print(f"{clip:18.18s}" + "".join(f"{c:30.2f}" for c in cells))
+    print(f"{f'all ({len(cases)} cases)':18s}" + "".join(
+        f"{statistics.mean(r['psnr'] for r in rows if r['setting'] == n):30.2f}" for n in names))
 
 
 if __name__ == "__main__":
