@@ -106,7 +106,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--summarise", action="store_true",
-                   help="print the tables of the rows saved in bench/results/measured_defaults.jsonl (runs nothing)")
+                   help="print the tables of the --settings' rows saved in bench/results/measured_defaults.jsonl, on "
+                        "the cases they all have (runs nothing)")
     add_save_flag(p, "measured_defaults")
     return p.parse_args(argv)
 
@@ -114,11 +115,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    settings = [parse_setting(s) for s in args.settings.split(";")]
     if args.summarise:
-        print_table(saved_rows())
+        names = {s.name for s in settings}
+        print_table([r for r in saved_rows() if r["setting"] in names])
         return
     torch.set_num_threads(args.threads)
-    settings = [parse_setting(s) for s in args.settings.split(";")]
     model, _ = load_model(None, prior="ffdnet")
     base = {"spec": args.spec, "frames": args.frames, "size": args.size, "prior": "ffdnet", "seed": args.seed,
             **machine(torch.device("cpu"))}
