@@ -99,7 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", default=DEFAULT_CLIPS, help=f"comma-separated, from {', '.join(CLIPS)}")
     p.add_argument("--noise", default=DEFAULT_NOISE, help="comma-separated SIGMA:CRF (CRF none: 8-bit PNG)")
-    p.add_argument("--settings", default="cold20,warm400x8", help="semicolon-separated settings (module docstring)")
+    p.add_argument("--settings", default="cold20;warm400x8", help="semicolon-separated settings (module docstring)")
     p.add_argument("--spec", default=DEFAULT_SPEC, help="degradation (engine.operators.from_spec)")
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=128, help="clean frames' side (crop or camera size)")
