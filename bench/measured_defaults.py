@@ -8,10 +8,12 @@ PSNR is against the clean clip. One row per (clip, noise, setting) is appended t
 bench/results/measured_defaults.jsonl with --save; the table shows the mean over clips per setting.
 
     python -m bench.measured_defaults                                     # the default grid, 6 clips
-    python -m bench.measured_defaults --clips carphone --noise 0.05:none --settings cold20,warm400x8
+    python -m bench.measured_defaults --clips carphone --noise 0.05:none --settings "cold20;nfe=12"
     python -m bench.measured_defaults --settings "nfe=12,start=600,eta=0.5,gamma=2" --save
+    python -m bench.measured_defaults --summarise --settings "cold20;warm400x8;nfe=12"   # the saved rows' tables
 
-A setting is a preset name (SETTINGS) or `nfe=K[,start=T0][,eta=η][,gamma=M]` (M multiplies the default γ).
+Settings are separated by `;`; each is a preset name (SETTINGS) or `nfe=K[,start=T0][,eta=η][,gamma=M]`
+(M multiplies the default γ).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import logging
 import os
 import statistics
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -35,9 +37,6 @@ from engine.noise import estimate_noise
 from engine.operators import from_spec
 from engine.runtime import Solver, SolverConfig, load_model
 from engine.solve import with_time_boundary
-
-log = logging.getLogger("bench.measured_defaults")
-
 
 @dataclass(frozen=True)
 class Setting:
