@@ -158,22 +158,22 @@ def saved_rows() -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    """Mean PSNR over clips per (noise, setting), per clip over noises, and over everything per setting,
-    on the (clip, noise) cases every setting has."""
+    """Mean PSNR per (noise, setting) over clips, per (clip, setting) over noises, and per setting over
+    everything, on the (clip, noise) cases every setting has; `input`: the measurement's own PSNR."""
     names = list(dict.fromkeys(r["setting"] for r in rows))
     cases = set.intersection(*({(r["clip"], r["sigma"], r["crf"]) for r in rows if r["setting"] == n} for n in names))
     rows = [r for r in rows if (r["clip"], r["sigma"], r["crf"]) in cases]
     noises = list(dict.fromkeys((r["sigma"], r["crf"]) for r in rows))
-    print("\n" + f"{'σ:CRF / clip':18s}" + "".join(f"{n:>30s}" for n in names))
-    for sigma, crf in noises:
-        cells = [statistics.mean(r["psnr"] for r in rows if (r["sigma"], r["crf"]) == (sigma, crf)
-                                 and r["setting"] == n) for n in names]
-        print(f"{f'{sigma:g}:{crf}':18s}" + "".join(f"{c:30.2f}" for c in cells))
-    for clip in dict.fromkeys(r["clip"] for r in rows):
-        cells = [statistics.mean(r["psnr"] for r in rows if r["clip"] == clip and r["setting"] == n) for n in names]
-        print(f"{clip:18.18s}" + "".join(f"{c:30.2f}" for c in cells))
-    print(f"{f'all ({len(cases)} cases)':18s}" + "".join(
-        f"{statistics.mean(r['psnr'] for r in rows if r['setting'] == n):30.2f}" for n in names))
+    print("\n" + f"{'σ:CRF / clip':18s}{'input':>8s}" + "".join(f"{n:>30s}" for n in names))
+    groups = [(f"{sigma:g}:{crf}", lambda r, key=(sigma, crf): (r["sigma"], r["crf"]) == key) for sigma, crf in noises]
+    groups += [(clip, lambda r, clip=clip: r["clip"] == clip) for clip in dict.fromkeys(r["clip"] for r in rows)]
+    groups += [(f"all ({len(cases)} cases)", lambda r: True)]
+    for label, member in groups:
+        first = [r for r in rows if member(r) and r["setting"] == names[0]]
+        given = [r["psnr_input"] for r in first if r["psnr_input"] is not None]
+        cells = [statistics.mean(r["psnr"] for r in rows if member(r) and r["setting"] == n) for n in names]
+        print(f"{label:18.18s}{statistics.mean(given) if given else float('nan'):8.2f}"
+              + "".join(f"{c:30.2f}" for c in cells))
 
 
 if __name__ == "__main__":
