@@ -8,23 +8,28 @@ PSNR is against the clean clip. One row per (clip, noise, setting) is appended t
 bench/results/measured_defaults.jsonl with --save; the table shows the mean over clips per setting.
 
     python -m bench.measured_defaults                                     # the default grid, 6 clips
-    python -m bench.measured_defaults --clips carphone --noise 0.05:none --settings cold20,warm400x8
+    python -m bench.measured_defaults --clips carphone --noise 0.05:none --settings "cold20;nfe=12"
     python -m bench.measured_defaults --settings "nfe=12,start=600,eta=0.5,gamma=2" --save
+    python -m bench.measured_defaults --summarise --settings "cold20;warm400x8;nfe=12"   # the saved rows' tables
 
-A setting is a preset name (SETTINGS) or `nfe=K[,start=T0][,eta=η][,gamma=M]` (M multiplies the default γ).
+Settings are separated by `;`; each is a preset name (SETTINGS) or `nfe=K[,start=T0][,eta=η][,gamma=M]`
+(M multiplies the default γ).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from bench.common import add_save_flag, append_jsonl, machine
+from bench.common import RESULTS, RESULTS_ENV, add_save_flag, append_jsonl, machine
 from bench.real_clips import CLIPS, DEFAULT_SPEC, clean_clip, degrade
 from engine.cg import default_gamma
 from engine.metrics import psnr
@@ -32,9 +37,6 @@ from engine.noise import estimate_noise
 from engine.operators import from_spec
 from engine.runtime import Solver, SolverConfig, load_model
 from engine.solve import with_time_boundary
-
-log = logging.getLogger("bench.measured_defaults")
-
 
 @dataclass(frozen=True)
 class Setting:
@@ -96,12 +98,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", default=DEFAULT_CLIPS, help=f"comma-separated, from {', '.join(CLIPS)}")
     p.add_argument("--noise", default=DEFAULT_NOISE, help="comma-separated SIGMA:CRF (CRF none: 8-bit PNG)")
-    p.add_argument("--settings", default="cold20,warm400x8", help="semicolon-separated settings (module docstring)")
+    p.add_argument("--settings", default="cold20;warm400x8", help="semicolon-separated settings (module docstring)")
     p.add_argument("--spec", default=DEFAULT_SPEC, help="degradation (engine.operators.from_spec)")
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=128, help="clean frames' side (crop or camera size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--summarise", action="store_true",
+                   help="print the tables of the --settings' rows saved in bench/results/measured_defaults.jsonl, on "
+                        "the cases they all have (runs nothing)")
     add_save_flag(p, "measured_defaults")
     return p.parse_args(argv)
 
@@ -109,8 +114,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    torch.set_num_threads(args.threads)
     settings = [parse_setting(s) for s in args.settings.split(";")]
+    if args.summarise:
+        names = {s.name for s in settings}
+        print_table([r for r in saved_rows() if r["setting"] in names])
+        return
+    torch.set_num_threads(args.threads)
     model, _ = load_model(None, prior="ffdnet")
     base = {"spec": args.spec, "frames": args.frames, "size": args.size, "prior": "ffdnet", "seed": args.seed,
             **machine(torch.device("cpu"))}
@@ -141,17 +150,30 @@ def main(argv=None) -> None:
     print_table(rows)
 
 
+def saved_rows() -> list[dict]:
+    """The rows saved so far (the last of repeated (clip, noise, setting, size, frames) cases)."""
+    path = Path(os.environ.get(RESULTS_ENV) or RESULTS) / "measured_defaults.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return list({(r["clip"], r["sigma"], r["crf"], r["setting"], r["size"], r["frames"]): r for r in rows}.values())
+
+
 def print_table(rows: list[dict]) -> None:
-    """Mean PSNR over clips per (noise, setting), and over everything per setting."""
+    """Mean PSNR per (noise, setting) over clips, per (clip, setting) over noises, and per setting over
+    everything, on the (clip, noise) cases every setting has; `input`: the measurement's own PSNR."""
     names = list(dict.fromkeys(r["setting"] for r in rows))
+    cases = set.intersection(*({(r["clip"], r["sigma"], r["crf"]) for r in rows if r["setting"] == n} for n in names))
+    rows = [r for r in rows if (r["clip"], r["sigma"], r["crf"]) in cases]
     noises = list(dict.fromkeys((r["sigma"], r["crf"]) for r in rows))
-    print("\n" + f"{'noise':14s}" + "".join(f"{n:>30s}" for n in names))
-    for sigma, crf in noises:
-        cells = [statistics.mean(r["psnr"] for r in rows if (r["sigma"], r["crf"]) == (sigma, crf)
-                                 and r["setting"] == n) for n in names]
-        print(f"{f'{sigma:g}:{crf}':14s}" + "".join(f"{c:30.2f}" for c in cells))
-    print(f"{'all':14s}" + "".join(f"{statistics.mean(r['psnr'] for r in rows if r['setting'] == n):30.2f}"
-                                   for n in names))
+    print("\n" + f"{'σ:CRF / clip':18s}{'input':>8s}" + "".join(f"{n:>30s}" for n in names))
+    groups = [(f"{sigma:g}:{crf}", lambda r, key=(sigma, crf): (r["sigma"], r["crf"]) == key) for sigma, crf in noises]
+    groups += [(clip, lambda r, clip=clip: r["clip"] == clip) for clip in dict.fromkeys(r["clip"] for r in rows)]
+    groups += [(f"all ({len(cases)} cases)", lambda r: True)]
+    for label, member in groups:
+        first = [r for r in rows if member(r) and r["setting"] == names[0]]
+        given = [r["psnr_input"] for r in first if r["psnr_input"] is not None]
+        cells = [statistics.mean(r["psnr"] for r in rows if member(r) and r["setting"] == n) for n in names]
+        print(f"{label:18.18s}{statistics.mean(given) if given else float('nan'):8.2f}"
+              + "".join(f"{c:30.2f}" for c in cells))
 
 
 if __name__ == "__main__":

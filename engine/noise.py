@@ -22,10 +22,15 @@ borders, saturated sky) are left out, since clipping removes noise there. Per-fr
 estimates are pooled by their median; the result is never below the 8-bit rounding floor
 `ROUNDING_FLOOR` = 1/(255·√12), the σ of rounding to 256 levels, which every 8-bit frame carries.
 
-What it measures is the *white* part of the noise. A lossy codec (H.264) removes fine detail,
+What it measures is the *white* part of the noise. Measured by bench/noise_check.py on 8 real
+clips of 16 frames at 128×128 (3 videos, 5 photos panned), blurred over 7 frames, σ from 0.005
+to 0.05, 8 bit: σ̂/σ within ±30 % in 31 of 32 cases (median 1.03; grass at σ = 0.005: 1.82),
+and 20 of 20 with a spatial blur added; 2× super-resolved frames (64×64, sharp at their
+scale) overestimate small σ on textured photos. A lossy codec (H.264) removes fine detail,
 noise included, and leaves errors at coarser scales that no single-frame estimator can tell
-from content; on such input σ̂ is the noise the codec left (bench/noise_check.py measures what
-that costs the restoration).
+from content; on such input σ̂ is the noise the codec left (x264 at CRF 23: 0.001–0.004 for
+σ ≤ 0.02), and restoring with it did as well as or better than with the true σ on 3 of 4
+clips (a flat sky lost 1–2 dB to larger σ_y; a static street gained 3 dB over them).
 
     est = estimate_noise(y)                 # y: [N, C, H, W] in [0, 1] (uint8 frames scaled by 1/255)
     est.sigma, est.per_frame, est.floored   # record est.to_dict() in metrics.json
@@ -124,11 +129,11 @@ def estimate_noise_stream(frames: Iterable[Tensor], *, count: Optional[int] = No
 
 def frame_noise(frame: Tensor) -> Optional[float]:
     """The unfloored estimate σ̂ = min_d quantile_p{s_d(b)} / c_p(d) of one frame `[C, H, W]` in [0, 1]
-    (module docstring); None when no block is free of clipped pixels in any direction."""
+    (module docstring); None when every block touches a clipped pixel."""
     frame = _checked(frame, rank=3).to(torch.float32)
     responses = _responses(frame)                                  # [D, C, H − 4, W − 4]
     usable = _unclipped(frame)                                     # [C, H − 4, W − 4]
-    rms, whole = _block_rms(responses, usable)                     # [D, C, Hb, Wb] each
+    rms, whole = _block_rms(responses, usable)                     # [D, C, Hb, Wb], [C, Hb, Wb]
     if not whole.any():
         return None
     return min(torch.quantile(rms[d][whole], QUANTILE).item() / c for d, c in enumerate(_calibration()))

@@ -180,3 +180,16 @@ def test_bad_settings():
         estimate_noise_stream(iter(y), count=0)
     with pytest.raises(InputError, match=r"\[C, H, W\]"):
         frame_noise(y)
+
+
+def test_a_streamed_video_file_equals_its_decoded_clip(tmp_path):
+    """What a streamed run does with an mp4 (engine.video_io): the stream form over the decoded frames, its
+    declared count as the hint, equals the whole form over the same frames read at once."""
+    from engine.video_io import declared_frames, read_video, stream_video, write_video
+
+    clip = noisy(textured(frames=10, size=64), 0.03, eight_bit=True)
+    path = write_video(tmp_path / "noisy.mp4", clip, fps=10)
+    whole = estimate_noise(read_video(path, size=None), max_frames=4)
+    streamed = estimate_noise_stream(stream_video(path), count=declared_frames(path), max_frames=4)
+    assert streamed == whole and whole.frames == (0, 3, 6, 9)
+    assert 0.01 < whole.sigma < 0.04                      # the noise the encoder (crf 10) kept
