@@ -28,7 +28,7 @@ import torch
 
 from engine.errors import InputError
 from engine.operators import from_spec
-from engine.solve import with_time_boundary
+from engine.operators.spec import with_time_boundary
 from engine.testclips import TEST_IMAGES, camera_clip
 from engine.video_io import read_video
 
