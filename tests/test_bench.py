@@ -55,13 +55,66 @@ def test_norm_rows_pair_the_fused_and_upstream_group_norms():
 @pytest.mark.parametrize("task", ["temporal-k7-sr4", "temporal-k7-deblur"])
 def test_task_rows_run(monkeypatch, task):
     timed = []
-    monkeypatch.setattr(kbench, "bench", lambda fn, rep_ms=50: (timed.append(fn()), 2.0)[1])
-    monkeypatch.setattr(kbench, "graphed", lambda fn: fn)          # CUDA graphs need CUDA
+    monkeypatch.setattr(kbench, "bench", lambda fn, rep_ms=50, dev="cuda": (timed.append(fn()), 2.0)[1])
+    monkeypatch.setattr(kbench, "graphed", lambda fn, dev="cuda": fn)          # CUDA graphs need CUDA
     rows = kbench.task_rows(task, SHAPE, torch.float32, dev="cpu")
     assert [what for what, *_ in rows][0].startswith("CG_5") and len(rows) == 5
     assert all(isinstance(t, torch.Tensor) and torch.isfinite(t).all() for t in timed)
     for what, ms, torch_ms in rows:
         assert ms == (0.0 if "iteration" in what else 2.0) and torch_ms in (0.0, 2.0), what
+
+
+def test_task_rows_run_the_cg_as_the_solver_runs_it(monkeypatch):
+    """The CG rows apply the Solver's preconditioner (engine.cg.preconditioner with the task's γ and the Solver's
+    δ) at every iteration: the CG_l row's result equals preconditioned CG and differs from plain CG."""
+    from engine.cg import data_consistency, preconditioner
+    from engine.operators import from_spec
+    from engine.runtime import SolverConfig
+    from engine.tasks import TASKS
+
+    results = []
+    monkeypatch.setattr(kbench, "bench", lambda fn, rep_ms=50, dev="cuda": (results.append(fn()), 1.0)[1])
+    monkeypatch.setattr(kbench, "step_kernels", lambda kernels: kbench.StepKernels())   # torch ops both sides
+    shape = (16, 3, 8, 8)                                # plain CG_5 does not converge at 16 frames
+    kbench.task_rows("temporal-k7", shape, torch.float64, dev="cpu")
+    cg_l = results[-4]                                   # the torch CG_l of the "CG_l, eager launches" row
+    gen = torch.Generator(device="cpu").manual_seed(1)   # the inputs task_rows draws, in its order
+    x = torch.rand(shape, generator=gen).to(torch.float64) * 2 - 1
+    torch.randn((shape[0], 6, *shape[2:]), generator=gen)
+    torch.randn((1, *shape[1:]), generator=gen)
+    op = from_spec(TASKS["temporal-k7"].spec, shape, dtype=torch.float64, kernels="torch")
+    y = op.A(torch.rand(shape, generator=gen).to(torch.float64))
+    cfg = SolverConfig.from_task("temporal-k7", frames=16, size=8)
+    P = preconditioner(op, cfg.gamma, cfg.cg_precond, dtype=torch.float64)
+    assert P is not None
+    l = TASKS["temporal-k7"].cg_iters
+    torch.testing.assert_close(cg_l, data_consistency(op, y, x, l, cfg.gamma, precond=P), rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(cg_l, data_consistency(op, y, x, l, cfg.gamma), rtol=1e-6, atol=1e-8)
+
+
+def test_unet_rows_run_as_the_engine_runs_the_network():
+    """bench/kernel_speed.py's UNet forward, plain and with cudnn.benchmark, on the CPU at a toy size: the
+    benchmark's call into the engine (engine.backends.torch_eps) must match the engine's signature."""
+    assert kbench.unet_ms(2, 32, "torch", preset="tiny", dev="cpu") > 0
+    assert kbench.unet_ms(2, 32, "torch", True, preset="tiny", dev="cpu") > 0
+    assert torch.backends.cudnn.benchmark is False                      # the flag is restored after
+
+
+def test_kernel_speed_main_runs_every_kind_of_row_on_the_cpu(monkeypatch, capsys, tmp_path):
+    """bench/kernel_speed.py end to end on the CPU at a toy size (kernel and GroupNorm rows, checked above,
+    cut to their first two): copy, kernel, UNet and task rows, none an error row, each saved as measured."""
+    rows_of = kbench.kernel_rows
+    monkeypatch.setattr(kbench, "kernel_rows", lambda *a: rows_of(*a)[:2])
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
+    code = kbench.main(["--device", "cpu", "--frames", "7", "--size", "8", "--preset", "tiny", "--norms", "torch",
+                        "--tasks", "temporal-k7-sr4", "--json", "--save"])
+    rows = json_rows(capsys)
+    assert [r for r in rows if r["kind"] == "error"] == [] and code == 0
+    kinds = [r["kind"] for r in rows]
+    assert kinds == ["copy", "kernel", "kernel", "unet", "unet", "task", "task", "task", "task", "task"], kinds
+    assert all(r["device"] == "cpu" for r in rows)
+    saved = [json.loads(line) for line in (tmp_path / "kernels.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in saved] == [r["name"] for r in rows]
 
 
 def test_speedup_guards_non_positive_times():
