@@ -154,6 +154,63 @@ def test_fps_times_the_learned_prior(capsys):
     assert row["unet_flops_per_forward"] == 8 * FFDNet().flops(32, 32) and row["unet_tflops"] > 0
 
 
+def test_fps_stages_are_timed_in_the_solvers_own_loop(monkeypatch):
+    """The stage split runs the loop the timed clips run: the Solver's preconditioner and warm start."""
+    import engine.runtime as runtime
+
+    args = fps.parse_args(["--preset", "tiny", "--frames", "7", "--nfe", "2", "--cg-iters", "1", "--start", "500"])
+    args.engine_labels = {}
+    solver, _ = fps.build_solver(args, "torch", 7)
+    seen, loop = [], runtime.reverse_process
+
+    def spy(*a, **kw):
+        seen.append(kw)
+        return loop(*a, **kw)
+
+    monkeypatch.setattr(runtime, "reverse_process", spy)
+    y = solver.measure(torch.rand(solver.op.in_shape, generator=torch.Generator().manual_seed(0)))
+    shares = fps.stage_shares(solver, y, repeats=1)
+    assert len(seen) == 1 and seen[0]["precond"] is not None and seen[0]["warm"] is not None
+    assert seen[0]["precond"] is solver._precond and seen[0]["stage"] is not None
+    assert shares["unet_s"] > 0 and sum(shares.values()) <= 1
+
+
+def test_fps_reports_the_peak_without_the_callers_model_and_extrapolates_the_nfe(capsys, monkeypatch):
+    """A row's peak with the benchmark's fp32 model alive during the build, the clips' own peak once it is gone,
+    the model's size; --extrapolate-nfe scales the timed clip linearly to K steps, says so, and the targets
+    are checked on the K-step figures."""
+    from engine.unet import ADMConfig, ADMUNet
+
+    monkeypatch.setattr(fps, "time_fn", lambda fn, device, repeats, warmup: (fn(), [0.5])[1])
+    assert fps.main([*SWEEP, "--frames", "7", "--backends", "torch", "--no-reference", "--json",
+                     "--extrapolate-nfe", "20", "--target-fps", "1"]) == 0
+    (row,) = json_rows(capsys)
+    weights = sum(p.numel() * 4 for p in ADMUNet(ADMConfig.preset("tiny")).parameters())
+    assert row["caller_model_bytes"] >= weights > 0
+    assert 0 < row["peak_mem_solve_bytes"] <= row["peak_mem_bytes"]
+    e = row["extrapolated"]
+    assert e["to_nfe"] == 20 and e["from_nfe"] == 2 and "linear" in e["method"]
+    assert e["seconds_per_clip"] == pytest.approx(5.0) and e["fps"] == pytest.approx(7 / 5.0)
+    assert row["targets"]["fps"] == {"target": 1.0, "measured": pytest.approx(1.4), "met": True}
+    fps.print_table([dict(row, seconds_per_frame_ratio=1.0, flat=True, growth_bytes_per_frame=None)])
+    assert "extrapolated to 20 NFE from 2: 5.000 s/clip" in capsys.readouterr().out
+
+
+def test_fps_times_several_engines_side_by_side(tmp_path):
+    """--engine given twice: one tensorrt row per engine, labelled by its file, with the settings it was built
+    with (read from its record) so that two builds can be compared."""
+    a, b = tmp_path / "unet-a.engine", tmp_path / "unet-b.engine"
+    for path, outputs in ((a, False), (b, True)):
+        path.write_bytes(b"engine")
+        (tmp_path / (path.name + ".json")).write_text(json.dumps(
+            {"fields": {"settings": {"fp32_islands": True, "norm_outputs_fp32": outputs}}}))
+    args = fps.parse_args(["--backends", "torch,tensorrt", "--engine", str(a), "--engine", str(b)])
+    labels = fps.engine_labels(args.backends.split(","), args.engine)
+    assert fps.expand_backends(["torch", "tensorrt"], labels) == ["torch", "tensorrt[unet-a]", "tensorrt[unet-b]"]
+    assert fps.engine_settings(labels["tensorrt[unet-b]"])["norm_outputs_fp32"] is True
+    assert fps.engine_labels(["tensorrt"], [a]) == {"tensorrt": a} and fps.engine_settings(tmp_path / "x") is None
+
+
 def test_ffdnet_flops_count_every_convolution_weight_per_half_resolution_pixel():
     from engine.ffdnet import FFDNet
 
