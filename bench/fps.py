@@ -122,6 +122,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_save_flag(p, "fps")
     p.add_argument("--no-reference", action="store_true",
                    help="skip the public-code reference (e.g. when only the cold start is wanted)")
+    p.add_argument("--reference-last", action="store_true",
+                   help="measure the reference after the backends (a run cut short keeps the backends' rows); "
+                        "the reference row then lists each backend's speed-up")
     p.add_argument("--procs", type=frame_list, default=None,
                    help="comma list of process counts (e.g. 1,2): one video sharded by frames over that many local "
                         "processes, time per process split into network, CG and communication (bench/procs.py)")
@@ -481,12 +484,16 @@ def main(argv=None) -> int:
     peak = matmul_peak_tflops(device, PEAK_DTYPE[args.precision])
     shared: dict = {}
     rows, first = [], {}
+    with_reference = [] if args.no_reference or args.prior else [REFERENCE]
+    order = backends + with_reference if args.reference_last else with_reference + backends
     for frames in args.frames:
         reference = None
-        for backend in ([] if args.no_reference or args.prior else [REFERENCE]) + backends:
+        for backend in order:
             row = measure_backend(args, backend, frames, shared, flops, peak, reference=reference)
             if backend == REFERENCE and row.get("kind") != "error":
                 reference = row
+                if args.reference_last:
+                    speedups_after(row, [r for r in rows if r["frames"] == frames])
             if row.get("kind") != "error":
                 compare_with_first(row, first.setdefault(backend, row))
                 check_targets(row, args)
@@ -506,6 +513,16 @@ def main(argv=None) -> int:
     if args.cold_start:                    # after the rows are safe: a process of its own per backend
         cold_starts(args, rows, failed, info)
     return 1 if failed else 0
+
+
+def speedups_after(reference: dict, earlier: list[dict]) -> None:
+    """The reference measured last: each earlier row of its frame count gets its speed-up over it, and the
+    reference row lists them (the earlier rows were saved before it existed)."""
+    reference["speedups"] = {}
+    for r in earlier:
+        if r.get("kind") != "error" and r["backend"] != REFERENCE:
+            r["speedup_vs_reference"] = reference["seconds_per_clip"] / r["seconds_per_clip"]
+            reference["speedups"][r["backend"]] = r["speedup_vs_reference"]
 
 
 def cold_starts(args, rows: list[dict], failed: list, info: dict) -> None:
