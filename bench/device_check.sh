@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared run for a lent GPU, every figure in one device call under 9 minutes:
 #
-#   OUT=DIR bash bench/device_check.sh             # the real run (H100: ~6.5 min expected, 8.8 min at worst)
+#   OUT=DIR bash bench/device_check.sh             # the real run (H100: ~5.5-6 min expected, 8.8 min at worst)
 #   OUT=DIR bash bench/device_check.sh --dry-run   # every step at toy size on the CPU (~1 min): the plumbing
 #
 # Steps, most telling first, each under `timeout -k` with its own limit (seconds):
