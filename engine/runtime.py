@@ -347,7 +347,7 @@ class Solver:
             y = y + sigma_y * w[self.shard.start:self.shard.stop].to(y.device)
         return y
 
-    def solve(self, y, *, seed: int = 0, callback=None, clock=None) -> Tensor:
+    def solve(self, y, *, seed: int = 0, callback=None, clock=None, eager: bool = False) -> Tensor:
         """The restored clip [N, 3, H, W] in [0, 1] on the solver's device, from measurement y
         (this process's frames only when sharded: `self.shard`).
 
@@ -355,20 +355,21 @@ class Solver:
         far outside [0, 1] or not finite (`as_measurement`). A result that is not finite (an ε
         model returning NaN) is refused too: both checks are reductions outside the loop.
         `clock` (engine.profiling.StageClock) times the loop's stages and the communication
-        (not for a captured loop, which cannot be split).
+        (not for a captured loop, which cannot be split). `eager`: run the loop step by step even where
+        it was captured (the same model, buffers, preconditioner and warm start), e.g. to time its stages.
         """
         y = as_measurement(y, self.device)
         check_measurement(y, self.op)
-        if (callback is not None or clock is not None) and self._graph is not None:
+        if (callback is not None or clock is not None) and self._graph is not None and not eager:
             raise InputError("a captured solver cannot call back or time stages per step; use backend 'torch'")
-        noise = draw_noise(seed, self.config.nfe, self.config.shape, self.config.noise)
+        noise = draw_noise(seed, self.config.nfe, self.config.shape, self.config.noise, pin=self.device.type == "cuda")
         if self.comm is not None and self.config.noise != "shared":
             noise = noise[:, self.shard.start:self.shard.stop]            # the video's noise at these frames
         with self._lock, torch.no_grad():
             with self._on_own_stream() as caller:
                 self._y.copy_(y)
-                self._E.copy_(noise)
-                if self._graph is not None:
+                self._E.copy_(noise, non_blocking=True)          # from pinned memory on a GPU: asynchronous
+                if self._graph is not None and not eager:
                     self._graph.replay()
                     out = self._out.clone()
                 else:

@@ -95,6 +95,21 @@ def test_solver_with_a_process_group_equals_one_solver(noise):
         torch.testing.assert_close(x_part, x[a:b], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("world, frames", [(2, 13), (3, 20)])
+def test_halos_and_operators_hold_when_point_to_point_pairs_in_issue_order(world, frames):
+    """NCCL ignores tags and pairs the sends and receives between two ranks in the order they were issued
+    (tests/nccl_order.py makes gloo do the same). On 2 ranks around a ring left and right are one peer: the
+    halos must still arrive in their places, for equal and unequal reaches, around a ring and with open ends,
+    and the sharded operators (circular and replicate boundaries) must equal the one-process ones."""
+    for halos, operators, operations in _values(run_local(workers.halo_errors_in_nccl_order, world, frames,
+                                                          timeout=150)):
+        assert operations > 0                                   # the exchanges went through the wrapper
+        wrong = {case: error for case, error in halos.items() if error != 0}
+        assert not wrong, wrong
+        worst = max(operators.items(), key=lambda kv: kv[1])
+        assert worst[1] < 1e-12, worst
+
+
 def test_a_shard_shorter_than_the_psf_reach_is_refused_on_every_rank():
     results = run_local(workers.build_sharded, 3, 13, "temporal:uniform:7")
     assert all(not ok and "reaches 6 frames" in err and "at most 2 processes" in err for ok, err in results)
