@@ -71,9 +71,11 @@ def degrade(clip: torch.Tensor, spec: str, sigma: float, seed: int, h264: bool) 
 
 
 def dips(scores: torch.Tensor) -> torch.Tensor:
-    """Each frame's PSNR below the median of the 7 frames centred on it (clamped at the ends).  [N] → [N]"""
+    """Each frame's PSNR below the median of the 7 frames around it (centred on it, or the first or last 7
+    at the ends).  [N] → [N]"""
     n = scores.numel()
-    idx = (torch.arange(n)[:, None] + torch.arange(-NEIGHBOURS, NEIGHBOURS + 1)[None]).clamp(0, n - 1)
+    first = (torch.arange(n) - NEIGHBOURS).clamp(0, max(n - 2 * NEIGHBOURS - 1, 0))
+    idx = (first[:, None] + torch.arange(2 * NEIGHBOURS + 1)[None]).clamp(max=n - 1)
     return scores[idx].median(dim=1).values - scores
 
 

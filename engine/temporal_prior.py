@@ -15,14 +15,16 @@ Notation (frames n = 0 … N−1, pixels p, data range [0, 1]):
     Π          the projection onto the operator's free modes along frames: the eigenvectors of
                g·TᵀT with eigenvalue μ < τ·‖AᵀA‖ (`free_modes`, through `frame_preconditioner`)
 
-`MotionPrior` replaces X̄'s component in the free modes by the one that is smoothest along the
-trajectories:
+`MotionPrior` replaces X̄'s component in the free modes by the one that best balances smoothness
+along the trajectories against the measurement (a MAP estimate with trajectory residuals of size s
+and measurement noise σ_y, w = (s/σ_y)²):
 
-    X̄ ← X̄ + Π z,   z = argmin_z ‖D(X̄ + Π z)‖² + ρ‖z‖²
-                      i.e. (Π DᵀD Π + ρ I) z = −Π DᵀD X̄, by `iters` CG steps from z = 0,
+    X̄ ← X̄ + Π z,   z = argmin_z ‖D(X̄ + Π z)‖² + w‖A(X̄ + Π z) − y‖² + ρ‖z‖²
+                      i.e. (Π H Π + ρ I) z = Π(w Aᵀy − H X̄),  H = DᵀD + w AᵀA,
+                      by `iters` CG steps from z = 0,
 
-which leaves every mode the measurement sees (μ ≥ τ‖AᵀA‖) as it was, hence A X̄ too up to
-τ. Where the confidence is 0 (occlusions, pixels leaving the frame) DᵀD is 0 and ρ keeps X̄.
+which leaves every mode outside the free ones (g·μ ≥ τ‖AᵀA‖) as it was. Where the confidence
+is 0 (occlusions, pixels leaving the frame) DᵀD is 0 and the data term and ρ keep X̄.
 The refinement is linear in X̄ for fixed flow, runs a fixed number of iterations and never
 synchronises with the host, so it can sit inside a captured reverse loop.
 """
@@ -35,7 +37,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from engine.cg import conjugate_gradient
+from engine.cg import GAMMA_NOISE, conjugate_gradient
 from engine.errors import InputError
 from engine.operators.base import LinearOperator, inner_product
 
@@ -45,24 +47,24 @@ Tensor = torch.Tensor
 #: "none": the paper's behaviour (X̄'s null component kept as the per-frame prior left it);
 #: "motion": `MotionPrior` after the reverse loop
 TEMPORAL_PRIORS = ("none", "motion")
-#: κ: with the regularised CG's γ, modes with γ·g·μ < κ·‖AᵀA‖ are free (τ = κ/γ: where the measurement weighs
-#: under κ of the anchor to X̂); chosen by bench/ghosts.py, as the others below
-FREE_WEIGHT = 0.04
-#: τ of the noiseless CG (γ = None), about κ/γ at the 8-bit rounding's σ_y (engine.cg.default_gamma)
-NOISELESS_FREE = 1e-3
+#: τ: modes with g·μ < τ·‖AᵀA‖ are free (chosen by bench/ghosts.py, as the others below)
+DEFAULT_FREE = 0.03
+#: σ_y of the noiseless CG (γ = None): the 8-bit rounding's, 1/(255·√12)
+ROUNDING_SIGMA = 1 / (255 * 12**0.5)
 #: ρ of the free-mode solve, relative to DᵀD's scale (≤ 4)
 DEFAULT_RHO = 1e-3
 #: CG iterations of the free-mode solve
 DEFAULT_ITERS = 10
-#: brightness residual (data range) at which a flow vector's confidence falls to e^−1
+#: brightness residual (data range) at which a flow vector's confidence falls to e^−1; also s, the size
+#: of a trajectory difference the data term is weighed against
 DEFAULT_RESIDUAL = 0.02
 #: the flow is estimated on frames halved this many times, then upsampled (faster, and smoother on blurred frames)
 FLOW_SKIP = 1
 
 
-def free_threshold(gamma: Optional[float]) -> float:
-    """τ for the CG's γ: FREE_WEIGHT / γ, or NOISELESS_FREE for the noiseless CG (γ None)."""
-    return NOISELESS_FREE if gamma is None else FREE_WEIGHT / gamma
+def noise_level(gamma: Optional[float]) -> float:
+    """σ_y behind the CG's γ: GAMMA_NOISE / γ (engine.cg.default_gamma's inverse), ROUNDING_SIGMA for γ None."""
+    return ROUNDING_SIGMA if gamma is None else GAMMA_NOISE / gamma
 
 
 def check_temporal_prior(name: str) -> str:
@@ -233,17 +235,20 @@ def free_modes(op, free: float, *, device=None, dtype=None) -> Optional[Callable
 class MotionPrior:
     """X̄ ↦ X̄ + Π z with z = argmin ‖D(X̄ + Π z)‖² + ρ‖z‖² (the module docstring), D from the measurement.
 
-        prior = MotionPrior(op, video_frames(op, y), gamma)   # flow and Π once per clip, outside any loop
+        prior = MotionPrior(op, y, video_frames(op, y), gamma)   # flow, Π and Aᵀy once per clip
         x = prior(x)                        # [N, C, H, W] → [N, C, H, W], no host sync
 
-    `frames`: the clip's motion as the measurement shows it in video space (`video_frames`), op.in_shape;
-    `gamma`: the CG's γ (None: noiseless), which sets τ (`free_threshold`) unless `free` gives it.
+    `y`: the measurement of `op` (op.out_shape); `frames`: the clip's motion as the measurement shows it
+    in video space (`video_frames`), op.in_shape; `gamma`: the CG's γ (None: noiseless), which gives σ_y
+    (`noise_level`) and so the data weight w = (residual/σ_y)².
     """
 
-    def __init__(self, op, frames: Tensor, gamma: Optional[float] = None, *, free: Optional[float] = None,
+    def __init__(self, op, y: Tensor, frames: Tensor, gamma: Optional[float] = None, *, free: float = DEFAULT_FREE,
                  rho: float = DEFAULT_RHO, iters: int = DEFAULT_ITERS, residual: float = DEFAULT_RESIDUAL):
-        self.free = free_threshold(gamma) if free is None else free
-        self.project = free_modes(op, self.free, device=frames.device, dtype=frames.dtype)
+        self.op, self.free = op, free
+        self.project = free_modes(op, free, device=frames.device, dtype=frames.dtype)
+        self.weight = (residual / noise_level(gamma)) ** 2
+        self.aty = op.A_adjoint(y) if self.project is not None else None
         self.rho, self.iters = rho, iters
         self.D = trajectories(frames, residual) if self.project is not None and frames.shape[0] > 1 else None
 
@@ -251,7 +256,8 @@ class MotionPrior:
         """X̄ + Π z.  [N, C, H, W] → [N, C, H, W]"""
         if self.D is None:
             return x
-        P, D = self.project, self.D
-        normal = lambda z: P(D.A_adjoint(D.A(P(z)))) + self.rho * z                   # Π DᵀD Π + ρ I
-        z = conjugate_gradient(normal, -P(D.A_adjoint(D.A(x))), torch.zeros_like(x), self.iters, dot=inner_product)
+        P, D, w = self.project, self.D, self.weight
+        H = lambda v: D.A_adjoint(D.A(v)) + w * self.op.A_adjoint_A(v)                # DᵀD + w AᵀA
+        normal = lambda z: P(H(P(z))) + self.rho * z                                  # Π H Π + ρ I
+        z = conjugate_gradient(normal, P(w * self.aty - H(x)), torch.zeros_like(x), self.iters, dot=inner_product)
         return x + P(z)

@@ -413,7 +413,7 @@ class VideoRestorer:
             return None
         if self.temporal_prior == "motion":                      # the window's null modes, after its loop
             frames = video_frames(self._operator(T), rows)[P:]              # the rows' motion at the free frames
-            x = MotionPrior(self._operator(T[:, P:]), frames, self.gamma)(x).clamp_(0, 1)
+            x = MotionPrior(self._operator(T[:, P:]), y, frames, self.gamma)(x).clamp_(0, 1)
         return x
 
     def _split_operator(self, T: Tensor) -> LinearOperator:
