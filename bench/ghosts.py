@@ -20,6 +20,7 @@ One row per restoration is appended to bench/results/ghosts.jsonl with the machi
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import tempfile
 import time
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.common import append_jsonl, machine
+from bench.common import RESULTS, append_jsonl, machine
 from engine.cg import gamma_at
 from engine.metrics import psnr
 from engine.operators import from_spec
@@ -102,6 +103,18 @@ def restore(path: str, model, y: torch.Tensor, spec: str, args, sigma: float, te
     return torch.stack(list(restorer.restore(y)))
 
 
+def print_table(path: Path) -> int:
+    """One line per stored row: clip, frames, size, σ_y, path, treatment, commit, mean dB, worst dip, frames over 3 dB."""
+    print("clip      frames size     σ_y   path    prior     temporal commit   mean dB  worst dip  >3 dB")
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        d = dips(torch.tensor(row["psnr"], dtype=torch.float64))
+        print(f"{row['clip']:<9} {row['frames']:>6} {'x'.join(map(str, row['size'])):<8} {row['sigma_y']:<5} "
+              f"{row['path']:<7} {row['prior']:<9} {row['temporal_prior']:<8} {row['commit'][:8]} "
+              f"{row['psnr_mean']:7.2f} {d.max().item():9.2f} {int((d > 3).sum()):6d}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", nargs="+", default=["bikes:48"], metavar="NAME:FRAMES[:START]",
@@ -122,8 +135,12 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-save", action="store_true", help="print the rows, append nothing")
+    p.add_argument("--table", action="store_true", help="print the rows of ghosts.jsonl (dips recomputed from "
+                                                        "their per-frame PSNR) and restore nothing")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.table:
+        return print_table(RESULTS / "ghosts.jsonl")
     torch.set_num_threads(args.threads)
     model = make_prior(args.prior)
     info = machine(torch.device("cpu"))

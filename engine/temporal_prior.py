@@ -251,6 +251,8 @@ class MotionPrior:
         self.aty = op.A_adjoint(y) if self.project is not None else None
         self.rho, self.iters = rho, iters
         self.D = trajectories(frames, residual) if self.project is not None and frames.shape[0] > 1 else None
+        log.debug("motion prior on %d frames: τ %g, data weight %.3g, %d CG steps%s", frames.shape[0], free,
+                  self.weight, iters, "" if self.D is not None else " (no temporal part: X̄ kept)")
 
     def __call__(self, x: Tensor) -> Tensor:
         """X̄ + Π z.  [N, C, H, W] → [N, C, H, W]"""
