@@ -37,6 +37,7 @@ from engine.sampler import NOISE_MODES, check_measurement, draw_noise, reverse_p
 from engine.schedule import NUM_TRAIN_STEPS, ddim_steps, warm_start
 from engine.streams import on_stream
 from engine.tasks import get_task
+from engine.temporal_prior import MotionPrior, check_temporal_prior, video_frames
 from engine.tiling import TiledEps, micro_batched
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class SolverConfig:
                                         # None for a quarter of the tile (64 for ADM-256)
     nvtx: bool = False               # an NVTX range per stage of each step, for Nsight (engine.sampler)
     start: Optional[int] = None      # t₀ of a warm start (engine.schedule.warm_start); None: T, the cold start
+    temporal_prior: str = "none"     # the null modes' prior (engine.temporal_prior): "none" (the paper) | "motion"
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -111,6 +113,7 @@ class SolverConfig:
                              f"got {self.device!r}")
         if self.start is not None and not self.nfe <= self.start <= 1000:
             raise InputError(f"start must be in [nfe, 1000] = [{self.nfe}, 1000], got {self.start}")
+        check_temporal_prior(self.temporal_prior)
         self.resolved_kernels   # resolved here, once: "triton" without the package is refused at once
 
     @classmethod
@@ -266,6 +269,9 @@ class Solver:
         self.config = config
         self.device = torch.device(config.device)
         self.comm = frame_comm(config, group)
+        if self.comm is not None and config.temporal_prior != "none":
+            raise InputError(f"temporal_prior {config.temporal_prior!r} follows motion across the whole video; with "
+                             f"frames split over processes use windows (VideoRestorer) or temporal_prior 'none'")
         arithmetic = config.resolved_kernels.arithmetic
         if self.comm is None:
             self.op = from_spec(config.spec, config.shape, seed=config.mask_seed, device=self.device,
@@ -380,6 +386,8 @@ class Solver:
                     finally:
                         if self.comm is not None:
                             self.comm.clock = None
+                if self.config.temporal_prior == "motion":
+                    out = MotionPrior(self.op, self._y, video_frames(self.op, self._y), self.config.gamma)(out).clamp_(0, 1)   # the null modes, after the loop
             if caller is not None:
                 out.record_stream(caller)       # made on the Solver's stream, used on the caller's
         if not torch.isfinite(out).all():

@@ -66,6 +66,7 @@ from engine.operators.spec import Term, join, split_temporal
 from engine.operators.temporal import frame_preconditioner, frames_operator
 from engine.sampler import EpsModel, draw_noise, reverse_process
 from engine.schedule import ddim_steps, warm_start
+from engine.temporal_prior import MotionPrior, check_temporal_prior, video_frames
 from engine.tiling import micro_batched
 
 log = logging.getLogger(__name__)
@@ -262,14 +263,18 @@ class VideoRestorer:
     `restore` on the same measurement; each window's frames are split over the processes (module
     docstring) and the restored frames come out of the group's rank 0 only (the others yield none).
     `clock` (engine.profiling.StageClock): times every window's stages and collectives, summed.
+    `temporal_prior` (engine.temporal_prior.TEMPORAL_PRIORS): "motion" refines each window's null modes
+    along the motion seen in its measurement rows; "none" keeps the paper's behaviour.
     """
 
     def __init__(self, eps_model: EpsModel, spec: str, frame: tuple[int, int], *, window: Optional[int] = None,
                  memory_budget: Optional[int] = None, nfe: int = 20, eta: float = 0.15, cg_iters: int = 5,
                  gamma: Optional[float] = None, cg_precond: Optional[float] = DEFAULT_DELTA, seed: int = 0,
                  mask_seed: int = 0, batch: Optional[int] = None, lag: Optional[int] = None, device="cpu",
-                 dtype: torch.dtype = torch.float32, group=None, start: Optional[int] = None, clock=None):
+                 dtype: torch.dtype = torch.float32, group=None, start: Optional[int] = None, clock=None,
+                 temporal_prior: str = "none"):
         self.term, spatial_spec = split_spec(spec)
+        self.temporal_prior = check_temporal_prior(temporal_prior)
         self.frame = (int(frame[0]), int(frame[1]))
         self.device, self.dtype = torch.device(device), dtype
         self.spatial = None if spatial_spec is None else from_spec(
@@ -391,6 +396,7 @@ class VideoRestorer:
         end = total if win.last else None
         T = frame_matrix(self.term, win.rows, (win.context, win.stop), end)      # [R, P + F]
         P = win.start - win.context
+        rows = y
         if P:
             y = y - self._operator(T[:, :P]).A(pinned)
         op = self._split_operator(T[:, P:])
@@ -399,8 +405,13 @@ class VideoRestorer:
         x = reverse_process(self.eps_model, y, op, self.noise, self.steps, cg_iters=self.cg_iters,
                             gamma=self.gamma, precond=precond, warm=self.warm, stage=self.clock)
         if isinstance(op, ShardedWindowOperator):
-            return gather_frames(x, op.comm)
-        return x if self.rank == 0 else None
+            x = gather_frames(x, op.comm)
+        if x is None or self.rank != 0:
+            return None
+        if self.temporal_prior == "motion":                      # the window's null modes, after its loop
+            frames = video_frames(self._operator(T), rows)[P:]              # the rows' motion at the free frames
+            x = MotionPrior(self._operator(T[:, P:]), y, frames, self.gamma)(x).clamp_(0, 1)
+        return x
 
     def _split_operator(self, T: Tensor) -> LinearOperator:
         """The window's operator for T [R, F]: sharded over the group when each process gets at least

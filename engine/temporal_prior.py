@@ -1,0 +1,265 @@
+"""A temporal prior for the blur's null modes: motion-compensated smoothness (DESIGN.md §5c).
+
+A temporal box blur of width k has (near-)null modes that oscillate along time with period k: the
+measurement does not see them and a per-frame prior barely does, so whatever the restoration X̄
+holds there shows as periodic ghost frames. Along a motion trajectory a real video changes
+slowly, so those modes are chosen here by motion-compensated smoothness.
+
+Notation (frames n = 0 … N−1, pixels p, data range [0, 1]):
+
+    f_n(p)     flow of frame n + 1 into frame n: pixel p of frame n + 1 shows what p + f_n(p) of
+               frame n shows; estimated once from the measurement (`estimate_flow`)  [N−1, 2, H, W]
+    W_n        bilinear warp by f_n: (W_n u)(p) = u(p + f_n(p)), 0 outside the frame
+    c_n(p)     confidence ∈ [0, 1] of f_n at p (its brightness residual on the measurement)
+    D          (D x)[n] = c_n ⊙ (x[n + 1] − W_n x[n]),  n = 0 … N−2    [N, C, H, W] → [N−1, C, H, W]
+    Π          the projection onto the operator's free modes along frames: the eigenvectors of
+               g·TᵀT with eigenvalue μ < τ·‖AᵀA‖ (`free_modes`, through `frame_preconditioner`)
+
+`MotionPrior` replaces X̄'s component in the free modes by the one that best balances smoothness
+along the trajectories against the measurement (a MAP estimate with trajectory residuals of size s
+and measurement noise σ_y, w = (s/σ_y)²):
+
+    X̄ ← X̄ + Π z,   z = argmin_z ‖D(X̄ + Π z)‖² + w‖A(X̄ + Π z) − y‖² + ρ‖z‖²
+                      i.e. (Π H Π + ρ I) z = Π(w Aᵀy − H X̄),  H = DᵀD + w AᵀA,
+                      by `iters` CG steps from z = 0,
+
+which leaves every mode outside the free ones (g·μ ≥ τ‖AᵀA‖) as it was. Where the confidence
+is 0 (occlusions, pixels leaving the frame) DᵀD is 0 and the data term and ρ keep X̄.
+The refinement is linear in X̄ for fixed flow, runs a fixed number of iterations and never
+synchronises with the host, so it can sit inside a captured reverse loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from engine.cg import GAMMA_NOISE, conjugate_gradient
+from engine.errors import InputError
+from engine.operators.base import LinearOperator, inner_product
+
+log = logging.getLogger(__name__)
+Tensor = torch.Tensor
+
+#: "none": the paper's behaviour (X̄'s null component kept as the per-frame prior left it);
+#: "motion": `MotionPrior` after the reverse loop
+TEMPORAL_PRIORS = ("none", "motion")
+#: τ: modes with g·μ < τ·‖AᵀA‖ are free (chosen by bench/ghosts.py, as the others below)
+DEFAULT_FREE = 0.03
+#: σ_y of the noiseless CG (γ = None): the 8-bit rounding's, 1/(255·√12)
+ROUNDING_SIGMA = 1 / (255 * 12**0.5)
+#: ρ of the free-mode solve, relative to DᵀD's scale (≤ 4)
+DEFAULT_RHO = 1e-3
+#: CG iterations of the free-mode solve
+DEFAULT_ITERS = 10
+#: brightness residual (data range) at which a flow vector's confidence falls to e^−1; also s, the size
+#: of a trajectory difference the data term is weighed against
+DEFAULT_RESIDUAL = 0.02
+#: the flow is estimated on frames halved this many times, then upsampled (faster, and smoother on blurred frames)
+FLOW_SKIP = 1
+
+
+def noise_level(gamma: Optional[float]) -> float:
+    """σ_y behind the CG's γ: GAMMA_NOISE / γ (engine.cg.default_gamma's inverse), ROUNDING_SIGMA for γ None."""
+    return ROUNDING_SIGMA if gamma is None else GAMMA_NOISE / gamma
+
+
+def check_temporal_prior(name: str) -> str:
+    """`name` if it is one of TEMPORAL_PRIORS, else one line listing them."""
+    if name not in TEMPORAL_PRIORS:
+        raise InputError(f"unknown temporal prior {name!r}; accepted: {', '.join(TEMPORAL_PRIORS)}")
+    return name
+
+
+# ── bilinear warping with an exact adjoint ──────────────────────────────────
+
+def _corners(flow: Tensor) -> tuple[Tensor, Tensor]:
+    """Flat pixel indices [B, 4, H·W] (int64) and bilinear weights [B, 4, H·W] of p + flow(p), a corner
+    outside the frame weighing 0.  flow: [B, 2, H, W] (x, y in pixels)"""
+    b, _, h, w = flow.shape
+    ys, xs = torch.meshgrid(torch.arange(h, device=flow.device, dtype=flow.dtype),
+                            torch.arange(w, device=flow.device, dtype=flow.dtype), indexing="ij")
+    px, py = (xs + flow[:, 0]).reshape(b, -1), (ys + flow[:, 1]).reshape(b, -1)       # [B, HW]
+    x0, y0 = px.floor(), py.floor()
+    ax, ay = px - x0, py - y0
+    index, weight = [], []
+    for dy, dx, wgt in ((0, 0, (1 - ax) * (1 - ay)), (0, 1, ax * (1 - ay)), (1, 0, (1 - ax) * ay), (1, 1, ax * ay)):
+        cx, cy = x0 + dx, y0 + dy
+        inside = (cx >= 0) & (cx <= w - 1) & (cy >= 0) & (cy <= h - 1)
+        index.append((cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1)).long())
+        weight.append(wgt * inside.to(wgt.dtype))
+    return torch.stack(index, 1), torch.stack(weight, 1)
+
+
+def warp(u: Tensor, index: Tensor, weight: Tensor) -> Tensor:
+    """(W u)(p) = Σ_corners weight · u[corner]: u sampled at p + f(p).  u: [B, C, H, W] → [B, C, H, W]"""
+    b, c, h, w = u.shape
+    flat = u.reshape(b, c, 1, h * w).expand(b, c, 4, h * w)
+    picked = torch.gather(flat, 3, index[:, None].expand(b, c, 4, h * w))            # [B, C, 4, HW]
+    return (picked * weight[:, None].to(u.dtype)).sum(2).reshape(b, c, h, w)
+
+
+def warp_adjoint(v: Tensor, index: Tensor, weight: Tensor) -> Tensor:
+    """Wᵀ v: every v(p) spread back onto the corners it was sampled from.  v: [B, C, H, W] → [B, C, H, W]"""
+    b, c, h, w = v.shape
+    spread = (v.reshape(b, c, 1, h * w) * weight[:, None].to(v.dtype)).reshape(b, c, 4 * h * w)
+    out = torch.zeros(b, c, h * w, device=v.device, dtype=v.dtype)
+    return out.scatter_add_(2, index.reshape(b, 1, 4 * h * w).expand(b, c, 4 * h * w), spread).reshape(b, c, h, w)
+
+
+class TrajectoryDifference(LinearOperator):
+    """D x[n] = c_n ⊙ (x[n + 1] − W_n x[n]): differences along motion trajectories.  [N, C, H, W] → [N−1, C, H, W]"""
+
+    def __init__(self, flow: Tensor, confidence: Tensor, channels: int = 3):
+        n1, _, h, w = flow.shape
+        self.in_shape, self.out_shape = (n1 + 1, channels, h, w), (n1, channels, h, w)
+        self.kernels = "torch"
+        self.index, self.weight = _corners(flow)                      # [N−1, 4, HW] each
+        self.confidence = confidence                                  # [N−1, 1, H, W]
+
+    def A(self, x: Tensor) -> Tensor:
+        """c ⊙ (x[1:] − W x[:−1]).  [N, C, H, W] → [N−1, C, H, W]"""
+        return self.confidence.to(x.dtype) * (x[1:] - warp(x[:-1], self.index, self.weight))
+
+    def A_adjoint(self, r: Tensor) -> Tensor:
+        """Dᵀ r: +c ⊙ r onto frames 1 … N−1, −Wᵀ(c ⊙ r) onto frames 0 … N−2.  [N−1, C, H, W] → [N, C, H, W]"""
+        cr = self.confidence.to(r.dtype) * r
+        zero = torch.zeros_like(r[:1])
+        return torch.cat([zero, cr]) - torch.cat([warp_adjoint(cr, self.index, self.weight), zero])
+
+
+# ── flow from the measurement ───────────────────────────────────────────────
+
+def _box(u: Tensor, radius: int) -> Tensor:
+    """Mean over the (2r + 1)² window, border pixels averaging what is inside.  [B, C, H, W] → [B, C, H, W]"""
+    return F.avg_pool2d(u, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
+
+
+def _sample(u: Tensor, flow: Tensor) -> Tensor:
+    """u at p + flow(p), bilinear, the border repeated (for matching, not for the prior).  [B, C, H, W]"""
+    b, _, h, w = u.shape
+    ys, xs = torch.meshgrid(torch.arange(h, device=u.device, dtype=u.dtype),
+                            torch.arange(w, device=u.device, dtype=u.dtype), indexing="ij")
+    gx = 2 * (xs + flow[:, 0]) / max(w - 1, 1) - 1
+    gy = 2 * (ys + flow[:, 1]) / max(h - 1, 1) - 1
+    return F.grid_sample(u, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def _gradients(u: Tensor) -> tuple[Tensor, Tensor]:
+    """Central differences (one-sided at the border).  [B, 1, H, W] → ∂x, ∂y"""
+    p = F.pad(u, (1, 1, 1, 1), mode="replicate")
+    return (p[..., 1:-1, 2:] - p[..., 1:-1, :-2]) / 2, (p[..., 2:, 1:-1] - p[..., :-2, 1:-1]) / 2
+
+
+def estimate_flow(ref: Tensor, other: Tensor, *, levels: int = 4, iters: int = 3, radius: int = 3,
+                  eps: float = 1e-4, skip: int = 0) -> Tensor:
+    """Dense flow f with other(p + f(p)) ≈ ref(p): coarse-to-fine Lucas–Kanade on grey frames.
+
+    At every pyramid level (halved by 2×2 means) and iteration, with I = other warped by f,
+    g = (∇I + ∇ref)/2 and e = I − ref, the window sums over (2r + 1)² pixels give
+    f ← f − (Σ g gᵀ + ε I)⁻¹ Σ g e, then f is smoothed by a 3×3 mean.
+    ref, other: [B, C, H, W] in [0, 1] → f [B, 2, H, W] (x, y) in pixels
+    """
+    a, b = ref.mean(1, keepdim=True), other.mean(1, keepdim=True)
+    pyramid = [(a, b)]
+    while len(pyramid) < levels and min(pyramid[-1][0].shape[-2:]) >= 16:
+        pyramid.append(tuple(F.avg_pool2d(u, 2, ceil_mode=True) for u in pyramid[-1]))
+    flow = None
+    for a, b in reversed(pyramid[skip:]):
+        if flow is None:
+            flow = torch.zeros(a.shape[0], 2, *a.shape[-2:], device=a.device, dtype=a.dtype)
+        else:
+            scale = torch.tensor([a.shape[-1] / flow.shape[-1], a.shape[-2] / flow.shape[-2]], device=a.device,
+                                 dtype=a.dtype)
+            flow = F.interpolate(flow, size=a.shape[-2:], mode="bilinear", align_corners=False) * scale[:, None, None]
+        ax, ay = _gradients(a)
+        for _ in range(iters):
+            warped = _sample(b, flow)
+            wx, wy = _gradients(warped)
+            gx, gy, e = (ax + wx) / 2, (ay + wy) / 2, warped - a
+            sxx, sxy, syy = _box(gx * gx, radius) + eps, _box(gx * gy, radius), _box(gy * gy, radius) + eps
+            bx, by = _box(gx * e, radius), _box(gy * e, radius)
+            det = sxx * syy - sxy * sxy
+            step = torch.cat([syy * bx - sxy * by, sxx * by - sxy * bx], 1) / det
+            flow = _box(flow - step, 1)
+    if skip:
+        flow = F.interpolate(flow, size=ref.shape[-2:], mode="bilinear", align_corners=False) * 2**skip
+    return flow
+
+
+def flow_confidence(ref: Tensor, other: Tensor, flow: Tensor, residual: float = DEFAULT_RESIDUAL) -> Tensor:
+    """c = exp(−ē²/s²) · [p + f(p) inside the frame], ē² the 5×5 mean of the squared grey residual
+    other(p + f) − ref(p), s = `residual`.  → [B, 1, H, W]"""
+    h, w = ref.shape[-2:]
+    e = (_sample(other, flow) - ref).mean(1, keepdim=True)
+    ys, xs = torch.meshgrid(torch.arange(h, device=ref.device, dtype=ref.dtype),
+                            torch.arange(w, device=ref.device, dtype=ref.dtype), indexing="ij")
+    px, py = xs + flow[:, :1], ys + flow[:, 1:]
+    inside = ((px >= 0) & (px <= w - 1) & (py >= 0) & (py <= h - 1)).to(ref.dtype)
+    return torch.exp(-_box(e * e, 2) / residual**2) * inside
+
+
+def trajectories(frames: Tensor, residual: float = DEFAULT_RESIDUAL, skip: int = FLOW_SKIP) -> TrajectoryDifference:
+    """D for a clip from its own frames (the measurement, or anything in video space with its motion):
+    f_n = flow of frame n + 1 into frame n, with its confidence.  frames: [N, C, H, W] in [0, 1]"""
+    ref, other = frames[1:].float(), frames[:-1].float()
+    flow = estimate_flow(ref, other, skip=skip)
+    return TrajectoryDifference(flow, flow_confidence(ref, other, flow, residual), channels=frames.shape[1])
+
+
+def video_frames(op, y: Tensor) -> Tensor:
+    """The measurement seen in video space, for the flow: y itself when A keeps the frame shape, else
+    Aᵀy / Aᵀ(A 1) (e.g. SR's nearest upsampling), 0 where Aᵀ(A 1) is.  → op.in_shape"""
+    if tuple(op.out_shape) == tuple(op.in_shape):
+        return y
+    ones = torch.ones(op.in_shape, device=y.device, dtype=y.dtype)
+    weight = op.A_adjoint(op.A(ones))
+    return torch.where(weight > 0, op.A_adjoint(y) / weight.clamp_min(1e-12), torch.zeros_like(weight))
+
+
+# ── the prior ───────────────────────────────────────────────────────────────
+
+def free_modes(op, free: float, *, device=None, dtype=None) -> Optional[Callable[[Tensor], Tensor]]:
+    """Π: v ↦ V 1[g·μ < τ‖AᵀA‖] Vᵀ v along frames (op's `frame_preconditioner` with a 0/1 filter), or None
+    without a temporal part.  [N, ...] → [N, ...]"""
+    frame_preconditioner = getattr(op, "frame_preconditioner", None)
+    if frame_preconditioner is None:
+        return None
+    floor = free * getattr(op, "normal_gain", 1.0)
+    return frame_preconditioner(lambda mu: (mu < floor).to(mu.dtype), device=device, dtype=dtype)
+
+
+class MotionPrior:
+    """X̄ ↦ X̄ + Π z with z = argmin ‖D(X̄ + Π z)‖² + ρ‖z‖² (the module docstring), D from the measurement.
+
+        prior = MotionPrior(op, y, video_frames(op, y), gamma)   # flow, Π and Aᵀy once per clip
+        x = prior(x)                        # [N, C, H, W] → [N, C, H, W], no host sync
+
+    `y`: the measurement of `op` (op.out_shape); `frames`: the clip's motion as the measurement shows it
+    in video space (`video_frames`), op.in_shape; `gamma`: the CG's γ (None: noiseless), which gives σ_y
+    (`noise_level`) and so the data weight w = (residual/σ_y)².
+    """
+
+    def __init__(self, op, y: Tensor, frames: Tensor, gamma: Optional[float] = None, *, free: float = DEFAULT_FREE,
+                 rho: float = DEFAULT_RHO, iters: int = DEFAULT_ITERS, residual: float = DEFAULT_RESIDUAL):
+        self.op, self.free = op, free
+        self.project = free_modes(op, free, device=frames.device, dtype=frames.dtype)
+        self.weight = (residual / noise_level(gamma)) ** 2
+        self.aty = op.A_adjoint(y) if self.project is not None else None
+        self.rho, self.iters = rho, iters
+        self.D = trajectories(frames, residual) if self.project is not None and frames.shape[0] > 1 else None
+        log.debug("motion prior on %d frames: τ %g, data weight %.3g, %d CG steps%s", frames.shape[0], free,
+                  self.weight, iters, "" if self.D is not None else " (no temporal part: X̄ kept)")
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """X̄ + Π z.  [N, C, H, W] → [N, C, H, W]"""
+        if self.D is None:
+            return x
+        P, D, w = self.project, self.D, self.weight
+        H = lambda v: D.A_adjoint(D.A(v)) + w * self.op.A_adjoint_A(v)                # DᵀD + w AᵀA
+        normal = lambda z: P(H(P(z))) + self.rho * z                                  # Π H Π + ρ I
+        z = conjugate_gradient(normal, P(w * self.aty - H(x)), torch.zeros_like(x), self.iters, dot=inner_product)
+        return x + P(z)

@@ -1,0 +1,158 @@
+"""The null modes' temporal prior (engine.temporal_prior): warps, flow, the free-mode refinement, ghost frames."""
+
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.cg import default_gamma
+from engine.errors import InputError
+from engine.metrics import psnr
+from engine.operators import from_spec
+from engine.priors import GaussianPrior
+from engine.runtime import Solver, SolverConfig
+from engine.temporal_prior import (MotionPrior, TrajectoryDifference, estimate_flow, free_modes, trajectories,
+                                   video_frames)
+from engine.testclips import camera_clip
+from engine.windows import VideoRestorer
+
+F64 = torch.float64
+SPEC = "temporal:uniform:7:replicate"
+
+
+def dot_error(op, x, r):
+    """|⟨D x, r⟩ − ⟨x, Dᵀ r⟩| / (‖D x‖·‖r‖)."""
+    lhs, rhs = (op.A(x) * r).sum(), (x * op.A_adjoint(r)).sum()
+    return (abs(lhs - rhs) / (op.A(x).norm() * r.norm())).item()
+
+
+def worst_dip(restored, clean):
+    """The largest drop of a frame's PSNR below the median of the 7 frames around it (the first or last 7 at the ends)."""
+    scores = psnr(restored, clean)
+    n = scores.numel()
+    idx = (torch.arange(n) - 3).clamp(0, n - 7)[:, None] + torch.arange(7)[None]
+    return (scores[idx].median(dim=1).values - scores).max().item()
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 9, 11), (2, 1, 5, 4)])
+def test_trajectory_difference_dot_test(shape):
+    """D and Dᵀ are exact adjoints in fp64, flows reaching outside the frame included."""
+    g = torch.Generator().manual_seed(0)
+    n, c, h, w = shape
+    flow = 3 * torch.randn(n - 1, 2, h, w, generator=g, dtype=F64)
+    D = TrajectoryDifference(flow, torch.rand(n - 1, 1, h, w, generator=g, dtype=F64), channels=c)
+    x, r = torch.randn(shape, generator=g, dtype=F64), torch.randn(n - 1, c, h, w, generator=g, dtype=F64)
+    assert dot_error(D, x, r) < 1e-13
+
+
+def test_trajectory_difference_is_zero_on_the_motion():
+    """A clip that moves by the flow has D x = 0 away from the borders."""
+    clip = camera_clip("astronaut", frames=4, size=24, pan=(1.0, 0.0)).to(F64)           # moves by −1 px in x
+    flow = torch.zeros(3, 2, 24, 24, dtype=F64)
+    flow[:, 0] = 1.0                                      # frame n + 1 at p shows frame n at p + (1, 0)
+    D = TrajectoryDifference(flow, torch.ones(3, 1, 24, 24, dtype=F64))
+    assert D.A(clip)[..., 2:-2, 2:-2].abs().max() < 1e-6
+
+
+def test_estimate_flow_finds_a_translation():
+    """Lucas–Kanade on a textured pan recovers its sub-pixel shift in the interior."""
+    clip = camera_clip("coffee", frames=2, size=48, pan=(1.5, -0.75))
+    flow = estimate_flow(clip[1:], clip[:1])
+    inner = flow[0, :, 8:-8, 8:-8].mean(dim=(1, 2))
+    assert torch.allclose(inner, torch.tensor([1.5, -0.75]), atol=0.15)
+
+
+def test_free_modes_are_what_the_blur_hardly_sees():
+    """Π is a projection along frames, and ‖A Π x‖² ≤ τ·‖AᵀA‖·‖Π x‖²."""
+    op = from_spec(SPEC, (48, 3, 4, 5), dtype=F64, kernels="torch")
+    P = free_modes(op, 1e-2)
+    x = torch.randn(op.in_shape, generator=torch.Generator().manual_seed(1), dtype=F64)
+    px = P(x)
+    assert torch.allclose(P(px), px, atol=1e-12)
+    assert 0 < px.norm() < x.norm()
+    assert op.A(px).norm() ** 2 <= 1e-2 * op.normal_gain * px.norm() ** 2
+
+
+def test_motion_prior_changes_only_the_free_modes():
+    """The refinement moves X̄ inside range(Π) only, so what the measurement sees stays as it was."""
+    clip = camera_clip("astronaut", frames=20, size=16, pan=(1.0, 0.5)).to(F64)
+    op = from_spec(SPEC, tuple(clip.shape), dtype=F64, kernels="torch")
+    y = op.A(clip)
+    prior = MotionPrior(op, y, video_frames(op, y), 1.0)
+    x = clip + 0.05 * torch.randn(clip.shape, generator=torch.Generator().manual_seed(2), dtype=F64)
+    change = prior(x) - x
+    assert change.norm() > 0
+    assert torch.allclose(prior.project(change), change, atol=1e-10)
+
+
+def test_motion_prior_runs_without_host_sync():
+    """The refinement on meta tensors (no data: .item(), bool(tensor) or nonzero would raise), so it can
+    run inside a captured loop."""
+    n, h, w = 9, 6, 7
+    op = from_spec(SPEC, (n, 3, h, w), device="meta", dtype=torch.float32)
+    prior = MotionPrior.__new__(MotionPrior)
+    prior.project, prior.rho, prior.iters, prior.weight, prior.op = free_modes(op, 1e-2, device="meta"), 1e-3, 3, 4.0, op
+    prior.aty = torch.empty(n, 3, h, w, device="meta")
+    prior.D = TrajectoryDifference(torch.empty(n - 1, 2, h, w, device="meta"), torch.empty(n - 1, 1, h, w, device="meta"))
+    out = prior(torch.empty(n, 3, h, w, device="meta"))
+    assert out.shape == (n, 3, h, w) and out.device.type == "meta"
+
+
+def test_video_frames_of_a_spatial_operator():
+    """Under SR the flow sees Aᵀy / Aᵀ(A 1): a still clip of 2×2 blocks comes back as it was."""
+    op = from_spec("temporal:uniform:3:replicate+sr:2", (5, 3, 8, 8), dtype=F64, kernels="torch")
+    blocks = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(3), dtype=F64)
+    clip = F.interpolate(blocks, scale_factor=2, mode="nearest").expand(5, -1, -1, -1)
+    assert torch.allclose(video_frames(op, op.A(clip)), clip, atol=1e-12)
+
+
+def test_unknown_temporal_prior_is_refused():
+    with pytest.raises(InputError, match="temporal prior"):
+        SolverConfig(spec=SPEC, frames=8, size=8, temporal_prior="optical")
+    with pytest.raises(InputError, match="temporal prior"):
+        VideoRestorer(GaussianPrior(), SPEC, (8, 8), temporal_prior="optical")
+
+
+# ── ghost frames on a long clip of small frames ────────────────────────────
+
+FRAMES, FRAME, SIGMA = 56, (32, 32), 0.005
+SETTINGS = dict(nfe=4, eta=0.15, cg_iters=5, gamma=default_gamma(SIGMA))
+
+
+@functools.cache
+def long_clip_data():
+    """56 frames of 32×32 panning over a photo, blurred over 7 frames with held ends, σ_y = 0.005, 8 bits."""
+    clip = camera_clip("astronaut", frames=FRAMES, size=32, pan=(1.5, 0.75))
+    y = from_spec(SPEC, tuple(clip.shape), kernels="torch").A(clip)
+    y = y + SIGMA * torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
+    return clip, (y * 255).round() / 255
+
+
+def restore_whole(y, temporal_prior):
+    cfg = SolverConfig(spec=SPEC, frames=FRAMES, size=FRAME, temporal_prior=temporal_prior, **SETTINGS)
+    return Solver(GaussianPrior(), cfg).solve(y)
+
+
+def restore_windows(y, temporal_prior):
+    restorer = VideoRestorer(GaussianPrior(), SPEC, FRAME, window=28, temporal_prior=temporal_prior, **SETTINGS)
+    return torch.stack(list(restorer.restore(y)))
+
+
+def test_no_ghost_frames_on_a_long_clip():
+    """Today's whole-video restoration has a frame more than 3 dB below the median of the 7 around it;
+    with the motion prior no frame is, and the mean PSNR does not fall."""
+    clean, y = long_clip_data()
+    plain, motion = restore_whole(y, "none"), restore_whole(y, "motion")
+    assert worst_dip(plain, clean) > 3
+    assert worst_dip(motion, clean) <= 3
+    assert psnr(motion, clean).mean() >= psnr(plain, clean).mean()
+
+
+def test_windows_lower_the_dips_on_a_long_clip():
+    """In windows of 28 frames the motion prior lifts the mean by over 1 dB and lowers the worst dip
+    (4.4 → 4.0 dB measured: the 3 dB bound does not hold yet in this path on 32×32 frames)."""
+    clean, y = long_clip_data()
+    plain, motion = restore_windows(y, "none"), restore_windows(y, "motion")
+    assert worst_dip(motion, clean) < worst_dip(plain, clean) - 0.2
+    assert psnr(motion, clean).mean() >= psnr(plain, clean).mean() + 1
