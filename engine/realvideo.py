@@ -46,8 +46,14 @@ def noise_level(y: torch.Tensor, stated: Optional[float]) -> NoiseLevel:
 
     A stated 0 on a measurement whose estimated noise is above 8-bit rounding is warned about: the
     noiseless CG then amplifies that noise (the user asked for it, so it runs)."""
-    from engine.noise import estimate_noise
+    from engine.noise import MIN_SIDE, ROUNDING_FLOOR, estimate_noise
 
+    if min(y.shape[-2:]) < MIN_SIDE:                  # too small a frame to tell noise from detail
+        if stated is None:
+            log.warning("frames of %dx%d are too small to estimate their noise (at least %dx%d): assuming 8-bit "
+                        "rounding, σ_y = %.5f; give --sigma-y to state it", y.shape[-1], y.shape[-2], MIN_SIDE,
+                        MIN_SIDE, ROUNDING_FLOOR)
+        return NoiseLevel(ROUNDING_FLOOR if stated is None else stated, stated is None, None)
     estimate = estimate_noise(y)
     record = estimate.to_dict()
     if stated is None:

@@ -60,13 +60,14 @@ from engine.fileio import atomic_folder, atomic_write_json, mark_in_progress, re
 from engine.metrics import SSIM_RADIUS, clip_summary, json_safe
 from engine.operators import from_spec
 from engine.operators.spec import parse as parse_spec
-from engine.operators.spec import split_temporal, sr_scale, with_time_boundary
+from engine.operators.spec import split_temporal, sr_scale, time_boundary, with_time_boundary
 from engine.priors import PRIORS
 from engine.probe import InputFacts, check_spec, is_grey, probe_input, temporal_width
 from engine.realvideo import grey_clip, noise_level, residual_record
 from engine.profiling import StageClock
 from engine.runtime import Solver, SolverConfig, as_tensor, load_model, measure
 from engine.tasks import TASKS, get_task
+from engine.temporal_prior import TEMPORAL_PRIORS
 from engine.windows import split_spec
 
 log = logging.getLogger("engine.solve")
@@ -109,6 +110,7 @@ class Job:
                                          # None: 0 for a clean INPUT, estimated from a measured one (engine.noise)
     seed: int = 0
     baselines: tuple[str, ...] = ()
+    temporal_prior: str = "auto"         # engine.temporal_prior's name, or "auto" (`temporal_prior_for`)
 
     def __post_init__(self):
         if self.sigma_y is not None and not (math.isfinite(self.sigma_y) and 0 <= self.sigma_y <= 1):
@@ -181,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, help="γ > 0 of the regularised CG (default when --sigma-y > 0: 0.04/σ_y, "
                                                "e.g. 2 at 0.02, with --prior; DDS's 1 with --checkpoint; else the "
                                                "noiseless CG)")
+    p.add_argument("--temporal-prior", choices=["auto", *TEMPORAL_PRIORS], default="auto",
+                   help="what chooses the temporal blur's null modes, which the measurement cannot see: motion "
+                        "(smoothness along motion estimated from INPUT, after the reverse process: no ghost frames), "
+                        "none (the per-frame prior alone: the paper), or auto (default: motion for a video's held "
+                        "ends, none for a circular blur such as the paper's 16-frame clips)")
     p.add_argument("--noise", choices=["shared", "independent"], default="shared",
                    help="one noise image for all frames (the paper) or one per frame (its ablation)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0); the measurement noise of a clean "
@@ -242,7 +249,8 @@ def parse(argv=None) -> tuple[Job, SolverConfig, bool]:
               engine=args.engine, prior=args.prior, task=args.task or (DEMO_TASK if args.demo else None),
               model_config=model_config or None, class_label=args.class_label, frames=args.frames,
               max_frames=args.max_frames,
-              size=args.size, fps=args.fps, sigma_y=sigma_y, seed=args.seed, baselines=baselines)
+              size=args.size, fps=args.fps, sigma_y=sigma_y, seed=args.seed, baselines=baselines,
+              temporal_prior=args.temporal_prior)
     gamma = args.gamma if args.gamma is not None or sigma_y is None else default_gamma(
         sigma_y, diffusion=args.checkpoint is not None)           # an estimated σ_y gets its γ once known (`run`)
     defaults = task or get_task(DEMO_TASK)
@@ -432,8 +440,19 @@ def fitted_config(job: Job, cfg: SolverConfig, shape: tuple[int, int], frames: O
     if job.measured and job.size is not None and frame != (job.size, job.size):
         raise InputError(f"the measurement's frame shape {shape[1]}x{shape[0]} under {cfg.spec} comes from "
                          f"{frame[1]}x{frame[0]} frames, not the {job.size}x{job.size} of --size")
-    return dataclasses.replace(cfg, frames=frames or cfg.frames, size=frame,
-                               spec=with_time_boundary(cfg.spec, video_boundary(job, frames)))
+    spec = with_time_boundary(cfg.spec, video_boundary(job, frames))
+    return dataclasses.replace(cfg, frames=frames or cfg.frames, size=frame, spec=spec,
+                               temporal_prior=temporal_prior_for(job.temporal_prior, spec))
+
+
+def temporal_prior_for(choice: str, spec: str) -> str:
+    """--temporal-prior: "auto" is "motion" (engine.temporal_prior: the blur's free modes chosen along motion)
+    for a temporal blur with held or zero ends, a real video's, and "none" (the paper's behaviour) for a
+    circular one (the paper's 16-frame clips, --blind) or a spec without a temporal term."""
+    if choice != "auto":
+        return choice
+    temporal, _ = split_temporal(spec)
+    return "motion" if temporal and all(time_boundary(t) != "circular" for t in temporal) else "none"
 
 
 def restore(job: Job, cfg: SolverConfig, model, clean, y):
@@ -509,7 +528,8 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
     restorer = VideoRestorer(make_network(model, cfg), cfg.spec, cfg.frame, window=job.max_frames, nfe=cfg.nfe,
                              eta=cfg.eta, cg_iters=cfg.cg_iters, gamma=cfg.gamma, cg_precond=cfg.cg_precond,
                              seed=job.seed, mask_seed=cfg.mask_seed, device=cfg.device, group=group,
-                             start=cfg.start, clock=StageClock(cfg.device) if group is not None else None)
+                             start=cfg.start, clock=StageClock(cfg.device) if group is not None else None,
+                             temporal_prior=cfg.temporal_prior)
     if restorer.rank != 0:
         return _restore_windows_elsewhere(job, restorer, frames)
     held = deque()                                    # clean frames read and not yet scored
@@ -704,6 +724,15 @@ def _restore_sharded(tmp: Optional[Path], job: Job, cfg: SolverConfig, model, ra
         cfg = fitted_config(job, cfg, shape, frames=frames)
     if rank == 0:
         _say_assumed_mask(job, cfg)
+    if dist.get_world_size() > 1 and cfg.temporal_prior != "none":
+        if job.temporal_prior != "auto":
+            raise InputError(f"--temporal-prior {job.temporal_prior} follows motion across the whole video, which "
+                             f"torchrun splits; add --max-frames W (windows) or use --temporal-prior none")
+        if rank == 0:
+            log.warning("torchrun splits the whole video over %d processes: its null modes keep the per-frame "
+                        "prior's choice (--temporal-prior none); --max-frames W restores windows with the motion "
+                        "prior", world)
+        cfg = dataclasses.replace(cfg, temporal_prior="none")
     solver = Solver(model, cfg, group=dist.group.WORLD)
     if not job.measured:
         y = None

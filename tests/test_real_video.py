@@ -176,3 +176,23 @@ def test_a_killed_runs_temporary_folder_is_removed_by_the_next_run(tmp_path, cap
         assert RUN_MARKER not in {p.name for p in (tmp_path / "out").iterdir()}
     finally:
         sleeper.kill()
+
+
+@pytest.mark.parametrize("choice, spec, expected", [
+    ("auto", "temporal:uniform:7:replicate", "motion"),                # a video's held ends: its null modes
+    ("auto", "temporal:uniform:7:zero+sr:2", "motion"),
+    ("auto", "temporal:uniform:7:circular", "none"),                   # the paper's clips
+    ("auto", "sr:4", "none"),                                          # no blur along time
+    ("none", "temporal:uniform:7:replicate", "none"),                  # asked for
+])
+def test_the_temporal_prior_follows_the_boundary_in_time(choice, spec, expected):
+    assert solve.temporal_prior_for(choice, spec) == expected
+
+
+def test_a_real_video_gets_the_motion_prior_and_the_papers_task_does_not(tmp_path):
+    path = blurred_npy(tmp_path / "y.npy", sigma=0.01)
+    assert main([str(path), "--degrade", SPEC, *REAL, "--out", str(tmp_path / "real")]) == 0
+    assert report(tmp_path / "real")["settings"]["temporal_prior"] == "motion"
+    np.save(tmp_path / "x.npy", camera_clip(frames=16, size=32).numpy())
+    assert main([str(tmp_path / "x.npy"), "--simulate", "--task", "temporal-k7", *REAL, "--out", str(tmp_path / "paper")]) == 0
+    assert report(tmp_path / "paper")["settings"]["temporal_prior"] == "none"
