@@ -1,4 +1,4 @@
-"""PSNR against clip length for plain and preconditioned CG (#16): a benchmark, not a test.
+"""PSNR against clip length for plain and preconditioned CG: a benchmark, not a test.
 
 Real footage (engine.testclips: a camera panning over a photo scikit-image ships), a
 noiseless degradation, the weight-free prior (engine.priors.GaussianPrior) through

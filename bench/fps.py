@@ -74,7 +74,7 @@ REFERENCE = "reference"
 #: frame size of --prior rows unless --size says otherwise (the demo's)
 PRIOR_SIZE = 256
 COLD_START_LIMIT_S = 120
-#: seconds per frame may differ from the first row's by this fraction and still count as flat (issue #16)
+#: seconds per frame may differ from the first row's by this fraction and still count as flat
 FLAT_TOLERANCE = 0.15
 #: The matmul whose measured throughput is the UNet's peak, by network precision.
 PEAK_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}

@@ -1,4 +1,4 @@
-"""Speed of one video restored by P processes (frame sharding, #17): `python bench/fps.py --procs 1,2`.
+"""Speed of one video restored by P processes (frame sharding, docs/distributed.md): `python bench/fps.py --procs 1,2`.
 
 For each frame count and each P of --procs, P local processes (gloo on the CPU, NCCL with rank r on
 cuda:r) build a Solver over the default group and restore the same video; each times its clips and

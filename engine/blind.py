@@ -1,4 +1,4 @@
-"""Blind temporal deblurring, the paper's Algorithm 2 (DESIGN.md §4).
+"""Blind temporal deblurring, the paper's Algorithm 2 (docs/design.md, "Blind deblurring").
 
 The temporal PSF is unknown. From a first reconstruction X⁰ of the clip:
 

@@ -6,12 +6,12 @@ not per frame. The loop never synchronises with the host: a zero denominator
 (an exact solution reached early) gives a zero step, computed on the device,
 so the iteration can be captured in a CUDA graph.
 
-The two systems of the paper (DESIGN.md §2), in the [0, 1] data range:
+The two systems of the paper (docs/design.md, "CG and its preconditioner"), in the [0, 1] data range:
 
 - noiseless:  AᵀA x = Aᵀ y
 - noisy:      (I + γ AᵀA) x = x̂ + γ Aᵀ y
 
-Preconditioned (#16): the paper's normal operators are Kronecker products of a temporal
+Preconditioned: the paper's normal operators are Kronecker products of a temporal
 and a per-frame part, AᵀA = (g TᵀT) ⊗ (SᵀS / g) with g the per-frame part's largest
 eigenvalue, so a function of the temporal part alone, P = φ(g TᵀT) along frames (the
 operator's `frame_preconditioner`), is cheap (an N×N matrix applied per pixel) and
@@ -25,15 +25,13 @@ so max μ = ‖AᵀA‖ = op.normal_gain):
 
 The noiseless filter is 0 on TᵀT's null space and small on its near-null modes, whose
 measurement is rounding: 1/(μ + δ) would amplify that rounding by 1/δ into x̂'s null
-component (measured: 5 dB at 28 frames of uniform 7, where |H|² has exact zeros).
+component (docs/results.md, "CG against clip length", measures the loss).
 DEFAULT_DELTA is chosen by bench/cg_length.py.
 
 γ weighs the measurement against the step's estimate x̂. With a diffusion checkpoint its default
-is DDS's γ = 1 (the paper's setting, DESIGN.md §2); with the plug-and-play priors (engine.priors)
-it falls as the noise grows, γ = GAMMA_NOISE / σ_y (`default_gamma`): measured on 4 real clips (astronaut, coffee, chelsea,
-rocket panned, 16 frames of 128×128, temporal k = 7, FFDNet, 8 NFE from t₀ = 400; mean PSNR), the
-best γ was about 5 at σ_y = 0.01, 2 at 0.02, 0.7 at 0.05 and 0.4 at 0.1, and γ = 1 at every level
-lost 1.8 dB at 0.01 and 1.5 dB at 0.1 (README, "the default prior").
+is DDS's γ = 1 (the paper's setting); with the plug-and-play priors (engine.priors) it falls as
+the noise grows, γ = GAMMA_NOISE / σ_y (`default_gamma`), because the best γ measured on real clips
+falls about as 1/σ_y (bench/prior_quality.py; docs/results.md, "The default prior").
 """
 
 from __future__ import annotations

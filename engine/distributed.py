@@ -1,5 +1,5 @@
 """One video sharded by frames over torch.distributed: who holds which frames, and the three
-collectives the sharded CG needs (#17).
+collectives the sharded CG needs (docs/distributed.md).
 
 Rank p of P holds the contiguous frames [start_p, stop_p) of an N-frame video (sizes differ by at
 most one, the first ranks the larger). Everything video-sized on a rank is its shard only:

@@ -236,25 +236,12 @@ class DenoiserPrior(torch.nn.Module):
 
     so the sampler's own Tweedie step gives X̂ back. D's output is clamped to [0, 1]: the MMSE
     estimate of an image in [0, 1] lies there (a convex set), and a denoiser fed values outside
-    it extrapolates, which the reverse process feeds back into the next step's input. Without
-    the clamp, 20 steps from a warm start t₀ = 400 grew X̂ to 170 on astronaut and collapsed it to
-    12.1 dB (23.9 with the clamp); 8 steps from t₀ = 400 and the cold 20 steps are unchanged to
-    0.01 dB (σ_y = 0.05, the clips below). Frames whose σ_t exceeds `switch`
-    use `fallback` (the exact MMSE of the Gaussian prior) instead: a denoiser trained for
-    small noise (FFDNet: σ ≤ 75/255 ≈ 0.29) restores badly far above its range, where the
-    image's second-order statistics are all that the noisy frame still tells.
-
-    Measured (bench/prior_quality.py, bench/results/prior_quality.jsonl: 16 frames of 128×128,
-    astronaut and coffee seen by a moving camera, temporal uniform k = 7, σ_y = 0.05, γ = 1,
-    K = 20, η = 0.15; mean PSNR): Gaussian prior alone 23.93 dB, ADMM-TV 25.06; switching at
-    σ = 0.6 / 1.0 / 2.0 gives 25.15 / 25.26 / 25.08 with the clamped estimate (before it: 0.3 gave
-    24.89, and 2.0 22.81, astronaut diverging to 18.3), so `switch` = 1.0, 3.4× FFDNet's training
-    range with the true σ. Clamping σ
-    instead is worse (astronaut, runs stopped before they recorded): FFDNet at every step with
-    σ clamped at 75/255 collapses (4 dB), clamping at 0.45 above 0.45 loses 2 dB; σ scaled by
-    1.5 gains nothing (both clips); η = 0.8 loses 0.6 dB. A warm start (engine.schedule.warm_start, t₀ = 400, K = 8) gives
-    26.04 dB. Noiseless temporal k = 7 + 4× SR (η = 0.8, K = 20): 25.22 dB against 21.42 for
-    CG at the same 100 iterations and 22.18 for the Gaussian prior.
+    it extrapolates, which the reverse process feeds back into the next step's input. Frames
+    whose σ_t exceeds `switch` use `fallback` (the exact MMSE of the Gaussian prior) instead: a
+    denoiser trained for small noise (FFDNet: σ ≤ 75/255 ≈ 0.29) restores badly far above its
+    range, where the image's second-order statistics are all that the noisy frame still tells.
+    The clamp and `switch` = 1.0 were chosen with bench/prior_quality.py (docs/results.md,
+    "The default prior").
 
     On the CPU only the branch a frame needs runs; on a GPU both run and are selected on
     the device, so the forward never reads t on the host (a CUDA graph can capture it).

@@ -1,6 +1,6 @@
 """The paper's Algorithm 1: batch-consistent DDIM sampling with CG data consistency.
 
-Notation (DESIGN.md §2, the paper's symbols):
+Notation (docs/design.md, "The sampler"; the paper's symbols):
 
     X      x      the noisy clip at step t, model range [−1, 1]      [N, 3, H, W]
     ε      eps    the network's noise estimate (first 3 channels)     [N, 3, H, W]

@@ -1,6 +1,6 @@
 """The diffusion schedule and the DDIM step pairs of the paper's Algorithm 1.
 
-Notation (DESIGN.md §2): β_t linear in [1e-4, 0.02] over T = 1000 steps,
+Notation (docs/design.md, "The sampler"): β_t linear in [1e-4, 0.02] over T = 1000 steps,
 ᾱ_t = Π_{s≤t} (1 − β_s), ᾱ_{−1} = 1. For K network evaluations the sampler
 visits t = (K−1)·skip, …, skip, 0 with skip = T // K, each paired with the next
 (t_next = −1 after 0).

@@ -671,7 +671,7 @@ def _declared_frames(job: Job) -> Optional[int]:
 
 
 def run_sharded(job: Job, cfg: SolverConfig) -> Optional[Path]:
-    """`run` in a process torchrun started: one video restored by every process of the job (#17).
+    """`run` in a process torchrun started: one video restored by every process of the job.
 
     Every process keeps its own frames (engine.distributed.frame_ranges): of a --measured video it
     decodes and holds those frames only (`_own_measurement`); a clean input is read whole, its

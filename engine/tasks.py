@@ -1,4 +1,4 @@
-"""The paper's six tasks as named presets (Kwon & Ye, ICLR 2025, §5 and DESIGN.md §2–3).
+"""The paper's six tasks as named presets (Kwon & Ye, ICLR 2025, §5; docs/design.md, "The sampler" and "Operators").
 
 Each names its degradation spec (engine.operators.from_spec) and the sampler
 settings the paper uses for it: K network evaluations (nfe), stochasticity η

@@ -1,4 +1,4 @@
-"""Videos of any length in windows with pinned context, and the streaming API (issue #16 §4–5).
+"""Videos of any length in windows with pinned context, and the streaming API (docs/design.md, "Windows").
 
 A spec is at most one temporal PSF (kernel k of width w, centre c) composed with
 frame-local spatial terms S (blur, sr, inpaint). On frames n = 0 … N−1 the temporal
@@ -37,7 +37,7 @@ With a frame-local operator whose CG converges exactly (inpainting, SR: AᵀA ha
 eigenvalues) windows give the whole-video solve exactly; for a temporal PSF they differ by
 the pinned frames (fixed, not refined by later rows) and by CG's per-window step sizes.
 
-Several processes (a torch.distributed `group`, #17). Every process reads the same measurement
+Several processes (a torch.distributed `group`; docs/distributed.md). Every process reads the same measurement
 stream and holds the window's rows; the window's free frames are sharded over the processes
 (engine.operators.sharded.ShardedWindowOperator: the network on each process's frames, CG across
 all of them), gathered on the group's rank 0, which yields them, and the next window's pinned

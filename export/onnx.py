@@ -7,7 +7,7 @@ InstanceNormalization + Reshape/Mul/Add. `opset="auto"` therefore tries opset 21
 torch.export (the dynamo exporter, which already folds constants with the onnxscript
 optimizer) and keeps it when it exports cleanly, holds GroupNormalization nodes, passes
 the checker and loads in onnxruntime. Otherwise it falls back to opset 17 through the
-TorchScript exporter (ADM.md §5), cleaned up with the onnxscript optimizer and shape
+TorchScript exporter (docs/gpu.md, "A TensorRT engine"), cleaned up with the onnxscript optimizer and shape
 inference, and records why.
 
 fp32 islands. The fp16 export converts the weights as upstream's fp16 mode does

@@ -1,4 +1,4 @@
-"""Triton kernels for the degradations, the CG solver and the DDIM step (DESIGN.md §5).
+"""Triton kernels for the degradations, the CG solver and the DDIM step (docs/design.md, "Kernels").
 
 One file per family, each kernel in three layers (a private `_name_kernel`, a launcher
 that checks inputs, allocates the output and sets the grid, and the torch-facing

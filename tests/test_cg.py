@@ -68,7 +68,7 @@ def test_data_consistency_noiseless_and_regularised():
     assert torch.allclose(xr, exact, atol=1e-8)
 
 
-# ── preconditioned CG (#16) ──────────────────────────────────────────────────
+# ── preconditioned CG ────────────────────────────────────────────────────────
 
 
 def _clip(shape, seed):

@@ -1,5 +1,5 @@
 """The CG passes and the temporal operator's pass index with int64 offsets: a video-sized CG has no
-size limit below memory (#16).
+size limit below memory.
 
 `pid * BLOCK + arange` and the grid-stride `start += step` in int32 would wrap between
 2³¹ − 2¹⁹ and 2³¹ elements. A real 2³¹-element clip does not fit this machine, so the

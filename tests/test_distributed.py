@@ -1,4 +1,4 @@
-"""One video sharded by frames over 2 and 3 processes (gloo on 127.0.0.1) gives the one-process result (#17).
+"""One video sharded by frames over 2 and 3 processes (gloo on 127.0.0.1) gives the one-process result.
 
 The processes are spawned by tests/sharded_workers.py; each compares its own frames with the
 single-process computation it also runs, in float64.

@@ -1,4 +1,4 @@
-"""The learned prior's denoiser (FFDNet) to ONNX: export.denoiser, python -m export.denoiser (#18)."""
+"""The learned prior's denoiser (FFDNet) to ONNX: export.denoiser, python -m export.denoiser."""
 
 import json
 

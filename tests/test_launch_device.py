@@ -1,4 +1,4 @@
-"""Every Triton launch runs under kernels.common.on_device(t) for a tensor t it launches on (#16).
+"""Every Triton launch runs under kernels.common.on_device(t) for a tensor t it launches on.
 
 Triton launches on the current CUDA device, not on the tensor's: data on cuda:1 in a process whose
 current device is cuda:0 would be read from the wrong device. Each launcher therefore enters

@@ -1,4 +1,4 @@
-"""The package layout (issue #15 §1): no import circles, and the runtime loads neither onnx, export nor bench.
+"""The package layout: no import circles, and the runtime loads neither onnx, export nor bench.
 
 The import graph is read with `ast` from the source, every `import` statement counted
 (module level and inside functions: a lazy import closes a circle just the same).

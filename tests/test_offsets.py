@@ -1,5 +1,5 @@
 """The per-frame kernels (spatial blur, pooling, mask, the DDIM steps, the temporal pass) take clips of
-2³¹ elements or more: a CG over a long 720p video has no size limit below memory (#16).
+2³¹ elements or more: a CG over a long 720p video has no size limit below memory.
 
 Each program offsets its pointers to its frame or plane in int64 and indexes inside it in int32, so one
 frame (or plane) must stay under 2³¹ − 2¹⁶ elements (common.MAX_FRAME), a clear error otherwise. A real

@@ -1,4 +1,4 @@
-"""Property tests over every registered degradation (DESIGN.md §3), with fp64 references written plainly here."""
+"""Property tests over every registered degradation (docs/design.md, "Operators"), with fp64 references written plainly here."""
 
 from __future__ import annotations
 

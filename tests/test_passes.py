@@ -1,4 +1,4 @@
-"""How many passes over the clip the Triton step makes, counted, against issue #4's budget.
+"""How many passes over the clip the Triton step makes, counted, against its budget (docs/results.md, "Kernels, compiled").
 
 A *pass* is a Triton launch with a clip-sized tensor argument, or a torch operation outside
 the kernels that reads or writes a clip-sized tensor (views and allocations excluded). The

@@ -242,7 +242,7 @@ def test_cupy_input_reaches_the_solver_without_a_copy(clip):
     assert torch.equal(solver.solve(y_cupy, seed=3), solver.solve(y, seed=3))
 
 
-# ----------------------------------------------------------------------------- what a newcomer hit (#14)
+# ----------------------------------------------------------------------------- what a newcomer hit
 
 
 @pytest.mark.parametrize("change, match", [
@@ -315,7 +315,7 @@ def test_an_eps_model_returning_nan_is_refused(clip):
         solver.solve(solver.measure(clip))
 
 
-# ----------------------------------------------------------------------------- the caller's model (#15 §3)
+# ----------------------------------------------------------------------------- the caller's model
 
 
 def _snapshot(model):

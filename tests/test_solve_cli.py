@@ -147,7 +147,7 @@ def test_tensorrt_backend_needs_an_engine(tmp_path, capsys, clip_npy):
     _bad(tmp_path, capsys, [str(clip_npy), "--task", "temporal-k7", "--backend", "tensorrt"], "--engine")
 
 
-# ----------------------------------------------------------------------------- what a newcomer hit (#14)
+# ----------------------------------------------------------------------------- what a newcomer hit
 
 
 def _user_files(folder):

@@ -1,4 +1,4 @@
-"""engine.solve --max-frames: a video longer than a window is read, restored and written frame by frame (#16 §5)."""
+"""engine.solve --max-frames: a video longer than a window is read, restored and written frame by frame."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""The network in micro-batches of frames and in tiles of a frame (engine.tiling, issue #16)."""
+"""The network in micro-batches of frames and in tiles of a frame (engine.tiling)."""
 
 import pytest
 import torch

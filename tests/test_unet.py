@@ -21,7 +21,7 @@ DATA = Path(__file__).resolve().parent / "data"   # upstream's state-dict shape 
 MANIFESTS = {"adm256_uncond": "adm256_uncond_state_dict_shapes.json",
              "ffhq_dps": "ffhq_dps_state_dict_shapes.json"}
 PARAMETERS = {"adm256_uncond": 552_814_086, "ffhq_dps": 93_563_910}
-ADM256_FLOPS = 2_239_665_537_024  # ADM.md §2, FlopCounterMode, batch 1
+ADM256_FLOPS = 2_239_665_537_024  # docs/design.md, "The ADM network": FlopCounterMode, batch 1
 
 # Max |y − y_fp32| / max |y_fp32| of the whole tiny forward on CPU (measured ≈ 2e-3 / 2e-2).
 HALF_RTOL = {torch.float16: 1e-2, torch.bfloat16: 6e-2}

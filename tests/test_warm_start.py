@@ -1,4 +1,4 @@
-"""Warm start (#18 §2): the schedule from t₀, X_{t₀} = √ᾱ_{t₀}·X_init + √(1−ᾱ_{t₀})·E_b, and t₀ = T is the cold start."""
+"""Warm start: the schedule from t₀, X_{t₀} = √ᾱ_{t₀}·X_init + √(1−ᾱ_{t₀})·E_b, and t₀ = T is the cold start."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Windows with pinned context and the streaming restorer (engine.windows, issue #16 §4–5)."""
+"""Windows with pinned context and the streaming restorer (engine.windows)."""
 
 import pytest
 import torch
@@ -155,7 +155,7 @@ def test_temporal_windows_stay_near_the_whole_video():
     1 dB PSNR against the whole-video solve and differ from it by at most 10 % (relative ℓ²).
 
     Why not exact: a window's pinned frames are fixed (not refined by later rows) and CG's step
-    sizes are per window; on the 48×48 camera clip the loss shrinks with W (README of #16's report).
+    sizes are per window; on the 48×48 camera clip the loss shrinks with W (docs/results.md, "Windows").
     """
     x, y = clip_and_measurement()
     whole = restored(VideoRestorer(PRIOR, "temporal:uniform:7:replicate", (16, 16), **TEMPORAL), y)

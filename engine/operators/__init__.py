@@ -1,4 +1,4 @@
-"""The degradations A of DESIGN.md §3, each with its exact adjoint Aᵀ and normal operator AᵀA.
+"""The degradations A of docs/design.md ("Operators"), each with its exact adjoint Aᵀ and normal operator AᵀA.
 
 One file per operator, forward and adjoint side by side over small pure functions:
 `temporal` (TemporalPSF), `blur` (SpatialBlur), `sr` (SuperResolution),

@@ -1,4 +1,4 @@
-"""Spatial blur: a separable 2-D convolution of every frame and channel, same output size (DESIGN.md §3).
+"""Spatial blur: a separable 2-D convolution of every frame and channel, same output size (docs/design.md, "Operators").
 
 Along one image axis of length L, for an odd kernel k of width w = 2p + 1:
 

@@ -1,4 +1,4 @@
-"""Composition of operators, applied left to right (DESIGN.md §3: spatial ∘ temporal).
+"""Composition of operators, applied left to right (docs/design.md, "Operators": spatial ∘ temporal).
 
 For ops = [A₁, …, A_m] (A₁ applied first):
 

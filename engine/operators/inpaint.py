@@ -1,4 +1,4 @@
-"""Inpainting: keep a fixed set of pixels, one mask for every frame and channel (DESIGN.md §3).
+"""Inpainting: keep a fixed set of pixels, one mask for every frame and channel (docs/design.md, "Operators").
 
     A = Aᵀ = AᵀA:  y[n, c, h, w] = m[h, w] · x[n, c, h, w],   m ∈ {0, 1}
 

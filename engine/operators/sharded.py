@@ -1,4 +1,4 @@
-"""A degradation restricted to this rank's frames of a frame-sharded video (#17, engine.distributed).
+"""A degradation restricted to this rank's frames of a frame-sharded video (engine.distributed; docs/distributed.md).
 
 Every spec is a Kronecker product: its temporal terms act along frames only, as one N×N frame
 matrix T = T_k ⋯ T₁ (banded, modulo N for the circular boundary), and its other terms act on each

@@ -1,4 +1,4 @@
-"""Super-resolution: s×s average pooling of every frame and channel (DESIGN.md §3).
+"""Super-resolution: s×s average pooling of every frame and channel (docs/design.md, "Operators").
 
     A:    y[i, j] = (1/s²) Σ_{a,b < s} x[s·i + a, s·j + b]
     Aᵀ:   x[h, w] = y[h // s, w // s] / s²                 (nearest upsampling / s²)

@@ -1,4 +1,4 @@
-"""Temporal PSF: a centred 1-D convolution along the frame axis (DESIGN.md §3).
+"""Temporal PSF: a centred 1-D convolution along the frame axis (docs/design.md, "Operators").
 
 For a kernel k of width w with centre c = (w − 1) // 2, on frames n = 0 … N−1:
 
