@@ -1,4 +1,4 @@
-"""Ghost frames on real clips: per-frame PSNR dips of a temporal box blur's null modes (DESIGN.md §5c).
+"""Ghost frames on real clips: per-frame PSNR dips of a temporal box blur's null modes (docs/design.md).
 
     python -m bench.ghosts --clips bikes:48 carphone:48 --sigma 0 0.01 --paths whole windows \\
         --temporal-prior none motion --prior gaussian --nfe 8

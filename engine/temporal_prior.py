@@ -1,4 +1,4 @@
-"""A temporal prior for the blur's null modes: motion-compensated smoothness (DESIGN.md §5c).
+"""A temporal prior for the blur's null modes: motion-compensated smoothness (docs/design.md).
 
 A temporal box blur of width k has (near-)null modes that oscillate along time with period k: the
 measurement does not see them and a per-frame prior barely does, so whatever the restoration X̄
