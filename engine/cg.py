@@ -31,7 +31,10 @@ DEFAULT_DELTA is chosen by bench/cg_length.py.
 γ weighs the measurement against the step's estimate x̂. With a diffusion checkpoint its default
 is DDS's γ = 1 (the paper's setting); with the plug-and-play priors (engine.priors) it falls as
 the noise grows, γ = GAMMA_NOISE / σ_y (`default_gamma`), because the best γ measured on real clips
-falls about as 1/σ_y (bench/prior_quality.py; docs/results.md, "The default prior").
+falls about as 1/σ_y (bench/prior_quality.py; docs/results.md, "The default prior"), up to
+GAMMA_MAX: below σ_y = 0.01, where a real video's estimated noise lies (8-bit rounding, what a
+codec leaves), a larger γ fits the measurement's codec errors (measured on real H.264 clips with
+bench/real_targets.py; docs/results.md, "Real videos, end to end").
 """
 
 from __future__ import annotations
@@ -50,14 +53,16 @@ DEFAULT_DELTA = 1e-5
 DDS_GAMMA = 1.0
 #: the plug-and-play priors' default γ times σ_y (module docstring; measured with bench/prior_quality.py)
 GAMMA_NOISE = 0.04
+#: the plug-and-play priors' largest default γ (module docstring; measured with bench/real_targets.py)
+GAMMA_MAX = 4.0
 
 
 def default_gamma(sigma_y: float, *, diffusion: bool = False) -> float | None:
-    """γ for measurement noise σ_y > 0: DDS_GAMMA with a diffusion checkpoint, else GAMMA_NOISE / σ_y
-    (rounded to 6 digits); None (the noiseless CG) at σ_y = 0."""
+    """γ for measurement noise σ_y > 0: DDS_GAMMA with a diffusion checkpoint, else
+    min(GAMMA_NOISE / σ_y, GAMMA_MAX) (rounded to 6 digits); None (the noiseless CG) at σ_y = 0."""
     if sigma_y <= 0:
         return None
-    return DDS_GAMMA if diffusion else round(GAMMA_NOISE / sigma_y, 6)
+    return DDS_GAMMA if diffusion else round(min(GAMMA_NOISE / sigma_y, GAMMA_MAX), 6)
 
 
 def gamma_at(gamma: float | None, sigma_y: float, *, diffusion: bool = False) -> float | None:

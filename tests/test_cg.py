@@ -171,10 +171,11 @@ def test_solver_config_takes_the_preconditioner_delta():
 
 
 def test_the_default_gamma_falls_as_the_noise_grows():
-    """γ = 0.04 / σ_y (measured, engine.cg's docstring); the noiseless CG at σ_y = 0; a given γ is kept."""
+    """γ = min(0.04 / σ_y, 4) (measured, engine.cg's docstring); the noiseless CG at σ_y = 0; a given γ is kept."""
     from engine.cg import default_gamma, gamma_at
 
     assert [default_gamma(s) for s in (0.01, 0.02, 0.05, 0.1)] == [4.0, 2.0, 0.8, 0.4]
+    assert default_gamma(0.002) == default_gamma(0.0011) == 4.0          # capped where a real video's noise lies
     assert default_gamma(0.0) is None and gamma_at(None, 0.0) is None and gamma_at(3.0, 0.0) is None
     assert gamma_at(None, 0.05) == 0.8 and gamma_at(3.0, 0.05) == 3.0
 
