@@ -55,7 +55,7 @@ from engine.distributed import (frame_ranges, gather_frames, gather_records, ini
 from engine.errors import InputError
 from engine.figures import contact_sheet, save_png
 from engine.fileio import atomic_folder, atomic_write_json
-from engine.metrics import SSIM_RADIUS, clip_summary, json_safe
+from engine.metrics import SSIM_RADIUS, Scores, clip_summary, json_safe
 from engine.operators import from_spec
 from engine.priors import PRIORS
 from engine.profiling import StageClock
@@ -101,6 +101,8 @@ class Job:
     sigma_y: float = 0.0                 # noise added to a clean INPUT, or the stated noise of a measured one
     seed: int = 0
     baselines: tuple[str, ...] = ()
+    memory_budget: Optional[float] = None  # GB the run may hold (engine.memory); None: a fraction of what is free
+    plan: Optional[dict] = None           # engine.memory.Plan.record() of the run, set by `planned`
 
     def __post_init__(self):
         if not (math.isfinite(self.sigma_y) and self.sigma_y >= 0):
@@ -114,6 +116,8 @@ class Job:
                              "give --baselines none or drop --max-frames")
         if self.max_frames is not None and self.blind:
             raise InputError("--blind fits the PSF to the whole clip at once; drop --max-frames")
+        if self.memory_budget is not None and not (math.isfinite(self.memory_budget) and self.memory_budget > 0):
+            raise InputError(f"--memory-budget must be a positive number of GB, got {self.memory_budget}")
         if self.frames is not None and self.frames < 1:
             raise InputError(f"--frames must be at least 1, got {self.frames}")
         if self.size is not None and self.size < 1:
@@ -191,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restore a video longer than W frames in windows of W frames, each pinning the previous "
                         "window's last restored frames (engine.windows; shared noise; --start starts each window "
                         "warm), reading and writing it frame by frame (no baselines); default: whole")
+    p.add_argument("--memory-budget", type=float, metavar="GB",
+                   help="memory the run may hold (GB, resident on the CPU, allocated on a GPU): the whole video when "
+                        "its predicted peak fits, else windows of the largest W that fits (engine.memory); default "
+                        "a third of the memory available (CPU), 85%% of the free GPU memory; --max-frames overrides")
     p.add_argument("--batch", type=int, default=16,
                    help="frames (or tiles) per network call, B (default 16): sets the network's memory, not the result")
     p.add_argument("--fps", type=float, help=f"frame rate of the written videos (default: the input's own, else "
@@ -226,7 +234,8 @@ def parse(argv=None) -> tuple[Job, SolverConfig, bool]:
               engine=args.engine, prior=args.prior, task=args.task or (DEMO_TASK if args.demo else None),
               model_config=model_config or None, class_label=args.class_label, frames=args.frames,
               max_frames=args.max_frames,
-              size=args.size, fps=args.fps, sigma_y=sigma_y, seed=args.seed, baselines=baselines)
+              size=args.size, fps=args.fps, sigma_y=sigma_y, seed=args.seed, baselines=baselines,
+              memory_budget=args.memory_budget)
     gamma = args.gamma if args.gamma is not None else default_gamma(sigma_y, diffusion=args.checkpoint is not None)
     defaults = task or get_task(DEMO_TASK)
     cfg = SolverConfig(
@@ -282,6 +291,7 @@ def run(job: Job, cfg: SolverConfig) -> Path:
     """
     if launched_by_torchrun():
         return run_sharded(job, cfg)
+    job = planned(job, cfg)
     with claimed_output(job) as tmp:
         model, _ = load_model(job.checkpoint, backend=cfg.backend, engine=job.engine, size=job.size,
                               device=cfg.device, model_config=job.model_config, class_label=job.class_label,
@@ -304,6 +314,56 @@ def run(job: Job, cfg: SolverConfig) -> Path:
     return job.out.resolve()
 
 
+def planned(job: Job, cfg: SolverConfig) -> Job:
+    """`job` with its memory plan (engine.memory.plan, logged in one line): --max-frames W when the whole
+    video's predicted peak does not fit the budget (--memory-budget, else a fraction of the memory
+    available). Made before decoding: the frame count from the container (counted, a frame at a time,
+    when it declares none), the frame size from the first frame. An explicit --max-frames is kept as it
+    is. Not even the smallest window fits: one line, before any work."""
+    from engine.memory import GB, plan
+
+    if job.max_frames is not None:
+        return dataclasses.replace(job, plan={"choice": f"windows of {job.max_frames} frames (--max-frames)"})
+    frames, first = _frames_and_size(job)
+    frame = clean_frame(cfg.spec, first) if job.measured else first
+    spec = with_time_boundary(cfg.spec, video_boundary(job, frames))
+    context, least, why_not = 0, 2, _why_not_windows(job, spec)
+    if why_not is None:
+        from engine.windows import split_spec
+
+        term = split_spec(spec)[0]
+        context, least = term.context, max(2, max(term.reach, term.context) + 1)
+    checkpoint = job.checkpoint.stat().st_size if job.checkpoint is not None and job.checkpoint.is_file() else None
+    chosen = plan(frames, frame, budget=None if job.memory_budget is None else job.memory_budget * GB,
+                  device=cfg.device, prior=job.prior, checkpoint_bytes=checkpoint, batch=cfg.batch,
+                  precision=cfg.precision, context=context, least_window=least, windows_allowed=why_not)
+    log.info("%s", chosen.line())
+    return dataclasses.replace(job, max_frames=chosen.window, plan=chosen.record())
+
+
+def _frames_and_size(job: Job) -> tuple[int, tuple[int, int]]:
+    """(INPUT's frame count, declared or counted a frame at a time; its frames' (H, W), from the first)."""
+    frames = iter(input_frames(job)[0])
+    first = next(frames, None)
+    if first is None:
+        raise InputError(f"{job.input}: no frames")
+    count = _declared_frames(job)
+    if count is None:
+        count = 1 + sum(1 for _ in frames)
+    return count, tuple(first.shape[-2:])
+
+
+def _why_not_windows(job: Job, spec: str) -> Optional[str]:
+    """Why this run cannot be restored in windows (engine.windows), or None."""
+    if job.baselines:
+        return "--baselines need the whole clip"
+    if job.blind:
+        return "--blind fits the PSF to the whole clip"
+    if "circular" in spec:
+        return "the circular boundary cannot be restored in windows"
+    return None
+
+
 def fitted_config(job: Job, cfg: SolverConfig, shape: tuple[int, int], frames: Optional[int]) -> SolverConfig:
     """`cfg` fitted to INPUT: its frame count (None: streamed, not known yet: `cfg.frames` stays), the clean
     frames' (H, W) (`shape` is INPUT's frame size: the clean frames', or the measurement's), the time boundary."""
@@ -316,28 +376,46 @@ def fitted_config(job: Job, cfg: SolverConfig, shape: tuple[int, int], frames: O
 
 
 def restore(job: Job, cfg: SolverConfig, model, clean, y):
-    """(restored clip, report, measurement): Algorithm 1 on y, or on A(clean) + σ_y·w."""
+    """(restored clip, report, measurement): Algorithm 1 on y, or on A(clean) + σ_y·w, then scored.
+
+    `clean` may be uint8 (`_whole`: 8-bit frames kept as they were decoded); it is made float32 only
+    to be measured. The reported seconds include the scoring (in chunks of frames, `score`).
+    """
     solver = Solver(model, cfg)
     if clean is not None:
-        y = solver.measure(clean, sigma_y=job.sigma_y, seed=job.seed + 1)
+        y = solver.measure(unit_float(clean), sigma_y=job.sigma_y, seed=job.seed + 1)
     t0 = time.perf_counter()
     with tqdm(total=cfg.nfe, desc="restoring", unit="step", disable=None) as bar:
         restored = solver.solve(y, seed=job.seed, callback=step_counter(bar, cfg))
     if restored.is_cuda:
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    restore_s = time.perf_counter() - t0
     report = {"settings": settings(job, cfg), "kernels_used": cfg.resolved_kernels.arithmetic,   # what --kernels auto resolved to
               "input": "demo" if job.input is None else str(job.input), "prior": prior_name(job),
-              **model_record(model),
-              "seconds": seconds, "fps": cfg.frames / seconds}
+              **model_record(model)}
     if clean is not None:
-        report["restored"] = clip_summary(restored.cpu(), clean)
-        report["baselines"] = {name: clip_summary(clip.cpu(), clean)
-                               for name, clip in run_baselines(job, cfg, solver.op, y).items()}
+        report["restored"] = score(restored, clean, "scoring")
+        report["baselines"] = {name: score(clip, clean, f"scoring {name}")
+                               for name, clip in run_baselines(job, cfg, solver.op, y)}
+    seconds = time.perf_counter() - t0
+    report.update(seconds=seconds, fps=cfg.frames / seconds, restore_s=restore_s, scoring_s=seconds - restore_s)
+    if clean is not None:
         scores = ", ".join(f"{k} {v['psnr_mean']:.2f} dB" for k, v in report["baselines"].items())
-        log.info("PSNR %.2f dB%s, SSIM %.4f, %.1f s", report["restored"]["psnr_mean"],
-                 f" (baselines: {scores})" if scores else "", report["restored"]["ssim_mean"], seconds)
+        log.info("PSNR %.2f dB%s, SSIM %.4f, %.1f s (scoring %.1f s)", report["restored"]["psnr_mean"],
+                 f" (baselines: {scores})" if scores else "", report["restored"]["ssim_mean"], seconds,
+                 seconds - restore_s)
     return restored, report, y
+
+
+def score(clip: torch.Tensor, clean: torch.Tensor, desc: str) -> dict:
+    """`clip_summary` of `clip` against `clean`, in chunks of frames (engine.metrics), with a progress bar."""
+    with tqdm(total=clip.shape[0], desc=desc, unit="frame", disable=None) as bar:
+        return clip_summary(clip, clean, progress=bar.update)
+
+
+def unit_float(clip: torch.Tensor) -> torch.Tensor:
+    """A clip in [0, 1] as float32: uint8 levels k as k/255 (the decoder's values), floats as they are."""
+    return clip.to(torch.float32).div_(255) if clip.dtype == torch.uint8 else clip
 
 
 def _head(job: Job) -> tuple[list, Iterator, list[str]]:
@@ -382,7 +460,7 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
         return _restore_windows_elsewhere(job, restorer, frames)
     held = deque()                                    # clean frames read and not yet scored
     y = frames if job.measured else restorer.measure(_kept(frames, held), sigma_y=job.sigma_y, seed=job.seed + 1)
-    scores, sheet, fps, total = FrameScores(), FirstFrames(SHEET_FRAMES), _output_fps(job), _declared_frames(job)
+    scores, sheet, fps, total = Scores(), FirstFrames(SHEET_FRAMES), _output_fps(job), _declared_frames(job)
     every = max(1, total // 10) if total else job.max_frames
     t0, count = time.perf_counter(), 0
     with video_writer(folder / "restored.mp4", fps) as restored_mp4, frames_writer(folder / "frames") as png, \
@@ -438,26 +516,6 @@ def _window_ranks(restorer, seconds: float) -> dict:
     return {} if records is None else {"world_size": restorer.world, "ranks": records}
 
 
-class FrameScores:
-    """`clip_summary` of a clip accumulated frame by frame: per-frame PSNR and SSIM (exactly the values
-    `clip_summary` gives the whole clip, each a function of one frame) and their means."""
-
-    def __init__(self):
-        self.psnr: list[float] = []
-        self.ssim: list[float] = []
-
-    def add(self, x: torch.Tensor, ref: torch.Tensor) -> None:
-        """Score one restored frame x [3, H, W] against its reference ref [3, H, W]."""
-        one = clip_summary(x[None], ref[None])
-        self.psnr += one["psnr"]
-        self.ssim += one["ssim"]
-
-    def summary(self) -> dict:
-        """As `clip_summary`: {"psnr": [N], "ssim": [N], "psnr_mean", "ssim_mean"}."""
-        p, s = torch.tensor(self.psnr, dtype=torch.float64), torch.tensor(self.ssim, dtype=torch.float64)
-        return {"psnr": self.psnr, "ssim": self.ssim, "psnr_mean": p.mean().item(), "ssim_mean": s.mean().item()}
-
-
 class FirstFrames:
     """The first `count` frames of each labelled stream (clean, measured, restored), for comparison.png."""
 
@@ -468,7 +526,7 @@ class FirstFrames:
     def add(self, label: str, frame: torch.Tensor) -> None:
         row = self.rows.setdefault(label, [])
         if len(row) < self.count:
-            row.append(frame.detach().cpu().clamp(0, 1))
+            row.append(unit_float(frame.detach().cpu()).clamp(0, 1))
 
     def ids(self) -> list[int]:
         n = min(len(row) for row in self.rows.values())
@@ -485,10 +543,17 @@ class FirstFrames:
 
 
 def _kept(frames: Iterable, held: deque) -> Iterator:
-    """`frames`, each also appended to `held` (the clean frames the restorer has not returned yet)."""
+    """`frames`, each also appended to `held` (the clean frames the restorer has not returned yet, as uint8
+    when they hold 8-bit levels only: `_compact`)."""
     for frame in frames:
-        held.append(frame)
+        held.append(_compact(frame))
         yield frame
+
+
+def _compact(frame: torch.Tensor) -> torch.Tensor:
+    """A frame [3, H, W] in [0, 1] as uint8 when it holds 8-bit levels only (`unit_float` gives it back
+    exactly), else as it is."""
+    return (frame * 255).round_().to(torch.uint8) if _is_8bit(frame) else frame
 
 
 def _tapped(y: Iterable, write, sheet: FirstFrames) -> Iterator:
@@ -564,7 +629,7 @@ def _run_shard(job: Job, cfg: SolverConfig, rank: int, world: int) -> Optional[P
             y = None
             if rank == 0:
                 op = from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed, device=solver.device, dtype=torch.float32)
-                y = measure(op, as_tensor(clean, solver.device, torch.float32), sigma_y=job.sigma_y,
+                y = measure(op, as_tensor(unit_float(clean), solver.device, torch.float32), sigma_y=job.sigma_y,
                             seed=job.seed + 1)
             own_rows = y if solver.comm is None else scatter_frames(
                 y, solver.comm, tuple(solver.op.out_shape[1:]), dtype=torch.float32, device=solver.device)
@@ -586,7 +651,7 @@ def _run_shard(job: Job, cfg: SolverConfig, rank: int, world: int) -> Optional[P
             report["restored"] = clip_summary(restored, clean)
             op = from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed)
             report["baselines"] = {name: clip_summary(clip.cpu(), clean)
-                                   for name, clip in run_baselines(job, cfg, op, y.cpu()).items()}
+                                   for name, clip in run_baselines(job, cfg, op, y.cpu())}
             log.info("PSNR %.2f dB with %d processes, %.1f s", report["restored"]["psnr_mean"], world, seconds)
         write_outputs(tmp, job, clean, y, restored, report, fps=_output_fps(job))
     log.info("wrote restored.mp4, measurement.mp4, frames/, metrics.json and comparison.png to %s", job.out)
@@ -641,18 +706,17 @@ def _restore_shard(solver: Solver, y, seed: int, rank: int):
     return restored, record
 
 
-def run_baselines(job: Job, cfg: SolverConfig, op, y) -> dict:
-    """{name: clip} of the --baselines, each named with what it ran (CG at the sampler's budget K·l,
-    regularised by γ towards Aᵀy when the sampler's CG is)."""
-    out = {}
+def run_baselines(job: Job, cfg: SolverConfig, op, y) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, clip) of each of the --baselines, one at a time (the caller scores one and drops it before
+    the next is made), each named with what it ran (CG at the sampler's budget K·l, regularised by γ
+    towards Aᵀy when the sampler's CG is)."""
     if "cg" in job.baselines:
         iters = cfg.nfe * cfg.cg_iters
         name = (f"cg ({iters} iterations)" if cfg.gamma is None
                 else f"cg regularised, gamma {cfg.gamma:g} towards A^T y ({iters} iterations)")
-        out[name] = cg_baseline(op, y, iters=iters, gamma=cfg.gamma)
+        yield name, cg_baseline(op, y, iters=iters, gamma=cfg.gamma)
     if "admm-tv" in job.baselines:
-        out["admm-tv"] = admm_tv(op, y)
-    return out
+        yield "admm-tv", admm_tv(op, y)
 
 
 def restore_blind(job: Job, cfg: SolverConfig, model, clean, y):
@@ -666,7 +730,7 @@ def restore_blind(job: Job, cfg: SolverConfig, model, clean, y):
         true_psf = cfg.spec
         if "+" in true_psf or not true_psf.startswith("temporal:"):
             raise InputError(f"--blind estimates a temporal PSF alone; {true_psf!r} is not one")
-        y = measure(from_spec(true_psf, tuple(clean.shape)), clean, sigma_y=job.sigma_y, seed=job.seed + 1)
+        y = measure(from_spec(true_psf, tuple(clean.shape)), unit_float(clean), sigma_y=job.sigma_y, seed=job.seed + 1)
     init = validate_video(read_video(job.init, size=None, frames=y.shape[0]), size=cfg.frame)
     t0 = time.perf_counter()
     with tqdm(total=2 * cfg.nfe, desc="restoring (2 stages)", unit="step", disable=None) as bar:
@@ -689,7 +753,7 @@ def restore_blind(job: Job, cfg: SolverConfig, model, clean, y):
 def settings(job: Job, cfg: SolverConfig) -> dict:
     """Every setting of the run, for metrics.json."""
     return {**cfg.to_dict(), "sigma_y": job.sigma_y, "seed": job.seed, "baselines": list(job.baselines),
-            "fps": _output_fps(job), "max_frames": job.max_frames}
+            "fps": _output_fps(job), "max_frames": job.max_frames, "memory_plan": job.plan}
 
 
 # ----------------------------------------------------------------------------- input
@@ -725,11 +789,30 @@ def input_frames(job: Job) -> tuple[Iterator[torch.Tensor], list[str]]:
 
 
 def _whole(job: Job, frames: list) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """(clean clip, None), or (None, measurement) with --measured: INPUT's frames as one clip [N, 3, H, W]."""
+    """(clean clip, None), or (None, measurement) with --measured: INPUT's frames as one clip [N, 3, H, W].
+
+    The list is emptied as the clip fills (each frame released once copied: the frames are held once).
+    A clean clip whose frames are all 8-bit levels (k/255, as decoded from a video or image) is kept as
+    uint8: it is only measured (`unit_float`), scored and shown. A measurement is float32.
+    """
     from engine.video_io import validate_video
 
-    clip = validate_video(torch.stack(frames))
+    if not frames:
+        raise InputError(f"{job.input}: no frames")
+    validate_video(frames[0][None])
+    eight_bit = not job.measured and all(_is_8bit(frame) for frame in frames)
+    clip = frames[0].new_empty((len(frames), *frames[0].shape), dtype=torch.uint8 if eight_bit else torch.float32)
+    for i in range(len(frames)):
+        clip[i] = (frames[i] * 255).round_() if eight_bit else frames[i]
+        frames[i] = None
+    if not eight_bit:
+        validate_video(clip)
     return (None, clip) if job.measured else (clip, None)
+
+
+def _is_8bit(frame: torch.Tensor) -> bool:
+    """Whether a frame in [0, 1] holds 8-bit levels only: exactly the float32 k/255 of integers k."""
+    return bool(frame.amin() >= 0) and bool(frame.amax() <= 1) and torch.equal((frame * 255).round_().div_(255), frame)
 
 
 def video_boundary(job: Job, frames: Optional[int]) -> str:
@@ -857,18 +940,25 @@ def _first_missing(folder: Path) -> Optional[Path]:
 
 
 def write_outputs(folder: Path, job: Job, clean, y, restored, report, *, fps: float, init=None) -> None:
-    """restored.mp4, measurement.mp4, frames/, metrics.json, comparison.png into `folder`."""
-    from engine.video_io import write_frames, write_video
+    """restored.mp4, measurement.mp4, frames/, metrics.json, comparison.png into `folder`: the encoders fed
+    a frame at a time, the sheet made of its four frames only (no second copy of any clip)."""
+    from engine.video_io import frames_writer, video_writer
 
-    y_view = y.detach().cpu().clamp(0, 1)
-    write_video(folder / "restored.mp4", restored, fps=fps)
-    write_video(folder / "measurement.mp4", y_view, fps=fps)
-    write_frames(folder / "frames", restored)
-    atomic_write_json(folder / "metrics.json", json_safe(report))
-    rows = ([("clean", clean)] if clean is not None else []) + [("measured", y_view)]
-    rows += ([("first estimate", init)] if init is not None else []) + [("restored", restored)]
     n = restored.shape[0]
-    save_png(folder / "comparison.png", contact_sheet(rows, sorted({0, n // 3, 2 * n // 3, n - 1})))
+    with video_writer(folder / "restored.mp4", fps) as mp4, \
+            frames_writer(folder / "frames", digits=max(4, len(str(n - 1)))) as png:
+        for frame in restored:
+            mp4(frame)
+            png(frame)
+    with video_writer(folder / "measurement.mp4", fps) as mp4:
+        for frame in y:
+            mp4(frame.detach().cpu().clamp(0, 1))
+    atomic_write_json(folder / "metrics.json", json_safe(report))
+    ids = sorted({0, n // 3, 2 * n // 3, n - 1})
+    rows = ([("clean", clean)] if clean is not None else []) + [("measured", y)]
+    rows += ([("first estimate", init)] if init is not None else []) + [("restored", restored)]
+    sheet = [(label, unit_float(clip[ids].detach().cpu()).clamp(0, 1)) for label, clip in rows]
+    save_png(folder / "comparison.png", contact_sheet(sheet, range(len(ids))))
 
 
 def step_counter(bar, cfg: SolverConfig):
