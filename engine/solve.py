@@ -525,8 +525,9 @@ class FirstFrames:
 
     def add(self, label: str, frame: torch.Tensor) -> None:
         row = self.rows.setdefault(label, [])
-        if len(row) < self.count:
-            row.append(unit_float(frame.detach().cpu()).clamp(0, 1))
+        if len(row) < self.count:                                   # as the 8-bit sheet will show it
+            row.append((frame.detach().cpu().float().clamp(0, 1) * 255).round_().to(torch.uint8)
+                       if frame.is_floating_point() else frame.cpu())
 
     def ids(self) -> list[int]:
         n = min(len(row) for row in self.rows.values())
@@ -535,7 +536,7 @@ class FirstFrames:
     def image(self):
         """The contact sheet: clean (when scored), measured, restored; one column per frame of `ids`."""
         order = [label for label in ("clean", "measured", "restored") if label in self.rows]
-        return contact_sheet([(label, torch.stack(self.rows[label])) for label in order], self.ids())
+        return contact_sheet([(label, unit_float(torch.stack(self.rows[label]))) for label in order], self.ids())
 
     def note(self) -> str:
         return (f"frames {', '.join(map(str, self.ids()))}: a streamed run keeps only its first "
