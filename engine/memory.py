@@ -180,3 +180,14 @@ def plan(frames: int, frame: tuple[int, int], *, budget: Optional[float], device
         low, high = (mid, high) if peak(mid + context, WINDOW_BUFFERS) <= budget else (low, mid - 1)
     return Plan(frames, tuple(frame), budget, source, whole, window=low,
                 window_bytes=peak(low + context, WINDOW_BUFFERS))
+
+
+def peak_record(device) -> dict:
+    """The run's peak so far, for metrics.json: resident memory on the CPU (getrusage's ru_maxrss), allocated
+    memory on a CUDA device (torch.cuda.max_memory_allocated)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return {"peak_bytes": torch.cuda.max_memory_allocated(device), "peak_method": "cuda max_memory_allocated"}
+    import resource
+
+    return {"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_method": "ru_maxrss"}

@@ -55,6 +55,7 @@ from engine.distributed import (frame_ranges, gather_frames, gather_records, ini
 from engine.errors import InputError
 from engine.figures import contact_sheet, save_png
 from engine.fileio import atomic_folder, atomic_write_json
+from engine.memory import peak_record
 from engine.metrics import SSIM_RADIUS, Scores, clip_summary, json_safe
 from engine.operators import from_spec
 from engine.priors import PRIORS
@@ -398,7 +399,8 @@ def restore(job: Job, cfg: SolverConfig, model, clean, y):
         report["baselines"] = {name: score(clip, clean, f"scoring {name}")
                                for name, clip in run_baselines(job, cfg, solver.op, y)}
     seconds = time.perf_counter() - t0
-    report.update(seconds=seconds, fps=cfg.frames / seconds, restore_s=restore_s, scoring_s=seconds - restore_s)
+    report.update(seconds=seconds, fps=cfg.frames / seconds, restore_s=restore_s, scoring_s=seconds - restore_s,
+                  memory=peak_record(cfg.device))
     if clean is not None:
         scores = ", ".join(f"{k} {v['psnr_mean']:.2f} dB" for k, v in report["baselines"].items())
         log.info("PSNR %.2f dB%s, SSIM %.4f, %.1f s (scoring %.1f s)", report["restored"]["psnr_mean"],
@@ -485,7 +487,7 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
                           "measurement_frames_held_peak": restorer.frames_held_peak},
               **_window_ranks(restorer, seconds),
               "input": "demo" if job.input is None else str(job.input), "prior": prior_name(job),
-              **model_record(model), "seconds": seconds, "fps": count / seconds,
+              **model_record(model), "seconds": seconds, "fps": count / seconds, "memory": peak_record(cfg.device),
               "comparison": sheet.note(), "input_changes": notes}
     if not job.measured:
         report["restored"] = scores.summary()
