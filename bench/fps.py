@@ -9,6 +9,8 @@
     python bench/fps.py --save               # also append the rows to bench/results/fps.jsonl
     python bench/fps.py --procs 1,2          # one video over 1 and 2 processes: time per process and stage
     python bench/fps.py --prior ffdnet --start 400 --nfe 8   # the default prior (no checkpoint), as the demo runs it
+    python bench/fps.py --frames 256 --nfe 4 --extrapolate-nfe 20    # 4 steps timed, the 20-step clip extrapolated
+    python bench/fps.py --backends tensorrt --engine a.engine --engine b.engine   # engines side by side
 
 Each row is one (frame count, backend): seconds per clip and per frame, the network batch B
 (`--batch`: the network sees B frames, or B tiles of its training size, at a time) and the
@@ -19,6 +21,14 @@ extra frame costs (the video-sized buffers); the network's memory is set by B. P
 CUDA is torch.cuda.max_memory_allocated, reset before each row's build; on the CPU it is the
 peak of live torch tensor bytes (bench.common.LiveBytes, a dispatch mode, no tracemalloc)
 over a second build and one untimed clip of the row, so the counting does not slow the timed clips.
+The benchmark builds each row's fp32 model (2.2 GB for ADM-256) and hands it to the Solver, which
+keeps its own converted copy: `peak_mem_bytes` includes that caller's model, alive while the Solver
+is built and captured; `peak_mem_solve_bytes` is the peak of the clips alone once it is gone (what a
+process that keeps only the Solver needs), and `caller_model_bytes` its size.
+
+`--extrapolate-nfe K` times the clips at --nfe and adds the K-step figures, scaled linearly in the
+number of steps (seconds × K / nfe; every step costs the same, and the clip's fixed part, scaled
+too, makes the figure err high); the row says so, and its targets are checked on those figures.
 
 On a CPU shared with other work, OMP_NUM_THREADS=1 keeps torch's threads from spinning against
 each other (on 2 cores under load, 2 threads made a 16-frame tiny clip ten times slower); the
@@ -29,7 +39,8 @@ on a GPU, fp32 on the CPU; plain torch operators and CG). Speed does not depend 
 weights' values, so the model is built from its config with random weights. `--prior` times
 a plug-and-play prior (engine.priors; FFDNet with its shipped weights) in the UNet's place, at
 the frame size (`--size`, default 256), with no reference row (the public code has none). The stage
-columns split each clip's time by shares measured inside the loop itself (`stage_shares`).
+columns split each clip's time by shares measured inside the Solver's own loop run step by step
+(`stage_shares`: Solver.solve(eager=True), with its preconditioner and warm start).
 With --save each row is appended, as soon as it is measured, to bench/results/fps.jsonl (or
 $BENCH_RESULTS) with the card, versions and commit; a plain run writes nothing into the tree.
 """
@@ -53,7 +64,6 @@ from bench.common import (LiveBytes, add_save_flag, append_jsonl, machine, matmu
 from engine.ffdnet import FFDNet
 from engine.priors import PRIORS, make_prior
 from engine.runtime import Solver, SolverConfig
-from engine.sampler import draw_noise, reverse_process
 from engine.profiling import StageClock, nvtx_range
 from engine.tasks import TASKS
 from engine.tiling import tile_starts
@@ -91,12 +101,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the fast backends let cuDNN time its convolution algorithms (the reference does not)")
     p.add_argument("--backends", default=None,
                    help="comma list from torch,torch+graph,compile,tensorrt (default: all that run here but compile)")
-    p.add_argument("--engine", type=Path, help="TensorRT engine file for the tensorrt backend")
+    p.add_argument("--engine", type=Path, action="append", default=None,
+                   help="TensorRT engine file for the tensorrt backend; repeat it to time several engines side by "
+                        "side (e.g. built with and without --norm-outputs-fp32), one row each")
     p.add_argument("--repeats", type=int, default=5 if cuda else 2, help="timed clips per row (median reported)")
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed clips before the timed ones (a graph backend has already run one to capture)")
     p.add_argument("--stage-repeats", type=int, default=None,
                    help="eager clips that split each row's time into stages (default max(3, --repeats); 0: none)")
+    p.add_argument("--extrapolate-nfe", type=int, default=None, metavar="K",
+                   help="also report the clip at K network evaluations, extrapolated linearly from the --nfe timed")
     p.add_argument("--target-fps", type=float, help="print whether each row reaches this many frames per second")
     p.add_argument("--target-s-per-frame", type=float, help="print whether each row takes at most this many s/frame")
     p.add_argument("--target-peak-gb", type=float, help="print whether each row's peak memory stays within this")
@@ -108,6 +122,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_save_flag(p, "fps")
     p.add_argument("--no-reference", action="store_true",
                    help="skip the public-code reference (e.g. when only the cold start is wanted)")
+    p.add_argument("--reference-last", action="store_true",
+                   help="measure the reference after the backends (a run cut short keeps the backends' rows); "
+                        "the reference row then lists each backend's speed-up")
     p.add_argument("--procs", type=frame_list, default=None,
                    help="comma list of process counts (e.g. 1,2): one video sharded by frames over that many local "
                         "processes, time per process split into network, CG and communication (bench/procs.py)")
@@ -137,13 +154,39 @@ def frame_size(text: str) -> tuple[int, int]:
     return (sides[0], sides[-1])
 
 
-def default_backends(device: torch.device, engine: Path | None) -> list[str]:
+def default_backends(device: torch.device, engines: list[Path] | None) -> list[str]:
     names = ["torch"]
     if device.type == "cuda":
         names.append("torch+graph")
-        if engine is not None:
+        if engines:
             names.append("tensorrt")
     return names
+
+
+def engine_labels(backends: list[str], engines: list[Path] | None) -> dict[str, Path]:
+    """The rows of the tensorrt backend: label → engine file ("tensorrt" for one engine, "tensorrt[stem]" each
+    for several)."""
+    if "tensorrt" not in backends or not engines:
+        return {}
+    if len(engines) == 1:
+        return {"tensorrt": engines[0]}
+    return {f"tensorrt[{path.stem}]": path for path in engines}
+
+
+def expand_backends(backends: list[str], labels: dict[str, Path]) -> list[str]:
+    """`backends` with "tensorrt" replaced by one label per engine."""
+    out = []
+    for name in backends:
+        out.extend(labels if name == "tensorrt" and labels else [name])
+    return out
+
+
+def engine_settings(path: Path) -> dict | None:
+    """The builder settings an engine was built with (its record beside it), None when it has no readable record."""
+    try:
+        return json.loads(path.with_name(path.name + ".json").read_text())["fields"]["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def build_solver(args, backend: str, frames: int) -> tuple[Solver, float]:
@@ -155,15 +198,17 @@ def build_solver(args, backend: str, frames: int) -> tuple[Solver, float]:
     cfg_model = ADMConfig.preset(args.preset)
     if args.prior:
         model = make_prior(args.prior, device=device)
-    elif backend == "tensorrt":
-        model = args.engine
+    elif backend.startswith("tensorrt"):
+        model = args.engine_labels.get(backend)
+        if model is None:
+            raise ValueError(f"backend {backend} needs --engine FILE")
     else:
         with device:                       # initialised where it runs: seconds, not minutes, for ADM-256
             model = ADMUNet(cfg_model)
     config = SolverConfig.from_task(
         args.task, frames=frames, size=args.size or (PRIOR_SIZE if args.prior else cfg_model.image_size),
         nfe=args.nfe, cg_iters=args.cg_iters, start=args.start, device=args.device, batch=args.batch,
-        backend="torch" if reference else backend,
+        backend="torch" if reference else ("tensorrt" if backend.startswith("tensorrt") else backend),
         precision=("fp16" if device.type == "cuda" else "fp32") if reference else args.precision,
         kernels="torch" if reference else "auto",
         channels_last=not reference and (device.type == "cuda" or bool(args.prior)),   # a prior: as engine.solve
@@ -182,23 +227,20 @@ STAGES = {"unet_s": ("UNet",), "cg_and_operators_s": ("CG",), "updates_s": ("Twe
 
 
 def stage_shares(solver: Solver, y: torch.Tensor, repeats: int) -> dict[str, float]:
-    """Each stage's share of a clip, timed inside the clip's own loop (the Solver's model, operator and
-    step arithmetic, run eagerly: a captured graph cannot be split), the median over `repeats` clips.
+    """Each stage's share of a clip, timed inside the Solver's own loop (Solver.solve(eager=True): its
+    model, operator, step arithmetic, preconditioner and warm start, run step by step, since a captured
+    graph cannot be split), the median over `repeats` clips.
 
     Shares, not seconds: the stage clock and the clip timer then measure the same clips, so the
     stages of a row never add up to more than its time per clip (they did when the stages were
     timed alone after the clips, on a machine whose load had changed meanwhile).
     """
-    cfg = solver.config
-    E = draw_noise(0, cfg.nfe, cfg.shape, cfg.noise).to(solver.device)
     shares: dict[str, list[float]] = {key: [] for key in STAGES}
     for _ in range(repeats):
         clock = StageClock(solver.device)
         synchronize(solver.device)
         start = time.perf_counter()
-        with torch.no_grad():
-            reverse_process(solver.eps_model, y, solver.op, E, solver.steps, cg_iters=cfg.cg_iters, gamma=cfg.gamma,
-                            kernels=solver.kernels, stage=clock)
+        solver.solve(y, seed=0, clock=clock, eager=True)
         synchronize(solver.device)
         clip, seconds = time.perf_counter() - start, clock.seconds()
         for key, names in STAGES.items():
@@ -214,6 +256,11 @@ def bench_backend(args, backend: str, frames: int, clip_y: dict, flops: float, p
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     solver, build_s = build_solver(args, backend, frames)
+    build_peak = solve_peak = None
+    if device.type == "cuda":                 # the caller's fp32 model is gone: the clips' own peak from here
+        gc.collect()
+        build_peak = torch.cuda.max_memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
     if frames not in clip_y:
         clip_y[frames] = solver.measure(torch.rand(solver.op.in_shape, generator=torch.Generator().manual_seed(0)))
     y = clip_y[frames]
@@ -228,10 +275,12 @@ def bench_backend(args, backend: str, frames: int, clip_y: dict, flops: float, p
     cfg = solver.config
     tiles = 1 if args.prior else network_tiles(cfg, ADMConfig.preset(args.preset).image_size)
     if device.type == "cuda":
-        peak_mem, method = torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated, reset per row"
+        solve_peak = torch.cuda.max_memory_allocated(device)
+        peak_mem, method = max(build_peak, solve_peak), "torch.cuda.max_memory_allocated, reset per row"
     else:
         del solver
-        peak_mem, method = cpu_tensor_peak(args, backend, frames, y), "peak live torch tensor bytes (LiveBytes)"
+        peak_mem, solve_peak = cpu_tensor_peak(args, backend, frames, y)
+        method = "peak live torch tensor bytes (LiveBytes)"
     flops_per_step = flops * frames * tiles
     row = {
         "backend": backend, "device": args.device, "preset": None if args.prior else args.preset,
@@ -247,7 +296,12 @@ def bench_backend(args, backend: str, frames: int, clip_y: dict, flops: float, p
         "unet_tflops": flops_per_step * cfg.nfe / stages["unet_s"] / 1e12 if stages and flops else None,
         "matmul_peak_tflops": peak,
         "peak_mem_bytes": peak_mem, "peak_mem_method": method, "peak_bytes_per_frame": peak_mem / frames,
+        "peak_mem_solve_bytes": solve_peak, "caller_model_bytes": caller_model_bytes(args, backend),
     }
+    if backend.startswith("tensorrt"):
+        row["engine"] = str(args.engine_labels[backend])
+        row["engine_settings"] = engine_settings(args.engine_labels[backend])
+    extrapolate(row, args.extrapolate_nfe)
     row["unet_fraction_of_peak"] = row["unet_tflops"] / peak if row["unet_tflops"] is not None else None
     return row
 
@@ -271,14 +325,43 @@ def network_tiles(cfg: SolverConfig, tile: int) -> int:
     return len(tile_starts(cfg.frame[0], tile, overlap)) * len(tile_starts(cfg.frame[1], tile, overlap))
 
 
-def cpu_tensor_peak(args, backend: str, frames: int, y: torch.Tensor) -> int:
-    """Peak bytes of live torch tensors while a fresh solver of the row is built and restores one clip
+def cpu_tensor_peak(args, backend: str, frames: int, y: torch.Tensor) -> tuple[int, int]:
+    """(peak bytes of live torch tensors while a fresh solver of the row is built and restores one clip,
+    the peak of that clip alone, counted from what lives after the build: the caller's model is gone)
     (bench.common.LiveBytes: tensors from their creation to their release, weights included)."""
     with LiveBytes() as counter, torch.no_grad():
         solver, _ = build_solver(args, backend, frames)
+        gc.collect()
+        build_peak, counter.peak = counter.peak, counter.live
         solver.solve(y, seed=0)
         del solver
-    return counter.peak
+    return max(build_peak, counter.peak), counter.peak
+
+
+def caller_model_bytes(args, backend: str) -> int:
+    """Bytes of the fp32 ADM model the benchmark builds and hands to the Solver (counted on the meta device);
+    0 for a prior or an engine file."""
+    if args.prior or backend.startswith("tensorrt"):
+        return 0
+    with torch.device("meta"):
+        model = ADMUNet(ADMConfig.preset(args.preset))
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+#: what an extrapolated row says about its figures
+EXTRAPOLATION = ("linear in the number of network evaluations: seconds × K / nfe, from the clips timed at nfe "
+                 "(every step costs the same; the clip's fixed part is scaled too, so the figure errs high)")
+
+
+def extrapolate(row: dict, nfe: int | None) -> None:
+    """Adds to `row` its K-step figures (K = `nfe`), scaled from its timed clips (EXTRAPOLATION says how)."""
+    if not nfe:
+        return
+    scale = nfe / row["nfe"]
+    row["extrapolated"] = {"to_nfe": nfe, "from_nfe": row["nfe"], "method": EXTRAPOLATION,
+                           "seconds_per_clip": row["seconds_per_clip"] * scale,
+                           "seconds_per_frame": row["seconds_per_frame"] * scale,
+                           "fps": row["fps"] / scale}
 
 
 def profile_one(args, solver: Solver, y: torch.Tensor, backend: str) -> None:
@@ -297,14 +380,16 @@ def profile_one(args, solver: Solver, y: torch.Tensor, backend: str) -> None:
 def cold_start(args, backend: str, frames: int) -> float | None:
     """Seconds from process start to the first restored clip (kernels and engines already cached);
     None (logged) when that process fails or outlasts COLD_START_LIMIT_S."""
-    cmd = [sys.executable, __file__, "--cold-child", "--backends", backend, "--preset", args.preset,
+    engine = args.engine_labels.get(backend)
+    cmd = [sys.executable, __file__, "--cold-child", "--backends", "tensorrt" if engine else backend,
+           "--preset", args.preset,
            *(["--prior", args.prior] if args.prior else []), *(["--start", str(args.start)] if args.start else []),
            "--frames", str(frames), "--batch", str(args.batch), "--task", args.task, "--nfe", str(args.nfe),
            "--cg-iters", str(args.cg_iters), "--precision", args.precision, "--device", args.device]
     if args.size:
         cmd += ["--size", "x".join(map(str, args.size))]
-    if args.engine:
-        cmd += ["--engine", str(args.engine)]
+    if engine:
+        cmd += ["--engine", str(engine)]
     if args.cudnn_benchmark:
         cmd.append("--cudnn-benchmark")
     t0 = time.perf_counter()
@@ -329,9 +414,10 @@ def compare_with_first(row: dict, first: dict | None) -> None:
 
 def check_targets(row: dict, args) -> None:
     """Adds row["targets"]: each target given on the command line, the row's number and whether it is met."""
-    wanted = [("fps", args.target_fps, row["fps"], row["fps"] >= (args.target_fps or 0)),
-              ("s_per_frame", args.target_s_per_frame, row["seconds_per_frame"],
-               row["seconds_per_frame"] <= (args.target_s_per_frame or 0)),
+    speed = row.get("extrapolated") or row                # the K-step figures when the row was extrapolated
+    wanted = [("fps", args.target_fps, speed["fps"], speed["fps"] >= (args.target_fps or 0)),
+              ("s_per_frame", args.target_s_per_frame, speed["seconds_per_frame"],
+               speed["seconds_per_frame"] <= (args.target_s_per_frame or 0)),
               ("peak_gb", args.target_peak_gb, row["peak_mem_bytes"] / 1e9,
                row["peak_mem_bytes"] / 1e9 <= (args.target_peak_gb or 0))]
     row["targets"] = {name: {"target": target, "measured": value, "met": met}
@@ -357,6 +443,13 @@ def print_table(rows: list[dict]) -> None:
               f"{cell(r['unet_fraction_of_peak'] and 100 * r['unet_fraction_of_peak'], 6, '.1f')} "
               f"{r['peak_mem_bytes'] / 1e9:7.3f} {cell(growth and growth / 1e6, 9, '.2f')} "
               f"{cell(r['speedup_vs_reference'], 8, '.2f')}")
+        if r.get("extrapolated"):
+            e = r["extrapolated"]
+            print(f"{'':<12} extrapolated to {e['to_nfe']} NFE from {e['from_nfe']}: {e['seconds_per_clip']:.3f} s/clip, "
+                  f"{e['seconds_per_frame']:.4f} s/frame, {e['fps']:.2f} FPS (linear in NFE)")
+        if r.get("peak_mem_solve_bytes") is not None:
+            print(f"{'':<12} peak of the clips alone (the caller's {r['caller_model_bytes'] / 1e9:.2f} GB model "
+                  f"gone): {r['peak_mem_solve_bytes'] / 1e9:.3f} GB")
         for name, t in r["targets"].items():
             print(f"{'':<12} target {name} {t['target']:g}: measured {t['measured']:.3g}, "
                   f"{'met' if t['met'] else 'NOT met'}")
@@ -374,6 +467,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     device = torch.device(args.device)
     backends = args.backends.split(",") if args.backends else default_backends(device, args.engine)
+    args.engine_labels = engine_labels(backends, args.engine)
+    backends = expand_backends(backends, args.engine_labels)
     if args.cold_child:
         solver, _ = build_solver(args, backends[0], args.frames[0])
         solver.solve(solver.measure(torch.rand(solver.op.in_shape)), seed=0)
@@ -389,12 +484,16 @@ def main(argv=None) -> int:
     peak = matmul_peak_tflops(device, PEAK_DTYPE[args.precision])
     shared: dict = {}
     rows, first = [], {}
+    with_reference = [] if args.no_reference or args.prior else [REFERENCE]
+    order = backends + with_reference if args.reference_last else with_reference + backends
     for frames in args.frames:
         reference = None
-        for backend in ([] if args.no_reference or args.prior else [REFERENCE]) + backends:
+        for backend in order:
             row = measure_backend(args, backend, frames, shared, flops, peak, reference=reference)
             if backend == REFERENCE and row.get("kind") != "error":
                 reference = row
+                if args.reference_last:
+                    speedups_after(row, [r for r in rows if r["frames"] == frames])
             if row.get("kind") != "error":
                 compare_with_first(row, first.setdefault(backend, row))
                 check_targets(row, args)
@@ -414,6 +513,16 @@ def main(argv=None) -> int:
     if args.cold_start:                    # after the rows are safe: a process of its own per backend
         cold_starts(args, rows, failed, info)
     return 1 if failed else 0
+
+
+def speedups_after(reference: dict, earlier: list[dict]) -> None:
+    """The reference measured last: each earlier row of its frame count gets its speed-up over it, and the
+    reference row lists them (the earlier rows were saved before it existed)."""
+    reference["speedups"] = {}
+    for r in earlier:
+        if r.get("kind") != "error" and r["backend"] != REFERENCE:
+            r["speedup_vs_reference"] = reference["seconds_per_clip"] / r["seconds_per_clip"]
+            reference["speedups"][r["backend"]] = r["speedup_vs_reference"]
 
 
 def cold_starts(args, rows: list[dict], failed: list, info: dict) -> None:

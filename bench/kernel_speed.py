@@ -2,6 +2,8 @@
 
     python bench/kernel_speed.py                          # 16×3×256×256 float32, every kernel, the paper's tasks
     python bench/kernel_speed.py --dtype fp16 --frames 32 --no-unet
+    TRITON_INTERPRET=1 python bench/kernel_speed.py --device cpu --frames 13 --size 8 --preset tiny
+                                                          # the code paths on the CPU (numbers mean nothing)
 
 Per kernel: the median time (triton.testing.do_bench, L2 flushed before each call), the
 bytes it must move (each input read once, each output written once), the achieved GB/s
@@ -12,6 +14,8 @@ overhead does not blur the difference), and one whole non-UNet step (Tweedie + 5
 update) in Triton (eager launches, and replayed as a CUDA graph) against torch (eager, and
 as a CUDA graph), with the step's share of one batch-N UNet forward as the engine runs it
 (ADM-256, random weights, fp16 convolutions, channels_last, fused GroupNorms) unless --no-unet.
+The CG runs as the Solver runs it: preconditioned by engine.cg.preconditioner with the task's
+γ and the Solver's default δ (SolverConfig.cg_precond), P applied at every iteration.
 With the UNet come its two largest GroupNorms (fused Triton against upstream's half path, the
 bytes counted for one read and one write; the kernel reads twice) and the forward with either.
 Each row is
@@ -31,21 +35,26 @@ import argparse
 import json
 import logging
 import sys
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
 
-from bench.common import add_save_flag, append_jsonl, in_new_thread, machine
+from bench.common import add_save_flag, append_jsonl, in_new_thread, machine, median, time_fn
+from engine.backends.torch import cudnn_benchmark_mode
+from engine.cg import preconditioner
 from engine.errors import InputError
 from engine.operators import from_spec
 from engine.operators import blur as torch_blur
 from engine.operators import inpaint as torch_inpaint
 from engine.operators import sr as torch_sr
 from engine.operators import temporal as torch_temporal
+from engine.runtime import SolverConfig
 from engine.sampler import StepKernels, step_kernels
 from engine.schedule import ddim_steps
 from engine.streams import on_stream
 from engine.tasks import TASKS
+from engine.unet import ADMConfig
 
 log = logging.getLogger("bench.kernel_speed")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -58,21 +67,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="storage dtype of the clip")
     p.add_argument("--tasks", default=",".join(TASKS), help="comma list of paper tasks for the CG and step rows")
     p.add_argument("--no-unet", action="store_true", help="skip timing the batch-N UNet forward")
+    p.add_argument("--preset", default="adm256_uncond", help="the UNet of the UNet rows (tiny: the CPU check)")
+    p.add_argument("--norms", default="torch,triton",
+                   help="GroupNorm paths of the GroupNorm and UNet rows: torch (upstream's ops), triton (fused); "
+                        "the cudnn.benchmark row runs the last (the CPU check: torch, the interpreter takes minutes)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda (the measurement), or cpu: every row's code at a toy size, Triton interpreted "
+                        "(TRITON_INTERPRET=1), timed by the clock; a check of the code paths, not a measurement")
     p.add_argument("--json", action="store_true", help="print the rows as JSON lines instead of a table")
     add_save_flag(p, "kernels")
     return p.parse_args(argv)
 
 
-def bench(fn: Callable[[], object], rep_ms: int = 50) -> float:
+def bench(fn: Callable[[], object], rep_ms: int = 50, dev: str = "cuda") -> float:
     """Median milliseconds of fn over about `rep_ms` of calls (triton.testing.do_bench: CUDA events,
-    L2 flushed before each call, warm-up and compilation before the timed calls)."""
+    L2 flushed before each call, warm-up and compilation before the timed calls). On the CPU: the
+    one call, by the clock (the CPU check of the code paths: Triton interpreted, the time means nothing)."""
+    if torch.device(dev).type != "cuda":
+        return 1e3 * median(time_fn(fn, torch.device(dev), repeats=1, warmup=0))
     import triton.testing
 
     return float(triton.testing.do_bench(fn, warmup=10, rep=rep_ms, return_mode="median"))
 
 
-def graphed(fn: Callable[[], object]) -> Callable[[], None]:
-    """fn captured as a CUDA graph (warmed up on a side stream first); returns its replay."""
+def graphed(fn: Callable[[], object], dev: str = "cuda") -> Callable[[], None]:
+    """fn captured as a CUDA graph (warmed up on a side stream first); returns its replay (fn itself on the CPU)."""
+    if torch.device(dev).type != "cuda":
+        return fn
     with on_stream(torch.cuda.Stream(), torch.device("cuda")):
         fn()
     graph = torch.cuda.CUDAGraph()
@@ -187,39 +208,49 @@ def task_rows(name: str, shape, dtype, dev: str = "cuda") -> list[tuple[str, flo
     l = TASKS[name].cg_iters
 
     aty = slow.A_adjoint(y)   # the sampler computes Aᵀy once per clip
+    cfg = SolverConfig.from_task(name, frames=shape[0], size=tuple(shape[2:]))     # the Solver's γ and δ
+    gamma = cfg.gamma
+    precond = [(op, preconditioner(op, gamma, cfg.cg_precond, device=dev, dtype=dtype)) for op in (fast, slow)]
+    precond_of = lambda op: next(P for o, P in precond if o is op)                 # noqa: E731
 
     def whole_step(kern: StepKernels, op) -> Callable[[], torch.Tensor]:
         def run():
             eps = kern.take_eps(net_out, dtype)
-            xbar = kern.data_consistency(op, y, kern.tweedie(x, eps, s), l, None, aty=aty)
+            xbar = kern.data_consistency(op, y, kern.tweedie(x, eps, s), l, gamma, aty=aty, precond=precond_of(op))
             return kern.ddim_update(xbar, noise, eps, s)
         return run
 
     def cg(kern: StepKernels, op, iters: int) -> Callable[[], torch.Tensor]:
-        return lambda: kern.data_consistency(op, y, x, iters, None, aty=aty)
+        return lambda: kern.data_consistency(op, y, x, iters, gamma, aty=aty, precond=precond_of(op))
+
+    def timed(fn) -> float:
+        return bench(fn, dev=dev)
+
+    def replay(fn):
+        return graphed(fn, dev=dev)
 
     fast_kern, slow_kern = step_kernels("triton"), StepKernels()
-    cg_graph_fast = [bench(graphed(cg(fast_kern, fast, i))) for i in (l, l - 1)]
-    cg_graph_slow = [bench(graphed(cg(slow_kern, slow, i))) for i in (l, l - 1)]
+    cg_graph_fast = [timed(replay(cg(fast_kern, fast, i))) for i in (l, l - 1)]
+    cg_graph_slow = [timed(replay(cg(slow_kern, slow, i))) for i in (l, l - 1)]
     step_fast, step_slow = whole_step(fast_kern, fast), whole_step(slow_kern, slow)
-    step_slow_ms, step_fast_graph_ms = bench(step_slow), bench(graphed(step_fast))
+    step_slow_ms, step_fast_graph_ms = timed(step_slow), timed(replay(step_fast))
     return [
-        (f"CG_{l}, eager launches", bench(cg(fast_kern, fast, l)), bench(cg(slow_kern, slow, l))),
+        (f"CG_{l}, eager launches", timed(cg(fast_kern, fast, l)), timed(cg(slow_kern, slow, l))),
         ("one CG iteration, graphs (CG_l − CG_l−1)", cg_graph_fast[0] - cg_graph_fast[1],
          cg_graph_slow[0] - cg_graph_slow[1]),
-        ("whole step (Tweedie + CG + update), eager", bench(step_fast), step_slow_ms),
+        ("whole step (Tweedie + CG + update), eager", timed(step_fast), step_slow_ms),
         ("whole step, Triton graph vs torch eager", step_fast_graph_ms, step_slow_ms),
-        ("whole step, both as CUDA graphs", step_fast_graph_ms, bench(graphed(step_slow))),
+        ("whole step, both as CUDA graphs", step_fast_graph_ms, timed(replay(step_slow))),
     ]
 
 
-def norm_rows(frames: int, size: int, dev: str = "cuda") -> list[tuple]:
-    """ADM-256's largest GroupNorms, fp16 channels_last, fused Triton against the upstream path
-    (GroupNorm32 with kernels="torch"): (name, Triton call, torch call, bytes a single pass moves)."""
+def norm_rows(frames: int, size: int, dev: str = "cuda", width: int = 256) -> list[tuple]:
+    """The UNet's largest GroupNorms (ADM-256's: width 256), fp16 channels_last, fused Triton against the
+    upstream path (GroupNorm32 with kernels="torch"): (name, Triton call, torch call, bytes a single pass moves)."""
     from engine.unet import GroupNorm32
 
     rows = []
-    for channels, scale_shift in ((256, True), (512, False)):          # out_layers at 256²; decoder input [h, skip]
+    for channels, scale_shift in ((width, True), (2 * width, False)):  # out_layers at full size; decoder [h, skip]
         norm = GroupNorm32(channels).to(dev)
         x = torch.randn((frames, channels, size, size), device=dev, dtype=torch.float16)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -236,21 +267,25 @@ def norm_rows(frames: int, size: int, dev: str = "cuda") -> list[tuple]:
     return rows
 
 
-def unet_ms(frames: int, size: int, kernels: str, cudnn_benchmark: bool = False) -> float:
-    """Median ms of one batch-`frames` forward of ADM-256 (random weights) as the engine's torch backend
-    runs it: fp16 convolutions (upstream's fp16 mode), channels_last, GroupNorms by `kernels`, cuDNN's
-    algorithms from its heuristics or timed (`cudnn_benchmark`; the warm-up calls pay the timing).
-    main() runs each configuration in a new thread (bench.common.in_new_thread): cuDNN's plan
-    cache is per thread and blind to the flag, so the timed one would otherwise reuse untimed plans."""
+def unet_ms(frames: int, size: int, kernels: str, cudnn_benchmark: bool = False, *, preset: str = "adm256_uncond",
+            dev: str = "cuda") -> float:
+    """Median ms of one batch-`frames` forward of the `preset` UNet (random weights, [frames, 3, size, size])
+    as the engine's torch backend runs it: fp16 convolutions (upstream's fp16 mode; fp32 on the CPU),
+    channels_last, GroupNorms by `kernels`, cuDNN's algorithms from its heuristics or timed
+    (`cudnn_benchmark`: engine.backends.torch.cudnn_benchmark_mode around the timed calls, whose warm-up
+    pays the timing). main() runs each configuration in a new thread (bench.common.in_new_thread): cuDNN's
+    plan cache is per thread and blind to the flag, so the timed one would otherwise reuse untimed plans."""
     from engine.backends import torch_eps
     from engine.unet import ADMConfig, ADMUNet
 
-    with torch.device("cuda"):
-        eps = torch_eps(ADMUNet(ADMConfig.preset("adm256_uncond")), precision="fp16", channels_last=True,
-                        kernels=kernels, cudnn_benchmark=cudnn_benchmark)
-    x = torch.randn((frames, 3, size, size), device="cuda")
-    t = torch.full((frames,), 500, device="cuda", dtype=torch.long)
-    return bench(lambda: eps(x, t), rep_ms=600)
+    cuda = torch.device(dev).type == "cuda"
+    with torch.device(dev):
+        eps = torch_eps(ADMUNet(ADMConfig.preset(preset)), precision="fp16" if cuda else "fp32",
+                        channels_last=True, kernels=kernels)
+    x = torch.randn((frames, 3, size, size), device=dev)
+    t = torch.full((frames,), 500, device=dev, dtype=torch.long)
+    with cudnn_benchmark_mode() if cudnn_benchmark else nullcontext():
+        return bench(lambda: eps(x, t), rep_ms=600, dev=dev)
 
 
 def summary(row: dict) -> str:
@@ -275,19 +310,24 @@ def speedup(torch_ms: float | None, ms: float) -> float | None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench/kernel_speed.py: needs a CUDA GPU (none found); nothing measured", file=sys.stderr)
+    dev = args.device
+    if torch.device(dev).type == "cuda" and not torch.cuda.is_available():
+        print("bench/kernel_speed.py: needs a CUDA GPU (none found; --device cpu checks the code paths)",
+              file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     dtype = DTYPES[args.dtype]
     shape = (args.frames, 3, args.size, args.size)
     tasks = [t for t in args.tasks.split(",") if t]
+    if not set(n for n in args.norms.split(",") if n) <= {"torch", "triton"} or not args.norms.strip(","):
+        print(f"bench/kernel_speed.py: --norms takes torch and/or triton, got {args.norms!r}", file=sys.stderr)
+        return 2
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         print(f"bench/kernel_speed.py: unknown tasks {unknown}; known: {', '.join(TASKS)}", file=sys.stderr)
         return 2
-    info = machine(torch.device("cuda"))
-    common = dict(bench="kernels", shape=list(shape), dtype=args.dtype, **info)
+    info = machine(torch.device(dev))
+    common = dict(bench="kernels", shape=list(shape), dtype=args.dtype, device=dev, **info)
     rows = []
 
     def record(**row) -> None:
@@ -304,43 +344,49 @@ def main(argv=None) -> int:
             log.warning("%s not measured: %s: %s", name, type(err).__name__, err)
             record(kind="error", name=name, error=f"{type(err).__name__}: {err}")
 
-    src = torch.rand(shape, device="cuda").to(dtype)
+    src = torch.rand(shape, device=dev).to(dtype)
     dst = torch.empty_like(src)
-    copy_ms = bench(lambda: dst.copy_(src))
+    copy_ms = bench(lambda: dst.copy_(src), dev=dev)
     copy_gbps = 2 * src.numel() * src.element_size() / copy_ms / 1e6
     record(kind="copy", name="device-to-device copy", ms=copy_ms, bytes=2 * src.numel() * src.element_size(),
            gbps=copy_gbps, copy_fraction=1.0)
 
     def kernel_row(name, fast, slow, nbytes) -> None:
-        ms = bench(fast)
-        torch_ms = bench(slow) if slow is not None else None
+        ms = bench(fast, dev=dev)
+        torch_ms = bench(slow, dev=dev) if slow is not None else None
         gbps = nbytes / ms / 1e6
         record(kind="kernel", name=name, ms=ms, bytes=nbytes, gbps=gbps, copy_fraction=gbps / copy_gbps,
                torch_ms=torch_ms, speedup=speedup(torch_ms, ms))
 
-    for row in kernel_rows(shape, dtype):
+    for row in kernel_rows(shape, dtype, dev):
         attempt(row[0], lambda row=row: kernel_row(*row))
 
     unet: dict[tuple[str, bool], float] = {}                            # ms of one forward by (norms, cuDNN timed)
 
     def unet_row(kernels: str, tuned: bool, name: str) -> None:
-        unet[kernels, tuned] = in_new_thread(lambda: unet_ms(args.frames, args.size, kernels, tuned))
+        unet[kernels, tuned] = in_new_thread(lambda: unet_ms(args.frames, unet_size, kernels, tuned,
+                                                             preset=args.preset, dev=dev))
         plain = unet.get(("torch", False))
         record(kind="unet", name=name, ms=unet[kernels, tuned], torch_ms=plain,
                speedup=speedup(plain, unet[kernels, tuned]) if (kernels, tuned) != ("torch", False) else None)
 
+    unet_size = ADMConfig.preset(args.preset).image_size                # the UNet's own frame size
+    norms = [n for n in args.norms.split(",") if n]
     if not args.no_unet:
-        for row in norm_rows(args.frames, args.size):
-            attempt(row[0], lambda row=row: kernel_row(*row))
-        for kernels, tuned, how in (("torch", False, "torch GroupNorm"), ("triton", False, "fused Triton GroupNorm"),
-                                    ("triton", True, "fused Triton GroupNorm, cudnn.benchmark")):
-            name = f"UNet forward ADM-256 fp16 convolutions, channels_last, {how}, batch {args.frames}"
+        if "triton" in norms:
+            for row in norm_rows(args.frames, args.size, dev, ADMConfig.preset(args.preset).num_channels):
+                attempt(row[0], lambda row=row: kernel_row(*row))
+        how = {"torch": "torch GroupNorm", "triton": "fused Triton GroupNorm"}
+        configurations = [(kernels, False, how[kernels]) for kernels in norms]
+        configurations.append((norms[-1], True, f"{how[norms[-1]]}, cudnn.benchmark"))
+        for kernels, tuned, what in configurations:
+            name = f"UNet forward {args.preset} fp16 convolutions, channels_last, {what}, batch {args.frames}"
             attempt(name, lambda kernels=kernels, tuned=tuned, name=name: unet_row(kernels, tuned, name))
     engine_unet = unet.get(("triton", False), unet.get(("torch", False)))   # the forward the engine runs on CUDA
 
     def task_row(task: str) -> None:
         try:
-            measured = task_rows(task, shape, dtype)
+            measured = task_rows(task, shape, dtype, dev)
         except InputError as err:                                       # e.g. k = 13 on fewer than 13 frames
             log.warning("task %s skipped: %s", task, err)
             return
@@ -357,7 +403,7 @@ def main(argv=None) -> int:
             print(json.dumps(row))
     else:
         print_table(rows, info, copy_gbps)
-    return 0
+    return 1 if any(r["kind"] == "error" for r in rows) else 0
 
 
 def print_table(rows: list[dict], info: dict, copy_gbps: float) -> None:

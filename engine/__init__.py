@@ -17,6 +17,31 @@ Modules, in the order data flows through them:
 - `engine.evaluation`: the evaluation harness (`evaluate`, `data`, `report`, `metrics_extra`).
 - Command lines: `engine.solve` (restore a clip; `--blind` for Algorithm 2), `engine.evaluate` (the paper's tables),
   `engine.data` (prepare DAVIS), `engine.build` (ONNX and TensorRT; the code is `export.build`).
+
+The public API, importable from `engine` itself (loaded on first use, so `import engine` stays light):
+
+    from engine import Solver, SolverConfig, VideoRestorer, load_model, load_adm, make_prior, from_spec
 """
 
 __version__ = "0.1.0"
+
+#: public name → the module that defines it
+_PUBLIC = {
+    "Solver": "engine.runtime", "SolverConfig": "engine.runtime", "load_model": "engine.runtime",
+    "measure": "engine.runtime", "VideoRestorer": "engine.windows", "load_adm": "engine.checkpoint",
+    "make_prior": "engine.priors", "PRIORS": "engine.priors", "from_spec": "engine.operators",
+    "estimate_noise": "engine.noise", "InputError": "engine.errors",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_PUBLIC[name]), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

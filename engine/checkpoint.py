@@ -23,6 +23,7 @@ import math
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -474,7 +475,9 @@ def _read_file(path: Path) -> object:
             raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {exc}") from exc
     _check_torch_format(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():     # torch's own warnings precede a refusal the next lines explain
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:   # torch's refusal of anything but tensors and plain containers
         found = _UNSAFE_GLOBAL.search(_ANSI.sub("", str(exc)))
         held = f" (it holds a pickled {found.group(1)})" if found else ""

@@ -118,22 +118,29 @@ class Comm:
 
         Each rank sends its first hi frames to the left and its last lo frames to the right, so every
         shard must hold at least max(lo, hi) frames (checked where the operator is built).
+
+        NCCL ignores tags: between two ranks it pairs sends and receives in the order each rank issued
+        them. So the operations are issued in one order on every rank: send left (hi frames), send
+        right (lo frames), receive from the right (its hi frames), receive from the left (its lo
+        frames). What a rank sends to a peer then arrives in the order that peer receives it, also
+        when left and right are the same peer (two ranks around a ring). One rank around a ring is
+        its own neighbour: its halos are its own frames, no message.
         """
         left, right = self.neighbours(ring)
+        n = x.shape[0]
+        if ring and self.world == 1:
+            return torch.cat([x[n - lo:], x, x[:hi]])
         left_buf = x.new_zeros((lo, *x.shape[1:]))
         right_buf = x.new_zeros((hi, *x.shape[1:]))
         ops = []
-        if left is not None:
-            if lo:
-                ops.append(dist.P2POp(dist.irecv, left_buf, self._peer(left), self.group, tag=0))
-            if hi:
-                ops.append(dist.P2POp(dist.isend, x[:hi].contiguous(), self._peer(left), self.group, tag=1))
-        if right is not None:
-            if hi:
-                ops.append(dist.P2POp(dist.irecv, right_buf, self._peer(right), self.group, tag=1))
-            if lo:
-                ops.append(dist.P2POp(dist.isend, x[x.shape[0] - lo:].contiguous(), self._peer(right), self.group,
-                                      tag=0))
+        if left is not None and hi:
+            ops.append(dist.P2POp(dist.isend, x[:hi].contiguous(), self._peer(left), self.group, tag=1))
+        if right is not None and lo:
+            ops.append(dist.P2POp(dist.isend, x[n - lo:].contiguous(), self._peer(right), self.group, tag=0))
+        if right is not None and hi:
+            ops.append(dist.P2POp(dist.irecv, right_buf, self._peer(right), self.group, tag=1))
+        if left is not None and lo:
+            ops.append(dist.P2POp(dist.irecv, left_buf, self._peer(left), self.group, tag=0))
         if ops:
             with self._timed():
                 for request in dist.batch_isend_irecv(ops):

@@ -14,19 +14,71 @@ not the 0600 / 0700 of `tempfile.mkstemp` / `mkdtemp`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+#: the file a run keeps in its temporary output folder while it works: which process, on which machine
+RUN_MARKER = ".run-in-progress.json"
 
 
 def temp_sibling(path: str | os.PathLike) -> Path:
     """An unused hidden name in `path`'s folder (created if missing), keeping `path`'s extension."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.stem}.tmp-{secrets.token_hex(6)}{path.suffix}")
+    return path.with_name(f"{_temp_prefix(path)}{secrets.token_hex(6)}{path.suffix}")
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.stem}.tmp-"
+
+
+def mark_in_progress(folder: Path) -> Path:
+    """Write RUN_MARKER into `folder` (this process's id and host); returns its path."""
+    marker = Path(folder) / RUN_MARKER
+    marker.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    return marker
+
+
+def remove_stale_runs(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary folders beside `path` that a killed run left: our name pattern
+    (`temp_sibling(path)`), holding our RUN_MARKER, written by a process of this machine that is
+    gone. Folders of a live run, of another machine, or without the marker are left alone.
+    Returns the folders removed (each logged)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    removed = []
+    for folder in sorted(path.parent.glob(f"{_temp_prefix(path)}*{path.suffix}")):
+        if folder.is_dir() and not folder.is_symlink() and _left_by_dead_run(folder / RUN_MARKER):
+            shutil.rmtree(folder, ignore_errors=True)
+            log.warning("removed %s, the temporary output of an earlier run that was killed", folder)
+            removed.append(folder)
+    return removed
+
+
+def _left_by_dead_run(marker: Path) -> bool:
+    try:
+        record = json.loads(marker.read_text())
+        pid, host = int(record["pid"]), record["host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:                     # alive under another user
+        return False
+    return False
 
 
 @contextmanager

@@ -162,7 +162,7 @@ def check_device(device) -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError(f"device {device!r}: this machine (or this build of torch) has no CUDA device; "
-                             f"use --device cpu")
+                             f"run on the CPU ('cpu')")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise InputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     return dev
@@ -180,17 +180,17 @@ def load_model(checkpoint=None, *, backend: str = "torch", engine=None, size: in
     "gaussian", the weight-free stand-in. Either restores frames of any size (`size` is returned).
     """
     if (model_config or class_label is not None) and checkpoint is None:
-        raise InputError("--model-config and --class-label describe a --checkpoint; none was given")
+        raise InputError("model_config and class_label describe a checkpoint; none was given")
     if backend == "tensorrt":
         if engine is None:
-            raise InputError("--backend tensorrt needs --engine FILE (build one with python -m engine.build)")
+            raise InputError("backend 'tensorrt' needs engine=FILE, a TensorRT engine (build one with python -m engine.build)")
         return engine, size
     if engine is not None:
-        raise InputError("--engine is for --backend tensorrt")
+        raise InputError("an engine file is for backend 'tensorrt'")
     if checkpoint is None:
         from engine.priors import make_prior
 
-        log.warning("no --checkpoint: the %s prior (%s); the ADM checkpoint gives the paper's quality", prior,
+        log.warning("no checkpoint: the %s prior (%s); the ADM checkpoint gives the paper's quality", prior,
                     "FFDNet, a small learned denoiser" if prior == "ffdnet" else "weight-free")
         return make_prior(prior, device=device), size
     from engine.checkpoint import load_adm
@@ -348,7 +348,7 @@ class Solver:
             y = y + sigma_y * w[self.shard.start:self.shard.stop].to(y.device)
         return y
 
-    def solve(self, y, *, seed: int = 0, callback=None, clock=None) -> Tensor:
+    def solve(self, y, *, seed: int = 0, callback=None, clock=None, eager: bool = False) -> Tensor:
         """The restored clip [N, 3, H, W] in [0, 1] on the solver's device, from measurement y
         (this process's frames only when sharded: `self.shard`).
 
@@ -356,19 +356,20 @@ class Solver:
         far outside [0, 1] or not finite (`as_measurement`). A result that is not finite (an ε
         model returning NaN) is refused too: both checks are reductions outside the loop.
         `clock` (engine.profiling.StageClock) times the loop's stages and the communication
-        (not for a captured loop, which cannot be split).
+        (not for a captured loop, which cannot be split). `eager`: run the loop step by step even where
+        it was captured (the same model, buffers, preconditioner and warm start), e.g. to time its stages.
         """
         y = as_measurement(y, self.device)
         check_measurement(y, self.op)
-        if (callback is not None or clock is not None) and self._graph is not None:
+        if (callback is not None or clock is not None) and self._graph is not None and not eager:
             raise InputError("a captured solver cannot call back or time stages per step; use backend 'torch'")
-        noise = draw_noise(seed, self.config.nfe, self.config.shape, self.config.noise)
+        noise = draw_noise(seed, self.config.nfe, self.config.shape, self.config.noise, pin=self.device.type == "cuda")
         if self.comm is not None and self.config.noise != "shared":
             noise = noise[:, self.shard.start:self.shard.stop]            # the video's noise at these frames
         with self._lock, torch.no_grad():
             with self._on_own_stream() as caller:
-                self._E.copy_(noise)
-                if self._graph is not None:
+                self._E.copy_(noise, non_blocking=True)          # from pinned memory on a GPU: asynchronous
+                if self._graph is not None and not eager:
                     self._y.copy_(y)
                     self._graph.replay()
                     out = self._out.clone()
@@ -384,7 +385,7 @@ class Solver:
                 out.record_stream(caller)       # made on the Solver's stream, used on the caller's
         if not torch.isfinite(out).all():
             raise ModelError("the restoration holds NaN or Inf values: the ε model returned non-finite values "
-                             "(try --dtype fp32, or check the checkpoint)")
+                             "(try the fp32 precision, or check the checkpoint)")
         return out
 
 

@@ -1,30 +1,32 @@
-"""`python -m engine.solve`: restore one clip with the paper's Algorithm 1.
+"""`python -m engine.solve`: restore a degraded video with the paper's Algorithm 1.
 
+    python -m engine.solve blurred.mp4 --degrade temporal:uniform:7 --out out/
     python -m engine.solve --demo --out demo_out
-    python -m engine.solve clip.mp4 --task temporal-k7 --checkpoint 256x256_diffusion_uncond.pt --out out/
-    python -m engine.solve blurred.mp4 --degrade temporal:uniform:7 --measured --out out/
-    python -m engine.solve blurred.mp4 --measured --blind --init first.mp4 --out out/
+    python -m engine.solve clean.mp4 --simulate --task temporal-k7 --checkpoint 256x256_diffusion_uncond.pt --out out/
+    python -m engine.solve blurred.mp4 --blind --init first.mp4 --out out/
     torchrun --nproc-per-node 8 -m engine.solve video.mp4 --degrade temporal:uniform:7 --device cuda --out out/
 
-Without --measured, INPUT is the clean clip: it is degraded with the chosen operator,
-restored, and scored. With --measured, INPUT is the measurement itself. With --blind the
-temporal PSF is unknown (the paper's Algorithm 2, engine.blind): it is fitted to a first
-reconstruction (--init, e.g. a deblurring network's output), the clip restored, the PSF
-fitted again to the restoration and the clip restored again.
+INPUT is the degraded video (the measurement y) and --degrade or --task names how it was
+degraded. Its noise σ_y is estimated from y itself unless --sigma-y states it (engine.noise),
+and the regularised CG runs with that σ_y: a real video is never treated as noiseless unless
+--sigma-y 0 asks for it. With --simulate (the paper's protocol; --demo always simulates) INPUT
+is a clean clip: it is degraded by the operator, noise of --sigma-y added, restored, and scored
+against itself. With --blind the temporal PSF is unknown (Algorithm 2, engine.blind): it is
+fitted to a first reconstruction (--init), the clip restored, the PSF refitted, restored again.
 
-Every setting and the output location are checked before the model is loaded or the
-video read. Everything is written into a temporary folder beside --out and moved into
-place at the end, so a failed run leaves no half-written output. --overwrite replaces
-only a folder this command wrote (its metrics.json says so, and it holds nothing else),
-never one that holds the input, the current directory or a parent of either.
+Every setting, INPUT (readable, its frame count and size, the spec against that size) and the
+output location are checked before the model is loaded. Everything is written into a
+temporary folder beside --out and moved into place at the end, so a failed run leaves no
+half-written output (and a run killed outright leaves a folder the next run to the same --out
+removes). --overwrite replaces only a folder this command wrote (its metrics.json says so, and
+it holds nothing else), never one that holds the input, the current directory or a parent of either.
 
-With --max-frames W a video longer than W frames is streamed: read, measured, restored in
-windows, scored and written frame by frame, holding about one window of frames, never the
-whole video (`restore_in_windows`). Without --max-frames the run is planned before decoding
-(`planned`, engine.memory): the whole video when its predicted peak fits --memory-budget (default:
-a fraction of the memory available), else windows of the largest W that fits; the plan is logged
-in one line and recorded in metrics.json. Scores are computed in chunks of frames and the outputs
-written a frame at a time, so nothing after the restoration holds the clip again.
+With --max-frames W a video longer than W frames is streamed: read, restored in windows,
+scored and written frame by frame, holding about one window of frames (`restore_in_windows`). Without --max-frames the run is planned before
+decoding (`planned`, engine.memory): the whole video when its predicted peak fits --memory-budget
+(default: a fraction of the memory available), else windows of the largest W that fits; the plan
+is logged in one line and recorded in metrics.json. Scores are computed in chunks of frames and the
+outputs written a frame at a time, so nothing after the restoration holds the clip again.
 """
 
 from __future__ import annotations
@@ -58,14 +60,19 @@ from engine.distributed import (frame_ranges, gather_frames, gather_records, ini
                                 launched_by_torchrun, one_failure_for_all)
 from engine.errors import InputError
 from engine.figures import contact_sheet, save_png
-from engine.fileio import atomic_folder, atomic_write_json
+from engine.fileio import atomic_folder, atomic_write_json, mark_in_progress, remove_stale_runs
 from engine.memory import peak_record
 from engine.metrics import SSIM_RADIUS, Scores, clip_summary, json_safe
 from engine.operators import from_spec
+from engine.operators.spec import parse as parse_spec
+from engine.operators.spec import split_temporal, sr_scale, with_time_boundary
 from engine.priors import PRIORS
+from engine.probe import InputFacts, check_spec, is_grey, probe_input, temporal_width
+from engine.realvideo import grey_clip, noise_level, residual_record
 from engine.profiling import StageClock
 from engine.runtime import Solver, SolverConfig, as_tensor, load_model, measure
 from engine.tasks import TASKS, get_task
+from engine.windows import split_spec
 
 log = logging.getLogger("engine.solve")
 DEMO_TASK = "temporal-k7"
@@ -90,7 +97,7 @@ class Job:
     input: Optional[Path]                # None: --demo
     out: Path
     overwrite: bool = False
-    measured: bool = False
+    measured: bool = True                # INPUT is the measurement; False: a clean clip degraded here (--simulate)
     blind: bool = False
     init: Optional[Path] = None          # first reconstruction for --blind
     checkpoint: Optional[Path] = None
@@ -103,15 +110,16 @@ class Job:
     max_frames: Optional[int] = None     # restore in windows of this many frames (engine.windows); None: whole
     size: Optional[int] = None           # square frame size (crop + resize, the paper's protocol); None: own size
     fps: Optional[float] = None          # None: the input's own rate, else DEFAULT_FPS
-    sigma_y: float = 0.0                 # noise added to a clean INPUT, or the stated noise of a measured one
+    sigma_y: Optional[float] = None      # noise added to a clean INPUT, or the stated noise of a measured one;
+                                         # None: 0 for a clean INPUT, estimated from a measured one (engine.noise)
     seed: int = 0
     baselines: tuple[str, ...] = ()
     memory_budget: Optional[float] = None  # GB the run may hold (engine.memory); None: a fraction of what is free
     plan: Optional[dict] = None           # engine.memory.Plan.record() of the run, set by `planned`
 
     def __post_init__(self):
-        if not (math.isfinite(self.sigma_y) and self.sigma_y >= 0):
-            raise InputError(f"--sigma-y must be a finite number >= 0, got {self.sigma_y}")
+        if self.sigma_y is not None and not (math.isfinite(self.sigma_y) and 0 <= self.sigma_y <= 1):
+            raise InputError(f"--sigma-y must be a number in [0, 1], got {self.sigma_y}")
         if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
             raise InputError(f"--fps must be a positive frame rate, got {self.fps}")
         if self.max_frames is not None and self.max_frames < 2:
@@ -146,10 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     what = p.add_mutually_exclusive_group()
     what.add_argument("--task", choices=sorted(TASKS), help="one of the paper's tasks (sets spec, nfe, eta, cg-iters)")
     what.add_argument("--degrade", metavar="SPEC", help="a degradation spec, e.g. temporal:uniform:7+sr:4")
-    p.add_argument("--measured", action="store_true", help="INPUT is the measurement, not the clean clip")
+    truth = p.add_mutually_exclusive_group()
+    truth.add_argument("--simulate", action="store_true",
+                       help="INPUT is a clean clip: degrade it with --task/--degrade (and --sigma-y noise), restore "
+                            "it and score the result against it (the paper's protocol; --demo always simulates)")
+    truth.add_argument("--measured", action="store_true",
+                       help="INPUT is the degraded video: the default; accepted for older scripts")
     p.add_argument("--blind", action="store_true",
                    help="unknown temporal PSF (Algorithm 2): fit it to --init, restore, refit, restore again; "
-                        "without --measured, --task/--degrade is the temporal blur applied to the clean INPUT")
+                        "with --simulate, --task/--degrade is the temporal blur applied to the clean INPUT")
     p.add_argument("--init", type=Path, metavar="CLIP",
                    help="first reconstruction for --blind (e.g. a deblurring network's output): INPUT's frames and size")
     prior = p.add_mutually_exclusive_group()
@@ -171,9 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, help="DDIM stochasticity η in [0, 1] (task default)")
     p.add_argument("--cg-iters", type=int, help="CG iterations per step l, >= 0 (default 5)")
     p.add_argument("--sigma-y", type=float,
-                   help="measurement noise σ_y in [0, 1] units: added to a clean INPUT; with --measured, the noise "
-                        "level the measurement already has (nothing is added; σ_y > 0 switches on the regularised "
-                        "CG). Default 0 (the demo: 0.02)")
+                   help="measurement noise σ_y in [0, 1] units: the noise INPUT already has (default: estimated "
+                        "from INPUT, never below 8-bit rounding; 0 asks for the noiseless CG); with --simulate, the "
+                        "noise added to the clean INPUT (default 0; the demo: 0.02)")
     p.add_argument("--gamma", type=float, help="γ > 0 of the regularised CG (default when --sigma-y > 0: 0.04/σ_y, "
                                                "e.g. 2 at 0.02, with --prior; DDS's 1 with --checkpoint; else the "
                                                "noiseless CG)")
@@ -233,17 +246,21 @@ def parse(argv=None) -> tuple[Job, SolverConfig, bool]:
         raise InputError("--backend tensorrt needs --engine FILE (build one with python -m engine.build)"
                          if args.engine is None else "--engine is for --backend tensorrt")
     demo = DEMO_SETTINGS if args.demo else {}
-    sigma_y = args.sigma_y if args.sigma_y is not None else demo.get("sigma_y", 0.0)
+    simulate = args.simulate or args.demo
+    sigma_y = args.sigma_y if args.sigma_y is not None else demo.get("sigma_y", 0.0 if simulate else None)
+    if args.start is not None and not (args.nfe or 1) <= args.start <= 1000:
+        raise InputError(f"--warm-start/--start T0 must be in [--nfe, 1000], got {args.start}")
     job = Job(input=None if args.demo else Path(args.input), out=args.out, overwrite=args.overwrite,
-              measured=args.measured, blind=args.blind, init=args.init, checkpoint=args.checkpoint,
+              measured=not simulate, blind=args.blind, init=args.init, checkpoint=args.checkpoint,
               engine=args.engine, prior=args.prior, task=args.task or (DEMO_TASK if args.demo else None),
               model_config=model_config or None, class_label=args.class_label, frames=args.frames,
               max_frames=args.max_frames,
               size=args.size, fps=args.fps, sigma_y=sigma_y, seed=args.seed, baselines=baselines,
               memory_budget=args.memory_budget)
-    gamma = args.gamma if args.gamma is not None else default_gamma(sigma_y, diffusion=args.checkpoint is not None)
+    gamma = args.gamma if args.gamma is not None or sigma_y is None else default_gamma(
+        sigma_y, diffusion=args.checkpoint is not None)           # an estimated σ_y gets its γ once known (`run`)
     defaults = task or get_task(DEMO_TASK)
-    cfg = SolverConfig(
+    cfg = flagged(SolverConfig,
         spec=task.spec if task else args.degrade, frames=args.frames or DEFAULT_FRAMES, size=args.size or 256,
         batch=args.batch,
         nfe=args.nfe if args.nfe is not None else demo.get("nfe", defaults.nfe),
@@ -256,24 +273,42 @@ def parse(argv=None) -> tuple[Job, SolverConfig, bool]:
     return job, cfg, args.verbose
 
 
+#: SolverConfig's field names as this command's flags, for its messages
+FLAGS = {"start": "--warm-start/--start", "nfe": "--nfe", "eta": "--eta", "cg_iters": "--cg-iters",
+         "gamma": "--gamma", "batch": "--batch", "size": "--size", "frames": "--frames", "device": "--device"}
+
+
+def flagged(make, *args, **kwargs):
+    """`make(*args, **kwargs)`, its InputError reworded to name the command's flag instead of the field."""
+    try:
+        return make(*args, **kwargs)
+    except InputError as err:
+        field, sep, rest = str(err).partition(" ")
+        raise InputError(f"{FLAGS[field]} {rest}" if sep and field in FLAGS else str(err)) from None
+
+
 def _check_combinations(p: argparse.ArgumentParser, args) -> None:
     """argparse errors for flags that do not go together."""
     if args.demo == (args.input is not None):
         p.error("give either INPUT or --demo")
     if args.demo and args.measured:
         p.error("--demo makes its own clean clip; --measured does not apply")
+    measured = not (args.simulate or args.demo)
     if args.blind:
         if args.init is None:
             p.error("--blind needs --init CLIP: a first reconstruction made without the PSF (the paper uses a "
                     "deblurring network); one made with an assumed PSF would only return that PSF")
         if args.demo:
             p.error("--blind needs a first reconstruction (--init) of a clip you have; --demo makes its own clip")
-        if args.measured and (args.task or args.degrade):
-            p.error("with --blind --measured the PSF is unknown: leave out --task and --degrade")
+        if measured and (args.task or args.degrade):
+            p.error("with --blind the PSF of a degraded INPUT is unknown: leave out --task and --degrade (with "
+                    "--simulate they name the blur applied to a clean INPUT)")
     elif args.init is not None:
         p.error("--init is for --blind")
-    if not args.demo and not (args.task or args.degrade) and not (args.blind and args.measured):
-        p.error("give --task or --degrade")
+    if (args.model_config or args.class_label is not None) and args.checkpoint is None:
+        p.error("--model-config and --class-label describe a --checkpoint; none was given")
+    if not args.demo and not (args.task or args.degrade) and not (args.blind and measured):
+        p.error("give --degrade SPEC (how INPUT was degraded, e.g. temporal:uniform:7) or --task")
 
 
 def _baselines(text: Optional[str], demo: bool) -> tuple[str, ...]:
@@ -288,7 +323,8 @@ def _baselines(text: Optional[str], demo: bool) -> tuple[str, ...]:
 
 
 def run(job: Job, cfg: SolverConfig) -> Path:
-    """The whole job; returns the output folder. The output location is claimed first.
+    """The whole job; returns the output folder. INPUT and the output location are checked first
+    (`checked_input`, `claimed_output`), then the model is loaded.
 
     With --max-frames W, the first W + 1 frames are read: a longer video is streamed through
     `restore_in_windows`; a shorter one is restored whole, as without it. Under torchrun, the
@@ -296,11 +332,10 @@ def run(job: Job, cfg: SolverConfig) -> Path:
     """
     if launched_by_torchrun():
         return run_sharded(job, cfg)
+    checked_input(job, cfg)
     job = planned(job, cfg)
     with claimed_output(job) as tmp:
-        model, _ = load_model(job.checkpoint, backend=cfg.backend, engine=job.engine, size=job.size,
-                              device=cfg.device, model_config=job.model_config, class_label=job.class_label,
-                              prior=job.prior)
+        model = _load(job, cfg)
         head, frames, notes = _head(job)
         if _longer_than_a_window(job, head):
             restore_in_windows(tmp, job, cfg, model, head, frames, notes)
@@ -309,12 +344,18 @@ def run(job: Job, cfg: SolverConfig) -> Path:
             clip = clean if clean is not None else y
             cfg = fitted_config(job, cfg, tuple(clip.shape[-2:]), frames=clip.shape[0])
             _say_assumed_mask(job, cfg)
+            noise = None
+            if job.measured:
+                noise = noise_level(y, job.sigma_y)
+                job, cfg = with_sigma_y(job, cfg, noise.sigma_y)
             if job.blind:
-                clip, report, y, init = restore_blind(job, cfg, model, clean, y)
+                restored, report, y, init = restore_blind(job, cfg, model, clean, y)
             else:
-                (clip, report, y), init = restore(job, cfg, model, clean, y), None
-            report = {"written_by": WRITTEN_BY, **report, "input_changes": notes}
-            write_outputs(tmp, job, clean, y, clip.cpu(), report, fps=_output_fps(job), init=init)
+                (restored, report, y), init = restore(job, cfg, model, clean, y), None
+            restored, changes = _as_input(restored.cpu(), grey=is_grey(clip))
+            report = {"written_by": WRITTEN_BY, **report, **({"noise": noise.as_dict()} if noise else {}),
+                      "input_changes": notes, "output_changes": changes}
+            write_outputs(tmp, job, clean, y, restored, report, fps=_output_fps(job), init=init)
     log.info("wrote restored.mp4, measurement.mp4, frames/, metrics.json and comparison.png to %s", job.out)
     return job.out.resolve()
 
@@ -369,6 +410,86 @@ def _why_not_windows(job: Job, spec: str) -> Optional[str]:
     return None
 
 
+def _load(job: Job, cfg: SolverConfig):
+    """The ε model of the run (engine.runtime.load_model)."""
+    model, _ = load_model(job.checkpoint, backend=cfg.backend, engine=job.engine, size=job.size, device=cfg.device,
+                          model_config=job.model_config, class_label=job.class_label, prior=job.prior)
+    return model
+
+
+def checked_input(job: Job, cfg: SolverConfig) -> Optional[InputFacts]:
+    """INPUT's facts (None for --demo), after every check that needs INPUT and not the model: readable,
+    --frames against its count, the spec against its frame size, --max-frames against the PSF's reach.
+    A clip shorter than the temporal PSF is warned about (its boundary supplies the missing frames)."""
+    if job.init is not None:
+        probe_input(job.init)
+    if job.input is None:
+        return None
+    facts = probe_input(job.input, frames=job.frames)
+    if job.blind and job.measured:                         # no spec: the PSF is what the run finds
+        return facts
+    frame = facts.frame
+    if not job.measured and job.size is not None:
+        frame = (job.size, job.size)
+    elif not job.measured and min(frame) < MIN_SCORED_SIZE:
+        raise InputError(f"frames of {frame[1]}x{frame[0]} are too small to score (SSIM needs "
+                         f"{MIN_SCORED_SIZE}x{MIN_SCORED_SIZE}); leave out --simulate to restore without scoring")
+    clean = clean_frame(cfg.spec, frame) if job.measured else frame
+    if job.measured and job.size is not None and clean != (job.size, job.size):
+        raise InputError(f"{job.input}'s frames of {frame[1]}x{frame[0]} under {cfg.spec} come from {clean[1]}x"
+                         f"{clean[0]} frames, not the {job.size}x{job.size} of --size")
+    boundary = video_boundary(job, facts.frames)
+    try:
+        op = check_spec(with_time_boundary(cfg.spec, boundary), clean, frames=facts.frames,
+                        measured=frame if job.measured else None, mask_seed=cfg.mask_seed)
+    except InputError as err:
+        raise InputError(_as_typed(str(err), cfg.spec, boundary)) from None
+    if job.max_frames is not None:
+        term, _ = split_spec(with_time_boundary(cfg.spec, video_boundary(job, None)))
+        least = max(term.reach, term.context) + 1
+        if job.max_frames < least:
+            raise InputError(f"--max-frames {job.max_frames} is too short for {cfg.spec}: a window needs at least "
+                             f"{least} frames (the temporal blur's reach {term.reach}, and the {term.context} frames "
+                             f"each window solves again)")
+    width = temporal_width(op)
+    if facts.frames is not None and facts.frames < width:
+        log.warning("INPUT has %d frame(s), fewer than the temporal blur's %d: the frames it reads before the first "
+                    "and after the last are %s", facts.frames, width,
+                    "the other end of the clip (circular boundary)" if video_boundary(job, facts.frames) == "circular"
+                    else "the end frames repeated (replicate boundary)")
+    return facts
+
+
+def _as_typed(message: str, spec: str, boundary: str) -> str:
+    """`message` about `spec` with `boundary` appended by `with_time_boundary`, in the terms the user typed."""
+    for term in map(str, parse_spec(spec)):
+        message = message.replace(with_time_boundary(term, boundary), term)
+    return message
+
+
+def with_sigma_y(job: Job, cfg: SolverConfig, sigma_y: float) -> tuple[Job, SolverConfig]:
+    """(job, cfg) at the measurement's noise σ_y: γ of the regularised CG from σ_y unless --gamma set it."""
+    gamma = cfg.gamma if cfg.gamma is not None else default_gamma(sigma_y, diffusion=job.checkpoint is not None)
+    return dataclasses.replace(job, sigma_y=sigma_y), dataclasses.replace(cfg, gamma=gamma)
+
+
+def _as_input(restored: torch.Tensor, *, grey: bool) -> tuple[torch.Tensor, list[str]]:
+    """(the restored clip in INPUT's format, the changes recorded): grey stays grey; an odd frame size
+    is kept in frames/ and padded by one row/column in the mp4 (yuv420p needs even sides)."""
+    changes = []
+    if grey:
+        restored = grey_clip(restored)
+        changes.append("INPUT is grey: restored in colour, written grey (each pixel's channel mean)")
+    h, w = restored.shape[-2:]
+    if h % 2 or w % 2:
+        changes.append(f"restored.mp4 is {w + w % 2}x{h + h % 2}: H.264 (yuv420p) needs even sides, so its last "
+                       f"{'row' if h % 2 else 'column'}{' and column' if h % 2 and w % 2 else ''} is repeated; "
+                       f"frames/ keeps {w}x{h}")
+    for change in changes:
+        log.warning("output: %s", change)
+    return restored, changes
+
+
 def fitted_config(job: Job, cfg: SolverConfig, shape: tuple[int, int], frames: Optional[int]) -> SolverConfig:
     """`cfg` fitted to INPUT: its frame count (None: streamed, not known yet: `cfg.frames` stays), the clean
     frames' (H, W) (`shape` is INPUT's frame size: the clean frames', or the measurement's), the time boundary."""
@@ -410,6 +531,10 @@ def restore(job: Job, cfg: SolverConfig, model, clean, y):
         log.info("PSNR %.2f dB%s, SSIM %.4f, %.1f s (scoring %.1f s)", report["restored"]["psnr_mean"],
                  f" (baselines: {scores})" if scores else "", report["restored"]["ssim_mean"], seconds,
                  seconds - restore_s)
+    else:                                               # a real video: what can be measured without a reference
+        report["residual"] = residual_record(solver.op, restored, as_tensor(y, solver.device, torch.float32),
+                                             job.sigma_y)
+        log.info("%d frames restored in %.1f s", cfg.frames, seconds)
     return restored, report, y
 
 
@@ -455,6 +580,13 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
     from engine.windows import VideoRestorer
 
     cfg = fitted_config(job, cfg, tuple(head[0].shape[-2:]), frames=None)
+    first = torch.stack(head)                         # the first W + 1 frames: the noise and the colour of INPUT
+    noise = noise_level(first, job.sigma_y) if job.measured else None
+    if noise is not None:
+        job, cfg = with_sigma_y(job, cfg, noise.sigma_y)
+    grey = is_grey(first)
+    _, changes = _as_input(first[:1], grey=grey)
+    del first
     frames = _drained(head, rest)
     if cfg.noise != "shared":
         raise InputError("--max-frames restores in windows with the shared noise image only; drop --noise independent")
@@ -473,7 +605,7 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
             video_writer(folder / "measurement.mp4", fps) as measured_mp4, \
             tqdm(total=total, desc="restoring", unit="frame", disable=None) as bar:
         for count, x in enumerate(restorer.restore(_tapped(y, measured_mp4, sheet)), 1):
-            x = x.cpu()
+            x = grey_clip(x[None].cpu())[0] if grey else x.cpu()
             restored_mp4(x)
             png(x)
             sheet.add("restored", x)
@@ -492,7 +624,8 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
               **_window_ranks(restorer, seconds),
               "input": "demo" if job.input is None else str(job.input), "prior": prior_name(job),
               **model_record(model), "seconds": seconds, "fps": count / seconds, "memory": peak_record(cfg.device),
-              "comparison": sheet.note(), "input_changes": notes}
+              "comparison": sheet.note(), **({"noise": noise.as_dict()} if noise else {}),
+              "input_changes": notes, "output_changes": changes}
     if not job.measured:
         report["restored"] = scores.summary()
         log.info("PSNR %.2f dB in windows of %d frames, %d frames, %.1f s", report["restored"]["psnr_mean"],
@@ -613,56 +746,67 @@ def run_sharded(job: Job, cfg: SolverConfig) -> Optional[Path]:
 def _run_shard(job: Job, cfg: SolverConfig, rank: int, world: int) -> Optional[Path]:
     if job.blind:
         raise InputError("--blind runs in one process; leave it out under torchrun")
+    checked_input(job, cfg)
     with claimed_output(job) if rank == 0 else nullcontext() as tmp:
-        model, _ = load_model(job.checkpoint, backend=cfg.backend, engine=job.engine, size=job.size,
-                              device=cfg.device, model_config=job.model_config, class_label=job.class_label,
-                              prior=job.prior)
-        if job.max_frames is not None:           # every process streams INPUT; longer than W: windows, each split
-            head, frames_read, notes = _head(job)
-            if _longer_than_a_window(job, head):
-                restore_in_windows(tmp, job, cfg, model, head, frames_read, notes, group=dist.group.WORLD)
-                return job.out.resolve() if rank == 0 else None
-        if job.measured:                         # this process's frames only: [start, stop) of a first count
-            frames, first, own_rows = _own_measurement(job, rank, world)
-            clean, notes = None, []
-            cfg = fitted_config(job, cfg, tuple(first.shape[-2:]), frames=frames)
-        else:                                    # the clean clip: process 0 reads and measures it, then scatters
-            clean, notes, frames, shape = _read_on_first(job, rank)
-            cfg = fitted_config(job, cfg, shape, frames=frames)
-        if rank == 0:
-            _say_assumed_mask(job, cfg)
-        solver = Solver(model, cfg, group=dist.group.WORLD)
-        if not job.measured:
-            y = None
-            if rank == 0:
-                op = from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed, device=solver.device, dtype=torch.float32)
-                y = measure(op, as_tensor(unit_float(clean), solver.device, torch.float32), sigma_y=job.sigma_y,
-                            seed=job.seed + 1)
-            own_rows = y if solver.comm is None else scatter_frames(
-                y, solver.comm, tuple(solver.op.out_shape[1:]), dtype=torch.float32, device=solver.device)
-        restored, record = _restore_shard(solver, own_rows, job.seed, rank)
-        if solver.comm is not None:
-            restored, records = gather_frames(restored, solver.comm), gather_records(record, solver.comm.group)
-            y = gather_frames(own_rows, solver.comm) if job.measured else y
-        else:
-            records, y = [record], (own_rows if job.measured else y)
-        if rank != 0:
-            return None
-        seconds = max(r["seconds"] for r in records)
-        report = {"written_by": WRITTEN_BY, "settings": settings(job, cfg), "kernels_used": "torch",
-                  "input": str(job.input) if job.input else "demo", "prior": prior_name(job),
-                  **model_record(model), "seconds": seconds, "fps": frames / seconds,
-                  "world_size": world, "ranks": records, "input_changes": notes}
-        restored = restored.cpu()
-        if clean is not None:
-            report["restored"] = clip_summary(restored, clean)
-            op = from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed)
-            report["baselines"] = {name: clip_summary(clip.cpu(), clean)
-                                   for name, clip in run_baselines(job, cfg, op, y.cpu())}
-            log.info("PSNR %.2f dB with %d processes, %.1f s", report["restored"]["psnr_mean"], world, seconds)
-        write_outputs(tmp, job, clean, y, restored, report, fps=_output_fps(job))
+        _restore_sharded(tmp, job, cfg, _load(job, cfg), rank, world)
+    if rank != 0:
+        return None
     log.info("wrote restored.mp4, measurement.mp4, frames/, metrics.json and comparison.png to %s", job.out)
     return job.out.resolve()
+
+
+def _restore_sharded(tmp: Optional[Path], job: Job, cfg: SolverConfig, model, rank: int, world: int) -> None:
+    """The work of `run_sharded` in one process; process 0 writes the outputs into `tmp`."""
+    if job.max_frames is not None:               # every process streams INPUT; longer than W: windows, each split
+        head, frames_read, notes = _head(job)
+        if _longer_than_a_window(job, head):
+            restore_in_windows(tmp, job, cfg, model, head, frames_read, notes, group=dist.group.WORLD)
+            return
+    if job.measured:                         # this process's frames only: [start, stop) of a first count
+        frames, first, own_rows = _own_measurement(job, rank, world)
+        clean, notes = None, []
+        cfg = fitted_config(job, cfg, tuple(first.shape[-2:]), frames=frames)
+        told = [noise_level(own_rows, job.sigma_y) if rank == 0 else None]    # process 0's frames tell σ_y
+        dist.broadcast_object_list(told, src=0)
+        noise = told[0]
+        job, cfg = with_sigma_y(job, cfg, noise.sigma_y)
+    else:                                    # the clean clip: process 0 reads and measures it, then scatters
+        noise = None
+        clean, notes, frames, shape = _read_on_first(job, rank)
+        cfg = fitted_config(job, cfg, shape, frames=frames)
+    if rank == 0:
+        _say_assumed_mask(job, cfg)
+    solver = Solver(model, cfg, group=dist.group.WORLD)
+    if not job.measured:
+        y = None
+        if rank == 0:
+            op = from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed, device=solver.device, dtype=torch.float32)
+            y = measure(op, as_tensor(unit_float(clean), solver.device, torch.float32), sigma_y=job.sigma_y,
+                        seed=job.seed + 1)
+        own_rows = y if solver.comm is None else scatter_frames(
+            y, solver.comm, tuple(solver.op.out_shape[1:]), dtype=torch.float32, device=solver.device)
+    restored, record = _restore_shard(solver, own_rows, job.seed, rank)
+    if solver.comm is not None:
+        restored, records = gather_frames(restored, solver.comm), gather_records(record, solver.comm.group)
+        y = gather_frames(own_rows, solver.comm) if job.measured else y
+    else:
+        records, y = [record], (own_rows if job.measured else y)
+    if rank != 0:
+        return
+    seconds = max(r["seconds"] for r in records)
+    report = {"written_by": WRITTEN_BY, "settings": settings(job, cfg), "kernels_used": "torch",
+              "input": str(job.input) if job.input else "demo", "prior": prior_name(job),
+              **model_record(model), "seconds": seconds, "fps": frames / seconds,
+              "world_size": world, "ranks": records, **({"noise": noise.as_dict()} if noise else {}),
+              "input_changes": notes}
+    restored = restored.cpu()
+    if clean is not None:
+        report["restored"] = clip_summary(restored, clean)
+        op = from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed)
+        report["baselines"] = {name: clip_summary(clip.cpu(), clean)
+                               for name, clip in run_baselines(job, cfg, op, y.cpu())}
+        log.info("PSNR %.2f dB with %d processes, %.1f s", report["restored"]["psnr_mean"], world, seconds)
+    write_outputs(tmp, job, clean, y, restored, report, fps=_output_fps(job))
 
 
 def _read_on_first(job: Job, rank: int) -> tuple[Optional[torch.Tensor], list[str], int, tuple[int, int]]:
@@ -703,7 +847,9 @@ def _restore_shard(solver: Solver, y, seed: int, rank: int):
     the warm start's CG and the communication inside both)."""
     clock = StageClock(solver.device)
     t0 = time.perf_counter()
-    restored = solver.solve(y, seed=seed, clock=clock)
+    with tqdm(total=solver.config.nfe, desc="restoring", unit="step", disable=None if rank == 0 else True) as bar:
+        restored = solver.solve(y, seed=seed, clock=clock,
+                                callback=step_counter(bar, solver.config) if rank == 0 else None)
     shard = solver.shard
     record = {"rank": rank, "frames": [shard.start, shard.stop] if shard else [0, y.shape[0]],
               "seconds": time.perf_counter() - t0, **stage_seconds(clock)}
@@ -729,13 +875,13 @@ def run_baselines(job: Job, cfg: SolverConfig, op, y) -> Iterator[tuple[str, tor
 def restore_blind(job: Job, cfg: SolverConfig, model, clean, y):
     """(restored clip, report, measurement, first reconstruction): Algorithm 2 (engine.blind) with --init."""
     from engine.blind import blind_deblur
-    from engine.operators import from_spec
     from engine.video_io import read_video, validate_video
 
     true_psf = None
     if clean is not None:
         true_psf = cfg.spec
-        if "+" in true_psf or not true_psf.startswith("temporal:"):
+        temporal, frame_local = split_temporal(true_psf)
+        if len(temporal) != 1 or frame_local:
             raise InputError(f"--blind estimates a temporal PSF alone; {true_psf!r} is not one")
         y = measure(from_spec(true_psf, tuple(clean.shape)), unit_float(clean), sigma_y=job.sigma_y, seed=job.seed + 1)
     init = validate_video(read_video(job.init, size=None, frames=y.shape[0]), size=cfg.frame)
@@ -831,26 +977,9 @@ def video_boundary(job: Job, frames: Optional[int]) -> str:
     return "circular" if paper or job.blind else "replicate"
 
 
-def with_time_boundary(spec: str, boundary: str) -> str:
-    """`spec` with `boundary` appended to each temporal term that names none."""
-    from engine.operators.temporal import BOUNDARIES
-
-    terms = []
-    for term in spec.split("+"):
-        fields = term.strip().split(":")
-        if fields[0] == "temporal" and fields[-1] not in BOUNDARIES:
-            term = f"{term.strip()}:{boundary}"
-        terms.append(term)
-    return "+".join(terms)
-
-
 def clean_frame(spec: str, measured: tuple[int, int]) -> tuple[int, int]:
     """(H, W) of the clean frames behind measured frames of `measured` (H', W'): × every SR factor."""
-    scale = 1
-    for term in spec.split("+"):
-        name, _, rest = term.strip().partition(":")
-        if name == "sr":
-            scale *= int(rest.split(":")[0])
+    scale = sr_scale(spec)
     return measured[0] * scale, measured[1] * scale
 
 
@@ -873,9 +1002,8 @@ def _say_assumed_mask(job: Job, cfg: SolverConfig) -> None:
     """A measured random-inpainting run names the mask it assumes (the spec's seed, else seed 0)."""
     if not job.measured:
         return
-    for term in cfg.spec.split("+"):
-        fields = term.split(":")
-        if fields[0] == "inpaint" and not fields[1].startswith("file=") and len(fields) == 2:
+    for term in parse_spec(cfg.spec):
+        if term.name == "inpaint" and not term.args.startswith("file=") and len(term.fields) == 1:
             log.warning("measured inpainting without a mask file or seed: assuming the random mask of seed %d "
                         "(%s:%d); name yours with inpaint:RATE:SEED or inpaint:file=MASK.png",
                         cfg.mask_seed, term, cfg.mask_seed)
@@ -886,12 +1014,15 @@ def _say_assumed_mask(job: Job, cfg: SolverConfig) -> None:
 
 @contextmanager
 def claimed_output(job: Job) -> Iterator[Path]:
-    """`with claimed_output(job) as tmp:` — refuses a bad --out before any work (`check_output`), yields a
-    new temporary folder beside it (engine.fileio.atomic_folder: the user's umask), swapped in for --out
-    on success; on failure the temporary folder and any parent folders it created are removed."""
+    """`with claimed_output(job) as tmp:` — refuses a bad --out before any work (`check_output`), removes
+    what a killed run to the same --out left (engine.fileio.remove_stale_runs), yields a new temporary
+    folder beside it (engine.fileio.atomic_folder: the user's umask) marked as this run's while it
+    works, swapped in for --out on success; on failure the temporary folder and any parent folders
+    it created are removed."""
     out = Path(os.path.abspath(job.out))
     inputs = [p for p in (job.input, job.init, job.checkpoint, job.engine) if p is not None]
     check_output(out, overwrite=job.overwrite, protected=[Path.cwd(), *inputs])
+    remove_stale_runs(out)
     created = _first_missing(out.parent)
     try:
         with ExitStack() as stack:
@@ -899,7 +1030,9 @@ def claimed_output(job: Job) -> Iterator[Path]:
                 tmp = stack.enter_context(atomic_folder(out))
             except OSError as err:
                 raise InputError(f"cannot create the output folder {out}: {err.strerror or err}") from None
+            marker = mark_in_progress(tmp)
             yield tmp
+            marker.unlink()
     except BaseException:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)

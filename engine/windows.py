@@ -63,6 +63,7 @@ from engine.memory import WINDOW_BUFFERS
 from engine.operators import from_spec
 from engine.operators.base import LinearOperator
 from engine.operators.sharded import ShardedWindowOperator, band
+from engine.operators.spec import Term, join, split_temporal
 from engine.operators.temporal import frame_preconditioner, frames_operator
 from engine.sampler import EpsModel, draw_noise, reverse_process
 from engine.schedule import ddim_steps, warm_start
@@ -118,25 +119,21 @@ def split_spec(spec: str) -> tuple[TemporalTerm, Optional[str]]:
     The spatial terms act on every frame alike, so they commute with T (A = T ⊗ S) and
     their order relative to the temporal term does not matter.
     """
-    if not isinstance(spec, str) or not spec.strip():
-        raise InputError("empty degradation spec")
-    terms = [term.strip() for term in spec.split("+")]
-    temporal = [term for term in terms if term.partition(":")[0] == "temporal"]
-    spatial = [term for term in terms if term.partition(":")[0] != "temporal"]
+    temporal, spatial = split_temporal(spec)
     if len(temporal) > 1:
         raise InputError(f"spec {spec!r} has {len(temporal)} temporal terms; windows take at most one")
-    return (_temporal_term(temporal[0]) if temporal else IDENTITY), ("+".join(spatial) or None)
+    return (_temporal_term(temporal[0]) if temporal else IDENTITY), (join(spatial) or None)
 
 
-def _temporal_term(term: str) -> TemporalTerm:
+def _temporal_term(term: Term) -> TemporalTerm:
     """`temporal:FAMILY:VALUE[:BOUNDARY]` → its taps (parsed by engine.operators) and boundary."""
-    fields = term.split(":")
+    fields = [term.name, *term.fields]
     boundary = fields[3] if len(fields) == 4 else DEFAULT_BOUNDARY
     if boundary == "circular":
-        raise InputError(f"{term!r}: the circular boundary wraps the video's last frames onto its first, which "
+        raise InputError(f"{str(term)!r}: the circular boundary wraps the video's last frames onto its first, which "
                          f"windows cannot restore; use :replicate or :zero, or restore the whole video at once")
     if boundary not in WINDOW_BOUNDARIES:
-        raise InputError(f"{term!r}: unknown temporal boundary {boundary!r}; windows accept "
+        raise InputError(f"{str(term)!r}: unknown temporal boundary {boundary!r}; windows accept "
                          f"{', '.join(WINDOW_BOUNDARIES)}")
     taps = from_spec(":".join([*fields[:3], "zero"]), (1, 1, 1, 1), kernels="torch").kernel
     return TemporalTerm(taps, boundary)

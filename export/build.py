@@ -34,8 +34,9 @@ from engine.fileio import atomic_write_json
 from engine.unet import PRESETS, ADMConfig, ADMUNet
 from export.contract import UNetContract
 from export.onnx import DTYPES, OPSETS, PARITY_TOLERANCE, ExportError, check_parity, export_onnx, onnx_parity
-from export.tensorrt import (PRECISIONS, VIAS, EngineError, TensorRTBuilder, TorchTensorRTBuilder,
-                             get_engine, import_tensorrt, import_torch_tensorrt)
+from export.tensorrt import (GROUPNORM_OPSET_TENSORRT, PRECISIONS, VIAS, EngineError, TensorRTBuilder,
+                             TorchTensorRTBuilder, get_engine, import_tensorrt, import_torch_tensorrt,
+                             installed_tensorrt_version, onnx_opset_for, version_tuple)
 
 log = logging.getLogger(__name__)
 DEFAULT_PRESET = "adm256_uncond"
@@ -68,7 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("build"), help="output folder (default ./build)")
     p.add_argument("--onnx-only", action="store_true", help="stop after exporting and checking the ONNX (exit 0)")
     p.add_argument("--opset", choices=[str(o) for o in OPSETS], default="auto",
-                   help="ONNX opset: auto (21 with native GroupNormalization if it checks out, else 17), 21 or 17")
+                   help="ONNX opset: auto (21 with native GroupNormalization if it checks out and the installed "
+                        "TensorRT parses it, i.e. from 10.9 on; else 17), 21 or 17")
+    p.add_argument("--norm-outputs-fp32", action="store_true",
+                   help="also force the GroupNorm layers' outputs to fp32 (reformat layers around each; default: "
+                        "they compute in fp32 and output in the engine's precision); a separate engine, to compare")
     p.add_argument("--onnx-dtype", choices=sorted(DTYPES), default="fp32",
                    help="weights of the ONNX file (default fp32; the interface stays fp32 either way)")
     p.add_argument("--parity-batches", default="1,3,N", metavar="LIST",
@@ -124,13 +129,32 @@ def versions(device: torch.device) -> dict:
     return info
 
 
+def export_opset(args) -> tuple[int | str, str]:
+    """(the opset to export, why): --opset as given, except that "auto" follows the installed TensorRT
+    (export.tensorrt.onnx_opset_for) when the engine is built from the ONNX file; InputError for --opset 21
+    with a TensorRT that cannot parse it."""
+    version = installed_tensorrt_version()
+    if args.via != "onnx":
+        return args.opset, f"--via {args.via} does not parse the ONNX file"
+    if args.opset == "auto":
+        return onnx_opset_for(version)
+    if args.opset == 21 and version is not None and version_tuple(version) < GROUPNORM_OPSET_TENSORRT:
+        need = ".".join(map(str, GROUPNORM_OPSET_TENSORRT))
+        raise InputError(f"--opset 21: the installed TensorRT {version} parses opset 21's GroupNormalization only "
+                         f"from {need}; use --opset 17 (or auto), or upgrade TensorRT")
+    return args.opset, "--opset given"
+
+
 def export_step(args, model: ADMUNet, contract: UNetContract) -> tuple[dict, list]:
     """Export the ONNX file and run it in onnxruntime: the manifest's "onnx" section and the parity results."""
-    exported = export_onnx(model, contract, args.out / "unet.onnx", dtype=args.onnx_dtype, opset=args.opset)
+    opset, why = export_opset(args)
+    log.info("ONNX opset %s: %s", opset, why)
+    exported = export_onnx(model, contract, args.out / "unet.onnx", dtype=args.onnx_dtype, opset=opset)
     start = time.perf_counter()
     parity = onnx_parity(exported.path, model, contract, args.parity_batches)
     tol = PARITY_TOLERANCE[args.onnx_dtype]
-    section = {**exported.as_dict(), "parity": [p.as_dict() for p in parity], "parity_tolerance": tol,
+    section = {**exported.as_dict(), "opset_asked": opset, "opset_reason": why,
+               "parity": [p.as_dict() for p in parity], "parity_tolerance": tol,
                "parity_ok": all(p.finite and p.rel_l2 <= tol for p in parity),
                "parity_seconds": round(time.perf_counter() - start, 3)}
     return section, parity
@@ -155,7 +179,7 @@ def engine_step(args, model: ADMUNet, contract: UNetContract, onnx_path: Path) -
     if args.via == "torch-tensorrt":
         builder = TorchTensorRTBuilder(model, device)
     else:
-        builder = TensorRTBuilder(device)
+        builder = TensorRTBuilder(device, norm_outputs_fp32=args.norm_outputs_fp32)
     result = get_engine(onnx_path, contract, args.precision, args.out, builder=builder, model=model)
     return {"precision": args.precision, "via": args.via, **result.as_dict()}
 

@@ -6,7 +6,16 @@ Q/DQ nodes (TensorRT quantises only explicitly). One optimisation profile, min 1
 opt N / max N (`UNetContract.profile`). With `fp32_islands` the layers where fp16
 overflows or loses the signal are pinned to fp32 under OBEY_PRECISION_CONSTRAINTS:
 normalisation (GroupNorm / InstanceNorm), reductions, and the sinusoidal timestep
-features (t·f reaches 10³ radians, past fp16's resolution).
+features (t·f reaches 10³ radians, past fp16's resolution). A normalisation layer computes
+in fp32 and hands on its output in the engine's precision (a normalised activation is O(1));
+`norm_outputs_fp32` also forces its output to fp32, the first recipe, which puts reformat
+layers around every GroupNorm (~60 in ADM-256): build both and time them side by side with
+`bench/fps.py --engine A --engine B`. Reductions and the timestep features keep fp32
+outputs either way (a sum of squares or t·f does not fit fp16).
+
+Opset. TensorRT's ONNX parser reads opset 21's GroupNormalization (per-channel scale and
+bias) from TensorRT 10.9 on; `onnx_opset_for` chooses the export's opset from the installed
+version: "auto" (21 when it exports cleanly, else 17) from 10.9 on or without TensorRT, 17 before.
 
 Cache (in `cache_dir`):
 
@@ -30,7 +39,9 @@ TensorRT itself is reached only through a builder object (`TensorRTBuilder`,
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
+import importlib.metadata
 import inspect
 import logging
 import os
@@ -58,7 +69,11 @@ ENGINE_TOLERANCE = {"fp16": 1e-2, "bf16": 5e-2, "fp8": 1.5e-1}
 #: lowest compute capability with fast kernels for each precision
 MIN_CAPABILITY = {"fp16": (7, 0), "bf16": (8, 0), "fp8": (8, 9)}
 #: version of the build recipe (flags, fp32 islands); part of the key, bump when it changes
-RECIPE = 1
+RECIPE = 2
+#: the first TensorRT whose ONNX parser reads opset 21's GroupNormalization
+GROUPNORM_OPSET_TENSORRT = (10, 9)
+#: names the tensorrt wheel is installed under (the meta package, or the CUDA-specific ones)
+TENSORRT_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_cu12", "tensorrt_cu13")
 RECORD_FORMAT = 1
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -74,6 +89,43 @@ def import_torch_tensorrt():
 
 
 # ---------------------------------------------------------------- environment and key
+
+def installed_tensorrt_version() -> str | None:
+    """The installed TensorRT's version, read from its wheel's metadata (nothing imported); None without one."""
+    for name in TENSORRT_DISTRIBUTIONS:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """"10.9.0.34" → (10, 9, 0, 34); the leading numeric fields only ("10.9.0.post1" → (10, 9, 0))."""
+    fields = []
+    for part in version.split("."):
+        digits = "".join(c for c in part if c.isdigit()) if part[:1].isdigit() else ""
+        if not digits:
+            break
+        fields.append(int(digits))
+    return tuple(fields)
+
+
+def onnx_opset_for(tensorrt_version: str | None) -> tuple[int | str, str]:
+    """(the ONNX opset to export for the TensorRT that will parse it, why).
+
+    From TensorRT 10.9 on (or with no TensorRT installed: the file is for onnxruntime or another
+    machine) "auto": opset 21 with native GroupNormalization when it exports cleanly, else 17.
+    Before 10.9 the parser cannot read opset 21's GroupNormalization: 17 (GroupNorm lowered to
+    InstanceNormalization + Reshape/Mul/Add).
+    """
+    if tensorrt_version is None:
+        return "auto", "no TensorRT installed: opset 21 preferred"
+    need = ".".join(map(str, GROUPNORM_OPSET_TENSORRT))
+    if version_tuple(tensorrt_version) >= GROUPNORM_OPSET_TENSORRT:
+        return "auto", f"TensorRT {tensorrt_version} parses opset 21's GroupNormalization (from {need})"
+    return 17, f"TensorRT {tensorrt_version} parses opset 21's GroupNormalization only from {need}: opset 17"
+
 
 def key_fields(onnx_sha: str, contract: UNetContract, precision: str, via: str,
                environment: Mapping, settings: Mapping | None = None) -> dict:
@@ -123,7 +175,7 @@ class TensorRTBuilder:
     via = "onnx"
 
     def __init__(self, device: str | torch.device = "cuda", *, workspace_gib: float = 8.0,
-                 fp32_islands: bool = True):
+                 fp32_islands: bool = True, norm_outputs_fp32: bool = False):
         self.trt = import_tensorrt()
         if int(self.trt.__version__.split(".")[0]) >= 11:
             raise EngineError(f"TensorRT {self.trt.__version__}: this builder sets the weakly typed precision "
@@ -134,13 +186,15 @@ class TensorRTBuilder:
                               f"(CUDA available: {torch.cuda.is_available()})")
         self.workspace_bytes = int(workspace_gib * 2**30)
         self.fp32_islands = fp32_islands
+        self.norm_outputs_fp32 = norm_outputs_fp32
         self.logger = self.trt.Logger(self.trt.Logger.WARNING)
 
     def environment(self) -> dict:
         return gpu_environment(self.device)
 
     def settings(self) -> dict:
-        return {"workspace_bytes": self.workspace_bytes, "fp32_islands": self.fp32_islands}
+        return {"workspace_bytes": self.workspace_bytes, "fp32_islands": self.fp32_islands,
+                "norm_outputs_fp32": self.norm_outputs_fp32}
 
     def build(self, onnx_path: Path, contract: UNetContract, precision: str, timing_cache: Path) -> bytes:
         trt = self.trt
@@ -175,8 +229,9 @@ class TensorRTBuilder:
                               "only; quantise it with NVIDIA ModelOpt first); this one has none")
         if self.fp32_islands:
             config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-            pinned = pin_fp32_islands(trt, network)
-            log.info("pinned %d layers to fp32 (normalisation, reductions, timestep features)", pinned)
+            pinned = pin_fp32_islands(trt, network, norm_outputs_fp32=self.norm_outputs_fp32)
+            log.info("pinned %d layers to fp32 (normalisation, reductions, timestep features; normalisation "
+                     "outputs in %s)", pinned, "fp32" if self.norm_outputs_fp32 else "the engine's precision")
 
     def load(self, blob: bytes, batch: int) -> EpsModel:
         from engine.backends.tensorrt import TensorRTEps
@@ -220,20 +275,30 @@ class TorchTensorRTBuilder(TensorRTBuilder):
         return bytes(blob)
 
 
+#: the options TorchTensorRTBuilder passes to torch-tensorrt's converter
+TORCH_TRT_OPTIONS = ("use_explicit_typing", "workspace_size", "timing_cache_path")
+
+
 def _serialized_engine_converter(torch_trt):
-    """torch-tensorrt's exported-program → serialized-engine converter, if this version has it with the
-    keywords used here (strong typing, workspace, timing cache); EngineError naming what is missing otherwise."""
-    convert = getattr(torch_trt.dynamo, "convert_exported_program_to_serialized_trt_engine", None)
-    needed = {"use_explicit_typing", "workspace_size", "timing_cache_path"}
-    if convert is not None:
-        params = inspect.signature(convert).parameters
-        if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-            return convert
-        needed -= set(params)
-    if convert is None or needed:
-        missing = "convert_exported_program_to_serialized_trt_engine" if convert is None else ", ".join(sorted(needed))
-        raise EngineError(f"torch-tensorrt {torch_trt.__version__} lacks {missing}; upgrade torch-tensorrt "
+    """torch-tensorrt's exported-program → serialized-engine converter, if this version names every option
+    used here (TORCH_TRT_OPTIONS: strong typing, workspace, timing cache) as a parameter; EngineError naming
+    what is missing otherwise. An option the signature only catches in **kwargs does not count: the converter
+    reads deprecated names from there and drops the rest, so a renamed option would be ignored silently."""
+    name = "convert_exported_program_to_serialized_trt_engine"
+    convert = getattr(torch_trt.dynamo, name, None)
+    if convert is None:
+        raise EngineError(f"torch-tensorrt {torch_trt.__version__} lacks {name}; upgrade torch-tensorrt "
                           f"or build with --via onnx")
+    params = inspect.signature(convert).parameters
+    named = {k for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    missing = [option for option in TORCH_TRT_OPTIONS if option not in named]
+    if missing:
+        near = {option: difflib.get_close_matches(option, sorted(named), n=2, cutoff=0.5) for option in missing}
+        hints = "; ".join(f"{o}: it names {', '.join(n)}" for o, n in near.items() if n)
+        swallowed = any(p.kind == p.VAR_KEYWORD for p in params.values())
+        raise EngineError(f"torch-tensorrt {torch_trt.__version__} lacks {', '.join(missing)}"
+                          f"{' (its **kwargs would swallow and ignore them)' if swallowed else ''}"
+                          f"{'; ' + hints if hints else ''}; upgrade torch-tensorrt or build with --via onnx")
     return convert
 
 
@@ -280,13 +345,16 @@ def _has_quantize_layers(trt, network) -> bool:
     return any(network.get_layer(i).type in kinds for i in range(network.num_layers))
 
 
-def pin_fp32_islands(trt, network, t_name: str = T) -> int:
+def pin_fp32_islands(trt, network, t_name: str = T, *, norm_outputs_fp32: bool = False) -> int:
     """Pin the normalisation and reduce layers and the timestep features to fp32.
 
+    Each pinned layer computes in fp32 (`layer.precision`). Reductions and the timestep features
+    also hand on fp32 outputs (`set_output_type`): a sum of squares or t·f does not fit fp16. A
+    normalisation layer's output is O(1) and stays in the engine's precision, so TensorRT adds no
+    reformat layers around it, unless `norm_outputs_fp32` (the first recipe, kept to compare).
     Softmax is left to TensorRT: its fused attention kernels keep the softmax in fp32
     inside, and pinning it would split them. Layers with an integer or shape-tensor output
-    (shape arithmetic) are left alone. Returns the number of layers pinned (precision and
-    output types set to fp32).
+    (shape arithmetic) are left alone. Returns the number of layers pinned.
     """
     kinds = {trt.LayerType.NORMALIZATION, trt.LayerType.REDUCE}
     layers = [network.get_layer(i) for i in range(network.num_layers)]
@@ -297,6 +365,8 @@ def pin_fp32_islands(trt, network, t_name: str = T) -> int:
         out.dtype in floats and not out.is_shape_tensor for out in map(layer.get_output, range(layer.num_outputs)))}
     for layer in chosen.values():
         layer.precision = trt.float32
+        if layer.type == trt.LayerType.NORMALIZATION and not norm_outputs_fp32:
+            continue
         for k in range(layer.num_outputs):
             layer.set_output_type(k, trt.float32)
     return len(chosen)

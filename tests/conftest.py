@@ -4,6 +4,8 @@ import os
 import pytest
 import torch
 
+from per_test_timeout import pytest_addoption, pytest_runtest_call  # noqa: F401  (hooks: --test-timeout)
+
 # Without CUDA, Triton kernels run in the interpreter on CPU tensors. Triton reads
 # this when a kernel is decorated, so it must be set before `kernels` is imported.
 if not torch.cuda.is_available():

@@ -25,7 +25,7 @@ def _rel(a, b) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
-def operator_errors(rank, world, frames):
+def operator_errors(rank, world, frames, specs=SPECS):
     """{spec: largest relative error of this rank's rows} against the single-process operator, fp64:
     A, Aᵀ, AᵀA, the preconditioner, l = 5 (P)CG steps noiseless and regularised, and the dot test."""
     shape = (frames, 3, 8, 8)
@@ -34,7 +34,7 @@ def operator_errors(rank, world, frames):
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(shape, generator=gen, dtype=torch.float64)
     out = {}
-    for spec in SPECS:
+    for spec in specs:
         full, sharded = from_spec(spec, shape, kernels="torch"), ShardedOperator(spec, shape, comm)
         y = torch.rand(full.out_shape, generator=gen, dtype=torch.float64)
         errors = [_rel(sharded.A(x[a:b]), full.A(x)[a:b]), _rel(sharded.A_adjoint(y[a:b]), full.A_adjoint(y)[a:b]),
@@ -167,9 +167,35 @@ def read_on_first(rank, world, clip):
     """(decoded here?, the frame count and size every process learns) of engine.solve._read_on_first."""
     import engine.solve as solve
 
-    job, _, _ = solve.parse([clip, "--degrade", "temporal:uniform:3", "--out", "unused"])
+    job, _, _ = solve.parse([clip, "--simulate", "--degrade", "temporal:uniform:3", "--out", "unused"])
     decoded = []
     real = solve.input_frames
     solve.input_frames = lambda job: decoded.append(rank) or real(job)
     clean, notes, frames, shape = solve._read_on_first(job, rank)
     return bool(decoded), clean is not None, frames, shape
+
+
+def halo_errors_in_nccl_order(rank, world, frames):
+    """Under NCCL's matching (tests/nccl_order.py): {case: largest |error|} of Comm.halo against the video's own
+    frames, for a ring and for open ends, equal and unequal reaches; then operator_errors for circular and
+    replicate boundaries. Returns (halo errors, operator errors, point-to-point operations seen)."""
+    from nccl_order import nccl_matching
+
+    video = torch.arange(frames, dtype=torch.float64).view(frames, 1, 1).expand(frames, 2, 3).contiguous()
+    video = video + 0.25 * torch.arange(6, dtype=torch.float64).view(1, 2, 3)       # every value distinct
+    comm = Comm(frames)
+    a, b = comm.shard.start, comm.shard.stop
+    halos = {}
+    with nccl_matching() as seen:
+        for ring in (True, False):
+            for lo, hi in ((2, 2), (3, 0), (0, 2), (1, 3)):
+                got = comm.halo(video[a:b], lo, hi, ring)
+                rows = [((i % frames) if ring else i) for i in range(a - lo, b + hi)]
+                want = torch.stack([video[i] if 0 <= i < frames else torch.zeros_like(video[0]) for i in rows])
+                case = f"ring={ring} lo={lo} hi={hi}"
+                halos[case] = float((got - want).abs().max()) if got.shape == want.shape else float("inf")
+                if halos[case] != 0:                 # stop before an exchange that no longer pairs up hangs
+                    return halos, {}, seen.operations
+        specs = ["temporal:uniform:7", "temporal:uniform:7:replicate", "temporal:uniform:5:replicate+sr:2"]
+        operators = operator_errors(rank, world, frames, specs)
+    return halos, operators, seen.operations

@@ -55,13 +55,66 @@ def test_norm_rows_pair_the_fused_and_upstream_group_norms():
 @pytest.mark.parametrize("task", ["temporal-k7-sr4", "temporal-k7-deblur"])
 def test_task_rows_run(monkeypatch, task):
     timed = []
-    monkeypatch.setattr(kbench, "bench", lambda fn, rep_ms=50: (timed.append(fn()), 2.0)[1])
-    monkeypatch.setattr(kbench, "graphed", lambda fn: fn)          # CUDA graphs need CUDA
+    monkeypatch.setattr(kbench, "bench", lambda fn, rep_ms=50, dev="cuda": (timed.append(fn()), 2.0)[1])
+    monkeypatch.setattr(kbench, "graphed", lambda fn, dev="cuda": fn)          # CUDA graphs need CUDA
     rows = kbench.task_rows(task, SHAPE, torch.float32, dev="cpu")
     assert [what for what, *_ in rows][0].startswith("CG_5") and len(rows) == 5
     assert all(isinstance(t, torch.Tensor) and torch.isfinite(t).all() for t in timed)
     for what, ms, torch_ms in rows:
         assert ms == (0.0 if "iteration" in what else 2.0) and torch_ms in (0.0, 2.0), what
+
+
+def test_task_rows_run_the_cg_as_the_solver_runs_it(monkeypatch):
+    """The CG rows apply the Solver's preconditioner (engine.cg.preconditioner with the task's γ and the Solver's
+    δ) at every iteration: the CG_l row's result equals preconditioned CG and differs from plain CG."""
+    from engine.cg import data_consistency, preconditioner
+    from engine.operators import from_spec
+    from engine.runtime import SolverConfig
+    from engine.tasks import TASKS
+
+    results = []
+    monkeypatch.setattr(kbench, "bench", lambda fn, rep_ms=50, dev="cuda": (results.append(fn()), 1.0)[1])
+    monkeypatch.setattr(kbench, "step_kernels", lambda kernels: kbench.StepKernels())   # torch ops both sides
+    shape = (16, 3, 8, 8)                                # plain CG_5 does not converge at 16 frames
+    kbench.task_rows("temporal-k7", shape, torch.float64, dev="cpu")
+    cg_l = results[-4]                                   # the torch CG_l of the "CG_l, eager launches" row
+    gen = torch.Generator(device="cpu").manual_seed(1)   # the inputs task_rows draws, in its order
+    x = torch.rand(shape, generator=gen).to(torch.float64) * 2 - 1
+    torch.randn((shape[0], 6, *shape[2:]), generator=gen)
+    torch.randn((1, *shape[1:]), generator=gen)
+    op = from_spec(TASKS["temporal-k7"].spec, shape, dtype=torch.float64, kernels="torch")
+    y = op.A(torch.rand(shape, generator=gen).to(torch.float64))
+    cfg = SolverConfig.from_task("temporal-k7", frames=16, size=8)
+    P = preconditioner(op, cfg.gamma, cfg.cg_precond, dtype=torch.float64)
+    assert P is not None
+    l = TASKS["temporal-k7"].cg_iters
+    torch.testing.assert_close(cg_l, data_consistency(op, y, x, l, cfg.gamma, precond=P), rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(cg_l, data_consistency(op, y, x, l, cfg.gamma), rtol=1e-6, atol=1e-8)
+
+
+def test_unet_rows_run_as_the_engine_runs_the_network():
+    """bench/kernel_speed.py's UNet forward, plain and with cudnn.benchmark, on the CPU at a toy size: the
+    benchmark's call into the engine (engine.backends.torch_eps) must match the engine's signature."""
+    assert kbench.unet_ms(2, 32, "torch", preset="tiny", dev="cpu") > 0
+    assert kbench.unet_ms(2, 32, "torch", True, preset="tiny", dev="cpu") > 0
+    assert torch.backends.cudnn.benchmark is False                      # the flag is restored after
+
+
+def test_kernel_speed_main_runs_every_kind_of_row_on_the_cpu(monkeypatch, capsys, tmp_path):
+    """bench/kernel_speed.py end to end on the CPU at a toy size (kernel and GroupNorm rows, checked above,
+    cut to their first two): copy, kernel, UNet and task rows, none an error row, each saved as measured."""
+    rows_of = kbench.kernel_rows
+    monkeypatch.setattr(kbench, "kernel_rows", lambda *a: rows_of(*a)[:2])
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
+    code = kbench.main(["--device", "cpu", "--frames", "7", "--size", "8", "--preset", "tiny", "--norms", "torch",
+                        "--tasks", "temporal-k7-sr4", "--json", "--save"])
+    rows = json_rows(capsys)
+    assert [r for r in rows if r["kind"] == "error"] == [] and code == 0
+    kinds = [r["kind"] for r in rows]
+    assert kinds == ["copy", "kernel", "kernel", "unet", "unet", "task", "task", "task", "task", "task"], kinds
+    assert all(r["device"] == "cpu" for r in rows)
+    saved = [json.loads(line) for line in (tmp_path / "kernels.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in saved] == [r["name"] for r in rows]
 
 
 def test_speedup_guards_non_positive_times():
@@ -99,6 +152,63 @@ def test_fps_times_the_learned_prior(capsys):
     assert row["backend"] == "torch" and row["prior"] == "ffdnet" and row["preset"] is None and row["start"] == 400
     assert row["size"] == [32, 32] and row["tiles"] == 1 and row["speedup_vs_reference"] is None
     assert row["unet_flops_per_forward"] == 8 * FFDNet().flops(32, 32) and row["unet_tflops"] > 0
+
+
+def test_fps_stages_are_timed_in_the_solvers_own_loop(monkeypatch):
+    """The stage split runs the loop the timed clips run: the Solver's preconditioner and warm start."""
+    import engine.runtime as runtime
+
+    args = fps.parse_args(["--preset", "tiny", "--frames", "7", "--nfe", "2", "--cg-iters", "1", "--start", "500"])
+    args.engine_labels = {}
+    solver, _ = fps.build_solver(args, "torch", 7)
+    seen, loop = [], runtime.reverse_process
+
+    def spy(*a, **kw):
+        seen.append(kw)
+        return loop(*a, **kw)
+
+    monkeypatch.setattr(runtime, "reverse_process", spy)
+    y = solver.measure(torch.rand(solver.op.in_shape, generator=torch.Generator().manual_seed(0)))
+    shares = fps.stage_shares(solver, y, repeats=1)
+    assert len(seen) == 1 and seen[0]["precond"] is not None and seen[0]["warm"] is not None
+    assert seen[0]["precond"] is solver._precond and seen[0]["stage"] is not None
+    assert shares["unet_s"] > 0 and sum(shares.values()) <= 1
+
+
+def test_fps_reports_the_peak_without_the_callers_model_and_extrapolates_the_nfe(capsys, monkeypatch):
+    """A row's peak with the benchmark's fp32 model alive during the build, the clips' own peak once it is gone,
+    the model's size; --extrapolate-nfe scales the timed clip linearly to K steps, says so, and the targets
+    are checked on the K-step figures."""
+    from engine.unet import ADMConfig, ADMUNet
+
+    monkeypatch.setattr(fps, "time_fn", lambda fn, device, repeats, warmup: (fn(), [0.5])[1])
+    assert fps.main([*SWEEP, "--frames", "7", "--backends", "torch", "--no-reference", "--json",
+                     "--extrapolate-nfe", "20", "--target-fps", "1"]) == 0
+    (row,) = json_rows(capsys)
+    weights = sum(p.numel() * 4 for p in ADMUNet(ADMConfig.preset("tiny")).parameters())
+    assert row["caller_model_bytes"] >= weights > 0
+    assert 0 < row["peak_mem_solve_bytes"] <= row["peak_mem_bytes"]
+    e = row["extrapolated"]
+    assert e["to_nfe"] == 20 and e["from_nfe"] == 2 and "linear" in e["method"]
+    assert e["seconds_per_clip"] == pytest.approx(5.0) and e["fps"] == pytest.approx(7 / 5.0)
+    assert row["targets"]["fps"] == {"target": 1.0, "measured": pytest.approx(1.4), "met": True}
+    fps.print_table([dict(row, seconds_per_frame_ratio=1.0, flat=True, growth_bytes_per_frame=None)])
+    assert "extrapolated to 20 NFE from 2: 5.000 s/clip" in capsys.readouterr().out
+
+
+def test_fps_times_several_engines_side_by_side(tmp_path):
+    """--engine given twice: one tensorrt row per engine, labelled by its file, with the settings it was built
+    with (read from its record) so that two builds can be compared."""
+    a, b = tmp_path / "unet-a.engine", tmp_path / "unet-b.engine"
+    for path, outputs in ((a, False), (b, True)):
+        path.write_bytes(b"engine")
+        (tmp_path / (path.name + ".json")).write_text(json.dumps(
+            {"fields": {"settings": {"fp32_islands": True, "norm_outputs_fp32": outputs}}}))
+    args = fps.parse_args(["--backends", "torch,tensorrt", "--engine", str(a), "--engine", str(b)])
+    labels = fps.engine_labels(args.backends.split(","), args.engine)
+    assert fps.expand_backends(["torch", "tensorrt"], labels) == ["torch", "tensorrt[unet-a]", "tensorrt[unet-b]"]
+    assert fps.engine_settings(labels["tensorrt[unet-b]"])["norm_outputs_fp32"] is True
+    assert fps.engine_labels(["tensorrt"], [a]) == {"tensorrt": a} and fps.engine_settings(tmp_path / "x") is None
 
 
 def test_ffdnet_flops_count_every_convolution_weight_per_half_resolution_pixel():

@@ -125,7 +125,7 @@ def test_cli_clean_input(tmp_path, clip):
     x = clip.float()
     noisy = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2))).clamp(0, 1)
     out = tmp_path / "out"
-    argv = [save(tmp_path / "x.npy", x), "--degrade", "temporal:uniform:7", "--blind",
+    argv = [save(tmp_path / "x.npy", x), "--simulate", "--degrade", "temporal:uniform:7", "--blind",
             "--init", save(tmp_path / "init.npy", noisy), *FAST, "--out", str(out)]
     assert main(argv) == 0
     report = json.loads((out / "metrics.json").read_text())
@@ -139,7 +139,7 @@ def test_cli_measured_input(tmp_path, clip):
     x = clip.float()
     y = blurred(x, "temporal:gaussian:1.0")
     out = tmp_path / "out"
-    assert main([save(tmp_path / "y.npy", y), "--measured", "--blind", "--init", save(tmp_path / "i.npy", x),
+    assert main([save(tmp_path / "y.npy", y), "--sigma-y", "0", "--blind", "--init", save(tmp_path / "i.npy", x),
                  *FAST, "--out", str(out)]) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["blind"]["psf"] == "temporal:gaussian:1.0:circular" and "restored" not in report
@@ -162,7 +162,7 @@ def test_cli_usage_errors(tmp_path, capsys, argv, message):
 ])
 def test_cli_bad_inputs_leave_no_output(tmp_path, capsys, clip, degrade, init_frames, message):
     out = tmp_path / "never"
-    argv = [save(tmp_path / "x.npy", clip.float()), "--degrade", degrade, "--blind",
+    argv = [save(tmp_path / "x.npy", clip.float()), "--simulate", "--degrade", degrade, "--blind",
             "--init", save(tmp_path / "i.npy", clip.float()[:init_frames]), *FAST, "--out", str(out)]
     assert main(argv) == 2
     err = capsys.readouterr().err

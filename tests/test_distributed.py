@@ -95,6 +95,21 @@ def test_solver_with_a_process_group_equals_one_solver(noise):
         torch.testing.assert_close(x_part, x[a:b], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("world, frames", [(2, 13), (3, 20)])
+def test_halos_and_operators_hold_when_point_to_point_pairs_in_issue_order(world, frames):
+    """NCCL ignores tags and pairs the sends and receives between two ranks in the order they were issued
+    (tests/nccl_order.py makes gloo do the same). On 2 ranks around a ring left and right are one peer: the
+    halos must still arrive in their places, for equal and unequal reaches, around a ring and with open ends,
+    and the sharded operators (circular and replicate boundaries) must equal the one-process ones."""
+    for halos, operators, operations in _values(run_local(workers.halo_errors_in_nccl_order, world, frames,
+                                                          timeout=150)):
+        assert operations > 0                                   # the exchanges went through the wrapper
+        wrong = {case: error for case, error in halos.items() if error != 0}
+        assert not wrong, wrong
+        worst = max(operators.items(), key=lambda kv: kv[1])
+        assert worst[1] < 1e-12, worst
+
+
 def test_a_shard_shorter_than_the_psf_reach_is_refused_on_every_rank():
     results = run_local(workers.build_sharded, 3, 13, "temporal:uniform:7")
     assert all(not ok and "reaches 6 frames" in err and "at most 2 processes" in err for ok, err in results)
@@ -142,7 +157,7 @@ def _same_frames_as_one_process(args, tmp_path):
     return two
 
 
-ARGS = ["--degrade", "temporal:uniform:5", "--sigma-y", "0.02", "--prior", "gaussian", "--nfe", "4",
+ARGS = ["--simulate", "--degrade", "temporal:uniform:5", "--sigma-y", "0.02", "--prior", "gaussian", "--nfe", "4",
         "--baselines", "none"]
 
 
@@ -240,7 +255,8 @@ def test_torchrun_windows_write_the_frames_one_process_writes(tmp_path):
     windows' (within one 8-bit level) and metrics.json names both processes."""
     clip = _clip(tmp_path)
     args = [str(clip), *ARGS, "--max-frames", "8", "--warm-start", "600"]     # torchrun would take --start
-    _same_frames_as_one_process(args, tmp_path)
+    two = _same_frames_as_one_process(args, tmp_path)
+    assert two.stderr.count("wrote restored.mp4") == 1                        # process 0 says where, once
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["windows"]["streamed"] and metrics["world_size"] == 2
     assert [r["rank"] for r in metrics["ranks"]] == [0, 1] and all(r["windows_split"] == 2 for r in metrics["ranks"])

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from export.build import EXIT_ERROR, EXIT_STOPPED, engine_blockers, main, parse_args, parse_batches
+from engine.errors import InputError
 from engine.unet import ADMConfig, ADMUNet
 from export.contract import BATCH_AXIS, UNetContract, error_stats, full_fp32, reference_eps
 from export.onnx import (FALLBACK_OPSET, NATIVE_GROUPNORM_OPSET, PARITY_TOLERANCE, ExportError, check_parity,
@@ -230,9 +231,31 @@ def test_help_documents_every_flag(capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--batch", "--checkpoint", "--random-weights", "--preset", "--precision", "--via", "--out",
-                 "--onnx-only", "--opset", "--onnx-dtype", "--parity-batches", "--device", "--seed", "--verbose"):
+                 "--onnx-only", "--opset", "--onnx-dtype", "--parity-batches", "--device", "--seed", "--verbose",
+                 "--norm-outputs-fp32"):
         assert flag in text
     assert "adm256_uncond" in text and "torch-tensorrt" in text and "fp8" in text
+
+
+@pytest.mark.parametrize("installed, opset, via, chosen", [
+    ("10.8.0.43", "auto", "onnx", 17), ("10.9.0.34", "auto", "onnx", "auto"), (None, "auto", "onnx", "auto"),
+    ("10.8.0.43", "17", "onnx", 17), ("10.8.0.43", "auto", "torch-tensorrt", "auto")])
+def test_build_exports_the_opset_the_installed_tensorrt_parses(monkeypatch, installed, opset, via, chosen):
+    import export.build as build
+
+    monkeypatch.setattr(build, "installed_tensorrt_version", lambda: installed)
+    args = parse_args(["--random-weights", "--opset", opset, "--via", via])
+    assert build.export_opset(args)[0] == chosen
+
+
+def test_build_refuses_opset_21_for_a_tensorrt_that_cannot_parse_it(monkeypatch):
+    import export.build as build
+
+    monkeypatch.setattr(build, "installed_tensorrt_version", lambda: "10.3.0")
+    with pytest.raises(InputError, match="TensorRT 10.3.0 parses opset 21's GroupNormalization only from 10.9"):
+        build.export_opset(parse_args(["--random-weights", "--opset", "21"]))
+    monkeypatch.setattr(build, "installed_tensorrt_version", lambda: "10.9.0")
+    assert build.export_opset(parse_args(["--random-weights", "--opset", "21"]))[0] == 21
 
 
 def test_weights_must_be_chosen_explicitly(capsys):

@@ -107,7 +107,8 @@ def test_a_larger_batch_or_a_checkpoint_needs_more():
 # ── the command ─────────────────────────────────────────────────────────────
 
 N, SIZE, W = 20, 32, 9
-RUN = ["--degrade", "temporal:uniform:3", "--prior", "gaussian", "--nfe", "2", "--cg-iters", "2", "--device", "cpu",
+RUN = ["--simulate", "--degrade", "temporal:uniform:3", "--prior", "gaussian", "--nfe", "2", "--cg-iters", "2",
+       "--device", "cpu",
        "--batch", "4"]
 
 

@@ -154,6 +154,23 @@ def test_draw_noise_shapes():
         draw_noise(0, 20, SHAPE, "per-pixel")
 
 
+def test_draw_noise_is_drawn_once_per_seed_with_the_same_numbers():
+    """A seed seen before gives the kept draw back (no second draw), with the numbers one CPU generator
+    of that seed gives; another seed, size or mode draws afresh."""
+    want = torch.randn((5, 1, 3, 8, 8), generator=torch.Generator().manual_seed(11))
+    first = draw_noise(11, 4, SHAPE)
+    assert torch.equal(first, want) and draw_noise(11, 4, SHAPE) is first
+    assert not torch.equal(draw_noise(12, 4, SHAPE), first)
+    independent = torch.randn((5, 4, 3, 8, 8), generator=torch.Generator().manual_seed(11))
+    assert torch.equal(draw_noise(11, 4, SHAPE, "independent"), independent)
+
+
+@pytest.mark.gpu
+def test_pinned_noise_has_the_cpu_numbers():
+    pinned = draw_noise(3, 2, SHAPE, pin=True)
+    assert pinned.is_pinned() and torch.equal(pinned, draw_noise(3, 2, SHAPE))
+
+
 def test_bad_measurements():
     op = FrameAverage()
     with pytest.raises(InputError, match="shape"):

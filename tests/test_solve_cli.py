@@ -9,7 +9,8 @@ from engine.solve import main
 from engine.testclips import camera_clip
 from kernels.common import INTERPRET
 
-FAST = ["--nfe", "3", "--cg-iters", "2", "--size", "32", "--device", "cpu"]   # on the CPU on any machine
+FAST = ["--simulate", "--nfe", "3", "--cg-iters", "2", "--size", "32", "--device", "cpu"]   # on the CPU on any machine
+REAL = FAST[1:]                                      # INPUT is the degraded video: the default
 TRITON_DEVICE = "cpu" if INTERPRET else "cuda"       # Triton on CPU tensors needs the interpreter
 
 
@@ -71,7 +72,7 @@ def test_measured_input_with_sr(tmp_path):
     path = tmp_path / "y.npy"
     np.save(path, y.permute(1, 0, 2, 3).numpy())
     out = tmp_path / "out"
-    assert main([str(path), "--degrade", "temporal:uniform:3+sr:4", "--measured", *FAST, "--out", str(out)]) == 0
+    assert main([str(path), "--degrade", "temporal:uniform:3+sr:4", "--measured", *REAL, "--out", str(out)]) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert "restored" not in report and report["settings"]["size"] == [32, 32]
 
@@ -113,7 +114,7 @@ def test_too_few_frames(tmp_path, capsys, clip_npy):
 
 
 def test_measurement_of_the_wrong_size(tmp_path, capsys, clip_npy):
-    _bad(tmp_path, capsys, [str(clip_npy), "--degrade", "sr:4", "--measured"], "shape")
+    _bad(tmp_path, capsys, [str(clip_npy), "--degrade", "sr:4", *REAL], "not the 32x32 of --size", fast=False)
 
 
 def test_corrupt_checkpoint(tmp_path, capsys, clip_npy):
@@ -223,10 +224,10 @@ def test_failed_run_removes_the_parent_folders_it_created(tmp_path, capsys, clip
     (["--eta", "5"], "must lie in [0, 1], got 5.0"),
     (["--nfe", "0"], "nfe must be between 1 and 1000, got 0"),
     (["--nfe", "5000"], "nfe must be between 1 and 1000, got 5000"),
-    (["--cg-iters", "-1"], "cg_iters must be at least 0, got -1"),
+    (["--cg-iters", "-1"], "--cg-iters must be at least 0, got -1"),
     (["--frames", "0"], "--frames must be at least 1"),
-    (["--sigma-y", "-0.1"], "--sigma-y must be a finite number >= 0"),
-    (["--sigma-y", "nan"], "--sigma-y must be a finite number >= 0"),
+    (["--sigma-y", "-0.1"], "--sigma-y must be a number in [0, 1]"),
+    (["--sigma-y", "nan"], "--sigma-y must be a number in [0, 1]"),
     (["--gamma", "-1"], "gamma (γ of the regularised CG) must be a finite number > 0"),
     (["--baselines", "cg,magic"], "unknown baseline 'magic'"),
 ])
@@ -236,7 +237,7 @@ def test_bad_settings_are_one_line_before_any_work(tmp_path, capsys, clip_npy, a
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the message of a machine without CUDA")
 def test_cuda_on_a_machine_without_it(tmp_path, capsys, clip_npy):
-    _bad(tmp_path, capsys, [str(clip_npy), "--task", "temporal-k7", *FAST, "--device", "cuda"], "use --device cpu",
+    _bad(tmp_path, capsys, [str(clip_npy), "--task", "temporal-k7", *FAST, "--device", "cuda"], "--device 'cuda': this machine",
          fast=False)
 
 
@@ -256,7 +257,7 @@ def test_measured_sigma_y_states_the_noise_level(tmp_path, clip_npy, caplog):
     path = tmp_path / "y.npy"
     np.save(path, from_spec("temporal:uniform:3", clean.shape).A(clean).numpy())
     out = tmp_path / "out"
-    assert main([str(path), "--degrade", "temporal:uniform:3", "--measured", "--sigma-y", "0.05", *FAST,
+    assert main([str(path), "--degrade", "temporal:uniform:3", "--sigma-y", "0.05", *REAL,
                  "--out", str(out)]) == 0
     settings = json.loads((out / "metrics.json").read_text())["settings"]
     assert settings["sigma_y"] == 0.05 and settings["gamma"] == 0.8
@@ -272,7 +273,7 @@ def test_the_sampler_seed_does_not_move_the_inpainting_mask(tmp_path, caplog):
     for seed in ("0", "9"):
         out = tmp_path / f"out{seed}"
         with caplog.at_level("WARNING", logger="engine.solve"):
-            assert main([str(path), "--degrade", "temporal:uniform:3+inpaint:0.5", "--measured", *FAST,
+            assert main([str(path), "--degrade", "temporal:uniform:3+inpaint:0.5", *REAL,
                          "--seed", seed, "--out", str(out)]) == 0
         assert json.loads((out / "metrics.json").read_text())["settings"]["mask_seed"] == 0
     assert "assuming the random mask of seed 0 (inpaint:0.5:0)" in caplog.text

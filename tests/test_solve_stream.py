@@ -16,7 +16,7 @@ from engine.windows import VideoRestorer
 
 N, H, W, FPS, WINDOW = 40, 24, 40, 12, 8
 SPEC = "temporal:uniform:3"
-STREAM = ["--degrade", SPEC, "--prior", "gaussian", "--nfe", "3", "--cg-iters", "2", "--device", "cpu",
+STREAM = ["--simulate", "--degrade", SPEC, "--prior", "gaussian", "--nfe", "3", "--cg-iters", "2", "--device", "cpu",
           "--max-frames", str(WINDOW)]
 
 
@@ -75,9 +75,9 @@ def test_the_input_is_not_decoded_whole(tmp_path, clip_mp4, monkeypatch):
     monkeypatch.setattr(video_io, "iter_frames", counted)
     monkeypatch.setattr(video_io, "_write_png", first_noted)
     assert main([str(clip_mp4), *STREAM, "--out", str(tmp_path / "out")]) == 0
-    assert pulled[0] == N and len(at_first_write) == N
+    assert pulled[0] == N + 1 and len(at_first_write) == N                # + the first frame, decoded by the checks
     reach = 1                                                             # temporal:uniform:3
-    assert at_first_write[0] <= WINDOW + 2 * reach + 2 < N                # W free frames, one read ahead, c, ℓ
+    assert at_first_write[0] <= 1 + WINDOW + 2 * reach + 2 < N            # W free frames, one read ahead, c, ℓ
 
 
 @pytest.mark.parametrize("error, status", [(UnreadableError, 2), (RuntimeError, None)])
@@ -124,7 +124,7 @@ def test_a_measured_video_is_streamed(tmp_path):
     path = tmp_path / "y.pt"
     torch.save(y, path)
     out = tmp_path / "out"
-    assert main([str(path), *STREAM, "--degrade", f"{SPEC}+sr:2", "--measured", "--out", str(out)]) == 0
+    assert main([str(path), *STREAM[1:], "--degrade", f"{SPEC}+sr:2", "--out", str(out)]) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["windows"]["streamed"] and "restored" not in report and report["settings"]["size"] == [32, 32]
     assert written_frames(out).shape == (20, 3, 32, 32)

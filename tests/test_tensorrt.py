@@ -125,28 +125,107 @@ def test_key_is_stable_and_changes_with_everything_that_changes_an_engine():
 
 
 def test_torch_tensorrt_converter_is_checked_before_use():
+    """Every option the builder passes must be a named parameter of the installed converter: one caught only
+    by **kwargs (a renamed option) would be ignored silently, so it is refused with the names it does take."""
     from types import SimpleNamespace
 
     from export.tensorrt import _serialized_engine_converter
 
-    def current(program, inputs=None, *, use_explicit_typing=False, workspace_size=0, timing_cache_path=None):
+    def current(program, inputs=None, *, use_explicit_typing=False, workspace_size=0, timing_cache_path=None,
+                **kwargs):
         return b"engine"
 
     def open_ended(program, **kwargs):
         return b"engine"
 
+    def renamed(program, inputs=None, *, use_strong_typing=False, workspace_size=0, timing_cache_path=None,
+                **kwargs):
+        return b"engine"
+
     def old(program, inputs=None, *, workspace_size=0):
         return b"engine"
 
-    for fn in (current, open_ended):
-        module = SimpleNamespace(__version__="2.9.0", dynamo=SimpleNamespace(
-            convert_exported_program_to_serialized_trt_engine=fn))
-        assert _serialized_engine_converter(module) is fn
-    for dynamo, missing in ((SimpleNamespace(convert_exported_program_to_serialized_trt_engine=old),
-                             "timing_cache_path, use_explicit_typing"),
-                            (SimpleNamespace(), "convert_exported_program_to_serialized_trt_engine")):
-        with pytest.raises(EngineError, match=f"torch-tensorrt 2.4.0 lacks {missing}; upgrade"):
+    module = SimpleNamespace(__version__="2.9.0", dynamo=SimpleNamespace(
+        convert_exported_program_to_serialized_trt_engine=current))
+    assert _serialized_engine_converter(module) is current
+    for fn, message in (
+            (open_ended, r"lacks use_explicit_typing, workspace_size, timing_cache_path \(its \*\*kwargs would "
+                         r"swallow and ignore them\); upgrade"),
+            (renamed, r"lacks use_explicit_typing \(its \*\*kwargs would swallow and ignore them\); "
+                      r"use_explicit_typing: it names use_strong_typing; upgrade"),
+            (old, r"lacks use_explicit_typing, timing_cache_path; upgrade")):
+        dynamo = SimpleNamespace(convert_exported_program_to_serialized_trt_engine=fn)
+        with pytest.raises(EngineError, match=f"torch-tensorrt 2.4.0 {message}"):
             _serialized_engine_converter(SimpleNamespace(__version__="2.4.0", dynamo=dynamo))
+    with pytest.raises(EngineError, match="lacks convert_exported_program_to_serialized_trt_engine; upgrade"):
+        _serialized_engine_converter(SimpleNamespace(__version__="2.4.0", dynamo=SimpleNamespace()))
+
+
+@pytest.mark.parametrize("installed, opset", [("10.9.0.34", "auto"), ("10.13.3.9", "auto"), ("10.8.0.43", 17),
+                                              ("10.0.1", 17), (None, "auto")])
+def test_onnx_opset_follows_the_installed_tensorrt(monkeypatch, installed, opset):
+    """TensorRT parses opset 21's GroupNormalization from 10.9 on: older ones get opset 17; the version is read
+    from the wheel's metadata (faked here), under any of its distribution names."""
+    import importlib.metadata
+
+    from export.tensorrt import installed_tensorrt_version, onnx_opset_for
+
+    def version(name):
+        if installed is None or name != "tensorrt-cu12":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert installed_tensorrt_version() == installed
+    chosen, why = onnx_opset_for(installed_tensorrt_version())
+    assert chosen == opset and ("10.9" in why or installed is None)
+
+
+class FakeLayer:
+    def __init__(self, name, kind, dtype="float32"):
+        self.name, self.type, self.num_outputs, self.num_inputs = name, kind, 1, 0
+        self.precision, self.output_types = None, {}
+        self._out = type("Out", (), {"dtype": dtype, "is_shape_tensor": False, "name": name + ":0"})()
+
+    def get_output(self, k):
+        return self._out
+
+    def get_input(self, j):
+        return None
+
+    def set_output_type(self, k, dtype):
+        self.output_types[k] = dtype
+
+
+@pytest.mark.parametrize("norm_outputs_fp32", [False, True])
+def test_fp32_islands_set_the_norm_layers_precision_and_their_outputs_only_when_asked(norm_outputs_fp32):
+    """Normalisation layers compute in fp32 and keep the engine's output type (no reformat layers) unless
+    norm_outputs_fp32; reductions always output fp32 (a sum of squares overflows fp16). TensorRT faked."""
+    from types import SimpleNamespace
+
+    from export.tensorrt import pin_fp32_islands
+
+    kinds = SimpleNamespace(NORMALIZATION="norm", REDUCE="reduce", MATRIX_MULTIPLY="mm", CONVOLUTION="conv",
+                            SHAPE="shape", CAST="cast", ELEMENTWISE="elementwise")
+    trt = SimpleNamespace(LayerType=kinds, float32="float32", float16="float16", bfloat16="bfloat16")
+    layers = [FakeLayer("gn", "norm"), FakeLayer("sum", "reduce"), FakeLayer("conv", "conv", "float16")]
+    network = SimpleNamespace(num_layers=len(layers), get_layer=layers.__getitem__)
+    assert pin_fp32_islands(trt, network, norm_outputs_fp32=norm_outputs_fp32) == 2
+    gn, reduce, conv = layers
+    assert gn.precision == reduce.precision == "float32" and conv.precision is None
+    assert reduce.output_types == {0: "float32"}
+    assert gn.output_types == ({0: "float32"} if norm_outputs_fp32 else {})
+
+
+def test_builder_settings_name_the_norm_outputs():
+    """The flag is part of the engine's key (through the builder's settings), so both engines can sit in one cache."""
+    from export.tensorrt import TensorRTBuilder
+
+    builder = TensorRTBuilder.__new__(TensorRTBuilder)
+    builder.workspace_bytes, builder.fp32_islands, builder.norm_outputs_fp32 = 1 << 30, True, False
+    plain = builder.settings()
+    builder.norm_outputs_fp32 = True
+    assert plain["norm_outputs_fp32"] is False and builder.settings()["norm_outputs_fp32"] is True
 
 
 def test_key_needs_the_whole_environment():

@@ -22,6 +22,7 @@ from engine.operators.blur import SpatialBlur
 from engine.operators.common import AUTO, resolve_kernels
 from engine.operators.compose import Composition
 from engine.operators.inpaint import Inpainting
+from engine.operators.spec import parse
 from engine.operators.sr import SuperResolution
 from engine.operators.temporal import TemporalPSF, gaussian_kernel, uniform_kernel
 
@@ -149,22 +150,21 @@ def from_spec(spec: str, shape, *, seed: int = 0, device=None, dtype: torch.dtyp
     """
     if kernels not in (*KERNELS, AUTO):
         raise InputError(f"unknown operator kernels {kernels!r}; accepted: {', '.join((*KERNELS, AUTO))}")
-    if not isinstance(spec, str) or not spec.strip():
-        raise InputError(f"empty degradation spec; {accepted_specs()}")
+    try:
+        terms = parse(spec)
+    except InputError as err:
+        raise InputError(f"{err}; {accepted_specs()}") from None
     shape = _video_shape(shape)
     kernels = resolve_kernels(kernels, device, shape[0])
     ops = []
-    for term in spec.split("+"):
-        name, _, args = term.strip().partition(":")
-        if not name:
-            raise InputError(f"empty term in spec {spec!r}; {accepted_specs()}")
-        if name not in REGISTRY:
-            raise InputError(f"unknown degradation {name!r} in spec {spec!r}; {accepted_specs()}")
-        entry = REGISTRY[name]
+    for term in terms:
+        if term.name not in REGISTRY:
+            raise InputError(f"unknown degradation {term.name!r} in spec {spec!r}; {accepted_specs()}")
+        entry = REGISTRY[term.name]
         try:
-            op = entry.factory(args, shape, seed=seed, device=device, dtype=dtype, kernels=kernels)
+            op = entry.factory(term.args, shape, seed=seed, device=device, dtype=dtype, kernels=kernels)
         except InputError as err:
-            raise InputError(f"bad spec term {term.strip()!r}: {err} (usage: {entry.usage})") from None
+            raise InputError(f"bad spec term {str(term)!r}: {err} (usage: {entry.usage})") from None
         ops.append(op)
         shape = op.out_shape
     return ops[0] if len(ops) == 1 else Composition(ops)

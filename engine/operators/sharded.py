@@ -25,6 +25,7 @@ from engine.errors import InputError
 from engine.operators.base import LinearOperator, inner_product
 from engine.operators.common import Constants
 from engine.operators.registry import from_spec
+from engine.operators.spec import join, split_temporal
 from engine.operators.temporal import frame_preconditioner
 
 Tensor = torch.Tensor
@@ -87,13 +88,6 @@ class BandedFrames:
         return (M @ ext.reshape(ext.shape[0], -1)).reshape(v.shape)
 
 
-def split_terms(spec: str) -> tuple[list[str], list[str]]:
-    """(temporal terms, per-frame terms) of a spec, each in the order applied."""
-    terms = [term.strip() for term in spec.split("+")]
-    temporal = [t for t in terms if t.partition(":")[0] == "temporal"]
-    return temporal, [t for t in terms if t.partition(":")[0] != "temporal"]
-
-
 class ShardedOperator(LinearOperator):
     """`spec`'s operator on this rank's frames of a video of `shape` [N, C, H, W] sharded by `comm`
     (engine.distributed.Comm).  [n_p, C, H, W] → [n_p, C', H', W']"""
@@ -106,11 +100,11 @@ class ShardedOperator(LinearOperator):
             raise InputError(f"the video has {n} frames but the process group was sharded for {comm.shard.frames}")
         self.comm, self.shard = comm, comm.shard
         self.in_shape = (self.shard.count, *frame)
-        temporal_terms, frame_terms = split_terms(spec)
-        self.frame_op = (from_spec("+".join(frame_terms), self.in_shape, seed=seed, device=device, dtype=dtype,
+        temporal_terms, frame_terms = split_temporal(spec)
+        self.frame_op = (from_spec(join(frame_terms), self.in_shape, seed=seed, device=device, dtype=dtype,
                                    kernels="torch") if frame_terms else None)
         self.out_shape = tuple(self.frame_op.out_shape) if self.frame_op is not None else self.in_shape
-        self.temporal = [from_spec(term, (n, 1, 1, 1), kernels="torch") for term in temporal_terms]
+        self.temporal = [from_spec(str(term), (n, 1, 1, 1), kernels="torch") for term in temporal_terms]
         frame_gain = self.frame_op.normal_gain if self.frame_op is not None else 1.0
         #: the largest eigenvalue of AᵀA as the single-process Composition states it (Π of the parts')
         self.normal_gain = frame_gain
@@ -123,7 +117,7 @@ class ShardedOperator(LinearOperator):
             for op in self.temporal:
                 T = op.constants.original("matrix") @ T
             ring = any(op.boundary == "circular" for op in self.temporal)
-            what = f"the temporal PSF {'+'.join(temporal_terms)}"
+            what = f"the temporal PSF {join(temporal_terms)}"
             options = dict(what=what, device=device, dtype=dtype)
             self._T = BandedFrames(T, comm, ring, **options)
             self._Tt = BandedFrames(T.T.contiguous(), comm, ring, **options)

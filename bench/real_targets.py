@@ -1,0 +1,112 @@
+"""`python -m bench.real_targets`: the default command on a real clip degraded as a user's video is.
+
+A clean clip (a real video, or a photo panned) is blurred over 7 frames, given noise σ, rounded to
+8 bit and written as an H.264 mp4 at a CRF (bench.real_clips); `python -m engine.solve BLURRED.mp4
+--degrade SPEC --out OUT` then restores it with its defaults (plus any extra flags after `--`).
+Scored against the clean clip, per frame n:
+
+    gain[n]  = PSNR(restored[n]) − PSNR(input[n])       (input: the decoded mp4 the user has)
+    dip[n]   = median(PSNR(restored[n−3 … n+3])) − PSNR(restored[n])
+
+and the row reports mean PSNRs, the mean gain, the worst gain (the frame that came out most below
+its input) and the worst dip (a ghost frame stands below its neighbours). Rows are appended to
+bench/results/real_targets.jsonl with the machine.
+
+    python -m bench.real_targets --clip carphone --frames 120 --full
+    python -m bench.real_targets --clip bigbuckbunny --frames 96 --width 640 --height 272 -- --nfe 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bench.real_clips import CLIPS, CLIPS_DIR, VIDEOS, clean_clip, degrade
+from engine.metrics import psnr
+from engine.video_io import read_video
+
+RESULTS = Path(__file__).resolve().parent / "results" / "real_targets.jsonl"
+SPEC = "temporal:uniform:7"
+
+
+def clean_video(name: str, frames: int, *, width: int | None, height: int | None, full: bool) -> torch.Tensor:
+    """The clean clip [N, 3, H, W]: a whole video's frames (`full`), scaled to `width` and centre-cropped
+    to `height` when given, else a square crop of bench.real_clips."""
+    if not full:
+        return clean_clip(name, frames=frames, size=height or 128)
+    video = read_video(CLIPS_DIR / VIDEOS[name][0], size=None, frames=frames, start=VIDEOS[name][1])
+    if width is not None and width != video.shape[-1]:
+        h = round(video.shape[-2] * width / video.shape[-1])
+        video = F.interpolate(video, size=(h, width), mode="bilinear", antialias=True, align_corners=False)
+    if height is not None and height < video.shape[-2]:
+        top = (video.shape[-2] - height) // 2
+        video = video[..., top:top + height, :]
+    return video.clamp(0, 1).contiguous()
+
+
+def frame_dips(scores: torch.Tensor, radius: int = 3) -> torch.Tensor:
+    """median(scores[n−r … n+r]) − scores[n] for every n (the window cut at the clip's ends).  [N] → [N]"""
+    n = scores.numel()
+    medians = torch.stack([scores[max(0, i - radius):i + radius + 1].median() for i in range(n)])
+    return medians - scores
+
+
+def run(args, extra: list[str]) -> dict:
+    from engine.solve import main as solve
+
+    clean = clean_video(args.clip, args.frames, width=args.width, height=args.height, full=args.full)
+    with tempfile.TemporaryDirectory() as tmp:
+        mp4 = Path(tmp) / "blurred.mp4"
+        given = degrade(clean, SPEC, sigma=args.sigma, crf=args.crf, seed=1, mp4=mp4)
+        t0 = time.perf_counter()
+        status = solve([str(mp4), "--degrade", SPEC, "--out", str(Path(tmp) / "out"), *extra])
+        seconds = time.perf_counter() - t0
+        if status != 0:
+            raise SystemExit(f"engine.solve exited {status}")
+        restored = read_video(Path(tmp) / "out" / "frames", size=None)
+        report = json.loads((Path(tmp) / "out" / "metrics.json").read_text())
+    p_in, p_out = psnr(given, clean), psnr(restored, clean)            # [N] float64
+    gain = p_out - p_in
+    return {"clip": args.clip, "frames": clean.shape[0], "size": list(clean.shape[-2:]), "spec": SPEC,
+            "sigma": args.sigma, "crf": args.crf, "extra": extra, "input_psnr": p_in.mean().item(),
+            "restored_psnr": p_out.mean().item(), "gain": gain.mean().item(), "worst_gain": gain.min().item(),
+            "worst_gain_frame": int(gain.argmin()), "worst_dip": frame_dips(p_out).max().item(),
+            "worst_dip_frame": int(frame_dips(p_out).argmax()), "estimated_sigma": report.get("noise", {}).get("sigma_y"),
+            "seconds": seconds, "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+                                          f"torch {torch.__version__}, {torch.get_num_threads()} threads"}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(prog="python -m bench.real_targets", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clip", choices=CLIPS, default="carphone")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--full", action="store_true", help="the video's whole frames (else a square crop)")
+    p.add_argument("--width", type=int, help="with --full: scale the frames to this width")
+    p.add_argument("--height", type=int, help="with --full: centre-crop to this height (else: the crop's side)")
+    p.add_argument("--sigma", type=float, default=0.0, help="Gaussian noise added before 8-bit rounding")
+    p.add_argument("--crf", type=int, default=23, help="x264 CRF of the blurred mp4")
+    p.add_argument("--no-save", action="store_true", help="print the row only")
+    args = p.parse_args(argv)
+    row = run(args, extra)
+    print(json.dumps(row))
+    if not args.no_save:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        with RESULTS.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""What a real (measured) video needs beyond the paper's protocol: its noise level, a check of the
+result against it, and the changes its format forces on the output.
+
+A user's video y is 8-bit and usually codec-compressed, so it always carries noise. The noiseless
+CG (γ = 0) fits that noise and amplifies it in the blur's near-null modes by up to 1/δ; the run
+therefore takes σ_y from the user (--sigma-y) or estimates it from y (engine.noise) and runs the
+regularised CG with γ(σ_y). After the run the data residual
+
+    ρ = ‖A x − y‖ / √(numel y)
+
+is compared with σ_y: a restoration consistent with y leaves ρ ≈ σ_y. ρ far below σ_y means the
+result reproduces y's noise (it is noisier than it should be); ρ far above means it does not
+explain y (a wrong --degrade, or too few steps). Either case gets a warning naming the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+#: ρ / σ_y outside [OVERFIT, UNDERFIT] gets a warning
+OVERFIT, UNDERFIT = 0.5, 3.0
+
+__all__ = ["NoiseLevel", "noise_level", "residual_record", "grey_clip", "OVERFIT", "UNDERFIT"]
+
+
+@dataclass(frozen=True)
+class NoiseLevel:
+    """The σ_y a measured run uses, and where it came from."""
+
+    sigma_y: float
+    estimated: bool                  # True: from the measurement (engine.noise); False: --sigma-y
+    estimate: Optional[dict]         # the estimator's record (method, per-frame values, floor), if it ran
+
+    def as_dict(self) -> dict:
+        return {"sigma_y": self.sigma_y, "estimated": self.estimated, "estimate": self.estimate}
+
+
+def noise_level(y: torch.Tensor, stated: Optional[float]) -> NoiseLevel:
+    """σ_y for the measurement y [N, 3, H', W']: `stated` when given, else estimated from y and logged.
+
+    A stated 0 on a measurement whose estimated noise is above 8-bit rounding is warned about: the
+    noiseless CG then amplifies that noise (the user asked for it, so it runs)."""
+    from engine.noise import estimate_noise
+
+    estimate = estimate_noise(y)
+    record = estimate.to_dict()
+    if stated is None:
+        log.info("noise of INPUT estimated at σ_y = %.4f (%.2f of 255, %s); give --sigma-y to set it",
+                 estimate.sigma, 255 * estimate.sigma, estimate.method)
+        return NoiseLevel(estimate.sigma, True, record)
+    if stated == 0 and not estimate.floored:
+        log.warning("--sigma-y 0 runs the noiseless CG, but INPUT carries noise of about σ_y = %.4f (%.2f of 255): "
+                    "the result will amplify it; leave out --sigma-y to use the estimate", estimate.sigma,
+                    255 * estimate.sigma)
+    return NoiseLevel(stated, False, record)
+
+
+def residual_record(op, x: torch.Tensor, y: torch.Tensor, sigma_y: float) -> dict:
+    """{"rms": ρ, "sigma_y", "ratio": ρ/σ_y}: the data residual of the restoration x [N, 3, H, W] against
+    y [N, 3, H', W'], with a warning when ρ/σ_y leaves [OVERFIT, UNDERFIT]."""
+    r = op.A(x.to(y.device, y.dtype)) - y                                 # [N, 3, H', W']
+    rms = float(r.double().square().mean()) ** 0.5
+    record = {"rms": rms, "sigma_y": sigma_y, "ratio": rms / sigma_y if sigma_y > 0 else None}
+    if sigma_y > 0 and rms < OVERFIT * sigma_y:
+        log.warning("the restoration reproduces INPUT's noise (data residual %.4f, noise σ_y %.4f): it is noisier "
+                    "than it should be; give a larger --sigma-y", rms, sigma_y)
+    elif sigma_y > 0 and rms > UNDERFIT * sigma_y:
+        log.warning("the restoration does not explain INPUT (data residual %.4f against noise σ_y %.4f): check that "
+                    "--degrade is how INPUT was degraded, or give more --nfe", rms, sigma_y)
+    else:
+        log.info("data residual %.4f (noise σ_y %.4f)", rms, sigma_y)
+    return record
+
+
+def grey_clip(clip: torch.Tensor) -> torch.Tensor:
+    """A colour clip [N, 3, H, W] made grey: each pixel's channel mean in all three channels."""
+    return clip.mean(dim=1, keepdim=True).expand_as(clip).contiguous()

@@ -1,0 +1,178 @@
+"""The command on what a user brings: a degraded video (the default), its noise estimated, every check
+on INPUT before the model loads, odd sizes and grey frames kept, a killed run's leftovers removed."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import engine.solve as solve
+from engine.fileio import RUN_MARKER
+from engine.operators import from_spec
+from engine.solve import main
+from engine.testclips import camera_clip
+from engine.video_io import read_video
+
+REAL = ["--prior", "gaussian", "--nfe", "3", "--cg-iters", "2", "--device", "cpu"]
+SPEC = "temporal:uniform:3"
+
+
+def blurred_npy(path, *, frames=8, size=32, sigma=0.0, spec=SPEC, grey=False):
+    """A clean panned photo degraded by `spec` (+ Gaussian noise σ), saved as [N, 3, H, W]; returns the path."""
+    clean = camera_clip(frames=frames, size=size)
+    y = from_spec(f"{spec}:replicate", clean.shape).A(clean)
+    y = (y + sigma * torch.randn(y.shape, generator=torch.Generator().manual_seed(3))).clamp(0, 1)
+    if grey:
+        y = y.mean(1, keepdim=True).expand_as(y).contiguous()
+    np.save(path, y.numpy())
+    return path
+
+
+def report(out):
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_input_is_the_measurement_by_default_and_its_noise_is_estimated(tmp_path):
+    path = blurred_npy(tmp_path / "y.npy", sigma=0.03)
+    out = tmp_path / "out"
+    assert main([str(path), "--degrade", SPEC, *REAL, "--out", str(out)]) == 0
+    r = report(out)
+    assert "restored" not in r                                            # nothing to score against
+    noise = r["noise"]
+    assert noise["estimated"] and 0.015 < noise["sigma_y"] < 0.06        # the noise added: 0.03
+    assert r["settings"]["sigma_y"] == noise["sigma_y"]
+    assert r["settings"]["gamma"] == pytest.approx(0.04 / noise["sigma_y"], rel=1e-4)   # the regularised CG
+    assert r["residual"]["sigma_y"] == noise["sigma_y"] and r["residual"]["rms"] > 0
+    assert r["settings"]["size"] == [32, 32] and read_video(out / "restored.mp4", size=None).shape == (8, 3, 32, 32)
+
+
+def test_measured_is_a_no_op_and_simulate_is_the_papers_protocol(tmp_path, capsys):
+    path = blurred_npy(tmp_path / "y.npy", sigma=0.03)
+    assert main([str(path), "--degrade", SPEC, "--measured", *REAL, "--out", str(tmp_path / "a")]) == 0
+    assert "restored" not in report(tmp_path / "a")
+    np.save(tmp_path / "x.npy", camera_clip(frames=8, size=32).numpy())
+    assert main([str(tmp_path / "x.npy"), "--simulate", "--degrade", SPEC, *REAL, "--out", str(tmp_path / "b")]) == 0
+    r = report(tmp_path / "b")
+    assert "noise" not in r and r["settings"]["sigma_y"] == 0 and len(r["restored"]["psnr"]) == 8
+    with pytest.raises(SystemExit):
+        main([str(path), "--degrade", SPEC, "--simulate", "--measured", "--out", str(tmp_path / "c")])
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_a_stated_noiseless_run_on_a_noisy_video_is_warned_about(tmp_path, caplog):
+    path = blurred_npy(tmp_path / "y.npy", sigma=0.03)
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        assert main([str(path), "--degrade", SPEC, "--sigma-y", "0", *REAL, "--out", str(out)]) == 0
+    r = report(out)
+    assert r["settings"]["gamma"] is None and not r["noise"]["estimated"]       # what the user asked for
+    assert "--sigma-y 0 runs the noiseless CG" in caplog.text
+
+
+@pytest.fixture
+def spy_loader(monkeypatch):
+    """Records every model load of engine.solve (a check must come before it)."""
+    calls = []
+    real = solve.load_model
+    monkeypatch.setattr(solve, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
+    return calls
+
+
+def _refused_before_the_model(tmp_path, capsys, spy_loader, argv, match):
+    out = tmp_path / "never"
+    assert main([*REAL, *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and match in err and "\n" not in err, err
+    assert spy_loader == [] and not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".never")]
+    return err
+
+
+def test_a_missing_input_is_refused_before_the_model_loads(tmp_path, capsys, spy_loader):
+    _refused_before_the_model(tmp_path, capsys, spy_loader, [str(tmp_path / "nope.mp4"), "--degrade", SPEC],
+                              "no such file")
+
+
+def test_an_undecodable_video_is_refused_before_the_model_loads(tmp_path, capsys, spy_loader):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    _refused_before_the_model(tmp_path, capsys, spy_loader, [str(bad), "--degrade", SPEC], "broken.mp4")
+
+
+def test_a_bad_spec_is_refused_in_the_words_typed(tmp_path, capsys, spy_loader):
+    path = blurred_npy(tmp_path / "y.npy")
+    err = _refused_before_the_model(tmp_path, capsys, spy_loader, [str(path), "--degrade", "temporal:uniform:x"],
+                                    "'temporal:uniform:x'")
+    assert ":replicate" not in err
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--frames", "50"], "has 8 frames; --frames 50 asks for more"),
+    (["--max-frames", "2"], "--max-frames 2 is too short"),
+    (["--simulate", "--degrade", "sr:3"], "super-resolution by 3"),
+    (["--warm-start", "-1"], "--warm-start/--start"),
+    (["--nfe", "0"], "--nfe must be"),
+])
+def test_settings_against_the_input_are_refused_before_the_model_loads(tmp_path, capsys, spy_loader, argv, match):
+    path = blurred_npy(tmp_path / "y.npy")
+    spec = [] if "--degrade" in argv else ["--degrade", SPEC]
+    _refused_before_the_model(tmp_path, capsys, spy_loader, [str(path), *spec, *argv], match)
+
+
+def test_a_clip_shorter_than_the_blur_is_warned_about(tmp_path, caplog):
+    path = blurred_npy(tmp_path / "y.npy", frames=2, spec="temporal:uniform:7")
+    with caplog.at_level("WARNING", logger="engine.solve"):
+        assert main([str(path), "--degrade", "temporal:uniform:7", *REAL, "--out", str(tmp_path / "out")]) == 0
+    assert "fewer than the temporal blur's 7" in caplog.text and "replicate" in caplog.text
+
+
+def test_odd_frame_sizes_are_kept_and_the_mp4_padding_recorded(tmp_path):
+    clean = camera_clip(frames=6, size=40)[..., :27, :33]                # 33x27
+    y = from_spec(f"{SPEC}:replicate", clean.shape).A(clean)
+    np.save(tmp_path / "odd.npy", y.numpy())
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "odd.npy"), "--degrade", SPEC, *REAL, "--out", str(out)]) == 0
+    assert read_video(out / "frames", size=None).shape == (6, 3, 27, 33)
+    assert read_video(out / "restored.mp4", size=None).shape == (6, 3, 28, 34)
+    (change,) = report(out)["output_changes"]
+    assert "restored.mp4 is 34x28" in change and "frames/ keeps 33x27" in change
+
+
+def test_a_grey_video_comes_back_grey(tmp_path):
+    path = blurred_npy(tmp_path / "grey.npy", grey=True, sigma=0.02)
+    out = tmp_path / "out"
+    assert main([str(path), "--degrade", SPEC, *REAL, "--out", str(out)]) == 0
+    frames = read_video(out / "frames", size=None)
+    assert torch.equal(frames[:, 0], frames[:, 1]) and torch.equal(frames[:, 1], frames[:, 2])
+    assert any("grey" in change for change in report(out)["output_changes"])
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_killed_runs_temporary_folder_is_removed_by_the_next_run(tmp_path, caplog):
+    import socket
+
+    host = socket.gethostname()
+    stale, live, foreign = (tmp_path / f".out.tmp-{tag}" for tag in ("aaaaaaaaaaaa", "bbbbbbbbbbbb", "cccccccccccc"))
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for folder, pid in ((stale, _dead_pid()), (live, sleeper.pid)):
+            folder.mkdir()
+            (folder / RUN_MARKER).write_text(json.dumps({"pid": pid, "host": host}))
+        foreign.mkdir()                                                    # our pattern, not our marker
+        path = blurred_npy(tmp_path / "y.npy")
+        with caplog.at_level("WARNING", logger="engine.fileio"):
+            assert main([str(path), "--degrade", SPEC, *REAL, "--out", str(tmp_path / "out")]) == 0
+        assert not stale.exists() and live.exists() and foreign.exists()
+        assert f"removed {stale}" in caplog.text
+        assert RUN_MARKER not in {p.name for p in (tmp_path / "out").iterdir()}
+    finally:
+        sleeper.kill()
