@@ -22,11 +22,12 @@ removes). --overwrite replaces only a folder this command wrote (its metrics.jso
 it holds nothing else), never one that holds the input, the current directory or a parent of either.
 
 With --max-frames W a video longer than W frames is streamed: read, restored in windows,
-scored and written frame by frame, holding about one window of frames (`restore_in_windows`). Without --max-frames the run is planned before
-decoding (`planned`, engine.memory): the whole video when its predicted peak fits --memory-budget
-(default: a fraction of the memory available), else windows of the largest W that fits; the plan
-is logged in one line and recorded in metrics.json. Scores are computed in chunks of frames and the
-outputs written a frame at a time, so nothing after the restoration holds the clip again.
+scored and written frame by frame, holding about one window of frames (`restore_in_windows`).
+Without --max-frames the run is planned before decoding (`planned`, engine.memory): the whole
+video when its predicted peak fits --memory-budget (default: a fraction of the memory available),
+else windows of the largest W that fits; the plan is logged in one line and recorded in
+metrics.json. Scores are computed in chunks of frames and the outputs written a frame at a time,
+so nothing after the restoration holds the clip again.
 """
 
 from __future__ import annotations
@@ -371,8 +372,8 @@ def planned(job: Job, cfg: SolverConfig) -> Job:
     if job.max_frames is not None:
         return dataclasses.replace(job, plan={"choice": f"windows of {job.max_frames} frames (--max-frames)"})
     frames, first = _frames_and_size(job)
-    frame = clean_frame(cfg.spec, first) if job.measured else first
-    spec = with_time_boundary(cfg.spec, video_boundary(job, frames))
+    frame = clean_frame(cfg.spec, first) if job.measured and cfg.spec else first
+    spec = with_time_boundary(cfg.spec, video_boundary(job, frames)) if cfg.spec else ""
     context, least, why_not = 0, 2, _why_not_windows(job, spec)
     if why_not is None:
         from engine.windows import split_spec
