@@ -39,7 +39,8 @@ GB = 1e9
 #: frame-sized float32 buffers per frame of the whole-video path at its peak (module docstring)
 WHOLE_BUFFERS = 11
 #: the same per frame of a window's W + w − 1 frames, with the rows read ahead and their stacked copy
-WINDOW_BUFFERS = 13
+#: (measured: 14.4 at W = 267 of 1000 frames of 640×272, peak 8.95 GB against 8.2 GB predicted with 13)
+WINDOW_BUFFERS = 15
 #: float32 frames of work space per frame of a network batch, by prior (peak of one call, output included)
 NETWORK_FRAMES = {"gaussian": 5.7, "ffdnet": 6.7}
 #: an ADM-256 step's work space per tile of a batch, by network precision (bench/memory.py, meta tensors)
