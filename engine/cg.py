@@ -104,11 +104,12 @@ def conjugate_gradient(M: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor, ite
         alpha = torch.where(rr > floor, _safe_div(rz, dot(p, Mp)), torch.zeros_like(rz)).to(x.dtype)
         x.add_(alpha * p)
         r.sub_(alpha * Mp)
+        del Mp, z                                 # x, r, p and one new vector at a time: the updates run in place
         z = P(r)
         rz_new = dot(r, z)
         rr = rz_new if precond is None else dot(r, r)
         beta = _safe_div(rz_new, rz).to(x.dtype)
-        p = z + beta * p
+        p.mul_(beta).add_(z)
         rz = rz_new
     return x
 
@@ -144,5 +145,5 @@ def data_consistency(op, y: Tensor, x_hat: Tensor, iters: int, gamma: float | No
     Aty = op.A_adjoint(y) if aty is None else aty
     if gamma is None:
         return conjugate_gradient(op.A_adjoint_A, Aty, x_hat, iters, precond, op.inner)
-    return conjugate_gradient(lambda v: v + gamma * op.A_adjoint_A(v), x_hat + gamma * Aty, x_hat, iters, precond,
-                              op.inner)
+    return conjugate_gradient(lambda v: torch.add(v, op.A_adjoint_A(v), alpha=gamma), torch.add(x_hat, Aty, alpha=gamma),
+                              x_hat, iters, precond, op.inner)

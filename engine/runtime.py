@@ -291,12 +291,13 @@ class Solver:
         self._lock = threading.Lock()
         b = 1 if config.noise == "shared" else self.shape[0]
         self._E = torch.zeros((config.nfe + 1, b, *config.shape[1:]), device=self.device)  # E_b, all steps
-        self._y = torch.zeros(self.op.out_shape, device=self.device)   # y
+        captured = config.backend in GRAPH_BACKENDS and self.comm is None
+        self._y = torch.zeros(self.op.out_shape, device=self.device) if captured else None  # y, a captured loop's
         self._out: Tensor | None = None
         self._graph = None
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         with cudnn_benchmark_mode() if config.cudnn_benchmark else nullcontext():
-            if config.backend in GRAPH_BACKENDS and self.comm is None:
+            if captured:
                 self._capture()
             elif config.cudnn_benchmark:
                 self._warm_up()
@@ -309,9 +310,9 @@ class Solver:
         """This process's frames of the video (engine.distributed.Shard), or None when it holds them all."""
         return None if self.comm is None else self.comm.shard
 
-    def _loop(self, callback=None, clock=None) -> Tensor:
+    def _loop(self, y: Tensor, callback=None, clock=None) -> Tensor:
         cfg = self.config
-        return reverse_process(self.eps_model, self._y, self.op, self._E, self.steps,
+        return reverse_process(self.eps_model, y, self.op, self._E, self.steps,
                                cg_iters=cfg.cg_iters, gamma=cfg.gamma, callback=callback, kernels=self.kernels,
                                nvtx=cfg.nvtx, stage=clock, precond=self._precond, warm=self.warm)
 
@@ -325,12 +326,12 @@ class Solver:
     def _capture(self) -> None:
         """Warm up on the Solver's stream, then capture the whole reverse loop as one CUDA graph."""
         with self._on_own_stream(), torch.no_grad():
-            self._loop()
+            self._loop(self._y)
         with torch.cuda.device(self.device):
             self._graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self._graph, stream=self._stream, capture_error_mode="thread_local"), \
                     torch.no_grad():
-                self._out = self._loop()       # on the Solver's own stream: Solvers on other devices or threads
+                self._out = self._loop(self._y)       # on the Solver's own stream: Solvers on other devices or threads
                                                # never capture into a shared one
         log.info("captured the reverse loop (%d steps) as one CUDA graph", len(self.steps))
 
@@ -373,16 +374,16 @@ class Solver:
             noise = noise[:, self.shard.start:self.shard.stop]            # the video's noise at these frames
         with self._lock, torch.no_grad():
             with self._on_own_stream() as caller:
-                self._y.copy_(y)
                 self._E.copy_(noise, non_blocking=True)          # from pinned memory on a GPU: asynchronous
                 if self._graph is not None and not eager:
+                    self._y.copy_(y)
                     self._graph.replay()
                     out = self._out.clone()
                 else:
                     if self.comm is not None:
                         self.comm.clock = clock
                     try:
-                        out = self._loop(callback, clock)
+                        out = self._loop(y, callback, clock)   # eager: y itself, no static copy
                     finally:
                         if self.comm is not None:
                             self.comm.clock = None

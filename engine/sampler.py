@@ -59,18 +59,21 @@ def _drawn(seed: int, nfe: int, shape: tuple[int, ...], mode: str, pin: bool) ->
 
 
 def tweedie(x: Tensor, eps: Tensor, s: DDIMStep) -> Tensor:
-    """X̂ = (X − √(1−ᾱ_t)·ε) / √ᾱ_t, returned in the data range [0, 1] where CG runs."""
-    return to_data((x - s.sqrt_1m_ab * eps) / s.sqrt_ab)
+    """X̂ = (X − √(1−ᾱ_t)·ε) / √ᾱ_t, returned in the data range [0, 1] where CG runs (one new clip-sized
+    buffer and one temporary: the divisions and the shift run in place)."""
+    return (x - s.sqrt_1m_ab * eps).div_(s.sqrt_ab).add_(1).div_(2)
 
 
 def ddim_update(xbar: Tensor, noise: Tensor, eps: Tensor, s: DDIMStep) -> Tensor:
-    """X_next = √ᾱ_next·X̄ + c1·E_b + c2·ε, with X̄ given in [0, 1] (E_b broadcast over frames when shared)."""
-    return s.sqrt_ab_next * to_model(xbar) + s.c1 * noise + s.c2 * eps
+    """X_next = √ᾱ_next·X̄ + c1·E_b + c2·ε, with X̄ given in [0, 1] (E_b broadcast over frames when shared;
+    one new clip-sized buffer and one temporary, the sums in place in the order written)."""
+    return to_model(xbar).mul_(s.sqrt_ab_next).add_(s.c1 * noise).add_(s.c2 * eps)
 
 
 def take_eps(out: Tensor, dtype: torch.dtype) -> Tensor:
-    """ε from the network's output [N, 3 or 6, H, W]: its first 3 channels, in the step's dtype."""
-    return out[:, :3].to(dtype)
+    """ε from the network's output [N, 3 or 6, H, W]: its first 3 channels, in the step's dtype (a copy of
+    them when there are 6, so that the learned σ's channels are not held through the step)."""
+    return out[:, :3].to(dtype, copy=out.shape[1] != 3)
 
 
 def to_data(x: Tensor) -> Tensor:
@@ -80,7 +83,7 @@ def to_data(x: Tensor) -> Tensor:
 
 def to_model(x: Tensor) -> Tensor:
     """[0, 1] → [−1, 1]."""
-    return 2 * x - 1
+    return (2 * x).sub_(1)
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,7 @@ def reverse_process(
             eps = kernels.take_eps(eps_model(x, t), y.dtype)                # ε_θ(X, t)
         with stage("Tweedie"):
             x0 = kernels.tweedie(x, eps, s)                                 # X̂ (in [0, 1])
+            x = xbar = None                                                 # X and the last X̄: not needed any more
         if callback is not None:
             callback(k, s.t, x0)
         with stage("CG"):

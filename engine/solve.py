@@ -23,6 +23,11 @@ it holds nothing else), never one that holds the input, the current directory or
 
 With --max-frames W a video longer than W frames is streamed: read, restored in windows,
 scored and written frame by frame, holding about one window of frames (`restore_in_windows`).
+Without --max-frames the run is planned before decoding (`planned`, engine.memory): the whole
+video when its predicted peak fits --memory-budget (default: a fraction of the memory available),
+else windows of the largest W that fits; the plan is logged in one line and recorded in
+metrics.json. Scores are computed in chunks of frames and the outputs written a frame at a time,
+so nothing after the restoration holds the clip again.
 """
 
 from __future__ import annotations
@@ -57,7 +62,8 @@ from engine.distributed import (frame_ranges, gather_frames, gather_records, ini
 from engine.errors import InputError
 from engine.figures import contact_sheet, save_png
 from engine.fileio import atomic_folder, atomic_write_json, mark_in_progress, remove_stale_runs
-from engine.metrics import SSIM_RADIUS, clip_summary, json_safe
+from engine.memory import peak_record
+from engine.metrics import SSIM_RADIUS, Scores, clip_summary, json_safe
 from engine.operators import from_spec
 from engine.operators.spec import parse as parse_spec
 from engine.operators.spec import split_temporal, sr_scale, time_boundary, with_time_boundary
@@ -111,6 +117,8 @@ class Job:
     seed: int = 0
     baselines: tuple[str, ...] = ()
     temporal_prior: str = "auto"         # engine.temporal_prior's name, or "auto" (`temporal_prior_for`)
+    memory_budget: Optional[float] = None  # GB the run may hold (engine.memory); None: a fraction of what is free
+    plan: Optional[dict] = None           # engine.memory.Plan.record() of the run, set by `planned`
 
     def __post_init__(self):
         if self.sigma_y is not None and not (math.isfinite(self.sigma_y) and 0 <= self.sigma_y <= 1):
@@ -124,6 +132,8 @@ class Job:
                              "give --baselines none or drop --max-frames")
         if self.max_frames is not None and self.blind:
             raise InputError("--blind fits the PSF to the whole clip at once; drop --max-frames")
+        if self.memory_budget is not None and not (math.isfinite(self.memory_budget) and self.memory_budget > 0):
+            raise InputError(f"--memory-budget must be a positive number of GB, got {self.memory_budget}")
         if self.frames is not None and self.frames < 1:
             raise InputError(f"--frames must be at least 1, got {self.frames}")
         if self.size is not None and self.size < 1:
@@ -211,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restore a video longer than W frames in windows of W frames, each pinning the previous "
                         "window's last restored frames (engine.windows; shared noise; --start starts each window "
                         "warm), reading and writing it frame by frame (no baselines); default: whole")
+    p.add_argument("--memory-budget", type=float, metavar="GB",
+                   help="memory the run may hold (GB, resident on the CPU, allocated on a GPU): the whole video when "
+                        "its predicted peak fits, else windows of the largest W that fits (engine.memory); default "
+                        "a third of the memory available (CPU), 85%% of the free GPU memory; --max-frames overrides")
     p.add_argument("--batch", type=int, default=16,
                    help="frames (or tiles) per network call, B (default 16): sets the network's memory, not the result")
     p.add_argument("--fps", type=float, help=f"frame rate of the written videos (default: the input's own, else "
@@ -250,7 +264,7 @@ def parse(argv=None) -> tuple[Job, SolverConfig, bool]:
               model_config=model_config or None, class_label=args.class_label, frames=args.frames,
               max_frames=args.max_frames,
               size=args.size, fps=args.fps, sigma_y=sigma_y, seed=args.seed, baselines=baselines,
-              temporal_prior=args.temporal_prior)
+              temporal_prior=args.temporal_prior, memory_budget=args.memory_budget)
     gamma = args.gamma if args.gamma is not None or sigma_y is None else default_gamma(
         sigma_y, diffusion=args.checkpoint is not None)           # an estimated σ_y gets its γ once known (`run`)
     defaults = task or get_task(DEMO_TASK)
@@ -327,6 +341,7 @@ def run(job: Job, cfg: SolverConfig) -> Path:
     if launched_by_torchrun():
         return run_sharded(job, cfg)
     checked_input(job, cfg)
+    job = planned(job, cfg)
     with claimed_output(job) as tmp:
         model = _load(job, cfg)
         head, frames, notes = _head(job)
@@ -351,6 +366,56 @@ def run(job: Job, cfg: SolverConfig) -> Path:
             write_outputs(tmp, job, clean, y, restored, report, fps=_output_fps(job), init=init)
     log.info("wrote restored.mp4, measurement.mp4, frames/, metrics.json and comparison.png to %s", job.out)
     return job.out.resolve()
+
+
+def planned(job: Job, cfg: SolverConfig) -> Job:
+    """`job` with its memory plan (engine.memory.plan, logged in one line): --max-frames W when the whole
+    video's predicted peak does not fit the budget (--memory-budget, else a fraction of the memory
+    available). Made before decoding: the frame count from the container (counted, a frame at a time,
+    when it declares none), the frame size from the first frame. An explicit --max-frames is kept as it
+    is. Not even the smallest window fits: one line, before any work."""
+    from engine.memory import GB, plan
+
+    if job.max_frames is not None:
+        return dataclasses.replace(job, plan={"choice": f"windows of {job.max_frames} frames (--max-frames)"})
+    frames, first = _frames_and_size(job)
+    frame = clean_frame(cfg.spec, first) if job.measured and cfg.spec else first
+    spec = with_time_boundary(cfg.spec, video_boundary(job, frames)) if cfg.spec else ""
+    context, least, why_not = 0, 2, _why_not_windows(job, spec)
+    if why_not is None:
+        from engine.windows import split_spec
+
+        term = split_spec(spec)[0]
+        context, least = term.context, max(2, max(term.reach, term.context) + 1)
+    checkpoint = job.checkpoint.stat().st_size if job.checkpoint is not None and job.checkpoint.is_file() else None
+    chosen = plan(frames, frame, budget=None if job.memory_budget is None else job.memory_budget * GB,
+                  device=cfg.device, prior=job.prior, checkpoint_bytes=checkpoint, batch=cfg.batch,
+                  precision=cfg.precision, context=context, least_window=least, windows_allowed=why_not)
+    log.info("%s", chosen.line())
+    return dataclasses.replace(job, max_frames=chosen.window, plan=chosen.record())
+
+
+def _frames_and_size(job: Job) -> tuple[int, tuple[int, int]]:
+    """(INPUT's frame count, declared or counted a frame at a time; its frames' (H, W), from the first)."""
+    frames = iter(input_frames(job)[0])
+    first = next(frames, None)
+    if first is None:
+        raise InputError(f"{job.input}: no frames")
+    count = _declared_frames(job)
+    if count is None:
+        count = 1 + sum(1 for _ in frames)
+    return count, tuple(first.shape[-2:])
+
+
+def _why_not_windows(job: Job, spec: str) -> Optional[str]:
+    """Why this run cannot be restored in windows (engine.windows), or None."""
+    if job.baselines:
+        return "--baselines need the whole clip"
+    if job.blind:
+        return "--blind fits the PSF to the whole clip"
+    if "circular" in spec:
+        return "the circular boundary cannot be restored in windows"
+    return None
 
 
 def _load(job: Job, cfg: SolverConfig):
@@ -456,32 +521,51 @@ def temporal_prior_for(choice: str, spec: str) -> str:
 
 
 def restore(job: Job, cfg: SolverConfig, model, clean, y):
-    """(restored clip, report, measurement): Algorithm 1 on y, or on A(clean) + σ_y·w."""
+    """(restored clip, report, measurement): Algorithm 1 on y, or on A(clean) + σ_y·w, then scored.
+
+    `clean` may be uint8 (`_whole`: 8-bit frames kept as they were decoded); it is made float32 only
+    to be measured. The reported seconds include the scoring (in chunks of frames, `score`).
+    """
     solver = Solver(model, cfg)
     if clean is not None:
-        y = solver.measure(clean, sigma_y=job.sigma_y, seed=job.seed + 1)
+        y = solver.measure(unit_float(clean), sigma_y=job.sigma_y, seed=job.seed + 1)
     t0 = time.perf_counter()
     with tqdm(total=cfg.nfe, desc="restoring", unit="step", disable=None) as bar:
         restored = solver.solve(y, seed=job.seed, callback=step_counter(bar, cfg))
     if restored.is_cuda:
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    restore_s = time.perf_counter() - t0
     report = {"settings": settings(job, cfg), "kernels_used": cfg.resolved_kernels.arithmetic,   # what --kernels auto resolved to
               "input": "demo" if job.input is None else str(job.input), "prior": prior_name(job),
-              **model_record(model),
-              "seconds": seconds, "fps": cfg.frames / seconds}
+              **model_record(model)}
     if clean is not None:
-        report["restored"] = clip_summary(restored.cpu(), clean)
-        report["baselines"] = {name: clip_summary(clip.cpu(), clean)
-                               for name, clip in run_baselines(job, cfg, solver.op, y).items()}
+        report["restored"] = score(restored, clean, "scoring")
+        report["baselines"] = {name: score(clip, clean, f"scoring {name}")
+                               for name, clip in run_baselines(job, cfg, solver.op, y)}
+    seconds = time.perf_counter() - t0
+    report.update(seconds=seconds, fps=cfg.frames / seconds, restore_s=restore_s, scoring_s=seconds - restore_s,
+                  memory=peak_record(cfg.device))
+    if clean is not None:
         scores = ", ".join(f"{k} {v['psnr_mean']:.2f} dB" for k, v in report["baselines"].items())
-        log.info("PSNR %.2f dB%s, SSIM %.4f, %.1f s", report["restored"]["psnr_mean"],
-                 f" (baselines: {scores})" if scores else "", report["restored"]["ssim_mean"], seconds)
+        log.info("PSNR %.2f dB%s, SSIM %.4f, %.1f s (scoring %.1f s)", report["restored"]["psnr_mean"],
+                 f" (baselines: {scores})" if scores else "", report["restored"]["ssim_mean"], seconds,
+                 seconds - restore_s)
     else:                                               # a real video: what can be measured without a reference
         report["residual"] = residual_record(solver.op, restored, as_tensor(y, solver.device, torch.float32),
                                              job.sigma_y)
         log.info("%d frames restored in %.1f s", cfg.frames, seconds)
     return restored, report, y
+
+
+def score(clip: torch.Tensor, clean: torch.Tensor, desc: str) -> dict:
+    """`clip_summary` of `clip` against `clean`, in chunks of frames (engine.metrics), with a progress bar."""
+    with tqdm(total=clip.shape[0], desc=desc, unit="frame", disable=None) as bar:
+        return clip_summary(clip, clean, progress=bar.update)
+
+
+def unit_float(clip: torch.Tensor) -> torch.Tensor:
+    """A clip in [0, 1] as float32: uint8 levels k as k/255 (the decoder's values), floats as they are."""
+    return clip.to(torch.float32).div_(255) if clip.dtype == torch.uint8 else clip
 
 
 def _head(job: Job) -> tuple[list, Iterator, list[str]]:
@@ -534,7 +618,7 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
         return _restore_windows_elsewhere(job, restorer, frames)
     held = deque()                                    # clean frames read and not yet scored
     y = frames if job.measured else restorer.measure(_kept(frames, held), sigma_y=job.sigma_y, seed=job.seed + 1)
-    scores, sheet, fps, total = FrameScores(), FirstFrames(SHEET_FRAMES), _output_fps(job), _declared_frames(job)
+    scores, sheet, fps, total = Scores(), FirstFrames(SHEET_FRAMES), _output_fps(job), _declared_frames(job)
     every = max(1, total // 10) if total else job.max_frames
     t0, count = time.perf_counter(), 0
     with video_writer(folder / "restored.mp4", fps) as restored_mp4, frames_writer(folder / "frames") as png, \
@@ -559,7 +643,7 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
                           "measurement_frames_held_peak": restorer.frames_held_peak},
               **_window_ranks(restorer, seconds),
               "input": "demo" if job.input is None else str(job.input), "prior": prior_name(job),
-              **model_record(model), "seconds": seconds, "fps": count / seconds,
+              **model_record(model), "seconds": seconds, "fps": count / seconds, "memory": peak_record(cfg.device),
               "comparison": sheet.note(), **({"noise": noise.as_dict()} if noise else {}),
               "input_changes": notes, "output_changes": changes}
     if not job.measured:
@@ -591,26 +675,6 @@ def _window_ranks(restorer, seconds: float) -> dict:
     return {} if records is None else {"world_size": restorer.world, "ranks": records}
 
 
-class FrameScores:
-    """`clip_summary` of a clip accumulated frame by frame: per-frame PSNR and SSIM (exactly the values
-    `clip_summary` gives the whole clip, each a function of one frame) and their means."""
-
-    def __init__(self):
-        self.psnr: list[float] = []
-        self.ssim: list[float] = []
-
-    def add(self, x: torch.Tensor, ref: torch.Tensor) -> None:
-        """Score one restored frame x [3, H, W] against its reference ref [3, H, W]."""
-        one = clip_summary(x[None], ref[None])
-        self.psnr += one["psnr"]
-        self.ssim += one["ssim"]
-
-    def summary(self) -> dict:
-        """As `clip_summary`: {"psnr": [N], "ssim": [N], "psnr_mean", "ssim_mean"}."""
-        p, s = torch.tensor(self.psnr, dtype=torch.float64), torch.tensor(self.ssim, dtype=torch.float64)
-        return {"psnr": self.psnr, "ssim": self.ssim, "psnr_mean": p.mean().item(), "ssim_mean": s.mean().item()}
-
-
 class FirstFrames:
     """The first `count` frames of each labelled stream (clean, measured, restored), for comparison.png."""
 
@@ -620,8 +684,9 @@ class FirstFrames:
 
     def add(self, label: str, frame: torch.Tensor) -> None:
         row = self.rows.setdefault(label, [])
-        if len(row) < self.count:
-            row.append(frame.detach().cpu().clamp(0, 1))
+        if len(row) < self.count:                                   # as the 8-bit sheet will show it
+            row.append((frame.detach().cpu().float().clamp(0, 1) * 255).round_().to(torch.uint8)
+                       if frame.is_floating_point() else frame.cpu())
 
     def ids(self) -> list[int]:
         n = min(len(row) for row in self.rows.values())
@@ -630,7 +695,7 @@ class FirstFrames:
     def image(self):
         """The contact sheet: clean (when scored), measured, restored; one column per frame of `ids`."""
         order = [label for label in ("clean", "measured", "restored") if label in self.rows]
-        return contact_sheet([(label, torch.stack(self.rows[label])) for label in order], self.ids())
+        return contact_sheet([(label, unit_float(torch.stack(self.rows[label]))) for label in order], self.ids())
 
     def note(self) -> str:
         return (f"frames {', '.join(map(str, self.ids()))}: a streamed run keeps only its first "
@@ -638,10 +703,17 @@ class FirstFrames:
 
 
 def _kept(frames: Iterable, held: deque) -> Iterator:
-    """`frames`, each also appended to `held` (the clean frames the restorer has not returned yet)."""
+    """`frames`, each also appended to `held` (the clean frames the restorer has not returned yet, as uint8
+    when they hold 8-bit levels only: `_compact`)."""
     for frame in frames:
-        held.append(frame)
+        held.append(_compact(frame))
         yield frame
+
+
+def _compact(frame: torch.Tensor) -> torch.Tensor:
+    """A frame [3, H, W] in [0, 1] as uint8 when it holds 8-bit levels only (`unit_float` gives it back
+    exactly), else as it is."""
+    return (frame * 255).round_().to(torch.uint8) if _is_8bit(frame) else frame
 
 
 def _tapped(y: Iterable, write, sheet: FirstFrames) -> Iterator:
@@ -738,7 +810,7 @@ def _restore_sharded(tmp: Optional[Path], job: Job, cfg: SolverConfig, model, ra
         y = None
         if rank == 0:
             op = from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed, device=solver.device, dtype=torch.float32)
-            y = measure(op, as_tensor(clean, solver.device, torch.float32), sigma_y=job.sigma_y,
+            y = measure(op, as_tensor(unit_float(clean), solver.device, torch.float32), sigma_y=job.sigma_y,
                         seed=job.seed + 1)
         own_rows = y if solver.comm is None else scatter_frames(
             y, solver.comm, tuple(solver.op.out_shape[1:]), dtype=torch.float32, device=solver.device)
@@ -761,7 +833,7 @@ def _restore_sharded(tmp: Optional[Path], job: Job, cfg: SolverConfig, model, ra
         report["restored"] = clip_summary(restored, clean)
         op = from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed)
         report["baselines"] = {name: clip_summary(clip.cpu(), clean)
-                               for name, clip in run_baselines(job, cfg, op, y.cpu()).items()}
+                               for name, clip in run_baselines(job, cfg, op, y.cpu())}
         log.info("PSNR %.2f dB with %d processes, %.1f s", report["restored"]["psnr_mean"], world, seconds)
     write_outputs(tmp, job, clean, y, restored, report, fps=_output_fps(job))
 
@@ -816,18 +888,17 @@ def _restore_shard(solver: Solver, y, seed: int, rank: int):
     return restored, record
 
 
-def run_baselines(job: Job, cfg: SolverConfig, op, y) -> dict:
-    """{name: clip} of the --baselines, each named with what it ran (CG at the sampler's budget K·l,
-    regularised by γ towards Aᵀy when the sampler's CG is)."""
-    out = {}
+def run_baselines(job: Job, cfg: SolverConfig, op, y) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, clip) of each of the --baselines, one at a time (the caller scores one and drops it before
+    the next is made), each named with what it ran (CG at the sampler's budget K·l, regularised by γ
+    towards Aᵀy when the sampler's CG is)."""
     if "cg" in job.baselines:
         iters = cfg.nfe * cfg.cg_iters
         name = (f"cg ({iters} iterations)" if cfg.gamma is None
                 else f"cg regularised, gamma {cfg.gamma:g} towards A^T y ({iters} iterations)")
-        out[name] = cg_baseline(op, y, iters=iters, gamma=cfg.gamma)
+        yield name, cg_baseline(op, y, iters=iters, gamma=cfg.gamma)
     if "admm-tv" in job.baselines:
-        out["admm-tv"] = admm_tv(op, y)
-    return out
+        yield "admm-tv", admm_tv(op, y)
 
 
 def restore_blind(job: Job, cfg: SolverConfig, model, clean, y):
@@ -841,7 +912,7 @@ def restore_blind(job: Job, cfg: SolverConfig, model, clean, y):
         temporal, frame_local = split_temporal(true_psf)
         if len(temporal) != 1 or frame_local:
             raise InputError(f"--blind estimates a temporal PSF alone; {true_psf!r} is not one")
-        y = measure(from_spec(true_psf, tuple(clean.shape)), clean, sigma_y=job.sigma_y, seed=job.seed + 1)
+        y = measure(from_spec(true_psf, tuple(clean.shape)), unit_float(clean), sigma_y=job.sigma_y, seed=job.seed + 1)
     init = validate_video(read_video(job.init, size=None, frames=y.shape[0]), size=cfg.frame)
     t0 = time.perf_counter()
     with tqdm(total=2 * cfg.nfe, desc="restoring (2 stages)", unit="step", disable=None) as bar:
@@ -864,7 +935,7 @@ def restore_blind(job: Job, cfg: SolverConfig, model, clean, y):
 def settings(job: Job, cfg: SolverConfig) -> dict:
     """Every setting of the run, for metrics.json."""
     return {**cfg.to_dict(), "sigma_y": job.sigma_y, "seed": job.seed, "baselines": list(job.baselines),
-            "fps": _output_fps(job), "max_frames": job.max_frames}
+            "fps": _output_fps(job), "max_frames": job.max_frames, "memory_plan": job.plan}
 
 
 # ----------------------------------------------------------------------------- input
@@ -900,11 +971,30 @@ def input_frames(job: Job) -> tuple[Iterator[torch.Tensor], list[str]]:
 
 
 def _whole(job: Job, frames: list) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """(clean clip, None), or (None, measurement) with --measured: INPUT's frames as one clip [N, 3, H, W]."""
+    """(clean clip, None), or (None, measurement) with --measured: INPUT's frames as one clip [N, 3, H, W].
+
+    The list is emptied as the clip fills (each frame released once copied: the frames are held once).
+    A clean clip whose frames are all 8-bit levels (k/255, as decoded from a video or image) is kept as
+    uint8: it is only measured (`unit_float`), scored and shown. A measurement is float32.
+    """
     from engine.video_io import validate_video
 
-    clip = validate_video(torch.stack(frames))
+    if not frames:
+        raise InputError(f"{job.input}: no frames")
+    validate_video(frames[0][None])
+    eight_bit = not job.measured and all(_is_8bit(frame) for frame in frames)
+    clip = frames[0].new_empty((len(frames), *frames[0].shape), dtype=torch.uint8 if eight_bit else torch.float32)
+    for i in range(len(frames)):
+        clip[i] = (frames[i] * 255).round_() if eight_bit else frames[i]
+        frames[i] = None
+    if not eight_bit:
+        validate_video(clip)
     return (None, clip) if job.measured else (clip, None)
+
+
+def _is_8bit(frame: torch.Tensor) -> bool:
+    """Whether a frame in [0, 1] holds 8-bit levels only: exactly the float32 k/255 of integers k."""
+    return bool(frame.amin() >= 0) and bool(frame.amax() <= 1) and torch.equal((frame * 255).round_().div_(255), frame)
 
 
 def video_boundary(job: Job, frames: Optional[int]) -> str:
@@ -1019,18 +1109,25 @@ def _first_missing(folder: Path) -> Optional[Path]:
 
 
 def write_outputs(folder: Path, job: Job, clean, y, restored, report, *, fps: float, init=None) -> None:
-    """restored.mp4, measurement.mp4, frames/, metrics.json, comparison.png into `folder`."""
-    from engine.video_io import write_frames, write_video
+    """restored.mp4, measurement.mp4, frames/, metrics.json, comparison.png into `folder`: the encoders fed
+    a frame at a time, the sheet made of its four frames only (no second copy of any clip)."""
+    from engine.video_io import frames_writer, video_writer
 
-    y_view = y.detach().cpu().clamp(0, 1)
-    write_video(folder / "restored.mp4", restored, fps=fps)
-    write_video(folder / "measurement.mp4", y_view, fps=fps)
-    write_frames(folder / "frames", restored)
-    atomic_write_json(folder / "metrics.json", json_safe(report))
-    rows = ([("clean", clean)] if clean is not None else []) + [("measured", y_view)]
-    rows += ([("first estimate", init)] if init is not None else []) + [("restored", restored)]
     n = restored.shape[0]
-    save_png(folder / "comparison.png", contact_sheet(rows, sorted({0, n // 3, 2 * n // 3, n - 1})))
+    with video_writer(folder / "restored.mp4", fps) as mp4, \
+            frames_writer(folder / "frames", digits=max(4, len(str(n - 1)))) as png:
+        for frame in restored:
+            mp4(frame)
+            png(frame)
+    with video_writer(folder / "measurement.mp4", fps) as mp4:
+        for frame in y:
+            mp4(frame.detach().cpu().clamp(0, 1))
+    atomic_write_json(folder / "metrics.json", json_safe(report))
+    ids = sorted({0, n // 3, 2 * n // 3, n - 1})
+    rows = ([("clean", clean)] if clean is not None else []) + [("measured", y)]
+    rows += ([("first estimate", init)] if init is not None else []) + [("restored", restored)]
+    sheet = [(label, unit_float(clip[ids].detach().cpu()).clamp(0, 1)) for label, clip in rows]
+    save_png(folder / "comparison.png", contact_sheet(sheet, range(len(ids))))
 
 
 def step_counter(bar, cfg: SolverConfig):

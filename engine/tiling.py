@@ -29,14 +29,21 @@ EpsModel = Callable[[Tensor, Tensor], Tensor]
 
 
 def micro_batched(eps_model: EpsModel, batch: int) -> EpsModel:
-    """ε of N frames from calls on at most `batch` of them at a time, concatenated along frames."""
+    """ε of N frames from calls on at most `batch` of them at a time, written into one output along frames
+    (no list of parts and no concatenated copy: the clip-sized output plus one micro-batch's)."""
     if batch < 1:
         raise InputError(f"the network batch must be at least 1, got {batch}")
 
     def eps(x: Tensor, t: Tensor) -> Tensor:
         if x.shape[0] <= batch:
             return eps_model(x, t)
-        return torch.cat([eps_model(x[i:i + batch], t[i:i + batch]) for i in range(0, x.shape[0], batch)])
+        out = None                                           # [N, C, H, W], filled a micro-batch at a time
+        for i in range(0, x.shape[0], batch):
+            part = eps_model(x[i:i + batch], t[i:i + batch])
+            if out is None:
+                out = part.new_empty((x.shape[0], *part.shape[1:]))
+            out[i:i + batch] = part
+        return out
 
     eps.module = getattr(eps_model, "module", None)
     return eps

@@ -59,6 +59,7 @@ import torch.distributed as dist
 from engine.cg import DEFAULT_DELTA, preconditioner
 from engine.distributed import Comm, gather_frames
 from engine.errors import InputError
+from engine.memory import WINDOW_BUFFERS
 from engine.operators import from_spec
 from engine.operators.base import LinearOperator
 from engine.operators.sharded import ShardedWindowOperator, band
@@ -75,9 +76,9 @@ Tensor = torch.Tensor
 #: Temporal boundaries windows support, and the one used when the spec names none.
 WINDOW_BOUNDARIES = ("replicate", "zero")
 DEFAULT_BOUNDARY = "replicate"
-#: Video-sized frame buffers one window's solve holds per free frame (y, Aᵀy, X, ε, X̂, X̄,
-#: CG's x, r, p, Mp, b, and one spare): the estimate that turns a memory budget into W.
-BUFFERS_PER_FRAME = 12
+#: Frame-sized float32 buffers a window holds per frame of its W + w − 1 (measured: engine.memory):
+#: what turns a memory budget into W.
+BUFFERS_PER_FRAME = WINDOW_BUFFERS
 
 
 # ── the spec: one temporal term, the rest frame-local ───────────────────────
@@ -398,7 +399,7 @@ class VideoRestorer:
         P = win.start - win.context
         rows = y
         if P:
-            y = y - self._operator(T[:, :P]).A(pinned)
+            y = y.sub_(self._operator(T[:, :P]).A(pinned))                  # y' in place: y is the window's own stack
         op = self._split_operator(T[:, P:])
         log.debug("window frames [%d, %d), rows [%d, %d), %d pinned", win.start, win.stop, *win.rows, P)
         precond = preconditioner(op, self.gamma, self.cg_precond, device=self.device, dtype=self.dtype)

@@ -8,7 +8,8 @@ import torch
 from engine import video_io
 from engine.metrics import clip_summary
 from engine.priors import make_prior
-from engine.solve import FrameScores, main
+from engine.metrics import Scores as FrameScores
+from engine.solve import main
 from engine.testclips import camera_clip
 from engine.video_io import UnreadableError, frame_rate, read_video, write_video
 from engine.windows import VideoRestorer
