@@ -10,6 +10,7 @@ not JSON counts as an error too: a row cut in the middle of its write.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections import Counter
@@ -47,13 +48,16 @@ def describe(row: dict) -> str:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or not Path(argv[0]).is_dir():
-        print("usage: python -m bench.check_rows FOLDER (a folder of *.jsonl result files)", file=sys.stderr)
+    p = argparse.ArgumentParser(prog="python -m bench.check_rows", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", type=Path, help="a folder of *.jsonl result files (a run's $OUT)")
+    folder = p.parse_args(sys.argv[1:] if argv is None else argv).folder
+    if not folder.is_dir():
+        print(f"error: {folder} is not a folder", file=sys.stderr)
         return 2
-    files = read_rows(Path(argv[0]))
+    files = read_rows(folder)
     if not files:
-        print(f"no rows: {argv[0]} holds no *.jsonl file", file=sys.stderr)
+        print(f"no rows: {folder} holds no *.jsonl file", file=sys.stderr)
         return 1
     errors = 0
     for name, rows in files.items():

@@ -41,6 +41,10 @@ WHOLE_BUFFERS = 11
 #: the same per frame of a window's W + w − 1 frames, with the rows read ahead and their stacked copy
 #: (measured: 14.4 at W = 267 of 1000 frames of 640×272, peak 8.95 GB against 8.2 GB predicted with 13)
 WINDOW_BUFFERS = 15
+#: added to either while the temporal prior "motion" runs after the loop (engine.temporal_prior: the flow, its
+#: confidence, the free-mode projection's work and its CG vectors); measured: 14.7 per frame on 48 frames
+#: of 256×256 (peak 1.42 GB against 0.84 GB without it)
+MOTION_BUFFERS = 15
 #: float32 frames of work space per frame of a network batch, by prior (peak of one call, output included)
 NETWORK_FRAMES = {"gaussian": 5.7, "ffdnet": 6.7}
 #: an ADM-256 step's work space per tile of a batch, by network precision (bench/memory.py, meta tensors)
@@ -142,13 +146,14 @@ def default_budget(device: torch.device) -> tuple[int, str]:
 
 def plan(frames: int, frame: tuple[int, int], *, budget: Optional[float], device, prior: str = "ffdnet",
          checkpoint_bytes: Optional[int] = None, batch: int = 16, precision: str = "fp32", context: int = 0,
-         least_window: int = 2, windows_allowed: Optional[str] = None) -> Plan:
+         least_window: int = 2, windows_allowed: Optional[str] = None, motion: bool = False) -> Plan:
     """The whole video if its predicted peak fits the budget, else windows of the largest W that fits.
 
     frames: N; frame: (H, W) of the clean frames; budget: bytes (None: `default_budget`); prior: the
     prior without a checkpoint; checkpoint_bytes: the checkpoint's file size (its weights), or None;
     context: the pinned frames of a window (w − 1); least_window: the smallest W windows accept;
-    windows_allowed: None when windows may be used, else why not (the refusal then says it).
+    windows_allowed: None when windows may be used, else why not (the refusal then says it); motion: the
+    temporal prior "motion" runs after each solve (MOTION_BUFFERS more per frame).
     """
     device = torch.device(device)
     source = "--memory-budget"
@@ -159,6 +164,7 @@ def plan(frames: int, frame: tuple[int, int], *, budget: Optional[float], device
     fixed = process_bytes(device) + weights + (ALLOCATOR_SLACK if device.type == "cpu" else 0)
 
     def peak(n: int, buffers: float) -> int:
+        buffers += MOTION_BUFFERS if motion else 0
         net = network_bytes(frame, prior=prior, checkpoint=checkpoint_bytes is not None, batch=batch, frames=n,
                             precision=precision)
         return predicted_peak(n, frame, fixed=fixed, network=net, buffers=buffers)

@@ -387,8 +387,9 @@ class Solver:
                     finally:
                         if self.comm is not None:
                             self.comm.clock = None
-                if self.config.temporal_prior == "motion":
-                    out = MotionPrior(self.op, self._y, video_frames(self.op, self._y), self.config.gamma)(out).clamp_(0, 1)   # the null modes, after the loop
+                if self.config.temporal_prior == "motion":     # the null modes, after the loop
+                    prior = MotionPrior(self.op, y, video_frames(self.op, y), self.config.gamma)
+                    out = prior(out).clamp_(0, 1)
             if caller is not None:
                 out.record_stream(caller)       # made on the Solver's stream, used on the caller's
         if not torch.isfinite(out).all():

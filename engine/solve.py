@@ -390,7 +390,8 @@ def planned(job: Job, cfg: SolverConfig) -> Job:
     checkpoint = job.checkpoint.stat().st_size if job.checkpoint is not None and job.checkpoint.is_file() else None
     chosen = plan(frames, frame, budget=None if job.memory_budget is None else job.memory_budget * GB,
                   device=cfg.device, prior=job.prior, checkpoint_bytes=checkpoint, batch=cfg.batch,
-                  precision=cfg.precision, context=context, least_window=least, windows_allowed=why_not)
+                  precision=cfg.precision, context=context, least_window=least, windows_allowed=why_not,
+                  motion=temporal_prior_for(job.temporal_prior, spec) == "motion" if spec else False)
     log.info("%s", chosen.line())
     return dataclasses.replace(job, max_frames=chosen.window, plan=chosen.record())
 

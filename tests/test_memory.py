@@ -120,11 +120,12 @@ def clip_npy(tmp_path_factory):
 
 
 def _budget_for_windows(window: int) -> float:
-    """GB that hold windows of `window` free frames of this clip (2 pinned) and not of one more (no process part)."""
+    """GB that hold windows of `window` free frames of this clip (2 pinned) and not of one more (no process part),
+    with the temporal prior a video's held ends get (`motion`)."""
     def peak(frames):
         net = memory.network_bytes((SIZE, SIZE), prior="gaussian", checkpoint=False, batch=4, frames=frames)
         return memory.predicted_peak(frames, (SIZE, SIZE), fixed=memory.ALLOCATOR_SLACK, network=net,
-                                     buffers=memory.WINDOW_BUFFERS)
+                                     buffers=memory.WINDOW_BUFFERS + memory.MOTION_BUFFERS)   # a video: "motion"
 
     return (peak(window + 2) + peak(window + 3)) / 2e9
 

@@ -281,7 +281,7 @@ def test_a_non_preset_checkpoint_restores_through_engine_solve(tmp_path, capsys)
     y = solver.op.A(clean)
     np.save(tmp_path / "y.npy", y.numpy())
     out = tmp_path / "out"
-    argv = [str(tmp_path / "y.npy"), "--sigma-y", "0", "--degrade", "temporal:uniform:3", "--nfe", "2", "--cg-iters", "1",
+    argv = [str(tmp_path / "y.npy"), "--sigma-y", "0", "--temporal-prior", "none", "--degrade", "temporal:uniform:3", "--nfe", "2", "--cg-iters", "1",
             "--device", "cpu", "--checkpoint", str(path), "--out", str(out)]
     assert main([*argv[:-2], "--out", str(tmp_path / "never")]) == 2                  # the flags are needed
     assert "image_size" in capsys.readouterr().err

@@ -267,7 +267,7 @@ def test_every_setting_is_refused_in_one_line_with_its_limit(change, match):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
 def test_cuda_without_cuda_is_one_clear_line():
-    with pytest.raises(InputError, match="no CUDA device; use --device cpu"):
+    with pytest.raises(InputError, match="no CUDA device; run on the CPU"):
         SolverConfig.from_task("temporal-k7", device="cuda")
 
 

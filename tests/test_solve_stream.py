@@ -48,7 +48,7 @@ def test_a_long_non_square_clip_is_streamed_at_its_own_size_and_rate(tmp_path, c
     s = report["settings"]
     clean = read_video(clip_mp4, size=None)
     restorer = VideoRestorer(make_prior("gaussian"), s["spec"], (H, W), window=WINDOW, nfe=s["nfe"], eta=s["eta"],
-                             cg_iters=s["cg_iters"], seed=s["seed"])
+                             cg_iters=s["cg_iters"], seed=s["seed"], temporal_prior=s["temporal_prior"])
     expected = torch.stack(list(restorer.restore(torch.stack(list(restorer.measure(clean))))))
     assert (frames * 255 - (expected * 255).round()).abs().max().item() <= 1.0          # within one 8-bit level
     streamed, whole = report["restored"], clip_summary(expected, clean)
