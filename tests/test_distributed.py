@@ -161,8 +161,12 @@ ARGS = ["--simulate", "--degrade", "temporal:uniform:5", "--sigma-y", "0.02", "-
         "--baselines", "none"]
 
 
+#: the whole video split over processes keeps the per-frame prior's null modes (the motion prior spans the video)
+WHOLE = ["--temporal-prior", "none"]
+
+
 def test_torchrun_writes_the_frames_one_process_writes(tmp_path):
-    two = _same_frames_as_one_process([str(_clip(tmp_path)), *ARGS], tmp_path)
+    two = _same_frames_as_one_process([str(_clip(tmp_path)), *ARGS, *WHOLE], tmp_path)
     assert two.stdout.count(str(tmp_path / "two")) == 1                  # process 0 alone answers
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["world_size"] == 2
@@ -206,7 +210,7 @@ def test_torchrun_measured_video_each_process_reads_its_frames(tmp_path):
 
     clip = _clip(tmp_path)
     args = [str(clip), "--measured", "--degrade", "temporal:uniform:5", "--sigma-y", "0.02", "--prior", "gaussian",
-            "--nfe", "4"]
+            "--nfe", "4", *WHOLE]
     job, _, _ = parse([*args, "--out", "unused"])
     frames, first, own = _own_measurement(job, rank=1, world=2)
     whole = torch.from_numpy(np.load(clip)).permute(1, 0, 2, 3).float()
