@@ -340,8 +340,7 @@ def run(job: Job, cfg: SolverConfig) -> Path:
     """
     if launched_by_torchrun():
         return run_sharded(job, cfg)
-    checked_input(job, cfg)
-    job = planned(job, cfg)
+    job = planned(job, cfg, checked_input(job, cfg))
     with claimed_output(job) as tmp:
         model = _load(job, cfg)
         head, frames, notes = _head(job)
@@ -368,17 +367,21 @@ def run(job: Job, cfg: SolverConfig) -> Path:
     return job.out.resolve()
 
 
-def planned(job: Job, cfg: SolverConfig) -> Job:
+def planned(job: Job, cfg: SolverConfig, facts: Optional[InputFacts] = None) -> Job:
     """`job` with its memory plan (engine.memory.plan, logged in one line): --max-frames W when the whole
     video's predicted peak does not fit the budget (--memory-budget, else a fraction of the memory
     available). Made before decoding: the frame count from the container (counted, a frame at a time,
     when it declares none), the frame size from the first frame. An explicit --max-frames is kept as it
-    is. Not even the smallest window fits: one line, before any work."""
+    is. Not even the smallest window fits: one line, before any work. `facts` (`checked_input`'s) spare
+    decoding INPUT's first frame again when its container declares the count."""
     from engine.memory import GB, plan
 
     if job.max_frames is not None:
         return dataclasses.replace(job, plan={"choice": f"windows of {job.max_frames} frames (--max-frames)"})
-    frames, first = _frames_and_size(job)
+    if facts is not None and facts.frames is not None:
+        frames, first = facts.frames, (job.size, job.size) if job.size and not job.measured else facts.frame
+    else:
+        frames, first = _frames_and_size(job)
     frame = clean_frame(cfg.spec, first) if job.measured and cfg.spec else first
     spec = with_time_boundary(cfg.spec, video_boundary(job, frames)) if cfg.spec else ""
     context, least, why_not = 0, 2, _why_not_windows(job, spec)
@@ -414,7 +417,7 @@ def _why_not_windows(job: Job, spec: str) -> Optional[str]:
         return "--baselines need the whole clip"
     if job.blind:
         return "--blind fits the PSF to the whole clip"
-    if "circular" in spec:
+    if any(time_boundary(term) == "circular" for term in split_temporal(spec)[0]) if spec else False:
         return "the circular boundary cannot be restored in windows"
     return None
 
