@@ -67,16 +67,17 @@ def noise_level(y: torch.Tensor, stated: Optional[float]) -> NoiseLevel:
     return NoiseLevel(stated, False, record)
 
 
-def residual_record(op, x: torch.Tensor, y: torch.Tensor, sigma_y: float) -> dict:
+def residual_record(op, x: torch.Tensor, y: torch.Tensor, sigma_y: float, *, weighed: float = 0.0) -> dict:
     """{"rms": ρ, "sigma_y", "ratio": ρ/σ_y}: the data residual of the restoration x [N, 3, H, W] against
-    y [N, 3, H', W'], with a warning when ρ/σ_y leaves [OVERFIT, UNDERFIT]."""
+    y [N, 3, H', W'], with a warning when ρ/σ_y falls below OVERFIT, or ρ rises above UNDERFIT times
+    max(σ_y, `weighed`), the noise level the CG's γ weighs the data for (a capped γ fits y more loosely)."""
     r = op.A(x.to(y.device, y.dtype)) - y                                 # [N, 3, H', W']
     rms = float(r.double().square().mean()) ** 0.5
     record = {"rms": rms, "sigma_y": sigma_y, "ratio": rms / sigma_y if sigma_y > 0 else None}
     if sigma_y > 0 and rms < OVERFIT * sigma_y:
         log.warning("the restoration reproduces INPUT's noise (data residual %.4f, noise σ_y %.4f): it is noisier "
                     "than it should be; give a larger --sigma-y", rms, sigma_y)
-    elif sigma_y > 0 and rms > UNDERFIT * sigma_y:
+    elif sigma_y > 0 and rms > UNDERFIT * max(sigma_y, weighed):
         log.warning("the restoration does not explain INPUT (data residual %.4f against noise σ_y %.4f): check that "
                     "--degrade is how INPUT was degraded, or give more --nfe", rms, sigma_y)
     else:

@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 from engine.backends import BACKENDS, GRAPH_BACKENDS
 from engine.baselines import admm_tv, cg_baseline
-from engine.cg import default_gamma
+from engine.cg import GAMMA_NOISE, default_gamma
 from engine.checkpoint import MODEL_CONFIG_SYNTAX, parse_model_config
 from engine.cli import command
 from engine.distributed import (frame_ranges, gather_frames, gather_records, init_from_environment, scatter_frames,
@@ -555,8 +555,9 @@ def restore(job: Job, cfg: SolverConfig, model, clean, y):
                  f" (baselines: {scores})" if scores else "", report["restored"]["ssim_mean"], seconds,
                  seconds - restore_s)
     else:                                               # a real video: what can be measured without a reference
+        weighed = GAMMA_NOISE / cfg.gamma if cfg.gamma and job.checkpoint is None else 0.0   # default_gamma's σ
         report["residual"] = residual_record(solver.op, restored, as_tensor(y, solver.device, torch.float32),
-                                             job.sigma_y)
+                                             job.sigma_y, weighed=weighed)
         log.info("%d frames restored in %.1f s", cfg.frames, seconds)
     return restored, report, y
 

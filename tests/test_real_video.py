@@ -196,3 +196,15 @@ def test_a_real_video_gets_the_motion_prior_and_the_papers_task_does_not(tmp_pat
     np.save(tmp_path / "x.npy", camera_clip(frames=16, size=32).numpy())
     assert main([str(tmp_path / "x.npy"), "--simulate", "--task", "temporal-k7", *REAL, "--out", str(tmp_path / "paper")]) == 0
     assert report(tmp_path / "paper")["settings"]["temporal_prior"] == "none"
+
+
+def test_the_residual_check_warns_for_a_wrong_blur_and_not_for_the_right_one(tmp_path, caplog):
+    path = blurred_npy(tmp_path / "y.npy", spec="temporal:uniform:7")            # 8-bit, no noise added
+    with caplog.at_level("INFO", logger="engine.realvideo"):
+        assert main([str(path), "--degrade", "temporal:uniform:7", *REAL, "--out", str(tmp_path / "right")]) == 0
+        right = caplog.text
+        caplog.clear()
+        assert main([str(path), "--degrade", "temporal:uniform:3+blur:gaussian:3.0:13", *REAL,
+                     "--out", str(tmp_path / "wrong")]) == 0
+    assert "does not explain INPUT" not in right and "data residual" in right
+    assert "does not explain INPUT" in caplog.text
