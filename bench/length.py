@@ -76,10 +76,7 @@ def looped_clip(source: Path, frames: int, size: tuple[int, int], path: Path) ->
 
 def solve_command(clip: Path, out: Path, device: str, extra: list[str]) -> list[str]:
     """The default command on `clip`, the degradation simulated (scored against the clip)."""
-    from engine.solve import build_parser
-
-    simulate = ["--simulate"] if "--simulate" in build_parser()._option_string_actions else []
-    return [sys.executable, "-m", "engine.solve", str(clip), "--degrade", SPEC, *simulate, "--device", device,
+    return [sys.executable, "-m", "engine.solve", str(clip), "--degrade", SPEC, "--simulate", "--device", device,
             "--out", str(out), *extra]
 
 

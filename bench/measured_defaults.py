@@ -35,8 +35,8 @@ from engine.cg import default_gamma
 from engine.metrics import psnr
 from engine.noise import estimate_noise
 from engine.operators import from_spec
+from engine.operators.spec import with_time_boundary
 from engine.runtime import Solver, SolverConfig, load_model
-from engine.solve import with_time_boundary
 
 @dataclass(frozen=True)
 class Setting:

@@ -28,8 +28,8 @@ from bench.real_clips import CLIPS, DEFAULT_SPEC, clean_clip, degrade
 from engine.metrics import psnr
 from engine.noise import METHOD, estimate_noise
 from engine.operators import from_spec
+from engine.operators.spec import with_time_boundary
 from engine.runtime import load_model
-from engine.solve import with_time_boundary
 
 #: the ±30 % the estimate must stay within where σ is known (8-bit PNG, σ > 0)
 TOLERANCE = 0.3

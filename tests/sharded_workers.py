@@ -164,14 +164,15 @@ def windows_restored(rank, world, frames, spec, window, start):
 
 
 def read_on_first(rank, world, clip):
-    """(decoded here?, the frame count and size every process learns) of engine.solve._read_on_first."""
-    import engine.solve as solve
+    """(decoded here?, the frame count and size every process learns) of engine.runners.sharded.read_on_first."""
+    import engine.runners.sharded as sharded
+    from engine.solve import parse
 
-    job, _, _ = solve.parse([clip, "--simulate", "--degrade", "temporal:uniform:3", "--out", "unused"])
+    job, _, _ = parse([clip, "--simulate", "--degrade", "temporal:uniform:3", "--out", "unused"])
     decoded = []
-    real = solve.input_frames
-    solve.input_frames = lambda job: decoded.append(rank) or real(job)
-    clean, notes, frames, shape = solve._read_on_first(job, rank)
+    real = sharded.input_frames
+    sharded.input_frames = lambda job: decoded.append(rank) or real(job)
+    clean, notes, frames, shape = sharded.read_on_first(job, rank)
     return bool(decoded), clean is not None, frames, shape
 
 

@@ -206,13 +206,14 @@ def test_a_clean_video_is_decoded_by_process_0_alone(tmp_path):
 def test_torchrun_measured_video_each_process_reads_its_frames(tmp_path):
     """--measured under torchrun: every process keeps only its frames of the file; the frames written
     equal those of one process (within one 8-bit level)."""
-    from engine.solve import _own_measurement, parse
+    from engine.runners.sharded import own_measurement
+    from engine.solve import parse
 
     clip = _clip(tmp_path)
     args = [str(clip), "--measured", "--degrade", "temporal:uniform:5", "--sigma-y", "0.02", "--prior", "gaussian",
             "--nfe", "4", *WHOLE]
     job, _, _ = parse([*args, "--out", "unused"])
-    frames, first, own = _own_measurement(job, rank=1, world=2)
+    frames, first, own = own_measurement(job, rank=1, world=2)
     whole = torch.from_numpy(np.load(clip)).permute(1, 0, 2, 3).float()
     assert frames == 12 and torch.equal(own, whole[6:12]) and torch.equal(first, whole[0])
     _same_frames_as_one_process(args, tmp_path)

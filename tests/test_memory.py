@@ -151,9 +151,9 @@ def test_a_planned_run_is_the_run_of_its_plan(tmp_path, clip_npy, no_process):
 
 
 def test_nothing_fits_stops_before_any_work(tmp_path, clip_npy, no_process, capsys, monkeypatch):
-    import engine.solve
+    import engine.job
 
-    monkeypatch.setattr(engine.solve, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(engine.job, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     out = tmp_path / "out"
     assert main([str(clip_npy), *RUN, "--out", str(out), "--memory-budget", "0.001"]) == 2
     err = capsys.readouterr().err.strip()

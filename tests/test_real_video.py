@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import engine.solve as solve
+import engine.job as job_module
 from engine.fileio import RUN_MARKER
 from engine.operators import from_spec
 from engine.solve import main
@@ -75,10 +75,10 @@ def test_a_stated_noiseless_run_on_a_noisy_video_is_warned_about(tmp_path, caplo
 
 @pytest.fixture
 def spy_loader(monkeypatch):
-    """Records every model load of engine.solve (a check must come before it)."""
+    """Records every model load of a run (a check must come before it)."""
     calls = []
-    real = solve.load_model
-    monkeypatch.setattr(solve, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = job_module.load_model
+    monkeypatch.setattr(job_module, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
     return calls
 
 
@@ -125,7 +125,7 @@ def test_settings_against_the_input_are_refused_before_the_model_loads(tmp_path,
 
 def test_a_clip_shorter_than_the_blur_is_warned_about(tmp_path, caplog):
     path = blurred_npy(tmp_path / "y.npy", frames=2, spec="temporal:uniform:7")
-    with caplog.at_level("WARNING", logger="engine.solve"):
+    with caplog.at_level("WARNING", logger="engine"):
         assert main([str(path), "--degrade", "temporal:uniform:7", *REAL, "--out", str(tmp_path / "out")]) == 0
     assert "fewer than the temporal blur's 7" in caplog.text and "replicate" in caplog.text
 
@@ -186,7 +186,7 @@ def test_a_killed_runs_temporary_folder_is_removed_by_the_next_run(tmp_path, cap
     ("none", "temporal:uniform:7:replicate", "none"),                  # asked for
 ])
 def test_the_temporal_prior_follows_the_boundary_in_time(choice, spec, expected):
-    assert solve.temporal_prior_for(choice, spec) == expected
+    assert job_module.temporal_prior_for(choice, spec) == expected
 
 
 def test_a_real_video_gets_the_motion_prior_and_the_papers_task_does_not(tmp_path):

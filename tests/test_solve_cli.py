@@ -272,7 +272,7 @@ def test_the_sampler_seed_does_not_move_the_inpainting_mask(tmp_path, caplog):
     np.save(path, y.numpy())
     for seed in ("0", "9"):
         out = tmp_path / f"out{seed}"
-        with caplog.at_level("WARNING", logger="engine.solve"):
+        with caplog.at_level("WARNING", logger="engine"):
             assert main([str(path), "--degrade", "temporal:uniform:3+inpaint:0.5", *REAL,
                          "--seed", seed, "--out", str(out)]) == 0
         assert json.loads((out / "metrics.json").read_text())["settings"]["mask_seed"] == 0
@@ -300,7 +300,7 @@ def test_changes_to_the_input_are_logged_and_recorded(tmp_path, caplog):
     path = tmp_path / "wide.npy"
     np.save(path, wide.numpy())
     out = tmp_path / "out"
-    with caplog.at_level("WARNING", logger="engine.solve"):
+    with caplog.at_level("WARNING", logger="engine"):
         assert main([str(path), "--task", "temporal-k7", *FAST, "--out", str(out)]) == 0
     changes = json.loads((out / "metrics.json").read_text())["input_changes"]
     assert changes == ["centre-cropped 40x24 frames to 24x24 and resized to 32x32 (--size)"]
@@ -323,7 +323,7 @@ def test_videos_are_written_at_the_inputs_frame_rate(tmp_path):
 
 
 def test_progress_is_logged_when_the_output_is_not_a_terminal(tmp_path, clip_npy, caplog):
-    with caplog.at_level("INFO", logger="engine.solve"):
+    with caplog.at_level("INFO", logger="engine"):
         assert main([str(clip_npy), "--task", "temporal-k7", *FAST, "--out", str(tmp_path / "out")]) == 0
     assert "step 3/3" in caplog.text
 
