@@ -61,8 +61,9 @@ import torch
 
 from bench.common import (LiveBytes, add_save_flag, append_jsonl, machine, matmul_peak_tflops, median, synchronize,
                           time_fn, unet_flops)
+from engine.cli import add_solver_flag, default_device
 from engine.ffdnet import FFDNet
-from engine.priors import PRIORS, make_prior
+from engine.priors import make_prior
 from engine.runtime import Solver, SolverConfig
 from engine.profiling import StageClock, nvtx_range
 from engine.tasks import TASKS
@@ -84,26 +85,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="adm256_uncond" if cuda else "tiny", help="ADM config (adm256_uncond, ffhq_dps, tiny)")
-    p.add_argument("--prior", choices=PRIORS, help="time this prior instead of an ADM preset (the default without "
-                                                  f"--checkpoint; frames of --size, default {PRIOR_SIZE})")
-    p.add_argument("--start", type=int, help="warm start t0 of the sampler (default: the cold start)")
+    add_solver_flag(p, "prior", help="time this prior instead of an ADM preset",
+                    note=f"(the default without --checkpoint; frames of --size, default {PRIOR_SIZE})")
+    add_solver_flag(p, "start", note="(default: the cold start)")
     p.add_argument("--frames", type=frame_list, default=[16] if cuda else [8],
                    help="comma list of frame counts, one row each (e.g. 16,64,256); the first is the baseline")
-    p.add_argument("--batch", type=int, default=16, help="B: frames (or tiles) per network call")
+    add_solver_flag(p, "batch", default=16, note="(default 16)")
     p.add_argument("--size", type=frame_size, default=None,
                    help="frame size S or HxW (e.g. 720x1280: tiles of the network's size); default the network's")
     p.add_argument("--task", default="temporal-k7", choices=sorted(TASKS), help="degradation (sets the operator)")
-    p.add_argument("--nfe", type=int, default=20 if cuda else 4, help="network evaluations K")
-    p.add_argument("--cg-iters", type=int, default=5)
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16" if cuda else "fp32",
-                   help="network precision of the fast backends")
-    p.add_argument("--cudnn-benchmark", action="store_true",
-                   help="the fast backends let cuDNN time its convolution algorithms (the reference does not)")
+    add_solver_flag(p, "nfe", default=20 if cuda else 4, note="(default 20 on a GPU, 4 on the CPU)")
+    add_solver_flag(p, "cg_iters", default=5, note="(default 5)")
+    add_solver_flag(p, "dtype", flags=("--precision",), default="fp16" if cuda else "fp32",
+                    note="of the fast backends (default fp16 on a GPU, fp32 on the CPU)")
+    add_solver_flag(p, "cudnn_benchmark", note="in the fast backends (the reference does not)")
     p.add_argument("--backends", default=None,
                    help="comma list from torch,torch+graph,compile,tensorrt (default: all that run here but compile)")
-    p.add_argument("--engine", type=Path, action="append", default=None,
-                   help="TensorRT engine file for the tensorrt backend; repeat it to time several engines side by "
-                        "side (e.g. built with and without --norm-outputs-fp32), one row each")
+    add_solver_flag(p, "engine", action="append", default=None,
+                    help="TensorRT engine file for the tensorrt backend; repeat it to time several engines side by "
+                         "side (e.g. built with and without --norm-outputs-fp32), one row each")
     p.add_argument("--repeats", type=int, default=5 if cuda else 2, help="timed clips per row (median reported)")
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed clips before the timed ones (a graph backend has already run one to capture)")
@@ -114,7 +114,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--target-fps", type=float, help="print whether each row reaches this many frames per second")
     p.add_argument("--target-s-per-frame", type=float, help="print whether each row takes at most this many s/frame")
     p.add_argument("--target-peak-gb", type=float, help="print whether each row's peak memory stays within this")
-    p.add_argument("--device", default="cuda" if cuda else "cpu")
+    add_solver_flag(p, "device", default=default_device())
     p.add_argument("--json", action="store_true", help="print one JSON object per backend instead of a table")
     p.add_argument("--nvtx", action="store_true", help="NVTX ranges per stage (for nsys)")
     p.add_argument("--profile", type=Path, help="write a torch profiler trace of one clip per backend here")

@@ -57,10 +57,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engine.backends import BACKENDS, GRAPH_BACKENDS
+from engine.backends import GRAPH_BACKENDS
 from engine.baselines import admm_tv, cg_baseline, cg_converged
 from engine.cg import gamma_at
-from engine.cli import command
+from engine.cli import add_solver_flag, command, default_device
 from engine.errors import InputError
 from engine.evaluation.data import Dataset, Prep
 from engine.evaluation.metrics_extra import LPIPS, I3DFeatures
@@ -199,9 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="DAVIS root, a folder of sequences, .npy clips or videos")
     p.add_argument("--task", required=True, choices=sorted(TASKS), help="one of the paper's tasks")
     prior = p.add_mutually_exclusive_group()
-    prior.add_argument("--checkpoint", type=Path, help="ADM checkpoint, e.g. 256x256_diffusion_uncond.pt")
-    prior.add_argument("--prior", choices=PRIORS, default="ffdnet",
-                       help="without --checkpoint: ffdnet (default, a small learned denoiser) or gaussian (weight-free)")
+    add_solver_flag(prior, "checkpoint")
+    add_solver_flag(prior, "prior", default="ffdnet")
     p.add_argument("--methods", type=_names, default=METHODS, help=f"comma-separated (default: all): {','.join(METHODS)}")
     p.add_argument("--sigma-y", type=_numbers(float), default=(0.0,),
                    help="measurement noise levels, comma-separated (default 0)")
@@ -214,11 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=Prep.frames, help="frames per clip (default 16)")
     p.add_argument("--crop", type=int, help="centre crop before the resize (default: the largest square, 480 on DAVIS 480p)")
     p.add_argument("--size", type=int, default=Prep.size, help="frame size for the weight-free prior (a checkpoint sets its own)")
-    p.add_argument("--nfe", type=int, help="network evaluations K (default: the task's)")
-    p.add_argument("--eta", type=float, help="DDIM stochasticity η (default: the task's)")
-    p.add_argument("--cg-iters", type=int, help="CG iterations per step l (default: the task's)")
-    p.add_argument("--start", type=int, metavar="T0",
-                   help="the sampler starts at t0 from a CG estimate of the clip (warm start; default: cold, at T)")
+    add_solver_flag(p, "nfe", note="(default: the task's)")
+    add_solver_flag(p, "eta", note="(default: the task's)")
+    add_solver_flag(p, "cg_iters", note="(default: the task's)")
+    add_solver_flag(p, "start", note="(default: the cold start, at T)")
     p.add_argument("--sweep-nfe", type=_numbers(int), default=(), metavar="K1,K2,...",
                    help="run the sampler at each K, cold and (with --start) warm; writes sweep.md/.csv/.json and "
                         "a PSNR-versus-K plot")
@@ -227,10 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="admm-tv's ADMM iterations and CG iterations per x-update (default 30,20; a temporal PSF "
                         "alone solves the x-update exactly and ignores INNER)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed; measurement noise is seeded per clip from it")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="network precision")
-    p.add_argument("--backend", choices=BACKENDS, default="torch", help="graph backends cannot record Fig. 7")
-    p.add_argument("--engine", type=Path, help="TensorRT engine from python -m engine.build (for --backend tensorrt)")
+    add_solver_flag(p, "device", default=default_device())
+    add_solver_flag(p, "dtype", default="fp32")
+    add_solver_flag(p, "backend", default="torch", note="(graph backends cannot record Fig. 7)")
+    add_solver_flag(p, "engine")
     p.add_argument("--lpips-weights", type=Path, help="LPIPS v0.1 linear heads (alex.pth of the lpips package)")
     p.add_argument("--lpips-backbone", type=Path, help="ImageNet AlexNet (torchvision's alexnet-owt-7be5be79.pth)")
     p.add_argument("--fvd-weights", type=Path, help="I3D detector (StyleGAN-V's i3d_torchscript.pt)")
