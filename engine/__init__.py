@@ -15,12 +15,15 @@ Modules, in the order data flows through them:
   the TensorRT engine file and its record); the embeddable `Solver`.
 - `engine.baselines`, `engine.metrics`, `engine.figures`: comparisons, scores, pictures.
 - `engine.evaluation`: the evaluation harness (`evaluate`, `data`, `report`, `metrics_extra`).
+- `engine.job`, `engine.job_input`, `engine.job_checks`, `engine.runners`, `engine.output`: one restoration job
+  (read INPUT, fit the config, run it whole, in windows or over torchrun's processes, write the outputs).
 - Command lines: `engine.solve` (restore a clip; `--blind` for Algorithm 2), `engine.evaluate` (the paper's tables),
   `engine.data` (prepare DAVIS), `engine.build` (ONNX and TensorRT; the code is `export.build`).
 
 The public API, importable from `engine` itself (loaded on first use, so `import engine` stays light):
 
     from engine import Solver, SolverConfig, VideoRestorer, load_model, load_adm, make_prior, from_spec
+    from engine import Job, run                    # a whole job, as python -m engine.solve runs it
 """
 
 __version__ = "0.1.0"
@@ -30,7 +33,7 @@ _PUBLIC = {
     "Solver": "engine.runtime", "SolverConfig": "engine.runtime", "load_model": "engine.runtime",
     "measure": "engine.runtime", "VideoRestorer": "engine.windows", "load_adm": "engine.checkpoint",
     "make_prior": "engine.priors", "PRIORS": "engine.priors", "from_spec": "engine.operators",
-    "estimate_noise": "engine.noise", "InputError": "engine.errors",
+    "estimate_noise": "engine.noise", "InputError": "engine.errors", "Job": "engine.job", "run": "engine.runners",
 }
 __all__ = sorted(_PUBLIC)
 
