@@ -40,9 +40,9 @@ USER_ERRORS = (InputError, CheckpointError, ModelError, PeerError, ImportError)
 SOLVER_FLAGS = {
     "checkpoint": (("--checkpoint",), {"type": Path}, "ADM checkpoint (.pt or .safetensors), e.g. "
                                                       "256x256_diffusion_uncond.pt"),
-    "prior": (("--prior",), {"choices": PRIORS}, "without --checkpoint: ffdnet (default; a small learned denoiser, FFDNet, "
-                                                 "used through Tweedie's formula; pip install "
-                                                 "'video-inverse-engine[ffdnet]') or gaussian (weight-free)"),
+    "prior": (("--prior",), {"choices": PRIORS},
+              "without --checkpoint: ffdnet (default; a small learned denoiser, FFDNet, used through Tweedie's "
+              "formula; pip install 'video-inverse-engine[ffdnet]') or gaussian (weight-free)"),
     "nfe": (("--nfe",), {"type": int}, "network evaluations K, 1 to 1000"),
     "start": (("--start",), {"type": int, "metavar": "T0"},
               "warm start: begin the reverse process at t0 in [nfe, 1000] from a CG estimate of the clip instead "

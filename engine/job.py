@@ -36,7 +36,7 @@ BASELINES = ("cg", "admm-tv")
 MIN_SCORED_SIZE = 2 * SSIM_RADIUS + 1  # SSIM's window
 
 __all__ = ["Job", "DEFAULT_FRAMES", "DEFAULT_FPS", "BASELINES", "MIN_SCORED_SIZE", "video_boundary", "clean_frame",
-           "fitted_config", "with_sigma_y", "temporal_prior_for", "output_fps", "say_assumed_mask", "load_prior"]
+           "fitted_config", "with_sigma_y", "temporal_prior_for", "output_fps", "say_assumed_mask", "load_eps_model"]
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def say_assumed_mask(job: Job, cfg: SolverConfig) -> None:
                         cfg.mask_seed, term, cfg.mask_seed)
 
 
-def load_prior(job: Job, cfg: SolverConfig):
+def load_eps_model(job: Job, cfg: SolverConfig):
     """The ε model of the run (engine.runtime.load_model): the checkpoint or the prior, on the config's backend."""
     model, _ = load_model(job.checkpoint, backend=cfg.backend, engine=job.engine, size=job.size, device=cfg.device,
                           model_config=job.model_config, class_label=job.class_label, prior=job.prior)

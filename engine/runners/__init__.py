@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from engine.distributed import launched_by_torchrun
-from engine.job import Job, load_prior
+from engine.job import Job, load_eps_model
 from engine.job_checks import checked_input, planned
 from engine.job_input import longer_than_a_window, split_head
 from engine.output import claimed_output
@@ -40,7 +40,7 @@ def run(job: Job, cfg: SolverConfig) -> Optional[Path]:
         return run_sharded(job, cfg)
     job = planned(job, cfg, checked_input(job, cfg))
     with claimed_output(job) as tmp:
-        model = load_prior(job, cfg)
+        model = load_eps_model(job, cfg)
         head, frames, notes = split_head(job)
         if longer_than_a_window(job, head):
             restore_in_windows(tmp, job, cfg, model, head, frames, notes)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from engine.distributed import (frame_ranges, gather_frames, gather_records, init_from_environment, one_failure_for_all,
                                 scatter_frames)
 from engine.errors import InputError
-from engine.job import Job, fitted_config, load_prior, output_fps, say_assumed_mask, with_sigma_y
+from engine.job import Job, fitted_config, load_eps_model, output_fps, say_assumed_mask, with_sigma_y
 from engine.job_checks import checked_input
 from engine.job_input import input_frames, longer_than_a_window, split_head, unit_float, whole_clip
 from engine.metrics import clip_summary
@@ -70,7 +70,7 @@ def _run_shard(job: Job, cfg: SolverConfig, rank: int, world: int) -> Optional[P
         raise InputError("--blind runs in one process; leave it out under torchrun")
     checked_input(job, cfg)
     with claimed_output(job) if rank == 0 else nullcontext() as tmp:
-        _restore_sharded(tmp, job, cfg, load_prior(job, cfg), rank, world)
+        _restore_sharded(tmp, job, cfg, load_eps_model(job, cfg), rank, world)
     if rank != 0:
         return None
     log.info("wrote restored.mp4, measurement.mp4, frames/, metrics.json and comparison.png to %s", job.out)
