@@ -45,7 +45,7 @@ the pinned frames (fixed, not refined by later rows) and by CG's per-window step
 Several processes (a torch.distributed `group`; docs/distributed.md). Every process reads the same measurement
 stream and holds the window's rows; the window's free frames are sharded over the processes
 (engine.operators.sharded.ShardedWindowOperator: the network on each process's frames, CG across
-all of them), gathered on the group's rank 0, which yields them, and the next window's pinned
+all of them), gathered on the group's rank 0, which yields them, and the next window's lead and pinned
 frames are broadcast from it. A window too short to split (fewer than P·(w − 1) frames, the
 band of T_winᵀT_win) is solved whole by every process alike.
 """
