@@ -96,11 +96,11 @@ def restore(path: str, model, y: torch.Tensor, spec: str, args, sigma: float, te
     gamma = gamma_at(None, sigma)
     settings = dict(nfe=args.nfe, eta=args.eta, cg_iters=args.cg_iters, gamma=gamma, start=args.start,
                     temporal_prior=temporal_prior)
+    cfg = SolverConfig(spec=spec, frames=n, size=(h, w), channels_last=True, **settings)
     if path == "whole":
-        cfg = SolverConfig(spec=spec, frames=n, size=(h, w), channels_last=True, **settings)
         return Solver(model, cfg).solve(y, seed=args.seed)
-    restorer = VideoRestorer(model, spec, (h, w), window=args.window, **settings)
-    return torch.stack(list(restorer.restore(y)))
+    restorer = VideoRestorer(model, cfg, window=args.window)
+    return torch.stack(list(restorer.restore(y, seed=args.seed)))
 
 
 def print_table(path: Path) -> int:

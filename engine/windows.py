@@ -23,14 +23,19 @@ as a known term:
     y'[n] = y[n] − S( Σ_{m < a} T[n, m] · x̄[m] ),    n ∈ [m₀, m₁)
     A_win z = S( T[m₀:m₁, a:b] z ),  z = x[a:b]  (W free frames)
 
-A window commits its frames [a, b − L) and the next one starts at b − L: the last L
-frames (the lag), which miss the rows past m₁, are solved again with them. With the
-default L = w − 1 every committed frame is restored from every measurement row that
-reads it; L = 0 commits all W frames (cheaper, measurably worse: see tests/test_windows.py).
-At the video's true ends the boundary applies; there are no seams. Each window runs
+A window yields its frames [a + O, b − L) and the next one starts at b − L − O: the last L
+frames (the lag), which miss the rows past m₁, are solved again with them, and so are the O
+frames before (the lead), which the next window solves but does not yield again. Why both (measured
+by bench/window_quality.py, docs/results.md "Windows"): a window's open end leaves modes that only
+the prior fills, and through the taps' row sums (x[n + w] − x[n] is measured) and the K steps of the
+loop they pull on frames up to about 3(w − 1) before it: the default L = 3(w − 1). The first free
+frame next to the pinned ones absorbs alone the residual of the row that reads it and w − 1 fixed
+frames (every other frame of that row is pinned): the default O = ⌈(w − 1)/2⌉ keeps it unyielded.
+L = O = 0 yields all W frames (cheaper, measurably worse). At the video's true ends the boundary
+applies; there are no seams. Each window runs
 Algorithm 1 (engine.sampler.reverse_process) with the same noise image per step, drawn
 once from the seed (shared by all frames of all windows): the video is a deterministic
-function of the seed, W and L (not of the process count: below). With a warm start t₀
+function of the seed, W, L and O (not of the process count: below). With a warm start t₀
 (`start`), each window begins from √ᾱ_{t₀}·X_init + √(1−ᾱ_{t₀})·E_b, X_init from a few CG
 iterations on its own normal equations A_winᵀA_win z = A_winᵀy' (engine.schedule.warm_start).
 With a frame-local operator whose CG converges exactly (inpainting, SR: AᵀA has two
@@ -40,7 +45,7 @@ the pinned frames (fixed, not refined by later rows) and by CG's per-window step
 Several processes (a torch.distributed `group`; docs/distributed.md). Every process reads the same measurement
 stream and holds the window's rows; the window's free frames are sharded over the processes
 (engine.operators.sharded.ShardedWindowOperator: the network on each process's frames, CG across
-all of them), gathered on the group's rank 0, which yields them, and the next window's pinned
+all of them), gathered on the group's rank 0, which yields them, and the next window's lead and pinned
 frames are broadcast from it. A window too short to split (fewer than P·(w − 1) frames, the
 band of T_winᵀT_win) is solved whole by every process alike.
 """
@@ -56,7 +61,7 @@ from typing import Iterable, Iterator, Optional
 import torch
 import torch.distributed as dist
 
-from engine.cg import DEFAULT_DELTA, preconditioner
+from engine.cg import preconditioner
 from engine.distributed import Comm, gather_frames
 from engine.errors import InputError
 from engine.memory import WINDOW_BUFFERS
@@ -65,10 +70,10 @@ from engine.operators.base import LinearOperator
 from engine.operators.sharded import ShardedWindowOperator, band
 from engine.operators.spec import Term, join, split_temporal
 from engine.operators.temporal import frame_preconditioner, frames_operator
+from engine.runtime import SolverConfig, make_network
 from engine.sampler import EpsModel, draw_noise, reverse_process
 from engine.schedule import ddim_steps, warm_start
-from engine.temporal_prior import MotionPrior, check_temporal_prior, video_frames
-from engine.tiling import micro_batched
+from engine.temporal_prior import MotionPrior, video_frames
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -220,23 +225,52 @@ class WindowOperator(LinearOperator):
 
 # ── the window plan ─────────────────────────────────────────────────────────
 
+#: the default lag, in widths w − 1 of the temporal PSF: frames a window solves again with the next one
+#: (measured by bench/window_quality.py: a window's open end still pulls on frames about 3(w − 1) before it)
+LAG_WIDTHS = 3
+
+
+def default_lag(term: TemporalTerm) -> int:
+    """L = LAG_WIDTHS·(w − 1): the frames at a window's end that the next window restores again."""
+    return LAG_WIDTHS * term.context
+
+
+def default_lead(term: TemporalTerm) -> int:
+    """O = ⌈(w − 1)/2⌉: the frames already yielded that a window restores again before its first new frame,
+    so that no yielded frame lies next to the pinned frames (whose row residual it alone would absorb)."""
+    return (term.context + 1) // 2
+
+
+def least_window(term: TemporalTerm, lag: Optional[int] = None, lead: Optional[int] = None) -> int:
+    """The fewest free frames a window may hold: more than the reach r and than L + O (it yields a frame)."""
+    lag = default_lag(term) if lag is None else lag
+    lead = default_lead(term) if lead is None else lead
+    return max(term.reach, lag + lead) + 1
+
+
 @dataclass(frozen=True)
 class Window:
-    """Free frames [start, stop), measurement rows [rows[0], rows[1]), pinned frames [context, start)."""
+    """Free frames [start, stop), measurement rows [rows[0], rows[1]), pinned frames [context, start);
+    frames [first, commit) are yielded: [start, first) were yielded before (the lead), [commit, stop)
+    are solved again by the next window (the lag)."""
 
     start: int
     stop: int
     rows: tuple[int, int]
     context: int
     last: bool
-    commit: int   # frames [start, commit) are final; [commit, stop) are solved again by the next window
+    first: int
+    commit: int
 
 
-def plan_window(term: TemporalTerm, start: int, stop: int, last: bool, lag: int = 0) -> Window:
-    """The rows and the context of the window with free frames [start, stop) (see the module docstring)."""
+def plan_window(term: TemporalTerm, start: int, stop: int, last: bool, lag: int = 0,
+                first: Optional[int] = None) -> Window:
+    """The rows and the context of the window with free frames [start, stop) that yields frames from
+    `first` (default `start`) to `stop − lag` (to `stop` when it is the last; module docstring)."""
     m0 = max(0, start - term.centre)
     m1 = stop if last else stop - term.centre
-    return Window(start, stop, (m0, m1), max(0, m0 - term.left), last, stop if last else stop - lag)
+    return Window(start, stop, (m0, m1), max(0, m0 - term.left), last, start if first is None else first,
+                  stop if last else stop - lag)
 
 
 # ── the streaming restorer ──────────────────────────────────────────────────
@@ -248,46 +282,50 @@ def window_from_budget(budget_bytes: int, frame: tuple[int, int], term: Temporal
 
 
 class VideoRestorer:
-    """Algorithm 1 over a video of any length, a window of W free frames at a time.
+    """Algorithm 1 over a video of any length, a window of W free frames at a time (the `Solver` of a stream).
 
-        restorer = VideoRestorer(eps, "temporal:uniform:7:replicate", (272, 640), window=32, gamma=1.0)
-        for frame in restorer.restore(frames):      # frames: iterable of [3, H', W'] in [0, 1], or [N, 3, H', W']
-            write(frame)                            # [3, H, W] in [0, 1], in order, one window's latency
+        config = SolverConfig(spec="temporal:uniform:7:replicate", size=(272, 640), gamma=1.0)
+        restorer = VideoRestorer(model, config, window=32)
+        for frame in restorer.restore(frames, seed=0):   # frames: iterable of [3, H', W'] in [0, 1], or [N, 3, H', W']
+            write(frame)                                 # [3, H, W] in [0, 1], in order, one window's latency
 
-    eps_model(x_t [F, 3, H, W], t [F]) → [F, 3 or 6, H, W], called on windows (in micro-batches
-    of `batch` frames when given). `window` (W) or `memory_budget` (bytes, see window_from_budget);
-    neither restores the whole video as one window. Only the "shared" noise is supported: one
-    image per step, drawn once from `seed`, the same in every window. `start` (t₀): every window
-    starts warm from its own CG estimate (module docstring); None: cold.
+    `model` and `config` as for engine.runtime.Solver (the network built by engine.runtime.make_network:
+    `config.batch` frames or tiles per call, its backend and precision; `eps_model` overrides it). The
+    stream sets the frame count, so `config.frames` is not used; only the "shared" noise is supported:
+    one image per step, drawn from `restore`'s seed, the same in every window. `config.start` (t₀):
+    every window starts warm from its own CG estimate (module docstring).
 
+    The windows' own settings: `window` (W) or `memory_budget` (bytes, see window_from_budget), neither
+    restoring the whole video as one window; `lag` (L, default LAG_WIDTHS·(w − 1)) and `lead` (O, default
+    ⌈(w − 1)/2⌉), the frames each window solves again at its end and at its start; `dtype` of the solve
+    (float32, or float64 for exact comparisons).
     `group` (a torch.distributed process group, e.g. `dist.group.WORLD`): every process runs
     `restore` on the same measurement; each window's frames are split over the processes (module
     docstring) and the restored frames come out of the group's rank 0 only (the others yield none).
     `clock` (engine.profiling.StageClock): times every window's stages and collectives, summed.
-    `temporal_prior` (engine.temporal_prior.TEMPORAL_PRIORS): "motion" refines each window's null modes
-    along the motion seen in its measurement rows; "none" keeps the paper's behaviour.
+    `config.temporal_prior` "motion" refines each window's null modes along the motion seen in its
+    measurement rows.
     """
 
-    def __init__(self, eps_model: EpsModel, spec: str, frame: tuple[int, int], *, window: Optional[int] = None,
-                 memory_budget: Optional[int] = None, nfe: int = 20, eta: float = 0.15, cg_iters: int = 5,
-                 gamma: Optional[float] = None, cg_precond: Optional[float] = DEFAULT_DELTA, seed: int = 0,
-                 mask_seed: int = 0, batch: Optional[int] = None, lag: Optional[int] = None, device="cpu",
-                 dtype: torch.dtype = torch.float32, group=None, start: Optional[int] = None, clock=None,
-                 temporal_prior: str = "none"):
-        self.term, spatial_spec = split_spec(spec)
-        self.temporal_prior = check_temporal_prior(temporal_prior)
-        self.frame = (int(frame[0]), int(frame[1]))
-        self.device, self.dtype = torch.device(device), dtype
+    def __init__(self, model, config: SolverConfig, *, window: Optional[int] = None,
+                 memory_budget: Optional[int] = None, lag: Optional[int] = None, lead: Optional[int] = None,
+                 group=None, clock=None, eps_model: Optional[EpsModel] = None, dtype: torch.dtype = torch.float32):
+        if config.noise != "shared":
+            raise InputError(f"windows use the shared noise image only; got noise {config.noise!r}")
+        self.config = config
+        self.term, spatial_spec = split_spec(config.spec)
+        self.temporal_prior = config.temporal_prior
+        self.frame = config.frame
+        self.device, self.dtype = torch.device(config.device), dtype
         self.spatial = None if spatial_spec is None else from_spec(
-            spatial_spec, (1, 3, *self.frame), seed=mask_seed, device=device, dtype=dtype, kernels="torch")
-        self.eps_model = eps_model if batch is None else micro_batched(eps_model, batch)
-        self.steps = ddim_steps(nfe, eta, start=start)
-        self.warm = warm_start(start, cg_iters)
-        self.cg_iters, self.gamma, self.cg_precond = cg_iters, gamma, cg_precond
-        self.noise = draw_noise(seed, nfe, (1, 3, *self.frame)).to(device=self.device, dtype=dtype)  # [K+1, 1, 3, H, W]
-        self.lag = self.term.context if lag is None else lag
-        if isinstance(self.lag, bool) or not isinstance(self.lag, int) or self.lag < 0:
-            raise InputError(f"the lag must be an integer number of frames ≥ 0, got {lag!r}")
+            spatial_spec, (1, 3, *self.frame), seed=config.mask_seed, device=self.device, dtype=dtype,
+            kernels="torch")
+        self.eps_model = eps_model if eps_model is not None else make_network(model, config)
+        self.steps = ddim_steps(config.nfe, config.eta, start=config.start)
+        self.warm = warm_start(config.start, config.cg_iters)
+        self.cg_iters, self.gamma, self.cg_precond = config.cg_iters, config.gamma, config.cg_precond
+        self.lag = _frames("lag", default_lag(self.term) if lag is None else lag)
+        self.lead = _frames("lead", default_lead(self.term) if lead is None else lead)
         self.window = self._window(window, memory_budget)
         self.frames_held_peak = 0          # most video-sized frames held at once outside the solve (measured)
         self.group = group
@@ -299,8 +337,8 @@ class VideoRestorer:
         self.clock = clock
 
     def _window(self, window: Optional[int], budget: Optional[int]) -> float:
-        """W from `window` or `budget`, refused in one line unless W > max(reach, lag): a window commits a frame."""
-        least = max(self.term.reach, self.lag) + 1
+        """W from `window` or `budget`, refused in one line unless W > max(reach, L + O): a window yields a frame."""
+        least = least_window(self.term, self.lag, self.lead)
         if window is not None and budget is not None:
             raise InputError("give a window size or a memory budget, not both")
         if budget is not None:
@@ -310,13 +348,17 @@ class VideoRestorer:
                 need = (least + self.term.context) * BUFFERS_PER_FRAME * 3 * self.frame[0] * self.frame[1] * itemsize
                 raise InputError(f"a memory budget of {budget} bytes holds a window of {max(window, 0)} frames of "
                                  f"{self.frame[0]}×{self.frame[1]}; windows need at least {least} frames here "
-                                 f"(the temporal PSF's reach {self.term.reach}, lag {self.lag}): give {need} bytes")
+                                 f"({self._least_why()}): give {need} bytes")
         if window is None:
             return math.inf
         if isinstance(window, bool) or not isinstance(window, int) or window < least:
-            raise InputError(f"the window must be an integer number of frames greater than the temporal PSF's "
-                             f"reach {self.term.reach} and the lag {self.lag} (at least {least}), got {window!r}")
+            raise InputError(f"the window must be an integer number of frames, at least {least} "
+                             f"({self._least_why()}), got {window!r}")
         return window
+
+    def _least_why(self) -> str:
+        return (f"more than the temporal PSF's reach {self.term.reach} and than the lag {self.lag} plus "
+                f"the lead {self.lead}")
 
     @property
     def out_frame(self) -> tuple[int, int, int]:
@@ -360,38 +402,46 @@ class VideoRestorer:
     def _operator(self, T: Tensor) -> WindowOperator:
         return WindowOperator(T, self.spatial, self.frame, device=self.device, dtype=self.dtype)
 
-    def restore(self, measurement: Iterable[Tensor] | Tensor) -> Iterator[Tensor]:
-        """Restored frames [3, H, W] in [0, 1], in order, a window at a time.
+    def restore(self, measurement: Iterable[Tensor] | Tensor, *, seed: int = 0) -> Iterator[Tensor]:
+        """Restored frames [3, H, W] in [0, 1], in order, a window at a time; the noise drawn from `seed`.
 
-        Holds at most W + c + 1 measurement frames (one read ahead tells whether the
-        window is the last) and w − 1 pinned restored frames besides the window's solve.
+        Holds at most W + c + 1 measurement frames (one read ahead tells whether the window is
+        the last) and the last O + w − 1 yielded frames (the next lead and its pinned frames)
+        besides the window's solve.
         """
         frames = self._checked(measurement)
+        noise = draw_noise(seed, self.config.nfe, (1, 3, *self.frame)).to(device=self.device, dtype=self.dtype)
         pending: deque[Tensor] = deque()   # measurement rows [first_row, first_row + len)
-        pinned = torch.empty(0, 3, *self.frame, device=self.device, dtype=self.dtype)   # frames before `start`
-        first_row, start, done = 0, 0, False
+        held = torch.empty(0, 3, *self.frame, device=self.device, dtype=self.dtype)   # yielded frames before `first`
+        first_row, start, first, done = 0, 0, 0, False
         while not done:
             want = start + self.window + 1 - first_row            # rows through the window's end, one read ahead
             while len(pending) < want and (nxt := next(frames, None)) is not None:
                 pending.append(nxt)
             total = first_row + len(pending)                      # measurement frames read so far
             done = len(pending) < want                            # the iterator is exhausted: the last window
-            if total <= start:
+            if total <= first:
                 break
-            win = plan_window(self.term, start, total if done else start + self.window, done, self.lag)
-            self._hold(len(pending) + pinned.shape[0])
+            win = self._plan(start, total if done else start + self.window, done, first)
+            self._hold(len(pending) + held.shape[0])
             rows = torch.stack([pending[n - first_row] for n in range(*win.rows)])
-            x = self._solve_window(win, rows, pinned[pinned.shape[0] - (start - win.context):], total)
-            x = x[:win.commit - start] if x is not None else None
-            pinned = self._next_pinned(pinned, x, win.commit - start)
-            start = win.commit
+            n = held.shape[0]
+            pinned = held[n - (first - win.context):n - (first - win.start)]   # frames [context, start)
+            x = self._solve_window(win, rows, pinned, total, noise)
+            x = x[win.first - start:win.commit - start] if x is not None else None
+            held = self._next_held(held, x, win.commit - win.first)
+            first, start = win.commit, max(0, win.commit - self.lead)
             while pending and first_row < start - self.term.centre:   # rows no later window reads
                 pending.popleft()
                 first_row += 1
             if x is not None:
                 yield from x
 
-    def _solve_window(self, win: Window, y: Tensor, pinned: Tensor, total: int) -> Optional[Tensor]:
+    def _plan(self, start: int, stop: int, last: bool, first: int) -> Window:
+        """The window of free frames [start, stop) yielding from `first` (plan_window with this restorer's lag)."""
+        return plan_window(self.term, start, stop, last, self.lag, first)
+
+    def _solve_window(self, win: Window, y: Tensor, pinned: Tensor, total: int, noise: Tensor) -> Optional[Tensor]:
         """Algorithm 1 on one window: y' = y − S(T_pin x_pin), then reverse_process on A_win.  → [F, 3, H, W]
         (on the group's rank 0; None on the others)"""
         end = total if win.last else None
@@ -401,9 +451,10 @@ class VideoRestorer:
         if P:
             y = y.sub_(self._operator(T[:, :P]).A(pinned))                  # y' in place: y is the window's own stack
         op = self._split_operator(T[:, P:])
-        log.debug("window frames [%d, %d), rows [%d, %d), %d pinned", win.start, win.stop, *win.rows, P)
+        log.debug("window frames [%d, %d) yielding [%d, %d), rows [%d, %d), %d pinned", win.start, win.stop,
+                  win.first, win.commit, *win.rows, P)
         precond = preconditioner(op, self.gamma, self.cg_precond, device=self.device, dtype=self.dtype)
-        x = reverse_process(self.eps_model, y, op, self.noise, self.steps, cg_iters=self.cg_iters,
+        x = reverse_process(self.eps_model, y, op, noise, self.steps, cg_iters=self.cg_iters,
                             gamma=self.gamma, precond=precond, warm=self.warm, stage=self.clock)
         if isinstance(op, ShardedWindowOperator):
             x = gather_frames(x, op.comm)
@@ -425,16 +476,17 @@ class VideoRestorer:
             return ShardedWindowOperator(op, comm, device=self.device, dtype=self.dtype)
         return op
 
-    def _next_pinned(self, pinned: Tensor, x: Optional[Tensor], committed: int) -> Tensor:
-        """The last w − 1 restored frames after a window committed `committed` frames `x` (rank 0's),
-        broadcast from the group's rank 0 when there are several processes.  → [≤ w − 1, 3, H, W]"""
-        if not self.term.context:
-            return pinned
-        keep = min(self.term.context, pinned.shape[0] + committed)
+    def _next_held(self, held: Tensor, x: Optional[Tensor], yielded: int) -> Tensor:
+        """The last O + w − 1 yielded frames after a window yielded `yielded` frames `x` (rank 0's): the next
+        window's lead and pinned frames, broadcast from the group's rank 0 when there are several processes.
+        → [≤ O + w − 1, 3, H, W]"""
+        keep = min(self.term.context + self.lead, held.shape[0] + yielded)
+        if not keep:
+            return held
         if x is not None:
-            nxt = torch.cat([pinned, x])[pinned.shape[0] + committed - keep:]
+            nxt = torch.cat([held, x])[held.shape[0] + yielded - keep:]
         else:
-            nxt = pinned.new_empty((keep, *pinned.shape[1:]))
+            nxt = held.new_empty((keep, *held.shape[1:]))
         if self.world > 1:
             dist.broadcast(nxt, src=dist.get_global_rank(self.group, 0), group=self.group)
         return nxt
@@ -454,7 +506,8 @@ class VideoRestorer:
             yield f
 
 
-def restore_windows(eps_model: EpsModel, spec: str, measurement: Iterable[Tensor] | Tensor,
-                    frame: tuple[int, int], **settings) -> Iterator[Tensor]:
-    """Restored frames [3, H, W], in order: `VideoRestorer(eps_model, spec, frame, **settings).restore(measurement)`."""
-    return VideoRestorer(eps_model, spec, frame, **settings).restore(measurement)
+def _frames(name: str, value) -> int:
+    """`value` as a count of frames ≥ 0, refused in one line otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InputError(f"the {name} must be an integer number of frames ≥ 0, got {value!r}")
+    return value

@@ -154,12 +154,14 @@ def window_operator_errors(rank, world, spec, rows, cols, end):
 def windows_restored(rank, world, frames, spec, window, start):
     """(rank 0's restored video or the frame count another rank yielded, windows split over the group) of
     VideoRestorer(group=WORLD) in fp64 on a measured smooth random video."""
+    from engine.runtime import SolverConfig
     from engine.windows import VideoRestorer
 
-    restorer = VideoRestorer(_frame_local_eps, spec, (8, 12), window=window, nfe=3, gamma=1.0, seed=5,
-                             dtype=torch.float64, group=dist.group.WORLD, start=start)
+    cfg = SolverConfig(spec=spec, size=(8, 12), nfe=3, gamma=1.0, start=start)
+    restorer = VideoRestorer(None, cfg, window=window, eps_model=_frame_local_eps, dtype=torch.float64,
+                             group=dist.group.WORLD)
     clean = torch.rand((frames, 3, 8, 12), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    out = list(restorer.restore(restorer.measure(clean, sigma_y=0.05, seed=3)))
+    out = list(restorer.restore(restorer.measure(clean, sigma_y=0.05, seed=3), seed=5))
     return (torch.stack(out).numpy() if rank == 0 else len(out)), restorer.windows_split
 
 

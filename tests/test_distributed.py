@@ -233,21 +233,22 @@ def test_a_sharded_window_operator_equals_the_window_operator(spec, rows, cols, 
         assert frames > 0 and error < 1e-12, error
 
 
-@pytest.mark.parametrize("spec, window, start", [("temporal:uniform:5:replicate+sr:2", 12, None),
+@pytest.mark.parametrize("spec, window, start", [("temporal:uniform:5:replicate+sr:2", 16, None),
                                                  ("temporal:uniform:3:zero", 9, None),
-                                                 ("temporal:uniform:5:replicate", 12, 400)])
+                                                 ("temporal:uniform:5:replicate", 16, 400)])
 def test_windows_sharded_over_processes_equal_one_process(spec, window, start):
     """VideoRestorer(group=WORLD) with 2 processes yields on rank 0 the one-process video (fp64, 1e-12),
     nothing on rank 1; the windows are split over the processes except a last one too short to split
     (cold, or each window warm from t₀)."""
+    from engine.runtime import SolverConfig
     from engine.windows import VideoRestorer
 
     frames = 29
     results = _values(run_local(workers.windows_restored, 2, frames, spec, window, start))
-    restorer = VideoRestorer(workers._frame_local_eps, spec, (8, 12), window=window, nfe=3, gamma=1.0, seed=5,
-                             dtype=torch.float64, start=start)
+    cfg = SolverConfig(spec=spec, size=(8, 12), nfe=3, gamma=1.0, start=start)
+    restorer = VideoRestorer(None, cfg, window=window, eps_model=workers._frame_local_eps, dtype=torch.float64)
     clean = torch.rand((frames, 3, 8, 12), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    ref = torch.stack(list(restorer.restore(restorer.measure(clean, sigma_y=0.05, seed=3))))
+    ref = torch.stack(list(restorer.restore(restorer.measure(clean, sigma_y=0.05, seed=3), seed=5)))
     (video, split0), (count, split1) = results
     assert count == 0 and split0 == split1 >= 2
     got = torch.from_numpy(video)
@@ -259,7 +260,8 @@ def test_torchrun_windows_write_the_frames_one_process_writes(tmp_path):
     """--max-frames under torchrun: each window split over 2 processes; the frames equal the one-process
     windows' (within one 8-bit level) and metrics.json names both processes."""
     clip = _clip(tmp_path)
-    args = [str(clip), *ARGS, "--max-frames", "8", "--warm-start", "600"]     # torchrun would take --start
+    # k = 3, whose lag and lead leave two windows of 10 frames on the 12; torchrun would take --start
+    args = [str(clip), *ARGS, "--degrade", "temporal:uniform:3", "--max-frames", "10", "--warm-start", "600"]
     two = _same_frames_as_one_process(args, tmp_path)
     assert two.stderr.count("wrote restored.mp4") == 1                        # process 0 says where, once
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())

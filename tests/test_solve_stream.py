@@ -8,13 +8,14 @@ import torch
 from engine import video_io
 from engine.metrics import clip_summary
 from engine.priors import make_prior
+from engine.runtime import SolverConfig
 from engine.metrics import Scores as FrameScores
 from engine.solve import main
 from engine.testclips import camera_clip
 from engine.video_io import UnreadableError, frame_rate, read_video, write_video
 from engine.windows import VideoRestorer
 
-N, H, W, FPS, WINDOW = 40, 24, 40, 12, 8
+N, H, W, FPS, WINDOW = 40, 24, 40, 12, 12
 SPEC = "temporal:uniform:3"
 STREAM = ["--simulate", "--degrade", SPEC, "--prior", "gaussian", "--nfe", "3", "--cg-iters", "2", "--device", "cpu",
           "--max-frames", str(WINDOW)]
@@ -47,9 +48,10 @@ def test_a_long_non_square_clip_is_streamed_at_its_own_size_and_rate(tmp_path, c
     # the same restoration without streaming I/O: VideoRestorer on the decoded clip, as engine.windows documents
     s = report["settings"]
     clean = read_video(clip_mp4, size=None)
-    restorer = VideoRestorer(make_prior("gaussian"), s["spec"], (H, W), window=WINDOW, nfe=s["nfe"], eta=s["eta"],
-                             cg_iters=s["cg_iters"], seed=s["seed"], temporal_prior=s["temporal_prior"])
-    expected = torch.stack(list(restorer.restore(torch.stack(list(restorer.measure(clean))))))
+    cfg = SolverConfig(spec=s["spec"], size=(H, W), nfe=s["nfe"], eta=s["eta"], cg_iters=s["cg_iters"],
+                       temporal_prior=s["temporal_prior"])
+    restorer = VideoRestorer(make_prior("gaussian"), cfg, window=WINDOW)
+    expected = torch.stack(list(restorer.restore(torch.stack(list(restorer.measure(clean))), seed=s["seed"])))
     assert (frames * 255 - (expected * 255).round()).abs().max().item() <= 1.0          # within one 8-bit level
     streamed, whole = report["restored"], clip_summary(expected, clean)
     assert streamed["psnr"] == pytest.approx(whole["psnr"], rel=1e-4)
