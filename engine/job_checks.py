@@ -20,7 +20,7 @@ from engine.operators.spec import parse as parse_spec
 from engine.operators.spec import split_temporal, time_boundary, with_time_boundary
 from engine.probe import InputFacts, check_spec, probe_input, temporal_width
 from engine.runtime import SolverConfig
-from engine.windows import split_spec
+from engine.windows import least_window, split_spec
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,11 @@ def checked_input(job: Job, cfg: SolverConfig) -> Optional[InputFacts]:
         raise InputError(_as_typed(str(err), cfg.spec, boundary)) from None
     if job.max_frames is not None:
         term, _ = split_spec(with_time_boundary(cfg.spec, video_boundary(job, None)))
-        least = max(term.reach, term.context) + 1
+        least = least_window(term)
         if job.max_frames < least:
             raise InputError(f"--max-frames {job.max_frames} is too short for {cfg.spec}: a window needs at least "
-                             f"{least} frames (the temporal blur's reach {term.reach}, and the {term.context} frames "
-                             f"each window solves again)")
+                             f"{least} frames (more than the temporal blur's reach {term.reach} and than the "
+                             f"{least - 1} frames each window solves again at its ends)")
     width = temporal_width(op)
     if facts.frames is not None and facts.frames < width:
         log.warning("INPUT has %d frame(s), fewer than the temporal blur's %d: the frames it reads before the first "
@@ -97,7 +97,7 @@ def planned(job: Job, cfg: SolverConfig, facts: Optional[InputFacts] = None) -> 
     context, least, why_not = 0, 2, _why_not_windows(job, spec)
     if why_not is None:
         term = split_spec(spec)[0]
-        context, least = term.context, max(2, max(term.reach, term.context) + 1)
+        context, least = term.context, max(2, least_window(term))
     checkpoint = job.checkpoint.stat().st_size if job.checkpoint is not None and job.checkpoint.is_file() else None
     chosen = plan(frames, frame, budget=None if job.memory_budget is None else job.memory_budget * GB,
                   device=cfg.device, prior=job.prior, checkpoint_bytes=checkpoint, batch=cfg.batch,

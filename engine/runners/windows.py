@@ -56,7 +56,6 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
     its share of each window; the group's rank 0 writes (into `folder`) and records every process's
     seconds; the others return None.
     """
-    from engine.runtime import make_network
     from engine.video_io import frames_writer, video_writer
     from engine.windows import VideoRestorer
 
@@ -71,11 +70,8 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
     frames = _drained(head, rest)
     if cfg.noise != "shared":
         raise InputError("--max-frames restores in windows with the shared noise image only; drop --noise independent")
-    restorer = VideoRestorer(make_network(model, cfg), cfg.spec, cfg.frame, window=job.max_frames, nfe=cfg.nfe,
-                             eta=cfg.eta, cg_iters=cfg.cg_iters, gamma=cfg.gamma, cg_precond=cfg.cg_precond,
-                             seed=job.seed, mask_seed=cfg.mask_seed, device=cfg.device, group=group,
-                             start=cfg.start, clock=StageClock(cfg.device) if group is not None else None,
-                             temporal_prior=cfg.temporal_prior)
+    restorer = VideoRestorer(model, cfg, window=job.max_frames, group=group,
+                             clock=StageClock(cfg.device) if group is not None else None)
     if restorer.rank != 0:
         return _restore_windows_elsewhere(job, restorer, frames)
     held = deque()                                    # clean frames read and not yet scored
@@ -86,7 +82,7 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
     with video_writer(folder / "restored.mp4", fps) as restored_mp4, frames_writer(folder / "frames") as png, \
             video_writer(folder / "measurement.mp4", fps) as measured_mp4, \
             tqdm(total=total, desc="restoring", unit="frame", disable=None) as bar:
-        for count, x in enumerate(restorer.restore(_tapped(y, measured_mp4, sheet)), 1):
+        for count, x in enumerate(restorer.restore(_tapped(y, measured_mp4, sheet), seed=job.seed), 1):
             x = grey_clip(x[None].cpu())[0] if grey else x.cpu()
             restored_mp4(x)
             png(x)
@@ -100,7 +96,7 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
                 log.info("restored %d frames", count)
     seconds = time.perf_counter() - t0
     cfg = dataclasses.replace(cfg, frames=count)                         # the frames read
-    fields = {"windows": {"max_frames": job.max_frames, "lag": restorer.lag, "streamed": True,
+    fields = {"windows": {"max_frames": job.max_frames, "lag": restorer.lag, "lead": restorer.lead, "streamed": True,
                           "measurement_frames_held_peak": restorer.frames_held_peak},
               **_window_ranks(restorer, seconds), "memory": peak_record(cfg.device), "comparison": sheet.note()}
     if not job.measured:
@@ -118,7 +114,7 @@ def _restore_windows_elsewhere(job: Job, restorer, frames: Iterator) -> None:
     """A process other than rank 0 of `restore_in_windows`: its share of every window, nothing written."""
     y = frames if job.measured else restorer.measure(frames, sigma_y=job.sigma_y, seed=job.seed + 1)
     t0 = time.perf_counter()
-    for _ in restorer.restore(y):                     # rank 0 alone yields frames
+    for _ in restorer.restore(y, seed=job.seed):      # rank 0 alone yields frames
         pass
     _window_ranks(restorer, time.perf_counter() - t0)
 
