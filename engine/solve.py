@@ -828,7 +828,7 @@ def _restore_sharded(tmp: Optional[Path], job: Job, cfg: SolverConfig, model, ra
     if rank != 0:
         return
     seconds = max(r["seconds"] for r in records)
-    report = {"written_by": WRITTEN_BY, "settings": settings(job, cfg), "kernels_used": "torch",
+    report = {"written_by": WRITTEN_BY, "settings": settings(job, cfg), "kernels_used": solver.kernels_used.arithmetic,
               "input": str(job.input) if job.input else "demo", "prior": prior_name(job),
               **model_record(model), "seconds": seconds, "fps": frames / seconds,
               "world_size": world, "ranks": records, **({"noise": noise.as_dict()} if noise else {}),

@@ -122,16 +122,17 @@ def _frame_local_eps(x, t):
 
 
 def window_operator_errors(rank, world, spec, rows, cols, end):
-    """Largest relative error of ShardedWindowOperator against WindowOperator (fp64) over A, Aᵀ, AᵀA, the
+    """Largest relative error of ShardedWindowOperator against the one-process window operator (fp64) over A, Aᵀ, AᵀA, the
     preconditioner and 5 PCG steps, and the dot test ⟨A x, y⟩ = ⟨x, Aᵀ y⟩ with x sharded, y whole."""
     from engine.operators.sharded import ShardedWindowOperator
-    from engine.windows import WindowOperator, frame_matrix, split_spec
+    from engine.operators.kronecker import KroneckerOperator, frame_matrix
+    from engine.windows import split_spec
 
     term, spatial_spec = split_spec(spec)
     frame = (8, 12)
     T = frame_matrix(term, rows, cols, end)
     spatial = from_spec(spatial_spec, (1, 3, *frame), kernels="torch", dtype=torch.float64) if spatial_spec else None
-    full = WindowOperator(T, spatial, frame, dtype=torch.float64)
+    full = KroneckerOperator(T, spatial, (3, *frame), dtype=torch.float64)
     comm = Comm(T.shape[1])
     a, b = comm.shard.start, comm.shard.stop
     sharded = ShardedWindowOperator(full, comm, dtype=torch.float64)

@@ -17,7 +17,7 @@ import torch
 import sharded_workers as workers
 from engine.distributed import even_split, frame_ranges, free_port, run_local
 from engine.errors import InputError
-from engine.operators.sharded import band, local_matrix
+from engine.operators.banded import band, local_matrix
 from engine.operators.temporal import temporal_matrix, uniform_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,7 +227,7 @@ def test_torchrun_measured_video_each_process_reads_its_frames(tmp_path):
 ])
 def test_a_sharded_window_operator_equals_the_window_operator(spec, rows, cols, end):
     """Its A (rows whole on every rank), Aᵀ, AᵀA, preconditioner and PCG steps on each of 3 ranks' frames
-    equal WindowOperator's in fp64, and ⟨A x, y⟩ = ⟨x, Aᵀ y⟩ with x sharded."""
+    equal the one-process window operator's in fp64, and ⟨A x, y⟩ = ⟨x, Aᵀ y⟩ with x sharded."""
     for error, frames in _values(run_local(workers.window_operator_errors, 3, spec, rows, cols, end)):
         assert frames > 0 and error < 1e-12, error
 

@@ -9,8 +9,8 @@ from engine.operators import from_spec
 from engine.operators.temporal import temporal_matrix, uniform_kernel
 from engine.priors import GaussianPrior
 from engine.sampler import sample
-from engine.windows import (DEFAULT_BOUNDARY, TemporalTerm, VideoRestorer, frame_matrix, plan_window,
-                            split_spec)
+from engine.operators.kronecker import TemporalTerm, frame_matrix
+from engine.windows import DEFAULT_BOUNDARY, VideoRestorer, plan_window, split_spec
 
 F64 = torch.float64
 PRIOR = GaussianPrior()
