@@ -294,10 +294,10 @@ class Solver:
             self.op = from_spec(config.spec, config.shape, seed=config.mask_seed, device=self.device,
                                 dtype=torch.float32, kernels=self.kernels_used.arithmetic)
         else:
-            from engine.operators.sharded import ShardedOperator
+            from engine.operators.kronecker import KroneckerOperator
 
-            self.op = ShardedOperator(config.spec, config.shape, self.comm, seed=config.mask_seed,
-                                      device=self.device, dtype=torch.float32)
+            self.op = KroneckerOperator.from_spec(config.spec, config.shape, comm=self.comm, seed=config.mask_seed,
+                                                  device=self.device, dtype=torch.float32)
         self.shape = tuple(self.op.in_shape)                               # this process's frames
         self.steps = ddim_steps(config.nfe, config.eta, start=config.start)
         self.warm = warm_start(config.start, config.cg_iters)

@@ -39,7 +39,7 @@ the pinned frames (fixed, not refined by later rows) and by CG's per-window step
 
 Several processes (a torch.distributed `group`; docs/distributed.md). Every process reads the same measurement
 stream and holds the window's rows; the window's free frames are sharded over the processes
-(engine.operators.sharded.ShardedWindowOperator: the network on each process's frames, CG across
+(engine.operators.kronecker.KroneckerOperator.sharded: the network on each process's frames, CG across
 all of them), gathered on the group's rank 0, which yields them, and the next window's pinned
 frames are broadcast from it. A window too short to split (fewer than P·(w − 1) frames, the
 band of T_winᵀT_win) is solved whole by every process alike.
@@ -65,7 +65,6 @@ from engine.operators.base import LinearOperator
 from engine.operators.banded import band
 from engine.operators.kronecker import IDENTITY, KroneckerOperator, TemporalTerm, frame_matrix
 from engine.operators.measurement import noisy_frames
-from engine.operators.sharded import ShardedWindowOperator
 from engine.operators.spec import Term, join, split_temporal
 from engine.sampler import EpsModel, draw_noise, reverse_process
 from engine.schedule import ddim_steps, warm_start
@@ -301,7 +300,7 @@ class VideoRestorer:
         precond = preconditioner(op, self.gamma, self.cg_precond, device=self.device, dtype=self.dtype)
         x = reverse_process(self.eps_model, y, op, self.noise, self.steps, cg_iters=self.cg_iters,
                             gamma=self.gamma, precond=precond, warm=self.warm, stage=self.clock)
-        if isinstance(op, ShardedWindowOperator):
+        if op.comm is not None:
             x = gather_frames(x, op.comm)
         if x is None or self.rank != 0:
             return None
@@ -318,7 +317,7 @@ class VideoRestorer:
         if self.world > 1 and frames // self.world >= max(1, *band(op.normal_matrix, ring=False)):
             self.windows_split += 1
             comm = Comm(frames, self.group, clock=self.clock)
-            return ShardedWindowOperator(op, comm, device=self.device, dtype=self.dtype)
+            return op.sharded(comm, what="the window's temporal PSF", device=self.device, dtype=self.dtype)
         return op
 
     def _next_pinned(self, pinned: Tensor, x: Optional[Tensor], committed: int) -> Tensor:

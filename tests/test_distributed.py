@@ -95,6 +95,14 @@ def test_solver_with_a_process_group_equals_one_solver(noise):
         torch.testing.assert_close(x_part, x[a:b], rtol=0, atol=1e-5)
 
 
+def test_a_solver_over_processes_runs_torch_arithmetic_and_says_so():
+    """Frames split over processes: the operator, CG and steps on torch ops whatever was asked
+    (engine.runtime.kernels_run); the network's norms as asked."""
+    from engine.runtime import ResolvedKernels
+
+    assert _values(run_local(workers.solver_kernels, 2)) == [(ResolvedKernels("torch", "triton"), "torch")] * 2
+
+
 @pytest.mark.parametrize("world, frames", [(2, 13), (3, 20)])
 def test_halos_and_operators_hold_when_point_to_point_pairs_in_issue_order(world, frames):
     """NCCL ignores tags and pairs the sends and receives between two ranks in the order they were issued
@@ -172,6 +180,16 @@ def test_torchrun_writes_the_frames_one_process_writes(tmp_path):
     assert metrics["world_size"] == 2
     assert [r["frames"] for r in metrics["ranks"]] == [[0, 6], [6, 12]]
     assert all(r["communication_s"] > 0 and r["cg_s"] > 0 and r["network_s"] > 0 for r in metrics["ranks"])
+
+
+def test_torchrun_records_the_kernels_that_ran(tmp_path):
+    """metrics.json's kernels_used under torchrun with --kernels triton: Triton in one process (in the
+    interpreter on the CPU), torch ops with the frames split over two (engine.runtime.kernels_run)."""
+    clip = _clip(tmp_path)
+    for nproc, used in ((1, "triton"), (2, "torch")):
+        run = _torchrun([str(clip), *ARGS, *WHOLE, "--kernels", "triton", "--out", f"n{nproc}"], tmp_path, nproc=nproc)
+        assert run.returncode == 0, run.stderr
+        assert json.loads((tmp_path / f"n{nproc}" / "metrics.json").read_text())["kernels_used"] == used
 
 
 @pytest.mark.parametrize("failing", ["0", "1"])

@@ -12,9 +12,9 @@ rows read F frames. One class serves every layout of the frames and the rows:
 - one process (`comm` None): a whole video (T the N×N temporal matrix) or a window of one
   (T = T[m₀:m₁, a:b], a block of it: engine.windows);
 - frames sharded over processes (engine.distributed.Comm), rows "split" like the frames (T square
-  and banded, a whole video: engine.operators.sharded.ShardedOperator): T, Tᵀ and TᵀT by one halo
-  exchange each (engine.operators.banded.BandedFrames);
-- frames sharded, rows "whole" on every process (a window's rows: ShardedWindowOperator): with x_p
+  and banded, a whole video: `KroneckerOperator.from_spec(spec, shape, comm=…)`): T, Tᵀ and TᵀT by
+  one halo exchange each (engine.operators.banded.BandedFrames);
+- frames sharded, rows "whole" on every process (a window's rows: `window.sharded(comm)`): with x_p
   this process's frames [a, b), A x = Σ_p T[:, a:b] S x_p (one all-reduce), Aᵀ y = Sᵀ T[:, a:b]ᵀ y (local).
 
 Sharded, AᵀA = Sᵀ (TᵀT) S x is one halo exchange, T applied on the measurement's side (a
@@ -41,6 +41,8 @@ from engine.errors import InputError
 from engine.operators.banded import BandedFrames, in_pixel_layout
 from engine.operators.base import LinearOperator, inner_product
 from engine.operators.common import Constants
+from engine.operators.registry import from_spec
+from engine.operators.spec import join, split_temporal
 from engine.operators.temporal import frame_preconditioner, frames_operator
 
 Tensor = torch.Tensor
@@ -130,9 +132,10 @@ class KroneckerOperator(LinearOperator):
                  preconditioned: bool = True, device=None, dtype=torch.float32):
         if rows not in ROWS:
             raise ValueError(f"rows must be one of {', '.join(ROWS)}, got {rows!r}")
-        if T is None and comm is None:
-            raise ValueError("the identity along frames needs a comm that says how many frames there are")
+        if T is None and spatial is None:
+            raise ValueError("T ⊗ S needs T or S")
         self.matrix, self.spatial, self.comm, self.rows = T, spatial, comm, rows
+        self.shard = None if comm is None else comm.shard          # this process's frames (engine.distributed.Shard)
         self.preconditioned = preconditioned and T is not None
         #: TᵀT [F, F], formed in float64 (None for the identity)
         self.normal_matrix = None if T is None else T.T @ T
@@ -143,21 +146,21 @@ class KroneckerOperator(LinearOperator):
         self.normal_gain = temporal_gain * self.spatial_gain
         frame = tuple(int(s) for s in frame)
         out_frame = tuple(spatial.out_shape[1:]) if spatial is not None else frame
-        frames, measured = (T.shape[1], T.shape[0]) if T is not None else (comm.shard.frames, comm.shard.frames)
+        if T is None:                                    # the rows are this process's frames, as S takes them
+            self.rows = "split"
+            self.in_shape, self.out_shape = (spatial.in_shape[0], *frame), (spatial.in_shape[0], *out_frame)
+            return
         if comm is None:
-            self.in_shape, self.out_shape = (frames, *frame), (measured, *out_frame)
+            self.in_shape, self.out_shape = (T.shape[1], *frame), (T.shape[0], *out_frame)
             self._constants = Constants({"T": T, "TtT": self.normal_matrix}, device=device, dtype=dtype)
             return
-        if comm.shard.frames != frames:
-            raise InputError(f"the operator has {frames} frames but the process group was sharded for "
+        if comm.shard.frames != T.shape[1]:
+            raise InputError(f"the operator has {T.shape[1]} frames but the process group was sharded for "
                              f"{comm.shard.frames}")
-        if rows == "split" and measured != frames:
+        if rows == "split" and T.shape[0] != T.shape[1]:
             raise ValueError(f"rows split like the frames need a square T, got {tuple(T.shape)}")
-        self.shard = comm.shard
         self.in_shape = (self.shard.count, *frame)
-        self.out_shape = (self.shard.count if rows == "split" else measured, *out_frame)
-        if T is None:
-            return
+        self.out_shape = (self.shard.count if rows == "split" else T.shape[0], *out_frame)
         banded = dict(what=what, device=device, dtype=dtype)
         self._TtT = BandedFrames(self.normal_matrix, comm, ring, **banded)
         if rows == "split":
@@ -166,6 +169,44 @@ class KroneckerOperator(LinearOperator):
         else:
             self._constants = Constants({"T": T[:, self.shard.start:self.shard.stop]}, device=device,
                                         dtype=dtype)                                          # [R, n_p]
+
+    @classmethod
+    def from_spec(cls, spec: str, shape, *, comm=None, seed: int = 0, device=None, dtype=None) -> "KroneckerOperator":
+        """`spec`'s operator for videos of `shape` [N, C, H, W]: T = T_k ⋯ T₁ of its temporal terms (N×N),
+        S of its frame-local terms on torch ops (`seed` draws an inpainting mask). With `comm`, on this
+        process's frames of the video sharded by it, the rows split like the frames.  → [n, C, H, W] → [n, C', H', W']
+
+        As the one-process Composition of from_spec, it offers CG's preconditioner for exactly one temporal term.
+        """
+        n, *frame = (int(s) for s in shape)
+        if comm is not None and comm.shard.frames != n:
+            raise InputError(f"the video has {n} frames but the process group was sharded for {comm.shard.frames}")
+        temporal_terms, frame_terms = split_temporal(spec)
+        here = n if comm is None else comm.shard.count
+        spatial = (from_spec(join(frame_terms), (here, *frame), seed=seed, device=device, dtype=dtype,
+                             kernels=cls.kernels) if frame_terms else None)
+        T, ring = None, False
+        if temporal_terms:
+            T = torch.eye(n, dtype=torch.float64)
+            for term in temporal_terms:
+                op = from_spec(str(term), (n, 1, 1, 1), kernels=cls.kernels)
+                T = op.constants.original("matrix") @ T
+                ring = ring or op.boundary == "circular"
+        return cls(T, spatial, frame, comm=comm, rows="split", ring=ring, what=f"the temporal PSF {join(temporal_terms)}",
+                   preconditioned=len(temporal_terms) == 1, device=device, dtype=dtype)
+
+    def sharded(self, comm, *, what: str = "the temporal PSF", device=None, dtype=torch.float32) -> "KroneckerOperator":
+        """This one-process operator with its F frames sharded by `comm` and its R rows whole on every
+        process (a window's: engine.windows); `what` names T in the error of a shard narrower than its band.
+        [n_p, C, H, W] → [R, C', H', W']
+
+        The sampler's CG (AᵀA, the all-reduced `inner`, the preconditioner in the pixel layout) then
+        communicates as a sharded whole video's does; A itself, an all-reduce of a measurement, is not
+        called inside the loop."""
+        if self.comm is not None:
+            raise ValueError("the operator is sharded already")
+        return KroneckerOperator(self.matrix, self.spatial, self.in_shape[1:], comm=comm, rows="whole", what=what,
+                                 preconditioned=self.preconditioned, device=device, dtype=dtype)
 
     def A(self, x: Tensor) -> Tensor:
         """y = T (S x).  [*in_shape] → [*out_shape]"""
