@@ -141,7 +141,7 @@ class KroneckerOperator(LinearOperator):
         self.normal_matrix = None if T is None else T.T @ T
         #: g = ‖SᵀS‖, the factor φ's argument is scaled by
         self.spatial_gain = spatial.normal_gain if spatial is not None else 1.0
-        temporal_gain = 1.0 if T is None else (float(torch.linalg.eigvalsh(self.normal_matrix)[-1]) if T.numel() else 0.0)
+        temporal_gain = 1.0 if T is None else float(torch.linalg.eigvalsh(self.normal_matrix)[-1]) if T.numel() else 0.0
         #: the largest eigenvalue of AᵀA = ‖TᵀT‖·‖SᵀS‖ (engine.cg's preconditioner scales δ by it)
         self.normal_gain = temporal_gain * self.spatial_gain
         frame = tuple(int(s) for s in frame)
@@ -171,12 +171,15 @@ class KroneckerOperator(LinearOperator):
                                         dtype=dtype)                                          # [R, n_p]
 
     @classmethod
-    def from_spec(cls, spec: str, shape, *, comm=None, seed: int = 0, device=None, dtype=None) -> "KroneckerOperator":
+    def from_spec(cls, spec: str, shape, *, comm=None, seed: int = 0, device=None,
+                  dtype=None) -> "KroneckerOperator":
         """`spec`'s operator for videos of `shape` [N, C, H, W]: T = T_k ⋯ T₁ of its temporal terms (N×N),
         S of its frame-local terms on torch ops (`seed` draws an inpainting mask). With `comm`, on this
-        process's frames of the video sharded by it, the rows split like the frames.  → [n, C, H, W] → [n, C', H', W']
+        process's n_p frames of the video sharded by it, the rows split like the frames.
+        [N or n_p, C, H, W] → [N or n_p, C', H', W']
 
-        As the one-process Composition of from_spec, it offers CG's preconditioner for exactly one temporal term.
+        As the one-process Composition of from_spec, it offers CG's preconditioner for exactly one
+        temporal term.
         """
         n, *frame = (int(s) for s in shape)
         if comm is not None and comm.shard.frames != n:
@@ -192,10 +195,12 @@ class KroneckerOperator(LinearOperator):
                 op = from_spec(str(term), (n, 1, 1, 1), kernels=cls.kernels)
                 T = op.constants.original("matrix") @ T
                 ring = ring or op.boundary == "circular"
-        return cls(T, spatial, frame, comm=comm, rows="split", ring=ring, what=f"the temporal PSF {join(temporal_terms)}",
-                   preconditioned=len(temporal_terms) == 1, device=device, dtype=dtype)
+        return cls(T, spatial, frame, comm=comm, rows="split", ring=ring,
+                   what=f"the temporal PSF {join(temporal_terms)}", preconditioned=len(temporal_terms) == 1,
+                   device=device, dtype=dtype)
 
-    def sharded(self, comm, *, what: str = "the temporal PSF", device=None, dtype=torch.float32) -> "KroneckerOperator":
+    def sharded(self, comm, *, what: str = "the temporal PSF", device=None,
+                dtype=torch.float32) -> "KroneckerOperator":
         """This one-process operator with its F frames sharded by `comm` and its R rows whole on every
         process (a window's: engine.windows); `what` names T in the error of a shard narrower than its band.
         [n_p, C, H, W] → [R, C', H', W']
