@@ -48,7 +48,8 @@ Tensor = torch.Tensor
 @dataclass(frozen=True)
 class ResolvedKernels:
     """What SolverConfig.kernels resolved to, "torch" or "triton" each: `arithmetic` for the operators, CG
-    and the step updates; `norms` for the ADM UNet's GroupNorms (no frame limit, so it can differ)."""
+    and the step updates; `norms` for the ADM UNet's GroupNorms (no frame limit, so it can differ; what ran,
+    `kernels_run`, may also say "tensorrt" for a TensorRT engine's own)."""
 
     arithmetic: str
     norms: str
@@ -154,13 +155,14 @@ def kernels_run(config: SolverConfig, *, sharded: bool = False, windows: bool = 
       operators are explicit frame matrices (a shard's band with halo exchanges, a window's block:
       engine.operators.kronecker) and their CG reduces across processes, while the Triton temporal and
       fused CG kernels work on one device's whole video.
-    - backend "compile": the norms. torch.compile traces the UNet and fuses its GroupNorms itself.
+    - backend "compile": the norms on torch ops. torch.compile traces the UNet and fuses its GroupNorms itself.
+    - backend "tensorrt": the norms are the engine file's own ("tensorrt"), built into it by TensorRT.
 
-    A Solver records it as `kernels_used`; metrics.json takes what ran from there.
+    A Solver records it as `kernels_used`, for metrics.json to say what ran.
     """
     chosen = config.resolved_kernels
     arithmetic = "torch" if sharded or windows else chosen.arithmetic
-    norms = "torch" if config.backend == "compile" else chosen.norms
+    norms = {"compile": "torch", "tensorrt": "tensorrt"}.get(config.backend, chosen.norms)
     return ResolvedKernels(arithmetic=arithmetic, norms=norms)
 
 

@@ -177,6 +177,13 @@ def test_the_kernels_are_narrowed_in_one_place_and_recorded():
     assert auto.kernels_used == ResolvedKernels("torch", "torch") and auto.op.kernels == "torch"
 
 
+def test_a_tensorrt_engine_runs_its_own_norms(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)      # a CUDA device as far as the config can tell
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cfg = SolverConfig("temporal:uniform:3", frames=4, size=8, backend="tensorrt", device="cuda", kernels="torch")
+    assert kernels_run(cfg) == ResolvedKernels("torch", "tensorrt")
+
+
 def test_torch_compile_refuses_the_triton_norms_instead_of_overriding_them():
     net = torch.nn.Conv2d(3, 3, 1)
     with pytest.raises(ValueError, match="compile=True takes kernels='torch'"):
