@@ -272,7 +272,7 @@ def bench_backend(args, backend: str, frames: int, clip_y: dict, flops: float, p
     stage_repeats = max(3, args.repeats) if args.stage_repeats is None else args.stage_repeats
     shares = stage_shares(solver, y, repeats=stage_repeats) if stage_repeats > 0 else None
     stages = {key: share * per_clip for key, share in shares.items()} if shares else None
-    cfg = solver.config
+    cfg, used = solver.config, solver.kernels_used
     tiles = 1 if args.prior else network_tiles(cfg, ADMConfig.preset(args.preset).image_size)
     if device.type == "cuda":
         solve_peak = torch.cuda.max_memory_allocated(device)
@@ -287,8 +287,8 @@ def bench_backend(args, backend: str, frames: int, clip_y: dict, flops: float, p
         "channels_last": cfg.channels_last,
         "prior": args.prior, "start": cfg.start, "task": args.task,
         "frames": cfg.frames, "size": list(cfg.frame), "batch": cfg.batch, "tiles": tiles, "nfe": cfg.nfe,
-        "cg_iters": cfg.cg_iters, "precision": cfg.precision, "kernels": cfg.resolved_kernels.arithmetic,
-        "norms": cfg.resolved_kernels.norms, "cudnn_benchmark": cfg.cudnn_benchmark,
+        "cg_iters": cfg.cg_iters, "precision": cfg.precision, "kernels": used.arithmetic,
+        "norms": used.norms, "cudnn_benchmark": cfg.cudnn_benchmark,
         "seconds_per_clip": per_clip, "seconds_all": seconds, "seconds_per_frame": per_clip / frames,
         "fps": frames / per_clip, "ms_per_nfe": per_clip / cfg.nfe * 1e3, "build_s": build_s, "warmup": args.warmup,
         "stages": stages, "stage_shares": shares,

@@ -33,6 +33,7 @@ from engine.cg import DEFAULT_DELTA, preconditioner
 from engine.errors import InputError, ModelError
 from engine.operators import KERNELS, from_spec
 from engine.operators.common import AUTO, resolve_kernels
+from engine.operators.measurement import add_noise
 from engine.sampler import NOISE_MODES, check_measurement, draw_noise, reverse_process, step_kernels
 from engine.schedule import NUM_TRAIN_STEPS, ddim_steps, warm_start
 from engine.streams import on_stream
@@ -47,7 +48,8 @@ Tensor = torch.Tensor
 @dataclass(frozen=True)
 class ResolvedKernels:
     """What SolverConfig.kernels resolved to, "torch" or "triton" each: `arithmetic` for the operators, CG
-    and the step updates; `norms` for the ADM UNet's GroupNorms (no frame limit, so it can differ)."""
+    and the step updates; `norms` for the ADM UNet's GroupNorms (no frame limit, so it can differ; what ran,
+    `kernels_run`, may also say "tensorrt" for a TensorRT engine's own)."""
 
     arithmetic: str
     norms: str
@@ -143,6 +145,25 @@ class SolverConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def kernels_run(config: SolverConfig, *, sharded: bool = False, windows: bool = False) -> ResolvedKernels:
+    """What runs, from what `config.resolved_kernels` chose: the one place that choice is narrowed to torch
+    ops, each narrowing with its reason.
+
+    - frames split over processes (`sharded`) or restored in windows (`windows`): the arithmetic. Their
+      operators are explicit frame matrices (a shard's band with halo exchanges, a window's block:
+      engine.operators.kronecker) and their CG reduces across processes, while the Triton temporal and
+      fused CG kernels work on one device's whole video.
+    - backend "compile": the norms on torch ops. torch.compile traces the UNet and fuses its GroupNorms itself.
+    - backend "tensorrt": the norms are the engine file's own ("tensorrt"), built into it by TensorRT.
+
+    A Solver records it as `kernels_used`, for metrics.json to say what ran.
+    """
+    chosen = config.resolved_kernels
+    arithmetic = "torch" if sharded or windows else chosen.arithmetic
+    norms = {"compile": "torch", "tensorrt": "tensorrt"}.get(config.backend, chosen.norms)
+    return ResolvedKernels(arithmetic=arithmetic, norms=norms)
 
 
 def _check_int(name: str, value, low: int, high: int | None = None) -> None:
@@ -243,14 +264,11 @@ def as_measurement(y, device: torch.device) -> Tensor:
 
 
 def measure(op, x: Tensor, *, sigma_y: float = 0.0, seed: int = 0) -> Tensor:
-    """y = A x + σ_y·w, w ~ N(0, I) drawn on the CPU from `seed`.  x: op.in_shape, in [0, 1]"""
+    """y = A x + σ_y·w of a whole video, w the noise of `seed` (engine.operators.measurement).
+    x: op.in_shape, in [0, 1] → op.out_shape"""
     if tuple(x.shape) != tuple(op.in_shape):
         raise InputError(f"clip has shape {tuple(x.shape)}, the operator takes {tuple(op.in_shape)}")
-    y = op.A(x)
-    if sigma_y > 0:
-        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))
-        y = y + sigma_y * w.to(y.device)
-    return y
+    return add_noise(op.A(x), sigma_y, seed)
 
 
 class Solver:
@@ -272,21 +290,21 @@ class Solver:
         if self.comm is not None and config.temporal_prior != "none":
             raise InputError(f"temporal_prior {config.temporal_prior!r} follows motion across the whole video; with "
                              f"frames split over processes use windows (VideoRestorer) or temporal_prior 'none'")
-        arithmetic = config.resolved_kernels.arithmetic
+        #: the kernels this solver runs (`kernels_run`): its operator, CG and step updates, and its network's norms
+        self.kernels_used = kernels_run(config, sharded=self.comm is not None)
         if self.comm is None:
             self.op = from_spec(config.spec, config.shape, seed=config.mask_seed, device=self.device,
-                                dtype=torch.float32, kernels=arithmetic)
+                                dtype=torch.float32, kernels=self.kernels_used.arithmetic)
         else:
-            from engine.operators.sharded import ShardedOperator
+            from engine.operators.kronecker import KroneckerOperator
 
-            arithmetic = "torch"            # the fused Triton CG sums inner products on one device only
-            self.op = ShardedOperator(config.spec, config.shape, self.comm, seed=config.mask_seed,
-                                      device=self.device, dtype=torch.float32)
+            self.op = KroneckerOperator.from_spec(config.spec, config.shape, comm=self.comm, seed=config.mask_seed,
+                                                  device=self.device, dtype=torch.float32)
         self.shape = tuple(self.op.in_shape)                               # this process's frames
         self.steps = ddim_steps(config.nfe, config.eta, start=config.start)
         self.warm = warm_start(config.start, config.cg_iters)
         self.eps_model = checked_eps(eps_model or self._make_eps(model), self.shape)
-        self.kernels = step_kernels(arithmetic)                            # the step arithmetic
+        self.kernels = step_kernels(self.kernels_used.arithmetic)          # the step arithmetic
         self._precond = preconditioner(self.op, config.gamma, config.cg_precond, device=self.device, dtype=torch.float32)
         self._lock = threading.Lock()
         b = 1 if config.noise == "shared" else self.shape[0]
@@ -348,11 +366,7 @@ class Solver:
         if tuple(x.shape) != self.shape:
             raise InputError(f"this process holds frames {self.shard.start}…{self.shard.stop - 1}: shape {self.shape}, "
                              f"got {tuple(x.shape)}")
-        y = self.op.A(x)
-        if sigma_y > 0:
-            w = torch.randn((self.config.frames, *y.shape[1:]), generator=torch.Generator().manual_seed(seed))
-            y = y + sigma_y * w[self.shard.start:self.shard.stop].to(y.device)
-        return y
+        return add_noise(self.op.A(x), sigma_y, seed, start=self.shard.start)
 
     def solve(self, y, *, seed: int = 0, callback=None, clock=None, eager: bool = False) -> Tensor:
         """The restored clip [N, 3, H, W] in [0, 1] on the solver's device, from measurement y
@@ -429,7 +443,7 @@ def make_network(model, cfg: SolverConfig) -> Callable:
         net = TensorRTEps(model, batch=cfg.batch, device=device)
     else:
         net = torch_eps(model, precision=cfg.precision, channels_last=cfg.channels_last,
-                        compile=cfg.backend == "compile", kernels=cfg.resolved_kernels.norms, device=device)
+                        compile=cfg.backend == "compile", kernels=kernels_run(cfg).norms, device=device)
     tile = native_size(model if cfg.backend != "tensorrt" else net)
     if tile is None or max(cfg.frame) <= tile:              # one tile: the (convolutional) network itself
         return micro_batched(net, cfg.batch)

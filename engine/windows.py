@@ -44,7 +44,7 @@ the pinned frames (fixed, not refined by later rows) and by CG's per-window step
 
 Several processes (a torch.distributed `group`; docs/distributed.md). Every process reads the same measurement
 stream and holds the window's rows; the window's free frames are sharded over the processes
-(engine.operators.sharded.ShardedWindowOperator: the network on each process's frames, CG across
+(engine.operators.kronecker.KroneckerOperator.sharded: the network on each process's frames, CG across
 all of them), gathered on the group's rank 0, which yields them, and the next window's lead and pinned
 frames are broadcast from it. A window too short to split (fewer than P·(w − 1) frames, the
 band of T_winᵀT_win) is solved whole by every process alike.
@@ -67,10 +67,11 @@ from engine.errors import InputError
 from engine.memory import WINDOW_BUFFERS
 from engine.operators import from_spec
 from engine.operators.base import LinearOperator
-from engine.operators.sharded import ShardedWindowOperator, band
+from engine.operators.banded import band
+from engine.operators.kronecker import IDENTITY, KroneckerOperator, TemporalTerm, frame_matrix
+from engine.operators.measurement import noisy_frames
 from engine.operators.spec import Term, join, split_temporal
-from engine.operators.temporal import frame_preconditioner, frames_operator
-from engine.runtime import SolverConfig, make_network
+from engine.runtime import SolverConfig, kernels_run, make_network
 from engine.sampler import EpsModel, draw_noise, reverse_process
 from engine.schedule import ddim_steps, warm_start
 from engine.temporal_prior import MotionPrior, video_frames
@@ -87,37 +88,6 @@ BUFFERS_PER_FRAME = WINDOW_BUFFERS
 
 
 # ── the spec: one temporal term, the rest frame-local ───────────────────────
-
-@dataclass(frozen=True)
-class TemporalTerm:
-    """The temporal PSF of a spec: taps k [w] (float64, CPU) and the boundary at the video's ends."""
-
-    kernel: Tensor
-    boundary: str
-
-    @property
-    def centre(self) -> int:
-        """c = (w − 1) // 2: row n reads frames up to n + c."""
-        return (self.kernel.numel() - 1) // 2
-
-    @property
-    def left(self) -> int:
-        """ℓ = w − 1 − c: row n reads frames from n − ℓ."""
-        return self.kernel.numel() - 1 - self.centre
-
-    @property
-    def reach(self) -> int:
-        """r = max(c, ℓ): how far one measurement frame reaches into the clean video."""
-        return max(self.centre, self.left)
-
-    @property
-    def context(self) -> int:
-        """w − 1: the restored frames a window pins before its first free frame."""
-        return self.kernel.numel() - 1
-
-
-IDENTITY = TemporalTerm(torch.ones(1, dtype=torch.float64), "zero")
-
 
 def split_spec(spec: str) -> tuple[TemporalTerm, Optional[str]]:
     """(the temporal term, or the identity; the spatial terms joined by '+', or None).
@@ -143,84 +113,6 @@ def _temporal_term(term: Term) -> TemporalTerm:
                          f"{', '.join(WINDOW_BOUNDARIES)}")
     taps = from_spec(":".join([*fields[:3], "zero"]), (1, 1, 1, 1), kernels="torch").kernel
     return TemporalTerm(taps, boundary)
-
-
-# ── the frame matrix of one window ──────────────────────────────────────────
-
-def frame_matrix(term: TemporalTerm, rows: tuple[int, int], cols: tuple[int, int], end: Optional[int]) -> Tensor:
-    """T[m₀:m₁, c₀:c₁] of the whole video's temporal matrix, float64.  → [m₁ − m₀, c₁ − c₀]
-
-    Frame indices below 0 take the start boundary; at or past `end` (the frame count,
-    known in the last window only) the end boundary. Every other index a row reads
-    must lie in [c₀, c₁): the window plan guarantees it.
-    """
-    (m0, m1), (c0, c1) = rows, cols
-    M = torch.zeros(m1 - m0, c1 - c0, dtype=torch.float64)
-    for n in range(m0, m1):
-        for j, tap in enumerate(term.kernel.tolist()):
-            m = n + term.centre - j
-            outside = m < 0 or (end is not None and m >= end)
-            if outside and term.boundary == "zero":
-                continue
-            m = min(max(m, 0), end - 1) if end is not None else max(m, 0)
-            if not c0 <= m < c1:
-                raise RuntimeError(f"row {n} reads frame {m} outside the window's frames [{c0}, {c1})")
-            M[n - m0, m - c0] += tap
-    return M
-
-
-def along_frames(M: Tensor, x: Tensor) -> Tensor:
-    """(M x)[n] = Σ_m M[n, m]·x[m].  M: [R, F], x: [F, ...] → [R, ...]"""
-    return (M @ x.reshape(x.shape[0], -1)).reshape(M.shape[0], *x.shape[1:])
-
-
-class WindowOperator(LinearOperator):
-    """A_win z = S(T_win z): a window's free frames → its measurement rows.  [F, 3, H, W] → [R, 3, H', W']
-
-    T_win [R, F] is applied along frames, S (frame-local, or None) on every frame;
-    Aᵀ = T_winᵀ ⊗ Sᵀ and AᵀA = (T_winᵀT_win) ⊗ (SᵀS).
-    """
-
-    def __init__(self, T: Tensor, spatial: Optional[LinearOperator], frame: tuple[int, int], *, device=None,
-                 dtype=torch.float32):
-        self.kernels = "torch"
-        self.matrix, self.spatial = T, spatial                          # T_win [R, F] float64, S
-        self._T = T.to(device=device, dtype=dtype)                    # [R, F]
-        self._S = spatial
-        self.normal_matrix = T.T @ T                                    # T_winᵀT_win [F, F], formed in float64
-        self._TtT = self.normal_matrix.to(device=device, dtype=dtype)
-        self._spatial_gain = spatial.normal_gain if spatial is not None else 1.0
-        #: the largest eigenvalue of AᵀA = ‖T_winᵀT_win‖·‖SᵀS‖ (engine.cg's preconditioner scales δ by it)
-        self.normal_gain = (float(torch.linalg.eigvalsh(self.normal_matrix)[-1]) * self._spatial_gain
-                            if T.numel() else 0.0)
-        out_frame = tuple(spatial.out_shape[1:]) if spatial is not None else (3, *frame)
-        self.in_shape = (T.shape[1], 3, *frame)
-        self.out_shape = (T.shape[0], *out_frame)
-
-    def A(self, x: Tensor) -> Tensor:
-        """y = T_win (S x).  [F, 3, H, W] → [R, 3, H', W']"""
-        return along_frames(self._T.to(x.dtype), self._spatial(x))
-
-    def A_adjoint(self, y: Tensor) -> Tensor:
-        """x = Sᵀ(T_winᵀ y).  [R, 3, H', W'] → [F, 3, H, W]"""
-        z = along_frames(self._T.T.to(y.dtype), y)
-        return z if self._S is None else self._S.A_adjoint(z)
-
-    def A_adjoint_A(self, x: Tensor) -> Tensor:
-        """AᵀA x = (T_winᵀT_win) ⊗ (SᵀS) x.  [F, 3, H, W] → [F, 3, H, W]"""
-        z = x if self._S is None else self._S.A_adjoint_A(x)
-        return along_frames(self._TtT.to(x.dtype), z)
-
-    def frame_preconditioner(self, phi, *, device=None, dtype=None):
-        """v ↦ φ(g·T_winᵀT_win) v along the window's frames, g = ‖SᵀS‖ (engine.cg.preconditioner).  [F, ...] → [F, ...]"""
-        return frames_operator(self.preconditioner_matrix(phi), "torch", device=device, dtype=dtype)
-
-    def preconditioner_matrix(self, phi) -> Tensor:
-        """φ(g·T_winᵀT_win), g = ‖SᵀS‖ (engine.operators.temporal.frame_preconditioner).  → [F, F] float64"""
-        return frame_preconditioner(self.normal_matrix, lambda lam: phi(self._spatial_gain * lam))
-
-    def _spatial(self, x: Tensor) -> Tensor:
-        return x if self._S is None else self._S.A(x)
 
 
 # ── the window plan ─────────────────────────────────────────────────────────
@@ -317,9 +209,11 @@ class VideoRestorer:
         self.temporal_prior = config.temporal_prior
         self.frame = config.frame
         self.device, self.dtype = torch.device(config.device), dtype
+        #: what runs: torch arithmetic (engine.runtime.kernels_run: a window's T is an explicit frame matrix)
+        self.kernels_used = kernels_run(config, windows=True)
         self.spatial = None if spatial_spec is None else from_spec(
             spatial_spec, (1, 3, *self.frame), seed=config.mask_seed, device=self.device, dtype=dtype,
-            kernels="torch")
+            kernels=self.kernels_used.arithmetic)
         self.eps_model = eps_model if eps_model is not None else make_network(model, config)
         self.steps = ddim_steps(config.nfe, config.eta, start=config.start)
         self.warm = warm_start(config.start, config.cg_iters)
@@ -365,7 +259,7 @@ class VideoRestorer:
         """The shape of one measurement frame, (3, H', W')."""
         return tuple(self.spatial.out_shape[1:]) if self.spatial is not None else (3, *self.frame)
 
-    def operator(self, frames: int) -> WindowOperator:
+    def operator(self, frames: int) -> KroneckerOperator:
         """The whole video's operator A = T ⊗ S for `frames` frames (the clean → measure path)."""
         w = plan_window(self.term, 0, frames, last=True)
         return self._operator(frame_matrix(self.term, w.rows, (0, frames), end=frames))
@@ -373,10 +267,13 @@ class VideoRestorer:
     def measure(self, clean: Iterable[Tensor] | Tensor, *, sigma_y: float = 0.0, seed: int = 0) -> Iterator[Tensor]:
         """y[n] = S(Σ_m T[n, m] x[m]) + σ_y·w[n], frame by frame, holding at most w + 1 clean frames.  → [3, H', W']
 
-        x: clean frames [3, H, W] in [0, 1]; w[n] ~ N(0, I) is drawn frame after frame from one CPU
-        generator seeded with `seed` (deterministic, though not the draw of engine.runtime.measure).
+        x: clean frames [3, H, W] in [0, 1]; w[n] is frame n of the noise of `seed`
+        (engine.operators.measurement: the draw of engine.runtime.measure on the whole video).
         """
-        gen = torch.Generator().manual_seed(seed)
+        return noisy_frames(self._measured_rows(clean), sigma_y, seed)
+
+    def _measured_rows(self, clean: Iterable[Tensor] | Tensor) -> Iterator[Tensor]:
+        """The noiseless measurement frames S(Σ_m T[n, m] x[m]), n = 0, 1, …, as the clean frames come."""
         held: deque[Tensor] = deque()               # clean frames [first, first + len)
         first, row, ended = 0, 0, False
         frames = iter(clean)
@@ -387,20 +284,20 @@ class VideoRestorer:
                 held.append(torch.as_tensor(nxt).to(device=self.device, dtype=self.dtype))
             total = first + len(held)
             while row < total and (ended or row + self.term.centre < total):
-                yield self._measure_row(row, held, first, total if ended else None, sigma_y, gen)
+                yield self._measure_row(row, held, first, total if ended else None)
                 row += 1
             while held and first < row - self.term.left:          # frames no later row reads
                 held.popleft()
                 first += 1
 
-    def _measure_row(self, n: int, held: deque, first: int, end: Optional[int], sigma_y: float, gen) -> Tensor:
-        """One measurement frame from the clean frames [first, first + len(held)).  → [3, H', W']"""
+    def _measure_row(self, n: int, held: deque, first: int, end: Optional[int]) -> Tensor:
+        """Noiseless measurement frame n from the clean frames [first, first + len(held)).  → [3, H', W']"""
         T = frame_matrix(self.term, (n, n + 1), (first, first + len(held)), end)
-        y = self._operator(T).A(torch.stack(list(held)))[0]
-        return y + sigma_y * torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y) if sigma_y > 0 else y
+        return self._operator(T).A(torch.stack(list(held)))[0]
 
-    def _operator(self, T: Tensor) -> WindowOperator:
-        return WindowOperator(T, self.spatial, self.frame, device=self.device, dtype=self.dtype)
+    def _operator(self, T: Tensor) -> KroneckerOperator:
+        """A = T ⊗ S on this restorer's frames for the frame matrix T [R, F].  [F, 3, H, W] → [R, 3, H', W']"""
+        return KroneckerOperator(T, self.spatial, (3, *self.frame), device=self.device, dtype=self.dtype)
 
     def restore(self, measurement: Iterable[Tensor] | Tensor, *, seed: int = 0) -> Iterator[Tensor]:
         """Restored frames [3, H, W] in [0, 1], in order, a window at a time; the noise drawn from `seed`.
@@ -456,7 +353,7 @@ class VideoRestorer:
         precond = preconditioner(op, self.gamma, self.cg_precond, device=self.device, dtype=self.dtype)
         x = reverse_process(self.eps_model, y, op, noise, self.steps, cg_iters=self.cg_iters,
                             gamma=self.gamma, precond=precond, warm=self.warm, stage=self.clock)
-        if isinstance(op, ShardedWindowOperator):
+        if op.comm is not None:
             x = gather_frames(x, op.comm)
         if x is None or self.rank != 0:
             return None
@@ -473,7 +370,7 @@ class VideoRestorer:
         if self.world > 1 and frames // self.world >= max(1, *band(op.normal_matrix, ring=False)):
             self.windows_split += 1
             comm = Comm(frames, self.group, clock=self.clock)
-            return ShardedWindowOperator(op, comm, device=self.device, dtype=self.dtype)
+            return op.sharded(comm, what="the window's temporal PSF", device=self.device, dtype=self.dtype)
         return op
 
     def _next_held(self, held: Tensor, x: Optional[Tensor], yielded: int) -> Tensor:

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from engine.cg import data_consistency, preconditioner
 from engine.distributed import Comm, gather_frames
 from engine.operators import from_spec
-from engine.operators.sharded import ShardedOperator
+from engine.operators.kronecker import KroneckerOperator
 from engine.sampler import draw_noise, reverse_process
 from engine.schedule import ddim_steps, warm_start
 
@@ -35,7 +35,7 @@ def operator_errors(rank, world, frames, specs=SPECS):
     x = torch.rand(shape, generator=gen, dtype=torch.float64)
     out = {}
     for spec in specs:
-        full, sharded = from_spec(spec, shape, kernels="torch"), ShardedOperator(spec, shape, comm)
+        full, sharded = from_spec(spec, shape, kernels="torch"), KroneckerOperator.from_spec(spec, shape, comm=comm)
         y = torch.rand(full.out_shape, generator=gen, dtype=torch.float64)
         errors = [_rel(sharded.A(x[a:b]), full.A(x)[a:b]), _rel(sharded.A_adjoint(y[a:b]), full.A_adjoint(y)[a:b]),
                   _rel(sharded.A_adjoint_A(x[a:b]), full.A_adjoint_A(x)[a:b])]
@@ -63,7 +63,7 @@ def sampler_error(rank, world, frames, spec, gamma, start):
     gen = torch.Generator().manual_seed(1)
     full = from_spec(spec, shape, kernels="torch")
     y = full.A(torch.rand(shape, generator=gen, dtype=torch.float64))
-    sharded = ShardedOperator(spec, shape, comm)
+    sharded = KroneckerOperator.from_spec(spec, shape, comm=comm)
 
     def eps(x, t):                                              # per frame, as a network is
         return 0.4 * x + 0.1 * torch.tanh(x) * (t.to(x.dtype).view(-1, 1, 1, 1) / 1000)
@@ -87,7 +87,7 @@ def sampler_error(rank, world, frames, spec, gamma, start):
 
 def build_sharded(rank, world, frames, spec):
     """Builds the operator only (for the refusals)."""
-    ShardedOperator(spec, (frames, 3, 8, 8), Comm(frames))
+    KroneckerOperator.from_spec(spec, (frames, 3, 8, 8), comm=Comm(frames))
     return "built"
 
 
@@ -95,7 +95,7 @@ def failing_rank(rank, world, frames):
     """Rank 1 raises before the CG; the others enter it and must not wait forever."""
     shape = (frames, 3, 8, 8)
     comm = Comm(frames)
-    op = ShardedOperator("temporal:uniform:3", shape, comm)
+    op = KroneckerOperator.from_spec("temporal:uniform:3", shape, comm=comm)
     if rank == 1:
         raise RuntimeError("rank 1 fails on purpose")
     x = torch.rand(op.in_shape, dtype=torch.float64)
@@ -116,25 +116,36 @@ def solver_frames(rank, world, frames, noise):
     return s.start, s.stop, y.numpy(), solver.solve(y, seed=2).numpy()     # by value: a shared tensor dies with us
 
 
+def solver_kernels(rank, world):
+    """(what a Solver(group=WORLD) asked for the Triton kernels runs, its operator's kernels)."""
+    from engine.priors import make_prior
+    from engine.runtime import Solver, SolverConfig
+
+    cfg = SolverConfig("temporal:uniform:3", frames=4, size=8, nfe=2, cg_iters=1, kernels="triton")
+    solver = Solver(make_prior("gaussian"), cfg, group=dist.group.WORLD)
+    return solver.kernels_used, solver.op.kernels
+
+
 def _frame_local_eps(x, t):
     """A per-frame ε model, as a network is (no weights)."""
     return 0.4 * x + 0.1 * torch.tanh(x) * (t.to(x.dtype).view(-1, 1, 1, 1) / 1000)
 
 
 def window_operator_errors(rank, world, spec, rows, cols, end):
-    """Largest relative error of ShardedWindowOperator against WindowOperator (fp64) over A, Aᵀ, AᵀA, the
-    preconditioner and 5 PCG steps, and the dot test ⟨A x, y⟩ = ⟨x, Aᵀ y⟩ with x sharded, y whole."""
-    from engine.operators.sharded import ShardedWindowOperator
-    from engine.windows import WindowOperator, frame_matrix, split_spec
+    """Largest relative error of a window's operator sharded (rows whole) against it on one process (fp64)
+    over A, Aᵀ, AᵀA, the preconditioner and 5 PCG steps, and the dot test ⟨A x, y⟩ = ⟨x, Aᵀ y⟩ with x
+    sharded, y whole."""
+    from engine.operators.kronecker import frame_matrix
+    from engine.windows import split_spec
 
     term, spatial_spec = split_spec(spec)
     frame = (8, 12)
     T = frame_matrix(term, rows, cols, end)
     spatial = from_spec(spatial_spec, (1, 3, *frame), kernels="torch", dtype=torch.float64) if spatial_spec else None
-    full = WindowOperator(T, spatial, frame, dtype=torch.float64)
+    full = KroneckerOperator(T, spatial, (3, *frame), dtype=torch.float64)
     comm = Comm(T.shape[1])
     a, b = comm.shard.start, comm.shard.stop
-    sharded = ShardedWindowOperator(full, comm, dtype=torch.float64)
+    sharded = full.sharded(comm, dtype=torch.float64)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(full.in_shape, generator=gen, dtype=torch.float64)
     y = torch.rand(full.out_shape, generator=gen, dtype=torch.float64)

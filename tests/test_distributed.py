@@ -17,7 +17,7 @@ import torch
 import sharded_workers as workers
 from engine.distributed import even_split, frame_ranges, free_port, run_local
 from engine.errors import InputError
-from engine.operators.sharded import band, local_matrix
+from engine.operators.banded import band, local_matrix
 from engine.operators.temporal import temporal_matrix, uniform_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +93,14 @@ def test_solver_with_a_process_group_equals_one_solver(noise):
         y_part, x_part = torch.from_numpy(y_part), torch.from_numpy(x_part)
         torch.testing.assert_close(y_part, y[a:b], rtol=0, atol=1e-6)        # the video's noise at its frames
         torch.testing.assert_close(x_part, x[a:b], rtol=0, atol=1e-5)
+
+
+def test_a_solver_over_processes_runs_torch_arithmetic_and_says_so():
+    """Frames split over processes: the operator, CG and steps on torch ops whatever was asked
+    (engine.runtime.kernels_run); the network's norms as asked."""
+    from engine.runtime import ResolvedKernels
+
+    assert _values(run_local(workers.solver_kernels, 2)) == [(ResolvedKernels("torch", "triton"), "torch")] * 2
 
 
 @pytest.mark.parametrize("world, frames", [(2, 13), (3, 20)])
@@ -174,6 +182,16 @@ def test_torchrun_writes_the_frames_one_process_writes(tmp_path):
     assert all(r["communication_s"] > 0 and r["cg_s"] > 0 and r["network_s"] > 0 for r in metrics["ranks"])
 
 
+def test_torchrun_records_the_kernels_that_ran(tmp_path):
+    """metrics.json's kernels_used under torchrun with --kernels triton: Triton in one process (in the
+    interpreter on the CPU), torch ops with the frames split over two (engine.runtime.kernels_run)."""
+    clip = _clip(tmp_path)
+    for nproc, used in ((1, "triton"), (2, "torch")):
+        run = _torchrun([str(clip), *ARGS, *WHOLE, "--kernels", "triton", "--out", f"n{nproc}"], tmp_path, nproc=nproc)
+        assert run.returncode == 0, run.stderr
+        assert json.loads((tmp_path / f"n{nproc}" / "metrics.json").read_text())["kernels_used"] == used
+
+
 @pytest.mark.parametrize("failing", ["0", "1"])
 def test_torchrun_a_failing_process_stops_every_process_with_its_message(tmp_path, failing):
     script = tmp_path / "failing.py"
@@ -228,7 +246,7 @@ def test_torchrun_measured_video_each_process_reads_its_frames(tmp_path):
 ])
 def test_a_sharded_window_operator_equals_the_window_operator(spec, rows, cols, end):
     """Its A (rows whole on every rank), Aᵀ, AᵀA, preconditioner and PCG steps on each of 3 ranks' frames
-    equal WindowOperator's in fp64, and ⟨A x, y⟩ = ⟨x, Aᵀ y⟩ with x sharded."""
+    equal the one-process window operator's in fp64, and ⟨A x, y⟩ = ⟨x, Aᵀ y⟩ with x sharded."""
     for error, frames in _values(run_local(workers.window_operator_errors, 3, spec, rows, cols, end)):
         assert frames > 0 and error < 1e-12, error
 

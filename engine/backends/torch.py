@@ -51,12 +51,15 @@ def torch_eps(model, *, precision: str = "fp32", channels_last: bool = False, co
     `model` is an `nn.Module` (the ADM UNet, run from `prepared_copy`: the caller's module is
     left as it was) or any callable ε model, such as the weight-free prior, which runs in its
     input's dtype. kernels="triton" runs the ADM UNet's GroupNorm + scale-shift + SiLU as one
-    fused Triton kernel (ADMUNet.use_kernels); torch.compile fuses them itself and keeps "torch".
+    fused Triton kernel (ADMUNet.use_kernels); with `compile` they must be "torch": torch.compile fuses
+    them itself (engine.runtime.kernels_run decides so for the compile backend).
     `device`: where the network runs (default: where its parameters are).
     fp32 convolutions on CUDA follow torch.backends.cudnn.allow_tf32 (PyTorch's default: TF32).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    if compile and kernels != "torch":
+        raise ValueError(f"torch.compile fuses the norms itself: compile=True takes kernels='torch', got {kernels!r}")
     if not isinstance(model, torch.nn.Module):
         return model
     dtype = PRECISIONS[precision]
@@ -64,7 +67,7 @@ def torch_eps(model, *, precision: str = "fp32", channels_last: bool = False, co
     if device is None:
         device = next(model.parameters()).device
     net = prepared_copy(model, device=device, dtype=dtype, memory_format=fmt,
-                        kernels="torch" if compile else kernels).eval()
+                        kernels=kernels).eval()
     net = torch.compile(net, dynamic=False) if compile else net
 
     @torch.no_grad()

@@ -51,7 +51,7 @@ class LinearOperator:
 
     def inner(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """⟨a, b⟩ on the operator's domain or range, the inner product CG uses (`inner_product`); a
-        sharded operator (engine.operators.sharded) sums it over the processes.  → []"""
+        frame-sharded operator (engine.operators.kronecker) sums it over the processes.  → []"""
         return inner_product(a, b)
 
     def frame_preconditioner(self, phi, *, device=None, dtype=None):

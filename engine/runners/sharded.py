@@ -125,7 +125,7 @@ def _restore_sharded(tmp: Optional[Path], job: Job, cfg: SolverConfig, model, ra
     if rank != 0:
         return
     seconds = max(r["seconds"] for r in records)
-    fields = {"kernels_used": "torch", "world_size": world, "ranks": records}
+    fields = {"kernels_used": solver.kernels_used.arithmetic, "world_size": world, "ranks": records}
     restored = restored.cpu()
     if clean is not None:
         fields["restored"] = clip_summary(restored, clean)

@@ -72,7 +72,7 @@ def restore(job: Job, cfg: SolverConfig, model, clean, y):
     if restored.is_cuda:
         torch.cuda.synchronize()
     restore_s = time.perf_counter() - t0
-    report = {"kernels_used": cfg.resolved_kernels.arithmetic}              # what --kernels auto resolved to
+    report = {"kernels_used": solver.kernels_used.arithmetic}             # what ran (engine.runtime.kernels_run)
     if clean is not None:
         report["restored"] = score(restored, clean, "scoring")
         report["baselines"] = {name: score(clip, clean, f"scoring {name}")

@@ -96,7 +96,7 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
                 log.info("restored %d frames", count)
     seconds = time.perf_counter() - t0
     cfg = dataclasses.replace(cfg, frames=count)                         # the frames read
-    fields = {"windows": {"max_frames": job.max_frames, "lag": restorer.lag, "lead": restorer.lead, "streamed": True,
+    fields = {"kernels_used": restorer.kernels_used.arithmetic, "windows": {"max_frames": job.max_frames, "lag": restorer.lag, "lead": restorer.lead, "streamed": True,
                           "measurement_frames_held_peak": restorer.frames_held_peak},
               **_window_ranks(restorer, seconds), "memory": peak_record(cfg.device), "comparison": sheet.note()}
     if not job.measured:
