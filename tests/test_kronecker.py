@@ -148,7 +148,7 @@ def test_every_path_draws_the_same_noise():
     cfg = SolverConfig("temporal:uniform:3:replicate+sr:2", frames=9, size=(10, 14), nfe=2, cg_iters=1)
     clean = torch.zeros(cfg.shape)
     whole = Solver(GaussianPrior(), cfg).measure(clean, sigma_y=0.5, seed=4)             # [9, 3, 5, 7]: w alone
-    restorer = VideoRestorer(GaussianPrior(), cfg.spec, cfg.frame, window=4, nfe=2, dtype=F64)
+    restorer = VideoRestorer(GaussianPrior(), cfg, window=8, dtype=F64)
     streamed = torch.stack(list(restorer.measure(clean.double(), sigma_y=0.5, seed=4)))
     assert streamed.dtype == F64 and torch.equal(streamed.float(), whole)
     assert torch.equal(add_noise(torch.zeros(4, 3, 5, 7), 0.5, seed=4, start=5), whole[5:])
