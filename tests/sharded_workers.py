@@ -1,4 +1,4 @@
-"""What each process of tests/test_distributed.py runs (engine.distributed.run_local spawns them).
+"""What each process of tests/engine/test_distributed.py runs (engine.distributed.run_local spawns them).
 
 A worker gets (rank, world, *args) inside an initialised default process group (gloo, 127.0.0.1)
 and returns a small value picklable by value (arrays as numpy).

@@ -14,7 +14,7 @@ import pytest
 
 from bench import check_rows
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "device_check.sh"
 STEPS = ["env", "profile", "headline", "sweep", "720p", "sr", "kernels", "tests", "env-after"]
 

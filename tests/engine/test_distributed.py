@@ -20,7 +20,7 @@ from engine.errors import InputError
 from engine.operators.sharded import band, local_matrix
 from engine.operators.temporal import temporal_matrix, uniform_kernel
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _values(results):
