@@ -74,7 +74,7 @@ if [ "$DRY" = 1 ]; then
   GRAPH_BACKEND=torch HEADLINE_BACKENDS=torch REPEATS=1 WARMUP=0
   HEAD_FRAMES=8 HEAD_NFE=2 SWEEP_FRAMES=8,12 SWEEP_NFE=1 SIZE_720=40x56 FRAMES_720=8 NFE_720=1 SR_FRAMES=8 SR_NFE=1
   KERNELS=(--device cpu --frames 7 --size 8 --preset tiny --norms torch --tasks temporal-k7-sr4)
-  TESTS=(tests/test_backends.py) TEST_TIMEOUT=30
+  TESTS=(tests/engine/test_backends.py) TEST_TIMEOUT=30
 else
   PROFILE=() TOY=()
   GRAPH_BACKEND=torch+graph HEADLINE_BACKENDS=torch+graph,torch REPEATS=2 WARMUP=1

@@ -54,7 +54,7 @@ Tensor = torch.Tensor
 # Defaults measured with `GaussianPrior.fit` on the five colour photographs that
 # scikit-image ships (astronaut, chelsea, coffee, rocket, stereo_motorcycle's
 # left view), each centre-cropped to a square, resized to 256×256 with
-# anti-aliasing and mapped to [−1, 1]; tests/test_priors.py re-measures them.
+# anti-aliasing and mapped to [−1, 1]; tests/engine/test_priors.py re-measures them.
 # α = 2.81 is steeper than the textbook 2: anti-aliased resizing and defocused
 # backgrounds take power from the top octave. On these photos it is also the
 # α ∈ {1.8, 2.0, …, 3.0} with the lowest denoising MSE over t ∈ {50, 200, 500, 800}

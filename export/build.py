@@ -24,6 +24,7 @@ import logging
 import platform
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -49,11 +50,59 @@ class Stopped(Exception):
     """The ONNX is written and checked, but this machine cannot build the engine."""
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """One build, checked once: what `python -m engine.build` was asked for (the command line is `parse_args`).
+
+    The weights are chosen explicitly, never implied: a `checkpoint` (its preset read off its keys unless
+    `preset` names it) or `random_weights` (seeded by `seed`, `preset` or adm256_uncond). The engine serves
+    batches 1…`batch` and is tuned for `batch`; onnxruntime checks the ONNX file at `parity_batches`.
+    """
+
+    checkpoint: Path | None = None        # ADM checkpoint (.pt or .safetensors)
+    random_weights: bool = False          # build from random weights, to test the build
+    batch: int = 16                       # frames per clip N
+    preset: str | None = None             # architecture (engine.unet.PRESETS)
+    precision: str = "fp16"               # engine precision (export.tensorrt.PRECISIONS)
+    via: str = "onnx"                     # TensorRT's ONNX parser or torch-tensorrt's converter (VIAS)
+    out: Path = Path("build")             # output folder
+    onnx_only: bool = False               # stop after exporting and checking the ONNX file
+    opset: int | str = "auto"             # 21, 17 or "auto" (see export_opset)
+    norm_outputs_fp32: bool = False       # the engine's GroupNorm outputs forced to fp32
+    onnx_dtype: str = "fp32"              # weights of the ONNX file (export.onnx.DTYPES)
+    parity_batches: tuple[int, ...] = ()  # batch sizes of the onnxruntime check; () is 1, 3 and `batch`
+    device: str = field(default_factory=default_device)   # the torch model's and the engine build's
+    seed: int = 0                         # seed of random_weights
+    verbose: bool = False                 # debug logging
+
+    def __post_init__(self):
+        if (self.checkpoint is None) != self.random_weights:
+            raise InputError("choose the weights: a checkpoint (--checkpoint FILE) or random ones (--random-weights), "
+                             "one of the two")
+        if self.batch < 1:
+            raise InputError(f"--batch must be ≥ 1, got {self.batch}")
+        for flag, value, allowed in (("--preset", self.preset, (None, *PRESETS)),
+                                     ("--precision", self.precision, PRECISIONS), ("--via", self.via, VIAS),
+                                     ("--opset", self.opset, OPSETS), ("--onnx-dtype", self.onnx_dtype, tuple(DTYPES))):
+            if value not in allowed:
+                names = ", ".join(str(a) for a in allowed if a is not None)
+                raise InputError(f"{flag} takes one of {names}, got {value!r}")
+        batches = tuple(sorted(set(self.parity_batches or (1, 3, self.batch))))
+        if batches[0] < 1:
+            raise InputError(f"--parity-batches must list batch sizes ≥ 1, got {list(self.parity_batches)}")
+        object.__setattr__(self, "parity_batches", batches)     # sorted, without repeats
+
+
+def parse_args(argv=None) -> BuildJob:
+    """The command line → its BuildJob; a bad one stops with argparse's usage line (exit status 2)."""
     p = argparse.ArgumentParser(prog="python -m engine.build", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=16,
-                   help="frames per clip N: the engine serves batches 1…N, tuned for N (default 16)")
+    p.add_argument("--batch", type=int, default=BuildJob.batch,
+                   help=f"frames per clip N: the engine serves batches 1…N, tuned for N (default {BuildJob.batch})")
     weights = p.add_mutually_exclusive_group(required=True)
     weights.add_argument("--checkpoint", type=Path, metavar="FILE",
                          help="ADM checkpoint (.pt or .safetensors), e.g. 256x256_diffusion_uncond.pt")
@@ -62,35 +111,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help=f"architecture: with --checkpoint, inferred from its keys unless given; "
                         f"with --random-weights, default {DEFAULT_PRESET}")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp16",
-                   help="engine precision (default fp16); fp8 needs an ONNX model with FP8 Q/DQ nodes")
-    p.add_argument("--via", choices=VIAS, default="onnx",
+    p.add_argument("--precision", choices=PRECISIONS, default=BuildJob.precision,
+                   help=f"engine precision (default {BuildJob.precision}); fp8 needs an ONNX model with FP8 Q/DQ nodes")
+    p.add_argument("--via", choices=VIAS, default=BuildJob.via,
                    help="TensorRT's ONNX parser (default) or torch-tensorrt's converter from the torch model")
-    p.add_argument("--out", type=Path, default=Path("build"), help="output folder (default ./build)")
+    p.add_argument("--out", type=Path, default=BuildJob.out, help=f"output folder (default ./{BuildJob.out})")
     p.add_argument("--onnx-only", action="store_true", help="stop after exporting and checking the ONNX (exit 0)")
-    p.add_argument("--opset", choices=[str(o) for o in OPSETS], default="auto",
+    p.add_argument("--opset", choices=[str(o) for o in OPSETS], default=BuildJob.opset,
                    help="ONNX opset: auto (21 with native GroupNormalization if it checks out and the installed "
                         "TensorRT parses it, i.e. from 10.9 on; else 17), 21 or 17")
     p.add_argument("--norm-outputs-fp32", action="store_true",
                    help="also force the GroupNorm layers' outputs to fp32 (reformat layers around each; default: "
                         "they compute in fp32 and output in the engine's precision); a separate engine, to compare")
-    p.add_argument("--onnx-dtype", choices=sorted(DTYPES), default="fp32",
-                   help="weights of the ONNX file (default fp32; the interface stays fp32 either way)")
+    p.add_argument("--onnx-dtype", choices=sorted(DTYPES), default=BuildJob.onnx_dtype,
+                   help=f"weights of the ONNX file (default {BuildJob.onnx_dtype}; the interface stays fp32 "
+                        "either way)")
     p.add_argument("--parity-batches", default="1,3,N", metavar="LIST",
                    help="batch sizes of the onnxruntime check, N meaning --batch (default 1,3,N)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    p.add_argument("--device", default=default_device(),
                    help="device of the torch model (the reference) and of the engine build (default: cuda if present)")
-    p.add_argument("--seed", type=int, default=0, help="seed of --random-weights (default 0)")
+    p.add_argument("--seed", type=int, default=BuildJob.seed,
+                   help=f"seed of --random-weights (default {BuildJob.seed})")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
-    if args.batch < 1:
-        p.error(f"--batch must be ≥ 1, got {args.batch}")
-    args.opset = args.opset if args.opset == "auto" else int(args.opset)
     try:
-        args.parity_batches = parse_batches(args.parity_batches, args.batch)
-    except ValueError as err:
+        if args.batch < 1:   # before --parity-batches, whose N stands for it
+            raise InputError(f"--batch must be ≥ 1, got {args.batch}")
+        return BuildJob(**{**vars(args), "opset": args.opset if args.opset == "auto" else int(args.opset),
+                           "parity_batches": tuple(parse_batches(args.parity_batches, args.batch))})
+    except (InputError, ValueError) as err:
         p.error(str(err))
-    return args
 
 
 def parse_batches(text: str, n: int) -> list[int]:
@@ -104,14 +154,14 @@ def parse_batches(text: str, n: int) -> list[int]:
     return sorted(batches)
 
 
-def load_model(args) -> ADMUNet:
-    """The fp32 UNet in eval mode on args.device: the checkpoint's weights or, when asked, random ones."""
-    if args.checkpoint is not None:
-        return load_adm(args.checkpoint, config=args.preset, device=args.device)
-    torch.manual_seed(args.seed)
-    model = ADMUNet(ADMConfig.preset(args.preset or DEFAULT_PRESET)).to(args.device).eval()
+def load_model(job: BuildJob) -> ADMUNet:
+    """The fp32 UNet in eval mode on job.device: the checkpoint's weights or, when asked, random ones."""
+    if job.checkpoint is not None:
+        return load_adm(job.checkpoint, config=job.preset, device=job.device)
+    torch.manual_seed(job.seed)
+    model = ADMUNet(ADMConfig.preset(job.preset or DEFAULT_PRESET)).to(job.device).eval()
     log.warning("random weights (--random-weights, seed %d): for testing the build, not for restoring video",
-                args.seed)
+                job.seed)
     return model
 
 
@@ -129,30 +179,30 @@ def versions(device: torch.device) -> dict:
     return info
 
 
-def export_opset(args) -> tuple[int | str, str]:
+def export_opset(job: BuildJob) -> tuple[int | str, str]:
     """(the opset to export, why): --opset as given, except that "auto" follows the installed TensorRT
     (export.tensorrt.onnx_opset_for) when the engine is built from the ONNX file; InputError for --opset 21
     with a TensorRT that cannot parse it."""
     version = installed_tensorrt_version()
-    if args.via != "onnx":
-        return args.opset, f"--via {args.via} does not parse the ONNX file"
-    if args.opset == "auto":
+    if job.via != "onnx":
+        return job.opset, f"--via {job.via} does not parse the ONNX file"
+    if job.opset == "auto":
         return onnx_opset_for(version)
-    if args.opset == 21 and version is not None and version_tuple(version) < GROUPNORM_OPSET_TENSORRT:
+    if job.opset == 21 and version is not None and version_tuple(version) < GROUPNORM_OPSET_TENSORRT:
         need = ".".join(map(str, GROUPNORM_OPSET_TENSORRT))
         raise InputError(f"--opset 21: the installed TensorRT {version} parses opset 21's GroupNormalization only "
                          f"from {need}; use --opset 17 (or auto), or upgrade TensorRT")
-    return args.opset, "--opset given"
+    return job.opset, "--opset given"
 
 
-def export_step(args, model: ADMUNet, contract: UNetContract) -> tuple[dict, list]:
+def export_step(job: BuildJob, model: ADMUNet, contract: UNetContract) -> tuple[dict, list]:
     """Export the ONNX file and run it in onnxruntime: the manifest's "onnx" section and the parity results."""
-    opset, why = export_opset(args)
+    opset, why = export_opset(job)
     log.info("ONNX opset %s: %s", opset, why)
-    exported = export_onnx(model, contract, args.out / "unet.onnx", dtype=args.onnx_dtype, opset=opset)
+    exported = export_onnx(model, contract, job.out / "unet.onnx", dtype=job.onnx_dtype, opset=opset)
     start = time.perf_counter()
-    parity = onnx_parity(exported.path, model, contract, args.parity_batches)
-    tol = PARITY_TOLERANCE[args.onnx_dtype]
+    parity = onnx_parity(exported.path, model, contract, list(job.parity_batches))
+    tol = PARITY_TOLERANCE[job.onnx_dtype]
     section = {**exported.as_dict(), "opset_asked": opset, "opset_reason": why,
                "parity": [p.as_dict() for p in parity], "parity_tolerance": tol,
                "parity_ok": all(p.finite and p.rel_l2 <= tol for p in parity),
@@ -173,54 +223,54 @@ def engine_blockers(device: torch.device, via: str = "onnx") -> list[str]:
     return reasons
 
 
-def engine_step(args, model: ADMUNet, contract: UNetContract, onnx_path: Path) -> dict:
+def engine_step(job: BuildJob, model: ADMUNet, contract: UNetContract, onnx_path: Path) -> dict:
     """Build (or reuse) the engine and compare it with the model: the manifest's "engine" section."""
-    device = torch.device(args.device)
-    if args.via == "torch-tensorrt":
+    device = torch.device(job.device)
+    if job.via == "torch-tensorrt":
         builder = TorchTensorRTBuilder(model, device)
     else:
-        builder = TensorRTBuilder(device, norm_outputs_fp32=args.norm_outputs_fp32)
-    result = get_engine(onnx_path, contract, args.precision, args.out, builder=builder, model=model)
-    return {"precision": args.precision, "via": args.via, **result.as_dict()}
+        builder = TensorRTBuilder(device, norm_outputs_fp32=job.norm_outputs_fp32)
+    result = get_engine(onnx_path, contract, job.precision, job.out, builder=builder, model=model)
+    return {"precision": job.precision, "via": job.via, **result.as_dict()}
 
 
-def run(args) -> Path:
+def run(job: BuildJob) -> Path:
     """Everything; returns the manifest's path. Raises Stopped when the engine cannot be built here."""
-    device = torch.device(args.device)
-    model = load_model(args)
-    contract = UNetContract.for_config(model.config, args.batch)
-    args.out.mkdir(parents=True, exist_ok=True)
-    manifest_path = args.out / "manifest.json"
+    device = torch.device(job.device)
+    model = load_model(job)
+    contract = UNetContract.for_config(model.config, job.batch)
+    job.out.mkdir(parents=True, exist_ok=True)
+    manifest_path = job.out / "manifest.json"
     manifest = {"model": {"config": model.config.as_flags(), "parameters": model.num_parameters(),
-                          "checkpoint": str(args.checkpoint) if args.checkpoint else None,
-                          "random_weights": args.random_weights, "seed": args.seed if args.random_weights else None},
+                          "checkpoint": str(job.checkpoint) if job.checkpoint else None,
+                          "random_weights": job.random_weights, "seed": job.seed if job.random_weights else None},
                 "contract": contract.as_dict(), "versions": versions(device), "onnx": None, "engine": None,
                 "stopped": None}
-    manifest["onnx"], parity = export_step(args, model, contract)
-    blockers = [] if args.onnx_only else engine_blockers(device, args.via)
+    manifest["onnx"], parity = export_step(job, model, contract)
+    blockers = [] if job.onnx_only else engine_blockers(device, job.via)
     if blockers:
         manifest["stopped"] = "; ".join(blockers)
     atomic_write_json(manifest_path, manifest)
-    check_parity(parity, args.onnx_dtype)   # after the manifest, so that it keeps the numbers
-    if args.onnx_only:
+    check_parity(parity, job.onnx_dtype)   # after the manifest, so that it keeps the numbers
+    if job.onnx_only:
         return manifest_path
     if blockers:
         raise Stopped(f"the ONNX is written and checked ({manifest_path}), but no engine can be built here: "
                       f"{manifest['stopped']}")
-    manifest["engine"] = engine_step(args, model, contract, Path(manifest["onnx"]["path"]))
+    manifest["engine"] = engine_step(job, model, contract, Path(manifest["onnx"]["path"]))
     atomic_write_json(manifest_path, manifest)
     return manifest_path
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    job = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if job.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
+    if not job.verbose:
         for chatty in _CHATTY_LOGGERS:
             logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
-        path = run(args)
+        path = run(job)
     except Stopped as stop:
         print(f"stopped: {stop}", file=sys.stderr)
         return EXIT_STOPPED

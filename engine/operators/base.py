@@ -2,7 +2,7 @@
 
 Videos are frames-first tensors `[N, C, H, W]`, values in the data range [0, 1].
 An operator is linear, so `⟨A x, y⟩ = ⟨x, Aᵀ y⟩` for all x, y (checked by the
-relative dot test in tests/test_operators.py for every registered operator).
+relative dot test in tests/engine/operators/test_properties.py for every registered operator).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import torch
 
 from engine.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 #: Kernels that stream whole clips: every variant must use vector loads.

@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from engine.unet import ADMConfig, ADMUNet, AttentionBlock, GroupNorm32, timestep_embedding
 
-DATA = Path(__file__).resolve().parent / "data"   # upstream's state-dict shape manifests (data/README.md)
+DATA = Path(__file__).resolve().parents[1] / "data"   # upstream's state-dict shape manifests (tests/data/README.md)
 MANIFESTS = {"adm256_uncond": "adm256_uncond_state_dict_shapes.json",
              "ffhq_dps": "ffhq_dps_state_dict_shapes.json"}
 PARAMETERS = {"adm256_uncond": 552_814_086, "ffhq_dps": 93_563_910}

@@ -1,7 +1,7 @@
 """The Kronecker operator T ⊗ S (engine.operators.kronecker), the measurement noise every path draws
 (engine.operators.measurement) and the record of the kernels a run used (engine.runtime.kernels_run).
 
-The sharded layouts' dot tests and their equality with one process run in tests/test_distributed.py
+The sharded layouts' dot tests and their equality with one process run in tests/engine/test_distributed.py
 (`test_sharded_operators_equal_the_single_process_ones`, `test_a_sharded_window_operator_equals_the_window_operator`).
 """
 

@@ -65,7 +65,7 @@ def test_triton_kernels_through_the_solver(clip):
     from engine.sampler import step_kernels
 
     cfg = SolverConfig.from_task("temporal-k7", frames=8, size=24, nfe=2, cg_iters=3, cg_precond=None,
-                                 device="cpu" if INTERPRET else "cuda", kernels="torch")   # PCG: test_kernels
+                                 device="cpu" if INTERPRET else "cuda", kernels="torch")   # PCG: kernels/test_against_torch
     fused = Solver(GaussianPrior(), SolverConfig(**{**cfg.to_dict(), "kernels": "triton"}))
     plain = Solver(GaussianPrior(), cfg)
     assert fused.op.kernels == "triton" and fused.kernels is step_kernels("triton")
@@ -74,7 +74,7 @@ def test_triton_kernels_through_the_solver(clip):
     # Both run the same arithmetic in fp32 with sums in another order: each of the K steps' l CG iterations
     # and its Tweedie and update passes may differ by a few float32 ulps of the clip's scale (values in
     # [0, 1]); CG amplifies them by its step sizes. 64 ulps per pass bounds what versions of Triton gave
-    # (1.1e-5 with Triton 3.9 here), and a wrong kernel is off by far more (test_kernels).
+    # (1.1e-5 with Triton 3.9 here), and a wrong kernel is off by far more (kernels/test_against_torch).
     passes = cfg.nfe * (cfg.cg_iters + 2)
     bound = 64 * torch.finfo(torch.float32).eps * passes * float(y.abs().max())
     torch.testing.assert_close(fused.solve(y, seed=4), plain.solve(y, seed=4), rtol=0, atol=bound)

@@ -12,7 +12,7 @@ from engine.checkpoint import infer_config, load_adm, read_state_dict
 from engine.errors import CheckpointError
 from engine.unet import ADMConfig, ADMUNet
 
-DATA = Path(__file__).resolve().parent / "data"   # upstream's state-dict shape manifests (data/README.md)
+DATA = Path(__file__).resolve().parents[1] / "data"   # upstream's state-dict shape manifests (tests/data/README.md)
 MANIFESTS = {"adm256_uncond": "adm256_uncond_state_dict_shapes.json",
              "ffhq_dps": "ffhq_dps_state_dict_shapes.json"}
 

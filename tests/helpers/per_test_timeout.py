@@ -3,7 +3,7 @@
 For bench/device_check.sh's GPU tier, which must end inside its step's limit with a verdict for every
 test it reached (pytest-timeout is not on the lent machine). A SIGALRM timer per test call raises in
 the test's own thread (the main one); a test stuck inside one C call is stopped when that call returns.
-Loaded by tests/conftest.py (or `-p per_test_timeout` with tests/ on the path).
+Loaded by tests/conftest.py (or `-p per_test_timeout` with tests/helpers/ on the path).
 """
 
 from __future__ import annotations

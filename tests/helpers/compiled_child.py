@@ -1,8 +1,8 @@
 """`compiled_report(code)`: run a Python snippet that compiles Triton kernels for a GPU target in a child
 process (compiled, not interpreted: TRITON_INTERPRET is dropped) and return the JSON it prints last.
 
-Shared by the tests that read offsets and types in the compiled IR (test_cg_offsets, test_groupnorm,
-test_offsets); skips when Triton's CUDA compiler is not available here."""
+Shared by the tests that read offsets and types in the compiled IR (tests/kernels/: test_int64_offsets_cg,
+test_int64_offsets_per_frame, test_groupnorm); skips when Triton's CUDA compiler is not available here."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def compiled_report(code: str) -> dict:

@@ -14,7 +14,7 @@ import pytest
 
 from bench import check_rows
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "device_check.sh"
 STEPS = ["env", "profile", "headline", "sweep", "720p", "sr", "kernels", "tests", "env-after"]
 
@@ -134,7 +134,7 @@ def test_test_timeout_fails_a_stuck_test_and_the_run_goes_on(tmp_path):
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "per_test_timeout", "-p", "no:cacheprovider",
                            "--test-timeout", "1", str(tmp_path / "test_stuck.py")], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(ROOT / "tests")})
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "tests" / "helpers")})
     assert done.returncode == 1, done.stdout
     assert "1 failed, 1 passed" in done.stdout and "ran past --test-timeout 1 s" in done.stdout
 

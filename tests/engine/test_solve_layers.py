@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SOLVE_MAX_LINES = 300
 
 #: top to bottom; a module may import modules of its own layer or of a layer under it, never above

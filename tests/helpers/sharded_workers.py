@@ -1,4 +1,4 @@
-"""What each process of tests/test_distributed.py runs (engine.distributed.run_local spawns them).
+"""What each process of tests/engine/test_distributed.py runs (engine.distributed.run_local spawns them).
 
 A worker gets (rank, world, *args) inside an initialised default process group (gloo, 127.0.0.1)
 and returns a small value picklable by value (arrays as numpy).
@@ -190,7 +190,7 @@ def read_on_first(rank, world, clip):
 
 
 def halo_errors_in_nccl_order(rank, world, frames):
-    """Under NCCL's matching (tests/nccl_order.py): {case: largest |error|} of Comm.halo against the video's own
+    """Under NCCL's matching (tests/helpers/nccl_order.py): {case: largest |error|} of Comm.halo against the video's own
     frames, for a ring and for open ends, equal and unequal reaches; then operator_errors for circular and
     replicate boundaries. Returns (halo errors, operator errors, point-to-point operations seen)."""
     from nccl_order import nccl_matching

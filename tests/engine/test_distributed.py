@@ -1,6 +1,6 @@
 """One video sharded by frames over 2 and 3 processes (gloo on 127.0.0.1) gives the one-process result.
 
-The processes are spawned by tests/sharded_workers.py; each compares its own frames with the
+The processes are spawned by tests/helpers/sharded_workers.py; each compares its own frames with the
 single-process computation it also runs, in float64.
 """
 
@@ -20,7 +20,7 @@ from engine.errors import InputError
 from engine.operators.banded import band, local_matrix
 from engine.operators.temporal import temporal_matrix, uniform_kernel
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _values(results):
@@ -106,7 +106,7 @@ def test_a_solver_over_processes_runs_torch_arithmetic_and_says_so():
 @pytest.mark.parametrize("world, frames", [(2, 13), (3, 20)])
 def test_halos_and_operators_hold_when_point_to_point_pairs_in_issue_order(world, frames):
     """NCCL ignores tags and pairs the sends and receives between two ranks in the order they were issued
-    (tests/nccl_order.py makes gloo do the same). On 2 ranks around a ring left and right are one peer: the
+    (tests/helpers/nccl_order.py makes gloo do the same). On 2 ranks around a ring left and right are one peer: the
     halos must still arrive in their places, for equal and unequal reaches, around a ring and with open ends,
     and the sharded operators (circular and replicate boundaries) must equal the one-process ones."""
     for halos, operators, operations in _values(run_local(workers.halo_errors_in_nccl_order, world, frames,

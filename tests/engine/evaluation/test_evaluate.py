@@ -17,7 +17,7 @@ from engine.evaluation.evaluate import METHODS, main
 from engine.metrics import psnr
 from engine.operators import from_spec
 from engine.testclips import camera_clip
-from test_metrics_extra import write_i3d, write_lpips_files
+from stand_in_weights import write_i3d, write_lpips_files
 
 SIGMAS = (0.0, 0.01)
 FAST = ["--task", "temporal-k7", "--prior", "gaussian", "--nfe", "3", "--cg-iters", "2", "--frames", "8",

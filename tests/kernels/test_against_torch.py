@@ -363,7 +363,7 @@ def test_launchers_check_inputs():
 
 def test_importing_the_operators_does_not_import_triton():
     code = "import sys, engine.operators; assert 'triton' not in sys.modules and 'kernels' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
 
 
 # ── the paper's size on a GPU ────────────────────────────────────────────────
