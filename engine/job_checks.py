@@ -1,7 +1,7 @@
 """What a job learns before the model is loaded: INPUT checked against every setting, and the memory plan.
 
     facts = checked_input(job, cfg)        # readable, --frames, the spec against the frame size, windows
-    job = planned(job, cfg, facts)         # whole video, or windows of the largest W that fits the budget
+    job = planned(job, cfg, facts)         # whole video, or windows that fit the budget
 
 Both read INPUT's first frame and its container only (engine.probe), so a bad setting costs no
 model load and no decode of the video.
@@ -20,7 +20,7 @@ from engine.operators.spec import parse as parse_spec
 from engine.operators.spec import split_temporal, time_boundary, with_time_boundary
 from engine.probe import InputFacts, check_spec, probe_input, temporal_width
 from engine.runtime import SolverConfig
-from engine.windows import least_window, split_spec
+from engine.windows import enough_window, least_window, split_spec
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +94,14 @@ def planned(job: Job, cfg: SolverConfig, facts: Optional[InputFacts] = None) -> 
         frames, first = frames_and_size(job)
     frame = clean_frame(cfg.spec, first) if job.measured and cfg.spec else first
     spec = with_time_boundary(cfg.spec, video_boundary(job, frames)) if cfg.spec else ""
-    context, least, why_not = 0, 2, _why_not_windows(job, spec)
+    context, least, enough, why_not = 0, 2, None, _why_not_windows(job, spec)
     if why_not is None:
         term = split_spec(spec)[0]
-        context, least = term.context, max(2, least_window(term))
+        context, least, enough = term.context, max(2, least_window(term)), enough_window(term)
     checkpoint = job.checkpoint.stat().st_size if job.checkpoint is not None and job.checkpoint.is_file() else None
     chosen = plan(frames, frame, budget=None if job.memory_budget is None else job.memory_budget * GB,
                   device=cfg.device, prior=job.prior, checkpoint_bytes=checkpoint, batch=cfg.batch,
-                  precision=cfg.precision, context=context, least_window=least, windows_allowed=why_not,
+                  precision=cfg.precision, context=context, least_window=least, longest_window=enough, windows_allowed=why_not,
                   motion=temporal_prior_for(job.temporal_prior, spec) == "motion" if spec else False)
     log.info("%s", chosen.line())
     return dataclasses.replace(job, max_frames=chosen.window, plan=chosen.record())

@@ -19,7 +19,10 @@ A run's peak resident memory (CPU) or allocated memory (CUDA) is modelled as
 Windows of W free frames (engine.windows.VideoRestorer) hold the same solve on W + w − 1 frames
 (the pinned context enters as a known term) plus the measurement rows read ahead and their
 stacked copy: k_win = WINDOW_BUFFERS per frame of W + w − 1. `plan` picks the whole video when
-its predicted peak fits the budget, else the largest W whose windows fit, else refuses in one line.
+its predicted peak fits the budget, else windows of the largest W that fits up to the `longest_window`
+that buys anything (engine.windows.enough_window: past it a window saves little time and holds more
+memory), else refuses in one line. A video too long for the budget thus runs in windows of a length
+set by the PSF and the budget, not by the video: its peak is flat in the video's length.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class Plan:
     whole_bytes: int               # the whole video's predicted peak
     window: Optional[int] = None   # W; None: the whole video
     window_bytes: Optional[int] = None
+    longest_window: Optional[int] = None   # the W past which windows buy nothing (None: no limit)
 
     def line(self) -> str:
         """The plan in one line, for the log."""
@@ -74,7 +78,8 @@ class Plan:
         budget = f"the budget is {self.budget_bytes / GB:.1f} GB ({self.budget_source})"
         if self.window is None:
             return f"memory plan: the whole video ({size}, about {self.whole_bytes / GB:.1f} GB; {budget})"
-        return (f"memory plan: windows of {self.window} frames, about {self.window_bytes / GB:.1f} GB (the whole "
+        why = " (longer ones buy nothing)" if self.window == self.longest_window else ""
+        return (f"memory plan: windows of {self.window} frames{why}, about {self.window_bytes / GB:.1f} GB (the whole "
                 f"video, {size}, would need about {self.whole_bytes / GB:.1f} GB; {budget})")
 
     def record(self) -> dict:
@@ -146,12 +151,15 @@ def default_budget(device: torch.device) -> tuple[int, str]:
 
 def plan(frames: int, frame: tuple[int, int], *, budget: Optional[float], device, prior: str = "ffdnet",
          checkpoint_bytes: Optional[int] = None, batch: int = 16, precision: str = "fp32", context: int = 0,
-         least_window: int = 2, windows_allowed: Optional[str] = None, motion: bool = False) -> Plan:
-    """The whole video if its predicted peak fits the budget, else windows of the largest W that fits.
+         least_window: int = 2, longest_window: Optional[int] = None, windows_allowed: Optional[str] = None,
+         motion: bool = False) -> Plan:
+    """The whole video if its predicted peak fits the budget, else windows of the largest W that fits, at
+    most `longest_window` (None: no limit).
 
     frames: N; frame: (H, W) of the clean frames; budget: bytes (None: `default_budget`); prior: the
     prior without a checkpoint; checkpoint_bytes: the checkpoint's file size (its weights), or None;
     context: the pinned frames of a window (w − 1); least_window: the smallest W windows accept;
+    longest_window: the W past which windows buy nothing (module docstring);
     windows_allowed: None when windows may be used, else why not (the refusal then says it); motion: the
     temporal prior "motion" runs after each solve (MOTION_BUFFERS more per frame).
     """
@@ -181,12 +189,13 @@ def plan(frames: int, frame: tuple[int, int], *, budget: Optional[float], device
                          f"{whole / GB:.1f} GB and {fits}; the budget is {budget / GB:.1f} GB ({source}): give "
                          f"--memory-budget {max(smallest if windows_allowed is None else whole, 1) / GB:.1f} or "
                          f"more, fewer --frames, a smaller --batch or --size")
-    low, high = least_window, frames - 1               # largest W in [low, high] with peak(W + context) <= budget
+    high = frames - 1 if longest_window is None else max(least_window, min(frames - 1, longest_window))
+    low = least_window                                 # largest W in [low, high] with peak(W + context) <= budget
     while low < high:
         mid = (low + high + 1) // 2
         low, high = (mid, high) if peak(mid + context, WINDOW_BUFFERS) <= budget else (low, mid - 1)
     return Plan(frames, tuple(frame), budget, source, whole, window=low,
-                window_bytes=peak(low + context, WINDOW_BUFFERS))
+                window_bytes=peak(low + context, WINDOW_BUFFERS), longest_window=longest_window)
 
 
 def peak_record(device) -> dict:

@@ -25,8 +25,8 @@ With --max-frames W a video longer than W frames is streamed: read, restored in 
 scored and written frame by frame, holding about one window of frames (engine.runners.windows).
 Without --max-frames the run is planned before decoding (engine.job_checks.planned, engine.memory):
 the whole video when its predicted peak fits --memory-budget (default: a fraction of the memory
-available), else windows of the largest W that fits; the plan is logged in one line and recorded in
-metrics.json. Scores are computed in chunks of frames and the outputs written a frame at a time,
+available), else windows of the largest W that fits, up to engine.windows.enough_window; the plan is
+logged in one line and recorded in metrics.json. Scores are computed in chunks of frames and the outputs written a frame at a time,
 so nothing after the restoration holds the clip again.
 
 This module is the command line alone: its flags, their combinations, and the Job and SolverConfig

@@ -13,6 +13,7 @@ from engine.metrics import clip_summary, psnr, ssim
 from engine.solve import main
 from engine.testclips import camera_clip
 from engine.video_io import read_video
+from engine.windows import REPEAT_SHARE, default_lag, default_lead, enough_window, least_window, split_spec
 
 
 def _pair(frames, seed=0):
@@ -85,6 +86,28 @@ def test_windows_of_the_largest_w_that_fits(no_process, frames, budget_gb):
     assert _peak_of(w + 6, memory.WINDOW_BUFFERS) <= budget < _peak_of(w + 7, memory.WINDOW_BUFFERS)
     assert chosen.window_bytes <= budget < chosen.whole_bytes
     assert f"windows of {w} frames" in chosen.line()
+
+
+@pytest.mark.parametrize("frames", [400, 1000, 4000])
+def test_windows_stop_growing_where_longer_ones_buy_nothing(no_process, frames):
+    """Past the longest useful window the plan, and so the peak, no longer depends on the video's length."""
+    term = split_spec("temporal:uniform:7:replicate")[0]
+    longest = enough_window(term)
+    chosen = memory.plan(frames, FRAME, budget=8e9, device="cpu", prior="gaussian", context=term.context,
+                         least_window=least_window(term), longest_window=longest)
+    assert chosen.window == longest and "longer ones buy nothing" in chosen.line()
+    assert chosen.window_bytes == _peak_of(longest + term.context, memory.WINDOW_BUFFERS)
+    assert chosen.record()["longest_window"] == longest
+    tight = memory.plan(frames, FRAME, budget=_peak_of(100, memory.WINDOW_BUFFERS), device="cpu", prior="gaussian",
+                        context=term.context, least_window=least_window(term), longest_window=longest)
+    assert tight.window == 100 - term.context and "buy nothing" not in tight.line()     # the budget still rules
+
+
+def test_the_longest_window_solves_each_frame_at_most_1_15_times():
+    for width in (3, 7, 15):
+        term = split_spec(f"temporal:uniform:{width}:replicate")[0]
+        w, repeated = enough_window(term), default_lag(term) + default_lead(term)
+        assert w / (w - repeated) <= 1 + REPEAT_SHARE < (w - 1) / (w - 1 - repeated)
 
 
 def test_nothing_fits_is_one_line(no_process):
