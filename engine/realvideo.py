@@ -11,11 +11,24 @@ regularised CG with γ(σ_y). After the run the data residual
 is compared with σ_y: a restoration consistent with y leaves ρ ≈ σ_y. ρ far below σ_y means the
 result reproduces y's noise (it is noisier than it should be); ρ far above means it does not
 explain y (a wrong --degrade, or too few steps). Either case gets a warning naming the fix.
+
+Where the blur barely changed the video (static content: A y ≈ y within the noise) the input is
+already about as good as it gets and the prior can only cost detail, so a guard compares, per
+frame t, how well the input and the restoration x̂ explain the measurement:
+
+    e_in[t]  = ‖(A y − y)_t‖ / √n_t          e_out[t] = ‖(A x̂ − y)_t‖ / √n_t
+    q[t]     = log(e_in[t] / max(e_out[t], NOISE_SPAN·σ_y)) / log GUARD_SPAN
+    α[t]     = clamp(1 − q[t], 0, 1),         x_t ← x̂_t + α[t] (y_t − x̂_t)
+
+α = 1 (the frame kept as given) where the input explains y as well as x̂ does or within the noise,
+α = 0 (the restoration kept) where its residual is GUARD_SPAN times x̂'s or more; the frames it
+touches are recorded and warned about (`input_guard`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -25,8 +38,12 @@ log = logging.getLogger(__name__)
 
 #: ρ / σ_y outside [OVERFIT, UNDERFIT] gets a warning
 OVERFIT, UNDERFIT = 0.5, 3.0
+#: the guard (module docstring): e_in / max(e_out, NOISE_SPAN·σ_y) from 1 (input kept) to GUARD_SPAN (restoration
+#: kept); chosen with bench/real_targets.py on real H.264 clips (static crops gain, moving ones keep their restoration)
+GUARD_SPAN, NOISE_SPAN = 2.0, 2.0
 
-__all__ = ["NoiseLevel", "noise_level", "residual_record", "grey_clip", "OVERFIT", "UNDERFIT"]
+__all__ = ["NoiseLevel", "noise_level", "residual_record", "grey_clip", "OVERFIT", "UNDERFIT", "input_guard",
+           "frame_residuals", "GUARD_SPAN", "NOISE_SPAN"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +100,37 @@ def residual_record(op, x: torch.Tensor, y: torch.Tensor, sigma_y: float, *, wei
     else:
         log.info("data residual %.4f (noise σ_y %.4f)", rms, sigma_y)
     return record
+
+
+def frame_residuals(op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """‖(A x − y)_t‖ / √n_t for every frame t, float64.  x: op.in_shape, y: op.out_shape → [N]"""
+    r = op.A(x.to(y.device, y.dtype)) - y                                 # [N, 3, H', W']
+    return r.double().square().mean(dim=tuple(range(1, r.dim()))).sqrt()
+
+
+def input_guard(op, restored: torch.Tensor, y: torch.Tensor, sigma_y: float) -> tuple[torch.Tensor, Optional[dict]]:
+    """(x, record): the restoration [N, 3, H, W] with every frame whose input explains the measurement as well
+    blended toward that input (module docstring), and what was done; (restored, None) when y is not in video
+    space (an operator that changes the frame shape: its input is no candidate).  y: op.out_shape, σ_y ≥ 0.
+
+    A frame kept (α ≥ ½) or blended is logged as a warning: the result there is INPUT, not a restoration."""
+    if tuple(op.out_shape) != tuple(op.in_shape):
+        return restored, None
+    y = y.to(restored.device, restored.dtype)
+    e_in, e_out = frame_residuals(op, y, y), frame_residuals(op, restored, y)          # [N] each
+    floor = max(NOISE_SPAN * sigma_y, torch.finfo(torch.float64).tiny)
+    q = torch.log(e_in / e_out.clamp_min(floor)) / math.log(GUARD_SPAN)
+    alpha = (1 - q).clamp(0, 1)                                                         # [N]; e_in = 0 gives 1
+    x = torch.lerp(restored, y, alpha.to(restored.dtype)[:, None, None, None])          # α = 1: y exactly
+    kept = [int(t) for t in torch.nonzero(alpha >= 0.5).flatten()]
+    blended = int(((alpha > 0) & (alpha < 0.5)).sum())
+    record = {"alpha_mean": float(alpha.mean()), "frames_kept": kept, "frames_blended": blended,
+              "input_residual_median": float(e_in.median()), "restored_residual_median": float(e_out.median())}
+    if kept or blended:
+        log.warning("%d of %d frames of INPUT already explain the measurement about as well as their restoration "
+                    "(the blur barely changed them: A·INPUT ≈ INPUT within the noise): %d kept as given, %d blended "
+                    "toward it (metrics.json 'guard')", len(kept) + blended, alpha.numel(), len(kept), blended)
+    return x, record
 
 
 def grey_clip(clip: torch.Tensor) -> torch.Tensor:

@@ -536,6 +536,9 @@ def restore(job: Job, cfg: SolverConfig, model, clean, y):
     t0 = time.perf_counter()
     with tqdm(total=cfg.nfe, desc="restoring", unit="step", disable=None) as bar:
         restored = solver.solve(y, seed=job.seed, callback=step_counter(bar, cfg))
+    if clean is None:                                   # a real video: frames its input already explains kept
+        from engine.realvideo import input_guard
+        restored, guard = input_guard(solver.op, restored, as_tensor(y, solver.device, torch.float32), job.sigma_y)
     if restored.is_cuda:
         torch.cuda.synchronize()
     restore_s = time.perf_counter() - t0
@@ -555,6 +558,7 @@ def restore(job: Job, cfg: SolverConfig, model, clean, y):
                  f" (baselines: {scores})" if scores else "", report["restored"]["ssim_mean"], seconds,
                  seconds - restore_s)
     else:                                               # a real video: what can be measured without a reference
+        report["guard"] = guard
         weighed = GAMMA_NOISE / cfg.gamma if cfg.gamma and job.checkpoint is None else 0.0   # default_gamma's σ
         report["residual"] = residual_record(solver.op, restored, as_tensor(y, solver.device, torch.float32),
                                              job.sigma_y, weighed=weighed)

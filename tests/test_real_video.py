@@ -13,6 +13,7 @@ import torch
 import engine.solve as solve
 from engine.fileio import RUN_MARKER
 from engine.operators import from_spec
+from engine.realvideo import frame_residuals, input_guard
 from engine.solve import main
 from engine.testclips import camera_clip
 from engine.video_io import read_video
@@ -208,3 +209,58 @@ def test_the_residual_check_warns_for_a_wrong_blur_and_not_for_the_right_one(tmp
                      "--out", str(tmp_path / "wrong")]) == 0
     assert "does not explain INPUT" not in right and "data residual" in right
     assert "does not explain INPUT" in caplog.text
+
+
+def _still_and_moving(sigma=0.004):
+    """(operator, clean still clip, clean moving clip, their measurements): box of 3 frames with held ends,
+    noise σ, 16 frames of 32²."""
+    op = from_spec(f"{SPEC}:replicate", (16, 3, 32, 32))
+    still = camera_clip(frames=16, size=32, pan=(0.0, 0.0))
+    moving = camera_clip(frames=16, size=32, pan=(3.0, 2.0))
+    noise = sigma * torch.randn(still.shape, generator=torch.Generator().manual_seed(5))
+    return op, still, moving, (op.A(still) + noise).clamp(0, 1), (op.A(moving) + noise).clamp(0, 1)
+
+
+def test_the_guard_keeps_a_still_clips_input_and_warns(caplog):
+    op, still, _, y, _ = _still_and_moving()
+    smoothed = torch.nn.functional.avg_pool2d(still, 3, stride=1, padding=1)       # a prior that costs detail
+    with caplog.at_level("WARNING", logger="engine.realvideo"):
+        x, record = input_guard(op, smoothed, y, 0.004)
+    assert torch.equal(x, y) and record["frames_kept"] == list(range(16)) and record["alpha_mean"] == 1
+    assert "16 kept as given" in caplog.text
+
+
+def test_the_guard_leaves_a_moving_clips_restoration(caplog):
+    op, _, moving, _, y = _still_and_moving()
+    with caplog.at_level("WARNING", logger="engine.realvideo"):
+        x, record = input_guard(op, moving, y, 0.004)
+    assert torch.equal(x, moving) and record["frames_kept"] == [] and record["alpha_mean"] == 0
+    assert caplog.text == ""
+
+
+def test_the_guard_blends_between_the_bounds():
+    op, _, moving, _, _ = _still_and_moving()
+    y = op.A(moving)
+    e_in = frame_residuals(op, y, y)
+    wrong = moving + 0.7 * (op.A(moving) - moving)      # A·wrong − y = 0.7·(A y − y): α = 1 − log2(1/0.7) ≈ 0.49
+    x, record = input_guard(op, wrong, y, 0.0)
+    alpha = ((x - wrong).flatten(1).norm(dim=1) / (y - wrong).flatten(1).norm(dim=1).clamp_min(1e-12))
+    q = torch.log2(e_in / frame_residuals(op, wrong, y))
+    assert torch.allclose(alpha.double(), (1 - q).clamp(0, 1), atol=1e-4)
+    assert 0 < record["alpha_mean"] < 1
+
+
+def test_the_guard_passes_an_operator_that_changes_the_frame_shape():
+    op = from_spec("sr:2", (4, 3, 16, 16))
+    x = torch.rand(4, 3, 16, 16)
+    assert input_guard(op, x, op.A(x), 0.01) == (x, None)
+
+
+def test_a_still_video_comes_back_as_given_and_says_so(tmp_path, caplog):
+    still = camera_clip(frames=8, size=32, pan=(0.0, 0.0))
+    np.save(tmp_path / "y.npy", from_spec(f"{SPEC}:replicate", still.shape).A(still).numpy())
+    with caplog.at_level("WARNING", logger="engine.realvideo"):
+        assert main([str(tmp_path / "y.npy"), "--degrade", SPEC, *REAL, "--out", str(tmp_path / "out")]) == 0
+    assert report(tmp_path / "out")["guard"]["frames_kept"] == list(range(8)) and "kept as given" in caplog.text
+    restored = read_video(tmp_path / "out" / "frames", size=None)
+    assert (restored - still).abs().max() <= 1 / 255                   # the input, to its 8-bit rounding
