@@ -113,7 +113,7 @@ def input_guard(op, restored: torch.Tensor, y: torch.Tensor, sigma_y: float) -> 
     blended toward that input (module docstring), and what was done; (restored, None) when y is not in video
     space (an operator that changes the frame shape: its input is no candidate).  y: op.out_shape, σ_y ≥ 0.
 
-    A frame kept (α ≥ ½) or blended is logged as a warning: the result there is INPUT, not a restoration."""
+    Frames kept (α ≥ ½) are warned about (the result there is INPUT, not a restoration); blended ones logged."""
     if tuple(op.out_shape) != tuple(op.in_shape):
         return restored, None
     y = y.to(restored.device, restored.dtype)
@@ -127,9 +127,10 @@ def input_guard(op, restored: torch.Tensor, y: torch.Tensor, sigma_y: float) -> 
     record = {"alpha_mean": float(alpha.mean()), "frames_kept": kept, "frames_blended": blended,
               "input_residual_median": float(e_in.median()), "restored_residual_median": float(e_out.median())}
     if kept or blended:
-        log.warning("%d of %d frames of INPUT already explain the measurement about as well as their restoration "
-                    "(the blur barely changed them: A·INPUT ≈ INPUT within the noise): %d kept as given, %d blended "
-                    "toward it (metrics.json 'guard')", len(kept) + blended, alpha.numel(), len(kept), blended)
+        log.log(logging.WARNING if kept else logging.INFO,
+                "%d of %d frames of INPUT already explain the measurement about as well as their restoration (the "
+                "blur barely changed them: A·INPUT ≈ INPUT within the noise): %d kept as given, %d blended toward it "
+                "(metrics.json 'guard')", len(kept) + blended, alpha.numel(), len(kept), blended)
     return x, record
 
 

@@ -264,3 +264,11 @@ def test_a_still_video_comes_back_as_given_and_says_so(tmp_path, caplog):
     assert report(tmp_path / "out")["guard"]["frames_kept"] == list(range(8)) and "kept as given" in caplog.text
     restored = read_video(tmp_path / "out" / "frames", size=None)
     assert (restored - still).abs().max() <= 1 / 255                   # the input, to its 8-bit rounding
+
+
+def test_the_guard_only_logs_frames_it_blends(caplog):
+    op, _, moving, _, _ = _still_and_moving()
+    y = op.A(moving)
+    with caplog.at_level("INFO", logger="engine.realvideo"):
+        input_guard(op, moving + 0.7 * (y - moving), y, 0.0)                    # α ≈ 0.49 on every frame
+    assert [r.levelname for r in caplog.records] == ["INFO"] and "0 kept as given, 16 blended" in caplog.text
