@@ -272,3 +272,15 @@ def test_the_guard_only_logs_frames_it_blends(caplog):
     with caplog.at_level("INFO", logger="engine.realvideo"):
         input_guard(op, moving + 0.7 * (y - moving), y, 0.0)                    # α ≈ 0.49 on every frame
     assert [r.levelname for r in caplog.records] == ["INFO"] and "0 kept as given, 16 blended" in caplog.text
+
+
+def test_real_targets_reads_a_whole_video_from_the_frame_asked(tmp_path, monkeypatch):
+    import bench.real_targets as real_targets
+    from bench.real_clips import x264_roundtrip
+
+    x264_roundtrip(camera_clip(frames=10, size=32), 18, mp4=tmp_path / "clip.mp4")
+    video = read_video(tmp_path / "clip.mp4", size=None)
+    monkeypatch.setattr(real_targets, "CLIPS_DIR", tmp_path)
+    monkeypatch.setitem(real_targets.VIDEOS, "tiny", ("clip.mp4", 5, (0.5, 0.5)))
+    assert torch.equal(real_targets.clean_video("tiny", 4, width=None, height=None, full=True), video[5:9])
+    assert torch.equal(real_targets.clean_video("tiny", 4, width=None, height=None, full=True, start=1), video[1:5])
