@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench.common import git_commit
 from bench.real_clips import CLIPS, CLIPS_DIR, VIDEOS, clean_clip, degrade
 from engine.metrics import psnr
 from engine.video_io import read_video
@@ -87,7 +88,7 @@ def run(args, extra: list[str]) -> dict:
             "worst_gain_frame": int(gain.argmin()), "worst_dip": frame_dips(p_out).max().item(),
             "worst_dip_frame": int(frame_dips(p_out).argmax()), "estimated_sigma": report.get("noise", {}).get("sigma_y"),
             "guard_kept": len(guard.get("frames_kept", [])), "guard_alpha_mean": guard.get("alpha_mean"),
-            "seconds": seconds, "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+            "seconds": seconds, "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                                           f"torch {torch.__version__}, {torch.get_num_threads()} threads"}
 
 
