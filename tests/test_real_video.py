@@ -59,6 +59,7 @@ def test_measured_is_a_no_op_and_simulate_is_the_papers_protocol(tmp_path, capsy
     assert main([str(tmp_path / "x.npy"), "--simulate", "--degrade", SPEC, *REAL, "--out", str(tmp_path / "b")]) == 0
     r = report(tmp_path / "b")
     assert "noise" not in r and r["settings"]["sigma_y"] == 0 and len(r["restored"]["psnr"]) == 8
+    assert "guard" not in r                                  # a simulated run is scored as restored, never guarded
     with pytest.raises(SystemExit):
         main([str(path), "--degrade", SPEC, "--simulate", "--measured", "--out", str(tmp_path / "c")])
     assert "not allowed with" in capsys.readouterr().err
