@@ -626,14 +626,18 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
     if restorer.rank != 0:
         return _restore_windows_elsewhere(job, restorer, frames)
     held = deque()                                    # clean frames read and not yet scored
-    y = frames if job.measured else restorer.measure(_kept(frames, held), sigma_y=job.sigma_y, seed=job.seed + 1)
+    from engine.realvideo import StreamGuard
+    guard = StreamGuard(cfg.spec, cfg.frame, job.sigma_y) if job.measured else None     # as `restore`'s input_guard
+    y = guard.tap(frames) if job.measured else restorer.measure(_kept(frames, held), sigma_y=job.sigma_y,
+                                                                 seed=job.seed + 1)
     scores, sheet, fps, total = Scores(), FirstFrames(SHEET_FRAMES), _output_fps(job), _declared_frames(job)
     every = max(1, total // 10) if total else job.max_frames
     t0, count = time.perf_counter(), 0
     with video_writer(folder / "restored.mp4", fps) as restored_mp4, frames_writer(folder / "frames") as png, \
             video_writer(folder / "measurement.mp4", fps) as measured_mp4, \
             tqdm(total=total, desc="restoring", unit="frame", disable=None) as bar:
-        for count, x in enumerate(restorer.restore(_tapped(y, measured_mp4, sheet)), 1):
+        restored = restorer.restore(_tapped(y, measured_mp4, sheet))
+        for count, x in enumerate(guard.frames(restored) if guard else restored, 1):
             x = grey_clip(x[None].cpu())[0] if grey else x.cpu()
             restored_mp4(x)
             png(x)
@@ -654,6 +658,7 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
               "input": "demo" if job.input is None else str(job.input), "prior": prior_name(job),
               **model_record(model), "seconds": seconds, "fps": count / seconds, "memory": peak_record(cfg.device),
               "comparison": sheet.note(), **({"noise": noise.as_dict()} if noise else {}),
+              **({"guard": guard.record()} if guard else {}),
               "input_changes": notes, "output_changes": changes}
     if not job.measured:
         report["restored"] = scores.summary()

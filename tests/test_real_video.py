@@ -13,7 +13,7 @@ import torch
 import engine.solve as solve
 from engine.fileio import RUN_MARKER
 from engine.operators import from_spec
-from engine.realvideo import frame_residuals, input_guard
+from engine.realvideo import StreamGuard, frame_residuals, input_guard
 from engine.solve import main
 from engine.testclips import camera_clip
 from engine.video_io import read_video
@@ -285,3 +285,33 @@ def test_real_targets_reads_a_whole_video_from_the_frame_asked(tmp_path, monkeyp
     monkeypatch.setitem(real_targets.VIDEOS, "tiny", ("clip.mp4", 5, (0.5, 0.5)))
     assert torch.equal(real_targets.clean_video("tiny", 4, width=None, height=None, full=True), video[5:9])
     assert torch.equal(real_targets.clean_video("tiny", 4, width=None, height=None, full=True, start=1), video[1:5])
+
+
+@pytest.mark.parametrize("boundary", ["replicate", "zero"])
+def test_the_streamed_guard_equals_the_whole_clips(boundary):
+    spec = f"temporal:uniform:5:{boundary}"
+    op = from_spec(spec, (12, 3, 16, 16))
+    clip = torch.cat([camera_clip(frames=6, size=16, pan=(0.0, 0.0)), camera_clip(frames=6, size=16, pan=(3.0, 1.0))])
+    y = op.A(clip) + 0.004 * torch.randn(clip.shape, generator=torch.Generator().manual_seed(2))
+    smoothed = torch.nn.functional.avg_pool2d(clip, 3, stride=1, padding=1)       # a prior that costs detail
+    restored = torch.cat([smoothed[:6], clip[6:]])                                  # still half kept, moving half not
+    whole, record = input_guard(op, restored, y, 0.004)
+    guard = StreamGuard(spec, (16, 16), 0.004)
+    assert torch.equal(torch.stack(list(guard.tap(iter(y)))), y)                   # passed on as pulled
+    streamed = torch.stack(list(guard.frames(iter(restored))))
+    streamed_record = guard.record()
+    assert torch.allclose(streamed, whole, atol=1e-6)
+    assert streamed_record["frames_kept"] == record["frames_kept"] and 0 < len(record["frames_kept"]) < 12
+    assert streamed_record["alpha_mean"] == pytest.approx(record["alpha_mean"], abs=1e-9)
+    assert len(guard.x) <= 2 * guard.reach                                          # frames dropped once used
+
+
+def test_a_still_video_restored_in_windows_comes_back_as_given(tmp_path, caplog):
+    still = camera_clip(frames=10, size=32, pan=(0.0, 0.0))
+    np.save(tmp_path / "y.npy", from_spec(f"{SPEC}:replicate", still.shape).A(still).numpy())
+    with caplog.at_level("WARNING", logger="engine.realvideo"):
+        assert main([str(tmp_path / "y.npy"), "--degrade", SPEC, *REAL, "--max-frames", "4",
+                     "--out", str(tmp_path / "out")]) == 0
+    r = report(tmp_path / "out")
+    assert r["windows"]["streamed"] and r["guard"]["frames_kept"] == list(range(10)) and "kept as given" in caplog.text
+    assert (read_video(tmp_path / "out" / "frames", size=None) - still).abs().max() <= 1 / 255
