@@ -22,7 +22,7 @@ frame t, how well the input and the restoration x̂ explain the measurement:
 
 α = 1 (the frame kept as given) where the input explains y as well as x̂ does or within the noise,
 α = 0 (the restoration kept) where its residual is GUARD_SPAN times x̂'s or more; the frames it
-touches are recorded and warned about (`input_guard`).
+touches are recorded and warned about (`input_guard`; `StreamGuard` for a video restored in windows).
 """
 
 from __future__ import annotations
