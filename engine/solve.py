@@ -843,6 +843,10 @@ def _restore_sharded(tmp: Optional[Path], job: Job, cfg: SolverConfig, model, ra
               "world_size": world, "ranks": records, **({"noise": noise.as_dict()} if noise else {}),
               "input_changes": notes}
     restored = restored.cpu()
+    if clean is None:                            # as `restore`: frames the input already explains kept
+        from engine.realvideo import input_guard
+        op = from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed)
+        restored, report["guard"] = input_guard(op, restored, y.cpu(), job.sigma_y)
     if clean is not None:
         report["restored"] = clip_summary(restored, clean)
         op = from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed)
