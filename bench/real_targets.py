@@ -14,7 +14,7 @@ its input) and the worst dip (a ghost frame stands below its neighbours). Rows a
 bench/results/real_targets.jsonl with the machine.
 
     python -m bench.real_targets --clip carphone --frames 120 --full
-    python -m bench.real_targets --clip bigbuckbunny --frames 96 --width 640 --height 272 -- --nfe 8
+    python -m bench.real_targets --clip bigbuckbunny --frames 96 --full --width 640 --height 272 --start 0
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench.common import git_commit
 from bench.real_clips import CLIPS, CLIPS_DIR, VIDEOS, clean_clip, degrade
 from engine.metrics import psnr
 from engine.video_io import read_video
@@ -39,12 +40,15 @@ RESULTS = Path(__file__).resolve().parent / "results" / "real_targets.jsonl"
 SPEC = "temporal:uniform:7"
 
 
-def clean_video(name: str, frames: int, *, width: int | None, height: int | None, full: bool) -> torch.Tensor:
-    """The clean clip [N, 3, H, W]: a whole video's frames (`full`), scaled to `width` and centre-cropped
-    to `height` when given, else a square crop of bench.real_clips."""
+def clean_video(name: str, frames: int, *, width: int | None, height: int | None, full: bool,
+                start: int | None = None) -> torch.Tensor:
+    """The clean clip [N, 3, H, W]: a whole video's frames (`full`) from frame `start` (None: the clip's own
+    first frame, bench.real_clips.VIDEOS), scaled to `width` and centre-cropped to `height` when given, else a
+    square crop of bench.real_clips."""
     if not full:
         return clean_clip(name, frames=frames, size=height or 128)
-    video = read_video(CLIPS_DIR / VIDEOS[name][0], size=None, frames=frames, start=VIDEOS[name][1])
+    first = VIDEOS[name][1] if start is None else start
+    video = read_video(CLIPS_DIR / VIDEOS[name][0], size=None, frames=frames, start=first)
     if width is not None and width != video.shape[-1]:
         h = round(video.shape[-2] * width / video.shape[-1])
         video = F.interpolate(video, size=(h, width), mode="bilinear", antialias=True, align_corners=False)
@@ -62,7 +66,8 @@ def frame_dips(scores: torch.Tensor, radius: int = 3) -> torch.Tensor:
 
 
 def run(args, extra: list[str]) -> dict:
-    clean = clean_video(args.clip, args.frames, width=args.width, height=args.height, full=args.full)
+    clean = clean_video(args.clip, args.frames, width=args.width, height=args.height, full=args.full,
+                        start=args.start)
     with tempfile.TemporaryDirectory() as tmp:
         mp4 = Path(tmp) / "blurred.mp4"
         given = degrade(clean, SPEC, sigma=args.sigma, crf=args.crf, seed=1, mp4=mp4)
@@ -76,12 +81,15 @@ def run(args, extra: list[str]) -> dict:
         report = json.loads((Path(tmp) / "out" / "metrics.json").read_text())
     p_in, p_out = psnr(given, clean), psnr(restored, clean)            # [N] float64
     gain = p_out - p_in
-    return {"clip": args.clip, "frames": clean.shape[0], "size": list(clean.shape[-2:]), "spec": SPEC,
+    guard = report.get("guard") or {}
+    return {"clip": args.clip, "start": args.start, "frames": clean.shape[0], "size": list(clean.shape[-2:]),
+            "spec": SPEC,
             "sigma": args.sigma, "crf": args.crf, "extra": extra, "input_psnr": p_in.mean().item(),
             "restored_psnr": p_out.mean().item(), "gain": gain.mean().item(), "worst_gain": gain.min().item(),
             "worst_gain_frame": int(gain.argmin()), "worst_dip": frame_dips(p_out).max().item(),
             "worst_dip_frame": int(frame_dips(p_out).argmax()), "estimated_sigma": report.get("noise", {}).get("sigma_y"),
-            "seconds": seconds, "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+            "guard_kept": len(guard.get("frames_kept", [])), "guard_alpha_mean": guard.get("alpha_mean"),
+            "seconds": seconds, "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                                           f"torch {torch.__version__}, {torch.get_num_threads()} threads"}
 
 
@@ -96,6 +104,7 @@ def main(argv=None) -> int:
     p.add_argument("--full", action="store_true", help="the video's whole frames (else a square crop)")
     p.add_argument("--width", type=int, help="with --full: scale the frames to this width")
     p.add_argument("--height", type=int, help="with --full: centre-crop to this height (else: the crop's side)")
+    p.add_argument("--start", type=int, help="with --full: the first frame (default: the clip's own, bench.real_clips)")
     p.add_argument("--sigma", type=float, default=0.0, help="Gaussian noise added before 8-bit rounding")
     p.add_argument("--crf", type=int, default=23, help="x264 CRF of the blurred mp4")
     p.add_argument("--no-save", action="store_true", help="print the row only")

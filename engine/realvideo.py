@@ -11,13 +11,26 @@ regularised CG with γ(σ_y). After the run the data residual
 is compared with σ_y: a restoration consistent with y leaves ρ ≈ σ_y. ρ far below σ_y means the
 result reproduces y's noise (it is noisier than it should be); ρ far above means it does not
 explain y (a wrong --degrade, or too few steps). Either case gets a warning naming the fix.
+
+Where the blur barely changed the video (static content: A y ≈ y within the noise) the input is
+already about as good as it gets and the prior can only cost detail, so a guard compares, per
+frame t, how well the input and the restoration x̂ explain the measurement:
+
+    e_in[t]  = ‖(A y − y)_t‖ / √n_t          e_out[t] = ‖(A x̂ − y)_t‖ / √n_t
+    q[t]     = log(e_in[t] / max(e_out[t], NOISE_SPAN·σ_y)) / log GUARD_SPAN
+    α[t]     = clamp(1 − q[t], 0, 1),         x_t ← x̂_t + α[t] (y_t − x̂_t)
+
+α = 1 (the frame kept as given) where the input explains y as well as x̂ does or within the noise,
+α = 0 (the restoration kept) where its residual is GUARD_SPAN times x̂'s or more; the frames it
+touches are recorded and warned about (`input_guard`; `StreamGuard` for a video restored in windows).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Iterator, Optional
 
 import torch
 
@@ -25,8 +38,12 @@ log = logging.getLogger(__name__)
 
 #: ρ / σ_y outside [OVERFIT, UNDERFIT] gets a warning
 OVERFIT, UNDERFIT = 0.5, 3.0
+#: the guard (module docstring): e_in / max(e_out, NOISE_SPAN·σ_y) from 1 (input kept) to GUARD_SPAN (restoration
+#: kept); chosen with bench/real_targets.py on real H.264 clips (static crops gain, moving ones keep their restoration)
+GUARD_SPAN, NOISE_SPAN = 2.0, 2.0
 
-__all__ = ["NoiseLevel", "noise_level", "residual_record", "grey_clip", "OVERFIT", "UNDERFIT"]
+__all__ = ["NoiseLevel", "noise_level", "residual_record", "grey_clip", "OVERFIT", "UNDERFIT", "input_guard",
+           "frame_residuals", "guard_weights", "guard_record", "StreamGuard", "GUARD_SPAN", "NOISE_SPAN"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +100,123 @@ def residual_record(op, x: torch.Tensor, y: torch.Tensor, sigma_y: float, *, wei
     else:
         log.info("data residual %.4f (noise σ_y %.4f)", rms, sigma_y)
     return record
+
+
+def frame_residuals(op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """‖(A x − y)_t‖ / √n_t for every frame t, float64.  x: op.in_shape, y: op.out_shape → [N]"""
+    r = op.A(x.to(y.device, y.dtype)) - y                                 # [N, 3, H', W']
+    return r.double().square().mean(dim=tuple(range(1, r.dim()))).sqrt()
+
+
+def input_guard(op, restored: torch.Tensor, y: torch.Tensor, sigma_y: float) -> tuple[torch.Tensor, Optional[dict]]:
+    """(x, record): the restoration [N, 3, H, W] with every frame whose input explains the measurement as well
+    blended toward that input (module docstring), and what was done; (restored, None) when y is not in video
+    space (an operator that changes the frame shape: its input is no candidate).  y: op.out_shape, σ_y ≥ 0.
+
+    Frames kept (α ≥ ½) are warned about (the result there is INPUT, not a restoration); blended ones logged."""
+    if tuple(op.out_shape) != tuple(op.in_shape):
+        return restored, None
+    y = y.to(restored.device, restored.dtype)
+    e_in, e_out = frame_residuals(op, y, y), frame_residuals(op, restored, y)          # [N] each
+    alpha = guard_weights(e_in, e_out, sigma_y)
+    x = torch.lerp(restored, y, alpha.to(restored.dtype)[:, None, None, None])          # α = 1: y exactly
+    return x, guard_record(alpha, e_in, e_out)
+
+
+def guard_weights(e_in: torch.Tensor, e_out: torch.Tensor, sigma_y: float) -> torch.Tensor:
+    """α[t] = clamp(1 − log(e_in / max(e_out, NOISE_SPAN·σ_y)) / log GUARD_SPAN, 0, 1).  [N], [N] → [N] float64"""
+    floor = max(NOISE_SPAN * sigma_y, torch.finfo(torch.float64).tiny)
+    q = torch.log(e_in.double() / e_out.double().clamp_min(floor)) / math.log(GUARD_SPAN)
+    return (1 - q).clamp(0, 1)                                                          # e_in = 0 gives 1
+
+
+def guard_record(alpha: torch.Tensor, e_in: torch.Tensor, e_out: torch.Tensor) -> dict:
+    """What the guard did (α, e_in, e_out: [N]), logged: a warning when it kept frames as given."""
+    kept = [int(t) for t in torch.nonzero(alpha >= 0.5).flatten()]
+    blended = int(((alpha > 0) & (alpha < 0.5)).sum())
+    if kept or blended:
+        log.log(logging.WARNING if kept else logging.INFO,
+                "%d of %d frames of INPUT already explain the measurement about as well as their restoration (the "
+                "blur barely changed them: A·INPUT ≈ INPUT within the noise): %d kept as given, %d blended toward it "
+                "(metrics.json 'guard')", len(kept) + blended, alpha.numel(), len(kept), blended)
+    return {"alpha_mean": float(alpha.mean()), "frames_kept": kept, "frames_blended": blended,
+            "input_residual_median": float(e_in.median()), "restored_residual_median": float(e_out.median())}
+
+
+class StreamGuard:
+    """`input_guard` on a video streamed a frame at a time (engine.windows): frame t is guarded once the
+    restored frames up to t + r are in (r: the temporal PSF's reach), each residual taken on the 2r + 1
+    frames around t, padded at the video's ends as its time boundary pads them (so equal to the whole clip's).
+
+        guard = StreamGuard(spec, (H, W), sigma_y)      # spec with its time boundary (:replicate or :zero)
+        y = guard.tap(measured_frames)                  # [3, H, W] each, passed on, kept while needed
+        for x in guard.frames(restored_frames): ...     # [3, H, W] each, in order → guarded, in order
+        record = guard.record()                         # after the last frame: as input_guard's (None: inactive)
+
+    Inactive (frames passed through) when the operator changes the frame shape, as `input_guard`.
+    Holds 2r + 1 frames of each stream.
+    """
+
+    def __init__(self, spec: str, frame: tuple[int, int], sigma_y: float):
+        from engine.operators import from_spec
+        from engine.windows import split_spec
+
+        term = split_spec(spec)[0]
+        self.reach, self.boundary, self.sigma_y = term.reach, term.boundary, sigma_y
+        shape = (2 * self.reach + 1, 3, *frame)
+        self.op = from_spec(spec, shape)
+        self.active = tuple(self.op.out_shape) == shape
+        self.y, self.x = {}, {}                          # frame index → [3, H, W], the frames still needed
+        self.e_in, self.e_out, self.alpha = [], [], []
+
+    def tap(self, y: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The measurement frames, passed on as they are pulled and kept for the residuals."""
+        for t, frame in enumerate(y):
+            if self.active:
+                self.y[t] = frame
+            yield frame
+
+    def frames(self, restored: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The restored frames, guarded, in order (each r frames after it comes in; the last r at the end)."""
+        count = 0
+        for count, x in enumerate(restored, 1):
+            if not self.active:
+                yield x
+                continue
+            self.x[count - 1] = x
+            if count - 1 >= self.reach:
+                yield self._guarded(count - 1 - self.reach, last=None)
+        if self.active:
+            for t in range(max(0, count - self.reach), count):
+                yield self._guarded(t, last=count - 1)
+
+    def record(self) -> Optional[dict]:
+        """input_guard's record of the frames guarded so far (None when inactive or none came)."""
+        if not self.active or not self.alpha:
+            return None
+        return guard_record(torch.stack(self.alpha), torch.stack(self.e_in), torch.stack(self.e_out))
+
+    def _around(self, store: dict, t: int, last: Optional[int]) -> torch.Tensor:
+        """Frames t − r … t + r of a stream [2r + 1, 3, H, W], those beyond its ends padded by the boundary."""
+        picked = []
+        for i in range(t - self.reach, t + self.reach + 1):
+            outside = i < 0 or (last is not None and i > last)
+            frame = store[max(i, 0) if last is None else min(max(i, 0), last)]
+            picked.append(torch.zeros_like(frame) if outside and self.boundary == "zero" else frame)
+        return torch.stack(picked)
+
+    def _guarded(self, t: int, last: Optional[int]) -> torch.Tensor:
+        """Frame t blended toward its input by α[t] (module docstring); frames no later frame needs dropped."""
+        x, y = self.x[t], self.y[t].to(self.x[t].device, self.x[t].dtype)
+        ys = self._around(self.y, t, last).to(x.device, x.dtype)
+        r = self.reach
+        e_in = (self.op.A(ys)[r] - y).double().square().mean().sqrt()
+        e_out = (self.op.A(self._around(self.x, t, last))[r] - y).double().square().mean().sqrt()
+        alpha = guard_weights(e_in[None], e_out[None], self.sigma_y)[0]
+        self.e_in.append(e_in), self.e_out.append(e_out), self.alpha.append(alpha)
+        for store in (self.x, self.y):                 # frame t + 1 needs frames from t + 1 − r on
+            store.pop(t - r, None)
+        return torch.lerp(x, y, alpha.to(x.dtype))
 
 
 def grey_clip(clip: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from engine.metrics import clip_summary
 from engine.operators import from_spec
 from engine.output import claimed_output, metrics_record, write_outputs
 from engine.profiling import StageClock
-from engine.realvideo import noise_level
+from engine.realvideo import input_guard, noise_level
 from engine.runners.progress import stage_seconds, step_counter
 from engine.runners.whole import run_baselines
 from engine.runners.windows import restore_in_windows
@@ -127,6 +127,9 @@ def _restore_sharded(tmp: Optional[Path], job: Job, cfg: SolverConfig, model, ra
     seconds = max(r["seconds"] for r in records)
     fields = {"kernels_used": solver.kernels_used.arithmetic, "world_size": world, "ranks": records}
     restored = restored.cpu()
+    if clean is None:                            # as whole.restore: frames the input already explains kept
+        op = from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed)
+        restored, fields["guard"] = input_guard(op, restored, y.cpu(), job.sigma_y)
     if clean is not None:
         fields["restored"] = clip_summary(restored, clean)
         op = from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed)

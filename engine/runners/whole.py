@@ -27,7 +27,7 @@ from engine.operators import from_spec
 from engine.operators.spec import split_temporal
 from engine.output import in_input_format, metrics_record, write_outputs
 from engine.probe import is_grey
-from engine.realvideo import noise_level, residual_record
+from engine.realvideo import input_guard, noise_level, residual_record
 from engine.runners.progress import step_counter
 from engine.runtime import Solver, SolverConfig, as_tensor, measure
 
@@ -69,6 +69,8 @@ def restore(job: Job, cfg: SolverConfig, model, clean, y):
     t0 = time.perf_counter()
     with tqdm(total=cfg.nfe, desc="restoring", unit="step", disable=None) as bar:
         restored = solver.solve(y, seed=job.seed, callback=step_counter(bar, cfg))
+    if clean is None:                                   # a real video: frames its input already explains kept
+        restored, guard = input_guard(solver.op, restored, as_tensor(y, solver.device, torch.float32), job.sigma_y)
     if restored.is_cuda:
         torch.cuda.synchronize()
     restore_s = time.perf_counter() - t0
@@ -85,6 +87,7 @@ def restore(job: Job, cfg: SolverConfig, model, clean, y):
                  f" (baselines: {scores})" if scores else "", report["restored"]["ssim_mean"], seconds,
                  seconds - restore_s)
     else:                                               # a real video: what can be measured without a reference
+        report["guard"] = guard
         weighed = GAMMA_NOISE / cfg.gamma if cfg.gamma and job.checkpoint is None else 0.0   # default_gamma's σ
         report["residual"] = residual_record(solver.op, restored, as_tensor(y, solver.device, torch.float32),
                                              job.sigma_y, weighed=weighed)

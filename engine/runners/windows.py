@@ -30,7 +30,7 @@ from engine.metrics import Scores, json_safe
 from engine.output import in_input_format, metrics_record
 from engine.probe import is_grey
 from engine.profiling import StageClock
-from engine.realvideo import grey_clip, noise_level
+from engine.realvideo import StreamGuard, grey_clip, noise_level
 from engine.runners.progress import stage_seconds
 from engine.runtime import SolverConfig
 
@@ -75,14 +75,17 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
     if restorer.rank != 0:
         return _restore_windows_elsewhere(job, restorer, frames)
     held = deque()                                    # clean frames read and not yet scored
-    y = frames if job.measured else restorer.measure(_kept(frames, held), sigma_y=job.sigma_y, seed=job.seed + 1)
+    guard = StreamGuard(cfg.spec, cfg.frame, job.sigma_y) if job.measured else None     # as whole.restore's input_guard
+    y = guard.tap(frames) if job.measured else restorer.measure(_kept(frames, held), sigma_y=job.sigma_y,
+                                                                 seed=job.seed + 1)
     scores, sheet, fps, total = Scores(), FirstFrames(SHEET_FRAMES), output_fps(job), declared_frames(job)
     every = max(1, total // 10) if total else job.max_frames
     t0, count = time.perf_counter(), 0
     with video_writer(folder / "restored.mp4", fps) as restored_mp4, frames_writer(folder / "frames") as png, \
             video_writer(folder / "measurement.mp4", fps) as measured_mp4, \
             tqdm(total=total, desc="restoring", unit="frame", disable=None) as bar:
-        for count, x in enumerate(restorer.restore(_tapped(y, measured_mp4, sheet), seed=job.seed), 1):
+        restored = restorer.restore(_tapped(y, measured_mp4, sheet), seed=job.seed)
+        for count, x in enumerate(guard.frames(restored) if guard else restored, 1):
             x = grey_clip(x[None].cpu())[0] if grey else x.cpu()
             restored_mp4(x)
             png(x)
@@ -96,9 +99,11 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
                 log.info("restored %d frames", count)
     seconds = time.perf_counter() - t0
     cfg = dataclasses.replace(cfg, frames=count)                         # the frames read
-    fields = {"kernels_used": restorer.kernels_used.arithmetic, "windows": {"max_frames": job.max_frames, "lag": restorer.lag, "lead": restorer.lead, "streamed": True,
+    fields = {"kernels_used": restorer.kernels_used.arithmetic,
+              "windows": {"max_frames": job.max_frames, "lag": restorer.lag, "lead": restorer.lead, "streamed": True,
                           "measurement_frames_held_peak": restorer.frames_held_peak},
-              **_window_ranks(restorer, seconds), "memory": peak_record(cfg.device), "comparison": sheet.note()}
+              **_window_ranks(restorer, seconds), "memory": peak_record(cfg.device), "comparison": sheet.note(),
+              **({"guard": guard.record()} if guard else {})}
     if not job.measured:
         fields["restored"] = scores.summary()
         log.info("PSNR %.2f dB in windows of %d frames, %d frames, %.1f s", fields["restored"]["psnr_mean"],

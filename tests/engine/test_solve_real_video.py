@@ -13,6 +13,7 @@ import torch
 import engine.job as job_module
 from engine.fileio import RUN_MARKER
 from engine.operators import from_spec
+from engine.realvideo import StreamGuard, frame_residuals, input_guard
 from engine.solve import main
 from engine.testclips import camera_clip
 from engine.video_io import read_video
@@ -58,6 +59,7 @@ def test_measured_is_a_no_op_and_simulate_is_the_papers_protocol(tmp_path, capsy
     assert main([str(tmp_path / "x.npy"), "--simulate", "--degrade", SPEC, *REAL, "--out", str(tmp_path / "b")]) == 0
     r = report(tmp_path / "b")
     assert "noise" not in r and r["settings"]["sigma_y"] == 0 and len(r["restored"]["psnr"]) == 8
+    assert "guard" not in r                                  # a simulated run is scored as restored, never guarded
     with pytest.raises(SystemExit):
         main([str(path), "--degrade", SPEC, "--simulate", "--measured", "--out", str(tmp_path / "c")])
     assert "not allowed with" in capsys.readouterr().err
@@ -208,3 +210,108 @@ def test_the_residual_check_warns_for_a_wrong_blur_and_not_for_the_right_one(tmp
                      "--out", str(tmp_path / "wrong")]) == 0
     assert "does not explain INPUT" not in right and "data residual" in right
     assert "does not explain INPUT" in caplog.text
+
+
+def _still_and_moving(sigma=0.004):
+    """(operator, clean still clip, clean moving clip, their measurements): box of 3 frames with held ends,
+    noise σ, 16 frames of 32²."""
+    op = from_spec(f"{SPEC}:replicate", (16, 3, 32, 32))
+    still = camera_clip(frames=16, size=32, pan=(0.0, 0.0))
+    moving = camera_clip(frames=16, size=32, pan=(3.0, 2.0))
+    noise = sigma * torch.randn(still.shape, generator=torch.Generator().manual_seed(5))
+    return op, still, moving, (op.A(still) + noise).clamp(0, 1), (op.A(moving) + noise).clamp(0, 1)
+
+
+def test_the_guard_keeps_a_still_clips_input_and_warns(caplog):
+    op, still, _, y, _ = _still_and_moving()
+    smoothed = torch.nn.functional.avg_pool2d(still, 3, stride=1, padding=1)       # a prior that costs detail
+    with caplog.at_level("WARNING", logger="engine.realvideo"):
+        x, record = input_guard(op, smoothed, y, 0.004)
+    assert torch.equal(x, y) and record["frames_kept"] == list(range(16)) and record["alpha_mean"] == 1
+    assert "16 kept as given" in caplog.text
+
+
+def test_the_guard_leaves_a_moving_clips_restoration(caplog):
+    op, _, moving, _, y = _still_and_moving()
+    with caplog.at_level("WARNING", logger="engine.realvideo"):
+        x, record = input_guard(op, moving, y, 0.004)
+    assert torch.equal(x, moving) and record["frames_kept"] == [] and record["alpha_mean"] == 0
+    assert caplog.text == ""
+
+
+def test_the_guard_blends_between_the_bounds():
+    op, _, moving, _, _ = _still_and_moving()
+    y = op.A(moving)
+    e_in = frame_residuals(op, y, y)
+    wrong = moving + 0.7 * (op.A(moving) - moving)      # A·wrong − y = 0.7·(A y − y): α = 1 − log2(1/0.7) ≈ 0.49
+    x, record = input_guard(op, wrong, y, 0.0)
+    alpha = ((x - wrong).flatten(1).norm(dim=1) / (y - wrong).flatten(1).norm(dim=1).clamp_min(1e-12))
+    q = torch.log2(e_in / frame_residuals(op, wrong, y))
+    assert torch.allclose(alpha.double(), (1 - q).clamp(0, 1), atol=1e-4)
+    assert 0 < record["alpha_mean"] < 1
+
+
+def test_the_guard_passes_an_operator_that_changes_the_frame_shape():
+    op = from_spec("sr:2", (4, 3, 16, 16))
+    x = torch.rand(4, 3, 16, 16)
+    assert input_guard(op, x, op.A(x), 0.01) == (x, None)
+
+
+def test_a_still_video_comes_back_as_given_and_says_so(tmp_path, caplog):
+    still = camera_clip(frames=8, size=32, pan=(0.0, 0.0))
+    np.save(tmp_path / "y.npy", from_spec(f"{SPEC}:replicate", still.shape).A(still).numpy())
+    with caplog.at_level("WARNING", logger="engine.realvideo"):
+        assert main([str(tmp_path / "y.npy"), "--degrade", SPEC, *REAL, "--out", str(tmp_path / "out")]) == 0
+    assert report(tmp_path / "out")["guard"]["frames_kept"] == list(range(8)) and "kept as given" in caplog.text
+    restored = read_video(tmp_path / "out" / "frames", size=None)
+    assert (restored - still).abs().max() <= 1 / 255                   # the input, to its 8-bit rounding
+
+
+def test_the_guard_only_logs_frames_it_blends(caplog):
+    op, _, moving, _, _ = _still_and_moving()
+    y = op.A(moving)
+    with caplog.at_level("INFO", logger="engine.realvideo"):
+        input_guard(op, moving + 0.7 * (y - moving), y, 0.0)                    # α ≈ 0.49 on every frame
+    assert [r.levelname for r in caplog.records] == ["INFO"] and "0 kept as given, 16 blended" in caplog.text
+
+
+def test_real_targets_reads_a_whole_video_from_the_frame_asked(tmp_path, monkeypatch):
+    import bench.real_targets as real_targets
+    from bench.real_clips import x264_roundtrip
+
+    x264_roundtrip(camera_clip(frames=10, size=32), 18, mp4=tmp_path / "clip.mp4")
+    video = read_video(tmp_path / "clip.mp4", size=None)
+    monkeypatch.setattr(real_targets, "CLIPS_DIR", tmp_path)
+    monkeypatch.setitem(real_targets.VIDEOS, "tiny", ("clip.mp4", 5, (0.5, 0.5)))
+    assert torch.equal(real_targets.clean_video("tiny", 4, width=None, height=None, full=True), video[5:9])
+    assert torch.equal(real_targets.clean_video("tiny", 4, width=None, height=None, full=True, start=1), video[1:5])
+
+
+@pytest.mark.parametrize("boundary", ["replicate", "zero"])
+def test_the_streamed_guard_equals_the_whole_clips(boundary):
+    spec = f"temporal:uniform:5:{boundary}"
+    op = from_spec(spec, (12, 3, 16, 16))
+    clip = torch.cat([camera_clip(frames=6, size=16, pan=(0.0, 0.0)), camera_clip(frames=6, size=16, pan=(3.0, 1.0))])
+    y = op.A(clip) + 0.004 * torch.randn(clip.shape, generator=torch.Generator().manual_seed(2))
+    smoothed = torch.nn.functional.avg_pool2d(clip, 3, stride=1, padding=1)       # a prior that costs detail
+    restored = torch.cat([smoothed[:6], clip[6:]])                                  # still half kept, moving half not
+    whole, record = input_guard(op, restored, y, 0.004)
+    guard = StreamGuard(spec, (16, 16), 0.004)
+    assert torch.equal(torch.stack(list(guard.tap(iter(y)))), y)                   # passed on as pulled
+    streamed = torch.stack(list(guard.frames(iter(restored))))
+    streamed_record = guard.record()
+    assert torch.allclose(streamed, whole, atol=1e-6)
+    assert streamed_record["frames_kept"] == record["frames_kept"] and 0 < len(record["frames_kept"]) < 12
+    assert streamed_record["alpha_mean"] == pytest.approx(record["alpha_mean"], abs=1e-9)
+    assert len(guard.x) <= 2 * guard.reach                                          # frames dropped once used
+
+
+def test_a_still_video_restored_in_windows_comes_back_as_given(tmp_path, caplog):
+    still = camera_clip(frames=10, size=32, pan=(0.0, 0.0))
+    np.save(tmp_path / "y.npy", from_spec(f"{SPEC}:replicate", still.shape).A(still).numpy())
+    with caplog.at_level("WARNING", logger="engine.realvideo"):
+        assert main([str(tmp_path / "y.npy"), "--degrade", SPEC, *REAL, "--max-frames", "4",
+                     "--out", str(tmp_path / "out")]) == 0
+    r = report(tmp_path / "out")
+    assert r["windows"]["streamed"] and r["guard"]["frames_kept"] == list(range(10)) and "kept as given" in caplog.text
+    assert (read_video(tmp_path / "out" / "frames", size=None) - still).abs().max() <= 1 / 255
