@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-budget", type=float, metavar="GB",
                    help="memory the run may hold (GB, resident on the CPU, allocated on a GPU): the whole video when "
                         "its predicted peak fits, else windows of the largest W that fits (engine.memory); default "
-                        "a third of the memory available (CPU), 85%% of the free GPU memory; --max-frames overrides")
+                        "30%% of the memory available (CPU), 85%% of the free GPU memory; --max-frames overrides")
     add_solver_flag(p, "batch", default=16, note="(default 16): sets the network's memory, not the result")
     p.add_argument("--fps", type=float, help=f"frame rate of the written videos (default: the input's own, else "
                                              f"{DEFAULT_FPS:g})")
