@@ -66,6 +66,8 @@ class Job:
     temporal_prior: str = "auto"         # engine.temporal_prior's name, or "auto" (`temporal_prior_for`)
     memory_budget: Optional[float] = None  # GB the run may hold (engine.memory); None: a fraction of what is free
     plan: Optional[dict] = None           # engine.memory.Plan.record() of the run, set by engine.job_checks.planned
+    window_lag: Optional[int] = None      # the windows' lag and lead (engine.windows); None: the defaults. The plan
+    window_lead: Optional[int] = None     # sets the least (w − 1, 0) when the default windows do not fit the budget
 
     def __post_init__(self):
         if self.sigma_y is not None and not (math.isfinite(self.sigma_y) and 0 <= self.sigma_y <= 1):

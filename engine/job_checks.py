@@ -99,12 +99,33 @@ def planned(job: Job, cfg: SolverConfig, facts: Optional[InputFacts] = None) -> 
         term = split_spec(spec)[0]
         context, least, enough = term.context, max(2, least_window(term)), enough_window(term)
     checkpoint = job.checkpoint.stat().st_size if job.checkpoint is not None and job.checkpoint.is_file() else None
-    chosen = plan(frames, frame, budget=None if job.memory_budget is None else job.memory_budget * GB,
-                  device=cfg.device, prior=job.prior, checkpoint_bytes=checkpoint, batch=cfg.batch,
-                  precision=cfg.precision, context=context, least_window=least, longest_window=enough, windows_allowed=why_not,
-                  motion=temporal_prior_for(job.temporal_prior, spec) == "motion" if spec else False)
+
+    def planned_for(fewest: int):
+        return plan(frames, frame, budget=None if job.memory_budget is None else job.memory_budget * GB,
+                    device=cfg.device, prior=job.prior, checkpoint_bytes=checkpoint, batch=cfg.batch,
+                    precision=cfg.precision, context=context, least_window=fewest, longest_window=enough,
+                    windows_allowed=why_not,
+                    motion=temporal_prior_for(job.temporal_prior, spec) == "motion" if spec else False)
+
+    try:
+        chosen, short = planned_for(least), False
+    except InputError as default_refused:
+        if why_not is not None:
+            raise
+        try:                                  # the least a window may re-solve: the lag w − 1, no lead
+            chosen, short = planned_for(max(2, least_window(term, lag=term.context, lead=0))), True
+        except InputError:
+            raise default_refused from None
+        log.warning("the default windows (at least %d frames, re-solving %d at their ends) do not fit the memory "
+                    "budget: windows of %d frames re-solve only the temporal blur's %d, which costs quality at their seams "
+                    "(about 0.6 dB at windows of 32, more below: docs/results.md, Windows); a larger --memory-budget "
+                    "gives the default windows",
+                    least, least - 1, chosen.window, term.context)
     log.info("%s", chosen.line())
-    return dataclasses.replace(job, max_frames=chosen.window, plan=chosen.record())
+    if not short:
+        return dataclasses.replace(job, max_frames=chosen.window, plan=chosen.record())
+    return dataclasses.replace(job, max_frames=chosen.window, plan={**chosen.record(), "lag": term.context, "lead": 0},
+                               window_lag=term.context, window_lead=0)
 
 
 def _why_not_windows(job: Job, spec: str) -> Optional[str]:

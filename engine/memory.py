@@ -18,7 +18,8 @@ A run's peak resident memory (CPU) or allocated memory (CUDA) is modelled as
 
 Windows of W free frames (engine.windows.VideoRestorer) hold the same solve on W + w − 1 frames
 (the pinned context enters as a known term) plus the measurement rows read ahead and their
-stacked copy: k_win = WINDOW_BUFFERS per frame of W + w − 1. `plan` picks the whole video when
+stacked copy: k_win = WINDOW_BUFFERS per frame of W + w − 1 (the lead's O + w − 1 restored frames
+held between windows, one buffer each, fall inside it). `plan` picks the whole video when
 its predicted peak fits the budget, else windows of the largest W that fits up to the `longest_window`
 that buys anything (engine.windows.enough_window: past it a window saves little time and holds more
 memory), else refuses in one line. A video too long for the budget thus runs in windows of a length

@@ -70,7 +70,7 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
     frames = _drained(head, rest)
     if cfg.noise != "shared":
         raise InputError("--max-frames restores in windows with the shared noise image only; drop --noise independent")
-    restorer = VideoRestorer(model, cfg, window=job.max_frames, group=group,
+    restorer = VideoRestorer(model, cfg, window=job.max_frames, lag=job.window_lag, lead=job.window_lead, group=group,
                              clock=StageClock(cfg.device) if group is not None else None)
     if restorer.rank != 0:
         return _restore_windows_elsewhere(job, restorer, frames)

@@ -173,6 +173,17 @@ def test_a_planned_run_is_the_run_of_its_plan(tmp_path, clip_npy, no_process):
     assert torch.equal(whole_frames, unplanned_frames)
 
 
+def test_a_budget_below_the_default_windows_plans_the_shortest_lag(tmp_path, clip_npy, no_process, caplog):
+    """Windows of 5 frames fit and the default ones (8: a lag of 6 and a lead of 1 for a blur over 3 frames) do
+    not: the plan takes the least lag (w − 1 = 2, no lead), says so, and the run holds to it."""
+    with caplog.at_level("WARNING", logger="engine.job_checks"):
+        planned, frames = _run(tmp_path, clip_npy, "short", "--memory-budget", repr(_budget_for_windows(5)))
+    plan = planned["settings"]["memory_plan"]
+    assert plan["window"] == 5 and (plan["lag"], plan["lead"]) == (2, 0)
+    assert (planned["windows"]["lag"], planned["windows"]["lead"], planned["windows"]["max_frames"]) == (2, 0, 5)
+    assert frames.shape[0] == N and "do not fit the memory budget" in caplog.text
+
+
 def test_nothing_fits_stops_before_any_work(tmp_path, clip_npy, no_process, capsys, monkeypatch):
     import engine.job
 
