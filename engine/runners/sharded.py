@@ -126,13 +126,11 @@ def _restore_sharded(tmp: Optional[Path], job: Job, cfg: SolverConfig, model, ra
         return
     seconds = max(r["seconds"] for r in records)
     fields = {"kernels_used": solver.kernels_used.arithmetic, "world_size": world, "ranks": records}
-    restored = restored.cpu()
+    restored, op = restored.cpu(), from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed)
     if clean is None:                            # as whole.restore: frames the input already explains kept
-        op = from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed)
         restored, fields["guard"] = input_guard(op, restored, y.cpu(), job.sigma_y)
-    if clean is not None:
+    else:
         fields["restored"] = clip_summary(restored, clean)
-        op = from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed)
         fields["baselines"] = {name: clip_summary(clip.cpu(), clean)
                                for name, clip in run_baselines(job, cfg, op, y.cpu())}
         log.info("PSNR %.2f dB with %d processes, %.1f s", fields["restored"]["psnr_mean"], world, seconds)

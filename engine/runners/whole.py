@@ -70,7 +70,8 @@ def restore(job: Job, cfg: SolverConfig, model, clean, y):
     with tqdm(total=cfg.nfe, desc="restoring", unit="step", disable=None) as bar:
         restored = solver.solve(y, seed=job.seed, callback=step_counter(bar, cfg))
     if clean is None:                                   # a real video: frames its input already explains kept
-        restored, guard = input_guard(solver.op, restored, as_tensor(y, solver.device, torch.float32), job.sigma_y)
+        measured = as_tensor(y, solver.device, torch.float32)                 # y as the operator sees it
+        restored, guard = input_guard(solver.op, restored, measured, job.sigma_y)
     if restored.is_cuda:
         torch.cuda.synchronize()
     restore_s = time.perf_counter() - t0
@@ -89,8 +90,7 @@ def restore(job: Job, cfg: SolverConfig, model, clean, y):
     else:                                               # a real video: what can be measured without a reference
         report["guard"] = guard
         weighed = GAMMA_NOISE / cfg.gamma if cfg.gamma and job.checkpoint is None else 0.0   # default_gamma's σ
-        report["residual"] = residual_record(solver.op, restored, as_tensor(y, solver.device, torch.float32),
-                                             job.sigma_y, weighed=weighed)
+        report["residual"] = residual_record(solver.op, restored, measured, job.sigma_y, weighed=weighed)
         log.info("%d frames restored in %.1f s", cfg.frames, seconds)
     return restored, report, y
 

@@ -12,8 +12,7 @@ from engine.metrics import psnr
 from engine.operators import from_spec
 from engine.priors import GaussianPrior
 from engine.runtime import Solver, SolverConfig
-from engine.temporal_prior import (MotionPrior, TrajectoryDifference, estimate_flow, free_modes, trajectories,
-                                   video_frames)
+from engine.temporal_prior import MotionPrior, TrajectoryDifference, estimate_flow, free_modes, video_frames
 from engine.testclips import camera_clip
 from engine.windows import VideoRestorer
 
