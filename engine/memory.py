@@ -45,11 +45,13 @@ WHOLE_BUFFERS = 11
 #: the same per frame of a window's W + w − 1 frames, with the rows read ahead and their stacked copy
 #: (measured: 14.4 at W = 267 of 1000 frames of 640×272, peak 8.95 GB against 8.2 GB predicted with 13)
 WINDOW_BUFFERS = 15
-#: added to either while the temporal prior "motion" runs after the loop (engine.temporal_prior: the flow, its
-#: confidence, the free-mode projection's work and its CG vectors); measured: 14.7 per frame on 48 frames
-#: of 256×256 (peak 1.42 GB against 0.84 GB without it), 15.6 with windows of 111 of 1000 frames of 640×272
-#: (peak 8.19 GB against 8.07 GB predicted with 15)
-MOTION_BUFFERS = 16
+#: added to either for the temporal prior "motion", which runs after the loop, once the loop's buffers are
+#: freed: what it holds beyond them (the sampling grid and confidence of the flow, the rows as measured
+#: for the flow, its CG vectors). Counted (bench.common.LiveBytes, 60 frames in windows of 40): 13.7
+#: buffers per frame with it, 12.3 without. Peak resident memory with it, 250 frames of 640×272 in
+#: windows of W (bench.length, gaussian prior, 2 NFE): W 94 4.41 GB, 128 5.50 GB, 161 6.05 GB, i.e.
+#: 17.7, 17.1, 15.3 buffers per frame past the fixed part; the whole video, 64 frames: 2.62 GB, 14.2.
+MOTION_BUFFERS = 3
 #: float32 frames of work space per frame of a network batch, by prior (peak of one call, output included)
 NETWORK_FRAMES = {"gaussian": 5.7, "ffdnet": 6.7}
 #: an ADM-256 step's work space per tile of a batch, by network precision (bench/memory.py, meta tensors)

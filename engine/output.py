@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -111,10 +112,12 @@ def _first_missing(folder: Path) -> Optional[Path]:
 
 def write_outputs(folder: Path, job: Job, clean, y, restored, report, *, fps: float, init=None) -> None:
     """restored.mp4, measurement.mp4, frames/, metrics.json, comparison.png into `folder`: the encoders fed
-    a frame at a time, the sheet made of its four frames only (no second copy of any clip)."""
+    a frame at a time, the sheet made of its four frames only (no second copy of any clip). The writing's
+    seconds join the report's `seconds` (and `fps`) as `write_s`: a run's seconds count the same work on
+    every path (the streamed windows write as they restore)."""
     from engine.video_io import frames_writer, video_writer
 
-    n = restored.shape[0]
+    n, t0 = restored.shape[0], time.perf_counter()
     with video_writer(folder / "restored.mp4", fps) as mp4, \
             frames_writer(folder / "frames", digits=max(4, len(str(n - 1)))) as png:
         for frame in restored:
@@ -123,6 +126,9 @@ def write_outputs(folder: Path, job: Job, clean, y, restored, report, *, fps: fl
     with video_writer(folder / "measurement.mp4", fps) as mp4:
         for frame in y:
             mp4(frame.detach().cpu().clamp(0, 1))
+    report["write_s"] = time.perf_counter() - t0
+    report["seconds"] += report["write_s"]
+    report["fps"] = n / report["seconds"]
     atomic_write_json(folder / "metrics.json", json_safe(report))
     ids = sorted({0, n // 3, 2 * n // 3, n - 1})
     rows = ([("clean", clean)] if clean is not None else []) + [("measured", y)]

@@ -76,38 +76,26 @@ def check_temporal_prior(name: str) -> str:
 
 # ── bilinear warping with an exact adjoint ──────────────────────────────────
 
-def _corners(flow: Tensor) -> tuple[Tensor, Tensor]:
-    """Flat pixel indices [B, 4, H·W] (int64) and bilinear weights [B, 4, H·W] of p + flow(p), a corner
-    outside the frame weighing 0.  flow: [B, 2, H, W] (x, y in pixels)"""
-    b, _, h, w = flow.shape
+def sampling_grid(flow: Tensor) -> Tensor:
+    """p + f(p) in grid_sample's coordinates (align_corners: −1 and 1 are the border pixels' centres).
+    flow: [B, 2, H, W] (x, y in pixels) → [B, H, W, 2]"""
+    _, _, h, w = flow.shape
     ys, xs = torch.meshgrid(torch.arange(h, device=flow.device, dtype=flow.dtype),
                             torch.arange(w, device=flow.device, dtype=flow.dtype), indexing="ij")
-    px, py = (xs + flow[:, 0]).reshape(b, -1), (ys + flow[:, 1]).reshape(b, -1)       # [B, HW]
-    x0, y0 = px.floor(), py.floor()
-    ax, ay = px - x0, py - y0
-    index, weight = [], []
-    for dy, dx, wgt in ((0, 0, (1 - ax) * (1 - ay)), (0, 1, ax * (1 - ay)), (1, 0, (1 - ax) * ay), (1, 1, ax * ay)):
-        cx, cy = x0 + dx, y0 + dy
-        inside = (cx >= 0) & (cx <= w - 1) & (cy >= 0) & (cy <= h - 1)
-        index.append((cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1)).long())
-        weight.append(wgt * inside.to(wgt.dtype))
-    return torch.stack(index, 1), torch.stack(weight, 1)
+    return torch.stack([2 * (xs + flow[:, 0]) / max(w - 1, 1) - 1, 2 * (ys + flow[:, 1]) / max(h - 1, 1) - 1], -1)
 
 
-def warp(u: Tensor, index: Tensor, weight: Tensor) -> Tensor:
-    """(W u)(p) = Σ_corners weight · u[corner]: u sampled at p + f(p).  u: [B, C, H, W] → [B, C, H, W]"""
-    b, c, h, w = u.shape
-    flat = u.reshape(b, c, 1, h * w).expand(b, c, 4, h * w)
-    picked = torch.gather(flat, 3, index[:, None].expand(b, c, 4, h * w))            # [B, C, 4, HW]
-    return (picked * weight[:, None].to(u.dtype)).sum(2).reshape(b, c, h, w)
+def warp(u: Tensor, grid: Tensor) -> Tensor:
+    """(W u)(p) = Σ_corners bilinear weight · u[corner] at p + f(p), a corner outside the frame weighing 0.
+    u: [B, C, H, W], grid: `sampling_grid` [B, H, W, 2] → [B, C, H, W]"""
+    return F.grid_sample(u, grid.to(u.dtype), mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
-def warp_adjoint(v: Tensor, index: Tensor, weight: Tensor) -> Tensor:
-    """Wᵀ v: every v(p) spread back onto the corners it was sampled from.  v: [B, C, H, W] → [B, C, H, W]"""
-    b, c, h, w = v.shape
-    spread = (v.reshape(b, c, 1, h * w) * weight[:, None].to(v.dtype)).reshape(b, c, 4 * h * w)
-    out = torch.zeros(b, c, h * w, device=v.device, dtype=v.dtype)
-    return out.scatter_add_(2, index.reshape(b, 1, 4 * h * w).expand(b, c, 4 * h * w), spread).reshape(b, c, h, w)
+def warp_adjoint(v: Tensor, grid: Tensor) -> Tensor:
+    """Wᵀ v: every v(p) spread back onto the corners it was sampled from, with the same weights (grid_sample's
+    gradient with respect to its input, which reads only the input's shape).  v: [B, C, H, W] → [B, C, H, W]"""
+    shape = v.new_zeros(()).expand(v.shape)
+    return torch.ops.aten.grid_sampler_2d_backward(v, shape, grid.to(v.dtype), 0, 0, True, [True, False])[0]
 
 
 class TrajectoryDifference(LinearOperator):
@@ -117,18 +105,21 @@ class TrajectoryDifference(LinearOperator):
         n1, _, h, w = flow.shape
         self.in_shape, self.out_shape = (n1 + 1, channels, h, w), (n1, channels, h, w)
         self.kernels = "torch"
-        self.index, self.weight = _corners(flow)                      # [N−1, 4, HW] each
+        self.grid = sampling_grid(flow)                               # [N−1, H, W, 2]
         self.confidence = confidence                                  # [N−1, 1, H, W]
 
     def A(self, x: Tensor) -> Tensor:
         """c ⊙ (x[1:] − W x[:−1]).  [N, C, H, W] → [N−1, C, H, W]"""
-        return self.confidence.to(x.dtype) * (x[1:] - warp(x[:-1], self.index, self.weight))
+        d = warp(x[:-1], self.grid)
+        return torch.sub(x[1:], d, out=d).mul_(self.confidence.to(x.dtype))
 
     def A_adjoint(self, r: Tensor) -> Tensor:
         """Dᵀ r: +c ⊙ r onto frames 1 … N−1, −Wᵀ(c ⊙ r) onto frames 0 … N−2.  [N−1, C, H, W] → [N, C, H, W]"""
         cr = self.confidence.to(r.dtype) * r
-        zero = torch.zeros_like(r[:1])
-        return torch.cat([zero, cr]) - torch.cat([warp_adjoint(cr, self.index, self.weight), zero])
+        out = r.new_zeros((r.shape[0] + 1, *r.shape[1:]))
+        out[1:] = cr
+        out[:-1].sub_(warp_adjoint(cr, self.grid))
+        return out
 
 
 # ── flow from the measurement ───────────────────────────────────────────────
@@ -140,12 +131,7 @@ def _box(u: Tensor, radius: int) -> Tensor:
 
 def _sample(u: Tensor, flow: Tensor) -> Tensor:
     """u at p + flow(p), bilinear, the border repeated (for matching, not for the prior).  [B, C, H, W]"""
-    b, _, h, w = u.shape
-    ys, xs = torch.meshgrid(torch.arange(h, device=u.device, dtype=u.dtype),
-                            torch.arange(w, device=u.device, dtype=u.dtype), indexing="ij")
-    gx = 2 * (xs + flow[:, 0]) / max(w - 1, 1) - 1
-    gy = 2 * (ys + flow[:, 1]) / max(h - 1, 1) - 1
-    return F.grid_sample(u, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border", align_corners=True)
+    return F.grid_sample(u, sampling_grid(flow), mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def _gradients(u: Tensor) -> tuple[Tensor, Tensor]:
@@ -215,9 +201,8 @@ def video_frames(op, y: Tensor) -> Tensor:
     Aᵀy / Aᵀ(A 1) (e.g. SR's nearest upsampling), 0 where Aᵀ(A 1) is.  → op.in_shape"""
     if tuple(op.out_shape) == tuple(op.in_shape):
         return y
-    ones = torch.ones(op.in_shape, device=y.device, dtype=y.dtype)
-    weight = op.A_adjoint(op.A(ones))
-    return torch.where(weight > 0, op.A_adjoint(y) / weight.clamp_min(1e-12), torch.zeros_like(weight))
+    weight = op.A_adjoint(op.A(torch.ones(op.in_shape, device=y.device, dtype=y.dtype)))
+    return op.A_adjoint(y).div_(weight.clamp_min(1e-12)).masked_fill_(weight <= 0, 0)
 
 
 # ── the prior ───────────────────────────────────────────────────────────────
@@ -235,7 +220,7 @@ def free_modes(op, free: float, *, device=None, dtype=None) -> Optional[Callable
 class MotionPrior:
     """X̄ ↦ X̄ + Π z with z = argmin ‖D(X̄ + Π z)‖² + ρ‖z‖² (the module docstring), D from the measurement.
 
-        prior = MotionPrior(op, y, video_frames(op, y), gamma)   # flow, Π and Aᵀy once per clip
+        prior = MotionPrior(op, y, video_frames(op, y), gamma)   # flow and Π once per clip
         x = prior(x)                        # [N, C, H, W] → [N, C, H, W], no host sync
 
     `y`: the measurement of `op` (op.out_shape); `frames`: the clip's motion as the measurement shows it
@@ -248,7 +233,7 @@ class MotionPrior:
         self.op, self.free = op, free
         self.project = free_modes(op, free, device=frames.device, dtype=frames.dtype)
         self.weight = (residual / noise_level(gamma)) ** 2
-        self.aty = op.A_adjoint(y) if self.project is not None else None
+        self.y = y
         self.rho, self.iters = rho, iters
         self.D = trajectories(frames, residual) if self.project is not None and frames.shape[0] > 1 else None
         log.debug("motion prior on %d frames: τ %g, data weight %.3g, %d CG steps%s", frames.shape[0], free,
@@ -259,7 +244,8 @@ class MotionPrior:
         if self.D is None:
             return x
         P, D, w = self.project, self.D, self.weight
-        H = lambda v: D.A_adjoint(D.A(v)) + w * self.op.A_adjoint_A(v)                # DᵀD + w AᵀA
-        normal = lambda z: P(H(P(z))) + self.rho * z                                  # Π H Π + ρ I
-        z = conjugate_gradient(normal, P(w * self.aty - H(x)), torch.zeros_like(x), self.iters, dot=inner_product)
+        H = lambda v: D.A_adjoint(D.A(v)).add_(self.op.A_adjoint_A(v), alpha=w)             # DᵀD + w AᵀA
+        normal = lambda z: P(H(z)).add_(z, alpha=self.rho)      # Π H Π + ρ I on range(Π), where CG's iterates stay
+        z = conjugate_gradient(normal, P(H(x).sub_(self.op.A_adjoint(self.y), alpha=w).neg_()), torch.zeros_like(x), self.iters,
+                               dot=inner_product)
         return x + P(z)

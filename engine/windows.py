@@ -357,7 +357,6 @@ class VideoRestorer:
         end = total if win.last else None
         T = frame_matrix(self.term, win.rows, (win.context, win.stop), end)      # [R, P + F]
         P = win.start - win.context
-        rows = y
         if P:
             y = y.sub_(self._operator(T[:, :P]).A(pinned))                  # y' in place: y is the window's own stack
         op = self._split_operator(T[:, P:])
@@ -371,9 +370,17 @@ class VideoRestorer:
         if x is None or self.rank != 0:
             return None
         if self.temporal_prior == "motion":                      # the window's null modes, after its loop
-            frames = video_frames(self._operator(T), rows)[P:]              # the rows' motion at the free frames
-            x = MotionPrior(self._operator(T[:, P:]), y, frames, self.gamma)(x).clamp_(0, 1)
+            x = self._refined(x, y, T, pinned)
         return x
+
+    def _refined(self, x: Tensor, y: Tensor, T: Tensor, pinned: Tensor) -> Tensor:
+        """MotionPrior on the window's free frames x [F, 3, H, W]: its data term on y' (the rows less the pinned
+        frames' share), its flow from the rows as measured (y' plus that share: the motion the video shows)."""
+        P = pinned.shape[0]
+        rows = y + self._operator(T[:, :P]).A(pinned) if P else y
+        prior = MotionPrior(self._operator(T[:, P:]), y, video_frames(self._operator(T), rows)[P:], self.gamma)
+        del rows
+        return prior(x).clamp_(0, 1)
 
     def _split_operator(self, T: Tensor) -> LinearOperator:
         """The window's operator for T [R, F]: sharded over the group when each process gets at least

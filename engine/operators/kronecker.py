@@ -38,12 +38,12 @@ from typing import Optional
 import torch
 
 from engine.errors import InputError
-from engine.operators.banded import BandedFrames, in_pixel_layout
+from engine.operators.banded import BandedFrames, band, in_pixel_layout
 from engine.operators.base import LinearOperator, inner_product
 from engine.operators.common import Constants
 from engine.operators.registry import from_spec
 from engine.operators.spec import join, split_temporal
-from engine.operators.temporal import frame_preconditioner, frames_operator
+from engine.operators.temporal import frame_preconditioner, frames_matmul, frames_operator
 
 Tensor = torch.Tensor
 
@@ -107,9 +107,10 @@ def frame_matrix(term: TemporalTerm, rows: tuple[int, int], cols: tuple[int, int
     return M
 
 
-def along_frames(M: Tensor, x: Tensor) -> Tensor:
-    """(M x)[n] = Σ_m M[n, m]·x[m].  M: [R, F], x: [F, ...] → [R, ...]"""
-    return (M @ x.reshape(x.shape[0], -1)).reshape(M.shape[0], *x.shape[1:])
+def along_frames(M: Tensor, x: Tensor, band: Optional[tuple[int, int]] = None) -> Tensor:
+    """(M x)[n] = Σ_m M[n, m]·x[m], M's `band` (lo, hi) skipped past on the CPU (temporal.frames_matmul).
+    M: [R, F], x: [F, ...] → [R, ...]"""
+    return frames_matmul(M, x, band)
 
 
 # ── the operator ─────────────────────────────────────────────────────────────
@@ -135,6 +136,7 @@ class KroneckerOperator(LinearOperator):
         if T is None and spatial is None:
             raise ValueError("T ⊗ S needs T or S")
         self.matrix, self.spatial, self.comm, self.rows = T, spatial, comm, rows
+        self._bands: dict[str, tuple[int, int]] = {}                # T's and TᵀT's (lo, hi), one process only
         self.shard = None if comm is None else comm.shard          # this process's frames (engine.distributed.Shard)
         self.preconditioned = preconditioned and T is not None
         #: TᵀT [F, F], formed in float64 (None for the identity)
@@ -153,6 +155,8 @@ class KroneckerOperator(LinearOperator):
         if comm is None:
             self.in_shape, self.out_shape = (T.shape[1], *frame), (T.shape[0], *out_frame)
             self._constants = Constants({"T": T, "TtT": self.normal_matrix}, device=device, dtype=dtype)
+            if not ring:
+                self._bands = {"T": band(T, ring), "TtT": band(self.normal_matrix, ring)}
             return
         if comm.shard.frames != T.shape[1]:
             raise InputError(f"the operator has {T.shape[1]} frames but the process group was sharded for "
@@ -219,7 +223,7 @@ class KroneckerOperator(LinearOperator):
         if self.matrix is None:
             return z
         if self.comm is None:
-            return along_frames(self._constants.like("T", z), z)
+            return along_frames(self._constants.like("T", z), z, self._bands.get("T"))
         if self.rows == "split":
             return self._T(z)
         return self.comm.all_sum(along_frames(self._constants.like("T", z), z))       # Σ_p T[:, a:b] S x_p
@@ -231,7 +235,8 @@ class KroneckerOperator(LinearOperator):
         elif self.comm is not None and self.rows == "split":
             z = self._Tt(y)
         else:
-            z = along_frames(self._constants.like("T", y).T, y)                # local: y holds every row
+            lo_hi = self._bands.get("T") if self.comm is None else None
+            z = along_frames(self._constants.like("T", y).T, y, lo_hi[::-1] if lo_hi else None)   # local: y holds every row
         return z if self.spatial is None else self.spatial.A_adjoint(z)
 
     def A_adjoint_A(self, x: Tensor) -> Tensor:
@@ -240,7 +245,7 @@ class KroneckerOperator(LinearOperator):
             return x if self.spatial is None else self.spatial.A_adjoint_A(x)
         if self.comm is None:
             z = x if self.spatial is None else self.spatial.A_adjoint_A(x)
-            return along_frames(self._constants.like("TtT", z), z)
+            return along_frames(self._constants.like("TtT", z), z, self._bands.get("TtT"))
         if self.spatial is None:
             return self._TtT(x)
         return self.spatial.A_adjoint(self._TtT(self.spatial.A(x)))

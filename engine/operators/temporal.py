@@ -85,9 +85,39 @@ def temporal_matrix(kernel: Tensor, n: int, boundary: str) -> Tensor:
     return T
 
 
+#: rows per block of a banded product on the CPU (bench: 640×272 frames, N = 64 … 167: 1.5–1.7× faster than
+#: the dense product, whose cost per frame grows with N while the banded one's does not)
+BAND_BLOCK = 16
+
+
+def frames_matmul(M: Tensor, x: Tensor, band: tuple[int, int] | None = None) -> Tensor:
+    """M applied along the frame axis: (M x)[n] = Σ_m M[n, m]·x[m].  M: [R, N], x: [N, ...] → [R, ...]
+
+    `band` (lo, hi): M[n, m] = 0 unless −lo ≤ m − n ≤ hi. On the CPU a banded M is applied BAND_BLOCK
+    rows at a time against the columns their band reaches (the same sums without the zeros); elsewhere,
+    or without a band, as one dense product.
+    """
+    flat = x.reshape(x.shape[0], -1)
+    rows, cols = M.shape
+    if band is None or x.device.type != "cpu" or sum(band) + 2 * BAND_BLOCK >= cols:
+        return (M @ flat).reshape(rows, *x.shape[1:])
+    lo, hi = band
+    out = flat.new_empty(rows, flat.shape[1])
+    for i in range(0, rows, BAND_BLOCK):
+        j0, j1 = max(0, i - lo), min(cols, i + BAND_BLOCK + hi)
+        torch.mm(M[i:i + BAND_BLOCK, j0:j1], flat[j0:j1], out=out[i:i + BAND_BLOCK])
+    return out.reshape(rows, *x.shape[1:])
+
+
+def temporal_band(kernel: Tensor, boundary: str) -> tuple[int, int] | None:
+    """T's band (lo, hi) = (w − 1 − c, c) (clamping stays inside it), None for the circular boundary (it wraps)."""
+    w = kernel.numel()
+    return None if boundary == "circular" else (w - 1 - (w - 1) // 2, (w - 1) // 2)
+
+
 def _frames_matmul(M: Tensor, x: Tensor) -> Tensor:
-    """M applied along the frame axis: (M x)[n] = Σ_m M[n, m]·x[m].  M: [N, N], x: [N, ...] → [N, ...]"""
-    return (M @ x.reshape(x.shape[0], -1)).reshape(x.shape)
+    """M applied along the frame axis, dense (a frame preconditioner: no band).  M: [N, N], x: [N, ...] → [N, ...]"""
+    return frames_matmul(M, x)
 
 
 def temporal_conv(x: Tensor, kernel: Tensor, boundary: str, matrix: Tensor | None = None) -> Tensor:
@@ -95,12 +125,15 @@ def temporal_conv(x: Tensor, kernel: Tensor, boundary: str, matrix: Tensor | Non
 
     `matrix`: T of `temporal_matrix` when the caller holds it (else it is built).
     """
-    return _frames_matmul(temporal_matrix(kernel, x.shape[0], boundary) if matrix is None else matrix, x)
+    T = temporal_matrix(kernel, x.shape[0], boundary) if matrix is None else matrix
+    return frames_matmul(T, x, temporal_band(kernel, boundary))
 
 
 def temporal_conv_adjoint(y: Tensor, kernel: Tensor, boundary: str, matrix: Tensor | None = None) -> Tensor:
     """Aᵀ y: x[m] = Σ_j k[j] · y[m − c + j], c = (w−1)//2, i.e. Tᵀ y.  y: [N, ...], kernel: [w] → [N, ...]"""
-    return _frames_matmul((temporal_matrix(kernel, y.shape[0], boundary) if matrix is None else matrix).T, y)
+    T = temporal_matrix(kernel, y.shape[0], boundary) if matrix is None else matrix
+    band = temporal_band(kernel, boundary)
+    return frames_matmul(T.T, y, band[::-1] if band else None)
 
 
 def temporal_conv_normal(x: Tensor, kernel: Tensor, autocorr: Tensor, boundary: str,
@@ -114,7 +147,8 @@ def temporal_conv_normal(x: Tensor, kernel: Tensor, autocorr: Tensor, boundary: 
     if normal is None:
         T = temporal_matrix(kernel, x.shape[0], boundary)
         normal = T.T @ T
-    return _frames_matmul(normal, x)
+    band = temporal_band(kernel, boundary)
+    return frames_matmul(normal, x, (sum(band), sum(band)) if band else None)
 
 
 def frame_preconditioner(normal: Tensor, phi) -> Tensor:

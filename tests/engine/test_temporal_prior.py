@@ -12,7 +12,8 @@ from engine.metrics import psnr
 from engine.operators import from_spec
 from engine.priors import GaussianPrior
 from engine.runtime import Solver, SolverConfig
-from engine.temporal_prior import MotionPrior, TrajectoryDifference, estimate_flow, free_modes, video_frames
+from engine.temporal_prior import (MotionPrior, TrajectoryDifference, estimate_flow, free_modes, sampling_grid,
+                                   video_frames, warp)
 from engine.testclips import camera_clip
 from engine.windows import VideoRestorer
 
@@ -92,7 +93,7 @@ def test_motion_prior_runs_without_host_sync():
     op = from_spec(SPEC, (n, 3, h, w), device="meta", dtype=torch.float32)
     prior = MotionPrior.__new__(MotionPrior)
     prior.project, prior.rho, prior.iters, prior.weight, prior.op = free_modes(op, 1e-2, device="meta"), 1e-3, 3, 4.0, op
-    prior.aty = torch.empty(n, 3, h, w, device="meta")
+    prior.y = torch.empty(n, 3, h, w, device="meta")
     prior.D = TrajectoryDifference(torch.empty(n - 1, 2, h, w, device="meta"), torch.empty(n - 1, 1, h, w, device="meta"))
     out = prior(torch.empty(n, 3, h, w, device="meta"))
     assert out.shape == (n, 3, h, w) and out.device.type == "meta"
@@ -155,3 +156,27 @@ def test_windows_lower_the_dips_on_a_long_clip():
     assert worst_dip(plain, clean) > 3
     assert worst_dip(motion, clean) <= 3
     assert psnr(motion, clean).mean() >= psnr(plain, clean).mean() + 1
+
+
+def reference_warp(u, flow):
+    """u at p + f(p) by the bilinear formula pixel by pixel, a corner outside the frame weighing 0 (fp64)."""
+    b, c, h, w = u.shape
+    out = torch.zeros_like(u)
+    for n in range(b):
+        for i in range(h):
+            for j in range(w):
+                x, y = j + flow[n, 0, i, j].item(), i + flow[n, 1, i, j].item()
+                x0, y0 = int(torch.floor(torch.tensor(x))), int(torch.floor(torch.tensor(y)))
+                for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+                    cx, cy = x0 + dx, y0 + dy
+                    if 0 <= cx < w and 0 <= cy < h:
+                        out[n, :, i, j] += (1 - abs(x - cx)) * (1 - abs(y - cy)) * u[n, :, cy, cx]
+    return out
+
+
+def test_warp_matches_the_bilinear_formula():
+    """D's warp (grid_sample) is the plain bilinear formula, flows past the border included, in fp64."""
+    g = torch.Generator().manual_seed(4)
+    u = torch.randn(2, 3, 7, 9, generator=g, dtype=F64)
+    flow = 3 * torch.randn(2, 2, 7, 9, generator=g, dtype=F64)
+    assert torch.allclose(warp(u, sampling_grid(flow)), reference_warp(u, flow), atol=1e-12)

@@ -123,6 +123,23 @@ def test_a_window_is_the_block_of_the_whole_video_operator():
     assert rel(window.A(z), whole.A(x)[m0:m1]) < 1e-14
 
 
+@pytest.mark.parametrize("boundary", ["replicate", "zero"])
+def test_banded_products_equal_the_dense_ones(boundary):
+    """On the CPU T, Tᵀ and TᵀT skip their zeros a block of rows at a time (temporal.frames_matmul): on a
+    whole video (the torch kernels) and a window longer than the blocks, they equal the dense products."""
+    n, taps = 90, gaussian_kernel(1.5)
+    dense = lambda M, x: (M @ x.reshape(M.shape[1], -1)).reshape(M.shape[0], *x.shape[1:])
+    whole = from_spec(f"temporal:gaussian:1.5:{boundary}", (n, 2, 3, 4), kernels="torch", dtype=F64)
+    T = frame_matrix(TemporalTerm(taps, boundary), (0, n), (0, n), end=n)
+    window = KroneckerOperator(frame_matrix(TemporalTerm(taps, boundary), (20, 80), (15, 85), end=None), None,
+                               (2, 3, 4), dtype=F64)
+    for op, M in ((whole, T), (window, window.matrix)):
+        x, y = rand(op.in_shape, 5), rand(op.out_shape, 6)
+        assert rel(op.A(x), dense(M, x)) < 1e-14
+        assert rel(op.A_adjoint(y), dense(M.T, y)) < 1e-14
+        assert rel(op.A_adjoint_A(x), dense(M.T @ M, x)) < 1e-14
+
+
 def test_a_spec_without_a_temporal_term_is_its_frame_operator():
     op = KroneckerOperator.from_spec("blur:gaussian:1.0:5+sr:2", SHAPE_SR, dtype=F64)
     ref = from_spec("blur:gaussian:1.0:5+sr:2", SHAPE_SR, kernels="torch", dtype=F64)
