@@ -153,7 +153,7 @@ def estimate_flow(ref: Tensor, other: Tensor, *, levels: int = 4, iters: int = 3
     pyramid = [(a, b)]
     while len(pyramid) < levels and min(pyramid[-1][0].shape[-2:]) >= 16:
         pyramid.append(tuple(F.avg_pool2d(u, 2, ceil_mode=True) for u in pyramid[-1]))
-    flow = None
+    flow, skip = None, min(skip, len(pyramid) - 1)         # frames under 32 pixels have no halved level to start from
     for a, b in reversed(pyramid[skip:]):
         if flow is None:
             flow = torch.zeros(a.shape[0], 2, *a.shape[-2:], device=a.device, dtype=a.dtype)

@@ -180,3 +180,10 @@ def test_warp_matches_the_bilinear_formula():
     u = torch.randn(2, 3, 7, 9, generator=g, dtype=F64)
     flow = 3 * torch.randn(2, 2, 7, 9, generator=g, dtype=F64)
     assert torch.allclose(warp(u, sampling_grid(flow)), reference_warp(u, flow), atol=1e-12)
+
+
+def test_flow_of_frames_too_small_to_halve():
+    """Frames under 32 pixels start from full size (no halved level to skip to): a still pair has zero flow."""
+    frame = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    flow = estimate_flow(frame, frame, skip=1)
+    assert flow.shape == (1, 2, 8, 8) and flow.abs().max() < 1e-6

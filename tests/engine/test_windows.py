@@ -236,6 +236,27 @@ def test_a_video_shorter_than_a_window_and_an_empty_one():
     assert list(r.restore(iter([]))) == []
 
 
+def test_a_windows_motion_prior_sees_its_rows_as_measured(monkeypatch):
+    """Each window's flow reads the rows as measured, not y' (the rows less the pinned frames' share): on a still
+    video every frame it is given is the still frame, the window's first frames too."""
+    import engine.windows as windows
+
+    seen, real = [], windows.MotionPrior
+
+    def spy(op, y, frames, gamma):
+        seen.append(frames.clone())
+        return real(op, y, frames, gamma)
+
+    monkeypatch.setattr(windows, "MotionPrior", spy)
+    still = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(7)).expand(40, -1, -1, -1)
+    cfg = SolverConfig(spec="temporal:uniform:3:replicate", size=8, nfe=1, gamma=4.0, temporal_prior="motion")
+    restorer = VideoRestorer(GaussianPrior(), cfg, window=12)
+    y = torch.stack(list(restorer.measure(still)))
+    assert len(list(restorer.restore(y))) == 40 and len(seen) > 2
+    for frames in seen:
+        assert torch.allclose(frames, still[:frames.shape[0]], atol=1e-5)
+
+
 # ── bad input: one clear line each ──────────────────────────────────────────
 
 @pytest.mark.parametrize("settings,match", [
