@@ -47,11 +47,13 @@ WHOLE_BUFFERS = 11
 WINDOW_BUFFERS = 15
 #: added to either for the temporal prior "motion", which runs after the loop, once the loop's buffers are
 #: freed: what it holds beyond them (the sampling grid and confidence of the flow, the rows as measured
-#: for the flow, its CG vectors). Counted (bench.common.LiveBytes, 60 frames in windows of 40): 13.7
-#: buffers per frame with it, 12.3 without. Peak resident memory with it, 250 frames of 640×272 in
-#: windows of W (bench.length, gaussian prior, 2 NFE): W 94 4.41 GB, 128 5.50 GB, 161 6.05 GB, i.e.
-#: 17.7, 17.1, 15.3 buffers per frame past the fixed part; the whole video, 64 frames: 2.62 GB, 14.2.
-MOTION_BUFFERS = 3
+#: for the flow, its CG vectors) and the allocator's fragmentation. Counted (bench.common.LiveBytes, 60
+#: frames in windows of 40): 13.7 live buffers per frame with it, 12.3 without. Peak resident memory of the
+#: same run varies far more (glibc keeps freed frame-sized blocks): 250 frames of 640×272 in windows of 161
+#: (bench.length, gaussian prior, 2 NFE) peaked at 6.05 GB in one run and 8.26 GB in another, i.e. 15.3 and
+#: 21.6 buffers per frame past the fixed part (1000 frames: 8.17 GB); windows of 94: 4.41 GB (17.7); the
+#: whole video, 64 frames: 2.34–2.62 GB (14.2 at most). Counted for the worst: 15 + 7 = 22 per window frame.
+MOTION_BUFFERS = 7
 #: float32 frames of work space per frame of a network batch, by prior (peak of one call, output included)
 NETWORK_FRAMES = {"gaussian": 5.7, "ffdnet": 6.7}
 #: an ADM-256 step's work space per tile of a batch, by network precision (bench/memory.py, meta tensors)
