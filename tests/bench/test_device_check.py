@@ -16,7 +16,7 @@ from bench import check_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "device_check.sh"
-STEPS = ["env", "profile", "headline", "sweep", "720p", "sr", "kernels", "tests", "env-after"]
+STEPS = ["env", "profile", "headline", "sweep", "720p", "sr", "kernels", "length", "tests", "env-after"]
 
 
 def rows(path: Path) -> list[dict]:
@@ -53,10 +53,13 @@ def test_dry_run_runs_every_step_on_the_cpu_and_writes_its_rows(tmp_path):
     assert all(r["peak_mem_solve_bytes"] <= r["peak_mem_bytes"] for r in fps)
     kernels = rows(tmp_path / "kernels.jsonl")
     assert {r["kind"] for r in kernels} == {"copy", "kernel", "unet", "task"}
+    length = rows(tmp_path / "length.jsonl")
+    assert [(r["frames"], r["returncode"]) for r in length] == [(8, 0), (12, 0)]
+    assert all(r["peak_bytes"] > 0 and r["seconds_per_frame"] > 0 for r in length)
     log = (tmp_path / "log.txt").read_text()
     assert all(f"### [{name}] exit 0" in log for name in STEPS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["environment.jsonl", "fps.jsonl", "kernels.jsonl",
-                                                           "log.txt", "profile.jsonl", "steps.jsonl"]
+                                                           "length.jsonl", "log.txt", "profile.jsonl", "steps.jsonl"]
 
 
 def fake_python(tmp_path: Path, fail: str | None = None) -> Path:
@@ -89,8 +92,9 @@ def test_a_failing_step_is_an_error_row_and_the_run_exits_non_zero(tmp_path):
 def test_the_real_runs_command_lines_parse(tmp_path):
     """The real run's steps (recorded, not run) name only flags their programs take, with the sizes the issue
     asks for: the headline at 20 NFE with torch+graph before eager and the reference last, the sweep, 720p
-    and SR rows at a few NFE extrapolated, every test under a time limit."""
+    and SR rows at a few NFE extrapolated, the length rows on the carried clip, every test under a time limit."""
     from bench import fps, kernel_speed, profile_unet
+    from bench import length as bench_length
 
     out = tmp_path / "out"
     done = run_script(out, python=fake_python(tmp_path), timeout=120)
@@ -100,10 +104,16 @@ def test_the_real_runs_command_lines_parse(tmp_path):
                "bench/profile_unet.py": profile_unet.parse_args}
     parsed = []
     for argv in commands:
-        if argv[:2] == ["-m", "bench.environment"]:
+        if argv[0] == "-c":                        # whether imageio-ffmpeg imports (where wheels/ was carried)
+            assert argv[1] == "import imageio_ffmpeg"
+        elif argv[:2] == ["-m", "bench.environment"]:
             assert argv[2] == "--when"
         elif argv[:2] == ["-m", "pytest"]:
             assert "--test-timeout" in argv and argv[-1] == "tests" and "gpu" in argv
+        elif argv[:2] == ["-m", "bench.length"]:
+            length, extra = bench_length.parse_args(argv[2:])
+            assert length.clip == Path("bench/clips/bigbuckbunny.mp4") and length.frames == "64,160" and length.save
+            assert length.size == "640x272" and extra == ["--prior", "gaussian", "--nfe", "2"]
         else:
             parsed.append((argv[0], parsers[argv[0]](argv[1:])))
     assert [name for name, _ in parsed] == ["bench/profile_unet.py"] + ["bench/fps.py"] * 4 + ["bench/kernel_speed.py"]
@@ -143,3 +153,11 @@ def test_test_timeout_fails_a_stuck_test_and_the_run_goes_on(tmp_path):
 def test_unknown_arguments_are_refused(tmp_path, args):
     done = run_script(tmp_path, *args, timeout=30)
     assert done.returncode == 2 and "usage" in done.stderr
+
+
+def test_the_length_bench_without_its_clip_says_where_to_get_one(tmp_path, capsys):
+    """The device step's clip is carried, not shipped: without it bench.length stops in one line that says how."""
+    from bench import length as bench_length
+
+    assert bench_length.main(["--clip", str(tmp_path / "none.mp4"), "--frames", "8"]) == 2
+    assert "carry one in bench/clips/" in capsys.readouterr().err
