@@ -11,8 +11,9 @@ in a process of its own (the degradation simulated, so the result is scored agai
 arguments after `--` are added). Each row: the peak (metrics.json's `memory`: resident memory on the
 CPU, torch.cuda.max_memory_allocated on a GPU), the run's seconds per frame (metrics.json's `seconds`:
 restoration, scoring and writing the outputs, the same work on the whole-video and the windows path;
-the command's wall time, start-up and model load included, is `wall_s`), the mean PSNR, the memory plan (whole video or windows of W frames), the process's own
-maximum resident memory from the kernel, and the machine. --save appends the rows to
+the command's wall time, start-up and model load included, is `wall_s`), the mean PSNR, the memory
+plan (whole video or windows of W frames), the process's own maximum resident memory from the kernel,
+and the machine. --save appends the rows to
 bench/results/length.jsonl.
 """
 

@@ -246,6 +246,6 @@ class MotionPrior:
         P, D, w = self.project, self.D, self.weight
         H = lambda v: D.A_adjoint(D.A(v)).add_(self.op.A_adjoint_A(v), alpha=w)             # DᵀD + w AᵀA
         normal = lambda z: P(H(z)).add_(z, alpha=self.rho)      # Π H Π + ρ I on range(Π), where CG's iterates stay
-        z = conjugate_gradient(normal, P(H(x).sub_(self.op.A_adjoint(self.y), alpha=w).neg_()), torch.zeros_like(x), self.iters,
-                               dot=inner_product)
+        rhs = P(H(x).sub_(self.op.A_adjoint(self.y), alpha=w).neg_())                    # Π(w Aᵀy − H X̄)
+        z = conjugate_gradient(normal, rhs, torch.zeros_like(x), self.iters, dot=inner_product)
         return x + P(z)

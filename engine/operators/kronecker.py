@@ -235,8 +235,9 @@ class KroneckerOperator(LinearOperator):
         elif self.comm is not None and self.rows == "split":
             z = self._Tt(y)
         else:
-            lo_hi = self._bands.get("T") if self.comm is None else None
-            z = along_frames(self._constants.like("T", y).T, y, lo_hi[::-1] if lo_hi else None)   # local: y holds every row
+            lo, hi = self._bands.get("T", (None, None))                         # Tᵀ's band is T's mirrored
+            band_t = None if lo is None or self.comm is not None else (hi, lo)
+            z = along_frames(self._constants.like("T", y).T, y, band_t)          # local: y holds every row
         return z if self.spatial is None else self.spatial.A_adjoint(z)
 
     def A_adjoint_A(self, x: Tensor) -> Tensor:

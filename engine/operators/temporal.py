@@ -115,11 +115,6 @@ def temporal_band(kernel: Tensor, boundary: str) -> tuple[int, int] | None:
     return None if boundary == "circular" else (w - 1 - (w - 1) // 2, (w - 1) // 2)
 
 
-def _frames_matmul(M: Tensor, x: Tensor) -> Tensor:
-    """M applied along the frame axis, dense (a frame preconditioner: no band).  M: [N, N], x: [N, ...] → [N, ...]"""
-    return frames_matmul(M, x)
-
-
 def temporal_conv(x: Tensor, kernel: Tensor, boundary: str, matrix: Tensor | None = None) -> Tensor:
     """A x: y[n] = Σ_j k[j] · x[n + c − j], c = (w−1)//2.  x: [N, ...], kernel: [w] (x's dtype/device) → [N, ...]
 
@@ -171,7 +166,7 @@ KERNELS = {
 }
 
 #: P x along frames for a dense N×N matrix P, by kernels.
-FRAME_MATMUL = {"torch": _frames_matmul, "triton": lazy("kernels.temporal", "frame_matmul")}
+FRAME_MATMUL = {"torch": frames_matmul, "triton": lazy("kernels.temporal", "frame_matmul")}
 
 
 # ── the operator ─────────────────────────────────────────────────────────────
