@@ -159,7 +159,7 @@ class StreamGuard:
 
     def __init__(self, spec: str, frame: tuple[int, int], sigma_y: float):
         from engine.operators import from_spec
-        from engine.windows import split_spec
+        from engine.operators.kronecker import split_spec
 
         term = split_spec(spec)[0]
         self.reach, self.boundary, self.sigma_y = term.reach, term.boundary, sigma_y

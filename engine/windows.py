@@ -68,9 +68,8 @@ from engine.memory import WINDOW_BUFFERS
 from engine.operators import from_spec
 from engine.operators.base import LinearOperator
 from engine.operators.banded import band
-from engine.operators.kronecker import IDENTITY, KroneckerOperator, TemporalTerm, frame_matrix
+from engine.operators.kronecker import KroneckerOperator, TemporalTerm, frame_matrix, split_spec
 from engine.operators.measurement import noisy_frames
-from engine.operators.spec import Term, join, split_temporal
 from engine.runtime import SolverConfig, kernels_run, make_network
 from engine.sampler import EpsModel, draw_noise, reverse_process
 from engine.schedule import ddim_steps, warm_start
@@ -79,40 +78,9 @@ from engine.temporal_prior import MotionPrior, video_frames
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 
-#: Temporal boundaries windows support, and the one used when the spec names none.
-WINDOW_BOUNDARIES = ("replicate", "zero")
-DEFAULT_BOUNDARY = "replicate"
 #: Frame-sized float32 buffers a window holds per frame of its W + w − 1 (measured: engine.memory):
 #: what turns a memory budget into W.
 BUFFERS_PER_FRAME = WINDOW_BUFFERS
-
-
-# ── the spec: one temporal term, the rest frame-local ───────────────────────
-
-def split_spec(spec: str) -> tuple[TemporalTerm, Optional[str]]:
-    """(the temporal term, or the identity; the spatial terms joined by '+', or None).
-
-    The spatial terms act on every frame alike, so they commute with T (A = T ⊗ S) and
-    their order relative to the temporal term does not matter.
-    """
-    temporal, spatial = split_temporal(spec)
-    if len(temporal) > 1:
-        raise InputError(f"spec {spec!r} has {len(temporal)} temporal terms; windows take at most one")
-    return (_temporal_term(temporal[0]) if temporal else IDENTITY), (join(spatial) or None)
-
-
-def _temporal_term(term: Term) -> TemporalTerm:
-    """`temporal:FAMILY:VALUE[:BOUNDARY]` → its taps (parsed by engine.operators) and boundary."""
-    fields = [term.name, *term.fields]
-    boundary = fields[3] if len(fields) == 4 else DEFAULT_BOUNDARY
-    if boundary == "circular":
-        raise InputError(f"{str(term)!r}: the circular boundary wraps the video's last frames onto its first, which "
-                         f"windows cannot restore; use :replicate or :zero, or restore the whole video at once")
-    if boundary not in WINDOW_BOUNDARIES:
-        raise InputError(f"{str(term)!r}: unknown temporal boundary {boundary!r}; windows accept "
-                         f"{', '.join(WINDOW_BOUNDARIES)}")
-    taps = from_spec(":".join([*fields[:3], "zero"]), (1, 1, 1, 1), kernels="torch").kernel
-    return TemporalTerm(taps, boundary)
 
 
 # ── the window plan ─────────────────────────────────────────────────────────

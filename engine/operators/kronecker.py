@@ -22,6 +22,9 @@ super-resolution's halo is s² times smaller), inner products are all-reduced an
 is applied in the pixel layout (engine.operators.banded.in_pixel_layout). In exact arithmetic every
 layout gives the one-process operator's rows; in float64 they agree to rounding.
 
+`split_spec` parses a spec into its one temporal term (`TemporalTerm`: taps and boundary) and its
+frame-local rest: the form windows (engine.windows) and the streamed input guard (engine.realvideo) take.
+
 Every layout runs torch ops (`kernels`): T is an explicit frame matrix (a block of one for a window,
 a shard's band) applied as a matmul, and the sharded layouts reduce across processes, which the
 fused Triton kernels (one device's whole video) do not. The whole-video operator of `from_spec`
@@ -42,7 +45,7 @@ from engine.operators.banded import BandedFrames, band, in_pixel_layout
 from engine.operators.base import LinearOperator, inner_product
 from engine.operators.common import Constants
 from engine.operators.registry import from_spec
-from engine.operators.spec import join, split_temporal
+from engine.operators.spec import Term, join, split_temporal
 from engine.operators.temporal import frame_preconditioner, frames_matmul, frames_operator
 
 Tensor = torch.Tensor
@@ -111,6 +114,39 @@ def along_frames(M: Tensor, x: Tensor, band: Optional[tuple[int, int]] = None) -
     """(M x)[n] = Σ_m M[n, m]·x[m], M's `band` (lo, hi) skipped past on the CPU (temporal.frames_matmul).
     M: [R, F], x: [F, ...] → [R, ...]"""
     return frames_matmul(M, x, band)
+
+
+#: Temporal boundaries windows support, and the one used when the spec names none.
+WINDOW_BOUNDARIES = ("replicate", "zero")
+DEFAULT_BOUNDARY = "replicate"
+
+
+# ── a windowed spec: one temporal term, the rest frame-local ─────────────────
+
+def split_spec(spec: str) -> tuple[TemporalTerm, Optional[str]]:
+    """(the temporal term, or the identity; the spatial terms joined by '+', or None).
+
+    The spatial terms act on every frame alike, so they commute with T (A = T ⊗ S) and
+    their order relative to the temporal term does not matter.
+    """
+    temporal, spatial = split_temporal(spec)
+    if len(temporal) > 1:
+        raise InputError(f"spec {spec!r} has {len(temporal)} temporal terms; windows take at most one")
+    return (_temporal_term(temporal[0]) if temporal else IDENTITY), (join(spatial) or None)
+
+
+def _temporal_term(term: Term) -> TemporalTerm:
+    """`temporal:FAMILY:VALUE[:BOUNDARY]` → its taps (parsed by engine.operators) and boundary."""
+    fields = [term.name, *term.fields]
+    boundary = fields[3] if len(fields) == 4 else DEFAULT_BOUNDARY
+    if boundary == "circular":
+        raise InputError(f"{str(term)!r}: the circular boundary wraps the video's last frames onto its first, which "
+                         f"windows cannot restore; use :replicate or :zero, or restore the whole video at once")
+    if boundary not in WINDOW_BOUNDARIES:
+        raise InputError(f"{str(term)!r}: unknown temporal boundary {boundary!r}; windows accept "
+                         f"{', '.join(WINDOW_BOUNDARIES)}")
+    taps = from_spec(":".join([*fields[:3], "zero"]), (1, 1, 1, 1), kernels="torch").kernel
+    return TemporalTerm(taps, boundary)
 
 
 # ── the operator ─────────────────────────────────────────────────────────────

@@ -10,8 +10,8 @@ from engine.operators.temporal import temporal_matrix, uniform_kernel
 from engine.priors import GaussianPrior
 from engine.runtime import SolverConfig
 from engine.sampler import sample
-from engine.operators.kronecker import TemporalTerm, frame_matrix
-from engine.windows import DEFAULT_BOUNDARY, VideoRestorer, plan_window, split_spec
+from engine.operators.kronecker import DEFAULT_BOUNDARY, TemporalTerm, frame_matrix
+from engine.windows import VideoRestorer, plan_window, split_spec
 
 F64 = torch.float64
 PRIOR = GaussianPrior()
