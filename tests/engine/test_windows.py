@@ -204,6 +204,13 @@ def test_same_seed_same_video_for_two_window_sizes():
 
 # ── streaming ───────────────────────────────────────────────────────────────
 
+def counted(frames, reads: list):
+    """The frames one at a time, each index appended to `reads` as it is pulled."""
+    for i, frame in enumerate(frames):
+        reads.append(i)
+        yield frame
+
+
 def test_streaming_yields_in_order_with_bounded_buffering():
     """Frames come out in order, equal to the list result, while at most W + c + 1 measurement frames
     are read ahead of the frames yielded, and the restorer holds at most W + c + 1 + O + (w − 1) frames."""
@@ -213,14 +220,8 @@ def test_streaming_yields_in_order_with_bounded_buffering():
     r = restorer(spec, frame, window=window, lag=4, lead=2, gamma=1.0, **SETTINGS)
     y = r.operator(n).A(x)
     reads = []
-
-    def source():
-        for i in range(n):
-            reads.append(i)
-            yield y[i]
-
     out = []
-    for k, f in enumerate(r.restore(source())):
+    for k, f in enumerate(r.restore(counted(y, reads))):
         out.append(f)
         assert len(reads) - k <= window + r.term.centre + 1
     term = r.term
@@ -311,14 +312,8 @@ def test_streaming_measurement_is_the_whole_video_operator():
     r = restorer("temporal:uniform:7:replicate+sr:2", frame, **SETTINGS)
     x = smooth_video(n, *frame)
     reads = []
-
-    def source():
-        for i in range(n):
-            reads.append(i)
-            yield x[i]
-
     out = []
-    for k, f in enumerate(r.measure(source())):
+    for k, f in enumerate(r.measure(counted(x, reads))):
         out.append(f)
         assert len(reads) - k <= r.term.centre + 1
     assert torch.allclose(torch.stack(out), r.operator(n).A(x), rtol=0, atol=1e-14)
