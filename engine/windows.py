@@ -64,7 +64,7 @@ import torch.distributed as dist
 from engine.cg import preconditioner
 from engine.distributed import Comm, gather_frames
 from engine.errors import InputError
-from engine.memory import WINDOW_BUFFERS
+from engine.memory import MOTION_BUFFERS, WINDOW_BUFFERS
 from engine.operators import from_spec
 from engine.operators.base import LinearOperator
 from engine.operators.banded import band
@@ -78,9 +78,6 @@ from engine.temporal_prior import MotionPrior, video_frames
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 
-#: Frame-sized float32 buffers a window holds per frame of its W + w − 1 (measured: engine.memory):
-#: what turns a memory budget into W.
-BUFFERS_PER_FRAME = WINDOW_BUFFERS
 
 
 # ── the window plan ─────────────────────────────────────────────────────────
@@ -148,10 +145,16 @@ def plan_window(term: TemporalTerm, start: int, stop: int, last: bool, lag: int 
 
 # ── the streaming restorer ──────────────────────────────────────────────────
 
-def window_from_budget(budget_bytes: int, frame: tuple[int, int], term: TemporalTerm, itemsize: int) -> int:
-    """W = ⌊budget / (BUFFERS_PER_FRAME · 3·H·W·itemsize)⌋ − (w − 1): free frames that fit in `budget_bytes`."""
-    per_frame = BUFFERS_PER_FRAME * 3 * frame[0] * frame[1] * itemsize
-    return int(budget_bytes) // per_frame - term.context
+def window_buffers(temporal_prior: str) -> int:
+    """Frame-sized buffers a window holds per frame of its W + w − 1 (measured: engine.memory), the temporal
+    prior "motion" included: what turns a memory budget into W, as engine.memory.plan counts it."""
+    return WINDOW_BUFFERS + (MOTION_BUFFERS if temporal_prior == "motion" else 0)
+
+
+def window_from_budget(budget_bytes: int, frame: tuple[int, int], term: TemporalTerm, itemsize: int,
+                       buffers: int = WINDOW_BUFFERS) -> int:
+    """W = ⌊budget / (buffers · 3·H·W·itemsize)⌋ − (w − 1): free frames that fit in `budget_bytes`."""
+    return int(budget_bytes) // (buffers * 3 * frame[0] * frame[1] * itemsize) - term.context
 
 
 class VideoRestorer:
@@ -217,10 +220,10 @@ class VideoRestorer:
         if window is not None and budget is not None:
             raise InputError("give a window size or a memory budget, not both")
         if budget is not None:
-            itemsize = torch.finfo(self.dtype).bits // 8
-            window = window_from_budget(budget, self.frame, self.term, itemsize)
+            itemsize, buffers = torch.finfo(self.dtype).bits // 8, window_buffers(self.temporal_prior)
+            window = window_from_budget(budget, self.frame, self.term, itemsize, buffers)
             if window < least:
-                need = (least + self.term.context) * BUFFERS_PER_FRAME * 3 * self.frame[0] * self.frame[1] * itemsize
+                need = (least + self.term.context) * buffers * 3 * self.frame[0] * self.frame[1] * itemsize
                 raise InputError(f"a memory budget of {budget} bytes holds a window of {max(window, 0)} frames of "
                                  f"{self.frame[0]}×{self.frame[1]}; windows need at least {least} frames here "
                                  f"({self._least_why()}): give {need} bytes")

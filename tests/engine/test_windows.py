@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from engine import memory
 from engine.errors import InputError
 from engine.operators import from_spec
 from engine.operators.temporal import temporal_matrix, uniform_kernel
@@ -175,7 +176,7 @@ def test_planned_windows_come_within_a_third_of_a_db_of_the_whole_video():
     x, y = clip_and_measurement(n=48, sigma_y=0.01)
     settings = dict(nfe=8, gamma=4.0)
     whole = restored(restorer("temporal:uniform:7:replicate", (16, 16), **settings), y)
-    budget = (32 + 6) * 15 * 3 * 16 * 16 * 8                       # W + w − 1 frames of BUFFERS_PER_FRAME in fp64
+    budget = (32 + 6) * 15 * 3 * 16 * 16 * 8                       # W + w − 1 frames of WINDOW_BUFFERS in fp64 (no motion prior)
     planned = restorer("temporal:uniform:7:replicate", (16, 16), memory_budget=budget, **settings)
     assert planned.window == 32
     windows = restored(planned, y)
@@ -183,6 +184,15 @@ def test_planned_windows_come_within_a_third_of_a_db_of_the_whole_video():
     assert psnr(windows, x) >= psnr(whole, x) - 0.3
     assert (frame_psnr(windows, x) - frame_psnr(whole, x)).min() >= -3
     assert (frame_psnr(former, x) - frame_psnr(whole, x)).min() < -3
+
+
+def test_a_budget_counts_the_motion_prior_as_the_planner_does():
+    """memory_budget turns into W with the buffers engine.memory.plan counts: the motion prior's on top."""
+    budget = (48 + 6) * 15 * 3 * 16 * 16 * 8
+    plain = restorer("temporal:uniform:7:replicate", (16, 16), memory_budget=budget, nfe=1)
+    motion = restorer("temporal:uniform:7:replicate", (16, 16), memory_budget=budget, nfe=1, temporal_prior="motion")
+    assert plain.window == 48
+    assert motion.window == budget // ((memory.WINDOW_BUFFERS + memory.MOTION_BUFFERS) * 3 * 16 * 16 * 8) - 6 < 48
 
 
 def test_same_seed_same_video_for_two_window_sizes():
