@@ -68,7 +68,7 @@ from engine.memory import MOTION_BUFFERS, WINDOW_BUFFERS
 from engine.operators import from_spec
 from engine.operators.base import LinearOperator
 from engine.operators.banded import band
-from engine.operators.kronecker import KroneckerOperator, TemporalTerm, frame_matrix, split_spec
+from engine.operators.kronecker import KroneckerOperator, TemporalTerm, along_frames, frame_matrix, split_spec
 from engine.operators.measurement import noisy_frames
 from engine.runtime import SolverConfig, kernels_run, make_network
 from engine.sampler import EpsModel, draw_noise, reverse_process
@@ -275,9 +275,11 @@ class VideoRestorer:
                 first += 1
 
     def _measure_row(self, n: int, held: deque, first: int, end: Optional[int]) -> Tensor:
-        """Noiseless measurement frame n from the clean frames [first, first + len(held)).  → [3, H', W']"""
-        T = frame_matrix(self.term, (n, n + 1), (first, first + len(held)), end)
-        return self._operator(T).A(torch.stack(list(held)))[0]
+        """Noiseless measurement frame n, S(Σ_m T[n, m] x_m), from the clean frames x_m, m in [first, first +
+        len(held)).  → [3, H', W']"""
+        T = frame_matrix(self.term, (n, n + 1), (first, first + len(held)), end)            # [1, F]
+        mixed = along_frames(T.to(device=self.device, dtype=self.dtype), torch.stack(list(held)))   # [1, 3, H, W]
+        return (mixed if self.spatial is None else self.spatial.A(mixed))[0]
 
     def _operator(self, T: Tensor) -> KroneckerOperator:
         """A = T ⊗ S on this restorer's frames for the frame matrix T [R, F].  [F, 3, H, W] → [R, 3, H', W']"""
