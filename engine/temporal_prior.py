@@ -85,17 +85,25 @@ def sampling_grid(flow: Tensor) -> Tensor:
     return torch.stack([2 * (xs + flow[:, 0]) / max(w - 1, 1) - 1, 2 * (ys + flow[:, 1]) / max(h - 1, 1) - 1], -1)
 
 
+def _sampling_dtype(dtype: torch.dtype) -> torch.dtype:
+    """At least float32: a half-precision grid misplaces samples by up to 0.16 pixel at 1280 wide."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def warp(u: Tensor, grid: Tensor) -> Tensor:
-    """(W u)(p) = Σ_corners bilinear weight · u[corner] at p + f(p), a corner outside the frame weighing 0.
-    u: [B, C, H, W], grid: `sampling_grid` [B, H, W, 2] → [B, C, H, W]"""
-    return F.grid_sample(u, grid.to(u.dtype), mode="bilinear", padding_mode="zeros", align_corners=True)
+    """(W u)(p) = Σ_corners bilinear weight · u[corner] at p + f(p), a corner outside the frame weighing 0;
+    computed in at least float32, returned in u's dtype.  u: [B, C, H, W], grid: `sampling_grid` [B, H, W, 2]
+    → [B, C, H, W]"""
+    dt = _sampling_dtype(u.dtype)
+    return F.grid_sample(u.to(dt), grid.to(dt), mode="bilinear", padding_mode="zeros", align_corners=True).to(u.dtype)
 
 
 def warp_adjoint(v: Tensor, grid: Tensor) -> Tensor:
     """Wᵀ v: every v(p) spread back onto the corners it was sampled from, with the same weights (grid_sample's
     gradient with respect to its input, which reads only the input's shape).  v: [B, C, H, W] → [B, C, H, W]"""
-    shape = v.new_zeros(()).expand(v.shape)
-    return torch.ops.aten.grid_sampler_2d_backward(v, shape, grid.to(v.dtype), 0, 0, True, [True, False])[0]
+    dt = _sampling_dtype(v.dtype)
+    shape = v.new_zeros((), dtype=dt).expand(v.shape)
+    return torch.ops.aten.grid_sampler_2d_backward(v.to(dt), shape, grid.to(dt), 0, 0, True, [True, False])[0].to(v.dtype)
 
 
 class TrajectoryDifference(LinearOperator):

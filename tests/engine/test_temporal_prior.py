@@ -13,7 +13,7 @@ from engine.operators import from_spec
 from engine.priors import GaussianPrior
 from engine.runtime import Solver, SolverConfig
 from engine.temporal_prior import (MotionPrior, TrajectoryDifference, estimate_flow, free_modes, sampling_grid,
-                                   video_frames, warp)
+                                   video_frames, warp, warp_adjoint)
 from engine.testclips import camera_clip
 from engine.windows import VideoRestorer
 
@@ -180,6 +180,17 @@ def test_warp_matches_the_bilinear_formula():
     u = torch.randn(2, 3, 7, 9, generator=g, dtype=F64)
     flow = 3 * torch.randn(2, 2, 7, 9, generator=g, dtype=F64)
     assert torch.allclose(warp(u, sampling_grid(flow)), reference_warp(u, flow), atol=1e-12)
+
+
+def test_half_precision_frames_are_warped_on_a_float32_grid():
+    """A half-precision clip is sampled where a float32 grid says (a half grid misplaces samples at 1280 wide),
+    then rounded: the same as warping in float32 and rounding, and the same for the adjoint."""
+    g = torch.Generator().manual_seed(6)
+    u = torch.rand(1, 3, 4, 1280, generator=g)
+    grid = sampling_grid(torch.full((1, 2, 4, 1280), 0.3))
+    assert torch.equal(warp(u.half(), grid), warp(u.half().float(), grid).half())
+    assert torch.equal(warp_adjoint(u.half(), grid), warp_adjoint(u.half().float(), grid).half())
+    assert not torch.equal(warp(u.half(), grid), F.grid_sample(u.half(), grid.half(), align_corners=True))
 
 
 def test_flow_of_frames_too_small_to_halve():
