@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import add_save_flag, append_jsonl, machine
-from bench.real_clips import CLIPS, degrade
-from bench.real_targets import SPEC, clean_video
+from bench.real_clips import degrade
+from bench.real_targets import SPEC, add_clip_flags, clip_of
 from engine.cg import default_gamma
 from engine.metrics import psnr
 from engine.operators import from_spec
@@ -102,8 +102,7 @@ def estimates(clean: Tensor, y: Tensor, op, xbar: Tensor, gamma: float, mc_free:
 
 def rows(args) -> list[dict]:
     """Degrade the clip, restore it as the command would (σ̂, γ, the loop), score every estimate: one row each."""
-    clean = clean_video(args.clip, args.frames, width=args.width, height=args.height, full=args.full,
-                        start=args.start)
+    clean = clip_of(args)
     y = degrade(clean, SPEC, crf=args.crf, seed=1)
     sigma = noise_level(y, None).sigma_y
     gamma = default_gamma(sigma)
@@ -144,12 +143,7 @@ def table(found: list[dict]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.free_modes", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--clip", choices=CLIPS, default="carphone")
-    p.add_argument("--frames", type=int, default=48)
-    p.add_argument("--full", action="store_true", help="the video's whole frames (else a square crop)")
-    p.add_argument("--width", type=int, help="with --full: scale the frames to this width")
-    p.add_argument("--height", type=int, help="with --full: centre-crop to this height (else: the crop's side)")
-    p.add_argument("--start", type=int, help="with --full: the first frame (default: the clip's own)")
+    add_clip_flags(p, frames=48)
     p.add_argument("--crf", type=int, default=23, help="x264 CRF of the blurred clip")
     p.add_argument("--prior", choices=PRIORS, default="ffdnet")
     p.add_argument("--nfe", type=int, default=20)

@@ -58,6 +58,23 @@ def clean_video(name: str, frames: int, *, width: int | None, height: int | None
     return video.clamp(0, 1).contiguous()
 
 
+def add_clip_flags(parser, *, frames: int) -> None:
+    """--clip, --frames, --full, --width, --height, --start: the clean clip `clean_video` reads (`clip_of`)."""
+    parser.add_argument("--clip", choices=CLIPS, default="carphone")
+    parser.add_argument("--frames", type=int, default=frames)
+    parser.add_argument("--full", action="store_true", help="the video's whole frames (else a square crop)")
+    parser.add_argument("--width", type=int, help="with --full: scale the frames to this width")
+    parser.add_argument("--height", type=int, help="with --full: centre-crop to this height (else: the crop's side)")
+    parser.add_argument("--start", type=int,
+                        help="with --full: the first frame (default: the clip's own, bench.real_clips)")
+
+
+def clip_of(args) -> torch.Tensor:
+    """The clean clip the flags of `add_clip_flags` name.  → [N, 3, H, W]"""
+    return clean_video(args.clip, args.frames, width=args.width, height=args.height, full=args.full,
+                       start=args.start)
+
+
 def frame_dips(scores: torch.Tensor, radius: int = 3) -> torch.Tensor:
     """median(scores[n−r … n+r]) − scores[n] for every n (the window cut at the clip's ends).  [N] → [N]"""
     n = scores.numel()
@@ -66,8 +83,7 @@ def frame_dips(scores: torch.Tensor, radius: int = 3) -> torch.Tensor:
 
 
 def run(args, extra: list[str]) -> dict:
-    clean = clean_video(args.clip, args.frames, width=args.width, height=args.height, full=args.full,
-                        start=args.start)
+    clean = clip_of(args)
     with tempfile.TemporaryDirectory() as tmp:
         mp4 = Path(tmp) / "blurred.mp4"
         given = degrade(clean, SPEC, sigma=args.sigma, crf=args.crf, seed=1, mp4=mp4)
@@ -99,12 +115,7 @@ def main(argv=None) -> int:
     argv = argv[:argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(prog="python -m bench.real_targets", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--clip", choices=CLIPS, default="carphone")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--full", action="store_true", help="the video's whole frames (else a square crop)")
-    p.add_argument("--width", type=int, help="with --full: scale the frames to this width")
-    p.add_argument("--height", type=int, help="with --full: centre-crop to this height (else: the crop's side)")
-    p.add_argument("--start", type=int, help="with --full: the first frame (default: the clip's own, bench.real_clips)")
+    add_clip_flags(p, frames=16)
     p.add_argument("--sigma", type=float, default=0.0, help="Gaussian noise added before 8-bit rounding")
     p.add_argument("--crf", type=int, default=23, help="x264 CRF of the blurred mp4")
     p.add_argument("--no-save", action="store_true", help="print the row only")
