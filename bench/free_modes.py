@@ -18,6 +18,9 @@ FFDNet, 20 cold steps), but through the Solver so that every stage can be scored
     y in free          X̄ with its free modes (μ < 0.03) replaced by the measurement's own
     mc mean            "y in free" with its modes under --mc-free replaced by its motion-compensated mean
                        over the 2r + 1 frames around each (r = (k − 1)/2, `mc_mean`), flow from itself
+    mc mean, fitted jitter  the same with a global shift per frame added to the flow, fitted so that the
+                       estimate explains the measurement best (`fitted_jitter`)
+    mc mean, clean jitter  the same with the clean clip's global shifts (an oracle: what a camera's jitter costs)
     mc mean, clean flow  the same with the flow estimated on the clean clip (an oracle: what exact motion buys)
     clean in free      X̄ with the clean clip's free modes (an oracle: what the free modes cost)
 
@@ -54,6 +57,8 @@ Tensor = torch.Tensor
 EDGES = (0.0, 0.01, 0.03, 0.1, 0.3, 1.01)
 #: the modes the motion-compensated mean replaces: μ / ‖TᵀT‖ below this
 MC_FREE = 0.1
+#: Adam steps and step size (pixels) of the global jitter's fit
+JITTER_STEPS, JITTER_LR = 60, 0.05
 
 
 def band_projectors(op, edges=EDGES) -> list:
@@ -69,18 +74,58 @@ def band_errors(x: Tensor, clean: Tensor, projectors: list) -> list[float]:
     return [(P(e) ** 2).sum().item() / e.numel() for P in projectors]
 
 
-def mc_mean(x: Tensor, radius: int, flow_from: Tensor | None = None) -> Tensor:
-    """The mean of each frame and its 2r neighbours warped onto it (bilinear, the border repeated), frames past
-    the clip's ends held; the flow of frame n + j into frame n is estimated on `flow_from` (default x).
-    x: [N, C, H, W] → [N, C, H, W]"""
-    frames = x if flow_from is None else flow_from
-    n, total = x.shape[0], x.clone()
-    for j in [*range(-radius, 0), *range(1, radius + 1)]:
-        other = torch.arange(n).add(j).clamp(0, n - 1)
-        flow = estimate_flow(frames.float(), frames[other].float(), skip=1)
-        total += F.grid_sample(x[other], sampling_grid(flow).to(x.dtype), mode="bilinear", padding_mode="border",
-                               align_corners=True)
-    return total / (2 * radius + 1)
+def neighbour_flows(frames: Tensor, radius: int) -> dict[int, Tensor]:
+    """f_j for j = ±1 … ±r: the flow of frame n + j into frame n (frames past the clip's ends held), estimated
+    on `frames`.  [N, C, H, W] → {j: [N, 2, H, W]}"""
+    n = frames.shape[0]
+    return {j: estimate_flow(frames.float(), frames[neighbours(n, j)].float(), skip=1)
+            for j in [*range(-radius, 0), *range(1, radius + 1)]}
+
+
+def neighbours(n: int, j: int) -> Tensor:
+    """Frame n + j for every frame n, the clip's ends held.  → [N] indices"""
+    return torch.arange(n).add(j).clamp(0, n - 1)
+
+
+def mc_mean(x: Tensor, flows: dict[int, Tensor], jitter: Tensor | None = None) -> Tensor:
+    """The mean of each frame and its neighbours n + j warped onto it by f_j (bilinear, the border repeated),
+    each flow shifted by the frames' global jitter c_{n+j} − c_n (pixels; None: 0).
+    x: [N, C, H, W], flows: `neighbour_flows`, jitter: [N, 2] (x, y) → [N, C, H, W]"""
+    n, (h, w) = x.shape[0], x.shape[-2:]
+    pixel = torch.tensor([2 / max(w - 1, 1), 2 / max(h - 1, 1)], dtype=x.dtype)      # grid units per pixel
+    total = x
+    for j, flow in flows.items():
+        grid = sampling_grid(flow).to(x.dtype)
+        if jitter is not None:
+            grid = grid + ((jitter[neighbours(n, j)] - jitter) * pixel)[:, None, None, :]
+        total = total + F.grid_sample(x[neighbours(n, j)], grid, mode="bilinear", padding_mode="border",
+                                      align_corners=True)
+    return total / (len(flows) + 1)
+
+
+def clean_jitter(measured: dict[int, Tensor], clean: dict[int, Tensor]) -> Tensor:
+    """The clean clip's global jitter against the measured flow (an oracle): c_0 = 0, c_{n+1} = c_n + the
+    frame mean of f₁(clean) − f₁(measured) at n.  → [N, 2]"""
+    step = (clean[1] - measured[1]).mean((-2, -1))[:-1]                   # the last frame's f₁ is to itself
+    return torch.cat([step.new_zeros(1, 2), step.cumsum(0)])
+
+
+def fitted_jitter(x: Tensor, y: Tensor, T: Tensor, flows: dict[int, Tensor], project, *, steps: int = JITTER_STEPS,
+                  lr: float = JITTER_LR) -> Tensor:
+    """The global jitter c that makes the motion-compensated estimate explain the measurement best:
+
+        c = argmin_c ‖T x̃(c) − y‖²,   x̃(c) = x − Π x + Π mc_mean(x, flows, c)
+
+    by `steps` Adam steps from c = 0 (T the blur's frame matrix [N, N]; a hand-held camera's jitter is what
+    the flow on blurred frames averages away).  x, y: [N, C, H, W] → [N, 2]"""
+    jitter = torch.zeros(x.shape[0], 2, dtype=x.dtype, requires_grad=True)
+    adam = torch.optim.Adam([jitter], lr=lr)
+    for _ in range(steps):
+        adam.zero_grad()
+        residual = torch.einsum("nm,mchw->nchw", T.to(x.dtype), replace_modes(x, mc_mean(x, flows, jitter), project)) - y
+        residual.square().sum().backward()
+        adam.step()
+    return jitter.detach()
 
 
 def replace_modes(x: Tensor, source: Tensor, project) -> Tensor:
@@ -93,10 +138,15 @@ def estimates(clean: Tensor, y: Tensor, op, xbar: Tensor, gamma: float, mc_free:
     free, mc = free_modes(op, DEFAULT_FREE), free_modes(op, mc_free)
     radius = (op.kernel.numel() - 1) // 2
     y_free = replace_modes(xbar, y, free)
+    measured, exact = neighbour_flows(y_free, radius), neighbour_flows(clean, radius)
+    T = op.constants.original("matrix")
+    with torch.enable_grad():
+        jitter = fitted_jitter(y_free, y, T, measured, mc)
+    mean = lambda flows, c=None: replace_modes(y_free, mc_mean(y_free, flows, c), mc)
     out = {"input": y, "loop": xbar, "motion": MotionPrior(op, y, y, gamma)(xbar), "y in free": y_free,
-           "mc mean": replace_modes(y_free, mc_mean(y_free, radius), mc),
-           "mc mean, clean flow": replace_modes(y_free, mc_mean(y_free, radius, flow_from=clean), mc),
-           "clean in free": replace_modes(xbar, clean, free)}
+           "mc mean": mean(measured), "mc mean, fitted jitter": mean(measured, jitter),
+           "mc mean, clean jitter": mean(measured, clean_jitter(measured, exact)),
+           "mc mean, clean flow": mean(exact), "clean in free": replace_modes(xbar, clean, free)}
     return {name: x.clamp(0, 1) for name, x in out.items()}
 
 
@@ -133,9 +183,9 @@ def table(found: list[dict]) -> str:
     bands = "  ".join(f"[{a:g},{min(b, 1):g})" for a, b in zip(edges, edges[1:]))
     lines = [f"{found[0]['clip']}, {found[0]['frames']} frames {found[0]['size'][1]}x{found[0]['size'][0]}: "
              f"input {found[0]['input_psnr']:.2f} dB, σ̂ {found[0]['sigma_hat']:.4f}, γ {found[0]['gamma']:g}",
-             f"{'estimate':20s} {'PSNR':>6s} {'guarded':>8s} {'gain':>6s}   MSE×1e4 by band μ/‖TᵀT‖ {bands}"]
+             f"{'estimate':24s} {'PSNR':>6s} {'guarded':>8s} {'gain':>6s}   MSE×1e4 by band μ/‖TᵀT‖ {bands}"]
     for r in found:
-        lines.append(f"{r['estimate']:20s} {r['psnr']:6.2f} {r['guarded_psnr']:8.2f} "
+        lines.append(f"{r['estimate']:24s} {r['psnr']:6.2f} {r['guarded_psnr']:8.2f} "
                      f"{r['guarded_psnr'] - r['input_psnr']:+6.2f}   " + "  ".join(f"{1e4 * e:6.2f}" for e in r["band_mse"]))
     return "\n".join(lines)
 
