@@ -31,7 +31,7 @@ import torch
 
 from engine.cg import conjugate_gradient
 from engine.errors import InputError
-from engine.operators.temporal import TemporalPSF
+from engine.operators.temporal import TemporalPSF, frames_matmul
 
 Tensor = torch.Tensor
 
@@ -139,13 +139,10 @@ def tv_exact_solver(op: TemporalPSF, rho: float, like: Tensor) -> Callable[[Tens
     inverse, V_n, V_h, V_w = (t.to(like.device, like.dtype) for t in (inverse, V_n, V_h, V_w))
     V_nT, V_hT, V_wT = V_n.T.contiguous(), V_h.T.contiguous(), V_w.T.contiguous()
 
-    def along_frames(M: Tensor, x: Tensor) -> Tensor:
-        return (M @ x.reshape(n, -1)).reshape(x.shape)
-
     def solve(b: Tensor) -> Tensor:
-        c = torch.matmul(V_hT, along_frames(V_nT, b) @ V_w)      # coefficients Vᵀ b  [N, C, H, W]
+        c = torch.matmul(V_hT, frames_matmul(V_nT, b) @ V_w)      # coefficients Vᵀ b  [N, C, H, W]
         c.mul_(inverse)
-        return along_frames(V_n, torch.matmul(V_h, c @ V_wT))
+        return frames_matmul(V_n, torch.matmul(V_h, c @ V_wT))
 
     return solve
 

@@ -68,8 +68,9 @@ from engine.memory import MOTION_BUFFERS, WINDOW_BUFFERS
 from engine.operators import from_spec
 from engine.operators.base import LinearOperator
 from engine.operators.banded import band
-from engine.operators.kronecker import KroneckerOperator, TemporalTerm, along_frames, frame_matrix, split_spec
+from engine.operators.kronecker import KroneckerOperator, TemporalTerm, frame_matrix, split_spec
 from engine.operators.measurement import noisy_frames
+from engine.operators.temporal import frames_matmul
 from engine.runtime import SolverConfig, kernels_run, make_network
 from engine.sampler import EpsModel, draw_noise, reverse_process
 from engine.schedule import ddim_steps, warm_start
@@ -278,7 +279,7 @@ class VideoRestorer:
         """Noiseless measurement frame n, S(Σ_m T[n, m] x_m), from the clean frames x_m, m in [first, first +
         len(held)).  → [3, H', W']"""
         T = frame_matrix(self.term, (n, n + 1), (first, first + len(held)), end)            # [1, F]
-        mixed = along_frames(T.to(device=self.device, dtype=self.dtype), torch.stack(list(held)))   # [1, 3, H, W]
+        mixed = frames_matmul(T.to(device=self.device, dtype=self.dtype), torch.stack(list(held)))   # [1, 3, H, W]
         return (mixed if self.spatial is None else self.spatial.A(mixed))[0]
 
     def _operator(self, T: Tensor) -> KroneckerOperator:

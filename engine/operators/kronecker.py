@@ -110,12 +110,6 @@ def frame_matrix(term: TemporalTerm, rows: tuple[int, int], cols: tuple[int, int
     return M
 
 
-def along_frames(M: Tensor, x: Tensor, band: Optional[tuple[int, int]] = None) -> Tensor:
-    """(M x)[n] = Σ_m M[n, m]·x[m], M's `band` (lo, hi) skipped past on the CPU (temporal.frames_matmul).
-    M: [R, F], x: [F, ...] → [R, ...]"""
-    return frames_matmul(M, x, band)
-
-
 #: Temporal boundaries windows support, and the one used when the spec names none.
 WINDOW_BOUNDARIES = ("replicate", "zero")
 DEFAULT_BOUNDARY = "replicate"
@@ -259,10 +253,10 @@ class KroneckerOperator(LinearOperator):
         if self.matrix is None:
             return z
         if self.comm is None:
-            return along_frames(self._constants.like("T", z), z, self._bands.get("T"))
+            return frames_matmul(self._constants.like("T", z), z, self._bands.get("T"))
         if self.rows == "split":
             return self._T(z)
-        return self.comm.all_sum(along_frames(self._constants.like("T", z), z))       # Σ_p T[:, a:b] S x_p
+        return self.comm.all_sum(frames_matmul(self._constants.like("T", z), z))       # Σ_p T[:, a:b] S x_p
 
     def A_adjoint(self, y: Tensor) -> Tensor:
         """x = Sᵀ (Tᵀ y).  [*out_shape] → [*in_shape]"""
@@ -271,9 +265,8 @@ class KroneckerOperator(LinearOperator):
         elif self.comm is not None and self.rows == "split":
             z = self._Tt(y)
         else:
-            lo, hi = self._bands.get("T", (None, None))                         # Tᵀ's band is T's mirrored
-            band_t = None if lo is None or self.comm is not None else (hi, lo)
-            z = along_frames(self._constants.like("T", y).T, y, band_t)          # local: y holds every row
+            band_t = self._bands["T"][::-1] if "T" in self._bands else None      # Tᵀ's band is T's mirrored
+            z = frames_matmul(self._constants.like("T", y).T, y, band_t)         # local: y holds every row
         return z if self.spatial is None else self.spatial.A_adjoint(z)
 
     def A_adjoint_A(self, x: Tensor) -> Tensor:
@@ -282,7 +275,7 @@ class KroneckerOperator(LinearOperator):
             return x if self.spatial is None else self.spatial.A_adjoint_A(x)
         if self.comm is None:
             z = x if self.spatial is None else self.spatial.A_adjoint_A(x)
-            return along_frames(self._constants.like("TtT", z), z, self._bands.get("TtT"))
+            return frames_matmul(self._constants.like("TtT", z), z, self._bands.get("TtT"))
         if self.spatial is None:
             return self._TtT(x)
         return self.spatial.A_adjoint(self._TtT(self.spatial.A(x)))
