@@ -187,12 +187,8 @@ def estimate_flow(ref: Tensor, other: Tensor, *, levels: int = 4, iters: int = 3
 def flow_confidence(ref: Tensor, other: Tensor, flow: Tensor, residual: float = DEFAULT_RESIDUAL) -> Tensor:
     """c = exp(−ē²/s²) · [p + f(p) inside the frame], ē² the 5×5 mean of the squared grey residual
     other(p + f) − ref(p), s = `residual`.  → [B, 1, H, W]"""
-    h, w = ref.shape[-2:]
     e = (_sample(other, flow) - ref).mean(1, keepdim=True)
-    ys, xs = torch.meshgrid(torch.arange(h, device=ref.device, dtype=ref.dtype),
-                            torch.arange(w, device=ref.device, dtype=ref.dtype), indexing="ij")
-    px, py = xs + flow[:, :1], ys + flow[:, 1:]
-    inside = ((px >= 0) & (px <= w - 1) & (py >= 0) & (py <= h - 1)).to(ref.dtype)
+    inside = (sampling_grid(flow).abs() <= 1).all(-1, keepdim=True).movedim(-1, 1).to(ref.dtype)   # [B, 1, H, W]
     return torch.exp(-_box(e * e, 2) / residual**2) * inside
 
 
