@@ -1,9 +1,11 @@
 """`python -m bench.real_targets`: the default command on a real clip degraded as a user's video is.
 
-A clean clip (a real video, or a photo panned) is blurred over 7 frames, given noise σ, rounded to
-8 bit and written as an H.264 mp4 at a CRF (bench.real_clips); `python -m engine.solve BLURRED.mp4
---degrade SPEC --out OUT` then restores it with its defaults (plus any extra flags after `--`), in a
-process of its own (the row's seconds are the command's, its start included).
+A clean clip (a real video, or a photo panned) is blurred over 7 frames (or by --blur), given noise σ,
+rounded to 8 bit and written as an H.264 mp4 at a CRF (bench.real_clips); `python -m engine.solve
+BLURRED.mp4 --degrade SPEC --out OUT` then restores it with its defaults (plus any extra flags after
+`--`), in a process of its own (the row's seconds are the command's, its start included). SPEC is
+the blur's own unless --degrade names another: what a user who guessed it wrong gets (the row keeps
+the command's data residual and whether it warned that the restoration does not explain INPUT).
 Scored against the clean clip, per frame n:
 
     gain[n]  = PSNR(restored[n]) − PSNR(input[n])       (input: the decoded mp4 the user has)
@@ -15,6 +17,7 @@ bench/results/real_targets.jsonl with the machine.
 
     python -m bench.real_targets --clip carphone --frames 120 --full
     python -m bench.real_targets --clip bigbuckbunny --frames 96 --full --width 640 --height 272 --start 0
+    python -m bench.real_targets --clip bikes --frames 32 --blur temporal:uniform:1     # a sharp video, told 7
 """
 
 from __future__ import annotations
@@ -86,9 +89,9 @@ def run(args, extra: list[str]) -> dict:
     clean = clip_of(args)
     with tempfile.TemporaryDirectory() as tmp:
         mp4 = Path(tmp) / "blurred.mp4"
-        given = degrade(clean, SPEC, sigma=args.sigma, crf=args.crf, seed=1, mp4=mp4)
+        given = degrade(clean, args.blur, sigma=args.sigma, crf=args.crf, seed=1, mp4=mp4)
         t0 = time.perf_counter()
-        status = subprocess.run([sys.executable, "-m", "engine.solve", str(mp4), "--degrade", SPEC,
+        status = subprocess.run([sys.executable, "-m", "engine.solve", str(mp4), "--degrade", args.degrade,
                                  "--out", str(Path(tmp) / "out"), *extra]).returncode
         seconds = time.perf_counter() - t0
         if status != 0:
@@ -99,7 +102,7 @@ def run(args, extra: list[str]) -> dict:
     gain = p_out - p_in
     guard = report.get("guard") or {}
     return {"clip": args.clip, "start": args.start, "frames": clean.shape[0], "size": list(clean.shape[-2:]),
-            "spec": SPEC,
+            "spec": args.degrade, "blur": args.blur, "residual": report.get("residual"),
             "sigma": args.sigma, "crf": args.crf, "extra": extra, "input_psnr": p_in.mean().item(),
             "restored_psnr": p_out.mean().item(), "gain": gain.mean().item(), "worst_gain": gain.min().item(),
             "worst_gain_frame": int(gain.argmin()), "worst_dip": frame_dips(p_out).max().item(),
@@ -118,8 +121,11 @@ def main(argv=None) -> int:
     add_clip_flags(p, frames=16)
     p.add_argument("--sigma", type=float, default=0.0, help="Gaussian noise added before 8-bit rounding")
     p.add_argument("--crf", type=int, default=23, help="x264 CRF of the blurred mp4")
+    p.add_argument("--blur", default=SPEC, help="how the clean clip is degraded (default %(default)s)")
+    p.add_argument("--degrade", default=None, help="what the command is told (default: --blur)")
     p.add_argument("--no-save", action="store_true", help="print the row only")
     args = p.parse_args(argv)
+    args.degrade = args.degrade or args.blur
     row = run(args, extra)
     print(json.dumps(row))
     if not args.no_save:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from engine.cg import default_gamma
+from engine.cg import GAMMA_NOISE, default_gamma
 from engine.errors import InputError
 from engine.metrics import SSIM_RADIUS
 from engine.operators.spec import parse as parse_spec
@@ -116,6 +116,12 @@ def with_sigma_y(job: Job, cfg: SolverConfig, sigma_y: float) -> tuple[Job, Solv
     """(job, cfg) at the measurement's noise σ_y: γ of the regularised CG from σ_y unless --gamma set it."""
     gamma = cfg.gamma if cfg.gamma is not None else default_gamma(sigma_y, diffusion=job.checkpoint is not None)
     return dataclasses.replace(job, sigma_y=sigma_y), dataclasses.replace(cfg, gamma=gamma)
+
+
+def weighed_noise(job: Job, cfg: SolverConfig) -> float:
+    """σ_w, the noise level the CG's γ weighs the data for: GAMMA_NOISE / γ with a learned prior (default_gamma's
+    σ_y, larger than σ_y where γ is capped), 0 with the paper's ADM checkpoint or the noiseless CG."""
+    return GAMMA_NOISE / cfg.gamma if cfg.gamma and job.checkpoint is None else 0.0
 
 
 def fitted_config(job: Job, cfg: SolverConfig, shape: tuple[int, int], frames: Optional[int]) -> SolverConfig:

@@ -26,14 +26,14 @@ from tqdm import tqdm
 from engine.distributed import (frame_ranges, gather_frames, gather_records, init_from_environment, one_failure_for_all,
                                 scatter_frames)
 from engine.errors import InputError
-from engine.job import Job, fitted_config, load_eps_model, output_fps, say_assumed_mask, with_sigma_y
+from engine.job import Job, fitted_config, load_eps_model, output_fps, say_assumed_mask, weighed_noise, with_sigma_y
 from engine.job_checks import checked_input
 from engine.job_input import input_frames, longer_than_a_window, split_head, unit_float, whole_clip
 from engine.metrics import clip_summary
 from engine.operators import from_spec
 from engine.output import claimed_output, metrics_record, write_outputs
 from engine.profiling import StageClock
-from engine.realvideo import input_guard, noise_level
+from engine.realvideo import frame_residuals, input_guard, noise_level, residual_record
 from engine.runners.progress import stage_seconds, step_counter
 from engine.runners.whole import run_baselines
 from engine.runners.windows import restore_in_windows
@@ -127,8 +127,10 @@ def _restore_sharded(tmp: Optional[Path], job: Job, cfg: SolverConfig, model, ra
     seconds = max(r["seconds"] for r in records)
     fields = {"kernels_used": solver.kernels_used.arithmetic, "world_size": world, "ranks": records}
     restored, op = restored.cpu(), from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed)
-    if clean is None:                            # as whole.restore: frames the input already explains kept
-        restored, fields["guard"] = input_guard(op, restored, y.cpu(), job.sigma_y)
+    if clean is None:                            # as whole.restore: its residual, frames the input explains kept
+        residuals = frame_residuals(op, restored, y.cpu())
+        restored, fields["guard"] = input_guard(op, restored, y.cpu(), job.sigma_y, e_out=residuals)
+        fields["residual"] = residual_record(residuals, job.sigma_y, weighed=weighed_noise(job, cfg))
     else:
         fields["restored"] = clip_summary(restored, clean)
         fields["baselines"] = {name: clip_summary(clip.cpu(), clean)

@@ -17,9 +17,8 @@ import torch
 from tqdm import tqdm
 
 from engine.baselines import admm_tv, cg_baseline
-from engine.cg import GAMMA_NOISE
 from engine.errors import InputError
-from engine.job import Job, fitted_config, output_fps, say_assumed_mask, with_sigma_y
+from engine.job import Job, fitted_config, output_fps, say_assumed_mask, weighed_noise, with_sigma_y
 from engine.job_input import unit_float, whole_clip
 from engine.memory import peak_record
 from engine.metrics import clip_summary
@@ -27,7 +26,7 @@ from engine.operators import from_spec
 from engine.operators.spec import split_temporal
 from engine.output import in_input_format, metrics_record, write_outputs
 from engine.probe import is_grey
-from engine.realvideo import input_guard, noise_level, residual_record
+from engine.realvideo import frame_residuals, input_guard, noise_level, residual_record
 from engine.runners.progress import step_counter
 from engine.runtime import Solver, SolverConfig, as_tensor, measure
 
@@ -71,7 +70,8 @@ def restore(job: Job, cfg: SolverConfig, model, clean, y):
         restored = solver.solve(y, seed=job.seed, callback=step_counter(bar, cfg))
     if clean is None:                                   # a real video: frames its input already explains kept
         measured = as_tensor(y, solver.device, torch.float32)                 # y as the operator sees it
-        restored, guard = input_guard(solver.op, restored, measured, job.sigma_y)
+        residuals = frame_residuals(solver.op, restored, measured)            # [N], before the guard
+        restored, guard = input_guard(solver.op, restored, measured, job.sigma_y, e_out=residuals)
     if restored.is_cuda:
         torch.cuda.synchronize()
     restore_s = time.perf_counter() - t0
@@ -89,8 +89,7 @@ def restore(job: Job, cfg: SolverConfig, model, clean, y):
                  seconds - restore_s)
     else:                                               # a real video: what can be measured without a reference
         report["guard"] = guard
-        weighed = GAMMA_NOISE / cfg.gamma if cfg.gamma and job.checkpoint is None else 0.0   # default_gamma's σ
-        report["residual"] = residual_record(solver.op, restored, measured, job.sigma_y, weighed=weighed)
+        report["residual"] = residual_record(residuals, job.sigma_y, weighed=weighed_noise(job, cfg))
         log.info("%d frames restored in %.1f s", cfg.frames, seconds)
     return restored, report, y
 

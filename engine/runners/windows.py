@@ -23,14 +23,14 @@ from engine.distributed import gather_records
 from engine.errors import InputError
 from engine.fileio import atomic_write_json
 from engine.figures import contact_sheet, save_png
-from engine.job import Job, fitted_config, output_fps, with_sigma_y
+from engine.job import Job, fitted_config, output_fps, weighed_noise, with_sigma_y
 from engine.job_input import compact, declared_frames, unit_float
 from engine.memory import peak_record
 from engine.metrics import Scores, json_safe
 from engine.output import in_input_format, metrics_record
 from engine.probe import is_grey
 from engine.profiling import StageClock
-from engine.realvideo import StreamGuard, grey_clip, noise_level
+from engine.realvideo import StreamGuard, grey_clip, noise_level, residual_record
 from engine.runners.progress import stage_seconds
 from engine.runtime import SolverConfig
 
@@ -108,6 +108,8 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
         fields["restored"] = scores.summary()
         log.info("PSNR %.2f dB in windows of %d frames, %d frames, %.1f s", fields["restored"]["psnr_mean"],
                  job.max_frames, count, seconds)
+    elif guard.residuals() is not None:               # a video-space measurement: its residual, as whole.restore's
+        fields["residual"] = residual_record(guard.residuals(), job.sigma_y, weighed=weighed_noise(job, cfg))
     report = metrics_record(job, cfg, frames=count, seconds=seconds, model=model, noise=noise,
                             input_changes=notes, output_changes=changes, **fields)
     atomic_write_json(folder / "metrics.json", json_safe(report))

@@ -13,7 +13,7 @@ import torch
 import engine.job as job_module
 from engine.fileio import RUN_MARKER
 from engine.operators import from_spec
-from engine.realvideo import StreamGuard, frame_residuals, input_guard
+from engine.realvideo import StreamGuard, frame_residuals, input_guard, residual_record
 from engine.solve import main
 from engine.testclips import camera_clip
 from engine.video_io import read_video
@@ -212,6 +212,30 @@ def test_the_residual_check_warns_for_a_wrong_blur_and_not_for_the_right_one(tmp
     assert "does not explain INPUT" in caplog.text
 
 
+def test_the_residual_check_holds_a_capped_gamma_to_the_noise_it_weighs_for(caplog):
+    """σ_y = 0.001, γ capped: the data weighed as for σ_w = 0.01. 0.005 is a fit (no warning, explained), 0.015 is not."""
+    with caplog.at_level("INFO", logger="engine.realvideo"):
+        fit = residual_record(torch.full((6,), 0.005), 0.001, weighed=0.01)
+        assert "does not explain INPUT" not in caplog.text
+        off = residual_record(torch.tensor([0.01, 0.02, 0.01, 0.02]), 0.001, weighed=0.01)
+    assert fit["explained"] and fit["rms"] == pytest.approx(0.005) and fit["weighed"] == 0.01
+    assert not off["explained"] and off["rms"] == pytest.approx((0.00025) ** 0.5)
+    assert "does not explain INPUT" in caplog.text and "may be worse than INPUT" in caplog.text
+    assert not residual_record(torch.full((6,), 0.005), 0.001)["explained"]          # no cap: 3σ_y is the bound
+
+
+@pytest.mark.parametrize("windows", [[], ["--max-frames", "24"]])
+def test_a_sharp_video_under_a_wider_blur_is_warned_about_whole_or_in_windows(tmp_path, caplog, windows):
+    """INPUT not blurred along time at all, restored as if by 7 frames: the restoration cannot explain it."""
+    sharp = blurred_npy(tmp_path / "y.npy", frames=32, spec="temporal:uniform:1", sigma=0.004)
+    with caplog.at_level("WARNING", logger="engine.realvideo"):
+        assert main([str(sharp), "--degrade", "temporal:uniform:7", *REAL, *windows, "--out", str(tmp_path / "out")]) == 0
+    r = report(tmp_path / "out")
+    assert r["residual"]["explained"] is False and r["residual"]["rms"] > r["residual"]["weighed"] > 0
+    assert "does not explain INPUT" in caplog.text
+    assert r.get("windows", {}).get("streamed", False) == bool(windows)
+
+
 def _still_and_moving(sigma=0.004):
     """(operator, clean still clip, clean moving clip, their measurements): box of 3 frames with held ends,
     noise σ, 16 frames of 32²."""
@@ -272,7 +296,7 @@ def test_the_guard_only_logs_frames_it_blends(caplog):
     y = op.A(moving)
     with caplog.at_level("INFO", logger="engine.realvideo"):
         input_guard(op, moving + 0.7 * (y - moving), y, 0.0)                    # α ≈ 0.49 on every frame
-    assert [r.levelname for r in caplog.records] == ["INFO"] and "0 kept as given, 16 blended" in caplog.text
+    assert [r.levelname for r in caplog.records] == ["INFO"] and "0 kept as given or nearly (α ≥ ½), 16 blended" in caplog.text
 
 
 def test_real_targets_reads_a_whole_video_from_the_frame_asked(tmp_path, monkeypatch):
