@@ -42,7 +42,8 @@ import torch
 log = logging.getLogger(__name__)
 
 #: ρ / σ_y outside [OVERFIT, UNDERFIT] gets a warning, and so does ρ above WEIGHED_SPAN·σ_w (module docstring);
-#: WEIGHED_SPAN measured with bench/wrong_spec.py on real H.264 clips: ρ/σ_w 0.35–0.6 with the right --degrade
+#: WEIGHED_SPAN measured with bench/real_targets.py --blur on real H.264 clips (ρ/σ_w 0.35–0.6 with the right
+#: --degrade, 0.46–6.2 with a wider one: docs/results.md)
 OVERFIT, UNDERFIT, WEIGHED_SPAN = 0.5, 3.0, 1.0
 #: the guard (module docstring): e_in / max(e_out, NOISE_SPAN·σ_y) from 1 (input kept) to GUARD_SPAN (restoration
 #: kept); chosen with bench/real_targets.py on real H.264 clips (static crops gain, moving ones keep their restoration)
