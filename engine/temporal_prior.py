@@ -25,8 +25,20 @@ and measurement noise σ_y, w = (s/σ_y)²):
 
 which leaves every mode outside the free ones (g·μ ≥ τ‖AᵀA‖) as it was. Where the confidence
 is 0 (occlusions, pixels leaving the frame) DᵀD is 0 and the data term and ρ keep X̄.
-The refinement is linear in X̄ for fixed flow, runs a fixed number of iterations and never
-synchronises with the host, so it can sit inside a captured reverse loop.
+
+Then the weakly seen modes (g·μ < τ_m‖AᵀA‖, τ_m = MEAN_FREE > τ, projection Π_m) take the mean of
+each frame and its neighbours along their motion (`trajectory_mean`), the flow now estimated on the
+refined clip X itself, each neighbour weighed by its flow's confidence:
+
+    M(X)[n] = (X[n] + Σ_{0<|j|≤r} c_{n,j} ⊙ X[n+j](p + f_{n,j}(p))) / (1 + Σ_{0<|j|≤r} c_{n,j})
+    X ← X − Π_m X + Π_m M(X)
+
+(frames past the clip's ends held). The refined clip's motion is sharper than the measurement's, and
+the mean averages along it what the data barely sees: the loop's errors there, and the MAP step's
+first-order model's.
+The MAP step is linear in X̄ for fixed flow; the mean's flow comes from X, so the whole is not. Both
+run a fixed number of iterations and never synchronise with the host, so they can sit inside a
+captured reverse loop.
 """
 
 from __future__ import annotations
@@ -60,6 +72,10 @@ DEFAULT_ITERS = 10
 DEFAULT_RESIDUAL = 0.02
 #: the flow is estimated on frames halved this many times, then upsampled (faster, and smoother on blurred frames)
 FLOW_SKIP = 1
+#: τ_m: modes with g·μ < τ_m·‖AᵀA‖ take the trajectory mean after the MAP step, over MEAN_RADIUS frames on each
+#: side (the reach of a box of 7), a neighbour's confidence falling to e^−1 at a brightness residual of
+#: MEAN_RESIDUAL; measured with bench/real_targets.py on six real H.264 clips (docs/results.md)
+MEAN_FREE, MEAN_RADIUS, MEAN_RESIDUAL = 0.1, 3, 0.05
 
 
 def noise_level(gamma: Optional[float]) -> float:
@@ -200,6 +216,23 @@ def trajectories(frames: Tensor, residual: float = DEFAULT_RESIDUAL, skip: int =
     return TrajectoryDifference(flow, flow_confidence(ref, other, flow, residual), channels=frames.shape[1])
 
 
+def trajectory_mean(x: Tensor, radius: int = MEAN_RADIUS, residual: float = MEAN_RESIDUAL,
+                    skip: int = FLOW_SKIP) -> Tensor:
+    """M(x) (module docstring): every frame averaged with its neighbours n + j, 0 < |j| ≤ r (the clip's ends held),
+    each warped onto it by the flow estimated between the two frames of x and weighed by that flow's confidence.
+    Flow, warps and weights in float32.  [N, C, H, W] → [N, C, H, W] in x's dtype"""
+    n, ref = x.shape[0], x.float()
+    total, weight = ref.clone(), torch.ones_like(ref[:, :1])
+    for j in [*range(-radius, 0), *range(1, radius + 1)]:
+        other = ref[torch.arange(n, device=x.device).add(j).clamp(0, n - 1)]
+        flow = estimate_flow(ref, other, skip=skip)
+        confidence = flow_confidence(ref, other, flow, residual)
+        total.addcmul_(confidence, _sample(other, flow))
+        weight.add_(confidence)
+        del other, flow, confidence
+    return total.div_(weight).to(x.dtype)
+
+
 def video_frames(op, y: Tensor) -> Tensor:
     """The measurement seen in video space, for the flow: y itself when A keeps the frame shape, else
     Aᵀy / Aᵀ(A 1) (e.g. SR's nearest upsampling), 0 where Aᵀ(A 1) is.  → op.in_shape"""
@@ -222,9 +255,10 @@ def free_modes(op, free: float, *, device=None, dtype=None) -> Optional[Callable
 
 
 class MotionPrior:
-    """X̄ ↦ X̄ + Π z with z = argmin ‖D(X̄ + Π z)‖² + ρ‖z‖² (the module docstring), D from the measurement.
+    """X̄ ↦ X = X̄ + Π z with z = argmin ‖D(X̄ + Π z)‖² + w‖A(X̄ + Π z) − y‖² + ρ‖z‖², D from the measurement,
+    then X − Π_m X + Π_m M(X) (the module docstring).
 
-        prior = MotionPrior(op, y, video_frames(op, y), gamma)   # flow and Π once per clip
+        prior = MotionPrior(op, y, video_frames(op, y), gamma)   # flow and the projections once per clip
         x = prior(x)                        # [N, C, H, W] → [N, C, H, W], no host sync
 
     `y`: the measurement of `op` (op.out_shape); `frames`: the clip's motion as the measurement shows it
@@ -236,6 +270,7 @@ class MotionPrior:
                  rho: float = DEFAULT_RHO, iters: int = DEFAULT_ITERS, residual: float = DEFAULT_RESIDUAL):
         self.op, self.free = op, free
         self.project = free_modes(op, free, device=frames.device, dtype=frames.dtype)
+        self.project_mean = free_modes(op, MEAN_FREE, device=frames.device, dtype=frames.dtype)
         self.weight = (residual / noise_level(gamma)) ** 2
         self.y = y
         self.rho, self.iters = rho, iters
@@ -244,9 +279,14 @@ class MotionPrior:
                   self.weight, iters, "" if self.D is not None else " (no temporal part: X̄ kept)")
 
     def __call__(self, x: Tensor) -> Tensor:
-        """X̄ + Π z.  [N, C, H, W] → [N, C, H, W]"""
+        """X − Π_m X + Π_m M(X), X = X̄ + Π z.  [N, C, H, W] → [N, C, H, W]"""
         if self.D is None:
             return x
+        x = self.map_estimate(x)
+        return x.add_(self.project_mean(trajectory_mean(x).sub_(x)))
+
+    def map_estimate(self, x: Tensor) -> Tensor:
+        """X = X̄ + Π z, the first step alone.  [N, C, H, W] → [N, C, H, W] (a new tensor)"""
         P, D, w = self.project, self.D, self.weight
         H = lambda v: D.A_adjoint(D.A(v)).add_(self.op.A_adjoint_A(v), alpha=w)             # DᵀD + w AᵀA
         normal = lambda z: P(H(z)).add_(z, alpha=self.rho)      # Π H Π + ρ I on range(Π), where CG's iterates stay
