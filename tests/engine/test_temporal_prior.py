@@ -108,7 +108,7 @@ def test_the_trajectory_mean_does_not_average_across_a_scene_cut():
     clip = torch.cat([first, second])
     mean = trajectory_mean(clip)
     for n in (5, 6):                                    # the last frame before the cut, the first after it
-        assert (mean[n] - clip[n]).abs().mean() < 0.25 * (clip[5] - clip[6]).abs().mean()
+        assert (mean[n] - clip[n]).abs().mean() < 0.1 * (clip[5] - clip[6]).abs().mean()     # 0.22 unweighed
 
 
 def test_motion_prior_runs_without_host_sync():
