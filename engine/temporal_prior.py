@@ -36,6 +36,7 @@ refined clip X itself, each neighbour weighed by its flow's confidence:
 (frames past the clip's ends held). The refined clip's motion is sharper than the measurement's, and
 the mean averages along it what the data barely sees: the loop's errors there, and the MAP step's
 first-order model's.
+
 The MAP step is linear in X̄ for fixed flow; the mean's flow comes from X, so the whole is not. Both
 run a fixed number of iterations and never synchronise with the host, so they can sit inside a
 captured reverse loop.
@@ -76,6 +77,8 @@ FLOW_SKIP = 1
 #: side (the reach of a box of 7), a neighbour's confidence falling to e^−1 at a brightness residual of
 #: MEAN_RESIDUAL; measured with bench/real_targets.py on six real H.264 clips (docs/results.md)
 MEAN_FREE, MEAN_RADIUS, MEAN_RESIDUAL = 0.1, 3, 0.05
+#: frames whose trajectory mean is taken at once (its work space; the result does not depend on it)
+MEAN_CHUNK = 8
 
 
 def noise_level(gamma: Optional[float]) -> float:
@@ -217,20 +220,24 @@ def trajectories(frames: Tensor, residual: float = DEFAULT_RESIDUAL, skip: int =
 
 
 def trajectory_mean(x: Tensor, radius: int = MEAN_RADIUS, residual: float = MEAN_RESIDUAL,
-                    skip: int = FLOW_SKIP) -> Tensor:
+                    skip: int = FLOW_SKIP, chunk: int = MEAN_CHUNK) -> Tensor:
     """M(x) (module docstring): every frame averaged with its neighbours n + j, 0 < |j| ≤ r (the clip's ends held),
     each warped onto it by the flow estimated between the two frames of x and weighed by that flow's confidence.
-    Flow, warps and weights in float32.  [N, C, H, W] → [N, C, H, W] in x's dtype"""
-    n, ref = x.shape[0], x.float()
-    total, weight = ref.clone(), torch.ones_like(ref[:, :1])
-    for j in [*range(-radius, 0), *range(1, radius + 1)]:
-        other = ref[torch.arange(n, device=x.device).add(j).clamp(0, n - 1)]
-        flow = estimate_flow(ref, other, skip=skip)
-        confidence = flow_confidence(ref, other, flow, residual)
-        total.addcmul_(confidence, _sample(other, flow))
-        weight.add_(confidence)
-        del other, flow, confidence
-    return total.div_(weight).to(x.dtype)
+    Flow, warps and weights in float32, `chunk` frames at a time (the work space is a chunk's, not the clip's).
+    [N, C, H, W] → [N, C, H, W] in x's dtype"""
+    n, out = x.shape[0], torch.empty_like(x)
+    for start in range(0, n, chunk):
+        frames = torch.arange(start, min(start + chunk, n), device=x.device)
+        ref = x[frames].float()
+        total, weight = ref.clone(), torch.ones_like(ref[:, :1])
+        for j in [*range(-radius, 0), *range(1, radius + 1)]:
+            other = x[frames.add(j).clamp(0, n - 1)].float()
+            flow = estimate_flow(ref, other, skip=skip)
+            confidence = flow_confidence(ref, other, flow, residual)
+            total.addcmul_(confidence, _sample(other, flow))
+            weight.add_(confidence)
+        out[frames] = total.div_(weight).to(x.dtype)
+    return out
 
 
 def video_frames(op, y: Tensor) -> Tensor:

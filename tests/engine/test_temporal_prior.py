@@ -100,6 +100,12 @@ def test_the_trajectory_mean_keeps_a_clip_that_moves_by_whole_pixels():
     assert (mean - clip)[inner].abs().mean() < 0.1 * (unwarped - clip)[inner].abs().mean()
 
 
+def test_the_trajectory_mean_does_not_depend_on_its_chunk():
+    """Taken a few frames at a time (its work space) or the whole clip at once: the same mean."""
+    clip = camera_clip("coffee", frames=11, size=32, pan=(0.7, -0.4))
+    assert torch.allclose(trajectory_mean(clip, chunk=3), trajectory_mean(clip, chunk=11), atol=1e-6)
+
+
 def test_the_trajectory_mean_does_not_average_across_a_scene_cut():
     """Two unrelated scenes back to back: the frames beside the cut keep their own scene (no confidence
     across it), while a plain mean over the same frames would mix them."""
