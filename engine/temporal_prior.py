@@ -157,7 +157,8 @@ def _box(u: Tensor, radius: int) -> Tensor:
 
 
 def _sample(u: Tensor, flow: Tensor) -> Tensor:
-    """u at p + flow(p), bilinear, the border repeated (for matching, not for the prior).  [B, C, H, W]"""
+    """u at p + flow(p), bilinear, the border repeated (for matching and the trajectory mean, whose confidence
+    is 0 where p + flow(p) leaves the frame; D warps with `warp`).  [B, C, H, W]"""
     return F.grid_sample(u, sampling_grid(flow), mode="bilinear", padding_mode="border", align_corners=True)
 
 
@@ -203,10 +204,10 @@ def estimate_flow(ref: Tensor, other: Tensor, *, levels: int = 4, iters: int = 3
     return flow
 
 
-def flow_confidence(ref: Tensor, other: Tensor, flow: Tensor, residual: float = DEFAULT_RESIDUAL) -> Tensor:
+def flow_confidence(ref: Tensor, warped: Tensor, flow: Tensor, residual: float = DEFAULT_RESIDUAL) -> Tensor:
     """c = exp(−ē²/s²) · [p + f(p) inside the frame], ē² the 5×5 mean of the squared grey residual
-    other(p + f) − ref(p), s = `residual`.  → [B, 1, H, W]"""
-    e = (_sample(other, flow) - ref).mean(1, keepdim=True)
+    warped(p) − ref(p), warped = other(p + f(p)) (`_sample`), s = `residual`.  → [B, 1, H, W]"""
+    e = (warped - ref).mean(1, keepdim=True)
     inside = (sampling_grid(flow).abs() <= 1).all(-1, keepdim=True).movedim(-1, 1).to(ref.dtype)   # [B, 1, H, W]
     return torch.exp(-_box(e * e, 2) / residual**2) * inside
 
@@ -216,7 +217,8 @@ def trajectories(frames: Tensor, residual: float = DEFAULT_RESIDUAL, skip: int =
     f_n = flow of frame n + 1 into frame n, with its confidence.  frames: [N, C, H, W] in [0, 1]"""
     ref, other = frames[1:].float(), frames[:-1].float()
     flow = estimate_flow(ref, other, skip=skip)
-    return TrajectoryDifference(flow, flow_confidence(ref, other, flow, residual), channels=frames.shape[1])
+    confidence = flow_confidence(ref, _sample(other, flow), flow, residual)
+    return TrajectoryDifference(flow, confidence, channels=frames.shape[1])
 
 
 def trajectory_mean(x: Tensor, radius: int = MEAN_RADIUS, residual: float = MEAN_RESIDUAL,
@@ -233,8 +235,9 @@ def trajectory_mean(x: Tensor, radius: int = MEAN_RADIUS, residual: float = MEAN
         for j in [*range(-radius, 0), *range(1, radius + 1)]:
             other = x[frames.add(j).clamp(0, n - 1)].float()
             flow = estimate_flow(ref, other, skip=skip)
-            confidence = flow_confidence(ref, other, flow, residual)
-            total.addcmul_(confidence, _sample(other, flow))
+            warped = _sample(other, flow)
+            confidence = flow_confidence(ref, warped, flow, residual)
+            total.addcmul_(confidence, warped)
             weight.add_(confidence)
         out[frames] = total.div_(weight).to(x.dtype)
     return out
