@@ -28,6 +28,8 @@ frame t, how well the input and the restoration x̂ explain the measurement:
 α = 1 (the frame kept as given) where the input explains y as well as x̂ does or within the noise,
 α = 0 (the restoration kept) where its residual is GUARD_SPAN times x̂'s or more; the frames it
 touches are recorded and warned about (`input_guard`; `StreamGuard` for a video restored in windows).
+x̂ is judged before the last denoise (engine.polish) and the denoised frame is what gets blended:
+that step removes noise the measurement holds, so its own residual says nothing about the restoration.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 
@@ -46,8 +48,9 @@ log = logging.getLogger(__name__)
 #: --degrade, 0.46–6.2 with a wider one: docs/results.md)
 OVERFIT, UNDERFIT, WEIGHED_SPAN = 0.5, 3.0, 1.0
 #: the guard (module docstring): e_in / max(e_out, NOISE_SPAN·σ_y) from 1 (input kept) to GUARD_SPAN (restoration
-#: kept); chosen with bench/real_targets.py on real H.264 clips (static crops gain, moving ones keep their restoration)
-GUARD_SPAN, NOISE_SPAN = 2.0, 2.0
+#: kept); chosen with bench/real_targets.py on six real H.264 clips with the last denoise (engine.polish) after it:
+#: static crops keep their input, moving ones their restoration (docs/results.md, "The last denoise")
+GUARD_SPAN, NOISE_SPAN = 1.5, 1.0
 
 __all__ = ["NoiseLevel", "noise_level", "residual_record", "grey_clip", "OVERFIT", "UNDERFIT", "WEIGHED_SPAN",
            "input_guard", "frame_residuals", "guard_weights", "guard_record", "StreamGuard", "GUARD_SPAN", "NOISE_SPAN"]
@@ -124,7 +127,8 @@ def input_guard(op, restored: torch.Tensor, y: torch.Tensor, sigma_y: float, *,
     """(x, record): the restoration [N, 3, H, W] with every frame whose input explains the measurement as well
     blended toward that input (module docstring), and what was done; (restored, None) when y is not in video
     space (an operator that changes the frame shape: its input is no candidate).  y: op.out_shape, σ_y ≥ 0;
-    e_out: the restoration's `frame_residuals` [N] when the caller has them.
+    e_out: the restoration's `frame_residuals` [N] when the caller has them (those of x̂ before the last
+    denoise when `restored` is the denoised x̂: module docstring).
 
     Frames kept (α ≥ ½) are warned about (the result there is mostly INPUT, not a restoration); blended ones logged."""
     if tuple(op.out_shape) != tuple(op.in_shape):
@@ -164,7 +168,7 @@ class StreamGuard:
 
         guard = StreamGuard(spec, (H, W), sigma_y)      # spec with its time boundary (:replicate or :zero)
         y = guard.tap(measured_frames)                  # [3, H, W] each, passed on, kept while needed
-        for x in guard.frames(restored_frames): ...     # [3, H, W] each, in order → guarded, in order
+        for x in guard.frames(restored_frames, finish): ...  # [3, H, W] each, in order → guarded, in order
         record = guard.record()                         # after the last frame: as input_guard's (None: inactive)
 
     Inactive (frames passed through) when the operator changes the frame shape, as `input_guard`.
@@ -190,19 +194,22 @@ class StreamGuard:
                 self.y[t] = frame
             yield frame
 
-    def frames(self, restored: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
-        """The restored frames, guarded, in order (each r frames after it comes in; the last r at the end)."""
+    def frames(self, restored: Iterable[torch.Tensor],
+               finish: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> Iterator[torch.Tensor]:
+        """The restored frames, guarded, in order (each r frames after it comes in; the last r at the end).
+        `finish` [3, H, W] → [3, H, W] (the last denoise) is applied to each frame judged as it came, before
+        the blend (module docstring); inactive, to each frame passed through."""
         count = 0
         for count, x in enumerate(restored, 1):
             if not self.active:
-                yield x
+                yield finish(x)
                 continue
             self.x[count - 1] = x
             if count - 1 >= self.reach:
-                yield self._guarded(count - 1 - self.reach, last=None)
+                yield self._guarded(count - 1 - self.reach, None, finish)
         if self.active:
             for t in range(max(0, count - self.reach), count):
-                yield self._guarded(t, last=count - 1)
+                yield self._guarded(t, count - 1, finish)
 
     def record(self) -> Optional[dict]:
         """input_guard's record of the frames guarded so far (None when inactive or none came)."""
@@ -223,8 +230,9 @@ class StreamGuard:
             picked.append(torch.zeros_like(frame) if outside and self.boundary == "zero" else frame)
         return torch.stack(picked)
 
-    def _guarded(self, t: int, last: Optional[int]) -> torch.Tensor:
-        """Frame t blended toward its input by α[t] (module docstring); frames no later frame needs dropped."""
+    def _guarded(self, t: int, last: Optional[int], finish: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Frame t, judged as it came, finished, then blended toward its input by α[t] (module docstring); frames
+        no later frame needs dropped."""
         x, y = self.x[t], self.y[t].to(self.x[t].device, self.x[t].dtype)
         ys = self._around(self.y, t, last).to(x.device, x.dtype)
         r = self.reach
@@ -234,7 +242,7 @@ class StreamGuard:
         self.e_in.append(e_in), self.e_out.append(e_out), self.alpha.append(alpha)
         for store in (self.x, self.y):                 # frame t + 1 needs frames from t + 1 − r on
             store.pop(t - r, None)
-        return torch.lerp(x, y, alpha.to(x.dtype))
+        return torch.lerp(finish(x), y, alpha.to(x.dtype))
 
 
 def grey_clip(clip: torch.Tensor) -> torch.Tensor:

@@ -74,9 +74,9 @@ DEFAULT_RESIDUAL = 0.02
 #: the flow is estimated on frames halved this many times, then upsampled (faster, and smoother on blurred frames)
 FLOW_SKIP = 1
 #: τ_m: modes with g·μ < τ_m·‖AᵀA‖ take the trajectory mean after the MAP step, over MEAN_RADIUS frames on each
-#: side (the reach of a box of 7), a neighbour's confidence falling to e^−1 at a brightness residual of
-#: MEAN_RESIDUAL; measured with bench/real_targets.py on six real H.264 clips (docs/results.md)
-MEAN_FREE, MEAN_RADIUS, MEAN_RESIDUAL = 0.1, 3, 0.05
+#: side, a neighbour's confidence falling to e^−1 at a brightness residual of MEAN_RESIDUAL, its flow matched
+#: over (2·MEAN_WINDOW + 1)² pixels; measured with bench/real_targets.py on six real H.264 clips (docs/results.md)
+MEAN_FREE, MEAN_RADIUS, MEAN_RESIDUAL, MEAN_WINDOW = 0.1, 7, 0.08, 7
 #: frames whose trajectory mean is taken at once (its work space; the result does not depend on it)
 MEAN_CHUNK = 8
 
@@ -222,9 +222,10 @@ def trajectories(frames: Tensor, residual: float = DEFAULT_RESIDUAL, skip: int =
 
 
 def trajectory_mean(x: Tensor, radius: int = MEAN_RADIUS, residual: float = MEAN_RESIDUAL,
-                    skip: int = FLOW_SKIP, chunk: int = MEAN_CHUNK) -> Tensor:
+                    window: int = MEAN_WINDOW, skip: int = FLOW_SKIP, chunk: int = MEAN_CHUNK) -> Tensor:
     """M(x) (module docstring): every frame averaged with its neighbours n + j, 0 < |j| ≤ r (the clip's ends held),
-    each warped onto it by the flow estimated between the two frames of x and weighed by that flow's confidence.
+    each warped onto it by the flow estimated between the two frames of x (`estimate_flow` with `window` as its
+    radius) and weighed by that flow's confidence.
     Flow, warps and weights in float32, `chunk` frames at a time (the work space is a chunk's, not the clip's).
     [N, C, H, W] → [N, C, H, W] in x's dtype"""
     n, out = x.shape[0], torch.empty_like(x)
@@ -234,7 +235,7 @@ def trajectory_mean(x: Tensor, radius: int = MEAN_RADIUS, residual: float = MEAN
         total, weight = ref.clone(), torch.ones_like(ref[:, :1])
         for j in [*range(-radius, 0), *range(1, radius + 1)]:
             other = x[frames.add(j).clamp(0, n - 1)].float()
-            flow = estimate_flow(ref, other, skip=skip)
+            flow = estimate_flow(ref, other, radius=window, skip=skip)
             warped = _sample(other, flow)
             confidence = flow_confidence(ref, warped, flow, residual)
             total.addcmul_(confidence, warped)

@@ -33,6 +33,7 @@ from engine.metrics import clip_summary
 from engine.operators import from_spec
 from engine.output import claimed_output, metrics_record, write_outputs
 from engine.profiling import StageClock
+from engine.polish import polish, polish_record, polish_sigma
 from engine.realvideo import frame_residuals, input_guard, noise_level, residual_record
 from engine.runners.progress import stage_seconds, step_counter
 from engine.runners.whole import run_baselines
@@ -129,7 +130,10 @@ def _restore_sharded(tmp: Optional[Path], job: Job, cfg: SolverConfig, model, ra
     restored, op = restored.cpu(), from_spec(cfg.spec, cfg.shape, seed=cfg.mask_seed)
     if clean is None:                            # as whole.restore: its residual, frames the input explains kept
         residuals = frame_residuals(op, restored, y.cpu())
+        sigma_p = polish_sigma(weighed_noise(job, cfg))                   # the last denoise: engine.polish
+        restored = polish(solver.eps_model, restored.to(solver.device), sigma_p).cpu()
         restored, fields["guard"] = input_guard(op, restored, y.cpu(), job.sigma_y, e_out=residuals)
+        fields["polish"] = polish_record(sigma_p)
         fields["residual"] = residual_record(residuals, job.sigma_y, weighed=weighed_noise(job, cfg))
     else:
         fields["restored"] = clip_summary(restored, clean)

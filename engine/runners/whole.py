@@ -26,6 +26,7 @@ from engine.operators import from_spec
 from engine.operators.spec import split_temporal
 from engine.output import in_input_format, metrics_record, write_outputs
 from engine.probe import is_grey
+from engine.polish import polish, polish_record, polish_sigma
 from engine.realvideo import frame_residuals, input_guard, noise_level, residual_record
 from engine.runners.progress import step_counter
 from engine.runtime import Solver, SolverConfig, as_tensor, measure
@@ -71,6 +72,8 @@ def restore(job: Job, cfg: SolverConfig, model, clean, y):
     if clean is None:                                   # a real video: frames its input already explains kept
         measured = as_tensor(y, solver.device, torch.float32)                 # y as the operator sees it
         residuals = frame_residuals(solver.op, restored, measured)            # [N], before the guard
+        sigma_p = polish_sigma(weighed_noise(job, cfg))                       # the last denoise: engine.polish
+        restored = polish(solver.eps_model, restored, sigma_p)
         restored, guard = input_guard(solver.op, restored, measured, job.sigma_y, e_out=residuals)
     if restored.is_cuda:
         torch.cuda.synchronize()
@@ -88,7 +91,7 @@ def restore(job: Job, cfg: SolverConfig, model, clean, y):
                  f" (baselines: {scores})" if scores else "", report["restored"]["ssim_mean"], seconds,
                  seconds - restore_s)
     else:                                               # a real video: what can be measured without a reference
-        report["guard"] = guard
+        report["guard"], report["polish"] = guard, polish_record(sigma_p)
         report["residual"] = residual_record(residuals, job.sigma_y, weighed=weighed_noise(job, cfg))
         log.info("%d frames restored in %.1f s", cfg.frames, seconds)
     return restored, report, y

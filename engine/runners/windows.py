@@ -30,6 +30,7 @@ from engine.metrics import Scores, json_safe
 from engine.output import in_input_format, metrics_record
 from engine.probe import is_grey
 from engine.profiling import StageClock
+from engine.polish import polish, polish_record, polish_sigma
 from engine.realvideo import StreamGuard, grey_clip, noise_level, residual_record
 from engine.runners.progress import stage_seconds
 from engine.runtime import SolverConfig
@@ -76,6 +77,8 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
         return _restore_windows_elsewhere(job, restorer, frames)
     held = deque()                                    # clean frames read and not yet scored
     guard = StreamGuard(cfg.spec, cfg.frame, job.sigma_y) if job.measured else None     # as whole.restore's input_guard
+    sigma_p = polish_sigma(weighed_noise(job, cfg)) if job.measured else 0.0            # and its last denoise
+    finish = lambda x: polish(restorer.eps_model, x[None], sigma_p)[0]
     y = guard.tap(frames) if job.measured else restorer.measure(_kept(frames, held), sigma_y=job.sigma_y,
                                                                  seed=job.seed + 1)
     scores, sheet, fps, total = Scores(), FirstFrames(SHEET_FRAMES), output_fps(job), declared_frames(job)
@@ -85,7 +88,7 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
             video_writer(folder / "measurement.mp4", fps) as measured_mp4, \
             tqdm(total=total, desc="restoring", unit="frame", disable=None) as bar:
         restored = restorer.restore(_tapped(y, measured_mp4, sheet), seed=job.seed)
-        for count, x in enumerate(guard.frames(restored) if guard else restored, 1):
+        for count, x in enumerate(guard.frames(restored, finish) if guard else restored, 1):
             x = grey_clip(x[None].cpu())[0] if grey else x.cpu()
             restored_mp4(x)
             png(x)
@@ -103,7 +106,7 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
               "windows": {"max_frames": job.max_frames, "lag": restorer.lag, "lead": restorer.lead, "streamed": True,
                           "measurement_frames_held_peak": restorer.frames_held_peak},
               **_window_ranks(restorer, seconds), "memory": peak_record(cfg.device), "comparison": sheet.note(),
-              **({"guard": guard.record()} if guard else {})}
+              **({"guard": guard.record(), "polish": polish_record(sigma_p)} if guard else {})}
     if not job.measured:
         fields["restored"] = scores.summary()
         log.info("PSNR %.2f dB in windows of %d frames, %d frames, %.1f s", fields["restored"]["psnr_mean"],

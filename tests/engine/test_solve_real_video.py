@@ -2,6 +2,7 @@
 on INPUT before the model loads, odd sizes and grey frames kept, a killed run's leftovers removed."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,7 +14,8 @@ import torch
 import engine.job as job_module
 from engine.fileio import RUN_MARKER
 from engine.operators import from_spec
-from engine.realvideo import StreamGuard, frame_residuals, input_guard, residual_record
+from engine.polish import POLISH_SPAN
+from engine.realvideo import GUARD_SPAN, StreamGuard, frame_residuals, input_guard, residual_record
 from engine.solve import main
 from engine.testclips import camera_clip
 from engine.video_io import read_video
@@ -48,6 +50,8 @@ def test_input_is_the_measurement_by_default_and_its_noise_is_estimated(tmp_path
     assert r["settings"]["sigma_y"] == noise["sigma_y"]
     assert r["settings"]["gamma"] == pytest.approx(0.04 / noise["sigma_y"], rel=1e-4)   # the regularised CG
     assert r["residual"]["sigma_y"] == noise["sigma_y"] and r["residual"]["rms"] > 0
+    weighed = r["residual"]["weighed"]                                        # σ_w = 0.04/γ
+    assert weighed > 0 and r["polish"]["sigma"] == pytest.approx(POLISH_SPAN * weighed)    # the last denoise
     assert r["settings"]["size"] == [32, 32] and read_video(out / "restored.mp4", size=None).shape == (8, 3, 32, 32)
 
 
@@ -267,10 +271,10 @@ def test_the_guard_blends_between_the_bounds():
     op, _, moving, _, _ = _still_and_moving()
     y = op.A(moving)
     e_in = frame_residuals(op, y, y)
-    wrong = moving + 0.7 * (op.A(moving) - moving)      # A·wrong − y = 0.7·(A y − y): α = 1 − log2(1/0.7) ≈ 0.49
+    wrong = moving + 0.8 * (op.A(moving) - moving)      # A·wrong − y = 0.8·(A y − y): α = 1 − log(1.25)/log 1.5 ≈ 0.45
     x, record = input_guard(op, wrong, y, 0.0)
     alpha = ((x - wrong).flatten(1).norm(dim=1) / (y - wrong).flatten(1).norm(dim=1).clamp_min(1e-12))
-    q = torch.log2(e_in / frame_residuals(op, wrong, y))
+    q = torch.log(e_in / frame_residuals(op, wrong, y)) / math.log(GUARD_SPAN)
     assert torch.allclose(alpha.double(), (1 - q).clamp(0, 1), atol=1e-4)
     assert 0 < record["alpha_mean"] < 1
 
@@ -295,7 +299,7 @@ def test_the_guard_only_logs_frames_it_blends(caplog):
     op, _, moving, _, _ = _still_and_moving()
     y = op.A(moving)
     with caplog.at_level("INFO", logger="engine.realvideo"):
-        input_guard(op, moving + 0.7 * (y - moving), y, 0.0)                    # α ≈ 0.49 on every frame
+        input_guard(op, moving + 0.7 * (y - moving), y, 0.0)                    # α ≈ 0.12 on every frame
     assert [r.levelname for r in caplog.records] == ["INFO"] and "0 kept as given or nearly (α ≥ ½), 16 blended" in caplog.text
 
 
@@ -319,10 +323,11 @@ def test_the_streamed_guard_equals_the_whole_clips(boundary):
     y = op.A(clip) + 0.004 * torch.randn(clip.shape, generator=torch.Generator().manual_seed(2))
     smoothed = torch.nn.functional.avg_pool2d(clip, 3, stride=1, padding=1)       # a prior that costs detail
     restored = torch.cat([smoothed[:6], clip[6:]])                                  # still half kept, moving half not
-    whole, record = input_guard(op, restored, y, 0.004)
+    finish = lambda x: x.clamp(0.1, 0.9)                                           # a last step after the judging
+    whole, record = input_guard(op, finish(restored), y, 0.004, e_out=frame_residuals(op, restored, y))
     guard = StreamGuard(spec, (16, 16), 0.004)
     assert torch.equal(torch.stack(list(guard.tap(iter(y)))), y)                   # passed on as pulled
-    streamed = torch.stack(list(guard.frames(iter(restored))))
+    streamed = torch.stack(list(guard.frames(iter(restored), finish)))
     streamed_record = guard.record()
     assert torch.allclose(streamed, whole, atol=1e-6)
     assert streamed_record["frames_kept"] == record["frames_kept"] and 0 < len(record["frames_kept"]) < 12
@@ -338,4 +343,6 @@ def test_a_still_video_restored_in_windows_comes_back_as_given(tmp_path, caplog)
                      "--out", str(tmp_path / "out")]) == 0
     r = report(tmp_path / "out")
     assert r["windows"]["streamed"] and r["guard"]["frames_kept"] == list(range(12)) and "kept as given" in caplog.text
+    weighed = r["residual"]["weighed"]
+    assert weighed > 0 and r["polish"]["sigma"] == pytest.approx(POLISH_SPAN * weighed)
     assert (read_video(tmp_path / "out" / "frames", size=None) - still).abs().max() <= 1 / 255
