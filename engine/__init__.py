@@ -10,6 +10,8 @@ Modules, in the order data flows through them:
 - `engine.sampler`: the paper's Algorithm 1 (batch-consistent DDIM + CG); `engine.triton_steps`: its step
   arithmetic on the Triton launchers of `kernels.steps`; `engine.profiling`: its NVTX ranges.
 - `engine.blind`: its Algorithm 2 (an unknown temporal PSF, fitted to a first reconstruction).
+- `engine.noise`, `engine.temporal_prior`, `engine.polish`, `engine.realvideo`: what a real (measured) video
+  needs: its noise estimated, the blur's null modes chosen along motion, a last denoise, the input guard.
 - `engine.priors`: a weight-free ε model for machines without a checkpoint.
 - `engine.backends`, `engine.runtime`, `engine.streams`: how the network runs (`engine.backends.engine_file`:
   the TensorRT engine file and its record); the embeddable `Solver`.

@@ -32,6 +32,8 @@ Tensor = torch.Tensor
 
 #: σ_p / σ_w (module docstring)
 POLISH_SPAN = 1.5
+#: frames denoised at once (the work space; the result does not depend on it)
+POLISH_CHUNK = 8
 
 
 def polish_sigma(weighed: float) -> float:
@@ -49,19 +51,23 @@ def polish_step(sigma: float) -> int:
     return int((levels - sigma).abs().argmin())
 
 
-def polish(eps_model: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigma: float) -> Tensor:
-    """x̂ denoised by one Tweedie step at the step nearest σ (module docstring); x unchanged (the same tensor)
-    when σ = 0.  eps_model(x_t [B, 3, H, W], t [B]) → [B, 3 or 6, H, W]; x: [N, 3, H, W] in [0, 1] → a new
-    [N, 3, H, W] in x's dtype."""
+def polish(eps_model: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigma: float, *,
+           chunk: int = POLISH_CHUNK) -> Tensor:
+    """x̂ denoised by one Tweedie step at the step nearest σ (module docstring), `chunk` frames at a time (its work
+    space is a chunk's); x itself (the same tensor) when σ = 0.  eps_model(x_t [B, 3, H, W], t [B]) →
+    [B, 3 or 6, H, W]; x: [N, 3, H, W] in [0, 1] → a new [N, 3, H, W] in x's dtype."""
     if sigma == 0:
         return x
     t = polish_step(sigma)
     ab = float(alphas_cumprod()[t])
-    x_t = x.mul(2).sub_(1).mul_(ab**0.5)
-    steps = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-    with torch.no_grad():
-        eps = take_eps(eps_model(x_t, steps), x_t.dtype)
-    return x_t.sub_(eps.mul_((1 - ab) ** 0.5)).div_(ab**0.5).add_(1).div_(2).clamp_(0, 1).to(x.dtype)
+    out = torch.empty_like(x)
+    for start in range(0, x.shape[0], chunk):
+        x_t = x[start:start + chunk].mul(2).sub_(1).mul_(ab**0.5)
+        steps = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x.device)
+        with torch.no_grad():
+            eps = take_eps(eps_model(x_t, steps), x_t.dtype)
+        out[start:start + chunk] = x_t.sub_(eps.mul_((1 - ab) ** 0.5)).div_(ab**0.5).add_(1).div_(2).clamp_(0, 1)
+    return out
 
 
 def polish_record(sigma: float) -> dict | None:

@@ -131,8 +131,8 @@ def _restore_sharded(tmp: Optional[Path], job: Job, cfg: SolverConfig, model, ra
     if clean is None:                            # as whole.restore: its residual, frames the input explains kept
         residuals = frame_residuals(op, restored, y.cpu())
         sigma_p = polish_sigma(weighed_noise(job, cfg))                   # the last denoise: engine.polish
-        restored = polish(solver.eps_model, restored.to(solver.device), sigma_p).cpu()
-        restored, fields["guard"] = input_guard(op, restored, y.cpu(), job.sigma_y, e_out=residuals)
+        finish = lambda x: polish(solver.eps_model, x.to(solver.device), sigma_p).cpu()
+        restored, fields["guard"] = input_guard(op, restored, y.cpu(), job.sigma_y, e_out=residuals, finish=finish)
         fields["polish"] = polish_record(sigma_p)
         fields["residual"] = residual_record(residuals, job.sigma_y, weighed=weighed_noise(job, cfg))
     else:

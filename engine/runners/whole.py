@@ -73,8 +73,8 @@ def restore(job: Job, cfg: SolverConfig, model, clean, y):
         measured = as_tensor(y, solver.device, torch.float32)                 # y as the operator sees it
         residuals = frame_residuals(solver.op, restored, measured)            # [N], before the guard
         sigma_p = polish_sigma(weighed_noise(job, cfg))                       # the last denoise: engine.polish
-        restored = polish(solver.eps_model, restored, sigma_p)
-        restored, guard = input_guard(solver.op, restored, measured, job.sigma_y, e_out=residuals)
+        restored, guard = input_guard(solver.op, restored, measured, job.sigma_y, e_out=residuals,
+                                      finish=lambda x: polish(solver.eps_model, x, sigma_p))
     if restored.is_cuda:
         torch.cuda.synchronize()
     restore_s = time.perf_counter() - t0

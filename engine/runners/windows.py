@@ -78,7 +78,7 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
     held = deque()                                    # clean frames read and not yet scored
     guard = StreamGuard(cfg.spec, cfg.frame, job.sigma_y) if job.measured else None     # as whole.restore's input_guard
     sigma_p = polish_sigma(weighed_noise(job, cfg)) if job.measured else 0.0            # and its last denoise
-    finish = lambda x: polish(restorer.eps_model, x[None], sigma_p)[0]
+    finish = lambda x: polish(restorer.eps_model, x, sigma_p)                           # [B, 3, H, W]
     y = guard.tap(frames) if job.measured else restorer.measure(_kept(frames, held), sigma_y=job.sigma_y,
                                                                  seed=job.seed + 1)
     scores, sheet, fps, total = Scores(), FirstFrames(SHEET_FRAMES), output_fps(job), declared_frames(job)

@@ -58,3 +58,8 @@ def test_no_noise_weighed_for_means_no_step():
     assert polish(GaussianPrior(), x, 0.0) is x
     assert polish_sigma(0.01) == pytest.approx(POLISH_SPAN * 0.01)
     assert polish_record(0.015) == {"sigma": 0.015, "step": polish_step(0.015)}
+
+
+def test_it_does_not_depend_on_its_chunk():
+    x = camera_clip(frames=5, size=16)
+    assert torch.allclose(polish(GaussianPrior(), x, 0.02, chunk=2), polish(GaussianPrior(), x, 0.02, chunk=5), atol=1e-6)

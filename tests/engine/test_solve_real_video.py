@@ -14,7 +14,8 @@ import torch
 import engine.job as job_module
 from engine.fileio import RUN_MARKER
 from engine.operators import from_spec
-from engine.polish import POLISH_SPAN
+from engine.polish import POLISH_SPAN, polish
+from engine.priors import GaussianPrior
 from engine.realvideo import GUARD_SPAN, StreamGuard, frame_residuals, input_guard, residual_record
 from engine.solve import main
 from engine.testclips import camera_clip
@@ -259,6 +260,19 @@ def test_the_guard_keeps_a_still_clips_input_and_warns(caplog):
     assert "16 kept as given" in caplog.text
 
 
+def test_the_guard_judges_before_the_last_step_and_gives_it_to_both_sides():
+    """finish (the last denoise) runs after the judging: the kept frames are finish(INPUT), the caller's
+    restoration is left as it was, and α is that of the unfinished restoration."""
+    op, still, _, y, _ = _still_and_moving()
+    smoothed = torch.nn.functional.avg_pool2d(still, 3, stride=1, padding=1)
+    before = smoothed.clone()
+    finish = lambda v: v * 0.5                                                    # any step that changes residuals
+    x, record = input_guard(op, smoothed, y, 0.004, finish=finish)
+    plain, plain_record = input_guard(op, smoothed, y, 0.004)
+    assert torch.equal(smoothed, before) and record == plain_record and record["alpha_mean"] == 1
+    assert torch.allclose(x, finish(y)) and torch.equal(plain, y)
+
+
 def test_the_guard_leaves_a_moving_clips_restoration(caplog):
     op, _, moving, _, y = _still_and_moving()
     with caplog.at_level("WARNING", logger="engine.realvideo"):
@@ -286,13 +300,15 @@ def test_the_guard_passes_an_operator_that_changes_the_frame_shape():
 
 
 def test_a_still_video_comes_back_as_given_and_says_so(tmp_path, caplog):
+    """Every frame kept: the input, given the same last denoise as a restoration (engine.polish)."""
     still = camera_clip(frames=8, size=32, pan=(0.0, 0.0))
     np.save(tmp_path / "y.npy", from_spec(f"{SPEC}:replicate", still.shape).A(still).numpy())
     with caplog.at_level("WARNING", logger="engine.realvideo"):
         assert main([str(tmp_path / "y.npy"), "--degrade", SPEC, *REAL, "--out", str(tmp_path / "out")]) == 0
-    assert report(tmp_path / "out")["guard"]["frames_kept"] == list(range(8)) and "kept as given" in caplog.text
+    r = report(tmp_path / "out")
+    assert r["guard"]["frames_kept"] == list(range(8)) and "kept as given" in caplog.text
     restored = read_video(tmp_path / "out" / "frames", size=None)
-    assert (restored - still).abs().max() <= 1 / 255                   # the input, to its 8-bit rounding
+    assert (restored - polish(GaussianPrior(), still, r["polish"]["sigma"])).abs().max() <= 1 / 255   # 8-bit rounding
 
 
 def test_the_guard_only_logs_frames_it_blends(caplog):
@@ -324,7 +340,7 @@ def test_the_streamed_guard_equals_the_whole_clips(boundary):
     smoothed = torch.nn.functional.avg_pool2d(clip, 3, stride=1, padding=1)       # a prior that costs detail
     restored = torch.cat([smoothed[:6], clip[6:]])                                  # still half kept, moving half not
     finish = lambda x: x.clamp(0.1, 0.9)                                           # a last step after the judging
-    whole, record = input_guard(op, finish(restored), y, 0.004, e_out=frame_residuals(op, restored, y))
+    whole, record = input_guard(op, restored, y, 0.004, finish=finish)
     guard = StreamGuard(spec, (16, 16), 0.004)
     assert torch.equal(torch.stack(list(guard.tap(iter(y)))), y)                   # passed on as pulled
     streamed = torch.stack(list(guard.frames(iter(restored), finish)))
@@ -345,4 +361,5 @@ def test_a_still_video_restored_in_windows_comes_back_as_given(tmp_path, caplog)
     assert r["windows"]["streamed"] and r["guard"]["frames_kept"] == list(range(12)) and "kept as given" in caplog.text
     weighed = r["residual"]["weighed"]
     assert weighed > 0 and r["polish"]["sigma"] == pytest.approx(POLISH_SPAN * weighed)
-    assert (read_video(tmp_path / "out" / "frames", size=None) - still).abs().max() <= 1 / 255
+    kept = polish(GaussianPrior(), still, r["polish"]["sigma"])        # the input with the last denoise
+    assert (read_video(tmp_path / "out" / "frames", size=None) - kept).abs().max() <= 1 / 255
