@@ -235,8 +235,10 @@ def test_torchrun_measured_video_each_process_reads_its_frames(tmp_path):
     whole = torch.from_numpy(np.load(clip)).permute(1, 0, 2, 3).float()
     assert frames == 12 and torch.equal(own, whole[6:12]) and torch.equal(first, whole[0])
     _same_frames_as_one_process(args, tmp_path)
-    one, two = (json.loads((tmp_path / out / "metrics.json").read_text())["residual"] for out in ("one", "two"))
-    assert two["explained"] == one["explained"] and two["rms"] == pytest.approx(one["rms"], rel=1e-3)   # process 0's check
+    one, two = (json.loads((tmp_path / out / "metrics.json").read_text()) for out in ("one", "two"))
+    assert two["residual"]["explained"] == one["residual"]["explained"]                            # process 0's check
+    assert two["residual"]["rms"] == pytest.approx(one["residual"]["rms"], rel=1e-3)
+    assert two["polish"] == one["polish"] and one["polish"]["sigma"] > 0                          # and last denoise
 
 
 # ── windows with pinned context, each window sharded ────────────────────────
