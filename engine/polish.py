@@ -20,13 +20,15 @@ bench/real_targets.py on six real H.264 clips (docs/results.md, "The last denois
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Callable
 
 import torch
 
 from engine.priors import step_sigma
-from engine.sampler import take_eps
-from engine.schedule import alphas_cumprod
+from engine.sampler import take_eps, to_model, tweedie
+from engine.schedule import DDIMStep, alphas_cumprod
 
 Tensor = torch.Tensor
 
@@ -42,6 +44,7 @@ def polish_sigma(weighed: float) -> float:
     return POLISH_SPAN * weighed if weighed > 0 else 0.0
 
 
+@functools.lru_cache(maxsize=None)
 def polish_step(sigma: float) -> int:
     """t* = argmin_t |σ_t − σ|: the diffusion step whose noise (data range) is nearest σ > 0."""
     if not sigma > 0:
@@ -51,6 +54,14 @@ def polish_step(sigma: float) -> int:
     return int((levels - sigma).abs().argmin())
 
 
+def last_step(sigma: float) -> DDIMStep:
+    """The reverse step from t* = polish_step(σ) straight to the clean image, as the loop's last step is."""
+    t = polish_step(sigma)
+    ab = float(alphas_cumprod()[t])
+    return DDIMStep(t=t, t_next=-1, sqrt_ab=math.sqrt(ab), sqrt_1m_ab=math.sqrt(1 - ab), sqrt_ab_next=1.0,
+                    c1=0.0, c2=0.0)
+
+
 def polish(eps_model: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigma: float, *,
            chunk: int = POLISH_CHUNK) -> Tensor:
     """x̂ denoised by one Tweedie step at the step nearest σ (module docstring), `chunk` frames at a time (its work
@@ -58,15 +69,14 @@ def polish(eps_model: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigma: floa
     [B, 3 or 6, H, W]; x: [N, 3, H, W] in [0, 1] → a new [N, 3, H, W] in x's dtype."""
     if sigma == 0:
         return x
-    t = polish_step(sigma)
-    ab = float(alphas_cumprod()[t])
+    step = last_step(sigma)
     out = torch.empty_like(x)
     for start in range(0, x.shape[0], chunk):
-        x_t = x[start:start + chunk].mul(2).sub_(1).mul_(ab**0.5)
-        steps = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x.device)
+        x_t = to_model(x[start:start + chunk]).mul_(step.sqrt_ab)
+        t = torch.full((x_t.shape[0],), step.t, dtype=torch.long, device=x.device)
         with torch.no_grad():
-            eps = take_eps(eps_model(x_t, steps), x_t.dtype)
-        out[start:start + chunk] = x_t.sub_(eps.mul_((1 - ab) ** 0.5)).div_(ab**0.5).add_(1).div_(2).clamp_(0, 1)
+            eps = take_eps(eps_model(x_t, t), x_t.dtype)
+        out[start:start + chunk] = tweedie(x_t, eps, step).clamp_(0, 1)
     return out
 
 
