@@ -31,11 +31,11 @@ cut they fade one shot into the other, so D_y ties frames the cut separates. The
 step is sharp, so a second MAP step takes D₁ = D(X₁), the flow and confidence of X₁ itself, over the
 wider free modes Π_r (g·μ < τ_r‖AᵀA‖, τ_r = REFINE_FREE):
 
-    X₂ = X₁ + Π_r z,   z = argmin_z ‖D₁(X₁ + Π_r z)‖² + w‖A(X₁ + Π_r z) − y‖² + ρ‖z‖²
+    X₂ = X₁ + Π_r z,   z = argmin_z ‖D₁(X₁ + Π_r z)‖² + w‖A(X₁ + Π_r z) − y‖² + ρ_r‖z‖²
 
-(on 96 frames of a real 640×272 H.264 clip with two scene cuts: +1.5 dB, the frames beside the cuts
-+3 dB; on the slow clips ±0.1 dB: docs/results.md, "The flow of the restored frames"). A third step
-gained on the fast clip and lost on the slow ones.
+by REFINE_ITERS CG steps, ρ_r = REFINE_RHO (on 96 frames of a real 640×272 H.264 clip with two scene
+cuts: +2.5 dB, the frames beside the first cut +5 dB; on slow clips −0.05 to +0.3 dB: docs/results.md,
+"The flow of the restored frames"). A third step gained on the fast clip and lost on the slow ones.
 
 Then the weakly seen modes (g·μ < τ_m‖AᵀA‖, τ_m = MEAN_FREE > τ, projection Π_m) take the mean of
 each frame and its neighbours along their motion (`trajectory_mean`), the flow estimated on the
@@ -76,6 +76,9 @@ DEFAULT_FREE = 0.03
 #: τ_r: the second MAP step's free modes, its D from the first step's result (module docstring); chosen with the
 #: saved loop outputs of seven real H.264 clips (docs/results.md, "The flow of the restored frames")
 REFINE_FREE = 0.1
+#: the second MAP step's ρ and CG iterations: on 96 frames of 640×272 ten iterations from z = 0 leave it far from
+#: converged (the frames beside a scene cut 0.7 dB lower); twenty with ρ 0.01 (docs/results.md)
+REFINE_RHO, REFINE_ITERS = 0.01, 20
 #: σ_y of the noiseless CG (γ = None): the 8-bit rounding's, 1/(255·√12)
 ROUNDING_SIGMA = 1 / (255 * 12**0.5)
 #: ρ of the free-mode solve, relative to DᵀD's scale (≤ 4)
@@ -309,17 +312,20 @@ class MotionPrior:
         if self.D is None:
             return x
         x = self.map_estimate(x)                                                                   # X₁
-        x = self.map_estimate(x, trajectories(x.clamp(0, 1), self.residual), self.project_refine)   # X₂
+        x = self.map_estimate(x, trajectories(x.clamp(0, 1), self.residual), self.project_refine,   # X₂
+                              rho=REFINE_RHO, iters=REFINE_ITERS)
         return x.add_(self.project_mean(trajectory_mean(x).sub_(x)))
 
     def map_estimate(self, x: Tensor, D: Optional[TrajectoryDifference] = None,
-                     project: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
-        """X̄ + Π z, one MAP step alone, with the measurement's D and Π unless given.  [N, C, H, W] → [N, C, H, W]
-        (a new tensor)"""
+                     project: Optional[Callable[[Tensor], Tensor]] = None, *, rho: Optional[float] = None,
+                     iters: Optional[int] = None) -> Tensor:
+        """X̄ + Π z, one MAP step alone, with the measurement's D, Π, ρ and iterations unless given.
+        [N, C, H, W] → [N, C, H, W] (a new tensor)"""
         P = self.project if project is None else project
         D, w = self.D if D is None else D, self.weight
+        rho, iters = self.rho if rho is None else rho, self.iters if iters is None else iters
         H = lambda v: D.A_adjoint(D.A(v)).add_(self.op.A_adjoint_A(v), alpha=w)             # DᵀD + w AᵀA
-        normal = lambda z: P(H(z)).add_(z, alpha=self.rho)      # Π H Π + ρ I on range(Π), where CG's iterates stay
+        normal = lambda z: P(H(z)).add_(z, alpha=rho)           # Π H Π + ρ I on range(Π), where CG's iterates stay
         rhs = P(H(x).sub_(self.op.A_adjoint(self.y), alpha=w).neg_())                    # Π(w Aᵀy − H X̄)
-        z = conjugate_gradient(normal, rhs, torch.zeros_like(x), self.iters, dot=inner_product)
+        z = conjugate_gradient(normal, rhs, torch.zeros_like(x), iters, dot=inner_product)
         return x + P(z)
