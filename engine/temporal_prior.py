@@ -34,8 +34,9 @@ wider free modes Π_r (g·μ < τ_r‖AᵀA‖, τ_r = REFINE_FREE):
     X₂ = X₁ + Π_r z,   z = argmin_z ‖D₁(X₁ + Π_r z)‖² + w‖A(X₁ + Π_r z) − y‖² + ρ_r‖z‖²
 
 by REFINE_ITERS CG steps, ρ_r = REFINE_RHO (on 96 frames of a real 640×272 H.264 clip with two scene
-cuts: +2.5 dB, the frames beside the first cut +5 dB; on slow clips −0.05 to +0.3 dB: docs/results.md,
-"The flow of the restored frames"). A third step gained on the fast clip and lost on the slow ones.
+cuts: +2.5 dB, the worst frame's drop below its neighbours 5.3 → 2.9 dB; on slow clips −0.05 to +0.3 dB:
+docs/results.md, "The flow of the restored frames"). A third step gained on the fast clip and lost on
+the slow ones.
 
 Then the weakly seen modes (g·μ < τ_m‖AᵀA‖, τ_m = MEAN_FREE > τ, projection Π_m) take the mean of
 each frame and its neighbours along their motion (`trajectory_mean`), the flow estimated on the
@@ -74,7 +75,7 @@ TEMPORAL_PRIORS = ("none", "motion")
 #: τ: modes with g·μ < τ·‖AᵀA‖ are free (chosen by bench/ghosts.py, as the others below)
 DEFAULT_FREE = 0.03
 #: τ_r: the second MAP step's free modes, its D from the first step's result (module docstring); chosen with the
-#: saved loop outputs of seven real H.264 clips (docs/results.md, "The flow of the restored frames")
+#: saved loop outputs of six real H.264 clips (docs/results.md, "The flow of the restored frames")
 REFINE_FREE = 0.1
 #: the second MAP step's ρ and CG iterations: on 96 frames of 640×272 ten iterations from z = 0 leave it far from
 #: converged (the frames beside a scene cut 0.7 dB lower); twenty with ρ 0.01 (docs/results.md)
