@@ -123,7 +123,7 @@ def test_the_second_step_follows_the_restored_frames_across_a_scene_cut():
     """Two panning shots back to back, blurred over 7 frames (the measurement fades one into the other), X̄
     the clean clip plus an error in the free modes: the frames beside the cut come out closer to the clean
     clip with the second MAP step (its flow from X₁, which the cut separates) than with the first step
-    and the mean alone (0.55–0.7 of its error on the two frames)."""
+    and the mean alone (0.66 of its error on the two frames)."""
     clip = torch.cat([camera_clip("astronaut", frames=12, size=32, pan=(1.0, 0.5)),
                       camera_clip("coffee", frames=12, size=32, pan=(-1.0, 0.5))]).to(F64)
     op = from_spec(SPEC, tuple(clip.shape), dtype=F64, kernels="torch")
