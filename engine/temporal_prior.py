@@ -169,9 +169,19 @@ class TrajectoryDifference(LinearOperator):
 
 # ── flow from the measurement ───────────────────────────────────────────────
 
+#: from this radius on a box mean runs as two 1-D passes (rows, then columns): on a CPU the 2-D pool costs
+#: (2r + 1)² per pixel, the two passes 2(2r + 1), 3× faster at r = 7 and even at r = 3
+SEPARABLE_RADIUS = 3
+
+
 def _box(u: Tensor, radius: int) -> Tensor:
-    """Mean over the (2r + 1)² window, border pixels averaging what is inside.  [B, C, H, W] → [B, C, H, W]"""
-    return F.avg_pool2d(u, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
+    """Mean over the (2r + 1)² window, border pixels averaging what is inside (the window's inside is a
+    rectangle, so its mean is the mean along rows of the means along columns).  [B, C, H, W] → [B, C, H, W]"""
+    k = 2 * radius + 1
+    if radius < SEPARABLE_RADIUS:
+        return F.avg_pool2d(u, k, stride=1, padding=radius, count_include_pad=False)
+    u = F.avg_pool2d(u, (1, k), stride=1, padding=(0, radius), count_include_pad=False)
+    return F.avg_pool2d(u, (k, 1), stride=1, padding=(radius, 0), count_include_pad=False)
 
 
 def _sample(u: Tensor, flow: Tensor) -> Tensor:
@@ -212,8 +222,9 @@ def estimate_flow(ref: Tensor, other: Tensor, *, levels: int = 4, iters: int = 3
             warped = _sample(b, flow)
             wx, wy = _gradients(warped)
             gx, gy, e = (ax + wx) / 2, (ay + wy) / 2, warped - a
-            sxx, sxy, syy = _box(gx * gx, radius) + eps, _box(gx * gy, radius), _box(gy * gy, radius) + eps
-            bx, by = _box(gx * e, radius), _box(gy * e, radius)
+            sums = _box(torch.cat([gx * gx, gx * gy, gy * gy, gx * e, gy * e], 1), radius)   # [B, 5, h, w]
+            sxx, sxy, syy, bx, by = sums.split(1, dim=1)
+            sxx, syy = sxx + eps, syy + eps
             det = sxx * syy - sxy * sxy
             step = torch.cat([syy * bx - sxy * by, sxx * by - sxy * bx], 1) / det
             flow = _box(flow - step, 1)

@@ -12,8 +12,8 @@ from engine.metrics import psnr
 from engine.operators import from_spec
 from engine.priors import GaussianPrior
 from engine.runtime import Solver, SolverConfig
-from engine.temporal_prior import (MEAN_RADIUS, MotionPrior, TrajectoryDifference, estimate_flow, free_modes, sampling_grid,
-                                   trajectory_mean, video_frames, warp, warp_adjoint)
+from engine.temporal_prior import (MEAN_RADIUS, SEPARABLE_RADIUS, MotionPrior, TrajectoryDifference, _box, estimate_flow,
+                                   free_modes, sampling_grid, trajectory_mean, video_frames, warp, warp_adjoint)
 from engine.testclips import camera_clip
 from engine.windows import VideoRestorer
 
@@ -53,6 +53,19 @@ def test_trajectory_difference_is_zero_on_the_motion():
     flow[:, 0] = 1.0                                      # frame n + 1 at p shows frame n at p + (1, 0)
     D = TrajectoryDifference(flow, torch.ones(3, 1, 24, 24, dtype=F64))
     assert D.A(clip)[..., 2:-2, 2:-2].abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("radius", [1, SEPARABLE_RADIUS, 7])
+def test_box_mean_is_the_mean_of_the_window_inside_the_frame(radius):
+    """The box mean (2-D below SEPARABLE_RADIUS, two 1-D passes from it on) equals, at every pixel, the plain
+    mean of the frame's pixels within `radius` rows and columns, borders included (fp64)."""
+    u = torch.randn(2, 3, 9, 17, generator=torch.Generator().manual_seed(4), dtype=F64)
+    expected = torch.empty_like(u)
+    for i in range(u.shape[-2]):
+        for j in range(u.shape[-1]):
+            window = u[..., max(0, i - radius):i + radius + 1, max(0, j - radius):j + radius + 1]
+            expected[..., i, j] = window.mean(dim=(-2, -1))
+    assert torch.allclose(_box(u, radius), expected, rtol=0, atol=1e-12)
 
 
 def test_estimate_flow_finds_a_translation():
