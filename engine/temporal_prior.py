@@ -38,6 +38,13 @@ cuts: +2.5 dB, the worst frame's drop below its neighbours 5.3 → 2.9 dB; on sl
 docs/results.md, "The flow of the restored frames"). A third step gained on the fast clip and lost on
 the slow ones.
 
+Both steps still tie the two frames beside a scene cut: D_y through the fade, D₁ wherever unrelated
+colours happen to match. X₂ shows the cut plainly, so it is found there (`scene_cuts`: the colour
+histograms of frames n and n + 1 differ by far more than those of the pairs around them), and where
+one is found both steps run again from X̄ with the pairs across a cut left out of D_y and D₁
+(`TrajectoryDifference.linking`): each shot's modes are chosen along its own motion (on the clip
+above: its worst drop 2.9 → 2.1 dB; docs/results.md, "Scene cuts"). A clip without a cut keeps X₂.
+
 Then the weakly seen modes (g·μ < τ_m‖AᵀA‖, τ_m = MEAN_FREE > τ, projection Π_m) take the mean of
 each frame and its neighbours along their motion (`trajectory_mean`), the flow estimated on the
 refined clip X = X₂ itself, each neighbour weighed by its flow's confidence:
@@ -49,13 +56,15 @@ refined clip X = X₂ itself, each neighbour weighed by its flow's confidence:
 the mean averages along it what the data barely sees: the loop's errors there, and the MAP step's
 first-order model's.
 
-The MAP step is linear in X̄ for fixed flow; the mean's flow comes from X, so the whole is not. Both
-run a fixed number of iterations and never synchronise with the host, so they can sit inside a
-captured reverse loop.
+The MAP step is linear in X̄ for fixed flow; the mean's flow comes from X, so the whole is not. The
+steps, the cut detection and the mean run a fixed number of iterations and never synchronise with
+the host; the prior reads one boolean after the first two steps (was a cut found?), after the reverse
+loop, so a clip without a cut does not pay for the second pass.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Callable, Optional
 
@@ -97,6 +106,11 @@ FLOW_SKIP = 1
 MEAN_FREE, MEAN_RADIUS, MEAN_RESIDUAL, MEAN_WINDOW = 0.1, 7, 0.08, 7
 #: frames whose trajectory mean is taken at once (its work space; the result does not depend on it)
 MEAN_CHUNK = 8
+#: a scene cut between frames n and n + 1 of X₂ (`scene_cuts`): their colour histograms (CUT_BINS bins per channel)
+#: differ by at least CUT_FLOOR and by CUT_RATIO times the median difference of the pairs within CUT_RADIUS; on the
+#: clean real clips cuts give 0.21–0.71 and 7.9–73×, other pairs at most 0.11 and 2.5×; on a restored 640×272 clip
+#: the weaker cut 0.21 and 5.3×, other pairs at most 0.11 and 2.9× (docs/results.md, "Scene cuts")
+CUT_BINS, CUT_FLOOR, CUT_RATIO, CUT_RADIUS = 32, 0.15, 4.0, 3
 
 
 def noise_level(gamma: Optional[float]) -> float:
@@ -164,6 +178,13 @@ class TrajectoryDifference(LinearOperator):
         out = r.new_zeros((r.shape[0] + 1, *r.shape[1:]))
         out[1:] = cr
         out[:-1].sub_(warp_adjoint(cr, self.grid))
+        return out
+
+    def linking(self, keep: Tensor) -> "TrajectoryDifference":
+        """The same differences with those of the pairs keep[n] = False (frames n and n + 1 across a scene cut)
+        weighed 0: a new operator sharing the flow.  keep: [N−1] bool"""
+        out = copy.copy(self)
+        out.confidence = self.confidence * keep.to(self.confidence.dtype)[:, None, None, None]
         return out
 
 
@@ -282,6 +303,33 @@ def video_frames(op, y: Tensor) -> Tensor:
     return op.A_adjoint(y).div_(weight.clamp_min(1e-12)).masked_fill_(weight <= 0, 0)
 
 
+# ── scene cuts ──────────────────────────────────────────────────────────────
+
+def histogram_change(frames: Tensor, bins: int = CUT_BINS, chunk: int = MEAN_CHUNK) -> Tensor:
+    """h[n] = Σ_c Σ_b |H_cb(x[n+1]) − H_cb(x[n])| / (2·C·H·W), H_cb the number of channel c's pixels in bin b of
+    [0, 1] (`bins` equal bins, values clamped): the share of pixels whose colour changed bin, 0 … 1, blind to
+    where in the frame they are (so to motion).  Counted `chunk` frames at a time.  [N, C, H, W] → [N−1] float32"""
+    n, channels = frames.shape[:2]
+    counts = torch.zeros(n, channels, bins, device=frames.device)
+    for start in range(0, n, chunk):
+        part = frames[start:start + chunk].float().clamp(0, 1).flatten(2)                      # [B, C, H·W]
+        index = part.mul(bins).long().clamp_(max=bins - 1)
+        counts[start:start + chunk].scatter_add_(2, index, torch.ones_like(part))
+    return (counts[1:] - counts[:-1]).abs().sum(dim=(1, 2)) / (2 * channels * frames[0, 0].numel())
+
+
+def scene_cuts(frames: Tensor, *, floor: float = CUT_FLOOR, ratio: float = CUT_RATIO,
+               radius: int = CUT_RADIUS) -> Tensor:
+    """cut[n]: frames n and n + 1 belong to different shots, h[n] ≥ floor and h[n] ≥ ratio · median{h[m] :
+    0 < |m − n| ≤ radius} (`histogram_change`; the pairs past the clip's ends left out, so a clip of two frames
+    has none).  Sharp frames (a restoration, not the measurement, which fades across a cut).
+    [N, C, H, W] → [N−1] bool"""
+    h = histogram_change(frames)
+    padded = F.pad(h, (radius, radius), value=float("nan"))
+    around = torch.stack([padded[radius + j:radius + j + h.numel()] for j in range(-radius, radius + 1) if j])
+    return (h >= floor) & (h >= ratio * around.nanmedian(0).values)                  # NaN (no pair around): False
+
+
 # ── the prior ───────────────────────────────────────────────────────────────
 
 def free_modes(op, free: float, *, device=None, dtype=None) -> Optional[Callable[[Tensor], Tensor]]:
@@ -296,10 +344,11 @@ def free_modes(op, free: float, *, device=None, dtype=None) -> Optional[Callable
 
 class MotionPrior:
     """X̄ ↦ X₁ = X̄ + Π z with z = argmin ‖D(X̄ + Π z)‖² + w‖A(X̄ + Π z) − y‖² + ρ‖z‖², D from the measurement,
-    then X₂ = X₁ + Π_r z' the same way with D₁ from X₁, then X₂ − Π_m X₂ + Π_m M(X₂) (the module docstring).
+    then X₂ = X₁ + Π_r z' the same way with D₁ from X₁ (both again without the pairs across a scene cut
+    where X₂ shows one), then X₂ − Π_m X₂ + Π_m M(X₂) (the module docstring).
 
         prior = MotionPrior(op, y, video_frames(op, y), gamma)   # the measurement's flow, the projections
-        x = prior(x)                        # [N, C, H, W] → [N, C, H, W], no host sync
+        x = prior(x)                        # [N, C, H, W] → [N, C, H, W], one host read (a cut or not)
 
     `y`: the measurement of `op` (op.out_shape); `frames`: the clip's motion as the measurement shows it
     in video space (`video_frames`), op.in_shape; `gamma`: the CG's γ (None: noiseless), which gives σ_y
@@ -320,13 +369,25 @@ class MotionPrior:
                   self.weight, iters, "" if self.D is not None else " (no temporal part: X̄ kept)")
 
     def __call__(self, x: Tensor) -> Tensor:
-        """X₂ − Π_m X₂ + Π_m M(X₂): X₁ along the measurement's motion, X₂ along X₁'s own.  [N, C, H, W] → [N, C, H, W]"""
+        """X₂ − Π_m X₂ + Π_m M(X₂): X₁ along the measurement's motion, X₂ along X₁'s own, both again without the
+        pairs across a scene cut where X₂ shows one (module docstring).  [N, C, H, W] → [N, C, H, W]"""
         if self.D is None:
             return x
-        x = self.map_estimate(x)                                                                   # X₁
-        x = self.map_estimate(x, trajectories(x.clamp(0, 1), self.residual), self.project_refine,   # X₂
-                              rho=REFINE_RHO, iters=REFINE_ITERS)
-        return x.add_(self.project_mean(trajectory_mean(x).sub_(x)))
+        refined = self.refine(x)
+        cuts = scene_cuts(refined)
+        if cuts.any():                                  # the one host read: a clip without a cut keeps X₂
+            log.debug("scene cuts after frames %s: the MAP steps again without linking across them",
+                      cuts.nonzero().flatten().tolist())
+            refined = self.refine(x, ~cuts)
+        return refined.add_(self.project_mean(trajectory_mean(refined).sub_(refined)))
+
+    def refine(self, x: Tensor, keep: Optional[Tensor] = None) -> Tensor:
+        """X₂: the MAP step along the measurement's motion (X₁), then along X₁'s own; keep [N−1] bool: the pairs
+        of frames D_y and D₁ link (None: all; False: across a scene cut).  [N, C, H, W] → [N, C, H, W] (new)"""
+        link = (lambda D: D) if keep is None else (lambda D: D.linking(keep))
+        x = self.map_estimate(x, link(self.D))                                                    # X₁
+        return self.map_estimate(x, link(trajectories(x.clamp(0, 1), self.residual)), self.project_refine,
+                                 rho=REFINE_RHO, iters=REFINE_ITERS)
 
     def map_estimate(self, x: Tensor, D: Optional[TrajectoryDifference] = None,
                      project: Optional[Callable[[Tensor], Tensor]] = None, *, rho: Optional[float] = None,

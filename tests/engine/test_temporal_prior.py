@@ -13,7 +13,8 @@ from engine.operators import from_spec
 from engine.priors import GaussianPrior
 from engine.runtime import Solver, SolverConfig
 from engine.temporal_prior import (MEAN_RADIUS, SEPARABLE_RADIUS, MotionPrior, TrajectoryDifference, _box, estimate_flow,
-                                   free_modes, sampling_grid, trajectory_mean, video_frames, warp, warp_adjoint)
+                                   free_modes, histogram_change, sampling_grid, scene_cuts, trajectory_mean, video_frames,
+                                   warp, warp_adjoint)
 from engine.testclips import camera_clip
 from engine.windows import VideoRestorer
 
@@ -150,9 +151,10 @@ def test_the_second_step_follows_the_restored_frames_across_a_scene_cut():
     assert error(prior(xbar)) < 0.8 * error(one_step)
 
 
-def test_motion_prior_runs_without_host_sync():
-    """The refinement on meta tensors (no data: .item(), bool(tensor) or nonzero would raise), the second MAP
-    step's flow estimated from its first step included, so it can run inside a captured loop."""
+def test_motion_prior_steps_run_without_host_sync():
+    """Every step of the prior on meta tensors (no data: .item(), bool(tensor) or nonzero would raise): the two MAP
+    steps with and without the pairs across a cut (the second step's flow from the first step's result included),
+    the cut detection and the trajectory mean; `prior(x)` adds one host read, whether a cut was found."""
     n, h, w = 9, 6, 7
     op = from_spec(SPEC, (n, 3, h, w), device="meta", dtype=torch.float32)
     prior = MotionPrior.__new__(MotionPrior)
@@ -161,8 +163,61 @@ def test_motion_prior_runs_without_host_sync():
     prior.project_refine, prior.residual = free_modes(op, 0.05, device="meta"), 0.02      # the second step's flow too
     prior.y = torch.empty(n, 3, h, w, device="meta")
     prior.D = TrajectoryDifference(torch.empty(n - 1, 2, h, w, device="meta"), torch.empty(n - 1, 1, h, w, device="meta"))
-    out = prior(torch.empty(n, 3, h, w, device="meta"))
-    assert out.shape == (n, 3, h, w) and out.device.type == "meta"
+    x = torch.empty(n, 3, h, w, device="meta")
+    for keep in (None, torch.empty(n - 1, dtype=torch.bool, device="meta")):
+        assert prior.refine(x, keep).shape == (n, 3, h, w)
+    assert scene_cuts(x).shape == (n - 1,) and scene_cuts(x).device.type == "meta"
+    assert trajectory_mean(x).device.type == "meta"
+
+
+def two_shots(size: int = 32) -> torch.Tensor:
+    """12 frames panning over one photo, then 12 over another: a scene cut between frames 11 and 12.  [24, 3, s, s]"""
+    return torch.cat([camera_clip("chelsea", frames=12, size=size, pan=(1.0, 0.5)),
+                      camera_clip("rocket", frames=12, size=size, pan=(-1.0, 0.5))])
+
+
+def test_histogram_change_is_the_share_of_pixels_that_change_colour():
+    """A frame moved (rolled) changes no pixel's bin: 0; half the pixels moved to another bin: ½."""
+    frame = torch.rand(3, 16, 20, generator=torch.Generator().manual_seed(4))
+    half = torch.full((3, 16, 20), 0.1)
+    half[:, :8] = 0.9
+    clip = torch.stack([frame, frame.roll((3, 5), dims=(1, 2)), torch.full((3, 16, 20), 0.1), half])
+    assert torch.allclose(histogram_change(clip)[[0, 2]], torch.tensor([0.0, 0.5]), atol=1e-7)
+
+
+def test_scene_cuts_are_found_between_two_shots_and_not_inside_one():
+    """The cut of two panning shots is found, at its pair only; one panning shot of the same length has none, and
+    two frames alone (no pairs around to compare with) have none."""
+    clip = two_shots()
+    assert scene_cuts(clip).nonzero().flatten().tolist() == [11]
+    assert not scene_cuts(camera_clip("chelsea", frames=24, size=32, pan=(1.0, 0.5))).any()
+    assert not scene_cuts(clip[11:13]).any()
+
+
+def test_linking_leaves_out_the_pairs_across_a_cut():
+    """D.linking(keep): the differences of the pairs with keep False are 0, the others D's own, and the
+    operator keeps its exact adjoint."""
+    g = torch.Generator().manual_seed(5)
+    n, h, w = 6, 9, 11
+    D = TrajectoryDifference(2 * torch.randn(n - 1, 2, h, w, generator=g, dtype=F64),
+                             torch.rand(n - 1, 1, h, w, generator=g, dtype=F64))
+    keep = torch.tensor([True, True, False, True, False])
+    x = torch.randn(n, 3, h, w, generator=g, dtype=F64)
+    cut = D.linking(keep)
+    assert torch.equal(cut.A(x)[keep], D.A(x)[keep]) and cut.A(x)[~keep].abs().max() == 0
+    assert dot_error(cut, x, torch.randn(cut.out_shape, generator=g, dtype=F64)) < 1e-12
+
+
+def test_the_prior_runs_its_steps_again_without_the_pairs_across_a_cut(monkeypatch):
+    """On two shots the MAP steps run twice, the second time without the pair across the cut; on one shot once."""
+    keeps, refine = [], MotionPrior.refine
+    monkeypatch.setattr(MotionPrior, "refine", lambda self, x, keep=None: keeps.append(keep) or refine(self, x, keep))
+    for clip in (two_shots().to(F64), camera_clip("chelsea", frames=24, size=32, pan=(1.0, 0.5)).to(F64)):
+        op = from_spec(SPEC, tuple(clip.shape), dtype=F64, kernels="torch")
+        y = op.A(clip)
+        MotionPrior(op, y, video_frames(op, y), 8.0)(clip + 0.05 * free_modes(op, 0.1)(torch.randn_like(clip)))
+    assert len(keeps) == 3 and keeps[0] is None and keeps[2] is None
+    assert (~keeps[1]).nonzero().flatten().tolist() == [11]
 
 
 def test_video_frames_of_a_spatial_operator():
