@@ -378,6 +378,7 @@ class MotionPrior:
         if cuts.any():                                  # the one host read: a clip without a cut keeps X₂
             log.debug("scene cuts after frames %s: the MAP steps again without linking across them",
                       cuts.nonzero().flatten().tolist())
+            del refined                                 # its memory for the second pass
             refined = self.refine(x, ~cuts)
         return refined.add_(self.project_mean(trajectory_mean(refined).sub_(refined)))
 
