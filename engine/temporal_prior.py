@@ -43,7 +43,7 @@ colours happen to match. X₂ shows the cut plainly, so it is found there (`scen
 histograms of frames n and n + 1 differ by far more than those of the pairs around them), and where
 one is found both steps run again from X̄ with the pairs across a cut left out of D_y and D₁
 (`TrajectoryDifference.linking`): each shot's modes are chosen along its own motion (on the clip
-above: its worst drop 2.9 → 2.1 dB; docs/results.md, "Scene cuts"). A clip without a cut keeps X₂.
+above: its worst drop 2.9 → 1.7 dB; docs/results.md, "Scene cuts"). A clip without a cut keeps X₂.
 
 Then the weakly seen modes (g·μ < τ_m‖AᵀA‖, τ_m = MEAN_FREE > τ, projection Π_m) take the mean of
 each frame and its neighbours along their motion (`trajectory_mean`), the flow estimated on the
