@@ -107,8 +107,8 @@ MEAN_FREE, MEAN_RADIUS, MEAN_RESIDUAL, MEAN_WINDOW = 0.1, 7, 0.08, 7
 #: frames whose trajectory mean is taken at once (its work space; the result does not depend on it)
 MEAN_CHUNK = 8
 #: a scene cut between frames n and n + 1 of X₂ (`scene_cuts`): their colour histograms (CUT_BINS bins per channel)
-#: differ by at least CUT_FLOOR and by CUT_RATIO times the median difference of the pairs within CUT_RADIUS; on the
-#: clean real clips cuts give 0.21–0.71 and 7.9–73×, other pairs at most 0.11 and 2.5×; on a restored 640×272 clip
+#: differ by at least CUT_FLOOR and by CUT_RATIO times the median difference of the 2·CUT_RADIUS pairs nearest; on the
+#: clean real clips cuts give 0.21–0.71 and 7.8–73×, other pairs at most 0.11 and 2.5×; on a restored 640×272 clip
 #: the weaker cut 0.21 and 5.3×, other pairs at most 0.11 and 2.9× (docs/results.md, "Scene cuts")
 CUT_BINS, CUT_FLOOR, CUT_RATIO, CUT_RADIUS = 32, 0.15, 4.0, 3
 
@@ -320,14 +320,27 @@ def histogram_change(frames: Tensor, bins: int = CUT_BINS, chunk: int = MEAN_CHU
 
 def scene_cuts(frames: Tensor, *, floor: float = CUT_FLOOR, ratio: float = CUT_RATIO,
                radius: int = CUT_RADIUS) -> Tensor:
-    """cut[n]: frames n and n + 1 belong to different shots, h[n] ≥ floor and h[n] ≥ ratio · median{h[m] :
-    0 < |m − n| ≤ radius} (`histogram_change`; the pairs past the clip's ends left out, so a clip of two frames
-    has none).  Sharp frames (a restoration, not the measurement, which fades across a cut).
-    [N, C, H, W] → [N−1] bool"""
+    """cut[n]: frames n and n + 1 belong to different shots (`histogram_change` h):
+
+        h[n] ≥ floor,   h[n] ≥ ratio · median{h[m] : m ∈ around(n)},   h[n] = max{h[m] : |m − n| ≤ radius}
+
+    around(n): the 2·radius pairs nearest n, the window shifted inward at the clip's ends (a cut near an end is
+    still compared with 2·radius pairs, not with the few beside it, which the restoration mixes across the cut);
+    all other pairs where the clip has fewer (none: two frames have no cut). The last condition keeps one cut
+    of a cut and its mixed neighbours. Sharp frames (a restoration, not the measurement, which fades across a
+    cut).  [N, C, H, W] → [N−1] bool"""
     h = histogram_change(frames)
-    padded = F.pad(h, (radius, radius), value=float("nan"))
-    around = torch.stack([padded[radius + j:radius + j + h.numel()] for j in range(-radius, radius + 1) if j])
-    return (h >= floor) & (h >= ratio * around.nanmedian(0).values)                  # NaN (no pair around): False
+    pairs = h.numel()
+    if pairs < 2:
+        return torch.zeros_like(h, dtype=torch.bool)
+    span = min(2 * radius, pairs - 1)                                       # the pairs compared with, n left out
+    n = torch.arange(pairs, device=h.device)
+    start = (n - radius).clamp(0, pairs - 1 - span)                                       # [P]
+    others = start[:, None] + torch.arange(span, device=h.device)                         # [P, span] …
+    others += (others >= n[:, None]).long()                                               # … stepping over n
+    around = h[others].median(dim=1).values
+    peak = F.max_pool1d(h[None, None], 2 * radius + 1, stride=1, padding=radius)[0, 0]
+    return (h >= floor) & (h >= ratio * around) & (h >= peak)
 
 
 # ── the prior ───────────────────────────────────────────────────────────────

@@ -194,6 +194,21 @@ def test_scene_cuts_are_found_between_two_shots_and_not_inside_one():
     assert not scene_cuts(clip[11:13]).any()
 
 
+def test_a_cut_near_the_clip_end_is_found_once_among_mixed_neighbours():
+    """A restoration mixes the frames beside a cut across it; with the cut two frames from the end, the pairs
+    beside it change colour nearly as much as the cut itself. Compared with the six nearest pairs (not the one
+    or two the end leaves on one side) the cut stands out, and only the largest change of the group is the cut."""
+    first = camera_clip("chelsea", frames=12, size=32, pan=(1.0, 0.5))
+    second = camera_clip("rocket", frames=2, size=32, pan=(-1.0, 0.5))
+    clip = torch.cat([first, second])
+    clip[10] = 0.7 * first[10] + 0.3 * second[0]
+    clip[11] = 0.5 * first[11] + 0.5 * second[0]
+    clip[13] = 0.6 * second[1] + 0.4 * first[11]
+    change = histogram_change(clip)
+    assert change[[9, 10, 12]].min() > 0.25 and change[11] == change.max()          # the mixed pairs change too
+    assert scene_cuts(clip).nonzero().flatten().tolist() == [11]
+
+
 def test_linking_leaves_out_the_pairs_across_a_cut():
     """D.linking(keep): the differences of the pairs with keep False are 0, the others D's own, and the
     operator keeps its exact adjoint."""
