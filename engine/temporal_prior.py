@@ -326,8 +326,8 @@ def scene_cuts(frames: Tensor, *, floor: float = CUT_FLOOR, ratio: float = CUT_R
 
     around(n): the 2·radius pairs nearest n, the window shifted inward at the clip's ends (a cut near an end is
     still compared with 2·radius pairs, not with the few beside it, which the restoration mixes across the cut);
-    all other pairs where the clip has fewer (none: two frames have no cut). The last condition keeps one cut
-    of a cut and its mixed neighbours. Sharp frames (a restoration, not the measurement, which fades across a
+    all other pairs where the clip has fewer (none: two frames have no cut). The last condition keeps, of a cut
+    and the mixed pairs beside it, the cut alone. Sharp frames (a restoration, not the measurement, which fades across a
     cut).  [N, C, H, W] → [N−1] bool"""
     h = histogram_change(frames)
     pairs = h.numel()
