@@ -40,7 +40,7 @@ the slow ones.
 
 Both steps still tie the two frames beside a scene cut: D_y through the fade, D₁ wherever unrelated
 colours happen to match. X₂ shows the cut plainly, so it is found there (`scene_cuts`: the colour
-histograms of frames n and n + 1 differ by far more than those of the pairs around them), and where
+histograms of frames n and n + 1 differ by far more than those of the six pairs nearest), and where
 one is found both steps run again from X̄ with the pairs across a cut left out of D_y and D₁
 (`TrajectoryDifference.linking`): each shot's modes are chosen along its own motion (on the clip
 above: its worst drop 2.9 → 1.7 dB; docs/results.md, "Scene cuts"). A clip without a cut keeps X₂.
@@ -327,8 +327,8 @@ def scene_cuts(frames: Tensor, *, floor: float = CUT_FLOOR, ratio: float = CUT_R
     around(n): the 2·radius pairs nearest n, the window shifted inward at the clip's ends (a cut near an end is
     still compared with 2·radius pairs, not with the few beside it, which the restoration mixes across the cut);
     all other pairs where the clip has fewer (none: two frames have no cut). The last condition keeps, of a cut
-    and the mixed pairs beside it, the cut alone. Sharp frames (a restoration, not the measurement, which fades across a
-    cut).  [N, C, H, W] → [N−1] bool"""
+    and the mixed pairs beside it, the cut alone. Sharp frames (a restoration, not the measurement, which fades
+    across a cut).  [N, C, H, W] → [N−1] bool"""
     h = histogram_change(frames)
     pairs = h.numel()
     if pairs < 2:
