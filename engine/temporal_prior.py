@@ -89,6 +89,10 @@ REFINE_FREE = 0.1
 #: the second MAP step's ρ and CG iterations: on 96 frames of 640×272 ten iterations from z = 0 leave it far from
 #: converged (the frames beside a scene cut 0.7 dB lower); twenty with ρ 0.01 (docs/results.md)
 REFINE_RHO, REFINE_ITERS = 0.01, 20
+#: ρ_r where the measurement shows slow motion (`refine_rho`): REFINE_RHO_SLOW at a speed ≤ SLOW_SPEED pixels per
+#: frame, REFINE_RHO from FAST_SPEED on, linear between; the speed a (2·SPEED_RADIUS + 1)² mean of the flow's length.
+#: Chosen with the saved loop outputs of real H.264 clips (docs/results.md, "Where the measurement's flow holds")
+REFINE_RHO_SLOW, SLOW_SPEED, FAST_SPEED, SPEED_RADIUS = 0.1, 1.0, 3.0, 3
 #: σ_y of the noiseless CG (γ = None): the 8-bit rounding's, 1/(255·√12)
 ROUNDING_SIGMA = 1 / (255 * 12**0.5)
 #: ρ of the free-mode solve, relative to DᵀD's scale (≤ 4)
@@ -179,6 +183,14 @@ class TrajectoryDifference(LinearOperator):
         out[1:] = cr
         out[:-1].sub_(warp_adjoint(cr, self.grid))
         return out
+
+    def speed(self) -> Tensor:
+        """|f_n(p)|, the flow's length in pixels, recovered from the sampling grid (p + f(p) scaled by 2/(size − 1)).
+        → [N−1, 1, H, W] float32 or wider"""
+        n1, h, w, _ = self.grid.shape
+        still = sampling_grid(self.grid.new_zeros(1, 2, h, w))                           # p itself
+        scale = self.grid.new_tensor([max(w - 1, 1) / 2, max(h - 1, 1) / 2])
+        return (self.grid - still).mul_(scale).norm(dim=-1)[:, None]
 
     def linking(self, keep: Tensor) -> "TrajectoryDifference":
         """The same differences with those of the pairs keep[n] = False (frames n and n + 1 across a scene cut)
@@ -303,6 +315,22 @@ def video_frames(op, y: Tensor) -> Tensor:
     return op.A_adjoint(y).div_(weight.clamp_min(1e-12)).masked_fill_(weight <= 0, 0)
 
 
+def refine_rho(speed: Tensor, *, slow: float = REFINE_RHO_SLOW, fast: float = REFINE_RHO,
+               slow_speed: float = SLOW_SPEED, fast_speed: float = FAST_SPEED, radius: int = SPEED_RADIUS) -> Tensor:
+    """ρ_r of the second MAP step at every pixel of every frame, from the measurement's flow lengths s_n = |f_n|:
+
+        v[n](p) = max(S s_{n−1}(p), S s_n(p))      (S: the (2·radius + 1)² mean; one pair at the clip's ends)
+        ρ_r[n](p) = fast + (slow − fast) · clamp((fast_speed − v) / (fast_speed − slow_speed), 0, 1)
+
+    Where the measurement moves slowly its own flow is as sharp as X₁'s, so the second step, there for the flow
+    that the blur smears, is held near X₁ (module docstring).  speed: [N−1, 1, H, W] (`TrajectoryDifference.speed`)
+    → [N, 1, H, W]"""
+    s = _box(speed, radius)
+    v = torch.cat([s[:1], torch.maximum(s[:-1], s[1:]), s[-1:]])                  # frame n: pairs n − 1 and n
+    t = (fast_speed - v).div_(fast_speed - slow_speed).clamp_(0, 1)
+    return t.mul_(slow - fast).add_(fast)
+
+
 # ── scene cuts ──────────────────────────────────────────────────────────────
 
 def histogram_change(frames: Tensor, bins: int = CUT_BINS, chunk: int = MEAN_CHUNK) -> Tensor:
@@ -401,18 +429,21 @@ class MotionPrior:
         link = (lambda D: D) if keep is None else (lambda D: D.linking(keep))
         x = self.map_estimate(x, link(self.D))                                                    # X₁
         return self.map_estimate(x, link(trajectories(x.clamp(0, 1), self.residual)), self.project_refine,
-                                 rho=REFINE_RHO, iters=REFINE_ITERS)
+                                 rho=refine_rho(self.D.speed()).to(x.dtype), iters=REFINE_ITERS)
 
     def map_estimate(self, x: Tensor, D: Optional[TrajectoryDifference] = None,
-                     project: Optional[Callable[[Tensor], Tensor]] = None, *, rho: Optional[float] = None,
+                     project: Optional[Callable[[Tensor], Tensor]] = None, *, rho: Optional[float | Tensor] = None,
                      iters: Optional[int] = None) -> Tensor:
-        """X̄ + Π z, one MAP step alone, with the measurement's D, Π, ρ and iterations unless given.
-        [N, C, H, W] → [N, C, H, W] (a new tensor)"""
+        """X̄ + Π z, one MAP step alone, with the measurement's D, Π, ρ and iterations unless given; ρ a number or
+        one per pixel of every frame ([N, 1, H, W], ρ‖z‖² then Σ ρ z²).  [N, C, H, W] → [N, C, H, W] (a new tensor)"""
         P = self.project if project is None else project
         D, w = self.D if D is None else D, self.weight
         rho, iters = self.rho if rho is None else rho, self.iters if iters is None else iters
         H = lambda v: D.A_adjoint(D.A(v)).add_(self.op.A_adjoint_A(v), alpha=w)             # DᵀD + w AᵀA
-        normal = lambda z: P(H(z)).add_(z, alpha=rho)           # Π H Π + ρ I on range(Π), where CG's iterates stay
+        if isinstance(rho, Tensor):                             # Π(H + diag ρ)Π on range(Π), where CG's iterates stay
+            normal = lambda z: P(H(z).addcmul_(rho, z))
+        else:                                                   # Π H Π + ρ I (Π z = z there)
+            normal = lambda z: P(H(z)).add_(z, alpha=rho)
         rhs = P(H(x).sub_(self.op.A_adjoint(self.y), alpha=w).neg_())                    # Π(w Aᵀy − H X̄)
         z = conjugate_gradient(normal, rhs, torch.zeros_like(x), iters, dot=inner_product)
         return x + P(z)

@@ -12,9 +12,9 @@ from engine.metrics import psnr
 from engine.operators import from_spec
 from engine.priors import GaussianPrior
 from engine.runtime import Solver, SolverConfig
-from engine.temporal_prior import (MEAN_RADIUS, SEPARABLE_RADIUS, MotionPrior, TrajectoryDifference, _box, estimate_flow,
-                                   free_modes, histogram_change, sampling_grid, scene_cuts, trajectory_mean, video_frames,
-                                   warp, warp_adjoint)
+from engine.temporal_prior import (FAST_SPEED, MEAN_RADIUS, REFINE_RHO, REFINE_RHO_SLOW, SEPARABLE_RADIUS, SLOW_SPEED,
+                                   MotionPrior, TrajectoryDifference, _box, estimate_flow, free_modes, histogram_change,
+                                   refine_rho, sampling_grid, scene_cuts, trajectory_mean, video_frames, warp, warp_adjoint)
 from engine.testclips import camera_clip
 from engine.windows import VideoRestorer
 
@@ -101,6 +101,49 @@ def test_motion_prior_changes_only_the_free_modes():
     assert step.norm() > 0 and torch.allclose(prior.project(step), step, atol=1e-10)
     assert (change - step).norm() > 0 and not torch.allclose(prior.project(change), change, atol=1e-6)
     assert torch.allclose(prior.project_mean(change), change, atol=1e-10)
+
+
+def test_speed_is_the_flow_length():
+    """The flow's length recovered from D's sampling grid, flows leaving the frame included."""
+    flow = 4 * torch.randn(3, 2, 7, 10, generator=torch.Generator().manual_seed(5), dtype=F64)
+    D = TrajectoryDifference(flow, torch.ones(3, 1, 7, 10, dtype=F64))
+    assert torch.allclose(D.speed(), flow.norm(dim=1, keepdim=True), atol=1e-12)
+
+
+def test_the_second_step_is_held_where_the_measurement_moves_slowly():
+    """ρ_r is REFINE_RHO_SLOW where neither of a frame's pairs moves faster than SLOW_SPEED, REFINE_RHO where one
+    moves FAST_SPEED or more (the faster pair counts), linear between; the clip's first and last frames have one pair."""
+    speed = torch.zeros(3, 1, 16, 32, dtype=F64)
+    speed[1, ..., 16:] = FAST_SPEED + 1                     # pair 1 (frames 1, 2) moves fast in its right half
+    speed[0] = (SLOW_SPEED + FAST_SPEED) / 2                # pair 0 halfway everywhere
+    rho = refine_rho(speed)
+    assert rho.shape == (4, 1, 16, 32)
+    slow, fast, half = REFINE_RHO_SLOW, REFINE_RHO, (REFINE_RHO_SLOW + REFINE_RHO) / 2
+    assert torch.allclose(rho[3], torch.full_like(rho[3], slow))                       # pair 2 only: still
+    assert torch.allclose(rho[0], torch.full_like(rho[0], half))                       # pair 0 only: halfway
+    for n in (1, 2):                                                                   # pair 1's right half
+        assert torch.allclose(rho[n, ..., 20:], torch.full_like(rho[n, ..., 20:], fast))
+    assert torch.allclose(rho[1, ..., :12], torch.full_like(rho[1, ..., :12], half))   # pair 0 beside a still half
+    assert torch.allclose(rho[2, ..., :12], torch.full_like(rho[2, ..., :12], slow))
+
+
+def test_a_map_step_with_a_rho_per_pixel_minimises_its_objective():
+    """With ρ given per pixel the step solves Π(H + diag ρ)Π z = Π(w Aᵀy − H X̄): after enough CG steps its
+    residual is 1e-8 of the right-hand side's; with ρ the same everywhere it is the step with that number."""
+    clip = camera_clip("astronaut", frames=10, size=12, pan=(1.0, 0.5)).to(F64)
+    op = from_spec(SPEC, tuple(clip.shape), dtype=F64, kernels="torch")
+    g = torch.Generator().manual_seed(4)
+    y = op.A(clip) + 0.01 * torch.randn(op.out_shape, generator=g, dtype=F64)
+    prior = MotionPrior(op, y, video_frames(op, y), 4.0)
+    x = clip + 0.05 * torch.randn(clip.shape, generator=g, dtype=F64)
+    rho = 0.01 + 0.5 * torch.rand(10, 1, 12, 12, generator=g, dtype=F64)
+    z = prior.map_estimate(x, rho=rho, iters=300) - x
+    H = lambda v: prior.D.A_adjoint(prior.D.A(v)) + prior.weight * op.A_adjoint_A(v)
+    rhs = prior.project(prior.weight * op.A_adjoint(y) - H(x))
+    assert torch.allclose(prior.project(z), z, atol=1e-12)
+    assert (prior.project(H(z) + rho * z) - rhs).norm() < 1e-8 * rhs.norm()
+    same = torch.full_like(rho, 0.02)
+    assert torch.allclose(prior.map_estimate(x, rho=same), prior.map_estimate(x, rho=0.02), atol=1e-10)
 
 
 def test_the_trajectory_mean_keeps_a_clip_that_moves_by_whole_pixels():
