@@ -33,10 +33,16 @@ wider free modes Π_r (g·μ < τ_r‖AᵀA‖, τ_r = REFINE_FREE):
 
     X₂ = X₁ + Π_r z,   z = argmin_z ‖D₁(X₁ + Π_r z)‖² + w‖A(X₁ + Π_r z) − y‖² + ρ_r‖z‖²
 
-by REFINE_ITERS CG steps, ρ_r = REFINE_RHO (on 96 frames of a real 640×272 H.264 clip with two scene
-cuts: +2.5 dB, the worst frame's drop below its neighbours 5.3 → 2.9 dB; on slow clips −0.05 to +0.3 dB:
-docs/results.md, "The flow of the restored frames"). A third step gained on the fast clip and lost on
-the slow ones.
+by REFINE_ITERS CG steps (on 96 frames of a real 640×272 H.264 clip with two scene cuts: +2.5 dB, the
+worst frame's drop below its neighbours 5.3 → 2.9 dB; on slow clips −0.05 to +0.3 dB: docs/results.md,
+"The flow of the restored frames"). A third step gained on the fast clip and lost on the slow ones.
+The step is there for fast motion, which the blur smears; where the measurement moves slowly its own
+flow is as good as X₁'s, and a step along X₁'s flow only adds that flow's errors (ghost pairs on a slow
+codec clip). So ρ_r‖z‖² is Σ ρ_r z² with ρ_r per pixel of every frame (`refine_rho`): ρ_slow where
+the measurement's flow is shorter than SLOW_SPEED pixels per frame, REFINE_RHO from FAST_SPEED on. A
+noisy measurement's flow is less sure, so ρ_slow falls with σ_y (`slow_rho`): REFINE_RHO_SLOW up to
+σ_y = SLOW_NOISE, (SLOW_NOISE/σ_y)² of it beyond, never under REFINE_RHO (at σ_y = 0.01 the step is the
+same everywhere).
 
 Both steps still tie the two frames beside a scene cut: D_y through the fade, D₁ wherever unrelated
 colours happen to match. X₂ shows the cut plainly, so it is found there (`scene_cuts`: the colour
@@ -89,10 +95,11 @@ REFINE_FREE = 0.1
 #: the second MAP step's ρ and CG iterations: on 96 frames of 640×272 ten iterations from z = 0 leave it far from
 #: converged (the frames beside a scene cut 0.7 dB lower); twenty with ρ 0.01 (docs/results.md)
 REFINE_RHO, REFINE_ITERS = 0.01, 20
-#: ρ_r where the measurement shows slow motion (`refine_rho`): REFINE_RHO_SLOW at a speed ≤ SLOW_SPEED pixels per
-#: frame, REFINE_RHO from FAST_SPEED on, linear between; the speed a (2·SPEED_RADIUS + 1)² mean of the flow's length.
-#: Chosen with the saved loop outputs of real H.264 clips (docs/results.md, "Where the measurement's flow holds")
-REFINE_RHO_SLOW, SLOW_SPEED, FAST_SPEED, SPEED_RADIUS = 0.1, 1.0, 3.0, 3
+#: ρ_r where the measurement shows slow motion (`refine_rho`): ρ_slow at a speed ≤ SLOW_SPEED pixels per frame,
+#: REFINE_RHO from FAST_SPEED on, linear between; the speed a (2·SPEED_RADIUS + 1)² mean of the flow's length;
+#: ρ_slow = REFINE_RHO_SLOW up to σ_y = SLOW_NOISE (`slow_rho`). Chosen with the saved loop outputs of real H.264
+#: clips (σ̂ 0.001–0.002) and bench/ghosts.py (σ_y 0.01) (docs/results.md, "Where the measurement's flow holds")
+REFINE_RHO_SLOW, SLOW_NOISE, SLOW_SPEED, FAST_SPEED, SPEED_RADIUS = 0.1, 0.003, 1.0, 3.0, 3
 #: σ_y of the noiseless CG (γ = None): the 8-bit rounding's, 1/(255·√12)
 ROUNDING_SIGMA = 1 / (255 * 12**0.5)
 #: ρ of the free-mode solve, relative to DᵀD's scale (≤ 4)
@@ -315,6 +322,13 @@ def video_frames(op, y: Tensor) -> Tensor:
     return op.A_adjoint(y).div_(weight.clamp_min(1e-12)).masked_fill_(weight <= 0, 0)
 
 
+def slow_rho(sigma_y: float) -> float:
+    """ρ_slow = clamp(REFINE_RHO_SLOW · min(1, (SLOW_NOISE/σ_y)²), REFINE_RHO, REFINE_RHO_SLOW): the second step's
+    ρ where the measurement moves slowly, lower where its noise makes its flow less sure (module docstring)."""
+    share = 1.0 if sigma_y <= SLOW_NOISE else (SLOW_NOISE / sigma_y) ** 2
+    return max(REFINE_RHO_SLOW * share, REFINE_RHO)
+
+
 def refine_rho(speed: Tensor, *, slow: float = REFINE_RHO_SLOW, fast: float = REFINE_RHO,
                slow_speed: float = SLOW_SPEED, fast_speed: float = FAST_SPEED, radius: int = SPEED_RADIUS) -> Tensor:
     """ρ_r of the second MAP step at every pixel of every frame, from the measurement's flow lengths s_n = |f_n|:
@@ -403,11 +417,13 @@ class MotionPrior:
         self.project_refine = free_modes(op, REFINE_FREE, device=frames.device, dtype=frames.dtype)
         self.project_mean = free_modes(op, MEAN_FREE, device=frames.device, dtype=frames.dtype)
         self.weight, self.residual = (residual / noise_level(gamma)) ** 2, residual
+        self.rho_slow = slow_rho(noise_level(gamma))
         self.y = y
         self.rho, self.iters = rho, iters
         self.D = trajectories(frames, residual) if self.project is not None and frames.shape[0] > 1 else None
-        log.debug("motion prior on %d frames: τ %g, data weight %.3g, %d CG steps%s", frames.shape[0], free,
-                  self.weight, iters, "" if self.D is not None else " (no temporal part: X̄ kept)")
+        log.debug("motion prior on %d frames: τ %g, data weight %.3g, %d CG steps, the second step's ρ %g where the "
+                  "motion is slow%s", frames.shape[0], free, self.weight, iters, self.rho_slow,
+                  "" if self.D is not None else " (no temporal part: X̄ kept)")
 
     def __call__(self, x: Tensor) -> Tensor:
         """X₂ − Π_m X₂ + Π_m M(X₂): X₁ along the measurement's motion, X₂ along X₁'s own, both again without the
@@ -428,8 +444,9 @@ class MotionPrior:
         of frames D_y and D₁ link (None: all; False: across a scene cut).  [N, C, H, W] → [N, C, H, W] (new)"""
         link = (lambda D: D) if keep is None else (lambda D: D.linking(keep))
         x = self.map_estimate(x, link(self.D))                                                    # X₁
+        rho = refine_rho(self.D.speed(), slow=self.rho_slow).to(x.dtype) if self.rho_slow > REFINE_RHO else REFINE_RHO
         return self.map_estimate(x, link(trajectories(x.clamp(0, 1), self.residual)), self.project_refine,
-                                 rho=refine_rho(self.D.speed()).to(x.dtype), iters=REFINE_ITERS)
+                                 rho=rho, iters=REFINE_ITERS)
 
     def map_estimate(self, x: Tensor, D: Optional[TrajectoryDifference] = None,
                      project: Optional[Callable[[Tensor], Tensor]] = None, *, rho: Optional[float | Tensor] = None,

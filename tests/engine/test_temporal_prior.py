@@ -12,9 +12,10 @@ from engine.metrics import psnr
 from engine.operators import from_spec
 from engine.priors import GaussianPrior
 from engine.runtime import Solver, SolverConfig
-from engine.temporal_prior import (FAST_SPEED, MEAN_RADIUS, REFINE_RHO, REFINE_RHO_SLOW, SEPARABLE_RADIUS, SLOW_SPEED,
-                                   MotionPrior, TrajectoryDifference, _box, estimate_flow, free_modes, histogram_change,
-                                   refine_rho, sampling_grid, scene_cuts, trajectory_mean, video_frames, warp, warp_adjoint)
+from engine.temporal_prior import (FAST_SPEED, MEAN_RADIUS, REFINE_RHO, REFINE_RHO_SLOW, SEPARABLE_RADIUS, SLOW_NOISE,
+                                   SLOW_SPEED, MotionPrior, TrajectoryDifference, _box, estimate_flow, free_modes,
+                                   histogram_change, refine_rho, sampling_grid, scene_cuts, slow_rho, trajectory_mean,
+                                   video_frames, warp, warp_adjoint)
 from engine.testclips import camera_clip
 from engine.windows import VideoRestorer
 
@@ -127,6 +128,14 @@ def test_the_second_step_is_held_where_the_measurement_moves_slowly():
     assert torch.allclose(rho[2, ..., :12], torch.full_like(rho[2, ..., :12], slow))
 
 
+def test_a_noisy_measurement_holds_its_slow_pixels_less():
+    """ρ_slow is REFINE_RHO_SLOW up to SLOW_NOISE (the codec clips' σ̂ and the noiseless CG's rounding), falls with
+    σ_y beyond, and is REFINE_RHO (the step the same everywhere) from about 3·SLOW_NOISE on."""
+    assert slow_rho(0.0) == slow_rho(SLOW_NOISE) == REFINE_RHO_SLOW
+    assert REFINE_RHO < slow_rho(1.5 * SLOW_NOISE) < REFINE_RHO_SLOW
+    assert slow_rho(0.01) == slow_rho(0.05) == REFINE_RHO
+
+
 def test_a_map_step_with_a_rho_per_pixel_minimises_its_objective():
     """With ρ given per pixel the step solves Π(H + diag ρ)Π z = Π(w Aᵀy − H X̄): after enough CG steps its
     residual is 1e-8 of the right-hand side's; with ρ the same everywhere it is the step with that number."""
@@ -202,6 +211,7 @@ def test_motion_prior_steps_run_without_host_sync():
     op = from_spec(SPEC, (n, 3, h, w), device="meta", dtype=torch.float32)
     prior = MotionPrior.__new__(MotionPrior)
     prior.project, prior.rho, prior.iters, prior.weight, prior.op = free_modes(op, 1e-2, device="meta"), 1e-3, 3, 4.0, op
+    prior.rho_slow = 0.1                                                                  # ρ_r per pixel
     prior.project_mean = free_modes(op, 0.1, device="meta")
     prior.project_refine, prior.residual = free_modes(op, 0.05, device="meta"), 0.02      # the second step's flow too
     prior.y = torch.empty(n, 3, h, w, device="meta")
