@@ -113,9 +113,10 @@ def clean_frame(spec: str, measured: tuple[int, int]) -> tuple[int, int]:
 
 
 def with_sigma_y(job: Job, cfg: SolverConfig, sigma_y: float) -> tuple[Job, SolverConfig]:
-    """(job, cfg) at the measurement's noise σ_y: γ of the regularised CG from σ_y unless --gamma set it."""
+    """(job, cfg) at the measurement's noise σ_y: γ of the regularised CG from σ_y unless --gamma set it, and σ_y
+    for the motion prior's flow."""
     gamma = cfg.gamma if cfg.gamma is not None else default_gamma(sigma_y, diffusion=job.checkpoint is not None)
-    return dataclasses.replace(job, sigma_y=sigma_y), dataclasses.replace(cfg, gamma=gamma)
+    return dataclasses.replace(job, sigma_y=sigma_y), dataclasses.replace(cfg, gamma=gamma, sigma_y=sigma_y)
 
 
 def weighed_noise(job: Job, cfg: SolverConfig) -> float:

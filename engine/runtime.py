@@ -81,6 +81,8 @@ class SolverConfig:
     nvtx: bool = False               # an NVTX range per stage of each step, for Nsight (engine.sampler)
     start: Optional[int] = None      # t₀ of a warm start (engine.schedule.warm_start); None: T, the cold start
     temporal_prior: str = "none"     # the null modes' prior (engine.temporal_prior): "none" (the paper) | "motion"
+    sigma_y: Optional[float] = None  # the measurement's noise as stated or estimated, for the motion prior's flow
+                                     # (engine.temporal_prior.slow_rho); None: the noise γ weighs the data for
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -106,6 +108,8 @@ class SolverConfig:
             raise InputError(f"eta (DDIM stochasticity η) must lie in [0, 1], got {self.eta}")
         if self.gamma is not None and not (math.isfinite(self.gamma) and self.gamma > 0):
             raise InputError(f"gamma (γ of the regularised CG) must be a finite number > 0, got {self.gamma}")
+        if self.sigma_y is not None and not (math.isfinite(self.sigma_y) and self.sigma_y >= 0):
+            raise InputError(f"sigma_y (the measurement's noise) must be a finite number ≥ 0, got {self.sigma_y}")
         check_device(self.device)
         if self.cg_precond is not None and not (math.isfinite(self.cg_precond) and self.cg_precond > 0):
             raise InputError(f"cg_precond (the preconditioner's δ) must be a finite number > 0 or None, "
@@ -402,7 +406,8 @@ class Solver:
                         if self.comm is not None:
                             self.comm.clock = None
                 if self.config.temporal_prior == "motion":     # the null modes, after the loop
-                    prior = MotionPrior(self.op, y, video_frames(self.op, y), self.config.gamma)
+                    prior = MotionPrior(self.op, y, video_frames(self.op, y), self.config.gamma,
+                                        sigma_y=self.config.sigma_y)
                     out = prior(out).clamp_(0, 1)
             if caller is not None:
                 out.record_stream(caller)       # made on the Solver's stream, used on the caller's

@@ -407,17 +407,19 @@ class MotionPrior:
 
     `y`: the measurement of `op` (op.out_shape); `frames`: the clip's motion as the measurement shows it
     in video space (`video_frames`), op.in_shape; `gamma`: the CG's γ (None: noiseless), which gives σ_y
-    (`noise_level`) and so the data weight w = (residual/σ_y)².
+    (`noise_level`) and so the data weight w = (residual/σ_y)²; `sigma_y`: the measurement's own noise where
+    known (stated or estimated; the CG may weigh the data for a larger one), for `slow_rho` (None: γ's).
     """
 
     def __init__(self, op, y: Tensor, frames: Tensor, gamma: Optional[float] = None, *, free: float = DEFAULT_FREE,
-                 rho: float = DEFAULT_RHO, iters: int = DEFAULT_ITERS, residual: float = DEFAULT_RESIDUAL):
+                 rho: float = DEFAULT_RHO, iters: int = DEFAULT_ITERS, residual: float = DEFAULT_RESIDUAL,
+                 sigma_y: Optional[float] = None):
         self.op, self.free = op, free
         self.project = free_modes(op, free, device=frames.device, dtype=frames.dtype)
         self.project_refine = free_modes(op, REFINE_FREE, device=frames.device, dtype=frames.dtype)
         self.project_mean = free_modes(op, MEAN_FREE, device=frames.device, dtype=frames.dtype)
         self.weight, self.residual = (residual / noise_level(gamma)) ** 2, residual
-        self.rho_slow = slow_rho(noise_level(gamma))
+        self.rho_slow = slow_rho(noise_level(gamma) if sigma_y is None else sigma_y)
         self.y = y
         self.rho, self.iters = rho, iters
         self.D = trajectories(frames, residual) if self.project is not None and frames.shape[0] > 1 else None
