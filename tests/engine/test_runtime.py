@@ -257,6 +257,8 @@ def test_cupy_input_reaches_the_solver_without_a_copy(clip):
     (dict(gamma=-1.0), "gamma .* > 0"),
     (dict(gamma=0.0), "gamma .* > 0"),
     (dict(gamma=float("nan")), "gamma .* > 0"),
+    (dict(sigma_y=-0.01), "sigma_y .* ≥ 0"),
+    (dict(sigma_y=float("inf")), "sigma_y .* ≥ 0"),
     (dict(device="tpu"), "device"),
     (dict(device="cuda:banana"), "device"),
 ])

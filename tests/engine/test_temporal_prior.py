@@ -1,6 +1,7 @@
 """The null modes' temporal prior (engine.temporal_prior): warps, flow, the free-mode refinement, ghost frames."""
 
 import functools
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,6 +135,21 @@ def test_a_noisy_measurement_holds_its_slow_pixels_less():
     assert slow_rho(0.0) == slow_rho(SLOW_NOISE) == REFINE_RHO_SLOW
     assert REFINE_RHO < slow_rho(1.5 * SLOW_NOISE) < REFINE_RHO_SLOW
     assert slow_rho(0.01) == slow_rho(0.05) == REFINE_RHO
+
+
+def test_the_slow_rho_follows_the_measurement_s_own_noise_not_the_weighed_one():
+    """A real video's CG weighs the data for σ_w = 0.01 whatever its σ̂ (engine.realvideo): the prior takes ρ_slow
+    from the σ_y the command sets (`with_sigma_y`), and from γ's noise only without one."""
+    from engine.job import Job, with_sigma_y
+
+    clip = camera_clip("astronaut", frames=8, size=16, pan=(1.0, 0.5))
+    op = from_spec(SPEC, tuple(clip.shape), kernels="torch")
+    y = op.A(clip)
+    gamma = default_gamma(0.01)
+    assert MotionPrior(op, y, video_frames(op, y), gamma).rho_slow == REFINE_RHO
+    assert MotionPrior(op, y, video_frames(op, y), gamma, sigma_y=0.002).rho_slow == REFINE_RHO_SLOW
+    _, cfg = with_sigma_y(Job(input=None, out=Path("out")), SolverConfig(spec=SPEC), 0.002)
+    assert cfg.sigma_y == 0.002 and cfg.gamma is not None
 
 
 def test_a_map_step_with_a_rho_per_pixel_minimises_its_objective():
