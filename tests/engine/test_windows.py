@@ -254,9 +254,9 @@ def test_a_windows_motion_prior_sees_its_rows_as_measured(monkeypatch):
 
     seen, real = [], windows.MotionPrior
 
-    def spy(op, y, frames, gamma):
+    def spy(op, y, frames, gamma, **options):
         seen.append(frames.clone())
-        return real(op, y, frames, gamma)
+        return real(op, y, frames, gamma, **options)
 
     monkeypatch.setattr(windows, "MotionPrior", spy)
     still = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(7)).expand(40, -1, -1, -1)
