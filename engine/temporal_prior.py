@@ -122,6 +122,8 @@ MEAN_CHUNK = 8
 #: clean real clips cuts give 0.21–0.71 and 7.8–73×, other pairs at most 0.11 and 2.5×; on a restored 640×272 clip
 #: the weaker cut 0.21 and 5.3×, other pairs at most 0.11 and 2.9× (docs/results.md, "Scene cuts")
 CUT_BINS, CUT_FLOOR, CUT_RATIO, CUT_RADIUS = 32, 0.15, 4.0, 3
+#: frames whose histograms are counted at once (the work space; the result does not depend on it)
+CUT_CHUNK = 8
 
 
 def noise_level(gamma: Optional[float]) -> float:
@@ -347,7 +349,7 @@ def refine_rho(speed: Tensor, *, slow: float = REFINE_RHO_SLOW, fast: float = RE
 
 # ── scene cuts ──────────────────────────────────────────────────────────────
 
-def histogram_change(frames: Tensor, bins: int = CUT_BINS, chunk: int = MEAN_CHUNK) -> Tensor:
+def histogram_change(frames: Tensor, bins: int = CUT_BINS, chunk: int = CUT_CHUNK) -> Tensor:
     """h[n] = Σ_c Σ_b |H_cb(x[n+1]) − H_cb(x[n])| / (2·C·H·W), H_cb the number of channel c's pixels in bin b of
     [0, 1] (`bins` equal bins, values clamped): the share of pixels whose colour changed bin, 0 … 1, blind to
     where in the frame they are (so to motion).  Counted `chunk` frames at a time.  [N, C, H, W] → [N−1] float32"""

@@ -254,6 +254,14 @@ def test_histogram_change_is_the_share_of_pixels_that_change_colour():
     assert torch.allclose(histogram_change(clip)[[0, 2]], torch.tensor([0.0, 0.5]), atol=1e-7)
 
 
+def test_histogram_change_does_not_depend_on_its_chunk():
+    """Counted a frame at a time, three at a time or all at once: the same changes."""
+    clip = two_shots(16)
+    whole = histogram_change(clip, chunk=clip.shape[0])
+    for chunk in (1, 3):
+        assert torch.equal(histogram_change(clip, chunk=chunk), whole)
+
+
 def test_scene_cuts_are_found_between_two_shots_and_not_inside_one():
     """The cut of two panning shots is found, at its pair only; one panning shot of the same length has none, and
     two frames alone (no pairs around to compare with) have none."""
