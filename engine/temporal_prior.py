@@ -41,8 +41,7 @@ flow is as good as X₁'s, and a step along X₁'s flow only adds that flow's er
 codec clip). So ρ_r‖z‖² is Σ ρ_r z² with ρ_r per pixel of every frame (`refine_rho`): ρ_slow where
 the measurement's flow is shorter than SLOW_SPEED pixels per frame, REFINE_RHO from FAST_SPEED on. A
 noisy measurement's flow is less sure, so ρ_slow falls with σ_y (`slow_rho`): REFINE_RHO_SLOW up to
-σ_y = SLOW_NOISE, (SLOW_NOISE/σ_y)² of it beyond, never under REFINE_RHO (at σ_y = 0.01 the step is the
-same everywhere).
+σ_y = SLOW_NOISE, REFINE_RHO (the step the same everywhere) from NOISY on, geometrically between.
 
 Both steps still tie the two frames beside a scene cut: D_y through the fade, D₁ wherever unrelated
 colours happen to match. X₂ shows the cut plainly, so it is found there (`scene_cuts`: the colour
@@ -72,6 +71,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from typing import Callable, Optional
 
 import torch
@@ -97,9 +97,10 @@ REFINE_FREE = 0.1
 REFINE_RHO, REFINE_ITERS = 0.01, 20
 #: ρ_r where the measurement shows slow motion (`refine_rho`): ρ_slow at a speed ≤ SLOW_SPEED pixels per frame,
 #: REFINE_RHO from FAST_SPEED on, linear between; the speed a (2·SPEED_RADIUS + 1)² mean of the flow's length;
-#: ρ_slow = REFINE_RHO_SLOW up to σ_y = SLOW_NOISE (`slow_rho`). Chosen with the saved loop outputs of real H.264
-#: clips (σ̂ 0.001–0.002) and bench/ghosts.py (σ_y 0.01) (docs/results.md, "Where the measurement's flow holds")
-REFINE_RHO_SLOW, SLOW_NOISE, SLOW_SPEED, FAST_SPEED, SPEED_RADIUS = 0.1, 0.003, 1.0, 3.0, 3
+#: ρ_slow = REFINE_RHO_SLOW up to σ_y = SLOW_NOISE, REFINE_RHO from NOISY on (`slow_rho`). Chosen with the saved loop
+#: outputs of real H.264 clips (σ̂ 0.001–0.004), noisy near-lossless ones (σ̂ 0.004–0.005) and bench/ghosts.py (σ_y
+#: 0.01) (docs/results.md, "Where the measurement's flow holds")
+REFINE_RHO_SLOW, SLOW_NOISE, NOISY, SLOW_SPEED, FAST_SPEED, SPEED_RADIUS = 0.1, 0.003, 0.004, 1.0, 3.0, 3
 #: σ_y of the noiseless CG (γ = None): the 8-bit rounding's, 1/(255·√12)
 ROUNDING_SIGMA = 1 / (255 * 12**0.5)
 #: ρ of the free-mode solve, relative to DᵀD's scale (≤ 4)
@@ -325,10 +326,13 @@ def video_frames(op, y: Tensor) -> Tensor:
 
 
 def slow_rho(sigma_y: float) -> float:
-    """ρ_slow = clamp(REFINE_RHO_SLOW · min(1, (SLOW_NOISE/σ_y)²), REFINE_RHO, REFINE_RHO_SLOW): the second step's
-    ρ where the measurement moves slowly, lower where its noise makes its flow less sure (module docstring)."""
-    share = 1.0 if sigma_y <= SLOW_NOISE else (SLOW_NOISE / sigma_y) ** 2
-    return max(REFINE_RHO_SLOW * share, REFINE_RHO)
+    """ρ_slow = REFINE_RHO_SLOW^(1−s) · REFINE_RHO^s, s = clamp(log(σ_y/SLOW_NOISE) / log(NOISY/SLOW_NOISE), 0, 1):
+    the second step's ρ where the measurement moves slowly, lower where its noise makes its flow less sure (module
+    docstring)."""
+    if sigma_y <= SLOW_NOISE:
+        return REFINE_RHO_SLOW
+    s = min(math.log(sigma_y / SLOW_NOISE) / math.log(NOISY / SLOW_NOISE), 1.0)
+    return REFINE_RHO_SLOW ** (1 - s) * REFINE_RHO ** s
 
 
 def refine_rho(speed: Tensor, *, slow: float = REFINE_RHO_SLOW, fast: float = REFINE_RHO,

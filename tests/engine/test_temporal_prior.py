@@ -13,8 +13,8 @@ from engine.metrics import psnr
 from engine.operators import from_spec
 from engine.priors import GaussianPrior
 from engine.runtime import Solver, SolverConfig
-from engine.temporal_prior import (FAST_SPEED, MEAN_RADIUS, REFINE_RHO, REFINE_RHO_SLOW, SEPARABLE_RADIUS, SLOW_NOISE,
-                                   SLOW_SPEED, MotionPrior, TrajectoryDifference, _box, estimate_flow, free_modes,
+from engine.temporal_prior import (FAST_SPEED, MEAN_RADIUS, NOISY, REFINE_RHO, REFINE_RHO_SLOW, SEPARABLE_RADIUS,
+                                   SLOW_NOISE, SLOW_SPEED, MotionPrior, TrajectoryDifference, _box, estimate_flow, free_modes,
                                    histogram_change, refine_rho, sampling_grid, scene_cuts, slow_rho, trajectory_mean,
                                    video_frames, warp, warp_adjoint)
 from engine.testclips import camera_clip
@@ -130,10 +130,12 @@ def test_the_second_step_is_held_where_the_measurement_moves_slowly():
 
 
 def test_a_noisy_measurement_holds_its_slow_pixels_less():
-    """ρ_slow is REFINE_RHO_SLOW up to SLOW_NOISE (the codec clips' σ̂ and the noiseless CG's rounding), falls with
-    σ_y beyond, and is REFINE_RHO (the step the same everywhere) from about 3·SLOW_NOISE on."""
+    """ρ_slow is REFINE_RHO_SLOW up to SLOW_NOISE (most codec clips' σ̂ and the noiseless CG's rounding), falls with
+    σ_y beyond, geometrically (halfway in log σ_y: the geometric mean), and is REFINE_RHO (the step the same
+    everywhere) from NOISY on."""
     assert slow_rho(0.0) == slow_rho(SLOW_NOISE) == REFINE_RHO_SLOW
-    assert REFINE_RHO < slow_rho(1.5 * SLOW_NOISE) < REFINE_RHO_SLOW
+    assert slow_rho((SLOW_NOISE * NOISY) ** 0.5) == pytest.approx((REFINE_RHO * REFINE_RHO_SLOW) ** 0.5, rel=1e-12)
+    assert slow_rho(NOISY) == pytest.approx(REFINE_RHO, rel=1e-12)
     assert slow_rho(0.01) == slow_rho(0.05) == REFINE_RHO
 
 
