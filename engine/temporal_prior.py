@@ -99,7 +99,7 @@ REFINE_RHO, REFINE_ITERS = 0.01, 20
 #: REFINE_RHO from FAST_SPEED on, linear between; the speed a (2·SPEED_RADIUS + 1)² mean of the flow's length;
 #: ρ_slow = REFINE_RHO_SLOW up to σ_y = SLOW_NOISE, REFINE_RHO from NOISY on (`slow_rho`). Chosen with the saved loop
 #: outputs of real H.264 clips (σ̂ 0.001–0.004), noisy near-lossless ones (σ̂ 0.004–0.005) and bench/ghosts.py (σ_y
-#: 0.01) (docs/results.md, "Where the measurement's flow holds")
+#: 0.01) (docs/results.md, "Where the measurement's flow holds" and "The slow pixels' ρ of a noisy measurement")
 REFINE_RHO_SLOW, SLOW_NOISE, NOISY, SLOW_SPEED, FAST_SPEED, SPEED_RADIUS = 0.1, 0.003, 0.004, 1.0, 3.0, 3
 #: σ_y of the noiseless CG (γ = None): the 8-bit rounding's, 1/(255·√12)
 ROUNDING_SIGMA = 1 / (255 * 12**0.5)
