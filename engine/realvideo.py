@@ -28,6 +28,16 @@ frame t, how well the input and the restoration x̂ explain the measurement:
 α = 1 (the frame kept as given) where the input explains y as well as x̂ does or within the noise,
 α = 0 (the restoration kept) where its residual is GUARD_SPAN times x̂'s or more; the frames it
 touches are recorded and warned about (`input_guard`; `StreamGuard` for a video restored in windows).
+
+A y ≈ y says less than it seems: the box blur keeps whatever is straight in time, so a frame in steady
+motion, whose blurred input changes evenly from frame to frame, explains itself too (on 120 frames of
+an H.264 clip such frames were kept 1–2 dB below their restoration). So α is also held under a cap
+that asks the input frame itself to be still, by its slope v[t] = ‖y[t+1] − y[t−1]‖ / (2√n_t) (the
+ends held) against the noise (σ = max(σ_y, 8-bit rounding)):
+
+    α[t] ← min(α[t], c[t]),   c[t] = 1 while v[t] ≤ STILL·σ, MOVING_CAP from MOVING·σ on, linear between
+
+(a small share of the input still helps a moving frame: the two estimates' errors differ).
 x̂ is judged before the last denoise (engine.polish), and both sides of the blend get that step:
 it removes noise the measurement holds, so its own residual says nothing about the restoration,
 and the input's noise is no more wanted than the restoration's (a frame "kept as given" is the
@@ -54,9 +64,14 @@ OVERFIT, UNDERFIT, WEIGHED_SPAN = 0.5, 3.0, 1.0
 #: kept); chosen with bench/real_targets.py on six real H.264 clips with the last denoise (engine.polish) after it:
 #: static crops keep their input, moving ones their restoration (docs/results.md, "The last denoise")
 GUARD_SPAN, NOISE_SPAN = 1.5, 1.0
+#: the still cap (module docstring): α ≤ 1 up to a slope of STILL·σ, ≤ MOVING_CAP from MOVING·σ on; static crops'
+#: frames have slopes of 1–3σ, carphone's 3–8σ; chosen with the saved restorations of nine real clips (docs/results.md,
+#: "A still input, not a straight one")
+STILL, MOVING, MOVING_CAP = 3.0, 5.0, 0.25
 
 __all__ = ["NoiseLevel", "noise_level", "residual_record", "grey_clip", "OVERFIT", "UNDERFIT", "WEIGHED_SPAN",
-           "input_guard", "frame_residuals", "guard_weights", "guard_record", "StreamGuard", "GUARD_SPAN", "NOISE_SPAN"]
+           "input_guard", "frame_residuals", "frame_slopes", "guard_weights", "guard_record", "StreamGuard", "GUARD_SPAN",
+           "NOISE_SPAN", "STILL", "MOVING", "MOVING_CAP"]
 
 
 @dataclass(frozen=True)
@@ -142,7 +157,7 @@ def input_guard(op, restored: torch.Tensor, y: torch.Tensor, sigma_y: float, *,
     y = y.to(restored.device, restored.dtype)
     e_in = frame_residuals(op, y, y)                                                    # [N]
     e_out = frame_residuals(op, restored, y) if e_out is None else e_out                # [N]
-    alpha = guard_weights(e_in, e_out, sigma_y)
+    alpha = guard_weights(e_in, e_out, frame_slopes(y), sigma_y)
     x = finish(restored)
     x = x.clone() if x is restored else x                                               # the caller's stays as it is
     touched = torch.nonzero(alpha > 0).flatten()                                        # host: after the loop
@@ -152,11 +167,28 @@ def input_guard(op, restored: torch.Tensor, y: torch.Tensor, sigma_y: float, *,
     return x, guard_record(alpha, e_in, e_out)
 
 
-def guard_weights(e_in: torch.Tensor, e_out: torch.Tensor, sigma_y: float) -> torch.Tensor:
-    """α[t] = clamp(1 − log(e_in / max(e_out, NOISE_SPAN·σ_y)) / log GUARD_SPAN, 0, 1).  [N], [N] → [N] float64"""
+def frame_slopes(y: torch.Tensor) -> torch.Tensor:
+    """v[t] = ‖y[t+1] − y[t−1]‖ / (2√n_t), y[−1] = y[0] and y[N] = y[N−1]: how fast the input itself changes
+    at frame t, float64, a frame pair at a time.  [N, C, H, W] → [N]"""
+    n = y.shape[0]
+    return torch.stack([slope(y[max(t - 1, 0)], y[min(t + 1, n - 1)]) for t in range(n)])
+
+
+def slope(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """‖after − before‖ / (2√n): `frame_slopes` of the frame between the two.  [C, H, W], [C, H, W] → [] float64"""
+    return (after - before).double().square().mean().sqrt() / 2
+
+
+def guard_weights(e_in: torch.Tensor, e_out: torch.Tensor, slopes: torch.Tensor, sigma_y: float) -> torch.Tensor:
+    """α[t] = min(clamp(1 − log(e_in / max(e_out, NOISE_SPAN·σ_y)) / log GUARD_SPAN, 0, 1), c[t]), c the still cap
+    of the slopes v (`frame_slopes`): 1 up to STILL·σ, MOVING_CAP from MOVING·σ on, σ = max(σ_y, 8-bit rounding)
+    (module docstring).  [N], [N], [N] → [N] float64"""
+    from engine.noise import ROUNDING_FLOOR
+
     floor = max(NOISE_SPAN * sigma_y, torch.finfo(torch.float64).tiny)
     q = torch.log(e_in.double() / e_out.double().clamp_min(floor)) / math.log(GUARD_SPAN)
-    return (1 - q).clamp(0, 1)                                                          # e_in = 0 gives 1
+    still = ((MOVING - slopes.double() / max(sigma_y, ROUNDING_FLOOR)) / (MOVING - STILL)).clamp(0, 1)
+    return torch.minimum((1 - q).clamp(0, 1), MOVING_CAP + (1 - MOVING_CAP) * still)   # e_in = 0 gives the cap
 
 
 def guard_record(alpha: torch.Tensor, e_in: torch.Tensor, e_out: torch.Tensor) -> dict:
@@ -249,7 +281,9 @@ class StreamGuard:
         r = self.reach
         e_in = (self.op.A(ys)[r] - y).double().square().mean().sqrt()
         e_out = (self.op.A(self._around(self.x, t, last))[r] - y).double().square().mean().sqrt()
-        alpha = guard_weights(e_in[None], e_out[None], self.sigma_y)[0]
+        after = self.y[t + 1] if last is None or t < last else y                      # the ends held
+        v = slope(self.y[max(t - 1, 0)].to(y.device, y.dtype), after.to(y.device, y.dtype))
+        alpha = guard_weights(e_in[None], e_out[None], v[None], self.sigma_y)[0]
         self.e_in.append(e_in), self.e_out.append(e_out), self.alpha.append(alpha)
         for store in (self.x, self.y):                 # frame t + 1 needs frames from t + 1 − r on
             store.pop(t - r, None)

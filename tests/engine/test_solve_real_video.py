@@ -16,7 +16,8 @@ from engine.fileio import RUN_MARKER
 from engine.operators import from_spec
 from engine.polish import POLISH_SPAN, polish
 from engine.priors import GaussianPrior
-from engine.realvideo import GUARD_SPAN, StreamGuard, frame_residuals, input_guard, residual_record
+from engine.realvideo import (GUARD_SPAN, MOVING, MOVING_CAP, STILL, StreamGuard, frame_residuals, frame_slopes,
+                              guard_weights, input_guard, residual_record)
 from engine.solve import main
 from engine.testclips import camera_clip
 from engine.video_io import read_video
@@ -285,12 +286,46 @@ def test_the_guard_blends_between_the_bounds():
     op, _, moving, _, _ = _still_and_moving()
     y = op.A(moving)
     e_in = frame_residuals(op, y, y)
-    wrong = moving + 0.8 * (op.A(moving) - moving)      # A·wrong − y = 0.8·(A y − y): α = 1 − log(1.25)/log 1.5 ≈ 0.45
+    wrong = moving + 0.7 * (op.A(moving) - moving)      # A·wrong − y = 0.7·(A y − y): α = 1 − log(1/0.7)/log 1.5 ≈ 0.12
     x, record = input_guard(op, wrong, y, 0.0)
     alpha = ((x - wrong).flatten(1).norm(dim=1) / (y - wrong).flatten(1).norm(dim=1).clamp_min(1e-12))
     q = torch.log(e_in / frame_residuals(op, wrong, y)) / math.log(GUARD_SPAN)
+    assert ((1 - q) < MOVING_CAP).all()                 # under the moving frames' cap: the residuals alone decide
     assert torch.allclose(alpha.double(), (1 - q).clamp(0, 1), atol=1e-4)
     assert 0 < record["alpha_mean"] < 1
+
+
+def test_the_guard_keeps_only_a_still_input():
+    """A moving clip's input explains its measurement better than a restoration that explains nothing (zeros),
+    yet it is no still input: the frames take MOVING_CAP of it, none is kept."""
+    op, _, moving, _, y = _still_and_moving()
+    assert (frame_slopes(y) >= MOVING * 0.004).all()
+    x, record = input_guard(op, torch.zeros_like(moving), y, 0.004)
+    assert torch.allclose(x, MOVING_CAP * y) and record["frames_kept"] == []
+    assert record["alpha_mean"] == pytest.approx(MOVING_CAP)
+
+
+def test_the_still_cap_holds_alpha_by_the_input_s_slope():
+    """α where the residuals alone keep the input (e_in = e_out): 1 up to a slope of STILL·σ, MOVING_CAP from
+    MOVING·σ on, linear between; σ_y = 0 is taken as the 8-bit rounding's; a smaller α stays as it was."""
+    from engine.noise import ROUNDING_FLOOR
+
+    sigma = 0.004
+    slopes = sigma * torch.tensor([0.0, STILL, (STILL + MOVING) / 2, MOVING, 4 * MOVING], dtype=torch.float64)
+    same = torch.full((5,), 0.01, dtype=torch.float64)
+    expected = torch.tensor([1.0, 1.0, (1 + MOVING_CAP) / 2, MOVING_CAP, MOVING_CAP], dtype=torch.float64)
+    assert torch.allclose(guard_weights(same, same, slopes, sigma), expected, atol=1e-12)
+    assert torch.allclose(guard_weights(same, same, slopes / sigma * ROUNDING_FLOOR, 0.0), expected, atol=1e-12)
+    low = guard_weights(same, same / GUARD_SPAN ** 0.9, slopes, sigma)             # residuals' α 0.1 everywhere
+    assert torch.allclose(low, torch.full_like(low, 0.1), atol=1e-12)
+
+
+def test_frame_slopes_are_half_the_change_across_a_frame_with_the_ends_held():
+    """A clip brightening by c per frame: slope c inside, c/2 at the two ends (their outer neighbour held)."""
+    c = 0.01
+    clip = (0.2 + c * torch.arange(6, dtype=torch.float64))[:, None, None, None].expand(6, 3, 4, 5)
+    assert torch.allclose(frame_slopes(clip), torch.tensor([c / 2, c, c, c, c, c / 2], dtype=torch.float64),
+                          atol=1e-15)
 
 
 def test_the_guard_passes_an_operator_that_changes_the_frame_shape():
@@ -334,11 +369,11 @@ def test_real_targets_reads_a_whole_video_from_the_frame_asked(tmp_path, monkeyp
 @pytest.mark.parametrize("boundary", ["replicate", "zero"])
 def test_the_streamed_guard_equals_the_whole_clips(boundary):
     spec = f"temporal:uniform:5:{boundary}"
-    op = from_spec(spec, (12, 3, 16, 16))
-    clip = torch.cat([camera_clip(frames=6, size=16, pan=(0.0, 0.0)), camera_clip(frames=6, size=16, pan=(3.0, 1.0))])
+    op = from_spec(spec, (14, 3, 16, 16))
+    clip = torch.cat([camera_clip(frames=8, size=16, pan=(0.0, 0.0)), camera_clip(frames=6, size=16, pan=(3.0, 1.0))])
     y = op.A(clip) + 0.004 * torch.randn(clip.shape, generator=torch.Generator().manual_seed(2))
     smoothed = torch.nn.functional.avg_pool2d(clip, 3, stride=1, padding=1)       # a prior that costs detail
-    restored = torch.cat([smoothed[:6], clip[6:]])                                  # still half kept, moving half not
+    restored = torch.cat([smoothed[:8], 0.5 * clip[8:]])                 # still part kept, moving part capped
     finish = lambda x: x.clamp(0.1, 0.9)                                           # a last step after the judging
     whole, record = input_guard(op, restored, y, 0.004, finish=finish)
     guard = StreamGuard(spec, (16, 16), 0.004)
@@ -346,7 +381,7 @@ def test_the_streamed_guard_equals_the_whole_clips(boundary):
     streamed = torch.stack(list(guard.frames(iter(restored), finish)))
     streamed_record = guard.record()
     assert torch.allclose(streamed, whole, atol=1e-6)
-    assert streamed_record["frames_kept"] == record["frames_kept"] and 0 < len(record["frames_kept"]) < 12
+    assert streamed_record["frames_kept"] == record["frames_kept"] and 0 < len(record["frames_kept"]) < 14
     assert streamed_record["alpha_mean"] == pytest.approx(record["alpha_mean"], abs=1e-9)
     assert len(guard.x) <= 2 * guard.reach                                          # frames dropped once used
 
