@@ -38,6 +38,7 @@ ends held) against the noise (σ = max(σ_y, 8-bit rounding)):
     α[t] ← min(α[t], c[t]),   c[t] = 1 while v[t] ≤ STILL·σ, MOVING_CAP from MOVING·σ on, linear between
 
 (a small share of the input still helps a moving frame: the two estimates' errors differ).
+
 x̂ is judged before the last denoise (engine.polish), and both sides of the blend get that step:
 it removes noise the measurement holds, so its own residual says nothing about the restoration,
 and the input's noise is no more wanted than the restoration's (a frame "kept as given" is the
