@@ -55,6 +55,8 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 
+from engine.noise import MIN_SIDE, ROUNDING_FLOOR, estimate_noise
+
 log = logging.getLogger(__name__)
 
 #: ρ / σ_y outside [OVERFIT, UNDERFIT] gets a warning, and so does ρ above WEIGHED_SPAN·σ_w (module docstring);
@@ -92,8 +94,6 @@ def noise_level(y: torch.Tensor, stated: Optional[float]) -> NoiseLevel:
 
     A stated 0 on a measurement whose estimated noise is above 8-bit rounding is warned about: the
     noiseless CG then amplifies that noise (the user asked for it, so it runs)."""
-    from engine.noise import MIN_SIDE, ROUNDING_FLOOR, estimate_noise
-
     if min(y.shape[-2:]) < MIN_SIDE:                  # too small a frame to tell noise from detail
         if stated is None:
             log.warning("frames of %dx%d are too small to estimate their noise (at least %dx%d): assuming 8-bit "
@@ -184,8 +184,6 @@ def guard_weights(e_in: torch.Tensor, e_out: torch.Tensor, slopes: torch.Tensor,
     """α[t] = min(clamp(1 − log(e_in / max(e_out, NOISE_SPAN·σ_y)) / log GUARD_SPAN, 0, 1), c[t]), c the still cap
     of the slopes v (`frame_slopes`): 1 up to STILL·σ, MOVING_CAP from MOVING·σ on, σ = max(σ_y, 8-bit rounding)
     (module docstring).  [N], [N], [N] → [N] float64"""
-    from engine.noise import ROUNDING_FLOOR
-
     floor = max(NOISE_SPAN * sigma_y, torch.finfo(torch.float64).tiny)
     q = torch.log(e_in.double() / e_out.double().clamp_min(floor)) / math.log(GUARD_SPAN)
     still = ((MOVING - slopes.double() / max(sigma_y, ROUNDING_FLOOR)) / (MOVING - STILL)).clamp(0, 1)

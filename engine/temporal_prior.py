@@ -79,6 +79,7 @@ import torch.nn.functional as F
 
 from engine.cg import GAMMA_NOISE, conjugate_gradient
 from engine.errors import InputError
+from engine.noise import ROUNDING_FLOOR
 from engine.operators.base import LinearOperator, inner_product
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,6 @@ REFINE_RHO, REFINE_ITERS = 0.01, 20
 #: outputs of real H.264 clips (σ̂ 0.001–0.004), noisy near-lossless ones (σ̂ 0.004–0.005) and bench/ghosts.py (σ_y
 #: 0.01) (docs/results.md, "Where the measurement's flow holds" and "The slow pixels' ρ of a noisy measurement")
 REFINE_RHO_SLOW, SLOW_NOISE, NOISY, SLOW_SPEED, FAST_SPEED, SPEED_RADIUS = 0.1, 0.003, 0.004, 1.0, 3.0, 3
-#: σ_y of the noiseless CG (γ = None): the 8-bit rounding's, 1/(255·√12)
-ROUNDING_SIGMA = 1 / (255 * 12**0.5)
 #: ρ of the free-mode solve, relative to DᵀD's scale (≤ 4)
 DEFAULT_RHO = 1e-3
 #: CG iterations of the free-mode solve
@@ -128,8 +127,9 @@ CUT_CHUNK = 8
 
 
 def noise_level(gamma: Optional[float]) -> float:
-    """σ_y behind the CG's γ: GAMMA_NOISE / γ (engine.cg.default_gamma's inverse), ROUNDING_SIGMA for γ None."""
-    return ROUNDING_SIGMA if gamma is None else GAMMA_NOISE / gamma
+    """σ_y behind the CG's γ: GAMMA_NOISE / γ (engine.cg.default_gamma's inverse), the 8-bit rounding's
+    (engine.noise.ROUNDING_FLOOR) for γ None, the noiseless CG."""
+    return ROUNDING_FLOOR if gamma is None else GAMMA_NOISE / gamma
 
 
 def check_temporal_prior(name: str) -> str:
@@ -438,21 +438,31 @@ class MotionPrior:
         pairs across a scene cut where X₂ shows one (module docstring).  [N, C, H, W] → [N, C, H, W]"""
         if self.D is None:
             return x
-        refined = self.refine(x)
+        rho = self.second_rho(x.dtype)                  # the same for both passes
+        refined = self.refine(x, rho=rho)
         cuts = scene_cuts(refined)
         if cuts.any():                                  # the one host read: a clip without a cut keeps X₂
             log.debug("scene cuts after frames %s: the MAP steps again without linking across them",
                       cuts.nonzero().flatten().tolist())
             del refined                                 # its memory for the second pass
-            refined = self.refine(x, ~cuts)
+            refined = self.refine(x, ~cuts, rho=rho)
+        del rho
         return refined.add_(self.project_mean(trajectory_mean(refined).sub_(refined)))
 
-    def refine(self, x: Tensor, keep: Optional[Tensor] = None) -> Tensor:
-        """X₂: the MAP step along the measurement's motion (X₁), then along X₁'s own; keep [N−1] bool: the pairs
-        of frames D_y and D₁ link (None: all; False: across a scene cut).  [N, C, H, W] → [N, C, H, W] (new)"""
+    def second_rho(self, dtype: torch.dtype) -> float | Tensor:
+        """ρ_r of the second MAP step: `refine_rho` of the measurement's flow speed [N−1, 1, H, W], or REFINE_RHO
+        itself where the slow pixels take it too (σ_y from NOISY on: no map to hold)."""
+        if self.rho_slow <= REFINE_RHO:
+            return REFINE_RHO
+        return refine_rho(self.D.speed(), slow=self.rho_slow).to(dtype)
+
+    def refine(self, x: Tensor, keep: Optional[Tensor] = None, *, rho: Optional[float | Tensor] = None) -> Tensor:
+        """X₂: the MAP step along the measurement's motion (X₁), then along X₁'s own with ρ_r = `rho` (None:
+        `second_rho`); keep [N−1] bool: the pairs of frames D_y and D₁ link (None: all; False: across a scene cut).
+        [N, C, H, W] → [N, C, H, W] (new)"""
         link = (lambda D: D) if keep is None else (lambda D: D.linking(keep))
         x = self.map_estimate(x, link(self.D))                                                    # X₁
-        rho = refine_rho(self.D.speed(), slow=self.rho_slow).to(x.dtype) if self.rho_slow > REFINE_RHO else REFINE_RHO
+        rho = self.second_rho(x.dtype) if rho is None else rho
         return self.map_estimate(x, link(trajectories(x.clamp(0, 1), self.residual)), self.project_refine,
                                  rho=rho, iters=REFINE_ITERS)
 

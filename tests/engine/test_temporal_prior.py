@@ -303,15 +303,21 @@ def test_linking_leaves_out_the_pairs_across_a_cut():
 
 
 def test_the_prior_runs_its_steps_again_without_the_pairs_across_a_cut(monkeypatch):
-    """On two shots the MAP steps run twice, the second time without the pair across the cut; on one shot once."""
+    """On two shots the MAP steps run twice, the second time without the pair across the cut; on one shot once.
+    The second step's ρ map is made once per clip, for both passes."""
     keeps, refine = [], MotionPrior.refine
-    monkeypatch.setattr(MotionPrior, "refine", lambda self, x, keep=None: keeps.append(keep) or refine(self, x, keep))
+    monkeypatch.setattr(MotionPrior, "refine",
+                        lambda self, x, keep=None, **options: keeps.append(keep) or refine(self, x, keep, **options))
+    maps, second_rho = [], MotionPrior.second_rho
+    monkeypatch.setattr(MotionPrior, "second_rho", lambda self, dtype: maps.append(dtype) or second_rho(self, dtype))
     for clip in (two_shots().to(F64), camera_clip("chelsea", frames=24, size=32, pan=(1.0, 0.5)).to(F64)):
         op = from_spec(SPEC, tuple(clip.shape), dtype=F64, kernels="torch")
         y = op.A(clip)
-        MotionPrior(op, y, video_frames(op, y), 8.0)(clip + 0.05 * free_modes(op, 0.1)(torch.randn_like(clip)))
+        prior = MotionPrior(op, y, video_frames(op, y), 8.0, sigma_y=0.002)       # the slow pixels' ρ as a map
+        prior(clip + 0.05 * free_modes(op, 0.1)(torch.randn_like(clip)))
     assert len(keeps) == 3 and keeps[0] is None and keeps[2] is None
     assert (~keeps[1]).nonzero().flatten().tolist() == [11]
+    assert maps == [F64, F64]
 
 
 def test_video_frames_of_a_spatial_operator():
