@@ -18,6 +18,8 @@ bench/results/real_targets.jsonl with the machine.
     python -m bench.real_targets --clip carphone --frames 120 --full
     python -m bench.real_targets --clip bigbuckbunny --frames 96 --full --width 640 --height 272 --start 0
     python -m bench.real_targets --clip bikes --frames 32 --blur temporal:uniform:1     # a sharp video, told 7
+    python -m bench.real_targets --clip bikes --frames 120 --crop 176 144 --start 130   # 176×144 of any clip
+    python -m bench.real_targets --clip photo:camera --frames 120 --crop 176 144        # a photo panned, 176×144
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch.nn.functional as F
 
 from bench.common import git_commit
 from bench.real_clips import CLIPS, CLIPS_DIR, VIDEOS, clean_clip, degrade
+from engine.errors import InputError
 from engine.metrics import psnr
 from engine.video_io import read_video
 
@@ -44,10 +47,13 @@ SPEC = "temporal:uniform:7"
 
 
 def clean_video(name: str, frames: int, *, width: int | None, height: int | None, full: bool,
-                start: int | None = None) -> torch.Tensor:
+                start: int | None = None, crop: tuple[int, int] | None = None,
+                at: tuple[float, float] | None = None) -> torch.Tensor:
     """The clean clip [N, 3, H, W]: a whole video's frames (`full`) from frame `start` (None: the clip's own
     first frame, bench.real_clips.VIDEOS), scaled to `width` and centre-cropped to `height` when given, else a
-    square crop of bench.real_clips."""
+    square crop of bench.real_clips; with `crop` = (w, h), the `cropped_clip` of that size instead."""
+    if crop is not None:
+        return cropped_clip(name, frames, crop, at=at, start=start, width=width)
     if not full:
         return clean_clip(name, frames=frames, size=height or 128)
     first = VIDEOS[name][1] if start is None else start
@@ -61,6 +67,24 @@ def clean_video(name: str, frames: int, *, width: int | None, height: int | None
     return video.clamp(0, 1).contiguous()
 
 
+def cropped_clip(name: str, frames: int, crop: tuple[int, int], *, at: tuple[float, float] | None = None,
+                 start: int | None = None, width: int | None = None) -> torch.Tensor:
+    """A w×h window `[N, 3, h, w]` of a clip, (w, h) = `crop`: of a video's whole frames (from `start`, scaled
+    to `width` when given) at `at` = (top, left) as fractions of the free margin (default the clip's own,
+    bench.real_clips.VIDEOS), or of a photo panned at max(w, h) pixels (default the centre)."""
+    w, h = crop
+    if name.startswith("photo:"):
+        clip, place = clean_clip(name, frames=frames, size=max(w, h)), (0.5, 0.5)
+    else:
+        clip, place = clean_video(name, frames, width=width, height=None, full=True, start=start), VIDEOS[name][2]
+    top, left = at or place
+    rows, cols = clip.shape[-2:]
+    if not (0 < h <= rows and 0 < w <= cols) or not (0 <= top <= 1 and 0 <= left <= 1):
+        raise InputError(f"cannot take a {w}x{h} window at {top:g}, {left:g} of {name}'s {cols}x{rows} frames")
+    i, j = round(top * (rows - h)), round(left * (cols - w))
+    return clip[..., i:i + h, j:j + w].contiguous()
+
+
 def add_clip_flags(parser, *, frames: int) -> None:
     """--clip, --frames, --full, --width, --height, --start: the clean clip `clean_video` reads (`clip_of`)."""
     parser.add_argument("--clip", choices=CLIPS, default="carphone")
@@ -69,13 +93,19 @@ def add_clip_flags(parser, *, frames: int) -> None:
     parser.add_argument("--width", type=int, help="with --full: scale the frames to this width")
     parser.add_argument("--height", type=int, help="with --full: centre-crop to this height (else: the crop's side)")
     parser.add_argument("--start", type=int,
-                        help="with --full: the first frame (default: the clip's own, bench.real_clips)")
+                        help="with --full or --crop: the first frame (default: the clip's own, bench.real_clips)")
+    parser.add_argument("--crop", type=int, nargs=2, metavar=("WIDTH", "HEIGHT"),
+                        help="a WIDTH×HEIGHT window of the video's frames (scaled to --width first when given), or "
+                             "of the photo panned at the larger side")
+    parser.add_argument("--at", type=float, nargs=2, metavar=("TOP", "LEFT"),
+                        help="with --crop: where, as fractions of the free margin (default: the clip's own place, "
+                             "a photo's centre)")
 
 
 def clip_of(args) -> torch.Tensor:
     """The clean clip the flags of `add_clip_flags` name.  → [N, 3, H, W]"""
     return clean_video(args.clip, args.frames, width=args.width, height=args.height, full=args.full,
-                       start=args.start)
+                       start=args.start, crop=args.crop, at=args.at)
 
 
 def frame_dips(scores: torch.Tensor, radius: int = 3) -> torch.Tensor:
@@ -101,7 +131,7 @@ def run(args, extra: list[str]) -> dict:
     p_in, p_out = psnr(given, clean), psnr(restored, clean)            # [N] float64
     gain = p_out - p_in
     guard = report.get("guard") or {}
-    return {"clip": args.clip, "start": args.start, "frames": clean.shape[0], "size": list(clean.shape[-2:]),
+    return {"clip": args.clip, "start": args.start, "crop": args.crop, "at": args.at, "frames": clean.shape[0], "size": list(clean.shape[-2:]),
             "spec": args.degrade, "blur": args.blur, "residual": report.get("residual"),
             "sigma": args.sigma, "crf": args.crf, "extra": extra, "input_psnr": p_in.mean().item(),
             "restored_psnr": p_out.mean().item(), "gain": gain.mean().item(), "worst_gain": gain.min().item(),

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import engine.job as job_module
+from engine.errors import InputError
 from engine.fileio import RUN_MARKER
 from engine.operators import from_spec
 from engine.polish import POLISH_SPAN, polish
@@ -364,6 +365,24 @@ def test_real_targets_reads_a_whole_video_from_the_frame_asked(tmp_path, monkeyp
     monkeypatch.setitem(real_targets.VIDEOS, "tiny", ("clip.mp4", 5, (0.5, 0.5)))
     assert torch.equal(real_targets.clean_video("tiny", 4, width=None, height=None, full=True), video[5:9])
     assert torch.equal(real_targets.clean_video("tiny", 4, width=None, height=None, full=True, start=1), video[1:5])
+
+
+def test_real_targets_crops_a_window_of_a_video_or_a_panned_photo(tmp_path, monkeypatch):
+    import bench.real_targets as real_targets
+    from bench.real_clips import clean_clip, x264_roundtrip
+
+    x264_roundtrip(camera_clip(frames=10, size=32), 18, mp4=tmp_path / "clip.mp4")
+    video = read_video(tmp_path / "clip.mp4", size=None)                           # [10, 3, 32, 32]
+    monkeypatch.setattr(real_targets, "CLIPS_DIR", tmp_path)
+    monkeypatch.setitem(real_targets.VIDEOS, "tiny", ("clip.mp4", 5, (0.5, 0.5)))
+    window = real_targets.clean_video("tiny", 4, width=None, height=None, full=False, crop=(12, 8), at=(1.0, 0.25))
+    assert torch.equal(window, video[5:9, :, 24:32, 5:17])                           # top 1·24, left 0.25·20
+    centre = real_targets.clean_video("tiny", 3, width=None, height=None, full=False, start=2, crop=(12, 8))
+    assert torch.equal(centre, video[2:5, :, 12:20, 10:22])
+    photo = real_targets.clean_video("photo:camera", 3, width=None, height=None, full=False, crop=(24, 16))
+    assert torch.equal(photo, clean_clip("photo:camera", frames=3, size=24)[:, :, 4:20, :])
+    with pytest.raises(InputError, match="40x8 window"):
+        real_targets.clean_video("tiny", 2, width=None, height=None, full=False, crop=(40, 8))
 
 
 @pytest.mark.parametrize("boundary", ["replicate", "zero"])
