@@ -86,7 +86,8 @@ def cropped_clip(name: str, frames: int, crop: tuple[int, int], *, at: tuple[flo
 
 
 def add_clip_flags(parser, *, frames: int) -> None:
-    """--clip, --frames, --full, --width, --height, --start: the clean clip `clean_video` reads (`clip_of`)."""
+    """--clip, --frames, --full, --width, --height, --start, --crop, --at: the clean clip `clean_video` reads
+    (`clip_of`)."""
     parser.add_argument("--clip", choices=CLIPS, default="carphone")
     parser.add_argument("--frames", type=int, default=frames)
     parser.add_argument("--full", action="store_true", help="the video's whole frames (else a square crop)")
@@ -131,7 +132,8 @@ def run(args, extra: list[str]) -> dict:
     p_in, p_out = psnr(given, clean), psnr(restored, clean)            # [N] float64
     gain = p_out - p_in
     guard = report.get("guard") or {}
-    return {"clip": args.clip, "start": args.start, "crop": args.crop, "at": args.at, "frames": clean.shape[0], "size": list(clean.shape[-2:]),
+    return {"clip": args.clip, "start": args.start, "crop": args.crop, "at": args.at, "frames": clean.shape[0],
+            "size": list(clean.shape[-2:]),
             "spec": args.degrade, "blur": args.blur, "residual": report.get("residual"),
             "sigma": args.sigma, "crf": args.crf, "extra": extra, "input_psnr": p_in.mean().item(),
             "restored_psnr": p_out.mean().item(), "gain": gain.mean().item(), "worst_gain": gain.min().item(),
