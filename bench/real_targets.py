@@ -74,6 +74,8 @@ def cropped_clip(name: str, frames: int, crop: tuple[int, int], *, at: tuple[flo
     bench.real_clips.VIDEOS), or of a photo panned at max(w, h) pixels (default the centre)."""
     w, h = crop
     if name.startswith("photo:"):
+        if start is not None or width is not None:
+            raise InputError(f"{name} is a photo panned from its first frame at its own scale: no --start or --width")
         clip, place = clean_clip(name, frames=frames, size=max(w, h)), (0.5, 0.5)
     else:
         clip, place = clean_video(name, frames, width=width, height=None, full=True, start=start), VIDEOS[name][2]
@@ -105,6 +107,10 @@ def add_clip_flags(parser, *, frames: int) -> None:
 
 def clip_of(args) -> torch.Tensor:
     """The clean clip the flags of `add_clip_flags` name.  → [N, 3, H, W]"""
+    if args.at is not None and args.crop is None:
+        raise InputError("--at places a --crop window: give --crop WIDTH HEIGHT too")
+    if args.crop is not None and (args.full or args.height is not None):
+        raise InputError("--crop takes its window of the whole frames itself: leave out --full and --height")
     return clean_video(args.clip, args.frames, width=args.width, height=args.height, full=args.full,
                        start=args.start, crop=args.crop, at=args.at)
 

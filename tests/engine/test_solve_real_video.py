@@ -1,6 +1,7 @@
 """The command on what a user brings: a degraded video (the default), its noise estimated, every check
 on INPUT before the model loads, odd sizes and grey frames kept, a killed run's leftovers removed."""
 
+import argparse
 import json
 import math
 import os
@@ -383,6 +384,14 @@ def test_real_targets_crops_a_window_of_a_video_or_a_panned_photo(tmp_path, monk
     assert torch.equal(photo, clean_clip("photo:camera", frames=3, size=24)[:, :, 4:20, :])
     with pytest.raises(InputError, match="40x8 window"):
         real_targets.clean_video("tiny", 2, width=None, height=None, full=False, crop=(40, 8))
+    with pytest.raises(InputError, match="no --start or --width"):
+        real_targets.clean_video("photo:camera", 2, width=None, height=None, full=False, start=3, crop=(24, 16))
+    flags = argparse.ArgumentParser()
+    real_targets.add_clip_flags(flags, frames=4)
+    for argv, why in ((["--clip", "photo:camera", "--at", "0", "0"], "give --crop"),
+                      (["--clip", "photo:camera", "--crop", "24", "16", "--full"], "leave out --full")):
+        with pytest.raises(InputError, match=why):
+            real_targets.clip_of(flags.parse_args(argv))
 
 
 @pytest.mark.parametrize("boundary", ["replicate", "zero"])
