@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 
 from bench.common import RESULTS, append_jsonl, machine
 from engine.cg import gamma_at
+from engine.errors import InputError
 from engine.metrics import psnr
 from engine.operators import from_spec
 from engine.priors import PRIORS, make_prior
@@ -146,7 +148,11 @@ def main(argv=None) -> int:
     info = machine(torch.device("cpu"))
     for item in args.clips:
         name, frames, *rest = item.split(":")
-        clean = load_clip(name, int(frames), args.height, int(rest[0]) if rest else 0, args.clip_dir)
+        try:
+            clean = load_clip(name, int(frames), args.height, int(rest[0]) if rest else 0, args.clip_dir)
+        except InputError as err:
+            print(f"python -m bench.ghosts: {item}: {err}", file=sys.stderr)
+            return 2
         for sigma in args.sigma:
             y = degrade(clean, args.spec, sigma, args.seed + 1, args.h264)
             blurred = ghost_report(y, clean)

@@ -164,7 +164,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-save", action="store_true", help="print the row only")
     args = p.parse_args(argv)
     args.degrade = args.degrade or args.blur
-    row = run(args, extra)
+    try:
+        row = run(args, extra)
+    except InputError as err:
+        print(f"{p.prog}: {err}", file=sys.stderr)
+        return 2
     print(json.dumps(row))
     if not args.no_save:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -527,3 +527,10 @@ def test_fps_frames_and_size_flags_parse_or_refuse():
             fps.parse_args(bad)
     assert fps.network_tiles(SolverConfig("temporal:uniform:7", size=(720, 1280)), 256) == 28
     assert fps.network_tiles(SolverConfig("temporal:uniform:7", size=256), 256) == 1
+
+
+def test_ghosts_names_a_missing_clip_without_a_traceback(tmp_path, capsys):
+    from bench import ghosts
+
+    assert ghosts.main(["--clips", "nosuch:4", "--clip-dir", str(tmp_path), "--no-save"]) == 2
+    assert "nosuch:4" in capsys.readouterr().err

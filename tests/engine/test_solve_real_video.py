@@ -368,7 +368,7 @@ def test_real_targets_reads_a_whole_video_from_the_frame_asked(tmp_path, monkeyp
     assert torch.equal(real_targets.clean_video("tiny", 4, width=None, height=None, full=True, start=1), video[1:5])
 
 
-def test_real_targets_crops_a_window_of_a_video_or_a_panned_photo(tmp_path, monkeypatch):
+def test_real_targets_crops_a_window_of_a_video_or_a_panned_photo(tmp_path, monkeypatch, capsys):
     import bench.real_targets as real_targets
     from bench.real_clips import clean_clip, x264_roundtrip
 
@@ -392,6 +392,8 @@ def test_real_targets_crops_a_window_of_a_video_or_a_panned_photo(tmp_path, monk
                       (["--clip", "photo:camera", "--crop", "24", "16", "--full"], "leave out --full")):
         with pytest.raises(InputError, match=why):
             real_targets.clip_of(flags.parse_args(argv))
+    assert real_targets.main(["--clip", "photo:camera", "--at", "0", "0", "--no-save"]) == 2   # a message, no traceback
+    assert "give --crop" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("boundary", ["replicate", "zero"])
