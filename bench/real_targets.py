@@ -20,6 +20,10 @@ bench/results/real_targets.jsonl with the machine.
     python -m bench.real_targets --clip bikes --frames 32 --blur temporal:uniform:1     # a sharp video, told 7
     python -m bench.real_targets --clip bikes --frames 120 --crop 176 144 --start 130   # 176×144 of any clip
     python -m bench.real_targets --clip photo:camera --frames 120 --crop 176 144        # a photo panned, 176×144
+    python -m bench.real_targets --clip bikes --frames 120 --crop 176 144 --light flash  # a change of light
+
+--light changes the clean clip's light before it is blurred, as a camera records it (`relit`): a fade out
+and back in, or a flash.
 """
 
 from __future__ import annotations
@@ -87,6 +91,31 @@ def cropped_clip(name: str, frames: int, crop: tuple[int, int], *, at: tuple[flo
     return clip[..., i:i + h, j:j + w].contiguous()
 
 
+#: `relit`: the fade dims to FADE_FLOOR of the light and back; the flash brightens FLASH_FRAMES frames by FLASH_GAIN
+FADE_FLOOR, FLASH_GAIN, FLASH_FRAMES = 0.2, 1.35, 3
+LIGHTS = ("fade", "flash")
+
+
+def relit(clip: torch.Tensor, light: str) -> torch.Tensor:
+    """The clean clip [N, 3, H, W] under a change of light, as a camera records it (clipped to [0, 1]):
+
+        fade:  x[n]·g(n), g falling linearly from 1 at n = N/3 to FADE_FLOOR at 7N/12, back to 1 at 5N/6
+        flash: x[n]·FLASH_GAIN for the FLASH_FRAMES frames from n = 5N/12
+    """
+    n = clip.shape[0]
+    t = torch.arange(n, dtype=clip.dtype)
+    if light == "fade":
+        down, low, up = n / 3, 7 * n / 12, 5 * n / 6
+        gain = (1 - (1 - FADE_FLOOR) * ((t - down) / (low - down)).clamp(0, 1)
+                + (1 - FADE_FLOOR) * ((t - low) / (up - low)).clamp(0, 1))
+    elif light == "flash":
+        first = 5 * n // 12
+        gain = torch.where((t >= first) & (t < first + FLASH_FRAMES), FLASH_GAIN, 1.0).to(clip.dtype)
+    else:
+        raise InputError(f"unknown --light {light!r}; accepted: {', '.join(LIGHTS)}")
+    return (clip * gain[:, None, None, None]).clamp(0, 1)
+
+
 def add_clip_flags(parser, *, frames: int) -> None:
     """--clip, --frames, --full, --width, --height, --start, --crop, --at: the clean clip `clean_video` reads
     (`clip_of`)."""
@@ -124,6 +153,7 @@ def frame_dips(scores: torch.Tensor, radius: int = 3) -> torch.Tensor:
 
 def run(args, extra: list[str]) -> dict:
     clean = clip_of(args)
+    clean = relit(clean, args.light) if args.light else clean
     with tempfile.TemporaryDirectory() as tmp:
         mp4 = Path(tmp) / "blurred.mp4"
         given = degrade(clean, args.blur, sigma=args.sigma, crf=args.crf, seed=1, mp4=mp4)
@@ -138,7 +168,8 @@ def run(args, extra: list[str]) -> dict:
     p_in, p_out = psnr(given, clean), psnr(restored, clean)            # [N] float64
     gain = p_out - p_in
     guard = report.get("guard") or {}
-    return {"clip": args.clip, "start": args.start, "crop": args.crop, "at": args.at, "frames": clean.shape[0],
+    return {"clip": args.clip, "start": args.start, "crop": args.crop, "at": args.at, "light": args.light,
+            "frames": clean.shape[0],
             "size": list(clean.shape[-2:]),
             "spec": args.degrade, "blur": args.blur, "residual": report.get("residual"),
             "sigma": args.sigma, "crf": args.crf, "extra": extra, "input_psnr": p_in.mean().item(),
@@ -159,6 +190,7 @@ def main(argv=None) -> int:
     add_clip_flags(p, frames=16)
     p.add_argument("--sigma", type=float, default=0.0, help="Gaussian noise added before 8-bit rounding")
     p.add_argument("--crf", type=int, default=23, help="x264 CRF of the blurred mp4")
+    p.add_argument("--light", choices=LIGHTS, help="a change of light in the clean clip (module docstring)")
     p.add_argument("--blur", default=SPEC, help="how the clean clip is degraded (default %(default)s)")
     p.add_argument("--degrade", default=None, help="what the command is told (default: --blur)")
     p.add_argument("--no-save", action="store_true", help="print the row only")

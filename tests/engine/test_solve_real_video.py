@@ -428,3 +428,19 @@ def test_a_still_video_restored_in_windows_comes_back_as_given(tmp_path, caplog)
     assert weighed > 0 and r["polish"]["sigma"] == pytest.approx(POLISH_SPAN * weighed)
     kept = polish(GaussianPrior(), still, r["polish"]["sigma"])        # the input with the last denoise
     assert (read_video(tmp_path / "out" / "frames", size=None) - kept).abs().max() <= 1 / 255
+
+
+def test_real_targets_relights_the_clean_clip_as_a_camera_records_a_fade_or_a_flash():
+    import bench.real_targets as real_targets
+
+    clip = torch.full((24, 3, 4, 5), 0.6)
+    fade = real_targets.relit(clip, "fade")[:, 0, 0, 0]
+    assert torch.allclose(fade[:9], torch.full((9,), 0.6)) and torch.allclose(fade[20:], torch.full((4,), 0.6))
+    assert fade[14].item() == pytest.approx(0.6 * real_targets.FADE_FLOOR)        # the lowest light at 7N/12
+    assert (fade[8:15].diff() < 0).all() and (fade[14:21].diff() > 0).all()
+    flash = real_targets.relit(clip, "flash")[:, 0, 0, 0]
+    lit = torch.nonzero(flash > 0.6 + 1e-6).flatten().tolist()
+    assert lit == [10, 11, 12] and flash[10].item() == pytest.approx(0.6 * real_targets.FLASH_GAIN)
+    assert real_targets.relit(torch.ones(24, 3, 2, 2), "flash").max() == 1                   # clipped as a sensor is
+    with pytest.raises(InputError, match="unknown --light"):
+        real_targets.relit(clip, "strobe")
