@@ -169,8 +169,7 @@ def run(args, extra: list[str]) -> dict:
     gain = p_out - p_in
     guard = report.get("guard") or {}
     return {"clip": args.clip, "start": args.start, "crop": args.crop, "at": args.at, "light": args.light,
-            "frames": clean.shape[0],
-            "size": list(clean.shape[-2:]),
+            "frames": clean.shape[0], "size": list(clean.shape[-2:]),
             "spec": args.degrade, "blur": args.blur, "residual": report.get("residual"),
             "sigma": args.sigma, "crf": args.crf, "extra": extra, "input_psnr": p_in.mean().item(),
             "restored_psnr": p_out.mean().item(), "gain": gain.mean().item(), "worst_gain": gain.min().item(),
