@@ -29,6 +29,7 @@ and back in, or a flash.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import subprocess
@@ -44,7 +45,7 @@ from bench.common import git_commit
 from bench.real_clips import CLIPS, CLIPS_DIR, VIDEOS, clean_clip, degrade
 from engine.errors import InputError
 from engine.metrics import psnr
-from engine.video_io import read_video
+from engine.video_io import declared_frames, read_video, stream_video
 
 RESULTS = Path(__file__).resolve().parent / "results" / "real_targets.jsonl"
 SPEC = "temporal:uniform:7"
@@ -60,15 +61,23 @@ def clean_video(name: str, frames: int, *, width: int | None, height: int | None
         return cropped_clip(name, frames, crop, at=at, start=start, width=width)
     if not full:
         return clean_clip(name, frames=frames, size=height or 128)
-    first = VIDEOS[name][1] if start is None else start
-    video = read_video(CLIPS_DIR / VIDEOS[name][0], size=None, frames=frames, start=first)
-    if width is not None and width != video.shape[-1]:
-        h = round(video.shape[-2] * width / video.shape[-1])
-        video = F.interpolate(video, size=(h, width), mode="bilinear", antialias=True, align_corners=False)
+    first, path = VIDEOS[name][1] if start is None else start, CLIPS_DIR / VIDEOS[name][0]
+    if (count := declared_frames(path)) is not None and first + frames > count:
+        raise InputError(f"{path} has {count} frames: {frames} from frame {first} run past its end")
+    decoded = itertools.islice(stream_video(path, frames=first + frames), first, None)
+    video = torch.stack([scaled(frame, width) for frame in decoded])      # a frame at its own size at a time
     if height is not None and height < video.shape[-2]:
         top = (video.shape[-2] - height) // 2
         video = video[..., top:top + height, :]
     return video.clamp(0, 1).contiguous()
+
+
+def scaled(frame: torch.Tensor, width: int | None) -> torch.Tensor:
+    """A frame [3, H, W] scaled to `width` columns, its aspect kept (antialiased bilinear); itself for None."""
+    if width is None or width == frame.shape[-1]:
+        return frame
+    h = round(frame.shape[-2] * width / frame.shape[-1])
+    return F.interpolate(frame[None], size=(h, width), mode="bilinear", antialias=True, align_corners=False)[0]
 
 
 def cropped_clip(name: str, frames: int, crop: tuple[int, int], *, at: tuple[float, float] | None = None,

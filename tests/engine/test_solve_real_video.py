@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import engine.job as job_module
 from engine.errors import InputError
@@ -366,6 +367,10 @@ def test_real_targets_reads_a_whole_video_from_the_frame_asked(tmp_path, monkeyp
     monkeypatch.setitem(real_targets.VIDEOS, "tiny", ("clip.mp4", 5, (0.5, 0.5)))
     assert torch.equal(real_targets.clean_video("tiny", 4, width=None, height=None, full=True), video[5:9])
     assert torch.equal(real_targets.clean_video("tiny", 4, width=None, height=None, full=True, start=1), video[1:5])
+    whole = F.interpolate(video[2:6], size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
+    assert torch.equal(real_targets.clean_video("tiny", 4, width=16, height=None, full=True, start=2), whole.clamp(0, 1))
+    with pytest.raises(InputError, match="run past its end"):
+        real_targets.clean_video("tiny", 4, width=None, height=None, full=True, start=8)
 
 
 def test_real_targets_crops_a_window_of_a_video_or_a_panned_photo(tmp_path, monkeypatch, capsys):
