@@ -6,7 +6,9 @@
 Each clip is read from /work/clips (or --clip-dir), resized to at most --height rows (keeping its
 aspect, even sizes), blurred as a user's video is (`temporal:uniform:7:replicate` by default),
 given Gaussian noise σ_y, rounded to 8 bits (and, with --h264, written and read back as an H.264
-mp4), then restored by the whole-video Solver and by VideoRestorer in windows of --window frames.
+mp4), then restored by the whole-video Solver and by VideoRestorer in windows of --window frames,
+with the settings `engine.solve --simulate` gives them (the motion prior's frames registered to the
+measurement unless it went through --h264 or --no-register says not to).
 Every restoration is scored frame by frame against the clean clip:
 
 - mean PSNR (dB);
@@ -92,12 +94,18 @@ def ghost_report(restored: torch.Tensor, clean: torch.Tensor) -> dict:
             "psnr": [round(p, 3) for p in scores.tolist()]}
 
 
+def registers(args, temporal_prior: str) -> bool:
+    """Whether the frames are registered to the measurement (engine.registration), as `engine.solve --simulate`
+    does: with the motion prior, on a measurement of white noise (not through --h264), unless --no-register."""
+    return temporal_prior == "motion" and not args.h264 and not args.no_register
+
+
 def restore(path: str, model, y: torch.Tensor, spec: str, args, sigma: float, temporal_prior: str) -> torch.Tensor:
     """The whole video through a Solver, or windows through VideoRestorer, as engine.solve builds them."""
     n, _, h, w = y.shape
     gamma = gamma_at(None, sigma)
     settings = dict(nfe=args.nfe, eta=args.eta, cg_iters=args.cg_iters, gamma=gamma, start=args.start,
-                    temporal_prior=temporal_prior)
+                    temporal_prior=temporal_prior, register=registers(args, temporal_prior))
     cfg = SolverConfig(spec=spec, frames=n, size=(h, w), channels_last=True, **settings)
     if path == "whole":
         return Solver(model, cfg).solve(y, seed=args.seed)
@@ -106,13 +114,15 @@ def restore(path: str, model, y: torch.Tensor, spec: str, args, sigma: float, te
 
 
 def print_table(path: Path) -> int:
-    """One line per stored row: clip, frames, size, σ_y, path, treatment, commit, mean dB, worst dip, frames over 3 dB."""
-    print("clip      frames size     σ_y   path    prior     temporal commit   mean dB  worst dip  >3 dB")
+    """One line per stored row: clip, frames, size, σ_y, path, treatment (+reg: frames registered), commit, mean dB,
+    worst dip, frames over 3 dB."""
+    print("clip      frames size     σ_y   path    prior     temporal   commit   mean dB  worst dip  >3 dB")
     for line in path.read_text().splitlines():
         row = json.loads(line)
         d = dips(torch.tensor(row["psnr"], dtype=torch.float64))
+        treatment = row["temporal_prior"] + ("+reg" if row.get("register") else "")
         print(f"{row['clip']:<9} {row['frames']:>6} {'x'.join(map(str, row['size'])):<8} {row['sigma_y']:<5} "
-              f"{row['path']:<7} {row['prior']:<9} {row['temporal_prior']:<8} {row['commit'][:8]} "
+              f"{row['path']:<7} {row['prior']:<9} {treatment:<10} {row['commit'][:8]} "
               f"{row['psnr_mean']:7.2f} {d.max().item():9.2f} {int((d > 3).sum()):6d}")
     return 0
 
@@ -132,6 +142,9 @@ def main(argv=None) -> int:
     p.add_argument("--prior", choices=PRIORS, default="gaussian")
     p.add_argument("--nfe", type=int, default=8)
     p.add_argument("--start", type=int, default=None, help="warm start t₀ (default cold)")
+    p.add_argument("--no-register", action="store_true",
+                   help="leave the frames where the motion prior put them (engine.registration; the default "
+                        "registers them on a measurement of white noise, as engine.solve --simulate)")
     p.add_argument("--eta", type=float, default=0.15)
     p.add_argument("--cg-iters", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
@@ -164,7 +177,7 @@ def main(argv=None) -> int:
                     seconds = time.perf_counter() - t0
                     row = {"clip": name, "frames": clean.shape[0], "size": list(clean.shape[-2:]), "sigma_y": sigma,
                            "h264": args.h264, "path": path, "window": args.window if path == "windows" else None,
-                           "temporal_prior": treatment, "prior": args.prior, "nfe": args.nfe, "start": args.start,
+                           "temporal_prior": treatment, "register": registers(args, treatment), "prior": args.prior, "nfe": args.nfe, "start": args.start,
                            "eta": args.eta, "seconds": round(seconds, 2), **ghost_report(x, clean),
                            "input_psnr_mean": blurred["psnr_mean"], **info}
                     log.info("%-9s %3d %s σ=%.3f %-7s %-8s mean %.2f dB (input %.2f), worst dip %.2f dB at %d, "

@@ -83,6 +83,8 @@ class SolverConfig:
     temporal_prior: str = "none"     # the null modes' prior (engine.temporal_prior): "none" (the paper) | "motion"
     sigma_y: Optional[float] = None  # the measurement's noise as stated or estimated, for the motion prior's flow
                                      # (engine.temporal_prior.slow_rho); None: the noise γ weighs the data for
+    register: bool = False           # the motion prior moves each frame last to where y puts it (engine.registration):
+                                     # for white measurement noise (a clip degraded here), not a codec's
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -120,6 +122,9 @@ class SolverConfig:
         if self.start is not None and not self.nfe <= self.start <= 1000:
             raise InputError(f"start must be in [nfe, 1000] = [{self.nfe}, 1000], got {self.start}")
         check_temporal_prior(self.temporal_prior)
+        if self.register and self.temporal_prior != "motion":
+            raise InputError(f"register is the motion prior's last step: it needs temporal_prior 'motion', "
+                             f"got {self.temporal_prior!r}")
         self.resolved_kernels   # resolved here, once: "triton" without the package is refused at once
 
     @classmethod
@@ -407,7 +412,7 @@ class Solver:
                             self.comm.clock = None
                 if self.config.temporal_prior == "motion":     # the null modes, after the loop
                     prior = MotionPrior(self.op, y, video_frames(self.op, y), self.config.gamma,
-                                        sigma_y=self.config.sigma_y)
+                                        sigma_y=self.config.sigma_y, register=self.config.register)
                     out = prior(out).clamp_(0, 1)
             if caller is not None:
                 out.record_stream(caller)       # made on the Solver's stream, used on the caller's

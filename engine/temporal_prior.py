@@ -61,6 +61,10 @@ refined clip X = X₂ itself, each neighbour weighed by its flow's confidence:
 the mean averages along it what the data barely sees: the loop's errors there, and the MAP step's
 first-order model's.
 
+With `register` (a measurement with white noise: a clip degraded here), each frame is then moved by the
+translation that the measurement puts it at (engine.registration): the camera's shake, which the motion
+the steps follow has smoothed away.
+
 The MAP step is linear in X̄ for fixed flow; the mean's flow comes from X, so the whole is not. The
 steps, the cut detection and the mean run a fixed number of iterations and never synchronise with
 the host; the prior reads one boolean after the first two steps (was a cut found?), after the reverse
@@ -81,6 +85,7 @@ from engine.cg import GAMMA_NOISE, conjugate_gradient
 from engine.errors import InputError
 from engine.noise import ROUNDING_FLOOR
 from engine.operators.base import LinearOperator, inner_product
+from engine.registration import register
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -406,7 +411,8 @@ def free_modes(op, free: float, *, device=None, dtype=None) -> Optional[Callable
 class MotionPrior:
     """X̄ ↦ X₁ = X̄ + Π z with z = argmin ‖D(X̄ + Π z)‖² + w‖A(X̄ + Π z) − y‖² + ρ‖z‖², D from the measurement,
     then X₂ = X₁ + Π_r z' the same way with D₁ from X₁ (both again without the pairs across a scene cut
-    where X₂ shows one), then X₂ − Π_m X₂ + Π_m M(X₂) (the module docstring).
+    where X₂ shows one), then X₂ − Π_m X₂ + Π_m M(X₂), its frames registered to y with `register` (the module
+    docstring).
 
         prior = MotionPrior(op, y, video_frames(op, y), gamma)   # the measurement's flow, the projections
         x = prior(x)                        # [N, C, H, W] → [N, C, H, W], one host read (a cut or not)
@@ -414,13 +420,14 @@ class MotionPrior:
     `y`: the measurement of `op` (op.out_shape); `frames`: the clip's motion as the measurement shows it
     in video space (`video_frames`), op.in_shape; `gamma`: the CG's γ (None: noiseless), which gives σ_y
     (`noise_level`) and so the data weight w = (residual/σ_y)²; `sigma_y`: the measurement's own noise where
-    known (stated or estimated; the CG may weigh the data for a larger one), for `slow_rho` (None: γ's).
+    known (stated or estimated; the CG may weigh the data for a larger one), for `slow_rho` (None: γ's);
+    `register`: each frame moved last to where the measurement puts it (engine.registration; for white noise).
     """
 
     def __init__(self, op, y: Tensor, frames: Tensor, gamma: Optional[float] = None, *, free: float = DEFAULT_FREE,
                  rho: float = DEFAULT_RHO, iters: int = DEFAULT_ITERS, residual: float = DEFAULT_RESIDUAL,
-                 sigma_y: Optional[float] = None):
-        self.op, self.free = op, free
+                 sigma_y: Optional[float] = None, register: bool = False):
+        self.op, self.free, self.register = op, free, register
         self.project = free_modes(op, free, device=frames.device, dtype=frames.dtype)
         self.project_refine = free_modes(op, REFINE_FREE, device=frames.device, dtype=frames.dtype)
         self.project_mean = free_modes(op, MEAN_FREE, device=frames.device, dtype=frames.dtype)
@@ -435,7 +442,8 @@ class MotionPrior:
 
     def __call__(self, x: Tensor) -> Tensor:
         """X₂ − Π_m X₂ + Π_m M(X₂): X₁ along the measurement's motion, X₂ along X₁'s own, both again without the
-        pairs across a scene cut where X₂ shows one (module docstring).  [N, C, H, W] → [N, C, H, W]"""
+        pairs across a scene cut where X₂ shows one, then registered with `register` (module docstring).
+        [N, C, H, W] → [N, C, H, W]"""
         if self.D is None:
             return x
         rho = self.second_rho(x.dtype)                  # the same for both passes
@@ -447,7 +455,8 @@ class MotionPrior:
             del refined                                 # its memory for the second pass
             refined = self.refine(x, ~cuts, rho=rho)
         del rho
-        return refined.add_(self.project_mean(trajectory_mean(refined).sub_(refined)))
+        refined.add_(self.project_mean(trajectory_mean(refined).sub_(refined)))
+        return register(self.op, self.y, refined) if self.register else refined
 
     def second_rho(self, dtype: torch.dtype) -> float | Tensor:
         """ρ_r of the second MAP step: `refine_rho` of the measurement's flow speed [N−1, 1, H, W], or REFINE_RHO

@@ -203,7 +203,7 @@ class VideoRestorer:
         self.steps = ddim_steps(config.nfe, config.eta, start=config.start)
         self.warm = warm_start(config.start, config.cg_iters)
         self.cg_iters, self.gamma, self.cg_precond = config.cg_iters, config.gamma, config.cg_precond
-        self.sigma_y = config.sigma_y
+        self.sigma_y, self.register = config.sigma_y, config.register
         self.lag = _frames("lag", default_lag(self.term) if lag is None else lag)
         self.lead = _frames("lead", default_lead(self.term) if lead is None else lead)
         self.window = self._window(window, memory_budget)
@@ -354,7 +354,7 @@ class VideoRestorer:
         P = pinned.shape[0]
         rows = y + self._operator(T[:, :P]).A(pinned) if P else y
         prior = MotionPrior(self._operator(T[:, P:]), y, video_frames(self._operator(T), rows)[P:], self.gamma,
-                            sigma_y=self.sigma_y)
+                            sigma_y=self.sigma_y, register=self.register)
         del rows
         return prior(x).clamp_(0, 1)
 

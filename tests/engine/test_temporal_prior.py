@@ -156,7 +156,9 @@ def test_the_slow_rho_follows_the_measurement_s_own_noise_not_the_weighed_one():
 
 def test_a_map_step_with_a_rho_per_pixel_minimises_its_objective():
     """With ρ given per pixel the step solves Π(H + diag ρ)Π z = Π(w Aᵀy − H X̄): after enough CG steps its
-    residual is 1e-8 of the right-hand side's; with ρ the same everywhere it is the step with that number."""
+    residual is 1e-8 of the right-hand side's (2e-13 by 100 steps: further steps add only rounding, which the
+    projection does not keep symmetric, and on some CPUs grows); with ρ the same everywhere it is the step with that
+    number."""
     clip = camera_clip("astronaut", frames=10, size=12, pan=(1.0, 0.5)).to(F64)
     op = from_spec(SPEC, tuple(clip.shape), dtype=F64, kernels="torch")
     g = torch.Generator().manual_seed(4)
@@ -164,7 +166,7 @@ def test_a_map_step_with_a_rho_per_pixel_minimises_its_objective():
     prior = MotionPrior(op, y, video_frames(op, y), 4.0)
     x = clip + 0.05 * torch.randn(clip.shape, generator=g, dtype=F64)
     rho = 0.01 + 0.5 * torch.rand(10, 1, 12, 12, generator=g, dtype=F64)
-    z = prior.map_estimate(x, rho=rho, iters=300) - x
+    z = prior.map_estimate(x, rho=rho, iters=100) - x
     H = lambda v: prior.D.A_adjoint(prior.D.A(v)) + prior.weight * op.A_adjoint_A(v)
     rhs = prior.project(prior.weight * op.A_adjoint(y) - H(x))
     assert torch.allclose(prior.project(z), z, atol=1e-12)
