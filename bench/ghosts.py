@@ -177,9 +177,9 @@ def main(argv=None) -> int:
                     seconds = time.perf_counter() - t0
                     row = {"clip": name, "frames": clean.shape[0], "size": list(clean.shape[-2:]), "sigma_y": sigma,
                            "h264": args.h264, "path": path, "window": args.window if path == "windows" else None,
-                           "temporal_prior": treatment, "register": registers(args, treatment), "prior": args.prior, "nfe": args.nfe, "start": args.start,
-                           "eta": args.eta, "seconds": round(seconds, 2), **ghost_report(x, clean),
-                           "input_psnr_mean": blurred["psnr_mean"], **info}
+                           "temporal_prior": treatment, "register": registers(args, treatment), "prior": args.prior,
+                           "nfe": args.nfe, "start": args.start, "eta": args.eta, "seconds": round(seconds, 2),
+                           **ghost_report(x, clean), "input_psnr_mean": blurred["psnr_mean"], **info}
                     log.info("%-9s %3d %s σ=%.3f %-7s %-8s mean %.2f dB (input %.2f), worst dip %.2f dB at %d, "
                              "%d frames > 3 dB, period-7 %s, %.0f s", name, row["frames"], "x".join(map(str, row["size"])),
                              sigma, path, treatment, row["psnr_mean"], blurred["psnr_mean"], row["worst_dip"],

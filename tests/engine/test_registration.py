@@ -91,6 +91,15 @@ def test_a_shaken_frame_is_moved_back_where_the_measurement_saw_it():
     assert after > before + 6
 
 
+def test_registration_runs_without_host_sync():
+    """The fit and the move on meta tensors (no data: .item(), bool(tensor) or nonzero would raise)."""
+    shape = (9, 3, 6, 7)
+    op = from_spec(SPEC, shape, device="meta", dtype=torch.float32)
+    x, y = torch.empty(shape, device="meta"), torch.empty(shape, device="meta")
+    assert fit_shifts(op, y, x).shape == (9, 2)
+    assert register(op, y, x).device.type == "meta"
+
+
 def test_register_needs_the_motion_prior():
     with pytest.raises(InputError, match="temporal_prior 'motion'"):
         SolverConfig(spec=SPEC, temporal_prior="none", register=True)
