@@ -107,7 +107,7 @@ def _restore_sharded(tmp: Optional[Path], job: Job, cfg: SolverConfig, model, ra
             log.warning("torchrun splits the whole video over %d processes: its null modes keep the per-frame "
                         "prior's choice (--temporal-prior none); --max-frames W restores windows with the motion "
                         "prior", world)
-        cfg = dataclasses.replace(cfg, temporal_prior="none")
+        cfg = dataclasses.replace(cfg, temporal_prior="none", register=False)     # the motion prior's last step too
     solver = Solver(model, cfg, group=dist.group.WORLD)
     if not job.measured:
         y = None

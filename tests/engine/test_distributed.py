@@ -182,6 +182,16 @@ def test_torchrun_writes_the_frames_one_process_writes(tmp_path):
     assert all(r["communication_s"] > 0 and r["cg_s"] > 0 and r["network_s"] > 0 for r in metrics["ranks"])
 
 
+def test_torchrun_whole_video_leaves_the_motion_prior_out_and_says_so(tmp_path):
+    """--temporal-prior auto over two processes on the whole video: the per-frame prior's null modes, with a
+    warning, and no registration (the motion prior's last step; --simulate would otherwise ask for it)."""
+    run = _torchrun([str(_clip(tmp_path)), *ARGS, "--out", "auto"], tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "splits the whole video over 2 processes" in run.stderr
+    settings = json.loads((tmp_path / "auto" / "metrics.json").read_text())["settings"]
+    assert settings["temporal_prior"] == "none" and settings["register"] is False
+
+
 def test_torchrun_records_the_kernels_that_ran(tmp_path):
     """metrics.json's kernels_used under torchrun with --kernels triton: Triton in one process (in the
     interpreter on the CPU), torch ops with the frames split over two (engine.runtime.kernels_run)."""
