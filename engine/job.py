@@ -64,6 +64,8 @@ class Job:
     seed: int = 0
     baselines: tuple[str, ...] = ()
     temporal_prior: str = "auto"         # engine.temporal_prior's name, or "auto" (`temporal_prior_for`)
+    register: Optional[bool] = None      # --register / --no-register: the motion prior's frames moved to where y puts
+                                         # them (engine.registration); None: for a measurement made here (--simulate)
     memory_budget: Optional[float] = None  # GB the run may hold (engine.memory); None: a fraction of what is free
     plan: Optional[dict] = None           # engine.memory.Plan.record() of the run, set by engine.job_checks.planned
     window_lag: Optional[int] = None      # the windows' lag and lead (engine.windows); None: the defaults. The plan
@@ -128,16 +130,18 @@ def weighed_noise(job: Job, cfg: SolverConfig) -> float:
 def fitted_config(job: Job, cfg: SolverConfig, shape: tuple[int, int], frames: Optional[int]) -> SolverConfig:
     """`cfg` fitted to INPUT: its frame count (None: streamed, not known yet: `cfg.frames` stays), the clean
     frames' (H, W) (`shape` is INPUT's frame size: the clean frames', or the measurement's), the time boundary,
-    the temporal prior, and the frames' registration (engine.registration) where the motion prior runs on a
-    measurement made here (--simulate: white noise; a real video's codec errors mislead it) or `cfg` asks for it."""
+    the temporal prior, and the frames' registration (engine.registration) where the motion prior runs: as
+    --register / --no-register say, else on a measurement made here (--simulate: white noise; a real video's codec
+    errors mislead it) or where `cfg` asks for it."""
     frame = clean_frame(cfg.spec, shape) if job.measured else shape
     if job.measured and job.size is not None and frame != (job.size, job.size):
         raise InputError(f"the measurement's frame shape {shape[1]}x{shape[0]} under {cfg.spec} comes from "
                          f"{frame[1]}x{frame[0]} frames, not the {job.size}x{job.size} of --size")
     spec = with_time_boundary(cfg.spec, video_boundary(job, frames))
     prior = temporal_prior_for(job.temporal_prior, spec)
+    wanted = job.register if job.register is not None else cfg.register or not job.measured
     return dataclasses.replace(cfg, frames=frames or cfg.frames, size=frame, spec=spec, temporal_prior=prior,
-                               register=prior == "motion" and (cfg.register or not job.measured))
+                               register=prior == "motion" and wanted)
 
 
 def temporal_prior_for(choice: str, spec: str) -> str:

@@ -34,6 +34,8 @@ def checked_input(job: Job, cfg: SolverConfig) -> Optional[InputFacts]:
     if job.init is not None:
         probe_input(job.init)
     if job.input is None:
+        if job.register:
+            refuse_register("the demo's clip has circular ends in time, the paper's")
         return None
     facts = probe_input(job.input, frames=job.frames)
     if job.blind and job.measured:                         # no spec: the PSF is what the run finds
@@ -49,6 +51,11 @@ def checked_input(job: Job, cfg: SolverConfig) -> Optional[InputFacts]:
         raise InputError(f"{job.input}'s frames of {frame[1]}x{frame[0]} under {cfg.spec} come from {clean[1]}x"
                          f"{clean[0]} frames, not the {job.size}x{job.size} of --size")
     boundary = video_boundary(job, facts.frames)
+    prior = temporal_prior_for(job.temporal_prior, with_time_boundary(cfg.spec, boundary))
+    if job.register and prior != "motion":
+        refuse_register("--temporal-prior none" if job.temporal_prior == "none" else
+                        f"{cfg.spec} has no temporal blur" if not split_temporal(cfg.spec)[0] else
+                        f"it needs a temporal blur with held or zero ends, and {cfg.spec}'s are {boundary} here")
     try:
         op = check_spec(with_time_boundary(cfg.spec, boundary), clean, frames=facts.frames,
                         measured=frame if job.measured else None, mask_seed=cfg.mask_seed)
@@ -68,6 +75,12 @@ def checked_input(job: Job, cfg: SolverConfig) -> Optional[InputFacts]:
                     "the other end of the clip (circular boundary)" if video_boundary(job, facts.frames) == "circular"
                     else "the end frames repeated (replicate boundary)")
     return facts
+
+
+def refuse_register(why: str) -> None:
+    """--register where the motion prior does not run: one line saying why."""
+    raise InputError(f"--register moves the frames after the motion prior, which this run does not take ({why}); "
+                     f"drop --register")
 
 
 def _as_typed(message: str, spec: str, boundary: str) -> str:

@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(smoothness along motion estimated from INPUT, after the reverse process: no ghost frames), "
                         "none (the per-frame prior alone: the paper), or auto (default: motion for a video's held "
                         "ends, none for a circular blur such as the paper's 16-frame clips)")
+    p.add_argument("--register", action=argparse.BooleanOptionalAction, default=None,
+                   help="after the motion prior, move each frame to where the measurement puts it (a camera's "
+                        "shake; one translation per frame). Default: on with --simulate, whose noise is white; off "
+                        "for a real video, whose codec errors mislead the fit (--register: a lossless, noisy one)")
     p.add_argument("--noise", choices=["shared", "independent"], default="shared",
                    help="one noise image for all frames (the paper) or one per frame (its ablation)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0); the measurement noise of a clean "
@@ -168,7 +172,7 @@ def parse(argv=None) -> tuple[Job, SolverConfig, bool]:
               model_config=model_config or None, class_label=args.class_label, frames=args.frames,
               max_frames=args.max_frames,
               size=args.size, fps=args.fps, sigma_y=sigma_y, seed=args.seed, baselines=baselines,
-              temporal_prior=args.temporal_prior, memory_budget=args.memory_budget)
+              temporal_prior=args.temporal_prior, register=args.register, memory_budget=args.memory_budget)
     gamma = args.gamma if args.gamma is not None or sigma_y is None else default_gamma(
         sigma_y, diffusion=args.checkpoint is not None)           # an estimated σ_y: its γ once known (engine.job.with_sigma_y)
     defaults = task or get_task(DEMO_TASK)

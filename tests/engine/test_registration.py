@@ -131,6 +131,43 @@ def test_a_simulated_run_registers_and_a_real_video_does_not(measured, asked, sp
     assert cfg.register is expected
 
 
+@pytest.mark.parametrize("flag, measured, expected", [
+    ("--no-register", False, False),      # a simulated run left as the motion prior had it
+    ("--register", True, True),           # a lossless, noisy video
+    (None, False, True), (None, True, False)])
+def test_the_command_line_says_whether_to_register(flag, measured, expected):
+    from engine.solve import parse
+
+    argv = ["clip.mp4", "--degrade", "temporal:uniform:7", "--out", "out", *([] if measured else ["--simulate"]),
+            *([flag] if flag else [])]
+    job, cfg, _ = parse(argv)
+    assert job.register is {"--register": True, "--no-register": False, None: None}[flag]
+    assert fitted_config(job, cfg, (32, 32), frames=40).register is expected
+
+
+@pytest.mark.parametrize("argv, why", [
+    (["--demo"], "circular ends"),
+    (["CLIP", "--simulate", "--task", "temporal-k7", "--frames", "16", "--size", "64"], "are circular here"),
+    (["CLIP", "--degrade", "temporal:uniform:7", "--temporal-prior", "none"], "--temporal-prior none"),
+    (["CLIP", "--degrade", "blur:gaussian:1.0:5"], "has no temporal blur")])
+def test_register_where_the_motion_prior_does_not_run_is_refused_before_any_work(argv, why, tmp_path, monkeypatch,
+                                                                                capsys):
+    """One line naming why, exit 2, before the model loads and before anything is written."""
+    import engine.job
+    from engine.solve import main
+    from engine.video_io import write_video
+
+    loads = []
+    monkeypatch.setattr(engine.job, "load_model", lambda *a, **k: loads.append(a))
+    clip = write_video(tmp_path / "clip.mp4", torch.rand(20, 3, 64, 64, generator=torch.Generator().manual_seed(5)))
+    out = tmp_path / "never"
+    argv = [str(clip) if a == "CLIP" else a for a in argv]
+    assert main([*argv, "--prior", "gaussian", "--register", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --register moves the frames after the motion prior") and why in err, err
+    assert "\n" not in err and loads == [] and not out.exists()
+
+
 @pytest.fixture
 def registrations(monkeypatch):
     """Counts the motion prior's calls of `register`."""
