@@ -49,7 +49,7 @@ def test_a_long_non_square_clip_is_streamed_at_its_own_size_and_rate(tmp_path, c
     s = report["settings"]
     clean = read_video(clip_mp4, size=None)
     cfg = SolverConfig(spec=s["spec"], size=(H, W), nfe=s["nfe"], eta=s["eta"], cg_iters=s["cg_iters"],
-                       temporal_prior=s["temporal_prior"])
+                       temporal_prior=s["temporal_prior"], register=s["register"])
     restorer = VideoRestorer(make_prior("gaussian"), cfg, window=WINDOW)
     expected = torch.stack(list(restorer.restore(torch.stack(list(restorer.measure(clean))), seed=s["seed"])))
     assert (frames * 255 - (expected * 255).round()).abs().max().item() <= 1.0          # within one 8-bit level
