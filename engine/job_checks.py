@@ -35,7 +35,7 @@ def checked_input(job: Job, cfg: SolverConfig) -> Optional[InputFacts]:
         probe_input(job.init)
     if job.input is None:
         if job.register:
-            refuse_register("the demo's clip has circular ends in time, the paper's")
+            _refuse_register("the demo's clip has circular ends in time, the paper's")
         return None
     facts = probe_input(job.input, frames=job.frames)
     if job.blind and job.measured:                         # no spec: the PSF is what the run finds
@@ -53,7 +53,7 @@ def checked_input(job: Job, cfg: SolverConfig) -> Optional[InputFacts]:
     boundary = video_boundary(job, facts.frames)
     prior = temporal_prior_for(job.temporal_prior, with_time_boundary(cfg.spec, boundary))
     if job.register and prior != "motion":
-        refuse_register("--temporal-prior none" if job.temporal_prior == "none" else
+        _refuse_register("--temporal-prior none" if job.temporal_prior == "none" else
                         f"{cfg.spec} has no temporal blur" if not split_temporal(cfg.spec)[0] else
                         f"it needs a temporal blur with held or zero ends, and {cfg.spec}'s are {boundary} here")
     try:
@@ -77,7 +77,7 @@ def checked_input(job: Job, cfg: SolverConfig) -> Optional[InputFacts]:
     return facts
 
 
-def refuse_register(why: str) -> None:
+def _refuse_register(why: str) -> None:
     """--register where the motion prior does not run: one line saying why."""
     raise InputError(f"--register moves the frames after the motion prior, which this run does not take ({why}); "
                      f"drop --register")

@@ -103,6 +103,9 @@ def _restore_sharded(tmp: Optional[Path], job: Job, cfg: SolverConfig, model, ra
         if job.temporal_prior != "auto":
             raise InputError(f"--temporal-prior {job.temporal_prior} follows motion across the whole video, which "
                              f"torchrun splits; add --max-frames W (windows) or use --temporal-prior none")
+        if job.register:
+            raise InputError("--register moves the frames after the motion prior, which torchrun leaves out of a "
+                             "whole video it splits; add --max-frames W (windows) or drop --register")
         if rank == 0:
             log.warning("torchrun splits the whole video over %d processes: its null modes keep the per-frame "
                         "prior's choice (--temporal-prior none); --max-frames W restores windows with the motion "
