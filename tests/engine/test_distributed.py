@@ -191,9 +191,8 @@ def test_torchrun_whole_video_leaves_the_motion_prior_out_and_says_so(tmp_path):
     settings = json.loads((tmp_path / "auto" / "metrics.json").read_text())["settings"]
     assert settings["temporal_prior"] == "none" and settings["register"] is False
     asked = _torchrun([str(_clip(tmp_path)), *ARGS, "--register", "--out", "asked"], tmp_path)
-    errors = [line for line in asked.stderr.splitlines() if line.startswith("error:")]
-    assert asked.returncode != 0 and len(errors) == 2, asked.stderr
-    assert all("--register moves the frames after the motion prior" in line for line in errors)
+    assert asked.returncode != 0                        # both processes say why (their lines may interleave)
+    assert asked.stderr.count("--register moves the frames after the motion prior") == 2, asked.stderr
 
 
 def test_torchrun_records_the_kernels_that_ran(tmp_path):
