@@ -63,6 +63,10 @@ log = logging.getLogger(__name__)
 #: WEIGHED_SPAN measured with bench/real_targets.py --blur on real H.264 clips (ρ/σ_w 0.35–0.6 with the right
 #: --degrade, 0.46–6.2 with a wider one: docs/results.md)
 OVERFIT, UNDERFIT, WEIGHED_SPAN = 0.5, 3.0, 1.0
+#: a video restored with --register (engine.registration) whose ρ/σ_y passes REGISTER_SPAN is warned about: its
+#: errors are not white noise alone and may mislead the fit (bench/real_targets.py rows: white noise, no codec
+#: 0.83–1.06; H.264 at CRF 23 1.10–2.2, where the fit put a frame 1.1–2.1 dB below INPUT: docs/results.md)
+REGISTER_SPAN = 1.1
 #: the guard (module docstring): e_in / max(e_out, NOISE_SPAN·σ_y) from 1 (input kept) to GUARD_SPAN (restoration
 #: kept); chosen with bench/real_targets.py on six real H.264 clips with the last denoise (engine.polish) after it:
 #: static crops keep their input, moving ones their restoration (docs/results.md, "The last denoise")
@@ -113,11 +117,13 @@ def noise_level(y: torch.Tensor, stated: Optional[float]) -> NoiseLevel:
     return NoiseLevel(stated, False, record)
 
 
-def residual_record(residuals: torch.Tensor, sigma_y: float, *, weighed: float = 0.0) -> dict:
+def residual_record(residuals: torch.Tensor, sigma_y: float, *, weighed: float = 0.0,
+                    registered: bool = False) -> dict:
     """{"rms": ρ, "sigma_y", "ratio": ρ/σ_y, "weighed": σ_w, "explained": bool}: the data residual of a restoration
     pooled from its per-frame residuals [N] (`frame_residuals`: frames of equal size), logged; a warning when
     ρ/σ_y falls below OVERFIT or ρ rises above max(UNDERFIT·σ_y, WEIGHED_SPAN·σ_w), σ_w = `weighed` the noise
-    level the CG's γ weighs the data for (module docstring; 0: γ is not from the noise)."""
+    level the CG's γ weighs the data for (module docstring; 0: γ is not from the noise), and one when the frames
+    were `registered` (--register) and ρ/σ_y passes REGISTER_SPAN."""
     rms = float(residuals.double().square().mean()) ** 0.5
     explained = not (sigma_y > 0 and rms > max(UNDERFIT * sigma_y, WEIGHED_SPAN * weighed))
     record = {"rms": rms, "sigma_y": sigma_y, "ratio": rms / sigma_y if sigma_y > 0 else None, "weighed": weighed,
@@ -132,6 +138,11 @@ def residual_record(residuals: torch.Tensor, sigma_y: float, *, weighed: float =
                     rms, sigma_y, weighed)
     else:
         log.info("data residual %.4f (noise σ_y %.4f)", rms, sigma_y)
+    if registered and sigma_y > 0 and rms > REGISTER_SPAN * sigma_y:
+        log.warning("--register moved the frames by INPUT, whose errors are not white noise alone (data residual "
+                    "%.4f, %.1f times its noise σ_y %.4f: a lossy codec's?); a codec's errors mislead the fit and "
+                    "frames may come out worse than INPUT: drop --register for a compressed video",
+                    rms, rms / sigma_y, sigma_y)
     return record
 
 

@@ -137,7 +137,8 @@ def _restore_sharded(tmp: Optional[Path], job: Job, cfg: SolverConfig, model, ra
         finish = lambda x: polish(solver.eps_model, x.to(solver.device), sigma_p).cpu()
         restored, fields["guard"] = input_guard(op, restored, y.cpu(), job.sigma_y, e_out=residuals, finish=finish)
         fields["polish"] = polish_record(sigma_p)
-        fields["residual"] = residual_record(residuals, job.sigma_y, weighed=weighed_noise(job, cfg))
+        fields["residual"] = residual_record(residuals, job.sigma_y, weighed=weighed_noise(job, cfg),
+                                             registered=cfg.register)
     else:
         fields["restored"] = clip_summary(restored, clean)
         fields["baselines"] = {name: clip_summary(clip.cpu(), clean)

@@ -92,7 +92,8 @@ def restore(job: Job, cfg: SolverConfig, model, clean, y):
                  seconds - restore_s)
     else:                                               # a real video: what can be measured without a reference
         report["guard"], report["polish"] = guard, polish_record(sigma_p)
-        report["residual"] = residual_record(residuals, job.sigma_y, weighed=weighed_noise(job, cfg))
+        report["residual"] = residual_record(residuals, job.sigma_y, weighed=weighed_noise(job, cfg),
+                                             registered=cfg.register)
         log.info("%d frames restored in %.1f s", cfg.frames, seconds)
     return restored, report, y
 

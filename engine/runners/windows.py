@@ -112,7 +112,8 @@ def restore_in_windows(folder: Optional[Path], job: Job, cfg: SolverConfig, mode
         log.info("PSNR %.2f dB in windows of %d frames, %d frames, %.1f s", fields["restored"]["psnr_mean"],
                  job.max_frames, count, seconds)
     elif guard.residuals() is not None:               # a video-space measurement: its residual, as whole.restore's
-        fields["residual"] = residual_record(guard.residuals(), job.sigma_y, weighed=weighed_noise(job, cfg))
+        fields["residual"] = residual_record(guard.residuals(), job.sigma_y, weighed=weighed_noise(job, cfg),
+                                             registered=cfg.register)
     report = metrics_record(job, cfg, frames=count, seconds=seconds, model=model, noise=noise,
                             input_changes=notes, output_changes=changes, **fields)
     atomic_write_json(folder / "metrics.json", json_safe(report))

@@ -205,3 +205,14 @@ def test_the_ghost_bench_registers_as_a_simulated_run_does(h264, no_register, tr
     from bench.ghosts import registers
 
     assert registers(SimpleNamespace(h264=h264, no_register=no_register), treatment) is expected
+
+
+@pytest.mark.parametrize("ratio, registered, warned", [(2.2, True, True), (1.0, True, False), (2.2, False, False)])
+def test_a_registered_video_whose_residual_is_not_white_noise_is_warned_about(ratio, registered, warned, caplog):
+    """--register on a measurement whose data residual is over REGISTER_SPAN times its noise (a codec's errors):
+    a warning saying the fit may have made frames worse; none at the noise's level, none without --register."""
+    from engine.realvideo import residual_record
+
+    record = residual_record(torch.full((8,), ratio * 0.002), 0.002, weighed=0.01, registered=registered)
+    assert record["ratio"] == pytest.approx(ratio)
+    assert ("--register moved the frames" in caplog.text) is warned
