@@ -65,6 +65,17 @@ With `register` (a measurement with white noise: a clip degraded here), each fra
 translation that the measurement puts it at (engine.registration): the camera's shake, which the motion
 the steps follow has smoothed away.
 
+Every step above acts on weakly seen modes; in the modes the data sees well the restoration keeps the
+measurement's noise. A clip's ends are seen best (a held end counts its frame up to four times), so there
+the restoration is no better than its input while the frames inside gain 3–4 dB: a dip at the end that the
+bound on ghost frames counts (the last frame of a 48-frame clip 3.7 dB below its neighbours at σ_y = 0.01).
+So last, every frame takes the trajectory mean M_σ of the frames within NOISE_RADIUS, each weighed by how
+well it matches within the measurement's own noise (confidence e^−1 at a residual of NOISE_SPAN·σ_y), in all
+modes, the frames past the clip's ends left out (held, they would count the end frame again): neighbours
+that show the same content up to noise average its noise away, moving or mismatched ones barely count.
+At σ_y = 0.01 it lifts the mean by 0.3–0.9 dB and the end frame by 3.9 (docs/results.md, "The clip's ends");
+on an H.264 video σ̂ is the codec's white residue (0.002) and the step all but keeps the frames.
+
 The MAP step is linear in X̄ for fixed flow; the mean's flow comes from X, so the whole is not. The
 steps, the cut detection and the mean run a fixed number of iterations and never synchronise with
 the host; the prior reads one boolean after the first two steps (was a cut found?), after the reverse
@@ -122,6 +133,10 @@ FLOW_SKIP = 1
 MEAN_FREE, MEAN_RADIUS, MEAN_RESIDUAL, MEAN_WINDOW = 0.1, 7, 0.08, 7
 #: frames whose trajectory mean is taken at once (its work space; the result does not depend on it)
 MEAN_CHUNK = 8
+#: the last step's trajectory mean M_σ (module docstring): NOISE_RADIUS frames on each side, a neighbour's confidence
+#: falling to e^−1 at a residual of NOISE_SPAN·σ_y; chosen with bench/ghosts.py (σ_y 0.01) and bench/real_targets.py
+#: (docs/results.md, "The clip's ends")
+NOISE_RADIUS, NOISE_SPAN = 3, 1.0
 #: a scene cut between frames n and n + 1 of X₂ (`scene_cuts`): their colour histograms (CUT_BINS bins per channel)
 #: differ by at least CUT_FLOOR and by CUT_RATIO times the median difference of the 2·CUT_RADIUS pairs nearest; on the
 #: clean real clips cuts give 0.21–0.71 and 7.8–73×, other pairs at most 0.11 and 2.5×; on a restored 640×272 clip
@@ -299,10 +314,11 @@ def trajectories(frames: Tensor, residual: float = DEFAULT_RESIDUAL, skip: int =
 
 
 def trajectory_mean(x: Tensor, radius: int = MEAN_RADIUS, residual: float = MEAN_RESIDUAL,
-                    window: int = MEAN_WINDOW, skip: int = FLOW_SKIP, chunk: int = MEAN_CHUNK) -> Tensor:
-    """M(x) (module docstring): every frame averaged with its neighbours n + j, 0 < |j| ≤ r (the clip's ends held),
-    each warped onto it by the flow estimated between the two frames of x (`estimate_flow` with `window` as its
-    radius) and weighed by that flow's confidence.
+                    window: int = MEAN_WINDOW, skip: int = FLOW_SKIP, chunk: int = MEAN_CHUNK, *,
+                    held: bool = True) -> Tensor:
+    """M(x) (module docstring): every frame averaged with its neighbours n + j, 0 < |j| ≤ r (past the clip's ends
+    the end frames held, or left out with held=False), each warped onto it by the flow estimated between the two
+    frames of x (`estimate_flow` with `window` as its radius) and weighed by that flow's confidence.
     Flow, warps and weights in float32, `chunk` frames at a time (the work space is a chunk's, not the clip's).
     [N, C, H, W] → [N, C, H, W] in x's dtype"""
     n, out = x.shape[0], torch.empty_like(x)
@@ -311,10 +327,13 @@ def trajectory_mean(x: Tensor, radius: int = MEAN_RADIUS, residual: float = MEAN
         ref = x[frames].float()
         total, weight = ref.clone(), torch.ones_like(ref[:, :1])
         for j in [*range(-radius, 0), *range(1, radius + 1)]:
-            other = x[frames.add(j).clamp(0, n - 1)].float()
+            index = frames.add(j)
+            other = x[index.clamp(0, n - 1)].float()
             flow = estimate_flow(ref, other, radius=window, skip=skip)
             warped = _sample(other, flow)
             confidence = flow_confidence(ref, warped, flow, residual)
+            if not held:                                             # a frame past the end: no neighbour
+                confidence *= ((index >= 0) & (index < n)).to(confidence.dtype)[:, None, None, None]
             total.addcmul_(confidence, warped)
             weight.add_(confidence)
         out[frames] = total.div_(weight).to(x.dtype)
@@ -411,8 +430,8 @@ def free_modes(op, free: float, *, device=None, dtype=None) -> Optional[Callable
 class MotionPrior:
     """X̄ ↦ X₁ = X̄ + Π z with z = argmin ‖D(X̄ + Π z)‖² + w‖A(X̄ + Π z) − y‖² + ρ‖z‖², D from the measurement,
     then X₂ = X₁ + Π_r z' the same way with D₁ from X₁ (both again without the pairs across a scene cut
-    where X₂ shows one), then X₂ − Π_m X₂ + Π_m M(X₂), its frames registered to y with `register` (the module
-    docstring).
+    where X₂ shows one), then X₂ − Π_m X₂ + Π_m M(X₂), its frames registered to y with `register`, then M_σ of
+    the whole (the module docstring).
 
         prior = MotionPrior(op, y, video_frames(op, y), gamma)   # the measurement's flow, the projections
         x = prior(x)                        # [N, C, H, W] → [N, C, H, W], one host read (a cut or not)
@@ -420,8 +439,9 @@ class MotionPrior:
     `y`: the measurement of `op` (op.out_shape); `frames`: the clip's motion as the measurement shows it
     in video space (`video_frames`), op.in_shape; `gamma`: the CG's γ (None: noiseless), which gives σ_y
     (`noise_level`) and so the data weight w = (residual/σ_y)²; `sigma_y`: the measurement's own noise where
-    known (stated or estimated; the CG may weigh the data for a larger one), for `slow_rho` (None: γ's);
-    `register`: each frame moved last to where the measurement puts it (engine.registration; for white noise).
+    known (stated or estimated; the CG may weigh the data for a larger one; no lower than the 8-bit rounding's),
+    for `slow_rho` and M_σ (None: γ's);
+    `register`: each frame moved to where the measurement puts it before M_σ (engine.registration; for white noise).
     """
 
     def __init__(self, op, y: Tensor, frames: Tensor, gamma: Optional[float] = None, *, free: float = DEFAULT_FREE,
@@ -432,7 +452,8 @@ class MotionPrior:
         self.project_refine = free_modes(op, REFINE_FREE, device=frames.device, dtype=frames.dtype)
         self.project_mean = free_modes(op, MEAN_FREE, device=frames.device, dtype=frames.dtype)
         self.weight, self.residual = (residual / noise_level(gamma)) ** 2, residual
-        self.rho_slow = slow_rho(noise_level(gamma) if sigma_y is None else sigma_y)
+        self.sigma_y = noise_level(gamma) if sigma_y is None else max(sigma_y, ROUNDING_FLOOR)   # 0: as measured
+        self.rho_slow = slow_rho(self.sigma_y)
         self.y = y
         self.rho, self.iters = rho, iters
         self.D = trajectories(frames, residual) if self.project is not None and frames.shape[0] > 1 else None
@@ -441,8 +462,8 @@ class MotionPrior:
                   "" if self.D is not None else " (no temporal part: X̄ kept)")
 
     def __call__(self, x: Tensor) -> Tensor:
-        """X₂ − Π_m X₂ + Π_m M(X₂): X₁ along the measurement's motion, X₂ along X₁'s own, both again without the
-        pairs across a scene cut where X₂ shows one, then registered with `register` (module docstring).
+        """M_σ(X₂ − Π_m X₂ + Π_m M(X₂)): X₁ along the measurement's motion, X₂ along X₁'s own, both again without
+        the pairs across a scene cut where X₂ shows one, registered with `register` before M_σ (module docstring).
         [N, C, H, W] → [N, C, H, W]"""
         if self.D is None:
             return x
@@ -456,7 +477,14 @@ class MotionPrior:
             refined = self.refine(x, ~cuts, rho=rho)
         del rho
         refined.add_(self.project_mean(trajectory_mean(refined).sub_(refined)))
-        return register(self.op, self.y, refined) if self.register else refined
+        if self.register:
+            refined = register(self.op, self.y, refined)
+        return self.noise_mean(refined)
+
+    def noise_mean(self, x: Tensor) -> Tensor:
+        """M_σ(x): the trajectory mean over NOISE_RADIUS frames with confidence e^−1 at NOISE_SPAN·σ_y, in all modes,
+        frames past the clip's ends left out (module docstring).  [N, C, H, W] → [N, C, H, W] (new)"""
+        return trajectory_mean(x, NOISE_RADIUS, NOISE_SPAN * self.sigma_y, held=False)
 
     def second_rho(self, dtype: torch.dtype) -> float | Tensor:
         """ρ_r of the second MAP step: `refine_rho` of the measurement's flow speed [N−1, 1, H, W], or REFINE_RHO

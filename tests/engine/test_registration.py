@@ -105,16 +105,21 @@ def test_register_needs_the_motion_prior():
         SolverConfig(spec=SPEC, temporal_prior="none", register=True)
 
 
-def test_the_motion_prior_registers_last():
-    """MotionPrior(register=True) is the registration of MotionPrior's result (the same flow, the same steps)."""
+def test_the_motion_prior_registers_before_its_noise_mean():
+    """MotionPrior(register=True) registers what MotionPrior's steps made (the same flow, the same steps), then
+    takes its last step, the noise mean M_σ, of the registered frames."""
     smooth, _, y, op = shaken_clip()
     y, smooth = y.float(), smooth.float()
     op = from_spec(SPEC, tuple(smooth.shape), kernels="torch")
     gamma = default_gamma(0.002)
-    plain = MotionPrior(op, y, video_frames(op, y), gamma)(smooth)
-    registered = MotionPrior(op, y, video_frames(op, y), gamma, register=True)(smooth)
-    assert torch.allclose(registered, register(op, y, plain), atol=1e-6)
-    assert not torch.allclose(registered, plain, atol=1e-3)
+    plain, registered = (MotionPrior(op, y, video_frames(op, y), gamma, register=r) for r in (False, True))
+    full = registered(smooth)
+    for prior in (plain, registered):
+        prior.noise_mean = lambda x: x                                         # the steps before M_σ
+    before = register(op, y, plain(smooth))
+    assert torch.allclose(registered(smooth), before, atol=1e-6)
+    assert not torch.allclose(before, plain(smooth), atol=1e-3)
+    assert torch.allclose(full, MotionPrior(op, y, video_frames(op, y), gamma).noise_mean(before), atol=1e-6)
 
 
 @pytest.mark.parametrize("measured, asked, spec, frames, expected", [

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from engine.cg import default_gamma
 from engine.errors import InputError
 from engine.metrics import psnr
+from engine.noise import ROUNDING_FLOOR
 from engine.operators import from_spec
 from engine.priors import GaussianPrior
 from engine.runtime import Solver, SolverConfig
-from engine.temporal_prior import (FAST_SPEED, MEAN_RADIUS, NOISY, REFINE_RHO, REFINE_RHO_SLOW, SEPARABLE_RADIUS,
+from engine.temporal_prior import (FAST_SPEED, MEAN_RADIUS, NOISE_RADIUS, NOISY, REFINE_RHO, REFINE_RHO_SLOW, SEPARABLE_RADIUS,
                                    SLOW_NOISE, SLOW_SPEED, MotionPrior, TrajectoryDifference, _box, estimate_flow,
                                    free_modes, histogram_change, refine_rho, sampling_grid, scene_cuts, slow_rho,
                                    trajectory_mean, video_frames, warp, warp_adjoint)
@@ -90,19 +91,24 @@ def test_free_modes_are_what_the_blur_hardly_sees():
     assert op.A(px).norm() ** 2 <= 1e-2 * op.normal_gain * px.norm() ** 2
 
 
-def test_motion_prior_changes_only_the_free_modes():
+def test_motion_prior_changes_only_the_free_modes_before_its_last_step():
     """The MAP step moves X̄ inside range(Π) only and the mean inside range(Π_m), so what the measurement
-    sees well stays as it was (‖A Π_m v‖² ≤ τ_m‖AᵀA‖‖v‖²)."""
+    sees well stays as it was (‖A Π_m v‖² ≤ τ_m‖AᵀA‖‖v‖²) until the last step, M_σ, which averages every mode."""
     clip = camera_clip("astronaut", frames=20, size=16, pan=(1.0, 0.5)).to(F64)
     op = from_spec(SPEC, tuple(clip.shape), dtype=F64, kernels="torch")
     y = op.A(clip)
     prior = MotionPrior(op, y, video_frames(op, y), 1.0)
     x = clip + 0.05 * torch.randn(clip.shape, generator=torch.Generator().manual_seed(2), dtype=F64)
+    full = prior(x)
+    noise_mean, prior.noise_mean = prior.noise_mean, lambda v: v                  # the steps before M_σ
     step = prior.map_estimate(x) - x
     change = prior(x) - x
     assert step.norm() > 0 and torch.allclose(prior.project(step), step, atol=1e-10)
     assert (change - step).norm() > 0 and not torch.allclose(prior.project(change), change, atol=1e-6)
     assert torch.allclose(prior.project_mean(change), change, atol=1e-10)
+    last = full - (x + change)
+    assert torch.allclose(full, noise_mean(x + change), atol=1e-12)
+    assert last.norm() > 0 and not torch.allclose(prior.project_mean(last), last, atol=1e-6)
 
 
 def test_speed_is_the_flow_length():
@@ -191,7 +197,64 @@ def test_the_trajectory_mean_keeps_a_clip_that_moves_by_whole_pixels():
 def test_the_trajectory_mean_does_not_depend_on_its_chunk():
     """Taken a few frames at a time (its work space) or the whole clip at once: the same mean."""
     clip = camera_clip("coffee", frames=11, size=32, pan=(0.7, -0.4))
-    assert torch.allclose(trajectory_mean(clip, chunk=3), trajectory_mean(clip, chunk=11), atol=1e-6)
+    for held in (True, False):
+        assert torch.allclose(trajectory_mean(clip, chunk=3, held=held), trajectory_mean(clip, chunk=11, held=held),
+                              atol=1e-6)
+
+
+def noisy_still_clip(sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ten identical frames of a photo (a still shot) and the same with white noise σ.  [10, 3, 32, 32] each"""
+    still = camera_clip("camera", frames=10, size=32, pan=(0.0, 0.0))
+    return still, still + sigma * torch.randn(still.shape, generator=torch.Generator().manual_seed(4))
+
+
+def frame_errors(x: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """RMS error of every frame.  → [N]"""
+    return (x - clean).square().mean(dim=(1, 2, 3)).sqrt()
+
+
+def test_the_noise_mean_averages_a_still_clips_noise_at_its_ends_too():
+    """M_σ on a still clip with noise σ = 0.02 at its own σ: every frame's error falls to 0.41–0.55 σ, the end
+    frames' too with the frames past the ends left out (held, the end frame counts itself four times: 0.75 σ);
+    told a noise of 0.002, the frames keep theirs (a neighbour whose residual is the noise barely counts)."""
+    still, noisy = noisy_still_clip(0.02)
+    errors = frame_errors(trajectory_mean(noisy, NOISE_RADIUS, 0.02, held=False), still)
+    held = frame_errors(trajectory_mean(noisy, NOISE_RADIUS, 0.02), still)
+    assert errors.max() < 0.6 * 0.02
+    assert errors[[0, -1]].max() < 0.8 * held[[0, -1]].min()
+    assert frame_errors(trajectory_mean(noisy, NOISE_RADIUS, 0.002, held=False), still).min() > 0.9 * 0.02
+
+
+def test_the_motion_prior_ends_with_the_noise_mean_at_its_sigma_y():
+    """The prior's last step weighs neighbours by the measurement's own σ_y: told the clip's noise, it averages it
+    away; told a tenth of it, it keeps the frames."""
+    still, noisy = noisy_still_clip(0.02)
+    op = from_spec(SPEC, tuple(still.shape), kernels="torch")
+    y = op.A(noisy)
+    for sigma_y, most in ((0.02, 0.6), (0.002, 1.1)):
+        prior = MotionPrior(op, y, video_frames(op, y), default_gamma(0.02), sigma_y=sigma_y)
+        assert frame_errors(prior.noise_mean(noisy), still).max() < most * 0.02
+    assert frame_errors(prior.noise_mean(noisy), still).min() > 0.9 * 0.02
+
+
+def test_a_measurement_stated_noiseless_is_averaged_at_the_8_bit_rounding_noise():
+    """σ_y = 0 (`--sigma-y 0`) weighs neighbours as for the 8-bit rounding's noise, the least any measurement
+    has, not for none (a confidence of 0/0)."""
+    still, noisy = noisy_still_clip(0.02)
+    op = from_spec(SPEC, tuple(still.shape), kernels="torch")
+    y = op.A(noisy)
+    prior = MotionPrior(op, y, video_frames(op, y), None, sigma_y=0.0)
+    assert prior.sigma_y == ROUNDING_FLOOR
+    assert torch.isfinite(prior(noisy)).all()
+
+
+def test_the_noise_mean_keeps_a_clip_that_moves():
+    """A pan of one pixel per frame, noiseless, under M_σ at σ 0.01: each frame stays itself away from the border
+    (0.04 of the frame-to-frame change), its neighbours warped onto it."""
+    clip = camera_clip("astronaut", frames=9, size=48, pan=(1.0, 0.0))
+    mean = trajectory_mean(clip, NOISE_RADIUS, 0.01, held=False)
+    inner = (slice(None), slice(None), slice(8, -8), slice(8, -8))
+    assert (mean - clip)[inner].abs().mean() < 0.1 * (clip[1:] - clip[:-1])[inner].abs().mean()
 
 
 def test_the_trajectory_mean_does_not_average_across_a_scene_cut():
@@ -241,6 +304,7 @@ def test_motion_prior_steps_run_without_host_sync():
         assert prior.refine(x, keep).shape == (n, 3, h, w)
     assert scene_cuts(x).shape == (n - 1,) and scene_cuts(x).device.type == "meta"
     assert trajectory_mean(x).device.type == "meta"
+    assert trajectory_mean(x, NOISE_RADIUS, 0.01, held=False).device.type == "meta"                    # M_σ
 
 
 def two_shots(size: int = 32) -> torch.Tensor:
