@@ -30,7 +30,8 @@ __all__ = ["checked_input", "planned"]
 def checked_input(job: Job, cfg: SolverConfig) -> Optional[InputFacts]:
     """INPUT's facts (None for --demo), after every check that needs INPUT and not the model: readable,
     --frames against its count, the spec against its frame size, --max-frames against the PSF's reach.
-    A clip shorter than the temporal PSF is warned about (its boundary supplies the missing frames)."""
+    A clip shorter than the temporal PSF is warned about (its boundary supplies the missing frames), and so is a
+    measured video cut short by --frames (its last frames' blur reached frames the run does not read)."""
     if job.init is not None:
         probe_input(job.init)
     if job.input is None:
@@ -54,8 +55,8 @@ def checked_input(job: Job, cfg: SolverConfig) -> Optional[InputFacts]:
     prior = temporal_prior_for(job.temporal_prior, with_time_boundary(cfg.spec, boundary))
     if job.register and prior != "motion":
         _refuse_register("--temporal-prior none" if job.temporal_prior == "none" else
-                        f"{cfg.spec} has no temporal blur" if not split_temporal(cfg.spec)[0] else
-                        f"it needs a temporal blur with held or zero ends, and {cfg.spec}'s are {boundary} here")
+                         f"{cfg.spec} has no temporal blur" if not split_temporal(cfg.spec)[0] else
+                         f"it needs a temporal blur with held or zero ends, and {cfg.spec}'s are {boundary} here")
     try:
         op = check_spec(with_time_boundary(cfg.spec, boundary), clean, frames=facts.frames,
                         measured=frame if job.measured else None, mask_seed=cfg.mask_seed)
@@ -74,6 +75,12 @@ def checked_input(job: Job, cfg: SolverConfig) -> Optional[InputFacts]:
                     "and after the last are %s", facts.frames, width,
                     "the other end of the clip (circular boundary)" if video_boundary(job, facts.frames) == "circular"
                     else "the end frames repeated (replicate boundary)")
+    cut = facts.declared is not None and facts.frames is not None and facts.frames < facts.declared
+    if job.measured and cut and width > 1 and boundary != "circular":
+        log.warning("--frames %d stops before INPUT's end (%d frames): its last %d frame(s) were blurred with frames "
+                    "after %d that this run does not read and takes as its last one repeated, so they may come out "
+                    "worse than INPUT; restore to the end of the video, or read those frames and drop them after",
+                    facts.frames, facts.declared, (width - 1) // 2, facts.frames)
     return facts
 
 

@@ -452,7 +452,7 @@ class MotionPrior:
         self.project_refine = free_modes(op, REFINE_FREE, device=frames.device, dtype=frames.dtype)
         self.project_mean = free_modes(op, MEAN_FREE, device=frames.device, dtype=frames.dtype)
         self.weight, self.residual = (residual / noise_level(gamma)) ** 2, residual
-        self.sigma_y = noise_level(gamma) if sigma_y is None else max(sigma_y, ROUNDING_FLOOR)   # 0: as measured
+        self.sigma_y = noise_level(gamma) if sigma_y is None else max(sigma_y, ROUNDING_FLOOR)   # a stated 0 too
         self.rho_slow = slow_rho(self.sigma_y)
         self.y = y
         self.rho, self.iters = rho, iters

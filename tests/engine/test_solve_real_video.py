@@ -84,6 +84,16 @@ def test_a_stated_noiseless_run_on_a_noisy_video_is_warned_about(tmp_path, caplo
     assert "--sigma-y 0 runs the noiseless CG" in caplog.text
 
 
+@pytest.mark.parametrize("frames, warned", [(6, True), (8, False)])
+def test_a_measured_video_cut_short_by_frames_is_warned_about(tmp_path, caplog, frames, warned):
+    """--frames below the video's count: the last frames' blur reached frames this run does not read (seen on a
+    real H.264 clip: its last frame 1.08 dB below INPUT); the whole video gets no such warning."""
+    path = blurred_npy(tmp_path / "y.npy", frames=8)
+    with caplog.at_level("WARNING"):
+        assert main([str(path), "--degrade", SPEC, "--frames", str(frames), *REAL, "--out", str(tmp_path / "o")]) == 0
+    assert ("--frames 6 stops before INPUT's end (8 frames): its last 1 frame(s)" in caplog.text) is warned
+
+
 @pytest.fixture
 def spy_loader(monkeypatch):
     """Records every model load of a run (a check must come before it)."""

@@ -14,10 +14,10 @@ from engine.noise import ROUNDING_FLOOR
 from engine.operators import from_spec
 from engine.priors import GaussianPrior
 from engine.runtime import Solver, SolverConfig
-from engine.temporal_prior import (FAST_SPEED, MEAN_RADIUS, NOISE_RADIUS, NOISY, REFINE_RHO, REFINE_RHO_SLOW, SEPARABLE_RADIUS,
-                                   SLOW_NOISE, SLOW_SPEED, MotionPrior, TrajectoryDifference, _box, estimate_flow,
-                                   free_modes, histogram_change, refine_rho, sampling_grid, scene_cuts, slow_rho,
-                                   trajectory_mean, video_frames, warp, warp_adjoint)
+from engine.temporal_prior import (FAST_SPEED, MEAN_RADIUS, NOISE_RADIUS, NOISY, REFINE_RHO, REFINE_RHO_SLOW,
+                                   SEPARABLE_RADIUS, SLOW_NOISE, SLOW_SPEED, MotionPrior, TrajectoryDifference, _box,
+                                   estimate_flow, free_modes, histogram_change, refine_rho, sampling_grid, scene_cuts,
+                                   slow_rho, trajectory_mean, video_frames, warp, warp_adjoint)
 from engine.testclips import camera_clip
 from engine.windows import VideoRestorer
 
